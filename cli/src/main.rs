@@ -1,0 +1,428 @@
+//! The `griffon` command-line tool: a thin layer over the griffon-core / griffon-model libraries.
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use griffon_core::answer::parse_answer;
+use griffon_core::{Exemplar, PixelBox, Request, Task, Template};
+use griffon_model::generate::SamplingOptions;
+use griffon_model::griffon::{Griffon, LoadOptions};
+use griffon_model::resample::Interp;
+use griffon_model::tasks::{Detection, ImageInfo, RunOptions, TaskOutput};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "griffon", version, about = "Griffon v2 / Griffon-G fine-grained perception in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer a free prompt about an image (prints only the generated text).
+    Generate(GenerateArgs),
+    /// Find every object of the given categories.
+    Detect(DetectArgs),
+    /// Referring-expression grounding (one expression -> best box), or phrase grounding (--phrase ...).
+    Ground(GroundArgs),
+    /// Describe the region inside a box (REG).
+    Describe(DescribeArgs),
+    /// Find and count objects like an exemplar (a crop, or a box on this or another image).
+    Count(CountArgs),
+    /// A free prompt with <region> exemplars; boxes in the answer are parsed.
+    Chat(ChatArgs),
+    /// Parse model text from stdin into the detection JSON (for post-processing logs).
+    Parse(ParseArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Checkpoint folder (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Run the vision tower at this square size instead of the checkpoint's (multiple of the patch size).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Position-table interpolation when --image-size differs from the stored grid:
+    /// bilinear (paper), bilinear-aa, bicubic (HF interpolate_pos_encoding), bicubic-aa (Griffon's resize tool).
+    #[arg(long, default_value = "bilinear")]
+    pos_interp: String,
+    /// Vision tower config (config.json or its folder) when the checkpoint's mm_vision_tower cannot be found.
+    #[arg(long)]
+    vision_config: Option<PathBuf>,
+    /// Region-encoder tower config (config.json or its folder).
+    #[arg(long)]
+    region_config: Option<PathBuf>,
+    /// Compute dtype (f32 on CPU by default).
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Griffon> {
+        let pos_interp: Interp = self.pos_interp.parse().map_err(|e: String| anyhow!(e))?;
+        let dtype = match self.dtype {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::Bf16 => DType::BF16,
+            DtypeArg::F16 => DType::F16,
+        };
+        let opts = LoadOptions {
+            device: Device::Cpu,
+            dtype,
+            image_size: self.image_size,
+            pos_interp,
+            vision_config: self.vision_config.clone(),
+            region_config: self.region_config.clone(),
+        };
+        Griffon::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model.display()))
+    }
+}
+
+#[derive(Args)]
+struct DecodeArgs {
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    /// auto (from the checkpoint's model_type), gemma_instruct or llava_llama_2.
+    #[arg(long, default_value = "auto")]
+    template: String,
+    /// 0 = greedy (default, deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl DecodeArgs {
+    fn template(&self) -> Result<Option<Template>> {
+        match self.template.as_str() {
+            "auto" => Ok(None),
+            t => Ok(Some(t.parse::<Template>().map_err(|e| anyhow!(e))?)),
+        }
+    }
+    fn sampling(&self) -> Result<SamplingOptions> {
+        if self.max_new_tokens == 0 {
+            bail!("--max-new-tokens must be at least 1");
+        }
+        if self.temperature < 0.0 || !self.temperature.is_finite() {
+            bail!("--temperature must be >= 0, got {}", self.temperature);
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {}", self.top_p);
+        }
+        Ok(SamplingOptions {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+        })
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum BoxFormat {
+    /// {label, box: [x1,y1,x2,y2] pixels, box_norm, score}
+    Xyxy,
+    /// {category, bbox: [x,y,w,h] pixels, score} (COCO results style)
+    Coco,
+}
+
+#[derive(Args)]
+struct OutputArgs {
+    /// Print JSON: {image:{width,height}, detections:[...], text, dropped}.
+    #[arg(long)]
+    json: bool,
+    /// Shape of each detection in the JSON.
+    #[arg(long, value_enum, default_value = "xyxy")]
+    format: BoxFormat,
+    /// Draw boxes, labels and scores on the image and save it (PNG/JPEG by extension).
+    #[arg(long)]
+    save: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TaskArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// The image to look at.
+    #[arg(long)]
+    image: PathBuf,
+    /// Constrain detection-style answers so that every answer parses (boxes in [0,1], x1<=x2, y1<=y2, or None).
+    #[arg(long)]
+    constrained: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// The main image.
+    #[arg(long)]
+    image: PathBuf,
+    /// Region / exemplar images, in the order of the prompt's <region> markers.
+    #[arg(long)]
+    region: Vec<PathBuf>,
+    /// The user text; `<image>\n` is prepended when it has no <image>.
+    #[arg(long)]
+    prompt: String,
+}
+
+#[derive(Args)]
+struct DetectArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Categories, comma separated (repeatable).
+    #[arg(long, required = true, value_delimiter = ',')]
+    categories: Vec<String>,
+    /// Categories per model call; longer lists are split and the answers merged.
+    #[arg(long, default_value_t = 80)]
+    chunk: usize,
+}
+
+#[derive(Args)]
+struct GroundArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// The referring expression (REC: the best box).
+    #[arg(long, conflicts_with = "phrase")]
+    expression: Option<String>,
+    /// Phrases to ground (repeatable): boxes per phrase.
+    #[arg(long)]
+    phrase: Vec<String>,
+}
+
+#[derive(Args)]
+struct DescribeArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// The region, pixels: x1,y1,x2,y2.
+    #[arg(long = "box")]
+    region: String,
+}
+
+#[derive(Args)]
+struct ExemplarArgs {
+    /// An exemplar crop or screenshot (used whole).
+    #[arg(long, conflicts_with = "exemplar_box")]
+    exemplar: Option<PathBuf>,
+    /// The exemplar as a box x1,y1,x2,y2 (pixels) on the main image, or on --exemplar-image.
+    #[arg(long)]
+    exemplar_box: Option<String>,
+    /// The image --exemplar-box refers to (cross-image co-referring).
+    #[arg(long, requires = "exemplar_box")]
+    exemplar_image: Option<PathBuf>,
+}
+
+impl ExemplarArgs {
+    fn exemplar(&self) -> Result<Exemplar> {
+        match (&self.exemplar, &self.exemplar_box, &self.exemplar_image) {
+            (Some(p), None, None) => Ok(Exemplar::Image(p.clone())),
+            (None, Some(b), None) => Ok(Exemplar::BoxOnImage(parse_box(b)?)),
+            (None, Some(b), Some(img)) => Ok(Exemplar::BoxOnOther { image: img.clone(), region: parse_box(b)? }),
+            _ => bail!("give an exemplar: --exemplar IMG, or --exemplar-box x1,y1,x2,y2 [--exemplar-image IMG]"),
+        }
+    }
+}
+
+#[derive(Args)]
+struct CountArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    #[command(flatten)]
+    exemplar: ExemplarArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    task: TaskArgs,
+    /// The prompt; each <region> takes the next --region image.
+    #[arg(long)]
+    prompt: String,
+    /// Region / exemplar images, in the order of the prompt's <region> markers.
+    #[arg(long)]
+    region: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct ParseArgs {
+    /// Width of the image the answer refers to (pixels).
+    #[arg(long)]
+    width: u32,
+    /// Height of the image the answer refers to (pixels).
+    #[arg(long)]
+    height: u32,
+    #[arg(long, value_enum, default_value = "xyxy")]
+    format: BoxFormat,
+}
+
+fn parse_box(s: &str) -> Result<PixelBox> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>().map_err(|_| anyhow!("box {s:?}: {p:?} is not a number")))
+        .collect::<Result<_>>()?;
+    if v.len() != 4 {
+        bail!("box {s:?} must have 4 numbers x1,y1,x2,y2, got {}", v.len());
+    }
+    Ok(PixelBox::new(v[0], v[1], v[2], v[3]))
+}
+
+fn detection_json(d: &Detection, format: BoxFormat) -> serde_json::Value {
+    match format {
+        BoxFormat::Xyxy => serde_json::to_value(d).expect("serializable"),
+        BoxFormat::Coco => {
+            let b = PixelBox::new(d.box_px[0], d.box_px[1], d.box_px[2], d.box_px[3]).to_xywh();
+            serde_json::json!({"category": d.label, "bbox": b, "score": d.score})
+        }
+    }
+}
+
+fn output_json(out: &TaskOutput, format: BoxFormat) -> serde_json::Value {
+    let mut v = serde_json::to_value(out).expect("serializable");
+    v["detections"] = out.detections.iter().map(|d| detection_json(d, format)).collect();
+    v
+}
+
+fn print_output(out: &TaskOutput, o: &OutputArgs, image: &std::path::Path) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    if o.json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&output_json(out, o.format))?)?;
+    } else {
+        for d in &out.detections {
+            let b = d.box_px;
+            writeln!(
+                stdout,
+                "{}\t{:.3}\t[{:.1}, {:.1}, {:.1}, {:.1}]",
+                d.label.as_deref().unwrap_or("object"),
+                d.score,
+                b[0],
+                b[1],
+                b[2],
+                b[3]
+            )?;
+        }
+        if let Some(c) = out.count {
+            writeln!(stdout, "count: {c}")?;
+        }
+        writeln!(stdout, "text: {}", out.text)?;
+        for d in &out.dropped {
+            writeln!(stdout, "dropped: {:?} ({})", d.text, d.reason)?;
+        }
+    }
+    if let Some(path) = &o.save {
+        let mut img = griffon_model::resample::load_rgb(image)?;
+        let dets: Vec<(Option<String>, [f64; 4], f64)> =
+            out.detections.iter().map(|d| (d.label.clone(), d.box_px, d.score)).collect();
+        griffon_model::draw::draw_detections(&mut img, &dets);
+        img.save(path).with_context(|| format!("saving {}", path.display()))?;
+        if !o.json {
+            writeln!(stdout, "saved: {}", path.display())?;
+        }
+    }
+    Ok(())
+}
+
+fn run_task(a: &TaskArgs, task: Task, chunk: usize) -> Result<()> {
+    let opts = RunOptions {
+        sampling: a.decode.sampling()?,
+        template: a.decode.template()?,
+        chunk,
+        constrained: a.constrained,
+    };
+    let m = a.model.load()?;
+    let req = Request { image: a.image.clone(), task };
+    let out = m.run(&req, &opts)?;
+    print_output(&out, &a.output, &a.image)
+}
+
+fn generate_cmd(a: &GenerateArgs) -> Result<()> {
+    let sampling = a.decode.sampling()?;
+    let template = a.decode.template()?;
+    let m = a.model.load()?;
+    let template = template.unwrap_or(m.template);
+    let image = m.image_pixels(&a.image)?;
+    let regions = a.region.iter().map(|r| m.region_pixels(r)).collect::<Result<Vec<_>, _>>()?;
+    let prompt = m.render_prompt(&a.prompt, Some(template));
+    let prepared = m.prepare(&prompt, &[image], &regions)?;
+    let stop = m.stop_ids(template, Some(&a.model.model))?;
+    let ans = m.answer(&prepared, &stop, &sampling)?;
+    writeln!(std::io::stdout().lock(), "{}", ans.text)?;
+    Ok(())
+}
+
+fn parse_cmd(a: &ParseArgs) -> Result<()> {
+    if a.width == 0 || a.height == 0 {
+        bail!("--width and --height must be positive");
+    }
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("reading model text from stdin")?;
+    let text = text.trim().to_string();
+    let p = parse_answer(&text);
+    let out = TaskOutput {
+        image: ImageInfo { width: a.width, height: a.height },
+        detections: p
+            .instances
+            .iter()
+            .map(|i| Detection {
+                label: i.label.clone(),
+                box_px: i.norm.to_pixels(a.width, a.height).as_array(),
+                box_norm: i.norm.as_array(),
+                // no decoding probabilities in a log: a parsed box has no model confidence
+                score: 1.0,
+            })
+            .collect(),
+        text,
+        dropped: p.dropped,
+        count: None,
+        text_score: None,
+    };
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&output_json(&out, a.format))?)?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match &cli.command {
+        Command::Generate(a) => generate_cmd(a),
+        Command::Detect(a) => run_task(&a.task, Task::Detect { categories: a.categories.clone() }, a.chunk),
+        Command::Ground(a) => {
+            let task = match (&a.expression, a.phrase.is_empty()) {
+                (Some(e), true) => Ok(Task::Ground { expression: e.clone() }),
+                (None, false) => Ok(Task::Phrases { phrases: a.phrase.clone() }),
+                _ => Err(anyhow!("give --expression TEXT, or one or more --phrase TEXT")),
+            };
+            task.and_then(|t| run_task(&a.task, t, 80))
+        }
+        Command::Describe(a) => parse_box(&a.region).and_then(|b| run_task(&a.task, Task::Describe { region: b }, 80)),
+        Command::Count(a) => a.exemplar.exemplar().and_then(|e| run_task(&a.task, Task::Count { exemplar: e }, 80)),
+        Command::Chat(a) => {
+            let regions = a.region.iter().map(|p| Exemplar::Image(p.clone())).collect();
+            run_task(&a.task, Task::Chat { prompt: a.prompt.clone(), regions }, 80)
+        }
+        Command::Parse(a) => parse_cmd(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Every verb end to end on the tiny Gemma-2 fixture checkpoint (random weights: the answers are
+//! noise, so these tests check the plumbing and the JSON shape, and that --constrained answers
+//! always parse).
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn fixture() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/parity/gemma2_region");
+    assert!(d.join("ckpt/config.json").is_file(), "fixture {} is missing", d.display());
+    d
+}
+
+fn griffon(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_griffon")).args(args).output().expect("run griffon")
+}
+
+fn task(verb: &str, extra: &[&str]) -> Value {
+    let d = fixture();
+    let (model, image) = (d.join("ckpt"), d.join("image.png"));
+    let mut args = vec![verb, "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let out = griffon(&args);
+    assert!(out.status.success(), "griffon {verb} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_shape(&v);
+    v
+}
+
+fn assert_shape(v: &Value) {
+    assert_eq!(v["image"]["width"], 90);
+    assert_eq!(v["image"]["height"], 70);
+    assert!(v["text"].is_string());
+    assert!(v["dropped"].is_array());
+    for d in v["detections"].as_array().expect("detections array") {
+        assert!(d["label"].is_string() || d["label"].is_null());
+        let b: Vec<f64> = d["box"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let n: Vec<f64> = d["box_norm"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!((b.len(), n.len()), (4, 4));
+        assert!(n.iter().all(|x| (0.0..=1.0).contains(x)) && n[0] <= n[2] && n[1] <= n[3], "{n:?}");
+        assert!((b[0] - n[0] * 90.0).abs() < 1e-9 && (b[3] - n[3] * 70.0).abs() < 1e-9);
+        let s = d["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s), "score {s}");
+    }
+}
+
+#[test]
+fn detect_json_shape_and_chunks() {
+    let v = task("detect", &["--categories", "person,car,dog", "--chunk", "2", "--max-new-tokens", "12"]);
+    // two chunks -> two turns, joined by a newline
+    assert_eq!(v["text"].as_str().unwrap().matches('\n').count(), 1, "{v}");
+}
+
+#[test]
+fn constrained_detection_always_parses() {
+    for cats in ["person,car", "red circle", "dog"] {
+        let v = task("detect", &["--categories", cats, "--constrained", "--max-new-tokens", "200"]);
+        let text = v["text"].as_str().unwrap();
+        assert!(v["dropped"].as_array().unwrap().is_empty(), "constrained answer {text:?} dropped {}", v["dropped"]);
+        let allowed: Vec<&str> = cats.split(',').collect();
+        for d in v["detections"].as_array().unwrap() {
+            assert!(allowed.contains(&d["label"].as_str().unwrap()), "{text}");
+        }
+        assert!(text == "None" || !v["detections"].as_array().unwrap().is_empty(), "{text:?}");
+    }
+}
+
+#[test]
+fn constrained_count_is_nameless() {
+    let d = fixture();
+    let ex = d.join("region.png");
+    let v = task("count", &["--exemplar", ex.to_str().unwrap(), "--constrained", "--max-new-tokens", "200"]);
+    assert!(v["dropped"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(v["count"].as_u64().unwrap() as usize, v["detections"].as_array().unwrap().len());
+    assert!(v["detections"].as_array().unwrap().iter().all(|d| d["label"].is_null()));
+}
+
+#[test]
+fn ground_and_phrases() {
+    let v = task("ground", &["--expression", "the red square", "--max-new-tokens", "16"]);
+    assert!(v["detections"].as_array().unwrap().len() <= 1);
+    let v = task("ground", &["--phrase", "a red square", "--phrase", "a blue circle", "--max-new-tokens", "8"]);
+    assert_eq!(v["text"].as_str().unwrap().matches('\n').count(), 1);
+}
+
+#[test]
+fn describe_returns_text_and_the_box() {
+    let v = task("describe", &["--box", "10,20,40,60", "--max-new-tokens", "8"]);
+    let d = &v["detections"][0];
+    assert_eq!(d["box"], serde_json::json!([10.0, 20.0, 40.0, 60.0]));
+    assert_eq!(d["label"], v["text"]);
+    assert!(v["text_score"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn count_with_box_on_same_and_other_image_and_coco_format() {
+    let d = fixture();
+    let v = task("count", &["--exemplar-box", "5,5,30,30", "--max-new-tokens", "12"]);
+    assert!(v["count"].is_u64());
+    let other = d.join("region.png");
+    let out = griffon(&[
+        "count", "--model", d.join("ckpt").to_str().unwrap(), "--image", d.join("image.png").to_str().unwrap(),
+        "--exemplar-image", other.to_str().unwrap(), "--exemplar-box", "0,0,20,25", "--max-new-tokens", "12",
+        "--json", "--format", "coco",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for det in v["detections"].as_array().unwrap() {
+        assert_eq!(det["bbox"].as_array().unwrap().len(), 4);
+        assert!(det.get("category").is_some() && det["score"].is_number());
+    }
+}
+
+#[test]
+fn chat_with_region_and_save() {
+    let d = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let png = tmp.path().join("out.png");
+    let v = task(
+        "chat",
+        &["--prompt", "What is <region>?", "--region", d.join("region.png").to_str().unwrap(), "--max-new-tokens", "8",
+          "--save", png.to_str().unwrap()],
+    );
+    assert!(v["text"].is_string());
+    let img = image::open(&png).expect("saved image");
+    assert_eq!((img.width(), img.height()), (90, 70));
+}
+
+#[test]
+fn parse_reads_stdin() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_griffon"))
+        .args(["parse", "--width", "100", "--height", "50"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"cat-[0.100,0.200,0.300,0.400]&junk\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["detections"][0]["label"], "cat");
+    assert_eq!(v["detections"][0]["box"], serde_json::json!([10.0, 10.0, 30.0, 20.0]));
+    assert_eq!(v["dropped"][0]["text"], "junk");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let d = fixture();
+    let m = d.join("ckpt");
+    let img = d.join("image.png");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["describe", "--box", "0,0,200,10"], "outside"),
+        (vec!["describe", "--box", "5,5,5,9"], "zero"),
+        (vec!["describe", "--box", "1,2,3"], "4 numbers"),
+        (vec!["detect", "--categories", " , "], "empty"),
+        (vec!["count", "--exemplar", "/nonexistent/ex.png"], "/nonexistent/ex.png"),
+        (vec!["count"], "give an exemplar"),
+        (vec!["chat", "--prompt", "a <region> b <region>", "--region", img.to_str().unwrap()], "2 <region>"),
+    ];
+    for (args, needle) in cases {
+        let mut full = vec![args[0], "--model", m.to_str().unwrap(), "--image", img.to_str().unwrap()];
+        full.extend_from_slice(&args[1..]);
+        let out = griffon(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(needle), "{args:?}: stderr {err:?} lacks {needle:?}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+    let out = griffon(&["detect", "--model", m.to_str().unwrap(), "--image", "/nonexistent/x.jpg", "--categories", "a"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.jpg"));
+}

@@ -1,0 +1,199 @@
+//! The co-referring request: what the user asks for and how the target is referred to, turned
+//! into the released instruction templates (shared/GRIFFON_FORMAT.md, "Instruction templates").
+//! One API for the CLI and the server.
+
+use crate::boxes::{NormBox, PixelBox};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Detection instruction used in evaluation (the category list is appended).
+pub const DETECT_PROMPT: &str = "Examine the image for any objects from the category set. Report the coordinates of each detected object. The category set includes {categories}.";
+/// Referring-expression comprehension.
+pub const REC_PROMPT: &str = "Can you point out {expression} in the image and provide the coordinates of its location?";
+/// Referring-expression generation (region description); the box is written bare, normalized.
+pub const REG_PROMPT: &str = "Please generate a distinguishing description for the region {box} in the image.";
+/// Visual-prompt counting with an exemplar.
+pub const COUNT_PROMPT: &str = "In this image, find all objects similar to <region> and output their coordinates.";
+
+/// Where an exemplar / region image comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Exemplar {
+    /// A separate image file (an exemplar crop or a screenshot), used whole.
+    Image(PathBuf),
+    /// A box (pixels, xyxy) on the main image.
+    BoxOnImage(PixelBox),
+    /// A box (pixels, xyxy) on another image: cross-image co-referring.
+    BoxOnOther { image: PathBuf, region: PixelBox },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Task {
+    /// Find every object of the listed categories.
+    Detect { categories: Vec<String> },
+    /// REC: one expression -> the best box.
+    Ground { expression: String },
+    /// Phrase grounding: several phrases -> boxes per phrase.
+    Phrases { phrases: Vec<String> },
+    /// REG: a box (pixels, xyxy on the main image) -> a description.
+    Describe { region: PixelBox },
+    /// Count the objects like the exemplar.
+    Count { exemplar: Exemplar },
+    /// A free prompt; each `<region>` takes the next exemplar.
+    Chat { prompt: String, regions: Vec<Exemplar> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub image: PathBuf,
+    pub task: Task,
+}
+
+/// One model call a request expands to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Turn {
+    /// The user text (without the `<image>\n` prefix, which the template step adds).
+    pub user_text: String,
+    /// Exemplars, in the order of the text's `<region>` markers.
+    pub regions: Vec<Exemplar>,
+    /// For phrase grounding: the phrase whose boxes this turn yields (labels them).
+    pub label: Option<String>,
+    /// Whether the answer is expected in the name-less box form.
+    pub nameless: bool,
+}
+
+fn clean_list(items: &[String], what: &str) -> Result<Vec<String>, String> {
+    let v: Vec<String> = items.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    if v.is_empty() {
+        return Err(format!("the {what} list is empty"));
+    }
+    for s in &v {
+        if s.contains(['&', '[', ']']) || s.contains("<image>") || s.contains("<region>") {
+            return Err(format!("{what} {s:?} contains a character the answer grammar reserves (&, [, ]) or a placeholder"));
+        }
+    }
+    Ok(v)
+}
+
+/// The detection instruction for one chunk of categories.
+pub fn detect_prompt(categories: &[String]) -> String {
+    DETECT_PROMPT.replace("{categories}", &categories.join(", "))
+}
+
+pub fn rec_prompt(expression: &str) -> String {
+    REC_PROMPT.replace("{expression}", expression)
+}
+
+pub fn reg_prompt(region: NormBox) -> String {
+    REG_PROMPT.replace("{box}", &region.format())
+}
+
+impl Request {
+    /// Validates the request against the main image size and expands it into model turns.
+    /// `chunk` bounds the categories per detection turn (long lists are split and merged).
+    pub fn turns(&self, width: u32, height: u32, chunk: usize) -> Result<Vec<Turn>, String> {
+        let turn = |text: String, regions: Vec<Exemplar>, label: Option<String>, nameless: bool| Turn {
+            user_text: text,
+            regions,
+            label,
+            nameless,
+        };
+        let check_exemplar = |e: &Exemplar| -> Result<(), String> {
+            match e {
+                Exemplar::BoxOnImage(b) => b.validate(width, height).map_err(|m| format!("exemplar box: {m}")),
+                Exemplar::BoxOnOther { .. } | Exemplar::Image(_) => Ok(()), // checked against their own image
+            }
+        };
+        Ok(match &self.task {
+            Task::Detect { categories } => {
+                let cats = clean_list(categories, "category")?;
+                if chunk == 0 {
+                    return Err("the category chunk size must be at least 1".into());
+                }
+                cats.chunks(chunk).map(|c| turn(detect_prompt(c), vec![], None, false)).collect()
+            }
+            Task::Ground { expression } => {
+                let e = expression.trim();
+                if e.is_empty() {
+                    return Err("the referring expression is empty".into());
+                }
+                vec![turn(rec_prompt(e), vec![], Some(e.to_string()), false)]
+            }
+            Task::Phrases { phrases } => clean_list(phrases, "phrase")?
+                .into_iter()
+                .map(|p| turn(rec_prompt(&p), vec![], Some(p), false))
+                .collect(),
+            Task::Describe { region } => {
+                region.validate(width, height).map_err(|m| format!("region box: {m}"))?;
+                vec![turn(reg_prompt(region.to_norm(width, height)), vec![], None, false)]
+            }
+            Task::Count { exemplar } => {
+                check_exemplar(exemplar)?;
+                vec![turn(COUNT_PROMPT.to_string(), vec![exemplar.clone()], None, true)]
+            }
+            Task::Chat { prompt, regions } => {
+                if prompt.trim().is_empty() {
+                    return Err("the prompt is empty".into());
+                }
+                let n = prompt.matches("<region>").count();
+                if n != regions.len() {
+                    return Err(format!(
+                        "the prompt has {n} <region> marker(s) but {} region exemplar(s) were given",
+                        regions.len()
+                    ));
+                }
+                for r in regions {
+                    check_exemplar(r)?;
+                }
+                vec![turn(prompt.clone(), regions.clone(), None, false)]
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(task: Task) -> Request {
+        Request { image: "a.jpg".into(), task }
+    }
+
+    #[test]
+    fn detection_chunks() {
+        let cats: Vec<String> = ["person", " car ", "", "dog"].iter().map(|s| s.to_string()).collect();
+        let t = req(Task::Detect { categories: cats }).turns(100, 100, 2).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t[0].user_text.ends_with("The category set includes person, car."));
+        assert!(t[1].user_text.ends_with("includes dog."));
+    }
+
+    #[test]
+    fn reg_box_is_normalized_bare() {
+        let t = req(Task::Describe { region: PixelBox::new(10.0, 20.0, 50.0, 100.0) }).turns(200, 100, 80).unwrap();
+        assert_eq!(
+            t[0].user_text,
+            "Please generate a distinguishing description for the region [0.050,0.200,0.250,1.000] in the image."
+        );
+    }
+
+    #[test]
+    fn bad_requests() {
+        assert!(req(Task::Detect { categories: vec![" ".into()] }).turns(10, 10, 80).unwrap_err().contains("empty"));
+        assert!(req(Task::Detect { categories: vec!["a&b".into()] }).turns(10, 10, 80).unwrap_err().contains("reserves"));
+        let outside = req(Task::Describe { region: PixelBox::new(0.0, 0.0, 20.0, 5.0) }).turns(10, 10, 80);
+        assert!(outside.unwrap_err().contains("outside"));
+        let zero = req(Task::Count { exemplar: Exemplar::BoxOnImage(PixelBox::new(2.0, 2.0, 2.0, 5.0)) }).turns(10, 10, 80);
+        assert!(zero.unwrap_err().contains("zero"));
+        let chat = req(Task::Chat { prompt: "x <region>".into(), regions: vec![] }).turns(10, 10, 80);
+        assert!(chat.unwrap_err().contains("1 <region>"));
+        assert!(req(Task::Ground { expression: "  ".into() }).turns(10, 10, 80).is_err());
+    }
+
+    #[test]
+    fn count_uses_region_marker() {
+        let t = req(Task::Count { exemplar: Exemplar::Image("e.png".into()) }).turns(10, 10, 80).unwrap();
+        assert_eq!(t[0].user_text, COUNT_PROMPT);
+        assert!(t[0].nameless);
+        assert_eq!(t[0].regions.len(), 1);
+    }
+}

@@ -1,0 +1,318 @@
+//! CLIP ViT vision tower with Hugging Face `CLIPVisionModel` semantics
+//! (source: transformers `models/clip/modeling_clip.py`):
+//! patch conv (no bias) + class embedding + position embedding -> pre_layrnorm -> encoder layers
+//! (LN, attention, residual, LN, MLP, residual). `hidden_states[0]` is the pre_layrnorm output
+//! and `hidden_states[i]` the output of layer i, so select_layer -2 is the penultimate layer.
+//! post_layernorm is never used by Griffon.
+//!
+//! The tower runs at any square size that is a multiple of the patch size: when the size differs
+//! from the stored position grid, the patch rows of the table are resized with the chosen
+//! [`Interp`] (CLS row kept).
+
+use crate::error::{invalid, Result};
+use crate::loader::Scope;
+use crate::nn::{softmax_last, Act, LayerNorm, Linear};
+use crate::resample::{resize_grid, Interp};
+use candle_core::{DType, Tensor};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipVisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub layer_norm_eps: f64,
+    pub hidden_act: Act,
+}
+
+impl ClipVisionConfig {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = split((self.q.forward(x)? * scale)?)?;
+        let k = split(self.k.forward(x)?)?;
+        let v = split(self.v.forward(x)?)?;
+        let att = softmax_last(&q.matmul(&k.t()?)?)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        self.out.forward(&y)
+    }
+}
+
+struct Layer {
+    ln1: LayerNorm,
+    attn: Attention,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: Act,
+}
+
+impl Layer {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
+        let m = self.fc2.forward(&self.act.apply(&self.fc1.forward(&self.ln2.forward(&h)?)?)?)?;
+        Ok((h + m)?)
+    }
+}
+
+pub struct ClipVision {
+    pub cfg: ClipVisionConfig,
+    /// Patch conv weight flattened to [hidden, 3 * p * p].
+    patch_w: Tensor,
+    class_emb: Tensor,
+    /// Position table for the run size, [1 + g*g, hidden].
+    pos: Tensor,
+    pre_ln: LayerNorm,
+    layers: Vec<Layer>,
+    /// Square input size this tower was built for.
+    pub run_size: usize,
+}
+
+impl ClipVision {
+    /// `s` points at `...vision_model`. `run_size` is the square input size; the position table
+    /// is resized with `interp` when it differs from the stored grid.
+    pub fn load(s: &Scope, cfg: &ClipVisionConfig, run_size: usize, interp: Interp) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let p = cfg.patch_size;
+        if cfg.num_attention_heads == 0 || h % cfg.num_attention_heads != 0 {
+            return invalid(format!(
+                "vision tower {}: hidden_size {h} is not divisible by num_attention_heads {}",
+                s.prefix, cfg.num_attention_heads
+            ));
+        }
+        if run_size == 0 || run_size % p != 0 {
+            return invalid(format!("image size {run_size} is not a positive multiple of the patch size {p}"));
+        }
+        let e = s.pp("embeddings");
+        let patch_w = e.get("patch_embedding.weight", &[h, 3, p, p])?.reshape((h, 3 * p * p))?;
+        let class_emb = e.get("class_embedding", &[h])?;
+        let stored_rows = e
+            .shape("position_embedding.weight")
+            .map(|s| s[0])
+            .ok_or_else(|| crate::Error::Invalid(format!("tensor {} is missing", e.name("position_embedding.weight"))))?;
+        let g_stored = cfg.grid();
+        if stored_rows != g_stored * g_stored + 1 {
+            return invalid(format!(
+                "tensor {} has {stored_rows} rows but the config's image_size {} / patch_size {p} implies {}",
+                e.name("position_embedding.weight"),
+                cfg.image_size,
+                g_stored * g_stored + 1
+            ));
+        }
+        let table = e.get("position_embedding.weight", &[stored_rows, h])?;
+        let g_run = run_size / p;
+        let pos = if g_run == g_stored {
+            table
+        } else {
+            let dev = table.device().clone();
+            let dt = table.dtype();
+            let cls = table.narrow(0, 0, 1)?;
+            let grid: Vec<f32> = table.narrow(0, 1, g_stored * g_stored)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let resized = resize_grid(&grid, g_stored, h, g_run, interp);
+            let resized = Tensor::from_vec(resized, (g_run * g_run, h), &dev)?.to_dtype(dt)?;
+            Tensor::cat(&[&cls, &resized], 0)?
+        };
+        let pre_ln = LayerNorm::load(&s.pp("pre_layrnorm"), h, cfg.layer_norm_eps)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = s.pp(format!("encoder.layers.{i}"));
+            let a = l.pp("self_attn");
+            layers.push(Layer {
+                ln1: LayerNorm::load(&l.pp("layer_norm1"), h, cfg.layer_norm_eps)?,
+                attn: Attention {
+                    q: Linear::load(&a.pp("q_proj"), h, h, true)?,
+                    k: Linear::load(&a.pp("k_proj"), h, h, true)?,
+                    v: Linear::load(&a.pp("v_proj"), h, h, true)?,
+                    out: Linear::load(&a.pp("out_proj"), h, h, true)?,
+                    heads: cfg.num_attention_heads,
+                    head_dim: cfg.head_dim(),
+                },
+                ln2: LayerNorm::load(&l.pp("layer_norm2"), h, cfg.layer_norm_eps)?,
+                fc1: Linear::load(&l.pp("mlp.fc1"), h, cfg.intermediate_size, true)?,
+                fc2: Linear::load(&l.pp("mlp.fc2"), cfg.intermediate_size, h, true)?,
+                act: cfg.hidden_act,
+            });
+        }
+        Ok(Self { cfg: cfg.clone(), patch_w, class_emb, pos, pre_ln, layers, run_size })
+    }
+
+    /// Number of patch tokens at the run size.
+    pub fn num_patches(&self) -> usize {
+        let g = self.run_size / self.cfg.patch_size;
+        g * g
+    }
+
+    /// Embeddings + pre_layrnorm (= `hidden_states[0]`) for pixels [B, 3, S, S].
+    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, hh, ww) = pixels.dims4()?;
+        if c != 3 || hh != self.run_size || ww != self.run_size {
+            return invalid(format!(
+                "vision tower expects pixels of shape [B, 3, {s}, {s}], got {:?}",
+                pixels.dims(),
+                s = self.run_size
+            ));
+        }
+        let p = self.cfg.patch_size;
+        let g = hh / p;
+        // Non-overlapping patch conv as one matmul: [B, 3, g, p, g, p] -> [B, g, g, 3, p, p].
+        let patches = pixels
+            .to_dtype(self.patch_w.dtype())?
+            .reshape((b, 3, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b * g * g, 3 * p * p))?;
+        let x = patches.matmul(&self.patch_w.t()?)?.reshape((b, g * g, self.cfg.hidden_size))?;
+        let cls = self.class_emb.reshape((1, 1, self.cfg.hidden_size))?.repeat((b, 1, 1))?;
+        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.pos.unsqueeze(0)?)?;
+        self.pre_ln.forward(&x)
+    }
+
+    /// Resolves an HF `hidden_states` index (negative counts from the end; there are L+1 states).
+    pub fn resolve_layer(&self, select_layer: i64) -> Result<usize> {
+        let n = self.layers.len() as i64 + 1;
+        let idx = if select_layer < 0 { n + select_layer } else { select_layer };
+        if idx < 0 || idx >= n {
+            return invalid(format!(
+                "select layer {select_layer} is out of range for a tower with {} layers ({n} hidden states)",
+                self.layers.len()
+            ));
+        }
+        Ok(idx as usize)
+    }
+
+    /// `hidden_states[0..=upto]` (only the layers needed are run).
+    pub fn hidden_states(&self, pixels: &Tensor, upto: usize) -> Result<Vec<Tensor>> {
+        let mut states = vec![self.embed(pixels)?];
+        for layer in self.layers.iter().take(upto) {
+            let next = layer.forward(states.last().expect("non-empty"))?;
+            states.push(next);
+        }
+        Ok(states)
+    }
+
+    /// `hidden_states[select_layer]`, computing no layer beyond it.
+    pub fn hidden_state(&self, pixels: &Tensor, select_layer: i64) -> Result<Tensor> {
+        let idx = self.resolve_layer(select_layer)?;
+        let mut x = self.embed(pixels)?;
+        for layer in self.layers.iter().take(idx) {
+            x = layer.forward(&x)?;
+        }
+        Ok(x)
+    }
+
+    /// Griffon's main-image features: `hidden_states[select_layer]` without the CLS row
+    /// (`select_feature = patch`) or with it (`cls_patch`).
+    pub fn patch_features(&self, pixels: &Tensor, select_layer: i64, keep_cls: bool) -> Result<Tensor> {
+        let x = self.hidden_state(pixels, select_layer)?;
+        if keep_cls {
+            Ok(x)
+        } else {
+            let n = x.dim(1)?;
+            Ok(x.narrow(1, 1, n - 1)?)
+        }
+    }
+
+    /// The CLS row of `hidden_states[select_layer]` (the region encoder uses the last layer).
+    pub fn cls_feature(&self, pixels: &Tensor, select_layer: i64) -> Result<Tensor> {
+        Ok(self.hidden_state(pixels, select_layer)?.narrow(1, 0, 1)?.squeeze(1)?)
+    }
+}
+
+/// Reads an HF CLIP config (a `CLIPVisionConfig`, or a `CLIPConfig` with `vision_config`).
+pub fn parse_clip_config(v: &serde_json::Value, file: &std::path::Path) -> Result<ClipVisionConfig> {
+    let v = v.get("vision_config").unwrap_or(v);
+    let j = crate::config::Json::new(v, file);
+    let act_name = j.opt_str("hidden_act")?.unwrap_or_else(|| "quick_gelu".to_string());
+    let hidden_act = Act::from_hf(&act_name)
+        .ok_or_else(|| crate::Error::Invalid(format!("{}: unsupported hidden_act `{act_name}`", file.display())))?;
+    let cfg = ClipVisionConfig {
+        hidden_size: j.req_usize("hidden_size")?,
+        intermediate_size: j.req_usize("intermediate_size")?,
+        num_hidden_layers: j.req_usize("num_hidden_layers")?,
+        num_attention_heads: j.req_usize("num_attention_heads")?,
+        image_size: j.req_usize("image_size")?,
+        patch_size: j.req_usize("patch_size")?,
+        layer_norm_eps: j.opt_f64("layer_norm_eps")?.unwrap_or(1e-5),
+        hidden_act,
+    };
+    if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
+        return invalid(format!(
+            "{}: image_size {} is not a multiple of patch_size {}",
+            file.display(),
+            cfg.image_size,
+            cfg.patch_size
+        ));
+    }
+    if let Some(n) = j.opt_usize("num_channels")? {
+        if n != 3 {
+            return invalid(format!("{}: num_channels {n} is not supported (RGB only)", file.display()));
+        }
+    }
+    Ok(cfg)
+}
+
+/// Infers a CLIP tower config from the tensors under `s` (`...vision_model`), assuming CLIP's
+/// head_dim of 64, LayerNorm eps 1e-5 and quick_gelu.
+pub fn infer_clip_config(s: &Scope) -> Result<ClipVisionConfig> {
+    let e = s.pp("embeddings");
+    let pw = e.shape("patch_embedding.weight").ok_or_else(|| {
+        crate::Error::Invalid(format!("cannot infer the vision tower: tensor {} is missing", e.name("patch_embedding.weight")))
+    })?;
+    let pos = e.shape("position_embedding.weight").ok_or_else(|| {
+        crate::Error::Invalid(format!("cannot infer the vision tower: tensor {} is missing", e.name("position_embedding.weight")))
+    })?;
+    let fc1 = s.pp("encoder.layers.0.mlp.fc1").shape("weight").ok_or_else(|| {
+        crate::Error::Invalid(format!("cannot infer the vision tower: tensor {}.encoder.layers.0.mlp.fc1.weight is missing", s.prefix))
+    })?;
+    if pw.len() != 4 || pos.len() != 2 || fc1.len() != 2 {
+        return invalid(format!("cannot infer the vision tower under {}: unexpected tensor ranks", s.prefix));
+    }
+    let hidden = pw[0];
+    let patch = pw[2];
+    let g = ((pos[0].saturating_sub(1)) as f64).sqrt().round() as usize;
+    if g * g + 1 != pos[0] {
+        return invalid(format!(
+            "cannot infer the vision tower: {} has {} rows, not 1 + a square",
+            e.name("position_embedding.weight"),
+            pos[0]
+        ));
+    }
+    if hidden % 64 != 0 {
+        return invalid(format!(
+            "cannot infer the vision tower: hidden size {hidden} is not a multiple of CLIP's head_dim 64; give a config"
+        ));
+    }
+    let layers = s.ck.count_indexed(&format!("{}.encoder.layers.", s.prefix));
+    Ok(ClipVisionConfig {
+        hidden_size: hidden,
+        intermediate_size: fc1[0],
+        num_hidden_layers: layers,
+        num_attention_heads: hidden / 64,
+        image_size: g * patch,
+        patch_size: patch,
+        layer_norm_eps: 1e-5,
+        hidden_act: Act::QuickGelu,
+    })
+}

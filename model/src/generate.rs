@@ -1,0 +1,162 @@
+//! Autoregressive decoding with the KV cache: greedy by default, temperature / top-p sampling
+//! on request; stops at an end-of-sequence id, the template's end-of-turn, or the token budget.
+//! Each generated token's probability (softmax of the step's logits) is recorded, for the
+//! reference's confidence score.
+
+use crate::error::{invalid, Result};
+use crate::llm::Llm;
+use candle_core::{DType, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, Clone)]
+pub struct SamplingOptions {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        Self { max_new_tokens: 512, temperature: 0.0, top_p: 1.0, seed: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// An id from the stop set was generated (it is the last token).
+    StopToken,
+    MaxTokens,
+    /// A decoding constraint rejected every token.
+    NoAllowedToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// Generated ids, including the stop token when there was one.
+    pub tokens: Vec<u32>,
+    /// Probability of each generated token under the model (unprocessed logits).
+    pub probs: Vec<f32>,
+    pub stop: StopReason,
+}
+
+fn pick(logits: &[f32], opts: &SamplingOptions, rng: &mut StdRng) -> u32 {
+    if opts.temperature <= 0.0 {
+        // First maximum, as torch.argmax.
+        let mut best = 0;
+        for (i, &v) in logits.iter().enumerate() {
+            if v > logits[best] {
+                best = i;
+            }
+        }
+        return best as u32;
+    }
+    let t = opts.temperature as f32;
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut probs: Vec<(usize, f32)> = logits.iter().enumerate().map(|(i, &l)| (i, ((l - max) / t).exp())).collect();
+    let z: f32 = probs.iter().map(|p| p.1).sum();
+    probs.iter_mut().for_each(|p| p.1 /= z);
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if opts.top_p < 1.0 {
+        // HF TopPLogitsWarper: keep the smallest prefix whose mass reaches top_p (at least one).
+        let mut acc = 0.0;
+        let mut keep = 0;
+        for p in &probs {
+            keep += 1;
+            acc += p.1;
+            if acc >= opts.top_p as f32 {
+                break;
+            }
+        }
+        probs.truncate(keep.max(1));
+    }
+    let mass: f32 = probs.iter().map(|p| p.1).sum();
+    let mut r = rng.random::<f32>() * mass;
+    for p in &probs {
+        r -= p.1;
+        if r <= 0.0 {
+            return p.0 as u32;
+        }
+    }
+    probs.last().map(|p| p.0 as u32).unwrap_or(0)
+}
+
+/// Decodes after the prompt embeddings `prefix` [1, T, H]. `on_token` sees each new id.
+pub fn generate(
+    llm: &Llm,
+    prefix: &Tensor,
+    stop_ids: &[u32],
+    opts: &SamplingOptions,
+    mut on_token: impl FnMut(u32),
+) -> Result<Generation> {
+    let g = generate_with(llm, prefix, stop_ids, opts, |_, _| true)?;
+    g.tokens.iter().for_each(|t| on_token(*t));
+    Ok(g)
+}
+
+/// As [`generate`], with a constraint: `allow(ids_so_far, candidate)` must accept a token for it
+/// to be chosen. Greedy takes the most likely allowed token; sampling redraws until allowed.
+/// When nothing is allowed the decode stops ([`StopReason::NoAllowedToken`]).
+pub fn generate_with(
+    llm: &Llm,
+    prefix: &Tensor,
+    stop_ids: &[u32],
+    opts: &SamplingOptions,
+    mut allow: impl FnMut(&[u32], u32) -> bool,
+) -> Result<Generation> {
+    if prefix.dim(0)? != 1 {
+        return invalid(format!("generate expects one sequence, got a batch of {}", prefix.dim(0)?));
+    }
+    if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
+        return invalid(format!("top-p must be in (0, 1], got {}", opts.top_p));
+    }
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let mut cache = llm.new_cache();
+    let mut logits = llm.forward_embeds(prefix, &mut cache, false)?;
+    let mut tokens = Vec::new();
+    let mut probs = Vec::new();
+    for _ in 0..opts.max_new_tokens {
+        let mut row: Vec<f32> = logits.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
+        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let raw = row.clone();
+        let prob_of = |t: u32| (((raw[t as usize] - max) as f64).exp() / z) as f32;
+        let first = pick(&row, opts, &mut rng);
+        let mut chosen = allow(&tokens, first).then_some(first);
+        if chosen.is_none() {
+            if opts.temperature <= 0.0 {
+                // next most likely tokens, ties in index order as argmax
+                let mut order: Vec<u32> = (0..row.len() as u32).collect();
+                order.sort_by(|a, b| row[*b as usize].total_cmp(&row[*a as usize]));
+                chosen = order.into_iter().skip(1).find(|&t| allow(&tokens, t));
+            } else {
+                row[first as usize] = f32::NEG_INFINITY;
+                for _ in 1..row.len() {
+                    let t = pick(&row, opts, &mut rng);
+                    if row[t as usize] == f32::NEG_INFINITY {
+                        break; // everything left is masked
+                    }
+                    if allow(&tokens, t) {
+                        chosen = Some(t);
+                        break;
+                    }
+                    row[t as usize] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let Some(tok) = chosen else {
+            return Ok(Generation { tokens, probs, stop: StopReason::NoAllowedToken });
+        };
+        probs.push(prob_of(tok));
+        tokens.push(tok);
+        if stop_ids.contains(&tok) {
+            return Ok(Generation { tokens, probs, stop: StopReason::StopToken });
+        }
+        let ids = Tensor::new(&[tok], prefix.device())?;
+        let emb = llm.embed_tokens(&ids)?.unsqueeze(0)?.to_dtype(prefix.dtype())?;
+        logits = llm.forward_embeds(&emb, &mut cache, false)?;
+    }
+    Ok(Generation { tokens, probs, stop: StopReason::MaxTokens })
+}

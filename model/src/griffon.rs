@@ -1,0 +1,282 @@
+//! The whole Griffon model: high-resolution CLIP tower -> projector -> LLM inputs, optional
+//! region encoder, prompt assembly and generation (source of the data flow: jefferyZhan/Griffon
+//! `griffon_arch.py` `prepare_inputs_labels_for_multimodal` and `eval/run_griffon.py`).
+
+use crate::clip::ClipVision;
+use crate::config::{resolve_tower, GriffonConfig, LlmConfig, TowerSource};
+use crate::error::{invalid, Error, Result};
+use crate::generate::{generate, Generation, SamplingOptions};
+use crate::llm::Llm;
+use crate::loader::Checkpoint;
+use crate::projector::Projector;
+use crate::region::RegionEncoder;
+use crate::resample::{preprocess, Interp};
+use crate::tokenize::PromptTokenizer;
+use candle_core::{DType, Device, Tensor};
+use griffon_core::prompt::check_visual_counts;
+use griffon_core::template::with_image_marker;
+use griffon_core::{Piece, Placeholder, Template};
+use std::path::{Path, PathBuf};
+
+/// Token id the reference uses for a visual placeholder in `input_ids` (IMAGE_TOKEN_INDEX).
+pub const IMAGE_TOKEN_INDEX: i64 = -200;
+
+pub const MAIN_TOWER_PREFIX: &str = "model.vision_tower.vision_tower.vision_model";
+pub const REGION_TOWER_PREFIX: &str = "model.prompt_visual_encoder.vision_model";
+/// The folder the reference hard-codes for the region encoder's tower.
+pub const REGION_TOWER_FOLDER: &str = "checkpoints/clip-vit-large-patch14";
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    pub dtype: DType,
+    /// Run the main tower at this square size instead of the checkpoint's.
+    pub image_size: Option<usize>,
+    /// How the position table is resized when `image_size` differs from the stored grid.
+    pub pos_interp: Interp,
+    pub vision_config: Option<PathBuf>,
+    pub region_config: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            image_size: None,
+            pos_interp: Interp::Bilinear,
+            vision_config: None,
+            region_config: None,
+        }
+    }
+}
+
+pub struct Griffon {
+    pub config: GriffonConfig,
+    pub tower: ClipVision,
+    pub tower_source: TowerSource,
+    pub projector: Projector,
+    pub region: Option<RegionEncoder>,
+    pub llm: Llm,
+    pub tokenizer: PromptTokenizer,
+    pub template: Template,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// A prompt ready for the LLM.
+pub struct Prepared {
+    /// Token ids with [`IMAGE_TOKEN_INDEX`] at each placeholder (the reference's `input_ids`).
+    pub input_ids: Vec<i64>,
+    /// [1, T, H] input embeddings (image tokens spliced in).
+    pub embeds: Tensor,
+}
+
+pub struct Answer {
+    pub text: String,
+    pub generation: Generation,
+}
+
+impl Griffon {
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        if !dir.is_dir() {
+            return invalid(format!("model folder {} does not exist", dir.display()));
+        }
+        let config = GriffonConfig::from_file(&config_path)?;
+        let ck = Checkpoint::open(dir, &opts.device, opts.dtype)?;
+        let (tower_cfg, tower_source) =
+            resolve_tower(&ck, config.mm.vision_tower.as_deref(), MAIN_TOWER_PREFIX, opts.vision_config.as_deref())?;
+        if let Some(m) = config.mm.mm_hidden_size {
+            if m != tower_cfg.hidden_size {
+                return invalid(format!(
+                    "{}: mm_hidden_size {m} differs from the vision tower's hidden_size {}",
+                    config_path.display(),
+                    tower_cfg.hidden_size
+                ));
+            }
+        }
+        let run_size = opts.image_size.unwrap_or(tower_cfg.image_size);
+        let tower = ClipVision::load(&ck.scope(MAIN_TOWER_PREFIX), &tower_cfg, run_size, opts.pos_interp)?;
+        let h = config.llm.hidden_size();
+        let projector = Projector::load(&ck.scope("model.mm_projector"), &config.mm.projector, tower_cfg.hidden_size, h)?;
+        let region = if config.mm.unshared_visual_encoder {
+            let (rcfg, _) =
+                resolve_tower(&ck, Some(REGION_TOWER_FOLDER), REGION_TOWER_PREFIX, opts.region_config.as_deref())?;
+            Some(RegionEncoder::load(&ck.scope(REGION_TOWER_PREFIX), &ck.scope("model.prompt_projector"), &rcfg, h)?)
+        } else {
+            None
+        };
+        let llm = Llm::load(&ck, &config.llm)?;
+        let tokenizer = PromptTokenizer::load(dir, config.bos_token_id)?;
+        let template = Template::for_model_type(&config.model_type).unwrap_or(match config.llm {
+            LlmConfig::Gemma2(_) => Template::GemmaInstruct,
+            LlmConfig::Llama(_) => Template::LlavaLlama2,
+        });
+        Ok(Self {
+            config,
+            tower,
+            tower_source,
+            projector,
+            region,
+            llm,
+            tokenizer,
+            template,
+            device: opts.device.clone(),
+            dtype: opts.dtype,
+        })
+    }
+
+    /// Square input size of the main tower.
+    pub fn image_size(&self) -> usize {
+        self.tower.run_size
+    }
+
+    /// Square input size of region images (the region tower's, or the main one's when the
+    /// model has no region encoder).
+    pub fn region_size(&self) -> usize {
+        self.region.as_ref().map(|r| r.image_size()).unwrap_or(self.image_size())
+    }
+
+    /// Main-image pixels [B, 3, S, S] -> projected tokens [B, N', H].
+    pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
+        let feats = self.tower.patch_features(pixels, self.config.mm.select_layer, self.config.mm.keep_cls)?;
+        self.projector.forward(&feats)
+    }
+
+    /// Region-image pixels [B, 3, s, s] -> one token each [B, 1, H]. Without a region encoder the
+    /// region goes through the main tower and projector, as the reference does.
+    pub fn encode_region(&self, pixels: &Tensor) -> Result<Tensor> {
+        match &self.region {
+            Some(r) => Ok(r.forward(pixels)?.unsqueeze(1)?),
+            None => self.encode_image(pixels),
+        }
+    }
+
+    /// The whole prompt for a user text with this model's template (`<image>\n` prepended when absent).
+    pub fn render_prompt(&self, user_text: &str, template: Option<Template>) -> String {
+        template.unwrap_or(self.template).render(&with_image_marker(user_text))
+    }
+
+    /// Tokenizes a rendered prompt and splices in the visual tokens. `images` and `regions`
+    /// are already-preprocessed pixel tensors [3, S, S] (see [`Griffon::image_pixels`]).
+    pub fn prepare(&self, prompt: &str, images: &[Tensor], regions: &[Tensor]) -> Result<Prepared> {
+        let image_tokens = match self.stack(images)? {
+            Some(p) => Some(self.encode_image(&p)?),
+            None => None,
+        };
+        let region_tokens = match self.stack(regions)? {
+            Some(p) => Some(self.encode_region(&p)?),
+            None => None,
+        };
+        self.splice(prompt, image_tokens.as_ref(), images.len(), region_tokens.as_ref(), regions.len())
+    }
+
+    /// As [`Griffon::prepare`] for one main image whose projected tokens [N, H] are already
+    /// computed (several prompts on one image encode it once).
+    pub fn prepare_with_image_tokens(&self, prompt: &str, image_tokens: &Tensor, regions: &[Tensor]) -> Result<Prepared> {
+        let region_tokens = match self.stack(regions)? {
+            Some(p) => Some(self.encode_region(&p)?),
+            None => None,
+        };
+        let image_tokens = image_tokens.unsqueeze(0)?;
+        self.splice(prompt, Some(&image_tokens), 1, region_tokens.as_ref(), regions.len())
+    }
+
+    fn stack(&self, ts: &[Tensor]) -> Result<Option<Tensor>> {
+        if ts.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(Tensor::stack(ts, 0)?.to_dtype(self.dtype)?.to_device(&self.device)?))
+        }
+    }
+
+    /// image_tokens: [n_images, N, H]; region_tokens: [n_regions, 1, H].
+    fn splice(
+        &self,
+        prompt: &str,
+        image_tokens: Option<&Tensor>,
+        n_images: usize,
+        region_tokens: Option<&Tensor>,
+        n_regions: usize,
+    ) -> Result<Prepared> {
+        let (pieces, placeholders) = self.tokenizer.assemble(prompt)?;
+        check_visual_counts(&placeholders, n_images, n_regions).map_err(|e| Error::Invalid(e.0))?;
+        let mut input_ids = Vec::with_capacity(pieces.len());
+        let mut parts: Vec<Tensor> = Vec::new();
+        let mut run: Vec<u32> = Vec::new();
+        let vocab = self.llm.vocab_size() as u32;
+        let flush = |run: &mut Vec<u32>, parts: &mut Vec<Tensor>| -> Result<()> {
+            if !run.is_empty() {
+                let ids = Tensor::new(run.as_slice(), &self.device)?;
+                parts.push(self.llm.embed_tokens(&ids)?);
+                run.clear();
+            }
+            Ok(())
+        };
+        for p in &pieces {
+            match p {
+                Piece::Token(t) => {
+                    if *t >= vocab {
+                        return invalid(format!(
+                            "the tokenizer produced id {t}, outside the model's vocabulary of {vocab}"
+                        ));
+                    }
+                    input_ids.push(*t as i64);
+                    run.push(*t);
+                }
+                Piece::Visual(v) => {
+                    flush(&mut run, &mut parts)?;
+                    input_ids.push(IMAGE_TOKEN_INDEX);
+                    let feats = match v {
+                        Placeholder::Image(i) => image_tokens.expect("counts checked").get(*i)?,
+                        Placeholder::Region(i) => region_tokens.expect("counts checked").get(*i)?,
+                    };
+                    parts.push(feats.to_dtype(self.dtype)?);
+                }
+            }
+        }
+        flush(&mut run, &mut parts)?;
+        let embeds = Tensor::cat(&parts, 0)?.unsqueeze(0)?;
+        Ok(Prepared { input_ids, embeds })
+    }
+
+    /// Loads and preprocesses a main image.
+    pub fn image_pixels(&self, path: &Path) -> Result<Tensor> {
+        let img = crate::resample::load_rgb(path)?;
+        Ok(preprocess(&img, self.image_size(), &self.device)?)
+    }
+
+    /// Loads and preprocesses a region / exemplar image.
+    pub fn region_pixels(&self, path: &Path) -> Result<Tensor> {
+        let img = crate::resample::load_rgb(path)?;
+        Ok(preprocess(&img, self.region_size(), &self.device)?)
+    }
+
+    /// Ids that end generation: config eos ids, generation_config.json eos ids, and the
+    /// template's end-of-turn token when it is a single token.
+    pub fn stop_ids(&self, template: Template, dir: Option<&Path>) -> Result<Vec<u32>> {
+        let mut ids = self.config.eos_token_ids.clone();
+        if let Some(d) = dir {
+            let gc = d.join("generation_config.json");
+            if gc.is_file() {
+                let v = crate::config::read_json(&gc)?;
+                let j = crate::config::Json::new(&v, &gc);
+                ids.extend(j.opt_ids("eos_token_id")?.unwrap_or_default());
+            }
+        }
+        if let Some(t) = self.tokenizer.token_id(template.stop_string()) {
+            ids.push(t);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Generates an answer; the text skips special tokens and is trimmed.
+    pub fn answer(&self, prepared: &Prepared, stop_ids: &[u32], opts: &SamplingOptions) -> Result<Answer> {
+        let generation = generate(&self.llm, &prepared.embeds, stop_ids, opts, |_| {})?;
+        let text = self.tokenizer.decode(&generation.tokens, true)?.trim().to_string();
+        Ok(Answer { text, generation })
+    }
+}

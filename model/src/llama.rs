@@ -1,0 +1,115 @@
+//! Llama-2 decoder with an inputs-embeds path (source: transformers
+//! `models/llama/modeling_llama.py`): RMSNorm (`w`), RoPE, grouped-query attention scaled by
+//! head_dim^-0.5, SiLU-gated MLP, final norm, stored (or tied) lm_head. No embedding scaling.
+
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::llm::{attention, AttnSpec, KvCache, Rope};
+use crate::loader::Checkpoint;
+use crate::nn::{Embedding, Linear, RmsNorm};
+use candle_core::Tensor;
+
+struct Layer {
+    input_ln: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_ln: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+}
+
+impl Llama {
+    pub fn load(ck: &Checkpoint, cfg: &LlamaConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let (nh, nkv, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let eps = cfg.rms_norm_eps;
+        let m = ck.scope("model");
+        let embed_w = m.get("embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = m.pp(format!("layers.{i}"));
+            let a = l.pp("self_attn");
+            let f = l.pp("mlp");
+            let ab = cfg.attention_bias;
+            let mb = cfg.mlp_bias;
+            layers.push(Layer {
+                input_ln: RmsNorm::load(&l.pp("input_layernorm"), h, eps, false)?,
+                q: Linear::load(&a.pp("q_proj"), h, nh * hd, ab)?,
+                k: Linear::load(&a.pp("k_proj"), h, nkv * hd, ab)?,
+                v: Linear::load(&a.pp("v_proj"), h, nkv * hd, ab)?,
+                o: Linear::load(&a.pp("o_proj"), nh * hd, h, ab)?,
+                post_ln: RmsNorm::load(&l.pp("post_attention_layernorm"), h, eps, false)?,
+                gate: Linear::load(&f.pp("gate_proj"), h, cfg.intermediate_size, mb)?,
+                up: Linear::load(&f.pp("up_proj"), h, cfg.intermediate_size, mb)?,
+                down: Linear::load(&f.pp("down_proj"), cfg.intermediate_size, h, mb)?,
+            });
+        }
+        let lm_head = if ck.has("lm_head.weight") {
+            Linear::load(&ck.scope("lm_head"), h, cfg.vocab_size, false)?
+        } else if cfg.tie_word_embeddings {
+            Linear { weight: embed_w.clone(), bias: None }
+        } else {
+            return crate::error::invalid(format!(
+                "tensor lm_head.weight is missing from the checkpoint in {} and tie_word_embeddings is false",
+                ck.dir().display()
+            ));
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed: Embedding { weight: embed_w },
+            layers,
+            norm: RmsNorm::load(&m.pp("norm"), h, eps, false)?,
+            lm_head,
+            rope: Rope::new(hd, cfg.rope_theta),
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed.forward(ids)
+    }
+
+    pub fn forward_embeds(&self, x: &Tensor, cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let offset = cache.len();
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
+        let spec = AttnSpec { scale: (hd as f64).powf(-0.5), softcap: None, window: None };
+        let mut x = x.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            let hn = l.input_ln.forward(&x)?;
+            let q = l.q.forward(&hn)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = l.k.forward(&hn)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = l.v.forward(&hn)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = self.rope.apply(&q, offset)?;
+            let k = self.rope.apply(&k, offset)?;
+            let (k, v) = cache.append(i, k, v)?;
+            let a = attention(&q, &k, &v, offset, &spec)?;
+            let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            x = (x + l.o.forward(&a)?)?;
+            let hn = l.post_ln.forward(&x)?;
+            let g = self.cfg.hidden_act.apply(&l.gate.forward(&hn)?)?;
+            x = (x + l.down.forward(&(g * l.up.forward(&hn)?)?)?)?;
+        }
+        let x = if all_logits { x } else { x.narrow(1, t - 1, 1)? };
+        self.lm_head.forward(&self.norm.forward(&x)?)
+    }
+}

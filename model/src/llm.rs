@@ -1,0 +1,179 @@
+//! Pieces shared by the decoder LLMs: rotary embeddings (HF `rotate_half` layout), the KV cache,
+//! grouped-query attention with optional logit soft-capping and sliding windows, and the
+//! [`Llm`] enum the Griffon model drives through its inputs-embeds path.
+
+use crate::config::LlmConfig;
+use crate::error::{invalid, Result};
+use crate::gemma2::Gemma2;
+use crate::llama::Llama;
+use crate::loader::Checkpoint;
+use crate::nn::{differentiable, softmax_last};
+use candle_core::{DType, Device, Tensor, D};
+
+/// cos / sin tables for HF-style RoPE: `inv_freq[i] = theta^(-2i/d)`, angle = pos * inv_freq.
+pub struct Rope {
+    head_dim: usize,
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, theta: f64) -> Self {
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        Self { head_dim, inv_freq }
+    }
+
+    /// cos, sin of shape [T, head_dim / 2] for positions offset..offset+T.
+    fn tables(&self, offset: usize, t: usize, dev: &Device, dt: DType) -> Result<(Tensor, Tensor)> {
+        let half = self.head_dim / 2;
+        let mut ang = Vec::with_capacity(t * half);
+        for p in offset..offset + t {
+            for f in &self.inv_freq {
+                ang.push(p as f32 * f);
+            }
+        }
+        let ang = Tensor::from_vec(ang, (t, half), dev)?;
+        Ok((ang.cos()?.to_dtype(dt)?, ang.sin()?.to_dtype(dt)?))
+    }
+
+    /// x: [B, heads, T, head_dim] -> rotated, positions starting at `offset`.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, _, t, d) = x.dims4()?;
+        let (cos, sin) = self.tables(offset, t, x.device(), x.dtype())?;
+        if differentiable() {
+            let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
+            let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
+            let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+            let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+            let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+            Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
+        } else {
+            Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+        }
+    }
+}
+
+/// Per-layer key / value cache, [B, kv_heads, S, head_dim] each.
+#[derive(Default, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        Self { layers: vec![None; n_layers] }
+    }
+
+    /// Tokens already cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends and returns the full keys / values of layer `i`.
+    pub fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let kv = match self.layers[i].take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+        };
+        self.layers[i] = Some(kv.clone());
+        Ok(kv)
+    }
+}
+
+pub struct AttnSpec {
+    pub scale: f64,
+    pub softcap: Option<f64>,
+    /// Keys with `pos - key_pos >= window` are masked.
+    pub window: Option<usize>,
+}
+
+/// Causal (optionally sliding-window) attention. q: [B, H, T, d] at positions offset..offset+T;
+/// k, v: [B, KV, S, d] holding positions 0..S (S = offset + T).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, spec: &AttnSpec) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let kvh = k.dim(1)?;
+    let s = k.dim(2)?;
+    if h % kvh != 0 {
+        return invalid(format!("{h} attention heads are not a multiple of {kvh} key/value heads"));
+    }
+    let rep = h / kvh;
+    // Group query heads by their kv head: [B, KV, rep*T, d] so one matmul serves a group.
+    let qg = q.contiguous()?.reshape((b, kvh, rep * t, d))?;
+    let mut scores = (qg.matmul(&k.contiguous()?.t()?)? * spec.scale)?.to_dtype(DType::F32)?;
+    if let Some(cap) = spec.softcap {
+        scores = ((scores / cap)?.tanh()? * cap)?;
+    }
+    let needs_mask = t > 1 || spec.window.is_some_and(|w| s > w);
+    if needs_mask {
+        let mut m = vec![0f32; t * s];
+        for i in 0..t {
+            let pos = offset + i;
+            for j in 0..s {
+                let visible = j <= pos && spec.window.is_none_or(|w| pos - j < w);
+                if !visible {
+                    m[i * s + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (t, s), q.device())?;
+        let mask = mask.repeat((rep, 1))?.reshape((1, 1, rep * t, s))?;
+        scores = scores.broadcast_add(&mask)?;
+    }
+    let probs = softmax_last(&scores)?.to_dtype(v.dtype())?;
+    Ok(probs.matmul(&v.contiguous()?)?.reshape((b, h, t, d))?)
+}
+
+/// The decoder LLMs Griffon drives through inputs_embeds.
+pub enum Llm {
+    Gemma2(Gemma2),
+    Llama(Llama),
+}
+
+impl Llm {
+    pub fn load(ck: &Checkpoint, cfg: &LlmConfig) -> Result<Self> {
+        Ok(match cfg {
+            LlmConfig::Gemma2(c) => Llm::Gemma2(Gemma2::load(ck, c)?),
+            LlmConfig::Llama(c) => Llm::Llama(Llama::load(ck, c)?),
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        match self {
+            Llm::Gemma2(m) => m.num_layers(),
+            Llm::Llama(m) => m.num_layers(),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Llm::Gemma2(m) => m.vocab_size(),
+            Llm::Llama(m) => m.vocab_size(),
+        }
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.num_layers())
+    }
+
+    /// Raw token embeddings (before any model-specific scaling), [T] -> [T, H].
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Llm::Gemma2(m) => m.embed_tokens(ids),
+            Llm::Llama(m) => m.embed_tokens(ids),
+        }
+    }
+
+    /// Runs embeddings [B, T, H] after the cached positions. Returns logits [B, T, V] for every
+    /// position when `all_logits`, else [B, 1, V] for the last.
+    pub fn forward_embeds(&self, x: &Tensor, cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        match self {
+            Llm::Gemma2(m) => m.forward_embeds(x, cache, all_logits),
+            Llm::Llama(m) => m.forward_embeds(x, cache, all_logits),
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Checkpoint loading: one `model.safetensors` or shards listed in `model.safetensors.index.json`,
+//! memory-mapped; f32 / bf16 / f16 tensors converted to the compute dtype on load.
+//! Every failure names the file and the tensor.
+
+use crate::error::{invalid, io_err, Error, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    /// tensor name -> (index into `files`, shape)
+    index: HashMap<String, (usize, Vec<usize>)>,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Checkpoint {
+    /// Opens the safetensors of a checkpoint folder.
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Invalid(format!("{}: malformed JSON: {e}", index.display())))?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                Error::Invalid(format!("{}: missing key `weight_map` (an object)", index.display()))
+            })?;
+            let mut names: Vec<String> = Vec::new();
+            for (tensor, f) in map {
+                let f = f.as_str().ok_or_else(|| {
+                    Error::Invalid(format!("{}: weight_map[{tensor}] is not a file name", index.display()))
+                })?;
+                if !names.iter().any(|n| n == f) {
+                    names.push(f.to_string());
+                }
+            }
+            names.sort();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(io_err(dir))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                return invalid(format!(
+                    "{}: no model.safetensors, model.safetensors.index.json or *.safetensors file",
+                    dir.display()
+                ));
+            }
+            found
+        };
+        Self::open_files(dir, &files, device, dtype)
+    }
+
+    pub fn open_files(dir: &Path, paths: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for p in paths {
+            if !p.exists() {
+                return invalid(format!("checkpoint shard {} does not exist", p.display()));
+            }
+            // SAFETY: the file is mapped read-only; as with every mmap-based loader, it must not be
+            // truncated by another process while the model is alive.
+            let st = unsafe { MmapedSafetensors::new(p) }
+                .map_err(|e| Error::Invalid(format!("{}: not a readable safetensors file: {e}", p.display())))?;
+            let k = files.len();
+            for (name, view) in st.tensors() {
+                if let Some((other, _)) = index.insert(name.clone(), (k, view.shape().to_vec())) {
+                    let other: &(PathBuf, MmapedSafetensors) = &files[other];
+                    return invalid(format!(
+                        "tensor {name} is stored twice: in {} and in {}",
+                        other.0.display(),
+                        p.display()
+                    ));
+                }
+            }
+            files.push((p.clone(), st));
+        }
+        Ok(Self { dir: dir.to_path_buf(), files, index, device: device.clone(), dtype })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.index.get(name).map(|(_, s)| s.as_slice())
+    }
+
+    /// Names of stored tensors that start with `prefix`, sorted.
+    pub fn names_with_prefix(&self, prefix: &str) -> Vec<&str> {
+        let mut v: Vec<&str> = self.index.keys().filter(|k| k.starts_with(prefix)).map(|s| s.as_str()).collect();
+        v.sort();
+        v
+    }
+
+    /// Loads a tensor, checking its shape, converted to the compute dtype on the device.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.get_unchecked(name)?;
+        if t.dims() != shape {
+            let file = &self.files[self.index[name].0].0;
+            return invalid(format!(
+                "tensor {name} in {} has shape {:?}, expected {:?}",
+                file.display(),
+                t.dims(),
+                shape
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Loads a tensor of any shape.
+    pub fn get_unchecked(&self, name: &str) -> Result<Tensor> {
+        let Some((k, _)) = self.index.get(name) else {
+            return invalid(format!("tensor {name} is missing from the checkpoint in {}", self.dir.display()));
+        };
+        let (path, st) = &self.files[*k];
+        let t = st
+            .load(name, &self.device)
+            .map_err(|e| Error::Invalid(format!("{}: cannot read tensor {name}: {e}", path.display())))?;
+        match t.dtype() {
+            DType::F32 | DType::BF16 | DType::F16 => {}
+            other => {
+                return invalid(format!(
+                    "tensor {name} in {} has dtype {other:?}; only f32, bf16 and f16 weights are supported",
+                    path.display()
+                ))
+            }
+        }
+        Ok(t.to_dtype(self.dtype)?)
+    }
+
+    pub fn scope(&self, prefix: &str) -> Scope<'_> {
+        Scope { ck: self, prefix: prefix.to_string() }
+    }
+
+    /// Number of consecutive indexed sub-modules `{prefix}{i}.` present (e.g. layers).
+    pub fn count_indexed(&self, prefix: &str) -> usize {
+        let mut seen = BTreeMap::new();
+        for k in self.index.keys() {
+            if let Some(rest) = k.strip_prefix(prefix) {
+                if let Some((num, _)) = rest.split_once('.') {
+                    if let Ok(i) = num.parse::<usize>() {
+                        seen.insert(i, ());
+                    }
+                }
+            }
+        }
+        let mut n = 0;
+        while seen.contains_key(&n) {
+            n += 1;
+        }
+        n
+    }
+}
+
+/// A name prefix inside a checkpoint.
+#[derive(Clone)]
+pub struct Scope<'a> {
+    pub ck: &'a Checkpoint,
+    pub prefix: String,
+}
+
+impl<'a> Scope<'a> {
+    pub fn pp(&self, name: impl std::fmt::Display) -> Scope<'a> {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Scope { ck: self.ck, prefix }
+    }
+    pub fn name(&self, leaf: &str) -> String {
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.prefix)
+        }
+    }
+    pub fn get(&self, leaf: &str, shape: &[usize]) -> Result<Tensor> {
+        self.ck.get(&self.name(leaf), shape)
+    }
+    pub fn has(&self, leaf: &str) -> bool {
+        self.ck.has(&self.name(leaf))
+    }
+    pub fn shape(&self, leaf: &str) -> Option<&'a [usize]> {
+        self.ck.shape(&self.name(leaf))
+    }
+}

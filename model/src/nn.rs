@@ -1,0 +1,182 @@
+//! Small layers shared by the towers and the LLMs.
+//!
+//! candle's fused `layer_norm`, `rms_norm` and `softmax_last_dim` have no backward pass and would
+//! silently stop gradients in training. Each helper here has a fused form (inference) and a form
+//! built from differentiable primitives; [`set_differentiable`] picks the latter for training.
+
+use crate::error::Result;
+use crate::loader::Scope;
+use candle_core::{DType, Module, Tensor, D};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static DIFFERENTIABLE: AtomicBool = AtomicBool::new(false);
+
+/// Use only differentiable primitives (slower; needed for backward passes).
+pub fn set_differentiable(on: bool) {
+    DIFFERENTIABLE.store(on, Ordering::SeqCst);
+}
+
+pub fn differentiable() -> bool {
+    DIFFERENTIABLE.load(Ordering::Relaxed)
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(s: &Scope, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = s.get("weight", &[out_dim, in_dim])?;
+        let bias = if bias { Some(s.get("bias", &[out_dim])?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    /// Loads a bias when the checkpoint has one.
+    pub fn load_opt_bias(s: &Scope, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Self::load(s, in_dim, out_dim, s.has("bias"))
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dim(0).unwrap_or(0)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let wt = self.weight.t()?;
+        let y = match x.rank() {
+            3 => {
+                let (b, n, k) = x.dims3()?;
+                x.reshape((b * n, k))?.matmul(&wt)?.reshape((b, n, ()))?
+            }
+            _ => x.broadcast_matmul(&wt)?,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(s: &Scope, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: s.get("weight", &[dim])?, bias: s.get("bias", &[dim])?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let y = if differentiable() {
+            let mean = xf.mean_keepdim(D::Minus1)?;
+            let c = xf.broadcast_sub(&mean)?;
+            let var = c.sqr()?.mean_keepdim(D::Minus1)?;
+            c.broadcast_div(&(var + self.eps)?.sqrt()?)?
+                .broadcast_mul(&self.weight.to_dtype(DType::F32)?)?
+                .broadcast_add(&self.bias.to_dtype(DType::F32)?)?
+        } else {
+            candle_nn::ops::layer_norm(
+                &xf.contiguous()?,
+                &self.weight.to_dtype(DType::F32)?,
+                &self.bias.to_dtype(DType::F32)?,
+                self.eps as f32,
+            )?
+        };
+        Ok(y.to_dtype(dt)?)
+    }
+}
+
+/// RMSNorm. Gemma multiplies by `(1 + w)`, Llama by `w`; both normalise in f32.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    /// The effective scale (`1 + w` for Gemma), f32.
+    scale: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(s: &Scope, dim: usize, eps: f64, one_plus: bool) -> Result<Self> {
+        let w = s.get("weight", &[dim])?.to_dtype(DType::F32)?;
+        let scale = if one_plus { (w + 1.0)? } else { w };
+        Ok(Self { scale, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let y = if differentiable() {
+            let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
+            xf.broadcast_div(&(ms + self.eps)?.sqrt()?)?.broadcast_mul(&self.scale)?
+        } else {
+            candle_nn::ops::rms_norm(&xf.contiguous()?, &self.scale, self.eps as f32)?
+        };
+        Ok(y.to_dtype(dt)?)
+    }
+}
+
+/// Softmax over the last dimension, in f32.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let dt = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let y = if differentiable() {
+        candle_nn::ops::softmax(&xf, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&xf.contiguous()?)?
+    };
+    Ok(y.to_dtype(dt)?)
+}
+
+/// The activations used by the released models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// `x * sigmoid(1.702 x)` (OpenAI CLIP).
+    QuickGelu,
+    /// Exact erf GELU (`nn.GELU()`, the projectors).
+    GeluErf,
+    /// tanh-approximated GELU (`gelu_pytorch_tanh`, Gemma).
+    GeluTanh,
+    /// `x * sigmoid(x)` (Llama).
+    Silu,
+    Relu,
+}
+
+impl Act {
+    pub fn from_hf(name: &str) -> Option<Act> {
+        Some(match name {
+            "quick_gelu" => Act::QuickGelu,
+            "gelu" => Act::GeluErf,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Act::GeluTanh,
+            "silu" | "swish" => Act::Silu,
+            "relu" => Act::Relu,
+            _ => return None,
+        })
+    }
+
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Act::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+            Act::GeluErf => x.gelu_erf()?,
+            Act::GeluTanh => x.gelu()?,
+            Act::Silu => x.silu()?,
+            Act::Relu => x.relu()?,
+        })
+    }
+}
+
+/// Token embedding table lookup.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::Embedding::new(self.weight.clone(), self.weight.dim(1)?).forward(ids)?)
+    }
+}

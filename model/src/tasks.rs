@@ -1,0 +1,238 @@
+//! Running co-referring requests ([`griffon_core::Request`]) end to end: exemplar crops, one or
+//! more model turns, answer parsing, confidence per box, mapping to pixels.
+
+use crate::error::{Error, Result};
+use crate::generate::{generate_with, Generation, SamplingOptions};
+use crate::griffon::Griffon;
+use crate::resample::{load_rgb, preprocess};
+use candle_core::Tensor;
+use griffon_core::answer::{parse_answer, Dropped};
+use griffon_core::confidence::{instance_scores, TokenSpan};
+use griffon_core::grammar::{AnswerGrammar, PrefixState};
+use griffon_core::{Exemplar, NormBox, PixelBox, Request, Task, Template};
+use image::RgbImage;
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub sampling: SamplingOptions,
+    pub template: Option<Template>,
+    /// Categories per detection turn.
+    pub chunk: usize,
+    /// Constrain detection-style answers to the grammar.
+    pub constrained: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { sampling: SamplingOptions::default(), template: None, chunk: 80, constrained: false }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageInfo {
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Detection {
+    /// Object name (the phrase / expression for grounding; null for the counting form).
+    pub label: Option<String>,
+    /// Pixel xyxy on the main image.
+    #[serde(rename = "box")]
+    pub box_px: [f64; 4],
+    /// Normalized xyxy as the model wrote it (clamped to [0, 1]).
+    pub box_norm: [f64; 4],
+    pub score: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskOutput {
+    pub image: ImageInfo,
+    pub detections: Vec<Detection>,
+    /// The model's text (turns joined by newlines); for `describe`, the description.
+    pub text: String,
+    /// Pieces of the answer the parser could not use, with the reason.
+    pub dropped: Vec<Dropped>,
+    /// For `count`: the number of boxes found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    /// For `describe`: geometric mean of the generated tokens' probabilities.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_score: Option<f64>,
+}
+
+/// Crops a pixel box (xyxy, floats rounded outward to whole pixels) out of an image.
+pub fn crop(img: &RgbImage, b: PixelBox, what: &str) -> Result<RgbImage> {
+    b.validate(img.width(), img.height()).map_err(|m| Error::Invalid(format!("{what}: {m}")))?;
+    let x1 = b.x1.floor() as u32;
+    let y1 = b.y1.floor() as u32;
+    let x2 = (b.x2.ceil() as u32).min(img.width());
+    let y2 = (b.y2.ceil() as u32).min(img.height());
+    Ok(image::imageops::crop_imm(img, x1, y1, (x2 - x1).max(1), (y2 - y1).max(1)).to_image())
+}
+
+/// Each generated token's byte span in the decoded (special tokens skipped) text.
+pub fn token_spans(m: &Griffon, gen: &Generation) -> Result<(String, Vec<TokenSpan>)> {
+    let mut spans = Vec::with_capacity(gen.tokens.len());
+    let mut prev = String::new();
+    for i in 0..gen.tokens.len() {
+        let cur = m.tokenizer.decode(&gen.tokens[..=i], true)?;
+        let common = prev.bytes().zip(cur.bytes()).take_while(|(a, b)| a == b).count();
+        // keep spans on char boundaries
+        let mut start = common.min(cur.len());
+        while !cur.is_char_boundary(start) {
+            start -= 1;
+        }
+        spans.push(TokenSpan { start, end: cur.len(), prob: gen.probs[i] as f64 });
+        prev = cur;
+    }
+    // the answer is trimmed: shift spans by the leading whitespace
+    let lead = prev.len() - prev.trim_start().len();
+    let text = prev.trim().to_string();
+    for s in &mut spans {
+        s.start = s.start.saturating_sub(lead).min(text.len());
+        s.end = s.end.saturating_sub(lead).min(text.len());
+    }
+    Ok((text, spans))
+}
+
+impl Griffon {
+    fn exemplar_image(&self, e: &Exemplar, main: &RgbImage) -> Result<RgbImage> {
+        match e {
+            Exemplar::Image(p) => Ok(load_rgb(p)?),
+            Exemplar::BoxOnImage(b) => crop(main, *b, "exemplar box on the main image"),
+            Exemplar::BoxOnOther { image, region } => {
+                let other = load_rgb(image)?;
+                crop(&other, *region, &format!("exemplar box on {}", image.display()))
+            }
+        }
+    }
+
+    /// Runs one rendered user text with region images; returns the generation and its text.
+    fn run_turn(
+        &self,
+        image_tokens: &Tensor,
+        user_text: &str,
+        regions: &[RgbImage],
+        opts: &RunOptions,
+        grammar: Option<&AnswerGrammar>,
+    ) -> Result<(String, Generation, Vec<TokenSpan>)> {
+        let template = opts.template.unwrap_or(self.template);
+        let prompt = self.render_prompt(user_text, Some(template));
+        let region_px = regions
+            .iter()
+            .map(|r| preprocess(r, self.region_size(), &self.device).map_err(Error::from))
+            .collect::<Result<Vec<_>>>()?;
+        let prepared = self.prepare_with_image_tokens(&prompt, image_tokens, &region_px)?;
+        let stop = self.stop_ids(template, None)?;
+        let gen = match grammar {
+            None => generate_with(&self.llm, &prepared.embeds, &stop, &opts.sampling, |_, _| true)?,
+            Some(g) => {
+                let tok = &self.tokenizer;
+                // (ids decoded so far, their text length): tokens must make the text grow
+                let mut prev: (usize, usize) = (usize::MAX, 0);
+                generate_with(&self.llm, &prepared.embeds, &stop, &opts.sampling, |ids, cand| {
+                    if prev.0 != ids.len() {
+                        prev = (ids.len(), tok.decode(ids, true).map(|t| t.trim_start().len()).unwrap_or(0));
+                    }
+                    let is_stop = stop.contains(&cand);
+                    let mut all = ids.to_vec();
+                    if !is_stop {
+                        all.push(cand);
+                    }
+                    let Ok(text) = tok.decode(&all, true) else { return false };
+                    let text = text.trim_start();
+                    match g.check_prefix(text) {
+                        PrefixState::Invalid => false,
+                        // a stop token may only end a complete answer; other tokens must add text
+                        PrefixState::Partial => !is_stop && text.len() > prev.1,
+                        PrefixState::Complete => is_stop || text.len() > prev.1,
+                    }
+                })?
+            }
+        };
+        let (text, spans) = token_spans(self, &gen)?;
+        Ok((text, gen, spans))
+    }
+
+    /// Runs a request end to end.
+    pub fn run(&self, req: &Request, opts: &RunOptions) -> Result<TaskOutput> {
+        let main = load_rgb(&req.image)?;
+        let (w, h) = (main.width(), main.height());
+        let turns = req.turns(w, h, opts.chunk).map_err(Error::Invalid)?;
+        let pixels = preprocess(&main, self.image_size(), &self.device)?;
+        let image_tokens = self.encode_image(&pixels.unsqueeze(0)?)?.squeeze(0)?;
+        let mut out = TaskOutput {
+            image: ImageInfo { width: w, height: h },
+            detections: vec![],
+            text: String::new(),
+            dropped: vec![],
+            count: None,
+            text_score: None,
+        };
+        let mut texts = Vec::new();
+        for turn in &turns {
+            let regions = turn.regions.iter().map(|e| self.exemplar_image(e, &main)).collect::<Result<Vec<_>>>()?;
+            let grammar = if opts.constrained {
+                match &req.task {
+                    Task::Detect { categories } => Some(AnswerGrammar {
+                        names: Some(categories.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()),
+                        nameless: false,
+                    }),
+                    Task::Count { .. } => Some(AnswerGrammar { names: None, nameless: true }),
+                    Task::Ground { .. } | Task::Phrases { .. } => Some(AnswerGrammar { names: None, nameless: false }),
+                    Task::Describe { .. } | Task::Chat { .. } => None,
+                }
+            } else {
+                None
+            };
+            let (text, gen, spans) = self.run_turn(&image_tokens, &turn.user_text, &regions, opts, grammar.as_ref())?;
+            if let Task::Describe { region } = &req.task {
+                let n = gen.probs.len().max(1) as f64;
+                let score = (gen.probs.iter().map(|p| (*p as f64).max(1e-30).ln()).sum::<f64>() / n).exp();
+                out.text_score = Some(score);
+                out.detections.push(Detection {
+                    label: Some(text.clone()),
+                    box_px: region.as_array(),
+                    box_norm: region.to_norm(w, h).clamped().as_array(),
+                    score,
+                });
+                texts.push(text);
+                continue;
+            }
+            let parsed = parse_answer(&text);
+            let scores = instance_scores(&parsed.instances, &spans);
+            let mut dets: Vec<Detection> = parsed
+                .instances
+                .iter()
+                .zip(scores)
+                .map(|(inst, score)| Detection {
+                    label: turn.label.clone().or_else(|| inst.label.clone()),
+                    box_px: inst.norm.to_pixels(w, h).as_array(),
+                    box_norm: inst.norm.as_array(),
+                    score,
+                })
+                .collect();
+            if matches!(req.task, Task::Ground { .. } | Task::Phrases { .. }) {
+                // REC keeps the first box (the reference's Acc@0.5 protocol); the rest is reported.
+                for extra in dets.iter().skip(1) {
+                    out.dropped.push(Dropped {
+                        text: NormBox::new(extra.box_norm[0], extra.box_norm[1], extra.box_norm[2], extra.box_norm[3]).format(),
+                        reason: "grounding keeps the first box".into(),
+                    });
+                }
+                dets.truncate(1);
+            }
+            out.detections.extend(dets);
+            out.dropped.extend(parsed.dropped);
+            texts.push(text);
+        }
+        if matches!(req.task, Task::Count { .. }) {
+            out.count = Some(out.detections.len());
+        }
+        out.text = texts.join("\n");
+        Ok(out)
+    }
+}

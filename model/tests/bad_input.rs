@@ -1,0 +1,193 @@
+//! Bad input gets an error that names the file, tensor or key at fault; never a panic.
+
+use candle_core::{Device, Tensor};
+use griffon_model::griffon::{Griffon, LoadOptions};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn fixture(case: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(case);
+    assert!(d.is_dir(), "fixture {} is missing: run tools/reference/make_parity_fixtures.py", d.display());
+    d
+}
+
+/// Copies a fixture checkpoint folder (recursively) into a fresh temp dir.
+fn copy_ckpt(case: &str) -> (tempfile::TempDir, PathBuf) {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if p.is_dir() {
+                copy_dir(&p, &to.join(e.file_name()));
+            } else {
+                std::fs::copy(&p, to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("ckpt");
+    copy_dir(&fixture(case).join("ckpt"), &dst);
+    (tmp, dst)
+}
+
+fn load_err(dir: &Path) -> String {
+    match Griffon::load(dir, &LoadOptions::default()) {
+        Ok(_) => panic!("loading {} should have failed", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn rewrite_weights(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let f = dir.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&f, &Device::Cpu).unwrap();
+    edit(&mut t);
+    candle_core::safetensors::save(&t, &f).unwrap();
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
+    let f = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+    edit(v.as_object_mut().unwrap());
+    std::fs::write(&f, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    let name = "model.layers.1.self_attn.k_proj.weight";
+    rewrite_weights(&dir, |t| {
+        t.remove(name).unwrap();
+    });
+    let e = load_err(&dir);
+    assert!(e.contains(name) && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn misshaped_tensor_is_named_with_both_shapes() {
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    let name = "model.mm_projector.0.weight";
+    rewrite_weights(&dir, |t| {
+        t.insert(name.into(), Tensor::zeros((64, 100), candle_core::DType::F32, &Device::Cpu).unwrap());
+    });
+    let e = load_err(&dir);
+    assert!(e.contains(name) && e.contains("[64, 100]") && e.contains("expected"), "{e}");
+}
+
+#[test]
+fn missing_config_key_is_named() {
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    edit_config(&dir, |c| {
+        c.remove("num_hidden_layers");
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("num_hidden_layers") && e.contains("config.json"), "{e}");
+
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    edit_config(&dir, |c| {
+        c.remove("query_pre_attn_scalar");
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("query_pre_attn_scalar"), "{e}");
+
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    edit_config(&dir, |c| {
+        c.insert("hidden_size".into(), serde_json::json!("big"));
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("hidden_size") && e.contains("integer"), "{e}");
+}
+
+#[test]
+fn malformed_config_and_checkpoint_files() {
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    std::fs::write(dir.join("config.json"), "{ not json").unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("config.json") && e.contains("malformed"), "{e}");
+
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    std::fs::write(dir.join("model.safetensors"), b"garbage bytes, not a safetensors file").unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors"), "{e}");
+
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    let shard = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).find(|p| {
+        p.file_name().unwrap().to_string_lossy().starts_with("model-00002")
+    });
+    std::fs::remove_file(shard.unwrap()).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("does not exist"), "{e}");
+
+    let e = load_err(Path::new("/nonexistent/griffon/model"));
+    assert!(e.contains("/nonexistent/griffon/model"), "{e}");
+}
+
+#[test]
+fn unknown_model_type_and_unsupported_projector() {
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    edit_config(&dir, |c| {
+        c.insert("model_type".into(), serde_json::json!("mistral"));
+    });
+    assert!(load_err(&dir).contains("mistral"));
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    edit_config(&dir, |c| {
+        c.insert("mm_projector_type".into(), serde_json::json!("resampler"));
+    });
+    assert!(load_err(&dir).contains("resampler"));
+}
+
+#[test]
+fn only_sentencepiece_tokenizer_gives_instructions() {
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    std::fs::write(dir.join("tokenizer.model"), b"x").unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("tokenizer.json") && e.contains("save_pretrained"), "{e}");
+}
+
+#[test]
+fn unreadable_images_are_named() {
+    let m = Griffon::load(&fixture("llama2_bf16").join("ckpt"), &LoadOptions::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope.png");
+    let e = m.image_pixels(&missing).unwrap_err().to_string();
+    assert!(e.contains("nope.png"), "{e}");
+    let empty = tmp.path().join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    let e = m.image_pixels(&empty).unwrap_err().to_string();
+    assert!(e.contains("empty.jpg"), "{e}");
+    let text = tmp.path().join("text.png");
+    std::fs::write(&text, b"this is not an image").unwrap();
+    let e = m.image_pixels(&text).unwrap_err().to_string();
+    assert!(e.contains("text.png"), "{e}");
+}
+
+#[test]
+fn more_regions_in_prompt_than_images() {
+    let dir = fixture("gemma2_region");
+    let m = Griffon::load(&dir.join("ckpt"), &LoadOptions::default()).unwrap();
+    let img = m.image_pixels(&dir.join("image.png")).unwrap();
+    let prompt = m.render_prompt("find <region> here", None);
+    let e = m.prepare(&prompt, &[img.clone()], &[]).err().expect("must fail").to_string();
+    assert!(e.contains("<region>") && e.contains("0 region image"), "{e}");
+    // a region image the prompt never uses is an error too (nothing silently dropped)
+    let r = m.region_pixels(&dir.join("region.png")).unwrap();
+    let prompt = m.render_prompt("no marker here", None);
+    let e = m.prepare(&prompt, &[img], &[r]).err().expect("must fail").to_string();
+    assert!(e.contains("1 region image"), "{e}");
+}
+
+#[test]
+fn wrong_pixel_shape_is_reported() {
+    let m = Griffon::load(&fixture("llama2_bf16").join("ckpt"), &LoadOptions::default()).unwrap();
+    let bad = Tensor::zeros((1, 3, 40, 40), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let e = m.encode_image(&bad).unwrap_err().to_string();
+    assert!(e.contains("[1, 3, 40, 40]") && e.contains("48"), "{e}");
+}
+
+#[test]
+fn bad_image_size_is_reported() {
+    let opts = LoadOptions { image_size: Some(50), ..Default::default() };
+    let e = Griffon::load(&fixture("llama2_bf16").join("ckpt"), &opts).err().expect("must fail").to_string();
+    assert!(e.contains("50") && e.contains("patch size 8"), "{e}");
+}
