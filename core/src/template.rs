@@ -52,6 +52,24 @@ impl Template {
         }
     }
 
+    /// A later user turn in a multi-turn conversation (no system text; BOS comes from the
+    /// tokenizer's special-token handling of the separator).
+    pub fn render_followup(self, user_text: &str) -> String {
+        match self {
+            Template::GemmaInstruct => self.render(user_text),
+            Template::LlavaLlama2 => format!("<s>[INST] {user_text} [/INST]"),
+        }
+    }
+
+    /// What follows an assistant answer in training targets (`conv.sep` / `sep2` in the
+    /// reference): the answer and this suffix are the supervised tokens.
+    pub fn answer_suffix(self) -> &'static str {
+        match self {
+            Template::GemmaInstruct => "<end_of_turn>\n",
+            Template::LlavaLlama2 => " </s>",
+        }
+    }
+
     /// The template a checkpoint of this `model_type` was trained with.
     pub fn for_model_type(model_type: &str) -> Option<Template> {
         let t = model_type.to_ascii_lowercase();

@@ -95,6 +95,12 @@ impl ClipVision {
     /// `s` points at `...vision_model`. `run_size` is the square input size; the position table
     /// is resized with `interp` when it differs from the stored grid.
     pub fn load(s: &Scope, cfg: &ClipVisionConfig, run_size: usize, interp: Interp) -> Result<Self> {
+        Self::load_upto(s, cfg, run_size, interp, cfg.num_hidden_layers)
+    }
+
+    /// As [`ClipVision::load`] with only the first `n_layers` encoder layers (the layers after the
+    /// selected hidden state are never run, so they are not loaded and cannot become trainable).
+    pub fn load_upto(s: &Scope, cfg: &ClipVisionConfig, run_size: usize, interp: Interp, n_layers: usize) -> Result<Self> {
         let h = cfg.hidden_size;
         let p = cfg.patch_size;
         if cfg.num_attention_heads == 0 || h % cfg.num_attention_heads != 0 {
@@ -136,8 +142,11 @@ impl ClipVision {
             Tensor::cat(&[&cls, &resized], 0)?
         };
         let pre_ln = LayerNorm::load(&s.pp("pre_layrnorm"), h, cfg.layer_norm_eps)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
+        if n_layers > cfg.num_hidden_layers {
+            return invalid(format!("vision tower {} has {} layers, {n_layers} requested", s.prefix, cfg.num_hidden_layers));
+        }
+        let mut layers = Vec::with_capacity(n_layers);
+        for i in 0..n_layers {
             let l = s.pp(format!("encoder.layers.{i}"));
             let a = l.pp("self_attn");
             layers.push(Layer {
@@ -189,17 +198,14 @@ impl ClipVision {
         self.pre_ln.forward(&x)
     }
 
-    /// Resolves an HF `hidden_states` index (negative counts from the end; there are L+1 states).
+    /// Resolves an HF `hidden_states` index (negative counts from the end; there are L+1 states)
+    /// against the config's layer count, and checks the layer was loaded.
     pub fn resolve_layer(&self, select_layer: i64) -> Result<usize> {
-        let n = self.layers.len() as i64 + 1;
-        let idx = if select_layer < 0 { n + select_layer } else { select_layer };
-        if idx < 0 || idx >= n {
-            return invalid(format!(
-                "select layer {select_layer} is out of range for a tower with {} layers ({n} hidden states)",
-                self.layers.len()
-            ));
+        let idx = resolve_select_layer(select_layer, self.cfg.num_hidden_layers)?;
+        if idx > self.layers.len() {
+            return invalid(format!("hidden state {idx} needs layers that were not loaded ({} loaded)", self.layers.len()));
         }
-        Ok(idx as usize)
+        Ok(idx)
     }
 
     /// `hidden_states[0..=upto]` (only the layers needed are run).
@@ -238,6 +244,18 @@ impl ClipVision {
     pub fn cls_feature(&self, pixels: &Tensor, select_layer: i64) -> Result<Tensor> {
         Ok(self.hidden_state(pixels, select_layer)?.narrow(1, 0, 1)?.squeeze(1)?)
     }
+}
+
+/// HF `hidden_states[select_layer]` index for a tower of `layers` layers (L + 1 states).
+pub fn resolve_select_layer(select_layer: i64, layers: usize) -> Result<usize> {
+    let n = layers as i64 + 1;
+    let idx = if select_layer < 0 { n + select_layer } else { select_layer };
+    if idx < 0 || idx >= n {
+        return invalid(format!(
+            "select layer {select_layer} is out of range for a tower with {layers} layers ({n} hidden states)"
+        ));
+    }
+    Ok(idx as usize)
 }
 
 /// Reads an HF CLIP config (a `CLIPVisionConfig`, or a `CLIPConfig` with `vision_config`).

@@ -12,7 +12,7 @@ use crate::projector::Projector;
 use crate::region::RegionEncoder;
 use crate::resample::{preprocess, Interp};
 use crate::tokenize::PromptTokenizer;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use griffon_core::prompt::check_visual_counts;
 use griffon_core::template::with_image_marker;
 use griffon_core::{Piece, Placeholder, Template};
@@ -79,12 +79,33 @@ pub struct Answer {
 
 impl Griffon {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        Ok(Self::load_inner(dir, opts, None)?.0)
+    }
+
+    /// Loads for training: tensors whose names `trainable` accepts become [`Var`]s, returned with
+    /// their names (frozen tensors stay constants and get no gradient).
+    pub fn load_trainable(
+        dir: &Path,
+        opts: &LoadOptions,
+        trainable: Box<dyn Fn(&str) -> bool>,
+    ) -> Result<(Self, Vec<(String, Var)>)> {
+        Self::load_inner(dir, opts, Some(trainable))
+    }
+
+    fn load_inner(
+        dir: &Path,
+        opts: &LoadOptions,
+        trainable: Option<Box<dyn Fn(&str) -> bool>>,
+    ) -> Result<(Self, Vec<(String, Var)>)> {
         let config_path = dir.join("config.json");
         if !dir.is_dir() {
             return invalid(format!("model folder {} does not exist", dir.display()));
         }
         let config = GriffonConfig::from_file(&config_path)?;
-        let ck = Checkpoint::open(dir, &opts.device, opts.dtype)?;
+        let mut ck = Checkpoint::open(dir, &opts.device, opts.dtype)?;
+        if let Some(t) = trainable {
+            ck.set_trainable(t);
+        }
         let (tower_cfg, tower_source) =
             resolve_tower(&ck, config.mm.vision_tower.as_deref(), MAIN_TOWER_PREFIX, opts.vision_config.as_deref())?;
         if let Some(m) = config.mm.mm_hidden_size {
@@ -97,7 +118,8 @@ impl Griffon {
             }
         }
         let run_size = opts.image_size.unwrap_or(tower_cfg.image_size);
-        let tower = ClipVision::load(&ck.scope(MAIN_TOWER_PREFIX), &tower_cfg, run_size, opts.pos_interp)?;
+        let needed = crate::clip::resolve_select_layer(config.mm.select_layer, tower_cfg.num_hidden_layers)?;
+        let tower = ClipVision::load_upto(&ck.scope(MAIN_TOWER_PREFIX), &tower_cfg, run_size, opts.pos_interp, needed)?;
         let h = config.llm.hidden_size();
         let projector = Projector::load(&ck.scope("model.mm_projector"), &config.mm.projector, tower_cfg.hidden_size, h)?;
         let region = if config.mm.unshared_visual_encoder {
@@ -113,7 +135,8 @@ impl Griffon {
             LlmConfig::Gemma2(_) => Template::GemmaInstruct,
             LlmConfig::Llama(_) => Template::LlavaLlama2,
         });
-        Ok(Self {
+        let vars = ck.take_vars();
+        let model = Self {
             config,
             tower,
             tower_source,
@@ -124,7 +147,8 @@ impl Griffon {
             template,
             device: opts.device.clone(),
             dtype: opts.dtype,
-        })
+        };
+        Ok((model, vars))
     }
 
     /// Square input size of the main tower.
@@ -202,6 +226,18 @@ impl Griffon {
     ) -> Result<Prepared> {
         let (pieces, placeholders) = self.tokenizer.assemble(prompt)?;
         check_visual_counts(&placeholders, n_images, n_regions).map_err(|e| Error::Invalid(e.0))?;
+        self.embed_pieces(&pieces, image_tokens, region_tokens)
+    }
+
+    /// Embeds assembled pieces: token ids through the embedding table, placeholders replaced by
+    /// `image_tokens` [n_images, N, H] / `region_tokens` [n_regions, 1, H] rows. The caller has
+    /// checked that every placeholder has its tokens.
+    pub fn embed_pieces(
+        &self,
+        pieces: &[Piece],
+        image_tokens: Option<&Tensor>,
+        region_tokens: Option<&Tensor>,
+    ) -> Result<Prepared> {
         let mut input_ids = Vec::with_capacity(pieces.len());
         let mut parts: Vec<Tensor> = Vec::new();
         let mut run: Vec<u32> = Vec::new();
@@ -214,7 +250,7 @@ impl Griffon {
             }
             Ok(())
         };
-        for p in &pieces {
+        for p in pieces {
             match p {
                 Piece::Token(t) => {
                     if *t >= vocab {
@@ -228,9 +264,10 @@ impl Griffon {
                 Piece::Visual(v) => {
                     flush(&mut run, &mut parts)?;
                     input_ids.push(IMAGE_TOKEN_INDEX);
+                    let missing = || Error::Invalid(format!("no visual tokens for placeholder {v:?}"));
                     let feats = match v {
-                        Placeholder::Image(i) => image_tokens.expect("counts checked").get(*i)?,
-                        Placeholder::Region(i) => region_tokens.expect("counts checked").get(*i)?,
+                        Placeholder::Image(i) => image_tokens.ok_or_else(missing)?.get(*i)?,
+                        Placeholder::Region(i) => region_tokens.ok_or_else(missing)?.get(*i)?,
                     };
                     parts.push(feats.to_dtype(self.dtype)?);
                 }

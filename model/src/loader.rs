@@ -4,7 +4,8 @@
 
 use crate::error::{invalid, io_err, Error, Result};
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,9 @@ pub struct Checkpoint {
     index: HashMap<String, (usize, Vec<usize>)>,
     pub device: Device,
     pub dtype: DType,
+    /// When set, tensors whose name it accepts are loaded as trainable [`Var`]s and recorded.
+    trainable: Option<Box<dyn Fn(&str) -> bool>>,
+    vars: RefCell<Vec<(String, Var)>>,
 }
 
 impl Checkpoint {
@@ -84,7 +88,40 @@ impl Checkpoint {
             }
             files.push((p.clone(), st));
         }
-        Ok(Self { dir: dir.to_path_buf(), files, index, device: device.clone(), dtype })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            index,
+            device: device.clone(),
+            dtype,
+            trainable: None,
+            vars: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Load the tensors `pred` accepts as trainable variables (see [`Checkpoint::take_vars`]).
+    pub fn set_trainable(&mut self, pred: Box<dyn Fn(&str) -> bool>) {
+        self.trainable = Some(pred);
+    }
+
+    /// The trainable variables created so far, with their tensor names, in load order.
+    pub fn take_vars(&self) -> Vec<(String, Var)> {
+        std::mem::take(&mut *self.vars.borrow_mut())
+    }
+
+    /// All stored tensor names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.names_with_prefix("")
+    }
+
+    /// A tensor in its stored dtype (for writing checkpoints back).
+    pub fn get_stored(&self, name: &str) -> Result<Tensor> {
+        let Some((k, _)) = self.index.get(name) else {
+            return invalid(format!("tensor {name} is missing from the checkpoint in {}", self.dir.display()));
+        };
+        let (path, st) = &self.files[*k];
+        st.load(name, &self.device)
+            .map_err(|e| Error::Invalid(format!("{}: cannot read tensor {name}: {e}", path.display())))
     }
 
     pub fn dir(&self) -> &Path {
@@ -139,7 +176,18 @@ impl Checkpoint {
                 ))
             }
         }
-        Ok(t.to_dtype(self.dtype)?)
+        let t = t.to_dtype(self.dtype)?;
+        if self.trainable.as_ref().is_some_and(|f| f(name)) {
+            let mut vars = self.vars.borrow_mut();
+            if let Some((_, v)) = vars.iter().find(|(n, _)| n == name) {
+                return Ok(v.as_tensor().clone());
+            }
+            let v = Var::from_tensor(&t)?;
+            let out = v.as_tensor().clone();
+            vars.push((name.to_string(), v));
+            return Ok(out);
+        }
+        Ok(t)
     }
 
     pub fn scope(&self, prefix: &str) -> Scope<'_> {

@@ -93,28 +93,29 @@ impl LayerNorm {
 }
 
 /// RMSNorm. Gemma multiplies by `(1 + w)`, Llama by `w`; both normalise in f32.
+/// The scale is formed at each call, so updates to a trainable `w` take effect.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
-    /// The effective scale (`1 + w` for Gemma), f32.
-    scale: Tensor,
+    weight: Tensor,
+    one_plus: bool,
     eps: f64,
 }
 
 impl RmsNorm {
     pub fn load(s: &Scope, dim: usize, eps: f64, one_plus: bool) -> Result<Self> {
-        let w = s.get("weight", &[dim])?.to_dtype(DType::F32)?;
-        let scale = if one_plus { (w + 1.0)? } else { w };
-        Ok(Self { scale, eps })
+        Ok(Self { weight: s.get("weight", &[dim])?, one_plus, eps })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
+        let w = self.weight.to_dtype(DType::F32)?;
+        let scale = if self.one_plus { (w + 1.0)? } else { w };
         let y = if differentiable() {
             let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
-            xf.broadcast_div(&(ms + self.eps)?.sqrt()?)?.broadcast_mul(&self.scale)?
+            xf.broadcast_div(&(ms + self.eps)?.sqrt()?)?.broadcast_mul(&scale)?
         } else {
-            candle_nn::ops::rms_norm(&xf.contiguous()?, &self.scale, self.eps as f32)?
+            candle_nn::ops::rms_norm(&xf.contiguous()?, &scale, self.eps as f32)?
         };
         Ok(y.to_dtype(dt)?)
     }

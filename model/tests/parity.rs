@@ -87,7 +87,10 @@ fn check_case(case: &str) {
     let gpix = c.g("pixels").unsqueeze(0).unwrap();
     let want_hs = c.g("vision_hidden_states");
     let n_states = want_hs.dim(0).unwrap();
-    let hs = m.tower.hidden_states(&gpix, n_states - 1).unwrap();
+    // the model loads only the layers it runs (up to select_layer); check every layer with a full tower
+    let ck = Checkpoint::open(&c.dir.join("ckpt"), &Device::Cpu, DType::F32).unwrap();
+    let full = griffon_model::clip::ClipVision::load(&ck.scope(MAIN_TOWER_PREFIX), &m.tower.cfg, m.image_size(), c.str("pos_interp").parse().unwrap()).unwrap();
+    let hs = full.hidden_states(&gpix, n_states - 1).unwrap();
     assert_eq!(hs.len(), n_states);
     for (i, h) in hs.iter().enumerate() {
         assert_close(&format!("{case} hidden_states[{i}]"), h, &want_hs.get(i).unwrap());

@@ -145,7 +145,10 @@ fn png_photos_match_pillow_exactly() {
             let got = pil_resize_rgb8(&img, s, s, filter);
             let (max, n) = u8_diff(&got, &want);
             report.push(format!("{ref_name}: max |u8 diff| {max}, {n} samples differ"));
-            assert_eq!(max, 0, "{ref_name}: pil_resize_rgb8 differs from Pillow by up to {max} levels in {n} samples (expected exact)");
+            assert_eq!(
+                max, 0,
+                "{ref_name}: pil_resize_rgb8 differs from Pillow by up to {max} levels in {n} samples (expected exact)"
+            );
 
             if filter == PilFilter::Bilinear {
                 let got_t = preprocess_vec(&img, s as usize);
@@ -224,16 +227,15 @@ fn jpeg_photo_within_decoder_tolerance() {
     assert!(max <= JPEG_DECODE_MAX_U8, "JPEG decode differs from Pillow by {max} > {JPEG_DECODE_MAX_U8} levels");
     assert!(mean <= JPEG_DECODE_MEAN_U8, "JPEG decode mean diff {mean} > {JPEG_DECODE_MEAN_U8}");
     // The resampler itself is exact on Pillow's decode, so the whole error is the decoder's.
-    for s in [224u32] {
-        let ref_name = format!("ref_coffee_jpeg_bilinear_{s}.png");
-        let want = reference_rgb(&ref_name);
-        assert_eq!(u8_diff(&pil_resize_rgb8(&pil_decoded, s, s, PilFilter::Bilinear), &want).0, 0, "{ref_name}");
-        let lut = fixture_lut();
-        let (max, mean) = f32_err(&preprocess_vec(&img, s as usize), &normalized_from_lut(&want, &lut));
-        eprintln!("{ref_name}: normalized max abs err {max:e}, mean abs err {mean:e}");
-        assert!(max <= JPEG_NORM_MAX, "{ref_name}: max abs error {max} > {JPEG_NORM_MAX}");
-        assert!(mean <= JPEG_NORM_MEAN, "{ref_name}: mean abs error {mean} > {JPEG_NORM_MEAN}");
-    }
+    let s = 224u32;
+    let ref_name = format!("ref_coffee_jpeg_bilinear_{s}.png");
+    let want = reference_rgb(&ref_name);
+    assert_eq!(u8_diff(&pil_resize_rgb8(&pil_decoded, s, s, PilFilter::Bilinear), &want).0, 0, "{ref_name}");
+    let lut = fixture_lut();
+    let (max, mean) = f32_err(&preprocess_vec(&img, s as usize), &normalized_from_lut(&want, &lut));
+    eprintln!("{ref_name}: normalized max abs err {max:e}, mean abs err {mean:e}");
+    assert!(max <= JPEG_NORM_MAX, "{ref_name}: max abs error {max} > {JPEG_NORM_MAX}");
+    assert!(mean <= JPEG_NORM_MEAN, "{ref_name}: mean abs error {mean} > {JPEG_NORM_MEAN}");
 }
 
 /// Sizes from a 40x40 noise image on both sides of Pillow 13's pass-order rule (vertical pass
@@ -308,7 +310,10 @@ fn antialias_differs_from_plain_when_downsampling() {
 fn err_message(path: &Path) -> String {
     match load_rgb(path) {
         Ok(img) => panic!("load_rgb({}) should fail, got a {}x{} image", path.display(), img.width(), img.height()),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            eprintln!("load_rgb error: {e}");
+            e.to_string()
+        }
     }
 }
 
@@ -348,6 +353,22 @@ fn load_rgb_rejects_bad_files_naming_the_path() {
         let m = err_message(&truncated);
         assert_names_path(&m, &truncated, "truncated PNG");
     }
+
+    // Pillow raises "image file is truncated" for a JPEG cut anywhere (even just its final EOI
+    // marker); zune-jpeg would silently fill the missing part, so load_rgb checks for it.
+    let jpg = std::fs::read(fixture("coffee.jpg")).unwrap();
+    for cut in [0, 2, 20, 200, 700, jpg.len() / 2, jpg.len() - 100, jpg.len() - 2, jpg.len() - 1] {
+        let truncated = dir.path().join(format!("truncated_{cut}.jpg"));
+        std::fs::write(&truncated, &jpg[..cut]).unwrap();
+        let m = err_message(&truncated);
+        assert_names_path(&m, &truncated, "truncated JPEG");
+    }
+    // ... while the complete file, and one with trailing bytes after its EOI (as Motion Photos
+    // carry a video there; these contain FF DA but no FF D9), load.
+    let padded = dir.path().join("padded.jpg");
+    std::fs::write(&padded, [jpg.as_slice(), b"\0\xff\xda\x00\x08trailing"].concat()).unwrap();
+    let got = load_rgb(&padded).expect("JPEG with trailing bytes");
+    assert_eq!(got, load_rgb(&fixture("coffee.jpg")).unwrap(), "trailing bytes changed the decode");
 
     // A PNG header declaring a 0 x 5 image (valid CRC): rejected, not a 0-sized RgbImage.
     let zero = dir.path().join("zero_width.png");
@@ -412,4 +433,35 @@ fn resize_edge_cases() {
     }
     // preprocess rejects size 0.
     assert!(preprocess(&img, 0, &Device::Cpu).is_err());
+}
+
+#[test]
+fn sixteen_bit_pngs_convert_like_pillow() {
+    // Pillow 13 (checked when writing this): a 16-bit grey PNG opens as mode "I;16" and
+    // convert("RGB") clips each value to 255; 16-bit RGB / RGBA / grey+alpha PNGs are unpacked
+    // with the "...;16B" raw modes, which keep the high byte.
+    let dir = tempfile::tempdir().unwrap();
+    let grey = dir.path().join("grey16.png");
+    image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(4, 1, vec![0, 200, 4000, 65535])
+        .unwrap()
+        .save(&grey)
+        .unwrap();
+    let got: Vec<u8> = load_rgb(&grey).unwrap().pixels().map(|p| p.0[0]).collect();
+    assert_eq!(got, [0, 200, 255, 255], "16-bit grey -> RGB must clip like Pillow's I;16 -> RGB");
+
+    let rgb = dir.path().join("rgb16.png");
+    image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::from_raw(2, 1, vec![4000, 300, 65535, 255, 256, 0x8080])
+        .unwrap()
+        .save(&rgb)
+        .unwrap();
+    let got = load_rgb(&rgb).unwrap();
+    assert_eq!(got.as_raw(), &[15, 1, 255, 0, 1, 128], "16-bit RGB -> RGB must keep the high byte");
+
+    let la = dir.path().join("la16.png");
+    image::ImageBuffer::<image::LumaA<u16>, Vec<u16>>::from_raw(2, 1, vec![4000, 0, 65535, 65535])
+        .unwrap()
+        .save(&la)
+        .unwrap();
+    let got = load_rgb(&la).unwrap();
+    assert_eq!(got.as_raw(), &[15, 15, 15, 255, 255, 255], "16-bit grey+alpha -> RGB must keep the high byte");
 }
