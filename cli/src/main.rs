@@ -36,6 +36,18 @@ enum Command {
     Chat(ChatArgs),
     /// Parse model text from stdin into the detection JSON (for post-processing logs).
     Parse(ParseArgs),
+    /// Train one stage from a TOML config (see train/src/config.rs and examples/tiny/).
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The run configuration.
+    #[arg(long)]
+    config: PathBuf,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -397,6 +409,29 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
     Ok(())
 }
 
+fn train_cmd(a: &TrainArgs) -> Result<()> {
+    let cfg = griffon_train::config::TrainConfig::from_file(&a.config).map_err(|e| anyhow!(e))?;
+    let mut t = griffon_train::trainer::Trainer::new(cfg, &Device::Cpu).map_err(|e| anyhow!(e))?;
+    eprintln!(
+        "training {} samples, {} optimizer steps ({} tensors trainable, {} already done)",
+        t.samples.len(),
+        t.total_steps,
+        t.opt.params.len(),
+        t.opt.step
+    );
+    let r = t.run(None, !a.quiet).map_err(|e| anyhow!(e))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "steps: {}/{}", r.steps, r.total_steps)?;
+    if let Some(l) = r.losses.last() {
+        writeln!(out, "final loss: {l:.4}")?;
+    }
+    writeln!(out, "checkpoint: {}", r.checkpoint.display())?;
+    for (reason, n) in griffon_train::data::skip_summary(&r.skipped) {
+        writeln!(out, "skipped {n}: {reason}")?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.command {
@@ -417,6 +452,7 @@ fn main() -> ExitCode {
             run_task(&a.task, Task::Chat { prompt: a.prompt.clone(), regions }, 80)
         }
         Command::Parse(a) => parse_cmd(a),
+        Command::Train(a) => train_cmd(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,207 @@
+//! `griffon train --config FILE.toml`: what to train, on what, how.
+//!
+//! ```toml
+//! [model]
+//! init = "path/to/checkpoint"     # the engine's checkpoint layout
+//! [data]
+//! tasks = "data/tasks.txt"        # released task list: `DET & det.jsonl & images/`
+//! max_len = 2048                  # longer samples are skipped and reported
+//! max_categories = 80
+//! none_prob = 0.0
+//! [train]
+//! stage = 2                       # 1 projector | 2 all but the region encoder | 3 LLM + projectors
+//! lr = 2e-5
+//! vision_lr = 2e-6                # optional: train the vision tower at its own rate (Griffon-G stage 3)
+//! epochs = 1
+//! grad_accum = 8
+//! warmup_ratio = 0.03
+//! weight_decay = 0.0
+//! max_grad_norm = 1.0
+//! seed = 0
+//! out = "runs/stage2"
+//! save_every = 100                # optimizer steps; 0 = only at the end
+//! max_steps = 0                   # 0 = epochs decide
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub train: TrainSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub init: PathBuf,
+    #[serde(default)]
+    pub image_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub tasks: PathBuf,
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    #[serde(default = "default_max_categories")]
+    pub max_categories: usize,
+    #[serde(default)]
+    pub none_prob: f64,
+    #[serde(default = "yes")]
+    pub check_images: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub stage: u8,
+    pub lr: f64,
+    #[serde(default)]
+    pub vision_lr: Option<f64>,
+    /// Explicit trainable modules (overrides the stage's): llm, projector, vision, region, region_projector.
+    #[serde(default)]
+    pub trainable: Option<Vec<String>>,
+    #[serde(default = "one")]
+    pub epochs: usize,
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    #[serde(default = "default_warmup")]
+    pub warmup_ratio: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    #[serde(default)]
+    pub seed: u64,
+    pub out: PathBuf,
+    #[serde(default)]
+    pub save_every: usize,
+    #[serde(default)]
+    pub max_steps: usize,
+}
+
+fn default_max_len() -> usize {
+    2048
+}
+fn default_max_categories() -> usize {
+    80
+}
+fn default_warmup() -> f64 {
+    0.03
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// The parts of a Griffon checkpoint, by tensor-name prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Module {
+    Llm,
+    Projector,
+    Vision,
+    Region,
+    RegionProjector,
+}
+
+impl Module {
+    pub fn of(name: &str) -> Module {
+        if name.starts_with("model.vision_tower.") {
+            Module::Vision
+        } else if name.starts_with("model.mm_projector.") {
+            Module::Projector
+        } else if name.starts_with("model.prompt_visual_encoder.") {
+            Module::Region
+        } else if name.starts_with("model.prompt_projector.") {
+            Module::RegionProjector
+        } else {
+            Module::Llm
+        }
+    }
+
+    fn parse(s: &str) -> Result<Module, String> {
+        Ok(match s {
+            "llm" => Module::Llm,
+            "projector" => Module::Projector,
+            "vision" => Module::Vision,
+            "region" => Module::Region,
+            "region_projector" => Module::RegionProjector,
+            o => return Err(format!("unknown module `{o}` (llm, projector, vision, region, region_projector)")),
+        })
+    }
+}
+
+impl TrainConfig {
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut cfg: TrainConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        // relative paths are relative to the config file
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut cfg.model.init);
+        fix(&mut cfg.data.tasks);
+        fix(&mut cfg.train.out);
+        cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.train;
+        if !(1..=3).contains(&t.stage) {
+            return Err(format!("train.stage must be 1, 2 or 3, got {}", t.stage));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(format!("train.lr must be positive, got {}", t.lr));
+        }
+        if t.grad_accum == 0 || t.epochs == 0 {
+            return Err("train.grad_accum and train.epochs must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&t.warmup_ratio) {
+            return Err(format!("train.warmup_ratio must be in [0, 1), got {}", t.warmup_ratio));
+        }
+        if let Some(m) = &t.trainable {
+            for s in m {
+                Module::parse(s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Trainable modules: the stage's (paper recipe, shared/GRIFFON_FORMAT.md) unless listed.
+    pub fn trainable_modules(&self) -> Vec<Module> {
+        if let Some(list) = &self.train.trainable {
+            return list.iter().filter_map(|s| Module::parse(s).ok()).collect();
+        }
+        let mut v = match self.train.stage {
+            1 => vec![Module::Projector],
+            2 => vec![Module::Llm, Module::Projector, Module::Vision, Module::RegionProjector],
+            _ => vec![Module::Llm, Module::Projector, Module::RegionProjector],
+        };
+        if self.train.vision_lr.is_some() && !v.contains(&Module::Vision) {
+            v.push(Module::Vision);
+        }
+        v
+    }
+
+    /// Learning rate for a module (the vision tower may have its own).
+    pub fn lr_of(&self, m: Module) -> f64 {
+        match (m, self.train.vision_lr) {
+            (Module::Vision, Some(v)) => v,
+            _ => self.train.lr,
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The Griffon v2 training pipeline (paper: arXiv 2403.09333, section "Training"; recipe in
+//! shared/GRIFFON_FORMAT.md): (I) high-resolution alignment of the projector, (II) co-referring
+//! pre-training, (III) intent-enhanced instruction tuning.
+//!
+//! * [`data`]: data builders from standard annotations into training conversations, and the
+//!   released Griffon jsonl formats / task list (read and write).
+//! * [`config`]: the TOML run configuration and the stage presets (which modules train).
+//! * [`optim`]: AdamW with f32 master weights, cosine schedule with warmup, clipping.
+//! * [`trainer`]: the loop, the loss on answer tokens, checkpoints and resume.
+
+pub mod config;
+pub mod data;
+pub mod optim;
+pub mod trainer;

@@ -1,0 +1,168 @@
+//! AdamW with f32 master weights and moments, the cosine schedule with linear warmup
+//! (transformers `get_cosine_schedule_with_warmup`), and global-norm gradient clipping
+//! (`torch.nn.utils.clip_grad_norm_`).
+
+use candle_core::{DType, Result, Tensor, Var};
+use std::collections::HashMap;
+
+/// One trainable tensor with its optimizer state.
+pub struct Param {
+    pub name: String,
+    pub var: Var,
+    /// f32 copy the updates are applied to (the Var may hold bf16 on GPU).
+    pub master: Tensor,
+    pub m: Tensor,
+    pub v: Tensor,
+    /// Index into the learning-rate groups.
+    pub group: usize,
+}
+
+pub struct AdamW {
+    pub params: Vec<Param>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Steps taken so far.
+    pub step: usize,
+}
+
+impl AdamW {
+    pub fn new(vars: Vec<(String, Var, usize)>, weight_decay: f64) -> Result<Self> {
+        let params = vars
+            .into_iter()
+            .map(|(name, var, group)| {
+                let master = var.as_tensor().to_dtype(DType::F32)?.copy()?;
+                let m = master.zeros_like()?;
+                let v = master.zeros_like()?;
+                Ok(Param { name, var, master, m, v, group })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { params, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0 })
+    }
+
+    /// One update with the summed gradients `grads` (by parameter index) and a learning rate
+    /// per group. torch.optim.AdamW order: decay, moments, bias-corrected step.
+    pub fn step(&mut self, grads: &[Tensor], lrs: &[f64]) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2 = 1.0 - self.beta2.powi(t);
+        for (p, g) in self.params.iter_mut().zip(grads) {
+            let lr = lrs[p.group];
+            let g = g.to_dtype(DType::F32)?;
+            if self.weight_decay != 0.0 {
+                p.master = (&p.master * (1.0 - lr * self.weight_decay))?;
+            }
+            p.m = ((&p.m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
+            p.v = ((&p.v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let denom = ((p.v.clone() / bc2)?.sqrt()? + self.eps)?;
+            let update = ((&p.m / bc1)? / denom)?;
+            p.master = (&p.master - (update * lr)?)?;
+            p.var.set(&p.master.to_dtype(p.var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// Optimizer state as named tensors (for checkpoints).
+    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for p in &self.params {
+            out.insert(format!("{}::master", p.name), p.master.clone());
+            out.insert(format!("{}::m", p.name), p.m.clone());
+            out.insert(format!("{}::v", p.name), p.v.clone());
+        }
+        out
+    }
+
+    /// Restores state saved by [`AdamW::state_tensors`]; every parameter must be present.
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>, step: usize) -> std::result::Result<(), String> {
+        for p in &mut self.params {
+            let get = |k: &str| {
+                state
+                    .get(&format!("{}::{k}", p.name))
+                    .cloned()
+                    .ok_or_else(|| format!("optimizer state has no {k} for {}", p.name))
+            };
+            let (master, m, v) = (get("master")?, get("m")?, get("v")?);
+            if master.dims() != p.master.dims() {
+                return Err(format!("optimizer state for {} has shape {:?}, expected {:?}", p.name, master.dims(), p.master.dims()));
+            }
+            p.var.set(&master.to_dtype(p.var.dtype()).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            p.master = master;
+            p.m = m;
+            p.v = v;
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// transformers `get_cosine_schedule_with_warmup` multiplier at `step` (0-based), num_cycles 0.5.
+pub fn cosine_with_warmup(step: usize, warmup: usize, total: usize) -> f64 {
+    if step < warmup {
+        return step as f64 / warmup.max(1) as f64;
+    }
+    let progress = (step - warmup) as f64 / (total.saturating_sub(warmup)).max(1) as f64;
+    (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
+}
+
+/// Warmup steps for a ratio, as transformers' `get_warmup_steps`: ceil(total * ratio).
+pub fn warmup_steps(total: usize, ratio: f64) -> usize {
+    (total as f64 * ratio).ceil() as usize
+}
+
+/// Scales gradients in place so that their global L2 norm is at most `max_norm`; returns the
+/// norm before clipping (`clip_grad_norm_`: coefficient max_norm / (norm + 1e-6), capped at 1).
+pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    let mut sq = 0f64;
+    for g in grads.iter() {
+        sq += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    }
+    let norm = sq.sqrt();
+    if max_norm > 0.0 {
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for g in grads.iter_mut() {
+                *g = (&*g * coef)?;
+            }
+        }
+    }
+    Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn schedule_matches_transformers() {
+        // warmup 3 of 10: 0, 1/3, 2/3, then cosine from 1 down
+        assert_eq!(cosine_with_warmup(0, 3, 10), 0.0);
+        assert!((cosine_with_warmup(2, 3, 10) - 2.0 / 3.0).abs() < 1e-12);
+        assert!((cosine_with_warmup(3, 3, 10) - 1.0).abs() < 1e-12);
+        assert!((cosine_with_warmup(10, 3, 10)).abs() < 1e-12);
+        assert_eq!(warmup_steps(100, 0.03), 3);
+    }
+
+    #[test]
+    fn adamw_first_step_is_lr_times_sign() {
+        // with bias correction the first Adam step is lr * g / (|g| + eps)
+        let var = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0, 0.5], &Device::Cpu).unwrap()).unwrap();
+        let mut opt = AdamW::new(vec![("w".into(), var.clone(), 0)], 0.0).unwrap();
+        let g = Tensor::new(&[0.5f32, -3.0, 0.0], &Device::Cpu).unwrap();
+        opt.step(&[g], &[0.1]).unwrap();
+        let w: Vec<f32> = var.as_tensor().to_vec1().unwrap();
+        assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] + 1.9).abs() < 1e-6 && (w[2] - 0.5).abs() < 1e-6, "{w:?}");
+    }
+
+    #[test]
+    fn clipping() {
+        let mut g = vec![Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap()];
+        let n = clip_grad_norm(&mut g, 1.0).unwrap();
+        assert!((n - 5.0).abs() < 1e-6);
+        let v: Vec<f32> = g[0].to_vec1().unwrap();
+        assert!((v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5);
+    }
+}
