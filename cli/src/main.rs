@@ -38,6 +38,28 @@ enum Command {
     Parse(ParseArgs),
     /// Train one stage from a TOML config (see train/src/config.rs and examples/tiny/).
     Train(TrainArgs),
+    /// Time the released shapes with random weights (vision, projector, prefill, decode, memory).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// gemma2-9b, llama2-13b or tiny (the shapes of shared/bench/torch_reference_bench.py).
+    #[arg(long)]
+    config: String,
+    /// Use random weights (required: the benchmark measures shapes, not a checkpoint).
+    #[arg(long)]
+    random_weights: bool,
+    /// cpu (cuda needs a build with the cuda feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    /// Tokens for the decode rate.
+    #[arg(long, default_value_t = 256)]
+    decode_tokens: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -432,6 +454,40 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_cmd(a: &BenchArgs) -> Result<()> {
+    use griffon_model::bench;
+    if !a.random_weights {
+        bail!("griffon bench measures the released shapes with random weights: pass --random-weights");
+    }
+    let cfg = bench::preset(&a.config)
+        .ok_or_else(|| anyhow!("unknown bench config `{}` (known: {})", a.config, bench::PRESETS.join(", ")))?;
+    let device = match a.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).context("--device cuda (this binary may lack the cuda feature)")?,
+        o => bail!("unknown device `{o}` (cpu, cuda)"),
+    };
+    let dtype = match a.dtype {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::Bf16 => DType::BF16,
+        DtypeArg::F16 => DType::F16,
+    };
+    let r = bench::run(&cfg, &device, dtype, a.decode_tokens, 0)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
+    } else {
+        writeln!(out, "config {} on {} ({}), image {} px", r.config, r.device, r.dtype, r.image_size)?;
+        writeln!(out, "vision encoder   {:10.2} ms", r.vision_ms)?;
+        writeln!(out, "projector        {:10.2} ms", r.projector_ms)?;
+        writeln!(out, "prefill {:5} tok {:10.2} ms", r.prefill_tokens, r.prefill_ms)?;
+        writeln!(out, "decode           {:10.1} tok/s over {} tokens", r.decode_tok_per_s, r.decode_tokens)?;
+        if let Some(m) = r.peak_rss_mib {
+            writeln!(out, "peak memory      {m:10.0} MiB")?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.command {
@@ -453,6 +509,7 @@ fn main() -> ExitCode {
         }
         Command::Parse(a) => parse_cmd(a),
         Command::Train(a) => train_cmd(a),
+        Command::Bench(a) => bench_cmd(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 //! [`loader`], [`config`] resolution, image [`resample`]/preprocessing, [`tokenize`]
 //! (prompt assembly) and [`generate`] (KV cache, samplers, stop rules). [`griffon`] ties them.
 
+pub mod bench;
 pub mod clip;
 pub mod config;
 pub mod draw;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod gemma2;
 pub mod generate;
 pub mod griffon;
+pub mod layout;
 pub mod llama;
 pub mod llm;
 pub mod loader;

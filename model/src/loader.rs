@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 pub struct Checkpoint {
     dir: PathBuf,
     files: Vec<(PathBuf, MmapedSafetensors)>,
-    /// tensor name -> (index into `files`, shape)
+    /// In-memory tensors ([`Checkpoint::from_tensors`]); `index` points into this when `files` is empty.
+    mem: Vec<Tensor>,
+    /// tensor name -> (index into `files` or `mem`, shape)
     index: HashMap<String, (usize, Vec<usize>)>,
     pub device: Device,
     pub dtype: DType,
@@ -91,6 +93,7 @@ impl Checkpoint {
         Ok(Self {
             dir: dir.to_path_buf(),
             files,
+            mem: Vec::new(),
             index,
             device: device.clone(),
             dtype,
@@ -119,9 +122,32 @@ impl Checkpoint {
         let Some((k, _)) = self.index.get(name) else {
             return invalid(format!("tensor {name} is missing from the checkpoint in {}", self.dir.display()));
         };
+        if self.files.is_empty() {
+            return Ok(self.mem[*k].clone());
+        }
         let (path, st) = &self.files[*k];
         st.load(name, &self.device)
             .map_err(|e| Error::Invalid(format!("{}: cannot read tensor {name}: {e}", path.display())))
+    }
+
+    /// An in-memory checkpoint (e.g. random weights for benchmarks); `get` converts to `dtype`.
+    pub fn from_tensors(tensors: HashMap<String, Tensor>, device: &Device, dtype: DType) -> Result<Self> {
+        let mut index = HashMap::new();
+        let mut mem = Vec::new();
+        for (i, (name, t)) in tensors.into_iter().enumerate() {
+            index.insert(name.clone(), (i, t.dims().to_vec()));
+            mem.push(t);
+        }
+        Ok(Self {
+            dir: PathBuf::from("<memory>"),
+            files: Vec::new(),
+            mem,
+            index,
+            device: device.clone(),
+            dtype,
+            trainable: None,
+            vars: RefCell::new(Vec::new()),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -147,7 +173,7 @@ impl Checkpoint {
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get_unchecked(name)?;
         if t.dims() != shape {
-            let file = &self.files[self.index[name].0].0;
+            let file = self.files.get(self.index[name].0).map(|f| f.0.as_path()).unwrap_or(self.dir.as_path());
             return invalid(format!(
                 "tensor {name} in {} has shape {:?}, expected {:?}",
                 file.display(),
@@ -163,6 +189,10 @@ impl Checkpoint {
         let Some((k, _)) = self.index.get(name) else {
             return invalid(format!("tensor {name} is missing from the checkpoint in {}", self.dir.display()));
         };
+        if self.files.is_empty() {
+            let t = self.mem[*k].to_device(&self.device)?.to_dtype(self.dtype)?;
+            return Ok(t);
+        }
         let (path, st) = &self.files[*k];
         let t = st
             .load(name, &self.device)

@@ -1,0 +1,235 @@
+//! COCO bbox mAP against pycocotools: the shared parity vectors and our generated ones.
+
+mod common;
+
+use common::{f64s, fixture, read_json, scratch, shared};
+use griffon_eval::{
+    coco_detections_stats, coco_results_stats, format_coco_stats, CocoDetection, EvalError,
+};
+
+const TOL: f64 = 1e-12;
+
+fn check(name: &str, got: &[f64; 12], want: &[f64]) {
+    assert_eq!(want.len(), 12, "{name}: expected 12 stats");
+    let max = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!("{name}: max |ours - pycocotools| = {max:e}");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= TOL,
+            "{name}: stat {i}: ours {a:?} vs pycocotools {b:?}"
+        );
+    }
+}
+
+#[test]
+fn shared_parity_vectors() {
+    let expected = read_json(&shared("coco-fake100/expected.json"));
+    let cases = &expected["expected_pycocotools_2_0_11"];
+    for name in ["fakebbox100", "tiny"] {
+        let case = &cases[name];
+        let gt = shared(&format!(
+            "coco-fake100/{}",
+            case["annotations"].as_str().unwrap()
+        ));
+        let dt = shared(&format!(
+            "coco-fake100/{}",
+            case["results"].as_str().unwrap()
+        ));
+        let stats = coco_results_stats(&gt, &dt).unwrap_or_else(|e| panic!("{name}: {e}"));
+        check(name, &stats, &f64s(&case["stats"]));
+    }
+}
+
+#[test]
+fn generated_vectors_and_summary_text() {
+    let expected = read_json(&fixture("coco/expected.json"));
+    let cases = expected["cases"].as_object().unwrap();
+    assert!(cases.len() >= 4);
+    for (name, case) in cases {
+        let gt = fixture(&format!("coco/{}", case["gt"].as_str().unwrap()));
+        let dt = fixture(&format!("coco/{}", case["dt"].as_str().unwrap()));
+        let stats = coco_results_stats(&gt, &dt).unwrap_or_else(|e| panic!("{name}: {e}"));
+        check(name, &stats, &f64s(&case["stats"]));
+        assert_eq!(
+            format_coco_stats(&stats),
+            case["summary"].as_str().unwrap(),
+            "{name}: summarize() text"
+        );
+    }
+}
+
+#[test]
+fn in_memory_detections_match_the_file_path() {
+    let gt = fixture("coco/edge/gt.json");
+    let dt = fixture("coco/edge/dt.json");
+    let dets: Vec<CocoDetection> = read_json(&dt)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| CocoDetection {
+            image_id: d["image_id"].as_u64().unwrap(),
+            category_id: d["category_id"].as_u64().unwrap(),
+            bbox: f64s(&d["bbox"]).try_into().unwrap(),
+            score: d["score"].as_f64().unwrap(),
+        })
+        .collect();
+    assert_eq!(
+        coco_detections_stats(&gt, &dets).unwrap(),
+        coco_results_stats(&gt, &dt).unwrap()
+    );
+    let mut bad = dets.clone();
+    bad[3].score = f64::NAN;
+    let err = coco_detections_stats(&gt, &bad).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EvalError::NonFinite {
+                index: 3,
+                field: "score",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_json_is_an_error_naming_the_file() {
+    let gt = fixture("coco/edge/gt.json");
+    let dt = scratch(
+        "malformed.json",
+        r#"[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5"#,
+    );
+    let err = coco_results_stats(&gt, &dt).unwrap_err();
+    assert!(matches!(err, EvalError::Json { .. }), "{err}");
+    assert!(err.to_string().contains("malformed.json"), "{err}");
+
+    let bad_gt = scratch("malformed_gt.json", "{\"images\": [");
+    let err = coco_results_stats(&bad_gt, &fixture("coco/edge/dt.json")).unwrap_err();
+    assert!(matches!(err, EvalError::Json { .. }), "{err}");
+    assert!(err.to_string().contains("malformed_gt.json"), "{err}");
+}
+
+#[test]
+fn unknown_image_ids_are_an_error() {
+    let gt = fixture("coco/edge/gt.json");
+    let dt = scratch(
+        "unknown_ids.json",
+        r#"[{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9},
+            {"image_id": 777, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9},
+            {"image_id": 778, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}]"#,
+    );
+    let err = coco_results_stats(&gt, &dt).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EvalError::UnknownImageIds {
+                index: 1,
+                image_id: 777,
+                count: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("results[1] has image_id 777"),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_results_are_an_error() {
+    let gt = fixture("coco/edge/gt.json");
+    let err = coco_results_stats(&gt, &scratch("empty.json", "[]")).unwrap_err();
+    assert!(matches!(err, EvalError::EmptyResults { .. }), "{err}");
+    let err = coco_detections_stats(&gt, &[]).unwrap_err();
+    assert!(matches!(err, EvalError::EmptyResults { .. }), "{err}");
+}
+
+#[test]
+fn non_finite_values_name_the_entry() {
+    let gt = fixture("coco/edge/gt.json");
+    let dt = scratch(
+        "nan.json",
+        r#"[{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9},
+            {"image_id": 2, "category_id": 1, "bbox": [10, 10, 50, 50], "score": NaN}]"#,
+    );
+    let err = coco_results_stats(&gt, &dt).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EvalError::NonFinite {
+                index: 1,
+                field: "score",
+                image_id: Some(2),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("results[1] (image_id 2) has a non-finite score"),
+        "{err}"
+    );
+
+    let dt = scratch(
+        "inf_box.json",
+        r#"[{"image_id": 3, "category_id": 1, "bbox": [10, -Infinity, 50, 50], "score": 0.9}]"#,
+    );
+    let err = coco_results_stats(&gt, &dt).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EvalError::NonFinite {
+                index: 0,
+                field: "bbox",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_shapes_are_errors() {
+    let gt = fixture("coco/edge/gt.json");
+    for (name, text, needle) in [
+        ("obj.json", r#"{"annotations": []}"#, "JSON array"),
+        (
+            "no_score.json",
+            r#"[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}]"#,
+            "results[0]: missing or invalid \"score\"",
+        ),
+        (
+            "bad_box.json",
+            r#"[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "score": 1}]"#,
+            "\"bbox\"",
+        ),
+        (
+            "neg_id.json",
+            r#"[{"image_id": -1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1}]"#,
+            "\"image_id\"",
+        ),
+    ] {
+        let err = coco_results_stats(&gt, &scratch(name, text)).unwrap_err();
+        assert!(matches!(err, EvalError::Format { .. }), "{name}: {err}");
+        assert!(err.to_string().contains(needle), "{name}: {err}");
+    }
+    let missing = std::path::Path::new("/nonexistent/griffon/results.json");
+    let err = coco_results_stats(&gt, missing).unwrap_err();
+    assert!(
+        matches!(err, EvalError::Io { .. })
+            && err
+                .to_string()
+                .contains("/nonexistent/griffon/results.json"),
+        "{err}"
+    );
+    let err = coco_results_stats(missing, &fixture("coco/edge/dt.json")).unwrap_err();
+    assert!(matches!(err, EvalError::Io { .. }), "{err}");
+}

@@ -1,0 +1,202 @@
+//! `griffon bench`: timings of the released shapes with random weights — vision encoder at the
+//! config's resolution, projector, prefill of the image tokens + 60 text tokens, greedy decode
+//! tokens/s over N tokens, peak memory. The shapes and protocol follow
+//! shared/bench/torch_reference_bench.py (median of repeated runs after warm-up; decode rate =
+//! (N - 1) / (time(N tokens) - time(1 token))), so the two can be compared on one machine.
+
+use crate::clip::{ClipVision, ClipVisionConfig};
+use crate::config::{Gemma2Config, LlamaConfig, LlmConfig, ProjectorType};
+use crate::error::{invalid, Result};
+use crate::generate::{generate, SamplingOptions};
+use crate::layout::{clip_layout, llm_layout, projector_layout, random_tensors};
+use crate::llm::Llm;
+use crate::loader::Checkpoint;
+use crate::nn::Act;
+use crate::projector::Projector;
+use crate::resample::Interp;
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+use std::time::Instant;
+
+pub struct BenchConfig {
+    pub name: &'static str,
+    pub tower: ClipVisionConfig,
+    pub llm: LlmConfig,
+}
+
+fn clip(hidden: usize, inter: usize, layers: usize, heads: usize, image: usize) -> ClipVisionConfig {
+    ClipVisionConfig {
+        hidden_size: hidden,
+        intermediate_size: inter,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        image_size: image,
+        patch_size: 14,
+        layer_norm_eps: 1e-5,
+        hidden_act: Act::QuickGelu,
+    }
+}
+
+fn llama(vocab: usize, hidden: usize, inter: usize, layers: usize, heads: usize, eps: f64) -> LlmConfig {
+    LlmConfig::Llama(LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: inter,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: heads,
+        head_dim: hidden / heads,
+        rms_norm_eps: eps,
+        rope_theta: 10000.0,
+        hidden_act: Act::Silu,
+        attention_bias: false,
+        mlp_bias: false,
+        tie_word_embeddings: false,
+    })
+}
+
+/// The benchmark shapes: `gemma2-9b` (Griffon-G), `llama2-13b` (the paper), `tiny` (the
+/// reference script's `--tiny`: CLIP 64-wide at 224 px, a 2-layer 128-wide Llama).
+pub fn preset(name: &str) -> Option<BenchConfig> {
+    Some(match name {
+        "gemma2-9b" => BenchConfig {
+            name: "gemma2-9b",
+            tower: clip(1024, 4096, 24, 16, 1022),
+            llm: LlmConfig::Gemma2(Gemma2Config {
+                vocab_size: 256000,
+                hidden_size: 3584,
+                intermediate_size: 14336,
+                num_hidden_layers: 42,
+                num_attention_heads: 16,
+                num_key_value_heads: 8,
+                head_dim: 256,
+                rms_norm_eps: 1e-6,
+                rope_theta: 10000.0,
+                query_pre_attn_scalar: 256.0,
+                attn_logit_softcapping: Some(50.0),
+                final_logit_softcapping: Some(30.0),
+                sliding_window: Some(4096),
+                sliding_layers: (0..42).map(|i| i % 2 == 0).collect(),
+                hidden_act: Act::GeluTanh,
+                tie_word_embeddings: true,
+            }),
+        },
+        "llama2-13b" => BenchConfig { name: "llama2-13b", tower: clip(1024, 4096, 24, 16, 1022), llm: llama(32000, 5120, 13824, 40, 40, 1e-5) },
+        "tiny" => BenchConfig { name: "tiny", tower: clip(64, 128, 2, 4, 224), llm: llama(1000, 128, 256, 2, 4, 1e-6) },
+        _ => return None,
+    })
+}
+
+pub const PRESETS: [&str; 3] = ["gemma2-9b", "llama2-13b", "tiny"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub config: String,
+    pub device: String,
+    pub dtype: String,
+    pub image_size: usize,
+    pub vision_ms: f64,
+    pub projector_ms: f64,
+    pub prefill_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_tokens: usize,
+    pub decode_tok_per_s: f64,
+    /// Peak resident memory of the process (VmHWM), MiB; CPU only.
+    pub peak_rss_mib: Option<f64>,
+}
+
+fn median_ms(warm: usize, rep: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warm {
+        f()?;
+    }
+    let mut ts = Vec::with_capacity(rep);
+    for _ in 0..rep {
+        let t = Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ts.sort_by(|a, b| a.total_cmp(b));
+    Ok(ts[ts.len() / 2])
+}
+
+fn sync(device: &Device) -> Result<()> {
+    device.synchronize()?;
+    Ok(())
+}
+
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs the benchmark on random weights.
+pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usize, seed: u64) -> Result<BenchResult> {
+    if decode_tokens < 2 {
+        return invalid("decode tokens must be at least 2");
+    }
+    let h = match &cfg.llm {
+        LlmConfig::Gemma2(g) => g.hidden_size,
+        LlmConfig::Llama(l) => l.hidden_size,
+    };
+    let gemma = matches!(cfg.llm, LlmConfig::Gemma2(_));
+    let prefix = "model.vision_tower.vision_tower.vision_model";
+    let proj_kind = ProjectorType::ConvReduce { pad: 1 };
+    let mut layout = clip_layout(prefix, &cfg.tower);
+    layout.extend(projector_layout(&proj_kind, cfg.tower.hidden_size, h));
+    layout.extend(llm_layout(&cfg.llm));
+    let tensors = random_tensors(&layout, gemma, dtype, device, seed)?;
+    let ck = Checkpoint::from_tensors(tensors, device, dtype)?;
+    let needed = cfg.tower.num_hidden_layers - 1; // hidden_states[-2]
+    let tower = ClipVision::load_upto(&ck.scope(prefix), &cfg.tower, cfg.tower.image_size, Interp::Bilinear, needed)?;
+    let projector = Projector::load(&ck.scope("model.mm_projector"), &proj_kind, cfg.tower.hidden_size, h)?;
+    let llm = Llm::load(&ck, &cfg.llm)?;
+    drop(ck);
+
+    let s = cfg.tower.image_size;
+    let pixels = Tensor::randn(0f32, 1.0, (1, 3, s, s), device)?.to_dtype(dtype)?;
+    let vision_ms = median_ms(2, 5, || {
+        tower.patch_features(&pixels, -2, false)?;
+        sync(device)
+    })?;
+    let feats = tower.patch_features(&pixels, -2, false)?;
+    let projector_ms = median_ms(2, 5, || {
+        projector.forward(&feats)?;
+        sync(device)
+    })?;
+    let image_tokens = projector.forward(&feats)?;
+    let vocab = llm.vocab_size() as u32;
+    let prompt: Vec<u32> = (0..60u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let text = llm.embed_tokens(&Tensor::new(prompt.as_slice(), device)?)?.unsqueeze(0)?;
+    let embeds = Tensor::cat(&[&image_tokens, &text], 1)?;
+    let prefill_tokens = embeds.dim(1)?;
+    let prefill_ms = median_ms(1, 3, || {
+        let mut cache = llm.new_cache();
+        llm.forward_embeds(&embeds, &mut cache, false)?;
+        sync(device)
+    })?;
+    let gen_ms = |n: usize| -> Result<f64> {
+        let opts = SamplingOptions { max_new_tokens: n, ..Default::default() };
+        median_ms(1, 2, || {
+            generate(&llm, &embeds, &[], &opts, |_| {})?;
+            sync(device)
+        })
+    };
+    let t_n = gen_ms(decode_tokens)?;
+    let t_1 = gen_ms(1)?;
+    let decode_tok_per_s = (decode_tokens - 1) as f64 / ((t_n - t_1) / 1e3).max(1e-9);
+    Ok(BenchResult {
+        config: cfg.name.to_string(),
+        device: format!("{device:?}"),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        image_size: s,
+        vision_ms,
+        projector_ms,
+        prefill_tokens,
+        prefill_ms,
+        decode_tokens,
+        decode_tok_per_s,
+        peak_rss_mib: if device.is_cpu() { peak_rss_mib() } else { None },
+    })
+}
