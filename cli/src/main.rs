@@ -40,6 +40,115 @@ enum Command {
     Train(TrainArgs),
     /// Time the released shapes with random weights (vision, projector, prefill, decode, memory).
     Bench(BenchArgs),
+    /// Metrics (COCO mAP, CIDEr) and dataset runs (coco, refcoco, flickr, reg, count, merge).
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// The 12 COCO bbox stats of a results file (pycocotools semantics).
+    CocoResults {
+        #[arg(long)]
+        annotations: PathBuf,
+        #[arg(long)]
+        results: PathBuf,
+        /// Print {"stats": [12 numbers]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// CIDEr-D of hypotheses against references (pycocoevalcap semantics).
+    Cider {
+        #[arg(long)]
+        refs: PathBuf,
+        #[arg(long)]
+        hyps: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// COCO detection mAP over a COCO instances file.
+    Coco {
+        #[command(flatten)]
+        run: EvalRunArgs,
+        #[arg(long)]
+        annotations: PathBuf,
+    },
+    /// REC Acc@0.5 over a Shikra-style RefCOCO/+/g jsonl.
+    Refcoco {
+        #[command(flatten)]
+        run: EvalRunArgs,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Flickr30K Entities ANY-BOX / MERGED-BOX R@1.
+    Flickr {
+        #[command(flatten)]
+        run: EvalRunArgs,
+        /// The Sentences/ folder.
+        #[arg(long)]
+        sentences: PathBuf,
+        /// The Annotations/ folder.
+        #[arg(long)]
+        annotations: PathBuf,
+        /// A file of image ids (e.g. test.txt); default: every sentence file.
+        #[arg(long)]
+        ids: Option<PathBuf>,
+    },
+    /// REG CIDEr over a jsonl of boxes with reference expressions.
+    Reg {
+        #[command(flatten)]
+        run: EvalRunArgs,
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Counting MAE / RMSE / NAE (FSC-147 annotation json, or a jsonl of image/exemplar/count).
+    Count {
+        #[command(flatten)]
+        run: EvalRunArgs,
+        #[arg(long)]
+        data: PathBuf,
+        /// Split file (Train_Test_Val_FSC_147.json) and --split name.
+        #[arg(long, requires = "split")]
+        split_file: Option<PathBuf>,
+        #[arg(long)]
+        split: Option<String>,
+    },
+    /// Merge the shards in an output folder and print the metrics.
+    Merge {
+        #[arg(long)]
+        out: PathBuf,
+        /// COCO instances file (for a COCO run).
+        #[arg(long)]
+        annotations: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct EvalRunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    /// Image folder of the dataset.
+    #[arg(long)]
+    images: PathBuf,
+    /// Output folder: predictions.shard-i-of-N.jsonl, metrics.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Run shard i of N (0-based), e.g. 0/4; merge the shards with `griffon eval merge`.
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// Only the first N samples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Categories per detection call.
+    #[arg(long, default_value_t = 80)]
+    chunk: usize,
+    #[arg(long)]
+    constrained: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -426,6 +535,7 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
         dropped: p.dropped,
         count: None,
         text_score: None,
+        prompts: vec![],
     };
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&output_json(&out, a.format))?)?;
     Ok(())
@@ -488,6 +598,119 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let (i, n) = s.split_once('/').ok_or_else(|| anyhow!("--shard {s:?}: expected i/N"))?;
+    let (i, n): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
+    if n == 0 || i >= n {
+        bail!("--shard {s:?}: need 0 <= i < N");
+    }
+    Ok((i, n))
+}
+
+fn eval_run(a: &EvalRunArgs, items: Vec<griffon_eval::datasets::Item>, annotations: Option<&std::path::Path>) -> Result<()> {
+    use griffon_eval::runners;
+    let shard = parse_shard(&a.shard)?;
+    let opts = runners::RunnerOptions {
+        out: a.out.clone(),
+        shard,
+        limit: a.limit,
+        run: RunOptions {
+            sampling: a.decode.sampling()?,
+            template: a.decode.template()?,
+            chunk: a.chunk,
+            constrained: a.constrained,
+        },
+        progress: !a.quiet,
+    };
+    if items.is_empty() {
+        bail!("the dataset has no samples");
+    }
+    let m = a.model.load()?;
+    let summary = runners::run(&m, &items, &opts)?;
+    eprintln!(
+        "shard {}/{}: {} samples, {} already done, {} run, {} failed -> {}",
+        shard.0,
+        shard.1,
+        summary.items_in_shard,
+        summary.already_done,
+        summary.ran,
+        summary.errors,
+        summary.shard_file.display()
+    );
+    if shard.1 == 1 {
+        eval_merge(&a.out, annotations)
+    } else {
+        eprintln!("when every shard is done: griffon eval merge --out {}", a.out.display());
+        Ok(())
+    }
+}
+
+fn eval_merge(out: &std::path::Path, annotations: Option<&std::path::Path>) -> Result<()> {
+    use griffon_eval::runners;
+    let records = runners::merge(out)?;
+    runners::check_single_task(&records)?;
+    let metrics = runners::score(&records, annotations, out)?;
+    let f = out.join("metrics.json");
+    std::fs::write(&f, serde_json::to_string_pretty(&metrics)?).with_context(|| format!("writing {}", f.display()))?;
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&metrics)?)?;
+    Ok(())
+}
+
+fn eval_cmd(c: &EvalCommand) -> Result<()> {
+    use griffon_eval::datasets;
+    let mut out = std::io::stdout().lock();
+    match c {
+        EvalCommand::CocoResults { annotations, results, json } => {
+            let stats = griffon_eval::coco_results_stats(annotations, results)?;
+            if *json {
+                writeln!(out, "{}", serde_json::json!({ "stats": stats }))?;
+            } else {
+                writeln!(out, "{}", griffon_eval::coco::format_coco_stats(&stats))?;
+            }
+        }
+        EvalCommand::Cider { refs, hyps, json } => {
+            let r = griffon_eval::cider_from_files(refs, hyps)?;
+            if *json {
+                let per: serde_json::Map<String, serde_json::Value> =
+                    r.per_image.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+                writeln!(out, "{}", serde_json::json!({ "cider": r.score, "per_image": per }))?;
+            } else {
+                writeln!(out, "CIDEr-D: {:.6} over {} images", r.score, r.per_image.len())?;
+            }
+        }
+        EvalCommand::Coco { run, annotations } => {
+            drop(out);
+            return eval_run(run, datasets::coco(annotations, &run.images)?, Some(annotations));
+        }
+        EvalCommand::Refcoco { run, data } => {
+            drop(out);
+            return eval_run(run, datasets::refcoco(data, &run.images)?, None);
+        }
+        EvalCommand::Flickr { run, sentences, annotations, ids } => {
+            drop(out);
+            return eval_run(run, datasets::flickr(sentences, annotations, &run.images, ids.as_deref())?, None);
+        }
+        EvalCommand::Reg { run, data } => {
+            drop(out);
+            return eval_run(run, datasets::reg(data, &run.images)?, None);
+        }
+        EvalCommand::Count { run, data, split_file, split } => {
+            drop(out);
+            let split = match (split_file, split) {
+                (Some(f), Some(s)) => Some((f.as_path(), s.as_str())),
+                (None, None) => None,
+                _ => bail!("give both --split-file and --split"),
+            };
+            return eval_run(run, datasets::count(data, &run.images, split)?, None);
+        }
+        EvalCommand::Merge { out: dir, annotations } => {
+            drop(out);
+            return eval_merge(dir, annotations.as_deref());
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.command {
@@ -510,6 +733,7 @@ fn main() -> ExitCode {
         Command::Parse(a) => parse_cmd(a),
         Command::Train(a) => train_cmd(a),
         Command::Bench(a) => bench_cmd(a),
+        Command::Eval(c) => eval_cmd(c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

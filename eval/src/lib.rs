@@ -65,6 +65,8 @@ pub mod counting;
 pub mod grounding;
 pub mod numeric;
 pub mod ptb;
+pub mod datasets;
+pub mod runners;
 
 use std::path::PathBuf;
 

@@ -61,6 +61,8 @@ pub struct TaskOutput {
     /// For `describe`: geometric mean of the generated tokens' probabilities.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text_score: Option<f64>,
+    /// The user texts sent to the model, one per turn.
+    pub prompts: Vec<String>,
 }
 
 /// Crops a pixel box (xyxy, floats rounded outward to whole pixels) out of an image.
@@ -171,6 +173,7 @@ impl Griffon {
             dropped: vec![],
             count: None,
             text_score: None,
+            prompts: turns.iter().map(|t| t.user_text.clone()).collect(),
         };
         let mut texts = Vec::new();
         for turn in &turns {

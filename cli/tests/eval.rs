@@ -1,0 +1,226 @@
+//! `griffon eval`: the metric commands on the shared parity vectors, and every dataset runner
+//! end to end on the tiny fixture checkpoint (shape of the outputs, resume, shards + merge).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn griffon(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_griffon")).args(args).output().expect("run griffon")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = griffon(args);
+    assert!(out.status.success(), "griffon {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn shared_data() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    assert!(d.is_dir(), "SHARED DATA MISSING: {} must exist beside the repo (../shared/data)", d.display());
+    d
+}
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/parity/gemma2_region")
+}
+
+#[test]
+fn coco_results_matches_pycocotools_on_shared_vector() {
+    let d = shared_data().join("coco-fake100");
+    let out = ok(&[
+        "eval", "coco-results", "--annotations", d.join("instances_val2014_100.json").to_str().unwrap(),
+        "--results", d.join("fakebbox100.json").to_str().unwrap(), "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let stats: Vec<f64> = v["stats"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(d.join("expected.json")).unwrap()).unwrap();
+    let want: Vec<f64> = expected["expected_pycocotools_2_0_11"]["fakebbox100"]["stats"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(stats.len(), 12);
+    for (a, b) in stats.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-12, "{stats:?} vs {want:?}");
+    }
+    // the human-readable form is pycocotools' summary
+    let text = ok(&[
+        "eval", "coco-results", "--annotations", d.join("instances_val2014_100.json").to_str().unwrap(),
+        "--results", d.join("fakebbox100.json").to_str().unwrap(),
+    ]);
+    assert!(text.contains("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"), "{text}");
+}
+
+#[test]
+fn cider_matches_pycocoevalcap_on_shared_vector() {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(shared_data().join("cider/vector.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (r, h) = (tmp.path().join("refs.json"), tmp.path().join("hyps.json"));
+    std::fs::write(&r, v["refs"].to_string()).unwrap();
+    std::fs::write(&h, v["hyps"].to_string()).unwrap();
+    let out: Value = serde_json::from_str(&ok(&["eval", "cider", "--refs", r.to_str().unwrap(), "--hyps", h.to_str().unwrap(), "--json"])).unwrap();
+    let want = v["expected"]["cider"].as_f64().unwrap();
+    assert!((out["cider"].as_f64().unwrap() - want).abs() <= 1e-9, "{out} vs {want}");
+}
+
+#[test]
+fn metric_commands_reject_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, "{ nope").unwrap();
+    let d = shared_data().join("coco-fake100");
+    let out = griffon(&["eval", "coco-results", "--annotations", d.join("instances_val2014_100.json").to_str().unwrap(), "--results", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.json") && !err.contains("panicked"), "{err}");
+}
+
+/// A toy dataset over the fixture images in every runner format.
+struct Toy {
+    dir: tempfile::TempDir,
+}
+
+impl Toy {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("images");
+        std::fs::create_dir_all(&img).unwrap();
+        std::fs::copy(fixture().join("image.png"), img.join("a.png")).unwrap();
+        std::fs::copy(fixture().join("region.png"), img.join("b.png")).unwrap();
+        image::open(fixture().join("image.png")).unwrap().to_rgb8().save(img.join("1000.jpg")).unwrap();
+        let coco = serde_json::json!({
+            "images": [{"id": 1, "file_name": "a.png", "width": 90, "height": 70}, {"id": 2, "file_name": "b.png", "width": 40, "height": 50}],
+            "categories": [{"id": 1, "name": "red square"}, {"id": 2, "name": "blue circle"}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 1, "bbox": [18, 17, 27, 18], "area": 486, "iscrowd": 0},
+                {"id": 2, "image_id": 1, "category_id": 2, "bbox": [45, 35, 40, 30], "area": 1200, "iscrowd": 0},
+                {"id": 3, "image_id": 2, "category_id": 1, "bbox": [8, 12, 12, 13], "area": 156, "iscrowd": 0}
+            ]
+        });
+        std::fs::write(dir.path().join("coco.json"), coco.to_string()).unwrap();
+        std::fs::write(
+            dir.path().join("refcoco.jsonl"),
+            "{\"id\": 7, \"img_path\": \"a.png\", \"expression\": \"the red square\", \"bbox\": [18, 17, 45, 35]}\n\
+             {\"id\": 8, \"img_path\": \"b.png\", \"expression\": \"the small square\", \"bbox\": [8, 12, 20, 25]}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("reg.jsonl"),
+            "{\"img_path\": \"a.png\", \"bbox\": [18, 17, 45, 35], \"expressions\": [\"a red square\", \"red box on the left\"]}\n\
+             {\"img_path\": \"b.png\", \"bbox\": [8, 12, 20, 25], \"expressions\": [\"small square\"]}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("count.jsonl"),
+            "{\"image\": \"a.png\", \"exemplar\": [18, 17, 45, 35], \"count\": 2}\n{\"image\": \"b.png\", \"exemplar\": [8, 12, 20, 25], \"count\": 1}\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("Sentences")).unwrap();
+        std::fs::create_dir_all(dir.path().join("Annotations")).unwrap();
+        std::fs::write(
+            dir.path().join("Sentences/1000.txt"),
+            "[/EN#1/other A red square] next to [/EN#2/other a blue circle] .\n[/EN#3/other Nothing boxed] here .\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("Annotations/1000.xml"),
+            "<annotation><object><name>1</name><bndbox><xmin>18</xmin><ymin>17</ymin><xmax>45</xmax><ymax>35</ymax></bndbox></object>\
+             <object><name>2</name><bndbox><xmin>45</xmin><ymin>35</ymin><xmax>85</xmax><ymax>65</ymax></bndbox></object></annotation>",
+        )
+        .unwrap();
+        Toy { dir }
+    }
+    fn p(&self, rel: &str) -> String {
+        self.dir.path().join(rel).to_str().unwrap().to_string()
+    }
+}
+
+fn run_eval(task: &str, toy: &Toy, out: &str, extra: &[&str]) -> Value {
+    let model = fixture().join("ckpt");
+    let mut args: Vec<String> = vec!["eval".into(), task.into(), "--model".into(), model.to_str().unwrap().into(), "--images".into(), toy.p("images"), "--out".into(), toy.p(out), "--quiet".into()];
+    if !extra.contains(&"--max-new-tokens") {
+        args.extend(["--max-new-tokens".to_string(), "40".to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let text = ok(&refs);
+    if text.trim().is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+fn records(dir: &Path) -> Vec<Value> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("predictions.shard-") {
+            for l in std::fs::read_to_string(&p).unwrap().lines() {
+                v.push(serde_json::from_str(l).unwrap());
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn coco_runner_resume_and_shards() {
+    let toy = Toy::new();
+    let ann = toy.p("coco.json");
+    // a partial run, then the rest: the first record is not redone
+    run_eval("coco", &toy, "full", &["--annotations", &ann, "--constrained", "--limit", "1"]);
+    let first = records(&toy.dir.path().join("full"));
+    assert_eq!(first.len(), 1);
+    // a kill mid-write leaves a torn line, which resume cuts off
+    let shard = toy.dir.path().join("full/predictions.shard-0-of-1.jsonl");
+    let mut text = std::fs::read_to_string(&shard).unwrap();
+    text.push_str("{\"id\": \"2\", \"ima");
+    std::fs::write(&shard, text).unwrap();
+    let m = run_eval("coco", &toy, "full", &["--annotations", &ann, "--constrained"]);
+    let all = records(&toy.dir.path().join("full"));
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0], first[0]);
+    for r in &all {
+        for k in ["id", "image", "prompts", "answer", "detections", "dropped", "truth"] {
+            assert!(r.get(k).is_some(), "record lacks {k}: {r}");
+        }
+        assert!(r["dropped"].as_array().unwrap().is_empty(), "constrained answers parse: {r}");
+    }
+    // a random model may find nothing: then there is no results list to score (documented)
+    match m["stats"].as_array() {
+        Some(stats) => assert_eq!(stats.len(), 12),
+        None => assert_eq!(m["detections"], 0, "{m}"),
+    }
+    // two shards + merge give the same metrics
+    run_eval("coco", &toy, "sharded", &["--annotations", &ann, "--constrained", "--shard", "0/2"]);
+    run_eval("coco", &toy, "sharded", &["--annotations", &ann, "--constrained", "--shard", "1/2"]);
+    let merged: Value = serde_json::from_str(&ok(&["eval", "merge", "--out", &toy.p("sharded"), "--annotations", &ann])).unwrap();
+    assert_eq!(merged["stats"], m["stats"]);
+    assert!(toy.dir.path().join("sharded/metrics.json").is_file());
+}
+
+#[test]
+fn grounding_description_and_counting_runners() {
+    let toy = Toy::new();
+    let m = run_eval("refcoco", &toy, "rec", &["--data", &toy.p("refcoco.jsonl")]);
+    let acc = m["acc@0.5"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc) && m["total"] == 2, "{m}");
+    let m = run_eval("flickr", &toy, "flickr", &["--sentences", &toy.p("Sentences"), "--annotations", &toy.p("Annotations")]);
+    assert_eq!(m["phrases"], 2, "{m}");
+    assert!(m["any_box_r@1"].as_f64().unwrap() >= m["merged_box_r@1"].as_f64().unwrap() - 1.0);
+    let m = run_eval("reg", &toy, "reg", &["--data", &toy.p("reg.jsonl"), "--max-new-tokens", "6"]);
+    assert!(m["cider"].as_f64().unwrap() >= 0.0 && m["images"] == 2, "{m}");
+    let m = run_eval("count", &toy, "count", &["--data", &toy.p("count.jsonl"), "--constrained"]);
+    assert!(m["mae"].as_f64().unwrap() >= 0.0 && m["images"] == 2, "{m}");
+}
+
+#[test]
+fn runner_records_unreadable_images_as_failed() {
+    let toy = Toy::new();
+    std::fs::write(
+        toy.dir.path().join("rc.jsonl"),
+        "{\"img_path\": \"missing.png\", \"expression\": \"x\", \"bbox\": [1, 1, 5, 5]}\n{\"img_path\": \"a.png\", \"expression\": \"y\", \"bbox\": [1, 1, 5, 5]}\n",
+    )
+    .unwrap();
+    let m = run_eval("refcoco", &toy, "rcbad", &["--data", &toy.p("rc.jsonl"), "--max-new-tokens", "8"]);
+    assert_eq!(m["failed_samples"], 1, "{m}");
+    let recs = records(&toy.dir.path().join("rcbad"));
+    assert!(recs.iter().any(|r| r["error"].as_str().is_some_and(|e| e.contains("missing.png"))));
+}

@@ -1,0 +1,326 @@
+//! Readers for the standard evaluation annotation files, each turning a dataset into
+//! [`Item`]s: a request for the model plus the ground truth needed to score it.
+//!
+//! * COCO instances json (detection over all categories);
+//! * Shikra-style RefCOCO/+/g jsonl (`{"img_path", "expression", "bbox": [x1,y1,x2,y2]}`);
+//! * Flickr30K Entities `Sentences/*.txt` + `Annotations/*.xml`;
+//! * REG jsonl with reference expressions (`{"img_path", "bbox", "expressions": [...]}`);
+//! * FSC-147 (`annotation_FSC147_384.json` + `Train_Test_Val_FSC_147.json`) and FSCD-LVIS style
+//!   counting (`{"image", "exemplar": [x1,y1,x2,y2], "count"}` jsonl).
+
+use griffon_core::{Exemplar, PixelBox, Request, Task};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::Path;
+
+use crate::EvalError;
+
+/// One evaluation sample.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Unique, stable id (resume and merge key).
+    pub id: String,
+    pub request: Request,
+    pub truth: Truth,
+}
+
+/// What a sample is scored against (stored in the per-sample JSONL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Truth {
+    Coco { image_id: u64 },
+    Rec { gt_box: [f64; 4] },
+    Phrases { phrases: Vec<PhraseTruth> },
+    Reg { refs: Vec<String> },
+    Count { count: f64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhraseTruth {
+    pub phrase: String,
+    pub boxes: Vec<[f64; 4]>,
+}
+
+fn read_json(path: &Path) -> Result<Value, EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+    serde_json::from_str(&text).map_err(|source| EvalError::Json { path: path.into(), source })
+}
+
+fn fmt_err(path: &Path, message: String) -> EvalError {
+    EvalError::Format { path: path.into(), message }
+}
+
+/// Lines of a jsonl file as values, with 1-based line numbers; a bad line is an error naming it.
+fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>, EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| fmt_err(path, format!("line {}: malformed JSON: {e}", i + 1)))?;
+        out.push((i + 1, v));
+    }
+    Ok(out)
+}
+
+fn str_field<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a str> {
+    keys.iter().find_map(|k| v.get(*k).and_then(Value::as_str))
+}
+
+fn box_field(v: &Value, key: &str) -> Option<[f64; 4]> {
+    let a = v.get(key)?.as_array()?;
+    // a flat box, or a list holding one box
+    let a = if a.len() == 1 { a[0].as_array()? } else { a };
+    if a.len() != 4 {
+        return None;
+    }
+    let mut b = [0.0; 4];
+    for (i, x) in a.iter().enumerate() {
+        b[i] = x.as_f64()?;
+    }
+    Some(b)
+}
+
+/// COCO instances json: one detection item per image, over every category.
+pub fn coco(annotations: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
+    let v = read_json(annotations)?;
+    let cats: Vec<String> = v
+        .get("categories")
+        .and_then(Value::as_array)
+        .ok_or_else(|| fmt_err(annotations, "missing `categories`".into()))?
+        .iter()
+        .map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+        .collect::<Option<_>>()
+        .ok_or_else(|| fmt_err(annotations, "a category has no `name`".into()))?;
+    let imgs = v.get("images").and_then(Value::as_array).ok_or_else(|| fmt_err(annotations, "missing `images`".into()))?;
+    imgs.iter()
+        .enumerate()
+        .map(|(i, im)| {
+            let id = im.get("id").and_then(Value::as_u64).ok_or_else(|| fmt_err(annotations, format!("images[{i}] has no integer `id`")))?;
+            let file = im.get("file_name").and_then(Value::as_str).ok_or_else(|| fmt_err(annotations, format!("images[{i}] has no `file_name`")))?;
+            Ok(Item {
+                id: id.to_string(),
+                request: Request { image: images.join(file), task: Task::Detect { categories: cats.clone() } },
+                truth: Truth::Coco { image_id: id },
+            })
+        })
+        .collect()
+}
+
+/// COCO category name -> id.
+pub fn coco_category_ids(annotations: &Path) -> Result<std::collections::HashMap<String, u64>, EvalError> {
+    let v = read_json(annotations)?;
+    let mut m = std::collections::HashMap::new();
+    for c in v.get("categories").and_then(Value::as_array).into_iter().flatten() {
+        if let (Some(n), Some(id)) = (c.get("name").and_then(Value::as_str), c.get("id").and_then(Value::as_u64)) {
+            m.insert(n.to_string(), id);
+        }
+    }
+    Ok(m)
+}
+
+/// Shikra-style REC jsonl: `img_path` (or `image` / `image_path` / `file_name`), `expression`
+/// (or `sentence`), `bbox` as pixel xyxy; `id` when present, else the line number.
+pub fn refcoco(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
+    read_jsonl(data)?
+        .into_iter()
+        .map(|(line, v)| {
+            let img = str_field(&v, &["img_path", "image", "image_path", "file_name"])
+                .ok_or_else(|| fmt_err(data, format!("line {line}: no image path (img_path)")))?;
+            let expr = str_field(&v, &["expression", "sentence", "expr"])
+                .ok_or_else(|| fmt_err(data, format!("line {line}: no `expression`")))?;
+            let gt = box_field(&v, "bbox").ok_or_else(|| fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2]")))?;
+            let id = v.get("id").map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_else(|| format!("line{line}"));
+            Ok(Item {
+                id,
+                request: Request { image: images.join(img), task: Task::Ground { expression: expr.to_string() } },
+                truth: Truth::Rec { gt_box: gt },
+            })
+        })
+        .collect()
+}
+
+/// REG jsonl: image, `bbox` (pixel xyxy), reference expressions in `expressions` / `refs`
+/// (a list) or `expression` (a string or list).
+pub fn reg(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
+    read_jsonl(data)?
+        .into_iter()
+        .map(|(line, v)| {
+            let img = str_field(&v, &["img_path", "image", "image_path", "file_name"])
+                .ok_or_else(|| fmt_err(data, format!("line {line}: no image path (img_path)")))?;
+            let b = box_field(&v, "bbox").ok_or_else(|| fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2]")))?;
+            let refs: Vec<String> = ["expressions", "refs", "expression"]
+                .iter()
+                .find_map(|k| match v.get(*k)? {
+                    Value::String(s) => Some(vec![s.clone()]),
+                    Value::Array(a) => Some(a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()),
+                    _ => None,
+                })
+                .filter(|r: &Vec<String>| !r.is_empty())
+                .ok_or_else(|| fmt_err(data, format!("line {line}: no reference expressions")))?;
+            let id = v.get("id").map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_else(|| format!("line{line}"));
+            Ok(Item {
+                id,
+                request: Request { image: images.join(img), task: Task::Describe { region: PixelBox::new(b[0], b[1], b[2], b[3]) } },
+                truth: Truth::Reg { refs },
+            })
+        })
+        .collect()
+}
+
+/// Phrases of a Flickr30K Entities sentence line: `[/EN#123/people A man]` groups.
+pub fn parse_flickr_sentence(line: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(start) = rest.find("[/EN#") {
+        let after = &rest[start + 5..];
+        let Some(end) = after.find(']') else { break };
+        let inner = &after[..end];
+        // "123/people/other A man in red"
+        if let Some((tag, phrase)) = inner.split_once(' ') {
+            let id = tag.split('/').next().unwrap_or("").to_string();
+            out.push((id, phrase.trim().to_string()));
+        }
+        rest = &after[end + 1..];
+    }
+    out
+}
+
+/// Boxes per entity id in a Flickr30K Entities annotation xml (`<object><name>ID</name>...
+/// <bndbox><xmin>..</xmin><ymin>..</ymin><xmax>..</xmax><ymax>..</ymax></bndbox></object>`).
+pub fn parse_flickr_xml(xml: &str) -> std::collections::HashMap<String, Vec<[f64; 4]>> {
+    fn tag<'a>(s: &'a str, t: &str) -> Option<&'a str> {
+        let open = format!("<{t}>");
+        let close = format!("</{t}>");
+        let a = s.find(&open)? + open.len();
+        let b = s[a..].find(&close)? + a;
+        Some(s[a..b].trim())
+    }
+    let mut m: std::collections::HashMap<String, Vec<[f64; 4]>> = std::collections::HashMap::new();
+    for obj in xml.split("<object>").skip(1) {
+        let obj = obj.split("</object>").next().unwrap_or("");
+        let Some(bb) = tag(obj, "bndbox") else { continue };
+        let coords: Option<Vec<f64>> = ["xmin", "ymin", "xmax", "ymax"].iter().map(|t| tag(bb, t)?.parse().ok()).collect();
+        let Some(c) = coords else { continue };
+        // an object may carry several <name> ids
+        let mut rest = obj;
+        while let Some(i) = rest.find("<name>") {
+            let a = i + 6;
+            let Some(j) = rest[a..].find("</name>") else { break };
+            m.entry(rest[a..a + j].trim().to_string()).or_default().push([c[0], c[1], c[2], c[3]]);
+            rest = &rest[a + j..];
+        }
+    }
+    m
+}
+
+/// Flickr30K Entities: one item per sentence with at least one boxed phrase. `ids` limits the
+/// images (e.g. the test split list); phrases whose entity has no box are left out, as MDETR's
+/// evaluator does.
+pub fn flickr(sentences: &Path, annotations: &Path, images: &Path, ids: Option<&Path>) -> Result<Vec<Item>, EvalError> {
+    let mut image_ids: Vec<String> = match ids {
+        Some(f) => std::fs::read_to_string(f).map_err(|source| EvalError::Io { path: f.into(), source })?.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+        None => std::fs::read_dir(sentences)
+            .map_err(|source| EvalError::Io { path: sentences.into(), source })?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.path().file_stem().map(|s| s.to_string_lossy().to_string()))
+            .collect(),
+    };
+    image_ids.sort();
+    let mut items = Vec::new();
+    for id in image_ids {
+        let sf = sentences.join(format!("{id}.txt"));
+        let af = annotations.join(format!("{id}.xml"));
+        let text = std::fs::read_to_string(&sf).map_err(|source| EvalError::Io { path: sf.clone(), source })?;
+        let boxes = parse_flickr_xml(&std::fs::read_to_string(&af).map_err(|source| EvalError::Io { path: af.clone(), source })?);
+        for (k, line) in text.lines().enumerate() {
+            let phrases: Vec<PhraseTruth> = parse_flickr_sentence(line)
+                .into_iter()
+                .filter_map(|(eid, phrase)| boxes.get(&eid).map(|b| PhraseTruth { phrase, boxes: b.clone() }))
+                .collect();
+            if phrases.is_empty() {
+                continue;
+            }
+            items.push(Item {
+                id: format!("{id}_{k}"),
+                request: Request {
+                    image: images.join(format!("{id}.jpg")),
+                    task: Task::Phrases { phrases: phrases.iter().map(|p| p.phrase.clone()).collect() },
+                },
+                truth: Truth::Phrases { phrases },
+            });
+        }
+    }
+    Ok(items)
+}
+
+/// Counting: FSC-147's `annotation_FSC147_384.json` (object keyed by file name, with `points`
+/// and `box_examples_coordinates`; the first exemplar is used) with an optional split file
+/// (`Train_Test_Val_FSC_147.json` + split name), or a jsonl of
+/// `{"image", "exemplar": [x1,y1,x2,y2], "count"}`.
+pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result<Vec<Item>, EvalError> {
+    if data.extension().is_some_and(|e| e == "jsonl") {
+        return read_jsonl(data)?
+            .into_iter()
+            .map(|(line, v)| {
+                let img = str_field(&v, &["image", "img_path", "image_path", "file_name"])
+                    .ok_or_else(|| fmt_err(data, format!("line {line}: no `image`")))?;
+                let e = box_field(&v, "exemplar").ok_or_else(|| fmt_err(data, format!("line {line}: `exemplar` is not [x1,y1,x2,y2]")))?;
+                let c = v.get("count").and_then(Value::as_f64).ok_or_else(|| fmt_err(data, format!("line {line}: no numeric `count`")))?;
+                Ok(Item {
+                    id: format!("{img}#{line}"),
+                    request: Request {
+                        image: images.join(img),
+                        task: Task::Count { exemplar: Exemplar::BoxOnImage(PixelBox::new(e[0], e[1], e[2], e[3])) },
+                    },
+                    truth: Truth::Count { count: c },
+                })
+            })
+            .collect();
+    }
+    let v = read_json(data)?;
+    let obj = v.as_object().ok_or_else(|| fmt_err(data, "expected an object keyed by image file name".into()))?;
+    let mut names: Vec<String> = match split {
+        Some((f, name)) => read_json(f)?
+            .get(name)
+            .and_then(Value::as_array)
+            .ok_or_else(|| fmt_err(f, format!("no split `{name}`")))?
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        None => obj.keys().cloned().collect(),
+    };
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let a = obj.get(&name).ok_or_else(|| fmt_err(data, format!("{name}: not in the annotation file")))?;
+            let points = a.get("points").and_then(Value::as_array).ok_or_else(|| fmt_err(data, format!("{name}: no `points`")))?;
+            let ex = a
+                .get("box_examples_coordinates")
+                .and_then(Value::as_array)
+                .and_then(|l| l.first())
+                .and_then(Value::as_array)
+                .ok_or_else(|| fmt_err(data, format!("{name}: no `box_examples_coordinates`")))?;
+            let pts: Vec<(f64, f64)> = ex
+                .iter()
+                .filter_map(|p| p.as_array().and_then(|p| Some((p.first()?.as_f64()?, p.get(1)?.as_f64()?))))
+                .collect();
+            if pts.len() < 2 {
+                return Err(fmt_err(data, format!("{name}: the first exemplar has no corner points")));
+            }
+            let (x1, y1) = pts.iter().fold((f64::MAX, f64::MAX), |a, p| (a.0.min(p.0), a.1.min(p.1)));
+            let (x2, y2) = pts.iter().fold((f64::MIN, f64::MIN), |a, p| (a.0.max(p.0), a.1.max(p.1)));
+            Ok(Item {
+                id: name.clone(),
+                request: Request {
+                    image: images.join(&name),
+                    task: Task::Count { exemplar: Exemplar::BoxOnImage(PixelBox::new(x1, y1, x2, y2)) },
+                },
+                truth: Truth::Count { count: points.len() as f64 },
+            })
+        })
+        .collect()
+}

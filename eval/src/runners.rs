@@ -1,0 +1,304 @@
+//! End-to-end evaluation runs: the model over a dataset ([`crate::datasets`]) with a progress bar,
+//! a per-sample JSONL (prompts, raw answer, parsed boxes and scores, ground truth), resume from a
+//! partial run, `--shard i/N` splitting with a merge step, and the metrics at the end.
+
+use crate::datasets::{coco_category_ids, Item, Truth};
+use crate::EvalError;
+use griffon_core::answer::Dropped;
+use griffon_model::griffon::Griffon;
+use griffon_model::tasks::RunOptions;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One parsed box in a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordBox {
+    pub label: Option<String>,
+    #[serde(rename = "box")]
+    pub box_px: [f64; 4],
+    pub box_norm: [f64; 4],
+    pub score: f64,
+}
+
+/// One line of the per-sample JSONL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub image: PathBuf,
+    pub prompts: Vec<String>,
+    /// The model's raw text (turns joined by newlines).
+    pub answer: String,
+    pub detections: Vec<RecordBox>,
+    pub dropped: Vec<Dropped>,
+    pub truth: Truth,
+    /// Set when the sample could not be run (e.g. an unreadable image); it counts as a miss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    pub out: PathBuf,
+    /// This process's shard `index` of `count` (items with position % count == index).
+    pub shard: (usize, usize),
+    pub limit: Option<usize>,
+    pub run: RunOptions,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub shard_file: PathBuf,
+    pub items_in_shard: usize,
+    pub already_done: usize,
+    pub ran: usize,
+    pub errors: usize,
+}
+
+pub fn shard_file(out: &Path, shard: (usize, usize)) -> PathBuf {
+    out.join(format!("predictions.shard-{}-of-{}.jsonl", shard.0, shard.1))
+}
+
+/// Reads a shard file; a torn last line (a kill mid-write) is cut off the file.
+fn read_shard(path: &Path) -> Result<Vec<Record>, EvalError> {
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+    let mut out = Vec::new();
+    let mut good_len = 0;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str::<Record>(line.trim_end()) {
+            Ok(r) if line.ends_with('\n') => {
+                out.push(r);
+                good_len += line.len();
+            }
+            _ if i == lines.len() - 1 => {
+                // torn tail: keep the valid prefix
+                let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+                f.set_len(good_len as u64).map_err(|source| EvalError::Io { path: path.into(), source })?;
+            }
+            Err(e) => {
+                return Err(EvalError::Format { path: path.into(), message: format!("line {}: {e}", i + 1) });
+            }
+            Ok(_) => unreachable!("a line without newline is the last one"),
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the model over this shard's items, appending to the shard file and skipping ids it
+/// already holds.
+pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunSummary, EvalError> {
+    let (index, count) = opts.shard;
+    if count == 0 || index >= count {
+        return Err(EvalError::Invalid(format!("shard {index}/{count}: need 0 <= i < N")));
+    }
+    std::fs::create_dir_all(&opts.out).map_err(|source| EvalError::Io { path: opts.out.clone(), source })?;
+    let file = shard_file(&opts.out, opts.shard);
+    let done: HashSet<String> = read_shard(&file)?.into_iter().map(|r| r.id).collect();
+    let mine: Vec<&Item> = items.iter().take(opts.limit.unwrap_or(usize::MAX)).enumerate().filter(|(k, _)| k % count == index).map(|(_, it)| it).collect();
+    let todo: Vec<&Item> = mine.iter().copied().filter(|it| !done.contains(&it.id)).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .map_err(|source| EvalError::Io { path: file.clone(), source })?;
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(mine.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}").expect("valid template"),
+        );
+        b.set_position((mine.len() - todo.len()) as u64);
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut errors = 0;
+    for it in &todo {
+        let rec = match model.run(&it.request, &opts.run) {
+            Ok(out) => Record {
+                id: it.id.clone(),
+                image: it.request.image.clone(),
+                prompts: out.prompts,
+                answer: out.text,
+                detections: out
+                    .detections
+                    .into_iter()
+                    .map(|d| RecordBox { label: d.label, box_px: d.box_px, box_norm: d.box_norm, score: d.score })
+                    .collect(),
+                dropped: out.dropped,
+                truth: it.truth.clone(),
+                error: None,
+            },
+            Err(e) => {
+                errors += 1;
+                Record {
+                    id: it.id.clone(),
+                    image: it.request.image.clone(),
+                    prompts: vec![],
+                    answer: String::new(),
+                    detections: vec![],
+                    dropped: vec![],
+                    truth: it.truth.clone(),
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        let line = serde_json::to_string(&rec).expect("serializable");
+        writeln!(f, "{line}").and_then(|_| f.flush()).map_err(|source| EvalError::Io { path: file.clone(), source })?;
+        bar.inc(1);
+        if errors > 0 {
+            bar.set_message(format!("{errors} failed"));
+        }
+    }
+    bar.finish();
+    Ok(RunSummary { shard_file: file, items_in_shard: mine.len(), already_done: mine.len() - todo.len(), ran: todo.len(), errors })
+}
+
+/// Every record of every shard in `out`, deduplicated by id (first occurrence kept), in id order.
+pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out)
+        .map_err(|source| EvalError::Io { path: out.into(), source })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("predictions.shard-")))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(EvalError::Invalid(format!("{}: no predictions.shard-*.jsonl files", out.display())));
+    }
+    let mut seen = HashSet::new();
+    let mut all = Vec::new();
+    for f in files {
+        for r in read_shard(&f)? {
+            if seen.insert(r.id.clone()) {
+                all.push(r);
+            }
+        }
+    }
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(all)
+}
+
+/// Scores merged records; writes any intermediate files (COCO results, CIDEr inputs) into `out`.
+/// `annotations` is the COCO instances file for detection.
+pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Result<serde_json::Value, EvalError> {
+    let Some(first) = records.first() else {
+        return Err(EvalError::Invalid("no records to score".into()));
+    };
+    let errors = records.iter().filter(|r| r.error.is_some()).count();
+    let metrics = match &first.truth {
+        Truth::Coco { .. } => {
+            let ann = annotations.ok_or_else(|| EvalError::Invalid("COCO scoring needs --annotations".into()))?;
+            let ids = coco_category_ids(ann)?;
+            let mut dets = Vec::new();
+            let mut unknown = 0usize;
+            for r in records {
+                let Truth::Coco { image_id } = r.truth else { continue };
+                for d in &r.detections {
+                    match d.label.as_ref().and_then(|l| ids.get(l)) {
+                        Some(&category_id) => dets.push(crate::coco::CocoDetection {
+                            image_id,
+                            category_id,
+                            bbox: [d.box_px[0], d.box_px[1], d.box_px[2] - d.box_px[0], d.box_px[3] - d.box_px[1]],
+                            score: d.score,
+                        }),
+                        None => unknown += 1,
+                    }
+                }
+            }
+            let results: Vec<serde_json::Value> = dets
+                .iter()
+                .map(|d| serde_json::json!({"image_id": d.image_id, "category_id": d.category_id, "bbox": d.bbox, "score": d.score}))
+                .collect();
+            let rf = out.join("coco_results.json");
+            std::fs::write(&rf, serde_json::to_string(&results).expect("serializable")).map_err(|source| EvalError::Io { path: rf.clone(), source })?;
+            if dets.is_empty() {
+                // pycocotools cannot load an empty results list: report that instead of a number
+                serde_json::json!({"task": "coco", "stats": null, "detections": 0, "unknown_labels_dropped": unknown,
+                                   "note": "the model produced no detection with a known category: there is nothing to score (pycocotools cannot load an empty results list)"})
+            } else {
+                let stats = crate::coco::coco_detections_stats(ann, &dets)?;
+                serde_json::json!({"task": "coco", "stats": stats, "names": crate::coco::COCO_STAT_NAMES,
+                                   "detections": dets.len(), "unknown_labels_dropped": unknown, "results_file": rf})
+            }
+        }
+        Truth::Rec { .. } => {
+            let boxes: Vec<(Option<Vec<[f64; 4]>>, [f64; 4])> = records
+                .iter()
+                .filter_map(|r| match r.truth {
+                    Truth::Rec { gt_box } => {
+                        let pred: Vec<[f64; 4]> = r.detections.iter().map(|d| d.box_px).collect();
+                        Some(((!pred.is_empty()).then_some(pred), gt_box))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let samples: Vec<(Option<&[[f64; 4]]>, [f64; 4])> = boxes.iter().map(|(p, g)| (p.as_deref(), *g)).collect();
+            let acc = crate::grounding::rec_accuracy(&samples)?;
+            serde_json::json!({"task": "rec", "acc@0.5": acc.value, "hits": acc.hits, "total": acc.total})
+        }
+        Truth::Phrases { .. } => {
+            let mut tops = Vec::new();
+            for r in records {
+                if let Truth::Phrases { phrases } = &r.truth {
+                    for p in phrases {
+                        let top = r.detections.iter().find(|d| d.label.as_deref() == Some(p.phrase.as_str())).map(|d| d.box_px);
+                        tops.push((top, p.boxes.clone()));
+                    }
+                }
+            }
+            let ps: Vec<crate::grounding::PhraseSample> =
+                tops.iter().map(|(t, g)| crate::grounding::PhraseSample { top1: *t, gt_boxes: g }).collect();
+            let r = crate::grounding::flickr30k_recall_at_1(&ps)?;
+            serde_json::json!({"task": "flickr", "any_box_r@1": r.any_box.value, "merged_box_r@1": r.merged_box.value, "phrases": r.any_box.total})
+        }
+        Truth::Reg { .. } => {
+            let mut refs = serde_json::Map::new();
+            let mut hyps = serde_json::Map::new();
+            for r in records {
+                if let Truth::Reg { refs: rr } = &r.truth {
+                    refs.insert(r.id.clone(), serde_json::json!(rr));
+                    hyps.insert(r.id.clone(), serde_json::json!(r.answer));
+                }
+            }
+            let (rf, hf) = (out.join("reg_refs.json"), out.join("reg_hyps.json"));
+            for (f, v) in [(&rf, refs), (&hf, hyps)] {
+                std::fs::write(f, serde_json::to_string(&v).expect("serializable")).map_err(|source| EvalError::Io { path: f.clone(), source })?;
+            }
+            let c = crate::cider::cider_from_files(&rf, &hf)?;
+            serde_json::json!({"task": "reg", "cider": c.score, "images": c.per_image.len()})
+        }
+        Truth::Count { .. } => {
+            let samples: Vec<(f64, f64)> = records
+                .iter()
+                .filter_map(|r| match r.truth {
+                    Truth::Count { count } => Some((r.detections.len() as f64, count)),
+                    _ => None,
+                })
+                .collect();
+            let e = crate::counting::counting_errors(&samples)?;
+            serde_json::json!({"task": "count", "mae": e.mae, "rmse": e.rmse, "nae": e.nae, "images": e.n})
+        }
+    };
+    let mut m = metrics;
+    m["samples"] = serde_json::json!(records.len());
+    m["failed_samples"] = serde_json::json!(errors);
+    Ok(m)
+}
+
+/// Groups records by the kind of truth (a merge of runs of different tasks is an error).
+pub fn check_single_task(records: &[Record]) -> Result<(), EvalError> {
+    let kinds: HashMap<std::mem::Discriminant<Truth>, usize> =
+        records.iter().fold(HashMap::new(), |mut m, r| {
+            *m.entry(std::mem::discriminant(&r.truth)).or_default() += 1;
+            m
+        });
+    if kinds.len() > 1 {
+        return Err(EvalError::Invalid("the output folder mixes records of different tasks".into()));
+    }
+    Ok(())
+}
