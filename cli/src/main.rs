@@ -159,7 +159,7 @@ struct BenchArgs {
     /// Use random weights (required: the benchmark measures shapes, not a checkpoint).
     #[arg(long)]
     random_weights: bool,
-    /// cpu (cuda needs a build with the cuda feature).
+    /// cpu, or cuda / cuda:N (a build with the cuda feature).
     #[arg(long, default_value = "cpu")]
     device: String,
     #[arg(long, value_enum, default_value = "f32")]
@@ -179,6 +179,9 @@ struct TrainArgs {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// cpu, or cuda / cuda:N (a build with the cuda feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -206,9 +209,26 @@ struct ModelArgs {
     /// Region-encoder tower config (config.json or its folder).
     #[arg(long)]
     region_config: Option<PathBuf>,
-    /// Compute dtype (f32 on CPU by default).
+    /// Compute dtype (f32 on CPU by default; bf16 is the usual choice on a GPU).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DtypeArg,
+    /// cpu, or cuda / cuda:N (a build with the cuda feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ => {
+            let ord = match s.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest.trim_start_matches(':').parse::<usize>().map_err(|_| anyhow!("bad device {s:?}"))?,
+                None => bail!("unknown device {s:?} (cpu, cuda, cuda:N)"),
+            };
+            Device::new_cuda(ord).with_context(|| format!("--device {s} (this binary needs the cuda feature and a GPU)"))
+        }
+    }
 }
 
 impl ModelArgs {
@@ -220,7 +240,7 @@ impl ModelArgs {
             DtypeArg::F16 => DType::F16,
         };
         let opts = LoadOptions {
-            device: Device::Cpu,
+            device: parse_device(&self.device)?,
             dtype,
             image_size: self.image_size,
             pos_interp,
@@ -527,8 +547,8 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
                 label: i.label.clone(),
                 box_px: i.norm.to_pixels(a.width, a.height).as_array(),
                 box_norm: i.norm.as_array(),
-                // no decoding probabilities in a log: a parsed box has no model confidence
-                score: 1.0,
+                score: f64::NAN, // replaced by null below
+
             })
             .collect(),
         text,
@@ -537,13 +557,18 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
         text_score: None,
         prompts: vec![],
     };
-    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&output_json(&out, a.format))?)?;
+    let mut v = output_json(&out, a.format);
+    // a log carries no decoding probabilities: the boxes have no model confidence
+    for d in v["detections"].as_array_mut().into_iter().flatten() {
+        d["score"] = serde_json::Value::Null;
+    }
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&v)?)?;
     Ok(())
 }
 
 fn train_cmd(a: &TrainArgs) -> Result<()> {
     let cfg = griffon_train::config::TrainConfig::from_file(&a.config).map_err(|e| anyhow!(e))?;
-    let mut t = griffon_train::trainer::Trainer::new(cfg, &Device::Cpu).map_err(|e| anyhow!(e))?;
+    let mut t = griffon_train::trainer::Trainer::new(cfg, &parse_device(&a.device)?).map_err(|e| anyhow!(e))?;
     eprintln!(
         "training {} samples, {} optimizer steps ({} tensors trainable, {} already done)",
         t.samples.len(),
@@ -571,11 +596,7 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
     }
     let cfg = bench::preset(&a.config)
         .ok_or_else(|| anyhow!("unknown bench config `{}` (known: {})", a.config, bench::PRESETS.join(", ")))?;
-    let device = match a.device.as_str() {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context("--device cuda (this binary may lack the cuda feature)")?,
-        o => bail!("unknown device `{o}` (cpu, cuda)"),
-    };
+    let device = parse_device(&a.device)?;
     let dtype = match a.dtype {
         DtypeArg::F32 => DType::F32,
         DtypeArg::Bf16 => DType::BF16,
@@ -741,5 +762,14 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn argument_definitions_are_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

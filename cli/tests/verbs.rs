@@ -143,6 +143,7 @@ fn parse_reads_stdin() {
     assert_eq!(v["detections"][0]["label"], "cat");
     assert_eq!(v["detections"][0]["box"], serde_json::json!([10.0, 10.0, 30.0, 20.0]));
     assert_eq!(v["dropped"][0]["text"], "junk");
+    assert!(v["detections"][0]["score"].is_null(), "no confidence without decoding probabilities");
 }
 
 #[test]

@@ -281,6 +281,9 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
             .collect();
     }
     let v = read_json(data)?;
+    if v.get("images").is_some() && v.get("annotations").is_some() {
+        return fscd_count(data, &v, images);
+    }
     let obj = v.as_object().ok_or_else(|| fmt_err(data, "expected an object keyed by image file name".into()))?;
     let mut names: Vec<String> = match split {
         Some((f, name)) => read_json(f)?
@@ -323,4 +326,53 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
             })
         })
         .collect()
+}
+
+/// FSCD-LVIS / FSCD-147 layout: a COCO instances file (`images`, `annotations` with `bbox`
+/// x,y,w,h; the ground-truth count is the number of non-crowd annotations of an image) and its
+/// exemplar file, found by replacing `instances` with `count` in the file name, whose
+/// `annotations` carry `{"image_id", "boxes": [[x, y, w, h], ...]}`; the first exemplar is used.
+fn fscd_count(data: &Path, v: &Value, images: &Path) -> Result<Vec<Item>, EvalError> {
+    let name = data.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    if !name.contains("instances") {
+        return Err(fmt_err(data, "a COCO-style counting file must be named *instances*.json (its exemplars are in the *count*.json beside it)".into()));
+    }
+    let ex_path = data.with_file_name(name.replace("instances", "count"));
+    let ex = read_json(&ex_path)?;
+    let mut exemplar: std::collections::HashMap<u64, [f64; 4]> = std::collections::HashMap::new();
+    for (i, a) in ex.get("annotations").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let id = a.get("image_id").and_then(Value::as_u64).ok_or_else(|| fmt_err(&ex_path, format!("annotations[{i}]: no image_id")))?;
+        let b = a
+            .get("boxes")
+            .and_then(Value::as_array)
+            .and_then(|l| l.first())
+            .and_then(Value::as_array)
+            .and_then(|b| (b.len() == 4).then(|| [b[0].as_f64(), b[1].as_f64(), b[2].as_f64(), b[3].as_f64()]))
+            .and_then(|b| Some([b[0]?, b[1]?, b[2]?, b[3]?]))
+            .ok_or_else(|| fmt_err(&ex_path, format!("annotations[{i}]: no exemplar `boxes` [[x, y, w, h], ...]")))?;
+        exemplar.entry(id).or_insert([b[0], b[1], b[0] + b[2], b[1] + b[3]]);
+    }
+    let mut counts: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    for a in v.get("annotations").and_then(Value::as_array).into_iter().flatten() {
+        if a.get("iscrowd").and_then(Value::as_u64).unwrap_or(0) == 0 {
+            if let Some(id) = a.get("image_id").and_then(Value::as_u64) {
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+    }
+    let mut items = Vec::new();
+    for (i, im) in v["images"].as_array().into_iter().flatten().enumerate() {
+        let id = im.get("id").and_then(Value::as_u64).ok_or_else(|| fmt_err(data, format!("images[{i}] has no integer `id`")))?;
+        let file = im.get("file_name").and_then(Value::as_str).ok_or_else(|| fmt_err(data, format!("images[{i}] has no `file_name`")))?;
+        let e = exemplar.get(&id).ok_or_else(|| fmt_err(&ex_path, format!("no exemplar for image_id {id}")))?;
+        items.push(Item {
+            id: id.to_string(),
+            request: Request {
+                image: images.join(file),
+                task: Task::Count { exemplar: Exemplar::BoxOnImage(PixelBox::new(e[0], e[1], e[2], e[3])) },
+            },
+            truth: Truth::Count { count: *counts.get(&id).unwrap_or(&0) as f64 },
+        });
+    }
+    Ok(items)
 }

@@ -193,3 +193,45 @@ fn tower_hidden_states_at_interpolated_sizes() {
         }
     }
 }
+
+/// Every projector kind against the reference modules (conv_reduce, conv_reduce_wo_pad, linear,
+/// mlp2x_gelu, mlp3x_gelu) on the same random features.
+#[test]
+fn projectors_match_reference() {
+    use griffon_model::config::ProjectorType;
+    use griffon_model::projector::Projector;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/projectors.safetensors");
+    assert!(path.is_file(), "fixture {} is missing: run tools/reference/make_parity_fixtures.py", path.display());
+    let all = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let x = &all["input"];
+    let (cin, h) = (x.dim(2).unwrap(), all["conv_reduce/output"].dim(2).unwrap());
+    for kind in ["conv_reduce", "conv_reduce_wo_pad", "linear", "mlp2x_gelu", "mlp3x_gelu"] {
+        let prefix = format!("{kind}/");
+        let weights: HashMap<String, Tensor> =
+            all.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).filter(|k| k.starts_with("model.")).map(|k| (k.to_string(), v.clone()))).collect();
+        let ck = Checkpoint::from_tensors(weights, &Device::Cpu, DType::F32).unwrap();
+        let p = Projector::load(&ck.scope("model.mm_projector"), &ProjectorType::parse(kind).unwrap(), cin, h).unwrap();
+        let y = p.forward(x).unwrap();
+        assert_eq!(y.dim(1).unwrap(), p.out_tokens(x.dim(1).unwrap()), "{kind}: token count");
+        assert_close(&format!("projector {kind}"), &y, &all[&format!("{kind}/output")]);
+    }
+}
+
+/// --vision-config: an explicit tower config overrides the checkpoint's resolution.
+#[test]
+fn vision_config_override() {
+    let dir = case_dir("llama2_bf16");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = serde_json::json!({"hidden_size": 128, "intermediate_size": 160, "num_hidden_layers": 3,
+        "num_attention_heads": 2, "image_size": 48, "patch_size": 8, "hidden_act": "quick_gelu"});
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let opts = LoadOptions { vision_config: Some(tmp.path().to_path_buf()), ..Default::default() };
+    let m = Griffon::load(&dir.join("ckpt"), &opts).unwrap();
+    assert!(matches!(m.tower_source, griffon_model::config::TowerSource::Override(_)));
+    // a wrong override is reported against the tensors
+    let bad = serde_json::json!({"hidden_size": 128, "intermediate_size": 160, "num_hidden_layers": 3,
+        "num_attention_heads": 2, "image_size": 56, "patch_size": 8});
+    std::fs::write(tmp.path().join("config.json"), bad.to_string()).unwrap();
+    let e = Griffon::load(&dir.join("ckpt"), &opts).err().expect("must fail").to_string();
+    assert!(e.contains("position_embedding") && e.contains("image_size 56"), "{e}");
+}

@@ -447,8 +447,31 @@ def tower_interp_goldens(tower, sizes_modes, path):
     save_file({k: v.float().contiguous() for k, v in out.items()}, path)
 
 
+def projector_goldens(path):
+    """Every projector kind on the same random features: weights in the released layout
+    (`<kind>/model.mm_projector.*`), inputs and outputs."""
+    torch.manual_seed(99)
+    cin, h, grid = 24, 32, 7
+    x = torch.randn(2, grid * grid, cin)
+    out = {"input": x}
+    kinds = {
+        "conv_reduce": ConvProjector(cin, h, padding=1),
+        "conv_reduce_wo_pad": ConvProjector(cin, h, padding=0),
+        "linear": nn.Linear(cin, h),
+        "mlp2x_gelu": mlp_projector(cin, h, 2),
+        "mlp3x_gelu": mlp_projector(cin, h, 3),
+    }
+    for i, (kind, m) in enumerate(kinds.items()):
+        randomize(m, 500 + i, std=0.3)
+        for k, v in m.state_dict().items():
+            out[f"{kind}/model.mm_projector.{k}"] = v
+        out[f"{kind}/output"] = m(x)
+    save_file({k: v.detach().float().contiguous() for k, v in out.items()}, path)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    projector_goldens(os.path.join(OUT, "projectors.safetensors"))
     gem_tower = tower_config(64, 128, 3, 4, 56, 8)       # 7x7 patches -> conv_reduce -> 4x4 tokens
     region_cfg = tower_config(48, 96, 2, 3, 32, 8)       # 4x4 + 1 positions
     tower, _ = build_case(

@@ -1,0 +1,64 @@
+//! Dataset readers on small hand-made files in each standard layout.
+
+use griffon_core::{Exemplar, Task};
+use griffon_eval::datasets::{count, flickr, parse_flickr_sentence, parse_flickr_xml, refcoco, Truth};
+use std::path::Path;
+
+#[test]
+fn flickr_markup() {
+    let p = parse_flickr_sentence("[/EN#18/people A man] in [/EN#19/clothing an orange hat] starring at something .");
+    assert_eq!(p, vec![("18".to_string(), "A man".to_string()), ("19".to_string(), "an orange hat".to_string())]);
+    let xml = "<annotation><object><name>18</name><name>20</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object>\
+               <object><name>19</name><nobndbox>1</nobndbox></object></annotation>";
+    let m = parse_flickr_xml(xml);
+    assert_eq!(m["18"], vec![[1.0, 2.0, 30.0, 40.0]]);
+    assert_eq!(m["20"], vec![[1.0, 2.0, 30.0, 40.0]]);
+    assert!(!m.contains_key("19"));
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("S")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("A")).unwrap();
+    std::fs::write(tmp.path().join("S/5.txt"), "[/EN#18/people A man] in [/EN#19/clothing an orange hat] .\n").unwrap();
+    std::fs::write(tmp.path().join("A/5.xml"), xml).unwrap();
+    let items = flickr(&tmp.path().join("S"), &tmp.path().join("A"), Path::new("img"), None).unwrap();
+    assert_eq!(items.len(), 1);
+    match &items[0].truth {
+        Truth::Phrases { phrases } => assert_eq!(phrases.len(), 1, "the phrase without a box is left out"),
+        t => panic!("{t:?}"),
+    }
+}
+
+#[test]
+fn refcoco_errors_name_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("r.jsonl");
+    std::fs::write(&f, "{\"img_path\": \"a.jpg\", \"expression\": \"x\", \"bbox\": [1, 2, 3, 4]}\n{\"img_path\": \"a.jpg\", \"bbox\": [1, 2, 3, 4]}\n").unwrap();
+    let e = refcoco(&f, Path::new("img")).unwrap_err().to_string();
+    assert!(e.contains("line 2") && e.contains("expression"), "{e}");
+}
+
+#[test]
+fn counting_layouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    // FSC-147
+    let fsc = serde_json::json!({"1.jpg": {"points": [[1, 1], [2, 2], [3, 3]],
+        "box_examples_coordinates": [[[10, 20], [30, 20], [30, 40], [10, 40]]]}});
+    std::fs::write(tmp.path().join("fsc.json"), fsc.to_string()).unwrap();
+    let items = count(&tmp.path().join("fsc.json"), Path::new("img"), None).unwrap();
+    assert_eq!(items[0].truth, Truth::Count { count: 3.0 });
+    match &items[0].request.task {
+        Task::Count { exemplar: Exemplar::BoxOnImage(b) } => assert_eq!(b.as_array(), [10.0, 20.0, 30.0, 40.0]),
+        t => panic!("{t:?}"),
+    }
+    // FSCD-LVIS: instances + count files
+    let inst = serde_json::json!({"images": [{"id": 7, "file_name": "7.jpg"}],
+        "annotations": [{"image_id": 7, "bbox": [0, 0, 5, 5]}, {"image_id": 7, "bbox": [5, 5, 5, 5]}, {"image_id": 7, "bbox": [1, 1, 2, 2], "iscrowd": 1}]});
+    let cnt = serde_json::json!({"annotations": [{"image_id": 7, "boxes": [[2, 3, 10, 20], [0, 0, 1, 1]]}]});
+    std::fs::write(tmp.path().join("unseen_instances_test.json"), inst.to_string()).unwrap();
+    std::fs::write(tmp.path().join("unseen_count_test.json"), cnt.to_string()).unwrap();
+    let items = count(&tmp.path().join("unseen_instances_test.json"), Path::new("img"), None).unwrap();
+    assert_eq!(items[0].truth, Truth::Count { count: 2.0 });
+    match &items[0].request.task {
+        Task::Count { exemplar: Exemplar::BoxOnImage(b) } => assert_eq!(b.as_array(), [2.0, 3.0, 12.0, 23.0]),
+        t => panic!("{t:?}"),
+    }
+}
