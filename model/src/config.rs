@@ -354,19 +354,13 @@ pub enum TowerSource {
     Inferred,
 }
 
-/// Resolves a CLIP tower config: an explicit override file, else the folder named in the config
-/// (as written, relative to the checkpoint folder, or its last path component inside the
-/// checkpoint folder), else inferred from the tensors under `prefix`.
-pub fn resolve_tower(
-    ck: &Checkpoint,
-    written: Option<&str>,
-    prefix: &str,
-    override_file: Option<&Path>,
-) -> Result<(ClipVisionConfig, TowerSource)> {
+/// Finds a tower's own config file: an explicit override (a file, or a folder holding
+/// `config.json`), else `config.json` in the folder named in the checkpoint config (as written,
+/// relative to the checkpoint folder, or its last path component inside the checkpoint folder).
+pub fn find_tower_config(ck: &Checkpoint, written: Option<&str>, override_file: Option<&Path>) -> Option<(PathBuf, TowerSource)> {
     if let Some(f) = override_file {
         let f = if f.is_dir() { f.join("config.json") } else { f.to_path_buf() };
-        let cfg = parse_clip_config(&read_json(&f)?, &f)?;
-        return Ok((cfg, TowerSource::Override(f)));
+        return Some((f.clone(), TowerSource::Override(f)));
     }
     if let Some(w) = written {
         let wp = Path::new(w);
@@ -377,10 +371,25 @@ pub fn resolve_tower(
         for c in candidates {
             let f = c.join("config.json");
             if f.is_file() {
-                let cfg = parse_clip_config(&read_json(&f)?, &f)?;
-                return Ok((cfg, TowerSource::Folder(c)));
+                return Some((f, TowerSource::Folder(c)));
             }
         }
+    }
+    None
+}
+
+/// Resolves a CLIP tower config: an explicit override file, else the folder named in the config
+/// (as written, relative to the checkpoint folder, or its last path component inside the
+/// checkpoint folder), else inferred from the tensors under `prefix`.
+pub fn resolve_tower(
+    ck: &Checkpoint,
+    written: Option<&str>,
+    prefix: &str,
+    override_file: Option<&Path>,
+) -> Result<(ClipVisionConfig, TowerSource)> {
+    if let Some((f, source)) = find_tower_config(ck, written, override_file) {
+        let cfg = parse_clip_config(&read_json(&f)?, &f)?;
+        return Ok((cfg, source));
     }
     let cfg = infer_clip_config(&ck.scope(prefix)).map_err(|e| {
         Error::Invalid(format!(

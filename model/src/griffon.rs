@@ -2,8 +2,9 @@
 //! region encoder, prompt assembly and generation (source of the data flow: jefferyZhan/Griffon
 //! `griffon_arch.py` `prepare_inputs_labels_for_multimodal` and `eval/run_griffon.py`).
 
-use crate::clip::ClipVision;
-use crate::config::{resolve_tower, GriffonConfig, LlmConfig, TowerSource};
+use crate::clip::{parse_clip_config, ClipVision, ClipVisionConfig};
+use crate::config::{find_tower_config, read_json, resolve_tower, GriffonConfig, LlmConfig, TowerSource};
+use crate::eva02::{infer_eva02_config, is_eva_config, parse_eva02_config, Eva02Config, Eva02Vision};
 use crate::error::{invalid, Error, Result};
 use crate::generate::{generate, Generation, SamplingOptions};
 use crate::llm::Llm;
@@ -22,6 +23,9 @@ use std::path::{Path, PathBuf};
 pub const IMAGE_TOKEN_INDEX: i64 = -200;
 
 pub const MAIN_TOWER_PREFIX: &str = "model.vision_tower.vision_tower.vision_model";
+/// Root of an EVA02 main tower: timm names (`...vision_tower.blocks.0...`), or EVA-CLIP /
+/// open_clip names under `visual.` / `visual.trunk.` (see [`crate::eva02`]).
+pub const EVA02_TOWER_PREFIX: &str = "model.vision_tower.vision_tower";
 pub const REGION_TOWER_PREFIX: &str = "model.prompt_visual_encoder.vision_model";
 /// The folder the reference hard-codes for the region encoder's tower.
 pub const REGION_TOWER_FOLDER: &str = "checkpoints/clip-vit-large-patch14";
@@ -51,9 +55,136 @@ impl Default for LoadOptions {
     }
 }
 
+/// The main image encoder: the released CLIP tower, or the paper's EVA02-CLIP tower.
+pub enum VisionTower {
+    Clip(ClipVision),
+    Eva02(Eva02Vision),
+}
+
+impl VisionTower {
+    pub fn run_size(&self) -> usize {
+        match self {
+            VisionTower::Clip(t) => t.run_size,
+            VisionTower::Eva02(t) => t.run_size,
+        }
+    }
+    pub fn num_patches(&self) -> usize {
+        match self {
+            VisionTower::Clip(t) => t.num_patches(),
+            VisionTower::Eva02(t) => t.num_patches(),
+        }
+    }
+    pub fn resolve_layer(&self, select_layer: i64) -> Result<usize> {
+        match self {
+            VisionTower::Clip(t) => t.resolve_layer(select_layer),
+            VisionTower::Eva02(t) => t.resolve_layer(select_layer),
+        }
+    }
+    pub fn hidden_states(&self, pixels: &Tensor, upto: usize) -> Result<Vec<Tensor>> {
+        match self {
+            VisionTower::Clip(t) => t.hidden_states(pixels, upto),
+            VisionTower::Eva02(t) => t.hidden_states(pixels, upto),
+        }
+    }
+    pub fn hidden_state(&self, pixels: &Tensor, select_layer: i64) -> Result<Tensor> {
+        match self {
+            VisionTower::Clip(t) => t.hidden_state(pixels, select_layer),
+            VisionTower::Eva02(t) => t.hidden_state(pixels, select_layer),
+        }
+    }
+    pub fn patch_features(&self, pixels: &Tensor, select_layer: i64, keep_cls: bool) -> Result<Tensor> {
+        match self {
+            VisionTower::Clip(t) => t.patch_features(pixels, select_layer, keep_cls),
+            VisionTower::Eva02(t) => t.patch_features(pixels, select_layer, keep_cls),
+        }
+    }
+}
+
+/// [`Griffon::tower`]: the [`VisionTower`] plus its geometry as a [`ClipVisionConfig`] (`cfg`).
+/// For a CLIP tower `cfg` is its exact config; for EVA02 it carries the ViT geometry
+/// (hidden_size, intermediate_size, layers, heads, stored image_size, patch_size, eps; hidden_act
+/// Silu standing for SwiGLU) and the exact config is the tower's own [`Eva02Config`].
+pub struct MainTower {
+    pub cfg: ClipVisionConfig,
+    pub tower: VisionTower,
+}
+
+impl MainTower {
+    /// Square input size the tower runs at.
+    pub fn run_size(&self) -> usize {
+        self.tower.run_size()
+    }
+    pub fn num_patches(&self) -> usize {
+        self.tower.num_patches()
+    }
+    pub fn is_eva02(&self) -> bool {
+        matches!(self.tower, VisionTower::Eva02(_))
+    }
+    pub fn resolve_layer(&self, select_layer: i64) -> Result<usize> {
+        self.tower.resolve_layer(select_layer)
+    }
+    pub fn hidden_states(&self, pixels: &Tensor, upto: usize) -> Result<Vec<Tensor>> {
+        self.tower.hidden_states(pixels, upto)
+    }
+    pub fn hidden_state(&self, pixels: &Tensor, select_layer: i64) -> Result<Tensor> {
+        self.tower.hidden_state(pixels, select_layer)
+    }
+    pub fn patch_features(&self, pixels: &Tensor, select_layer: i64, keep_cls: bool) -> Result<Tensor> {
+        self.tower.patch_features(pixels, select_layer, keep_cls)
+    }
+}
+
+fn eva_geometry(c: &Eva02Config) -> ClipVisionConfig {
+    ClipVisionConfig {
+        hidden_size: c.hidden_size,
+        intermediate_size: c.intermediate_size,
+        num_hidden_layers: c.num_hidden_layers,
+        num_attention_heads: c.num_attention_heads,
+        image_size: c.image_size,
+        patch_size: c.patch_size,
+        layer_norm_eps: c.layer_norm_eps,
+        hidden_act: crate::nn::Act::Silu,
+    }
+}
+
+/// Which main tower a checkpoint holds, with its config.
+enum MainTowerConfig {
+    Clip(ClipVisionConfig),
+    Eva02(Eva02Config),
+}
+
+/// Picks the main tower: a tower config file (override or the `mm_vision_tower` folder) whose
+/// `model_type` / `architecture(s)` / timm name mentions `eva` -> EVA02, another config -> CLIP;
+/// without a config file, EVA02 when the checkpoint has `model.vision_tower.vision_tower.blocks.*`
+/// or `...vision_tower.visual.*` tensors (config inferred from them), else CLIP (inferred).
+fn resolve_main_tower(ck: &Checkpoint, written: Option<&str>, override_file: Option<&Path>) -> Result<(MainTowerConfig, TowerSource)> {
+    if let Some((f, source)) = find_tower_config(ck, written, override_file) {
+        let v = read_json(&f)?;
+        let cfg = if is_eva_config(&v) {
+            MainTowerConfig::Eva02(parse_eva02_config(&v, &f)?)
+        } else {
+            MainTowerConfig::Clip(parse_clip_config(&v, &f)?)
+        };
+        return Ok((cfg, source));
+    }
+    let eva_tensors = !ck.names_with_prefix(&format!("{EVA02_TOWER_PREFIX}.blocks.")).is_empty()
+        || !ck.names_with_prefix(&format!("{EVA02_TOWER_PREFIX}.visual.")).is_empty();
+    if eva_tensors {
+        let cfg = infer_eva02_config(&ck.scope(EVA02_TOWER_PREFIX)).map_err(|e| {
+            Error::Invalid(format!(
+                "{e}; no EVA02 tower config found{} (give one with --vision-config)",
+                written.map(|w| format!(" for `{w}`")).unwrap_or_default()
+            ))
+        })?;
+        return Ok((MainTowerConfig::Eva02(cfg), TowerSource::Inferred));
+    }
+    let (cfg, source) = resolve_tower(ck, written, MAIN_TOWER_PREFIX, override_file)?;
+    Ok((MainTowerConfig::Clip(cfg), source))
+}
+
 pub struct Griffon {
     pub config: GriffonConfig,
-    pub tower: ClipVision,
+    pub tower: MainTower,
     pub tower_source: TowerSource,
     pub projector: Projector,
     pub region: Option<RegionEncoder>,
@@ -106,8 +237,12 @@ impl Griffon {
         if let Some(t) = trainable {
             ck.set_trainable(t);
         }
-        let (tower_cfg, tower_source) =
-            resolve_tower(&ck, config.mm.vision_tower.as_deref(), MAIN_TOWER_PREFIX, opts.vision_config.as_deref())?;
+        let (main_cfg, tower_source) =
+            resolve_main_tower(&ck, config.mm.vision_tower.as_deref(), opts.vision_config.as_deref())?;
+        let tower_cfg = match &main_cfg {
+            MainTowerConfig::Clip(c) => c.clone(),
+            MainTowerConfig::Eva02(c) => eva_geometry(c),
+        };
         if let Some(m) = config.mm.mm_hidden_size {
             if m != tower_cfg.hidden_size {
                 return invalid(format!(
@@ -119,7 +254,15 @@ impl Griffon {
         }
         let run_size = opts.image_size.unwrap_or(tower_cfg.image_size);
         let needed = crate::clip::resolve_select_layer(config.mm.select_layer, tower_cfg.num_hidden_layers)?;
-        let tower = ClipVision::load_upto(&ck.scope(MAIN_TOWER_PREFIX), &tower_cfg, run_size, opts.pos_interp, needed)?;
+        let tower = match &main_cfg {
+            MainTowerConfig::Clip(c) => {
+                VisionTower::Clip(ClipVision::load_upto(&ck.scope(MAIN_TOWER_PREFIX), c, run_size, opts.pos_interp, needed)?)
+            }
+            MainTowerConfig::Eva02(c) => {
+                VisionTower::Eva02(Eva02Vision::load_upto(&ck.scope(EVA02_TOWER_PREFIX), c, run_size, opts.pos_interp, needed)?)
+            }
+        };
+        let tower = MainTower { cfg: tower_cfg.clone(), tower };
         let h = config.llm.hidden_size();
         let projector = Projector::load(&ck.scope("model.mm_projector"), &config.mm.projector, tower_cfg.hidden_size, h)?;
         let region = if config.mm.unshared_visual_encoder {
@@ -153,7 +296,7 @@ impl Griffon {
 
     /// Square input size of the main tower.
     pub fn image_size(&self) -> usize {
-        self.tower.run_size
+        self.tower.run_size()
     }
 
     /// Square input size of region images (the region tower's, or the main one's when the

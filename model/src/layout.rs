@@ -140,3 +140,41 @@ pub fn random_tensors(layout: &Layout, gemma_norms: bool, dtype: DType, device: 
     }
     Ok(out)
 }
+
+/// An EVA02 tower under `prefix` in timm names (`...vision_tower.vision_tower` for Griffon v2),
+/// like `eva02_large_patch14_clip_336`: separate q/k/v (no k bias), inner attention and MLP
+/// LayerNorms, SwiGLU, final `norm` (unused by the hidden states).
+pub fn eva02_layout(prefix: &str, c: &crate::eva02::Eva02Config) -> Layout {
+    let (h, i, p, g) = (c.hidden_size, c.intermediate_size, c.patch_size, c.grid());
+    let mut v = vec![
+        (format!("{prefix}.cls_token"), vec![1, 1, h]),
+        (format!("{prefix}.pos_embed"), vec![1, g * g + 1, h]),
+        (format!("{prefix}.patch_embed.proj.weight"), vec![h, 3, p, p]),
+        (format!("{prefix}.patch_embed.proj.bias"), vec![h]),
+        (format!("{prefix}.norm.weight"), vec![h]),
+        (format!("{prefix}.norm.bias"), vec![h]),
+    ];
+    for l in 0..c.num_hidden_layers {
+        let b = format!("{prefix}.blocks.{l}");
+        for n in ["norm1", "norm2", "attn.norm"] {
+            v.push((format!("{b}.{n}.weight"), vec![h]));
+            v.push((format!("{b}.{n}.bias"), vec![h]));
+        }
+        v.push((format!("{b}.attn.q_proj.weight"), vec![h, h]));
+        v.push((format!("{b}.attn.q_proj.bias"), vec![h]));
+        v.push((format!("{b}.attn.k_proj.weight"), vec![h, h]));
+        v.push((format!("{b}.attn.v_proj.weight"), vec![h, h]));
+        v.push((format!("{b}.attn.v_proj.bias"), vec![h]));
+        v.push((format!("{b}.attn.proj.weight"), vec![h, h]));
+        v.push((format!("{b}.attn.proj.bias"), vec![h]));
+        for f in ["fc1_g", "fc1_x"] {
+            v.push((format!("{b}.mlp.{f}.weight"), vec![i, h]));
+            v.push((format!("{b}.mlp.{f}.bias"), vec![i]));
+        }
+        v.push((format!("{b}.mlp.norm.weight"), vec![i]));
+        v.push((format!("{b}.mlp.norm.bias"), vec![i]));
+        v.push((format!("{b}.mlp.fc2.weight"), vec![h, i]));
+        v.push((format!("{b}.mlp.fc2.bias"), vec![h]));
+    }
+    v
+}

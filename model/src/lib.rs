@@ -10,6 +10,7 @@ pub mod clip;
 pub mod config;
 pub mod draw;
 pub mod error;
+pub mod eva02;
 pub mod gemma2;
 pub mod generate;
 pub mod griffon;

@@ -100,18 +100,19 @@ pub fn token_spans(m: &Griffon, gen: &Generation) -> Result<(String, Vec<TokenSp
     Ok((text, spans))
 }
 
-impl Griffon {
-    fn exemplar_image(&self, e: &Exemplar, main: &RgbImage) -> Result<RgbImage> {
-        match e {
-            Exemplar::Image(p) => Ok(load_rgb(p)?),
-            Exemplar::BoxOnImage(b) => crop(main, *b, "exemplar box on the main image"),
-            Exemplar::BoxOnOther { image, region } => {
-                let other = load_rgb(image)?;
-                crop(&other, *region, &format!("exemplar box on {}", image.display()))
-            }
+/// The image an exemplar refers to: a file used whole, or a crop of the main or another image.
+pub fn exemplar_image(e: &Exemplar, main: &RgbImage) -> Result<RgbImage> {
+    match e {
+        Exemplar::Image(p) => Ok(load_rgb(p)?),
+        Exemplar::BoxOnImage(b) => crop(main, *b, "exemplar box on the main image"),
+        Exemplar::BoxOnOther { image, region } => {
+            let other = load_rgb(image)?;
+            crop(&other, *region, &format!("exemplar box on {}", image.display()))
         }
     }
+}
 
+impl Griffon {
     /// Runs one rendered user text with region images; returns the generation and its text.
     fn run_turn(
         &self,
@@ -177,7 +178,7 @@ impl Griffon {
         };
         let mut texts = Vec::new();
         for turn in &turns {
-            let regions = turn.regions.iter().map(|e| self.exemplar_image(e, &main)).collect::<Result<Vec<_>>>()?;
+            let regions = turn.regions.iter().map(|e| exemplar_image(e, &main)).collect::<Result<Vec<_>>>()?;
             let grammar = if opts.constrained {
                 match &req.task {
                     Task::Detect { categories } => Some(AnswerGrammar {

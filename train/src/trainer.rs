@@ -7,7 +7,7 @@ use crate::data::{build_all, read_task_list, BuildOptions, Sample, Skipped};
 use crate::optim::{clip_grad_norm, cosine_with_warmup, warmup_steps, AdamW};
 use candle_core::{DType, Device, Tensor, Var, D};
 use griffon_core::template::with_image_marker;
-use griffon_core::{check_visual_counts, Exemplar, Piece, Placeholder, Template};
+use griffon_core::{check_visual_counts, Piece, Placeholder, Template};
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_model::loader::Checkpoint;
 use griffon_model::resample::{load_rgb, preprocess};
@@ -96,17 +96,6 @@ pub fn answer_loss(logits: &Tensor, enc: &Encoded, image_len: usize) -> candle_c
     Ok((nll, n))
 }
 
-fn exemplar_image(e: &Exemplar, main: &image::RgbImage) -> Result<image::RgbImage, Error> {
-    match e {
-        Exemplar::Image(p) => load_rgb(p).map_err(|e| e.to_string()),
-        Exemplar::BoxOnImage(b) => griffon_model::tasks::crop(main, *b, "exemplar box").map_err(|e| e.to_string()),
-        Exemplar::BoxOnOther { image, region } => {
-            let other = load_rgb(image).map_err(|e| e.to_string())?;
-            griffon_model::tasks::crop(&other, *region, "exemplar box").map_err(|e| e.to_string())
-        }
-    }
-}
-
 /// Loss of one sample (graph kept for backward) and its supervised token count.
 pub fn sample_loss(m: &Griffon, s: &Sample, enc: &Encoded) -> Result<(Tensor, usize), Error> {
     let main = load_rgb(&s.image).map_err(|e| e.to_string())?;
@@ -115,7 +104,11 @@ pub fn sample_loss(m: &Griffon, s: &Sample, enc: &Encoded) -> Result<(Tensor, us
     let region_tokens = if s.regions.is_empty() {
         None
     } else {
-        let crops = s.regions.iter().map(|r| exemplar_image(r, &main)).collect::<Result<Vec<_>, _>>()?;
+        let crops = s
+            .regions
+            .iter()
+            .map(|r| griffon_model::tasks::exemplar_image(r, &main).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
         let px = crops
             .iter()
             .map(|c| preprocess(c, m.region_size(), &m.device))
