@@ -44,7 +44,7 @@
 use crate::clip::resolve_select_layer;
 use crate::error::{invalid, Result};
 use crate::loader::Scope;
-use crate::nn::{softmax_last, LayerNorm, Linear};
+use crate::nn::{LayerNorm, Linear};
 use crate::resample::{resize_grid, Interp};
 use candle_core::{DType, Device, Tensor, D};
 
@@ -259,29 +259,8 @@ fn apply_rope(x: &Tensor, sin: &Tensor, cos: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[&cls, &r], 2)?)
 }
 
-/// Query rows per attention block: at 1022 px (5330 tokens, 16 heads) one f32 score matrix is
-/// 1.8 GB; blocks of 1024 rows bound it with identical results (softmax is per row).
-const QUERY_CHUNK: usize = 1024;
-
 fn attention(q: Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    attention_chunked(&q, k, v, QUERY_CHUNK)
-}
-
-/// softmax(q k^T) v over [B, H, N, d] (q already scaled), in blocks of `chunk` query rows.
-fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, chunk: usize) -> Result<Tensor> {
-    let n = q.dim(2)?;
-    let kt = k.t()?;
-    if n <= chunk {
-        return Ok(softmax_last(&q.matmul(&kt)?)?.matmul(v)?);
-    }
-    let mut outs = Vec::with_capacity(n.div_ceil(chunk));
-    let mut start = 0;
-    while start < n {
-        let len = chunk.min(n - start);
-        outs.push(softmax_last(&q.narrow(2, start, len)?.matmul(&kt)?)?.matmul(v)?);
-        start += len;
-    }
-    Ok(Tensor::cat(&outs, 2)?)
+    crate::clip::full_attention(&q, k, v, crate::clip::ATTN_QUERY_CHUNK)
 }
 
 impl Block {
@@ -795,21 +774,4 @@ pub fn parse_eva02_config(v: &serde_json::Value, file: &std::path::Path) -> Resu
         ));
     }
     Ok(c)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunked_attention_is_exact() {
-        let d = Device::Cpu;
-        let q = Tensor::randn(0f32, 1.0, (2, 3, 45, 8), &d).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (2, 3, 45, 8), &d).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (2, 3, 45, 8), &d).unwrap();
-        let full = attention_chunked(&q, &k, &v, 1000).unwrap();
-        let chunked = attention_chunked(&q, &k, &v, 16).unwrap();
-        let diff: f32 = (full - chunked).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
-        assert!(diff < 1e-6, "{diff}");
-    }
 }
