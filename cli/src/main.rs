@@ -43,6 +43,32 @@ enum Command {
     /// Metrics (COCO mAP, CIDEr) and dataset runs (coco, refcoco, flickr, reg, count, merge).
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Build a Griffon checkpoint from public parts (an HF LLM + a vision tower + a fresh projector).
+    Assemble(AssembleArgs),
+}
+
+#[derive(Args)]
+struct AssembleArgs {
+    /// HF folder of the LLM (Llama-2 or Gemma-2): config.json, safetensors, tokenizer files.
+    #[arg(long)]
+    llm: PathBuf,
+    /// Folder of the vision tower: config.json + safetensors (timm / EVA-CLIP / HF CLIP names).
+    #[arg(long)]
+    vision: PathBuf,
+    /// Output checkpoint folder.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "conv_reduce")]
+    projector: String,
+    /// Store the tower's position table resized to this square size (the paper: 1022).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Interpolation of the stored table: bilinear (the paper), bicubic-aa (timm / Griffon's tool), ...
+    #[arg(long, default_value = "bilinear")]
+    pos_interp: String,
+    /// Seed of the projector's random initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Subcommand)]
@@ -732,6 +758,21 @@ fn eval_cmd(c: &EvalCommand) -> Result<()> {
     Ok(())
 }
 
+fn assemble_cmd(a: &AssembleArgs) -> Result<()> {
+    let opts = griffon_model::assemble::AssembleOptions {
+        llm: a.llm.clone(),
+        vision: a.vision.clone(),
+        out: a.out.clone(),
+        projector: a.projector.clone(),
+        image_size: a.image_size,
+        pos_interp: a.pos_interp.parse().map_err(|e: String| anyhow!(e))?,
+        seed: a.seed,
+    };
+    let out = griffon_model::assemble::assemble(&opts)?;
+    writeln!(std::io::stdout().lock(), "wrote {}", out.display())?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.command {
@@ -755,6 +796,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train_cmd(a),
         Command::Bench(a) => bench_cmd(a),
         Command::Eval(c) => eval_cmd(c),
+        Command::Assemble(a) => assemble_cmd(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -172,3 +172,18 @@ fn bad_input_is_a_clear_error() {
     let out = griffon(&["detect", "--model", m.to_str().unwrap(), "--image", "/nonexistent/x.jpg", "--categories", "a"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.jpg"));
 }
+
+#[test]
+fn bench_reports_every_measure() {
+    for cfg in ["tiny", "tiny-eva02"] {
+        let out = griffon(&["bench", "--config", cfg, "--random-weights", "--decode-tokens", "4", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for k in ["vision_ms", "projector_ms", "prefill_ms", "decode_tok_per_s"] {
+            assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{cfg}: {k} in {v}");
+        }
+        assert_eq!(v["prefill_tokens"], 64 + 60);
+    }
+    let out = griffon(&["bench", "--config", "nope", "--random-weights"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tiny"));
+}

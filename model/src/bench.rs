@@ -5,10 +5,12 @@
 //! (N - 1) / (time(N tokens) - time(1 token))), so the two can be compared on one machine.
 
 use crate::clip::{ClipVision, ClipVisionConfig};
+use crate::eva02::{Eva02Config, Eva02Vision};
+use crate::griffon::VisionTower;
 use crate::config::{Gemma2Config, LlamaConfig, LlmConfig, ProjectorType};
 use crate::error::{invalid, Result};
 use crate::generate::{generate, SamplingOptions};
-use crate::layout::{clip_layout, llm_layout, projector_layout, random_tensors};
+use crate::layout::{clip_layout, eva02_layout, llm_layout, projector_layout, random_tensors};
 use crate::llm::Llm;
 use crate::loader::Checkpoint;
 use crate::nn::Act;
@@ -20,8 +22,30 @@ use std::time::Instant;
 
 pub struct BenchConfig {
     pub name: &'static str,
-    pub tower: ClipVisionConfig,
+    pub tower: BenchTower,
     pub llm: LlmConfig,
+}
+
+/// The vision tower of a benchmark configuration.
+pub enum BenchTower {
+    Clip(ClipVisionConfig),
+    /// EVA02-CLIP with its stored geometry, run at `run_size` (position table resized).
+    Eva02 { cfg: Eva02Config, run_size: usize },
+}
+
+impl BenchTower {
+    fn hidden(&self) -> usize {
+        match self {
+            BenchTower::Clip(c) => c.hidden_size,
+            BenchTower::Eva02 { cfg, .. } => cfg.hidden_size,
+        }
+    }
+    fn run_size(&self) -> usize {
+        match self {
+            BenchTower::Clip(c) => c.image_size,
+            BenchTower::Eva02 { run_size, .. } => *run_size,
+        }
+    }
 }
 
 fn clip(hidden: usize, inter: usize, layers: usize, heads: usize, image: usize) -> ClipVisionConfig {
@@ -61,7 +85,7 @@ pub fn preset(name: &str) -> Option<BenchConfig> {
     Some(match name {
         "gemma2-9b" => BenchConfig {
             name: "gemma2-9b",
-            tower: clip(1024, 4096, 24, 16, 1022),
+            tower: BenchTower::Clip(clip(1024, 4096, 24, 16, 1022)),
             llm: LlmConfig::Gemma2(Gemma2Config {
                 vocab_size: 256000,
                 hidden_size: 3584,
@@ -81,13 +105,35 @@ pub fn preset(name: &str) -> Option<BenchConfig> {
                 tie_word_embeddings: true,
             }),
         },
-        "llama2-13b" => BenchConfig { name: "llama2-13b", tower: clip(1024, 4096, 24, 16, 1022), llm: llama(32000, 5120, 13824, 40, 40, 1e-5) },
-        "tiny" => BenchConfig { name: "tiny", tower: clip(64, 128, 2, 4, 224), llm: llama(1000, 128, 256, 2, 4, 1e-6) },
+        "llama2-13b" => BenchConfig {
+            name: "llama2-13b",
+            tower: BenchTower::Clip(clip(1024, 4096, 24, 16, 1022)),
+            llm: llama(32000, 5120, 13824, 40, 40, 1e-5),
+        },
+        // the Griffon v2 paper configuration: EVA02-CLIP-L/14-336 run at 1022 px + Llama-2-13B
+        "eva02-llama2-13b" => BenchConfig {
+            name: "eva02-llama2-13b",
+            tower: BenchTower::Eva02 { cfg: Eva02Config::large_patch14_336(), run_size: 1022 },
+            llm: llama(32000, 5120, 13824, 40, 40, 1e-5),
+        },
+        "tiny" => BenchConfig {
+            name: "tiny",
+            tower: BenchTower::Clip(clip(64, 128, 2, 4, 224)),
+            llm: llama(1000, 128, 256, 2, 4, 1e-6),
+        },
+        "tiny-eva02" => BenchConfig {
+            name: "tiny-eva02",
+            tower: BenchTower::Eva02 {
+                cfg: Eva02Config { hidden_size: 64, intermediate_size: 170, num_hidden_layers: 2, num_attention_heads: 4, image_size: 224, patch_size: 14, layer_norm_eps: 1e-6, rope_ref_grid: Some(16), rope_temperature: 10000.0 },
+                run_size: 224,
+            },
+            llm: llama(1000, 128, 256, 2, 4, 1e-6),
+        },
         _ => return None,
     })
 }
 
-pub const PRESETS: [&str; 3] = ["gemma2-9b", "llama2-13b", "tiny"];
+pub const PRESETS: [&str; 5] = ["gemma2-9b", "llama2-13b", "eva02-llama2-13b", "tiny", "tiny-eva02"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
@@ -141,20 +187,40 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
         LlmConfig::Llama(l) => l.hidden_size,
     };
     let gemma = matches!(cfg.llm, LlmConfig::Gemma2(_));
-    let prefix = "model.vision_tower.vision_tower.vision_model";
     let proj_kind = ProjectorType::ConvReduce { pad: 1 };
-    let mut layout = clip_layout(prefix, &cfg.tower);
-    layout.extend(projector_layout(&proj_kind, cfg.tower.hidden_size, h));
+    let (vision_prefix, mut layout) = match &cfg.tower {
+        BenchTower::Clip(c) => {
+            let p = "model.vision_tower.vision_tower.vision_model";
+            (p, clip_layout(p, c))
+        }
+        BenchTower::Eva02 { cfg: c, .. } => {
+            let p = "model.vision_tower.vision_tower";
+            (p, eva02_layout(p, c))
+        }
+    };
+    layout.extend(projector_layout(&proj_kind, cfg.tower.hidden(), h));
     layout.extend(llm_layout(&cfg.llm));
     let tensors = random_tensors(&layout, gemma, dtype, device, seed)?;
     let ck = Checkpoint::from_tensors(tensors, device, dtype)?;
-    let needed = cfg.tower.num_hidden_layers - 1; // hidden_states[-2]
-    let tower = ClipVision::load_upto(&ck.scope(prefix), &cfg.tower, cfg.tower.image_size, Interp::Bilinear, needed)?;
-    let projector = Projector::load(&ck.scope("model.mm_projector"), &proj_kind, cfg.tower.hidden_size, h)?;
+    let run_size = cfg.tower.run_size();
+    let tower = match &cfg.tower {
+        BenchTower::Clip(c) => {
+            // hidden_states[-2]: the last layer is never run
+            VisionTower::Clip(ClipVision::load_upto(&ck.scope(vision_prefix), c, run_size, Interp::Bilinear, c.num_hidden_layers - 1)?)
+        }
+        BenchTower::Eva02 { cfg: c, .. } => VisionTower::Eva02(Eva02Vision::load_upto(
+            &ck.scope(vision_prefix),
+            c,
+            run_size,
+            Interp::Bilinear,
+            c.num_hidden_layers - 1,
+        )?),
+    };
+    let projector = Projector::load(&ck.scope("model.mm_projector"), &proj_kind, cfg.tower.hidden(), h)?;
     let llm = Llm::load(&ck, &cfg.llm)?;
     drop(ck);
 
-    let s = cfg.tower.image_size;
+    let s = run_size;
     let pixels = Tensor::randn(0f32, 1.0, (1, 3, s, s), device)?.to_dtype(dtype)?;
     let vision_ms = median_ms(2, 5, || {
         tower.patch_features(&pixels, -2, false)?;

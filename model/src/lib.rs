@@ -5,6 +5,7 @@
 //! [`loader`], [`config`] resolution, image [`resample`]/preprocessing, [`tokenize`]
 //! (prompt assembly) and [`generate`] (KV cache, samplers, stop rules). [`griffon`] ties them.
 
+pub mod assemble;
 pub mod bench;
 pub mod clip;
 pub mod config;
