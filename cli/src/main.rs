@@ -45,6 +45,21 @@ enum Command {
     Eval(EvalCommand),
     /// Build a Griffon checkpoint from public parts (an HF LLM + a vision tower + a fresh projector).
     Assemble(AssembleArgs),
+    /// Check the engine against the golden fixtures on a device / dtype (for machines without cargo).
+    Selfcheck(SelfcheckArgs),
+}
+
+#[derive(Args)]
+struct SelfcheckArgs {
+    /// Folder of fixture cases (model/tests/fixtures/parity).
+    #[arg(long, default_value = "model/tests/fixtures/parity")]
+    fixtures: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -773,6 +788,39 @@ fn assemble_cmd(a: &AssembleArgs) -> Result<()> {
     Ok(())
 }
 
+fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
+    let dtype = match a.dtype {
+        DtypeArg::F32 => DType::F32,
+        DtypeArg::Bf16 => DType::BF16,
+        DtypeArg::F16 => DType::F16,
+    };
+    let device = parse_device(&a.device)?;
+    let reports = griffon_model::selfcheck::check_all(&a.fixtures, &device, dtype)?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&reports)?)?;
+    } else {
+        for r in &reports {
+            writeln!(
+                out,
+                "{:24} projector {:.2e}  logits {:.2e}  greedy {}/{}  input_ids {}  {}",
+                r.case,
+                r.projector_rel_err,
+                r.logits_rel_err,
+                r.greedy_prefix_match,
+                r.greedy_len,
+                if r.input_ids_equal { "equal" } else { "DIFFER" },
+                if r.pass { "PASS" } else { "FAIL" }
+            )?;
+        }
+    }
+    let failed = reports.iter().filter(|r| !r.pass).count();
+    if failed > 0 {
+        bail!("{failed} of {} fixture cases failed (tolerance {:e})", reports.len(), griffon_model::selfcheck::tolerance(dtype));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.command {
@@ -797,6 +845,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench_cmd(a),
         Command::Eval(c) => eval_cmd(c),
         Command::Assemble(a) => assemble_cmd(a),
+        Command::Selfcheck(a) => selfcheck_cmd(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -187,3 +187,16 @@ fn bench_reports_every_measure() {
     let out = griffon(&["bench", "--config", "nope", "--random-weights"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("tiny"));
 }
+
+#[test]
+fn selfcheck_passes_on_cpu_in_f32_and_bf16() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/parity");
+    for dtype in ["f32", "bf16"] {
+        let out = griffon(&["selfcheck", "--fixtures", fixtures.to_str().unwrap(), "--dtype", dtype, "--json"]);
+        assert!(out.status.success(), "{dtype}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cases = v.as_array().unwrap();
+        assert_eq!(cases.len(), 3);
+        assert!(cases.iter().all(|c| c["pass"] == true), "{dtype}: {v}");
+    }
+}

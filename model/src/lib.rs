@@ -23,6 +23,7 @@ pub mod nn;
 pub mod projector;
 pub mod region;
 pub mod resample;
+pub mod selfcheck;
 pub mod tasks;
 pub mod tokenize;
 

@@ -9,7 +9,7 @@ use crate::config::ProjectorType;
 use crate::error::{invalid, Result};
 use crate::loader::Scope;
 use crate::nn::{Act, Linear};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 pub enum Projector {
     ConvReduce { weight: Tensor, bias: Tensor, pad: usize, linear: Linear },
@@ -74,7 +74,13 @@ impl Projector {
                     return invalid(format!("conv projector: a {g}x{g} grid is too small for a 3x3 kernel"));
                 }
                 let grid = x.transpose(1, 2)?.reshape((b, c, g, g))?.contiguous()?;
-                let y = grid.conv2d(weight, *pad, 2, 1, 1)?;
+                // candle 0.11 CPU conv2d fails for half types ("unsupported dtype BF16 for op matmul"):
+                // run that case in f32
+                let y = if matches!(grid.dtype(), DType::F16 | DType::BF16) && grid.device().is_cpu() {
+                    grid.to_dtype(DType::F32)?.conv2d(&weight.to_dtype(DType::F32)?, *pad, 2, 1, 1)?.to_dtype(grid.dtype())?
+                } else {
+                    grid.conv2d(weight, *pad, 2, 1, 1)?
+                };
                 let y = y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
                 let y = Act::GeluErf.apply(&y)?;
                 let (_, h, gh, gw) = y.dims4()?;
