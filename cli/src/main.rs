@@ -47,6 +47,25 @@ enum Command {
     Assemble(AssembleArgs),
     /// Check the engine against the golden fixtures on a device / dtype (for machines without cargo).
     Selfcheck(SelfcheckArgs),
+    /// Generate the synthetic high-resolution perception benchmark (images + every annotation format).
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of scenes (80% train, 10% val, 10% test).
+    #[arg(long)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Square image size in pixels.
+    #[arg(long, default_value_t = 1022)]
+    size: u32,
+    /// Objects per scene at most (1..=N).
+    #[arg(long, default_value_t = 20)]
+    max_objects: usize,
 }
 
 #[derive(Args)]
@@ -153,6 +172,17 @@ enum EvalCommand {
         split_file: Option<PathBuf>,
         #[arg(long)]
         split: Option<String>,
+    },
+    /// The synthetic benchmark (griffon synth): detection mAP / AP50 / APsmall, REC Acc@0.5,
+    /// counting MAE, REG CIDEr on one split.
+    Synth {
+        #[command(flatten)]
+        run: EvalRunArgs,
+        /// The folder `griffon synth --out` wrote (its images/ are used; --images is ignored).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
     },
     /// Merge the shards in an output folder and print the metrics.
     Merge {
@@ -670,10 +700,23 @@ fn parse_shard(s: &str) -> Result<(usize, usize)> {
 }
 
 fn eval_run(a: &EvalRunArgs, items: Vec<griffon_eval::datasets::Item>, annotations: Option<&std::path::Path>) -> Result<()> {
+    if let Some(m) = eval_run_metrics(a, &a.out, items, annotations)? {
+        writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&m)?)?;
+    }
+    Ok(())
+}
+
+/// Runs a dataset into `out`; returns the metrics when the run is not sharded.
+fn eval_run_metrics(
+    a: &EvalRunArgs,
+    out: &std::path::Path,
+    items: Vec<griffon_eval::datasets::Item>,
+    annotations: Option<&std::path::Path>,
+) -> Result<Option<serde_json::Value>> {
     use griffon_eval::runners;
     let shard = parse_shard(&a.shard)?;
     let opts = runners::RunnerOptions {
-        out: a.out.clone(),
+        out: out.to_path_buf(),
         shard,
         limit: a.limit,
         run: RunOptions {
@@ -700,21 +743,61 @@ fn eval_run(a: &EvalRunArgs, items: Vec<griffon_eval::datasets::Item>, annotatio
         summary.shard_file.display()
     );
     if shard.1 == 1 {
-        eval_merge(&a.out, annotations)
+        Ok(Some(merge_metrics(out, annotations)?))
     } else {
-        eprintln!("when every shard is done: griffon eval merge --out {}", a.out.display());
-        Ok(())
+        eprintln!("when every shard is done: griffon eval merge --out {}", out.display());
+        Ok(None)
     }
 }
 
-fn eval_merge(out: &std::path::Path, annotations: Option<&std::path::Path>) -> Result<()> {
+fn merge_metrics(out: &std::path::Path, annotations: Option<&std::path::Path>) -> Result<serde_json::Value> {
     use griffon_eval::runners;
     let records = runners::merge(out)?;
     runners::check_single_task(&records)?;
     let metrics = runners::score(&records, annotations, out)?;
     let f = out.join("metrics.json");
     std::fs::write(&f, serde_json::to_string_pretty(&metrics)?).with_context(|| format!("writing {}", f.display()))?;
+    Ok(metrics)
+}
+
+fn eval_merge(out: &std::path::Path, annotations: Option<&std::path::Path>) -> Result<()> {
+    let metrics = merge_metrics(out, annotations)?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&metrics)?)?;
+    Ok(())
+}
+
+/// All four synthetic-benchmark evaluations on one split, one JSON summary.
+fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str) -> Result<()> {
+    use griffon_eval::datasets;
+    let d = data.join(split);
+    let img = data.join("images").join(split);
+    if !d.join("instances.json").is_file() {
+        bail!("{}: no instances.json (run griffon synth --out {} first)", d.display(), data.display());
+    }
+    let mut summary = serde_json::Map::new();
+    let ann = d.join("instances.json");
+    if let Some(m) = eval_run_metrics(a, &a.out.join("detection"), datasets::coco(&ann, &img)?, Some(&ann))? {
+        let stats = m["stats"].as_array().cloned();
+        let stat = |i: usize| stats.as_ref().and_then(|s| s.get(i).cloned()).unwrap_or(serde_json::Value::Null);
+        summary.insert("detection_mAP".into(), stat(0));
+        summary.insert("detection_AP50".into(), stat(1));
+        summary.insert("detection_APsmall".into(), stat(3));
+        summary.insert("detection_APmedium".into(), stat(4));
+        summary.insert("detection_APlarge".into(), stat(5));
+    }
+    if let Some(m) = eval_run_metrics(a, &a.out.join("rec"), datasets::refcoco(&d.join("refcoco.jsonl"), &img)?, None)? {
+        summary.insert("rec_acc@0.5".into(), m["acc@0.5"].clone());
+    }
+    if let Some(m) = eval_run_metrics(a, &a.out.join("count"), datasets::count(&d.join("count.jsonl"), &img, None)?, None)? {
+        summary.insert("count_mae".into(), m["mae"].clone());
+    }
+    if let Some(m) = eval_run_metrics(a, &a.out.join("reg"), datasets::reg(&d.join("reg_eval.jsonl"), &img)?, None)? {
+        summary.insert("reg_cider".into(), m["cider"].clone());
+    }
+    let v = serde_json::Value::Object(summary);
+    let f = a.out.join("synth_metrics.json");
+    std::fs::write(&f, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", f.display()))?;
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&v)?)?;
     Ok(())
 }
 
@@ -764,6 +847,10 @@ fn eval_cmd(c: &EvalCommand) -> Result<()> {
                 _ => bail!("give both --split-file and --split"),
             };
             return eval_run(run, datasets::count(data, &run.images, split)?, None);
+        }
+        EvalCommand::Synth { run, data, split } => {
+            drop(out);
+            return eval_synth(run, data, split);
         }
         EvalCommand::Merge { out: dir, annotations } => {
             drop(out);
@@ -821,6 +908,13 @@ fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
     Ok(())
 }
 
+fn synth_cmd(a: &SynthArgs) -> Result<()> {
+    let opts = griffon_train::synth::SynthOptions { out: a.out.clone(), n: a.n, seed: a.seed, size: a.size, max_objects: a.max_objects };
+    let summary = griffon_train::synth::generate(&opts).map_err(|e| anyhow!(e))?;
+    writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&summary)?)?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.command {
@@ -846,6 +940,7 @@ fn main() -> ExitCode {
         Command::Eval(c) => eval_cmd(c),
         Command::Assemble(a) => assemble_cmd(a),
         Command::Selfcheck(a) => selfcheck_cmd(a),
+        Command::Synth(a) => synth_cmd(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -224,3 +224,24 @@ fn runner_records_unreadable_images_as_failed() {
     let recs = records(&toy.dir.path().join("rcbad"));
     assert!(recs.iter().any(|r| r["error"].as_str().is_some_and(|e| e.contains("missing.png"))));
 }
+
+#[test]
+fn synth_benchmark_generates_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synth");
+    let d = data.to_str().unwrap();
+    let summary: Value = serde_json::from_str(&ok(&["synth", "--out", d, "--n", "3", "--size", "112", "--max-objects", "5"])).unwrap();
+    assert_eq!(summary["test"]["images"], 1);
+    let model = fixture().join("ckpt");
+    let out = tmp.path().join("eval");
+    let m: Value = serde_json::from_str(&ok(&[
+        "eval", "synth", "--model", model.to_str().unwrap(), "--data", d, "--images", d, "--out", out.to_str().unwrap(),
+        "--constrained", "--max-new-tokens", "30", "--quiet",
+    ]))
+    .unwrap();
+    for k in ["rec_acc@0.5", "count_mae", "reg_cider"] {
+        assert!(m[k].is_number(), "{k} missing in {m}");
+    }
+    assert!(m.get("detection_mAP").is_some(), "{m}");
+    assert!(out.join("synth_metrics.json").is_file());
+}

@@ -246,7 +246,12 @@ pub fn flickr(sentences: &Path, annotations: &Path, images: &Path, ids: Option<&
             items.push(Item {
                 id: format!("{id}_{k}"),
                 request: Request {
-                    image: images.join(format!("{id}.jpg")),
+                    image: {
+                        // Flickr30K ships .jpg; other corpora in this layout may use .png
+                        let jpg = images.join(format!("{id}.jpg"));
+                        let png = images.join(format!("{id}.png"));
+                        if !jpg.exists() && png.exists() { png } else { jpg }
+                    },
                     task: Task::Phrases { phrases: phrases.iter().map(|p| p.phrase.clone()).collect() },
                 },
                 truth: Truth::Phrases { phrases },

@@ -11,4 +11,5 @@
 pub mod config;
 pub mod data;
 pub mod optim;
+pub mod synth;
 pub mod trainer;

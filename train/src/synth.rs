@@ -1,0 +1,338 @@
+//! `griffon synth`: a procedural high-resolution perception benchmark. Scenes (default 1022 px)
+//! hold 1-20 objects of six shapes and eight colours at three size classes — many of them small
+//! (16 px and less at 1022 px) — on textured, cluttered backgrounds. Every scene is written with
+//! annotations for detection (COCO json and the released DET jsonl), referring expressions with
+//! attributes and spatial relations (VG jsonl, Shikra-style REC jsonl), region descriptions (REG),
+//! phrase grounding (Flickr30K Entities Sentences/Annotations) and exemplar counting (VISJ jsonl and
+//! an image/exemplar/count jsonl), split into train / val / test. Deterministic from the seed: scene
+//! k depends only on (seed, k).
+
+use crate::data::{write_det_jsonl, write_reg_jsonl, write_vg_jsonl, DetObject, DetRecord, GroundRecord};
+use image::{Rgb, RgbImage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const SHAPES: [&str; 6] = ["circle", "square", "triangle", "diamond", "ring", "cross"];
+pub const COLOURS: [(&str, [u8; 3]); 8] = [
+    ("red", [220, 40, 40]),
+    ("green", [40, 170, 60]),
+    ("blue", [40, 70, 220]),
+    ("yellow", [235, 210, 40]),
+    ("purple", [150, 60, 190]),
+    ("orange", [245, 140, 30]),
+    ("white", [250, 250, 250]),
+    ("black", [15, 15, 15]),
+];
+
+#[derive(Debug, Clone)]
+pub struct SynthOptions {
+    pub out: PathBuf,
+    pub n: usize,
+    pub seed: u64,
+    pub size: u32,
+    pub max_objects: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    pub shape: usize,
+    pub colour: usize,
+    /// Pixel xyxy.
+    pub bbox: [u32; 4],
+}
+
+impl Object {
+    pub fn name(&self) -> String {
+        format!("{} {}", COLOURS[self.colour].0, SHAPES[self.shape])
+    }
+    fn side(&self) -> u32 {
+        self.bbox[2] - self.bbox[0]
+    }
+    fn size_word(&self, image: u32) -> &'static str {
+        let s = self.side() as f64 * 1022.0 / image as f64;
+        if s <= 16.0 {
+            "tiny"
+        } else if s <= 64.0 {
+            "small"
+        } else {
+            "large"
+        }
+    }
+    fn fbox(&self) -> [f64; 4] {
+        self.bbox.map(|v| v as f64)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SplitSummary {
+    pub images: usize,
+    pub objects: usize,
+    /// Objects of 16 px or less (at 1022 px).
+    pub tiny_objects: usize,
+}
+
+fn inside(shape: usize, u: f64, v: f64) -> bool {
+    match shape {
+        0 => u * u + v * v <= 1.0,
+        1 => true,
+        2 => u.abs() <= (v + 1.0) / 2.0,
+        3 => u.abs() + v.abs() <= 1.0,
+        4 => {
+            let r = u * u + v * v;
+            (0.3..=1.0).contains(&r)
+        }
+        _ => u.abs() <= 0.34 || v.abs() <= 0.34,
+    }
+}
+
+/// Textured, cluttered background: smooth value noise, pixel noise, and muted strokes/blobs.
+fn background(rng: &mut StdRng, size: u32) -> RgbImage {
+    let cells = (size / 96).max(2) as usize + 2;
+    let tint: [f64; 3] = [rng.random_range(0.85..1.15), rng.random_range(0.85..1.15), rng.random_range(0.85..1.15)];
+    let grid: Vec<f64> = (0..cells * cells).map(|_| rng.random_range(80.0..180.0)).collect();
+    let mut img = RgbImage::new(size, size);
+    let scale = (cells - 1) as f64 / size as f64;
+    for y in 0..size {
+        let fy = y as f64 * scale;
+        let (y0, ty) = (fy.floor() as usize, fy.fract());
+        for x in 0..size {
+            let fx = x as f64 * scale;
+            let (x0, tx) = (fx.floor() as usize, fx.fract());
+            let g = |i: usize, j: usize| grid[j.min(cells - 1) * cells + i.min(cells - 1)];
+            let v = g(x0, y0) * (1.0 - tx) * (1.0 - ty) + g(x0 + 1, y0) * tx * (1.0 - ty) + g(x0, y0 + 1) * (1.0 - tx) * ty + g(x0 + 1, y0 + 1) * tx * ty;
+            let n: f64 = rng.random_range(-12.0..12.0);
+            let px = [0, 1, 2].map(|c| (v * tint[c] + n).clamp(0.0, 255.0) as u8);
+            img.put_pixel(x, y, Rgb(px));
+        }
+    }
+    // clutter: muted strokes and blobs (greyish, never a palette colour)
+    for _ in 0..rng.random_range(20..60) {
+        // between 50 and 200: never as dark as "black" (15) or as bright as "white" (250)
+        let base: f64 = rng.random_range(70.0..180.0);
+        let c = [0, 1, 2].map(|_| (base + rng.random_range(-20.0..20.0)).clamp(50.0, 200.0) as u8);
+        if rng.random_bool(0.5) {
+            let (mut x, mut y) = (rng.random_range(0..size) as f64, rng.random_range(0..size) as f64);
+            let a: f64 = rng.random_range(0.0..std::f64::consts::TAU);
+            let len = rng.random_range(10..(size / 3).max(11));
+            for _ in 0..len {
+                if x >= 0.0 && y >= 0.0 && (x as u32) < size && (y as u32) < size {
+                    img.put_pixel(x as u32, y as u32, Rgb(c));
+                }
+                x += a.cos();
+                y += a.sin();
+            }
+        } else {
+            let r = rng.random_range(2..(size / 40).max(3)) as i64;
+            let (cx, cy) = (rng.random_range(0..size) as i64, rng.random_range(0..size) as i64);
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    let (x, y) = (cx + dx, cy + dy);
+                    if dx * dx + dy * dy <= r * r && x >= 0 && y >= 0 && (x as u32) < size && (y as u32) < size {
+                        img.put_pixel(x as u32, y as u32, Rgb(c));
+                    }
+                }
+            }
+        }
+    }
+    img
+}
+
+/// One scene: image and objects, from (seed, index) only.
+pub fn scene(seed: u64, index: usize, size: u32, max_objects: usize) -> (RgbImage, Vec<Object>) {
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(index as u64));
+    let mut img = background(&mut rng, size);
+    let k = rng.random_range(1..=max_objects.max(1));
+    let px = |s: f64| ((s * size as f64 / 1022.0).round() as u32).max(3);
+    let mut objs: Vec<Object> = Vec::new();
+    for _ in 0..k {
+        let side = match rng.random_range(0..10) {
+            0..=3 => px(rng.random_range(8.0..=16.0)),
+            4..=7 => px(rng.random_range(17.0..=64.0)),
+            _ => px(rng.random_range(65.0..=180.0)),
+        }
+        .min(size - 1);
+        for _try in 0..50 {
+            let x1 = rng.random_range(0..=size - side);
+            let y1 = rng.random_range(0..=size - side);
+            let b = [x1, y1, x1 + side, y1 + side];
+            let clear = objs.iter().all(|o| b[2] + 2 <= o.bbox[0] || o.bbox[2] + 2 <= b[0] || b[3] + 2 <= o.bbox[1] || o.bbox[3] + 2 <= b[1]);
+            if clear {
+                objs.push(Object { shape: rng.random_range(0..SHAPES.len()), colour: rng.random_range(0..COLOURS.len()), bbox: b });
+                break;
+            }
+        }
+    }
+    for o in &objs {
+        let c = Rgb(COLOURS[o.colour].1);
+        let s = o.side() as f64;
+        for y in o.bbox[1]..o.bbox[3] {
+            for x in o.bbox[0]..o.bbox[2] {
+                let u = ((x - o.bbox[0]) as f64 + 0.5) / s * 2.0 - 1.0;
+                let v = ((y - o.bbox[1]) as f64 + 0.5) / s * 2.0 - 1.0;
+                if inside(o.shape, u, v) {
+                    img.put_pixel(x, y, c);
+                }
+            }
+        }
+    }
+    (img, objs)
+}
+
+/// A referring expression that picks out object `i` alone: by colour + shape, then size, then a
+/// spatial extreme (leftmost / rightmost / topmost / bottommost) among its look-alikes.
+pub fn refer(objs: &[Object], i: usize, image: u32) -> String {
+    let o = &objs[i];
+    let same: Vec<&Object> = objs.iter().filter(|p| p.shape == o.shape && p.colour == o.colour).collect();
+    if same.len() == 1 {
+        return format!("the {}", o.name());
+    }
+    let same_size: Vec<&&Object> = same.iter().filter(|p| p.size_word(image) == o.size_word(image)).collect();
+    if same_size.len() == 1 {
+        return format!("the {} {}", o.size_word(image), o.name());
+    }
+    let cx = |p: &Object| p.bbox[0] + p.bbox[2];
+    let cy = |p: &Object| p.bbox[1] + p.bbox[3];
+    if same.iter().all(|p| std::ptr::eq(*p, o) || cx(p) > cx(o)) {
+        return format!("the leftmost {}", o.name());
+    }
+    if same.iter().all(|p| std::ptr::eq(*p, o) || cx(p) < cx(o)) {
+        return format!("the rightmost {}", o.name());
+    }
+    if same.iter().all(|p| std::ptr::eq(*p, o) || cy(p) > cy(o)) {
+        return format!("the topmost {}", o.name());
+    }
+    format!("the bottommost {}", o.name())
+}
+
+fn split_of(k: usize, n: usize) -> &'static str {
+    let (n_val, n_test) = if n >= 10 { (n / 10, n / 10) } else if n >= 3 { (1, 1) } else { (0, 0) };
+    if k < n - n_val - n_test {
+        "train"
+    } else if k < n - n_test {
+        "val"
+    } else {
+        "test"
+    }
+}
+
+fn io(p: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
+    move |e| format!("{}: {e}", p.display())
+}
+
+/// Writes the benchmark; returns a summary per split.
+pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, String> {
+    if o.size < 32 {
+        return Err(format!("--size {} is too small (at least 32 px)", o.size));
+    }
+    if o.n == 0 {
+        return Err("--n must be at least 1".into());
+    }
+    let mut per: BTreeMap<&str, Vec<(usize, Vec<Object>)>> = BTreeMap::new();
+    for k in 0..o.n {
+        let split = split_of(k, o.n);
+        let dir = o.out.join("images").join(split);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let (img, objs) = scene(o.seed, k, o.size, o.max_objects);
+        let f = dir.join(format!("{k:06}.png"));
+        img.save(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        per.entry(split).or_default().push((k, objs));
+    }
+    let mut summary = BTreeMap::new();
+    for (split, scenes) in per {
+        let d = o.out.join(split);
+        std::fs::create_dir_all(d.join("Sentences")).map_err(io(&d))?;
+        std::fs::create_dir_all(d.join("Annotations")).map_err(io(&d))?;
+        let (mut det, mut vg, mut reg, mut visj) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut rec_eval, mut reg_eval, mut count_eval, mut ids) = (String::new(), String::new(), String::new(), String::new());
+        let mut coco_images = Vec::new();
+        let mut coco_anns = Vec::new();
+        let mut s = SplitSummary::default();
+        let size = o.size;
+        for (k, objs) in &scenes {
+            let file = format!("{k:06}.png");
+            let mut rng = StdRng::seed_from_u64(o.seed ^ (*k as u64).wrapping_mul(31) ^ 0xA5A5);
+            s.images += 1;
+            s.objects += objs.len();
+            s.tiny_objects += objs.iter().filter(|p| p.size_word(size) == "tiny").count();
+            coco_images.push(serde_json::json!({"id": k, "file_name": file, "width": size, "height": size}));
+            for (j, p) in objs.iter().enumerate() {
+                let w = p.side() as f64;
+                coco_anns.push(serde_json::json!({"id": k * 100 + j + 1, "image_id": k, "category_id": p.shape + 1,
+                    "bbox": [p.bbox[0], p.bbox[1], w, w], "area": w * w, "iscrowd": 0}));
+            }
+            let mut by_shape: BTreeMap<&str, Vec<[f64; 4]>> = BTreeMap::new();
+            let mut by_name: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
+            for p in objs {
+                by_shape.entry(SHAPES[p.shape]).or_default().push(p.fbox());
+                by_name.entry(p.name()).or_default().push(p.fbox());
+            }
+            det.push(DetRecord::new(&file, size, size, by_shape.iter().map(|(n, b)| DetObject::new(*n, b.clone())).collect()));
+            visj.push(DetRecord::new(&file, size, size, by_name.iter().map(|(n, b)| DetObject::new(n.clone(), b.clone())).collect()));
+            // up to three referred objects per scene
+            let mut order: Vec<usize> = (0..objs.len()).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.random_range(0..=i));
+            }
+            for &i in order.iter().take(3) {
+                let p = &objs[i];
+                let expr = refer(objs, i, size);
+                vg.push(GroundRecord::new(&file, size, size, expr.clone(), vec![p.fbox()]));
+                let desc = format!("a {} {}", p.size_word(size), p.name());
+                reg.push(GroundRecord::new(&file, size, size, desc.clone(), vec![p.fbox()]));
+                rec_eval += &format!("{}\n", serde_json::json!({"id": format!("{k}_{i}"), "img_path": file, "expression": expr, "bbox": p.fbox()}));
+                reg_eval += &format!("{}\n", serde_json::json!({"id": format!("{k}_{i}"), "img_path": file, "bbox": p.fbox(),
+                    "expressions": [desc, format!("the {}", p.name())]}));
+            }
+            if let Some(&i) = order.first() {
+                let p = &objs[i];
+                let n = objs.iter().filter(|q| q.shape == p.shape && q.colour == p.colour).count();
+                count_eval += &format!("{}\n", serde_json::json!({"image": file, "exemplar": p.fbox(), "count": n}));
+            }
+            // phrase grounding: one sentence naming up to three kinds of object
+            let kinds: Vec<(&String, &Vec<[f64; 4]>)> = by_name.iter().take(3).collect();
+            let article = |n: &str| if n.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+            let phrases: Vec<String> =
+                kinds.iter().enumerate().map(|(e, (n, _))| format!("[/EN#{}/other {} {n}]", e + 1, article(n))).collect();
+            let mut xml = String::from("<annotation>");
+            for (e, (_, boxes)) in kinds.iter().enumerate() {
+                for b in boxes.iter() {
+                    xml += &format!("<object><name>{}</name><bndbox><xmin>{}</xmin><ymin>{}</ymin><xmax>{}</xmax><ymax>{}</ymax></bndbox></object>", e + 1, b[0], b[1], b[2], b[3]);
+                }
+            }
+            xml += "</annotation>";
+            std::fs::write(d.join(format!("Sentences/{k:06}.txt")), format!("In this picture there is {} .\n", phrases.join(" and "))).map_err(io(&d))?;
+            std::fs::write(d.join(format!("Annotations/{k:06}.xml")), xml).map_err(io(&d))?;
+            ids += &format!("{k:06}\n");
+        }
+        let coco = serde_json::json!({"images": coco_images, "annotations": coco_anns,
+            "categories": SHAPES.iter().enumerate().map(|(i, n)| serde_json::json!({"id": i + 1, "name": n})).collect::<Vec<_>>()});
+        let write = |name: &str, text: String| -> Result<(), String> {
+            let f = d.join(name);
+            std::fs::File::create(&f).and_then(|mut h| h.write_all(text.as_bytes())).map_err(|e| format!("{}: {e}", f.display()))
+        };
+        write("instances.json", coco.to_string())?;
+        write("refcoco.jsonl", rec_eval)?;
+        write("reg_eval.jsonl", reg_eval)?;
+        write("count.jsonl", count_eval)?;
+        write("ids.txt", ids)?;
+        let e = |x: crate::data::DataError| x.to_string();
+        write_det_jsonl(&d.join("det.jsonl"), &det).map_err(e)?;
+        write_det_jsonl(&d.join("visj.jsonl"), &visj).map_err(e)?;
+        write_vg_jsonl(&d.join("vg.jsonl"), &vg).map_err(e)?;
+        write_reg_jsonl(&d.join("reg.jsonl"), &reg).map_err(e)?;
+        // the released task-list format, paths relative to this folder
+        write(
+            "tasks.txt",
+            ["DET & det.jsonl", "VG & vg.jsonl", "REG & reg.jsonl", "VISJ & visj.jsonl"]
+                .iter()
+                .map(|l| format!("{l} & ../images/{split}\n"))
+                .collect(),
+        )?;
+        summary.insert(split.to_string(), s);
+    }
+    Ok(summary)
+}

@@ -1,0 +1,65 @@
+//! The synthetic benchmark: deterministic, every annotation format readable by our own readers,
+//! many tiny objects at 1022 px, referring expressions that pick out one object.
+
+use griffon_train::data::{build_all, read_task_list, BuildOptions};
+use griffon_train::synth::{generate, scene, SynthOptions};
+use std::collections::HashMap;
+
+#[test]
+fn deterministic_from_the_seed() {
+    let (a, oa) = scene(7, 3, 128, 12);
+    let (b, ob) = scene(7, 3, 128, 12);
+    let (c, _) = scene(8, 3, 128, 12);
+    assert_eq!(a.as_raw(), b.as_raw());
+    assert_eq!(oa, ob);
+    assert_ne!(a.as_raw(), c.as_raw());
+}
+
+#[test]
+fn high_resolution_scenes_have_many_tiny_objects() {
+    let mut tiny = 0;
+    let mut all = 0;
+    for k in 0..4 {
+        let (img, objs) = scene(1, k, 1022, 20);
+        assert_eq!(img.dimensions(), (1022, 1022));
+        for o in &objs {
+            assert!(o.bbox[2] <= 1022 && o.bbox[3] <= 1022 && o.bbox[0] < o.bbox[2]);
+            all += 1;
+            tiny += usize::from(o.bbox[2] - o.bbox[0] <= 16);
+        }
+    }
+    assert!(all > 0 && tiny * 5 >= all, "{tiny} of {all} objects are 16 px or less");
+}
+
+#[test]
+fn every_format_reads_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("synth");
+    let summary = generate(&SynthOptions { out: out.clone(), n: 10, seed: 5, size: 192, max_objects: 8 }).unwrap();
+    assert_eq!(summary["train"].images + summary["val"].images + summary["test"].images, 10);
+    // training data through the released task-list format
+    let sources = read_task_list(&out.join("train/tasks.txt")).unwrap();
+    let (samples, skipped) = build_all(&sources, &BuildOptions::default()).unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert!(samples.len() >= 8 * 3, "{} samples", samples.len());
+    // evaluation data through the eval readers
+    let img = out.join("images/test");
+    let d = out.join("test");
+    assert_eq!(griffon_eval::datasets::coco(&d.join("instances.json"), &img).unwrap().len(), summary["test"].images);
+    assert!(!griffon_eval::datasets::refcoco(&d.join("refcoco.jsonl"), &img).unwrap().is_empty());
+    assert!(!griffon_eval::datasets::reg(&d.join("reg_eval.jsonl"), &img).unwrap().is_empty());
+    assert!(!griffon_eval::datasets::count(&d.join("count.jsonl"), &img, None).unwrap().is_empty());
+    let fl = griffon_eval::datasets::flickr(&d.join("Sentences"), &d.join("Annotations"), &img, Some(&d.join("ids.txt"))).unwrap();
+    assert!(fl.iter().all(|it| it.request.image.is_file()));
+    // a referring expression names one object: no expression with two different boxes in an image
+    let text = std::fs::read_to_string(out.join("train/vg.jsonl")).unwrap();
+    let mut seen: HashMap<(String, String), String> = HashMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = (v["image_path"].to_string(), v["expression"].to_string());
+        let b = v["bboxes"].to_string();
+        if let Some(prev) = seen.insert(key.clone(), b.clone()) {
+            assert_eq!(prev, b, "{key:?} refers to two objects");
+        }
+    }
+}
