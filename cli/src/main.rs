@@ -286,6 +286,10 @@ struct ModelArgs {
     /// cpu, or cuda / cuda:N (a build with the cuda feature).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Cut the image into N x N tiles encoded separately (the tiling baseline; default: the
+    /// checkpoint's mm_tiles, 1 = direct high-resolution input).
+    #[arg(long)]
+    tiles: Option<usize>,
 }
 
 fn parse_device(s: &str) -> Result<Device> {
@@ -317,6 +321,7 @@ impl ModelArgs {
             pos_interp,
             vision_config: self.vision_config.clone(),
             region_config: self.region_config.clone(),
+            tiles: self.tiles,
         };
         Griffon::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model.display()))
     }

@@ -178,6 +178,10 @@ pub struct MmConfig {
     pub keep_cls: bool,
     pub mm_hidden_size: Option<usize>,
     pub unshared_visual_encoder: bool,
+    /// griffon-rs extension `mm_tiles` (default 1): the image is cut into tiles x tiles squares,
+    /// each encoded at the tower's size, their tokens concatenated row-major — the "patch
+    /// partition" baseline of the paper's resolution study, against direct high-resolution input.
+    pub tiles: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -331,6 +335,10 @@ impl GriffonConfig {
             keep_cls,
             mm_hidden_size: j.opt_usize("mm_hidden_size")?,
             unshared_visual_encoder: j.opt_bool("unshared_visual_encoder")?.unwrap_or(false),
+            tiles: match j.opt_usize("mm_tiles")?.unwrap_or(1) {
+                0 => return invalid(format!("{}: mm_tiles must be at least 1", file.display())),
+                t => t,
+            },
         };
         let (bos_default, eos_default) = match llm {
             LlmConfig::Gemma2(_) => (2, 1),

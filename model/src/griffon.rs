@@ -40,6 +40,8 @@ pub struct LoadOptions {
     pub pos_interp: Interp,
     pub vision_config: Option<PathBuf>,
     pub region_config: Option<PathBuf>,
+    /// Override the checkpoint's `mm_tiles` (see [`crate::config::MmConfig::tiles`]).
+    pub tiles: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -51,6 +53,7 @@ impl Default for LoadOptions {
             pos_interp: Interp::Bilinear,
             vision_config: None,
             region_config: None,
+            tiles: None,
         }
     }
 }
@@ -193,6 +196,8 @@ pub struct Griffon {
     pub template: Template,
     pub device: Device,
     pub dtype: DType,
+    /// Tiles per side of the main image (1 = direct input).
+    pub tiles: usize,
 }
 
 /// A prompt ready for the LLM.
@@ -290,13 +295,24 @@ impl Griffon {
             template,
             device: opts.device.clone(),
             dtype: opts.dtype,
+            tiles: 0,
         };
+        let tiles = opts.tiles.unwrap_or(model.config.mm.tiles);
+        if tiles == 0 {
+            return invalid("tiles must be at least 1");
+        }
+        let model = Self { tiles, ..model };
         Ok((model, vars))
     }
 
-    /// Square input size of the main tower.
+    /// Square input size of the main image: the tower's, times the tiles per side.
     pub fn image_size(&self) -> usize {
-        self.tower.run_size()
+        self.tower.run_size() * self.tiles
+    }
+
+    /// LLM tokens one main image becomes.
+    pub fn image_tokens(&self) -> usize {
+        self.projector.out_tokens(self.tower.num_patches()) * self.tiles * self.tiles
     }
 
     /// Square input size of region images (the region tower's, or the main one's when the
@@ -305,10 +321,29 @@ impl Griffon {
         self.region.as_ref().map(|r| r.image_size()).unwrap_or(self.image_size())
     }
 
-    /// Main-image pixels [B, 3, S, S] -> projected tokens [B, N', H].
+    /// Main-image pixels [B, 3, S, S] -> projected tokens [B, N', H]. With tiles, S = tiles x the
+    /// tower size; each tile is encoded on its own and the tokens are concatenated tile by tile
+    /// (row-major).
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        let feats = self.tower.patch_features(pixels, self.config.mm.select_layer, self.config.mm.keep_cls)?;
-        self.projector.forward(&feats)
+        let t = self.tiles;
+        let pixels = if t > 1 {
+            let (b, c, h, w) = pixels.dims4()?;
+            let s = self.tower.run_size();
+            if h != s * t || w != s * t {
+                return invalid(format!("tiled input expects [B, 3, {n}, {n}] pixels, got {:?}", pixels.dims(), n = s * t));
+            }
+            pixels.reshape((b, c, t, s, t, s))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b * t * t, c, s, s))?.contiguous()?
+        } else {
+            pixels.clone()
+        };
+        let feats = self.tower.patch_features(&pixels, self.config.mm.select_layer, self.config.mm.keep_cls)?;
+        let tokens = self.projector.forward(&feats)?;
+        if t > 1 {
+            let (bt, n, h) = tokens.dims3()?;
+            Ok(tokens.reshape((bt / (t * t), t * t * n, h))?)
+        } else {
+            Ok(tokens)
+        }
     }
 
     /// Region-image pixels [B, 3, s, s] -> one token each [B, 1, H]. Without a region encoder the

@@ -235,3 +235,31 @@ fn vision_config_override() {
     let e = Griffon::load(&dir.join("ckpt"), &opts).err().expect("must fail").to_string();
     assert!(e.contains("position_embedding") && e.contains("image_size 56"), "{e}");
 }
+
+/// Tiling (the resolution study's patch-partition baseline): a 2x2-tiled image gives the tokens
+/// of its four tiles encoded one by one, row-major, and the prompt makes room for all of them.
+#[test]
+fn tiled_input_is_tiles_encoded_separately() {
+    let dir = case_dir("gemma2_region").join("ckpt");
+    let direct = Griffon::load(&dir, &LoadOptions::default()).unwrap();
+    let tiled = Griffon::load(&dir, &LoadOptions { tiles: Some(2), ..Default::default() }).unwrap();
+    let s = direct.image_size();
+    assert_eq!(tiled.image_size(), 2 * s);
+    assert_eq!(tiled.image_tokens(), 4 * direct.image_tokens());
+    let px = Tensor::randn(0f32, 1.0, (1, 3, 2 * s, 2 * s), &Device::Cpu).unwrap();
+    let got = tiled.encode_image(&px).unwrap();
+    let mut parts = Vec::new();
+    for ty in 0..2 {
+        for tx in 0..2 {
+            let tile = px.narrow(2, ty * s, s).unwrap().narrow(3, tx * s, s).unwrap().contiguous().unwrap();
+            parts.push(direct.encode_image(&tile).unwrap());
+        }
+    }
+    let want = Tensor::cat(&parts, 1).unwrap();
+    assert_close("tiled tokens", &got, &want);
+    let img = tiled.image_pixels(&case_dir("gemma2_region").join("image.png")).unwrap();
+    let r = tiled.region_pixels(&case_dir("gemma2_region").join("region.png")).unwrap();
+    let p = tiled.prepare(&tiled.render_prompt("find <region>", None), &[img], &[r]).unwrap();
+    let text_tokens = p.input_ids.iter().filter(|&&i| i >= 0).count();
+    assert_eq!(p.embeds.dim(1).unwrap(), text_tokens + tiled.image_tokens() + 1);
+}

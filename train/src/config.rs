@@ -3,6 +3,8 @@
 //! ```toml
 //! [model]
 //! init = "path/to/checkpoint"     # the engine's checkpoint layout
+//! # image_size = 512              # run the tower at another size (position table interpolated)
+//! # tiles = 2                     # or cut each image into 2 x 2 tiles
 //! [data]
 //! tasks = "data/tasks.txt"        # released task list: `DET & det.jsonl & images/`
 //! max_len = 2048                  # longer samples are skipped and reported
@@ -40,6 +42,9 @@ pub struct ModelSection {
     pub init: PathBuf,
     #[serde(default)]
     pub image_size: Option<usize>,
+    /// Tiles per side (the tiling baseline of the resolution study); default: the checkpoint's.
+    #[serde(default)]
+    pub tiles: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -197,7 +197,13 @@ impl Trainer {
         let source_dir = resume.clone().unwrap_or(init);
         let modules = cfg.trainable_modules();
         let pred_modules = modules.clone();
-        let opts = LoadOptions { device: device.clone(), dtype: DType::F32, image_size: cfg.model.image_size, ..Default::default() };
+        let opts = LoadOptions {
+            device: device.clone(),
+            dtype: DType::F32,
+            image_size: cfg.model.image_size,
+            tiles: cfg.model.tiles,
+            ..Default::default()
+        };
         let (model, vars) = Griffon::load_trainable(
             &source_dir,
             &opts,
@@ -207,11 +213,11 @@ impl Trainer {
         if vars.is_empty() {
             return Err(format!("no trainable tensors for modules {modules:?} in {}", source_dir.display()));
         }
-        if modules.contains(&Module::Vision) && model.image_size() != model.tower.cfg.image_size {
+        if modules.contains(&Module::Vision) && model.tower.run_size() != model.tower.cfg.image_size {
             return Err("training the vision tower at an interpolated resolution is not supported; resize the checkpoint's position table first".into());
         }
         let template = model.template;
-        let image_len = model.projector.out_tokens(model.tower.num_patches());
+        let image_len = model.image_tokens();
         let mut encoded = Vec::new();
         for s in samples {
             match encode_sample(&model, template, &s, image_len) {

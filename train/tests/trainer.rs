@@ -154,3 +154,14 @@ fn bad_samples_are_counted_and_skipped() {
         Ok(t) => panic!("expected every sample to be over-long, got {} samples", t.samples.len()),
     }
 }
+
+#[test]
+fn trains_with_tiled_input() {
+    let data = dataset(&[]);
+    let mut cfg = config(data.path(), "tiled", "stage = 1\nlr = 1e-2\nmax_steps = 2\nwarmup_ratio = 0.0");
+    cfg.model.tiles = Some(2);
+    let mut t = Trainer::new(cfg, &Device::Cpu).unwrap();
+    assert_eq!(t.model.image_size(), 112);
+    let r = t.run(None, false).unwrap();
+    assert!(r.losses.iter().all(|l| l.is_finite()));
+}
