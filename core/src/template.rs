@@ -18,15 +18,19 @@ pub enum Template {
     GemmaInstruct,
     /// `[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{text} [/INST]` (Griffon v1/v2, Llama-2).
     LlavaLlama2,
+    /// ChatML `conv_qwen` ("qwen2"): `<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n`
+    /// `<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n` (Qwen2-based checkpoints).
+    Qwen2,
 }
 
 impl Template {
-    pub const NAMES: [&'static str; 2] = ["gemma_instruct", "llava_llama_2"];
+    pub const NAMES: [&'static str; 3] = ["gemma_instruct", "llava_llama_2", "qwen2"];
 
     pub fn name(self) -> &'static str {
         match self {
             Template::GemmaInstruct => "gemma_instruct",
             Template::LlavaLlama2 => "llava_llama_2",
+            Template::Qwen2 => "qwen2",
         }
     }
 
@@ -40,6 +44,9 @@ impl Template {
             Template::LlavaLlama2 => {
                 format!("[INST] <<SYS>>\n{LLAMA2_SYSTEM}\n<</SYS>>\n\n{user_text} [/INST]")
             }
+            Template::Qwen2 => format!(
+                "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{user_text}<|im_end|>\n<|im_start|>assistant\n"
+            ),
         }
     }
 
@@ -49,6 +56,7 @@ impl Template {
         match self {
             Template::GemmaInstruct => "<end_of_turn>",
             Template::LlavaLlama2 => "</s>",
+            Template::Qwen2 => "<|im_end|>",
         }
     }
 
@@ -58,6 +66,7 @@ impl Template {
         match self {
             Template::GemmaInstruct => self.render(user_text),
             Template::LlavaLlama2 => format!("<s>[INST] {user_text} [/INST]"),
+            Template::Qwen2 => format!("<|im_start|>user\n{user_text}<|im_end|>\n<|im_start|>assistant\n"),
         }
     }
 
@@ -67,6 +76,7 @@ impl Template {
         match self {
             Template::GemmaInstruct => "<end_of_turn>\n",
             Template::LlavaLlama2 => " </s>",
+            Template::Qwen2 => "<|im_end|>\n",
         }
     }
 
@@ -75,6 +85,8 @@ impl Template {
         let t = model_type.to_ascii_lowercase();
         if t.contains("gemma") {
             Some(Template::GemmaInstruct)
+        } else if t.contains("qwen") {
+            Some(Template::Qwen2)
         } else if t.contains("llama") || t.contains("llava") {
             Some(Template::LlavaLlama2)
         } else {
@@ -95,6 +107,7 @@ impl FromStr for Template {
         match s {
             "gemma_instruct" => Ok(Template::GemmaInstruct),
             "llava_llama_2" => Ok(Template::LlavaLlama2),
+            "qwen2" => Ok(Template::Qwen2),
             other => Err(format!(
                 "unknown template `{other}` (known: {})",
                 Template::NAMES.join(", ")
@@ -145,6 +158,7 @@ mod tests {
         assert!("vicuna".parse::<Template>().unwrap_err().contains("gemma_instruct"));
         assert_eq!(Template::for_model_type("gemma2_Griffon"), Some(Template::GemmaInstruct));
         assert_eq!(Template::for_model_type("llama"), Some(Template::LlavaLlama2));
-        assert_eq!(Template::for_model_type("qwen2"), None);
+        assert_eq!(Template::for_model_type("qwen2"), Some(Template::Qwen2));
+        assert_eq!(Template::for_model_type("mistral"), None);
     }
 }

@@ -76,6 +76,7 @@ fn llama(vocab: usize, hidden: usize, inter: usize, layers: usize, heads: usize,
         attention_bias: false,
         mlp_bias: false,
         tie_word_embeddings: false,
+        qkv_bias: false,
     })
 }
 

@@ -122,6 +122,8 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     pub mlp_bias: bool,
     pub tie_word_embeddings: bool,
+    /// Biases on q/k/v only (Qwen2); `attention_bias` puts them on all four projections.
+    pub qkv_bias: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -290,7 +292,18 @@ fn parse_llama(j: &Json, file: &Path) -> Result<LlamaConfig> {
         attention_bias: j.opt_bool("attention_bias")?.unwrap_or(false),
         mlp_bias: j.opt_bool("mlp_bias")?.unwrap_or(false),
         tie_word_embeddings: j.opt_bool("tie_word_embeddings")?.unwrap_or(false),
+        qkv_bias: false,
     })
+}
+
+/// Qwen2 / Qwen2.5 (transformers `Qwen2ForCausalLM`): the Llama block with biases on q, k and v.
+fn parse_qwen2(j: &Json, file: &Path) -> Result<LlamaConfig> {
+    if j.opt_bool("use_sliding_window")?.unwrap_or(false) {
+        return invalid(format!("{}: use_sliding_window = true is not supported for Qwen2", file.display()));
+    }
+    let mut c = parse_llama(j, file)?;
+    c.qkv_bias = true;
+    Ok(c)
 }
 
 impl GriffonConfig {
@@ -304,11 +317,13 @@ impl GriffonConfig {
         let lower = model_type.to_ascii_lowercase();
         let llm = if lower.starts_with("gemma2") {
             LlmConfig::Gemma2(parse_gemma2(&j, file)?)
+        } else if lower.contains("qwen2") {
+            LlmConfig::Llama(parse_qwen2(&j, file)?)
         } else if lower.contains("llama") || lower.contains("llava") {
             LlmConfig::Llama(parse_llama(&j, file)?)
         } else {
             return invalid(format!(
-                "{}: model_type `{model_type}` is not supported (supported: gemma2_Griffon / gemma2, llama / griffon_llama)",
+                "{}: model_type `{model_type}` is not supported (supported: gemma2_Griffon / gemma2, llama / griffon_llama, qwen2)",
                 file.display()
             ));
         };

@@ -278,11 +278,14 @@ impl Griffon {
             None
         };
         let llm = Llm::load(&ck, &config.llm)?;
-        let tokenizer = PromptTokenizer::load(dir, config.bos_token_id)?;
         let template = Template::for_model_type(&config.model_type).unwrap_or(match config.llm {
             LlmConfig::Gemma2(_) => Template::GemmaInstruct,
             LlmConfig::Llama(_) => Template::LlavaLlama2,
         });
+        // HF takes BOS from the tokenizer's files; Llama / Gemma tokenizer classes default to
+        // <s> / <bos> (config.json's id), Qwen2's has none (its config's bos_token_id is unused).
+        let fallback_bos = if template == Template::Qwen2 { None } else { config.bos_token_id };
+        let tokenizer = PromptTokenizer::load(dir, fallback_bos)?;
         let vars = ck.take_vars();
         let model = Self {
             config,

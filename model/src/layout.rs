@@ -64,6 +64,7 @@ pub fn projector_layout(kind: &ProjectorType, cin: usize, h: usize) -> Layout {
 /// The LLM (embeddings, layers, final norm, lm_head when not tied).
 pub fn llm_layout(c: &LlmConfig) -> Layout {
     let mut v = Vec::new();
+    let qkv_bias = matches!(c, LlmConfig::Llama(l) if l.qkv_bias || l.attention_bias);
     let (vocab, h, i, layers, nh, nkv, hd, tied, gemma) = match c {
         LlmConfig::Gemma2(g) => (g.vocab_size, g.hidden_size, g.intermediate_size, g.num_hidden_layers, g.num_attention_heads, g.num_key_value_heads, g.head_dim, g.tie_word_embeddings, true),
         LlmConfig::Llama(l) => (l.vocab_size, l.hidden_size, l.intermediate_size, l.num_hidden_layers, l.num_attention_heads, l.num_key_value_heads, l.head_dim, l.tie_word_embeddings, false),
@@ -75,6 +76,11 @@ pub fn llm_layout(c: &LlmConfig) -> Layout {
         v.push((format!("{b}.self_attn.k_proj.weight"), vec![nkv * hd, h]));
         v.push((format!("{b}.self_attn.v_proj.weight"), vec![nkv * hd, h]));
         v.push((format!("{b}.self_attn.o_proj.weight"), vec![h, nh * hd]));
+        if qkv_bias {
+            v.push((format!("{b}.self_attn.q_proj.bias"), vec![nh * hd]));
+            v.push((format!("{b}.self_attn.k_proj.bias"), vec![nkv * hd]));
+            v.push((format!("{b}.self_attn.v_proj.bias"), vec![nkv * hd]));
+        }
         v.push((format!("{b}.mlp.gate_proj.weight"), vec![i, h]));
         v.push((format!("{b}.mlp.up_proj.weight"), vec![i, h]));
         v.push((format!("{b}.mlp.down_proj.weight"), vec![h, i]));

@@ -1,5 +1,6 @@
 //! Llama-2 decoder with an inputs-embeds path (source: transformers
-//! `models/llama/modeling_llama.py`): RMSNorm (`w`), RoPE, grouped-query attention scaled by
+//! `models/llama/modeling_llama.py`; Qwen2 is the same block with q/k/v biases,
+//! `models/qwen2/modeling_qwen2.py`): RMSNorm (`w`), RoPE, grouped-query attention scaled by
 //! head_dim^-0.5, SiLU-gated MLP, final norm, stored (or tied) lm_head. No embedding scaling.
 
 use crate::config::LlamaConfig;
@@ -43,12 +44,13 @@ impl Llama {
             let a = l.pp("self_attn");
             let f = l.pp("mlp");
             let ab = cfg.attention_bias;
+            let qkvb = ab || cfg.qkv_bias;
             let mb = cfg.mlp_bias;
             layers.push(Layer {
                 input_ln: RmsNorm::load(&l.pp("input_layernorm"), h, eps, false)?,
-                q: Linear::load(&a.pp("q_proj"), h, nh * hd, ab)?,
-                k: Linear::load(&a.pp("k_proj"), h, nkv * hd, ab)?,
-                v: Linear::load(&a.pp("v_proj"), h, nkv * hd, ab)?,
+                q: Linear::load(&a.pp("q_proj"), h, nh * hd, qkvb)?,
+                k: Linear::load(&a.pp("k_proj"), h, nkv * hd, qkvb)?,
+                v: Linear::load(&a.pp("v_proj"), h, nkv * hd, qkvb)?,
                 o: Linear::load(&a.pp("o_proj"), nh * hd, h, ab)?,
                 post_ln: RmsNorm::load(&l.pp("post_attention_layernorm"), h, eps, false)?,
                 gate: Linear::load(&f.pp("gate_proj"), h, cfg.intermediate_size, mb)?,

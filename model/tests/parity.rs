@@ -161,6 +161,11 @@ fn gemma2_at_interpolated_resolution() {
 }
 
 #[test]
+fn qwen2_chatml_without_bos() {
+    check_case("qwen2");
+}
+
+#[test]
 fn llama2_bf16_checkpoint_inferred_tower() {
     let c = load_case("llama2_bf16");
     let m = c.model();

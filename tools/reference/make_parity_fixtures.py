@@ -29,7 +29,8 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (CLIPVisionConfig, CLIPVisionModel, Gemma2Config, Gemma2ForCausalLM,
-                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast)
+                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 OUT = os.path.join(ROOT, "model", "tests", "fixtures", "parity")
@@ -90,6 +91,22 @@ def llama_like_tokenizer(folder):
     return fast
 
 
+def qwen_like_tokenizer(folder):
+    """A small byte-level BPE tokenizer shaped like Qwen2's: no BOS, ChatML special tokens."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 3, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+                                   clean_up_tokenization_spaces=False)
+    fast.save_pretrained(folder)
+    return fast
+
+
 # ----------------------------------------------------------------------------- reference glue
 
 class ConvProjector(nn.Module):
@@ -140,6 +157,10 @@ def render(template, text):
         text = "<image>\n" + text
     if template == "gemma_instruct":
         return "<start_of_turn>user\n" + text + "<end_of_turn>\n<start_of_turn>model\n"
+    if template == "qwen2":
+        # conversation.py conv_qwen, SeparatorStyle.CHATML
+        return ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + text
+                + "<|im_end|>\n<|im_start|>assistant\n")
     return f"[INST] <<SYS>>\n{LLAMA2_SYSTEM}\n<</SYS>>\n\n{text} [/INST]"
 
 
@@ -246,9 +267,9 @@ def build_case(name, *, llm_kind, tower_cfg, run_size, interp, projector, region
     os.makedirs(ck)
     torch.manual_seed(seed)
 
-    tok = gemma_like_tokenizer(ck) if llm_kind == "gemma2" else llama_like_tokenizer(ck)
+    tok = {"gemma2": gemma_like_tokenizer, "llama": llama_like_tokenizer, "qwen2": qwen_like_tokenizer}[llm_kind](ck)
     vocab = len(tok)
-    template = "gemma_instruct" if llm_kind == "gemma2" else "llava_llama_2"
+    template = {"gemma2": "gemma_instruct", "llama": "llava_llama_2", "qwen2": "qwen2"}[llm_kind]
 
     if llm_kind == "gemma2":
         lcfg = Gemma2Config(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
@@ -259,6 +280,15 @@ def build_case(name, *, llm_kind, tower_cfg, run_size, interp, projector, region
         lcfg._attn_implementation = "eager"
         llm = Gemma2ForCausalLM(lcfg).eval()
         model_type = "gemma2_Griffon"
+    elif llm_kind == "qwen2":
+        im_end = tok.convert_tokens_to_ids("<|im_end|>")
+        lcfg = Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=112, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                           eos_token_id=im_end, bos_token_id=None, tie_word_embeddings=True,
+                           max_position_embeddings=512, use_sliding_window=False)
+        lcfg._attn_implementation = "eager"
+        llm = Qwen2ForCausalLM(lcfg).eval()
+        model_type = "qwen2"
     else:
         lcfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=112, num_hidden_layers=3,
                            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, bos_token_id=1,
@@ -317,7 +347,7 @@ def build_case(name, *, llm_kind, tower_cfg, run_size, interp, projector, region
     cfg.pop("attn_implementation", None)
     cfg.update({
         "model_type": model_type,
-        "architectures": ["Griffon" + ("Gemma2" if llm_kind == "gemma2" else "Llama") + "ForCausalLM"],
+        "architectures": ["Griffon" + {"gemma2": "Gemma2", "llama": "Llama", "qwen2": "Qwen2"}[llm_kind] + "ForCausalLM"],
         "mm_vision_tower": vision_tower_written,
         "mm_projector_type": projector,
         "mm_vision_select_layer": -2,
@@ -393,7 +423,8 @@ def build_case(name, *, llm_kind, tower_cfg, run_size, interp, projector, region
     logits = llm(inputs_embeds=embeds).logits
     golden["prefill_logits"] = logits[0]
 
-    stop_ids = sorted({lcfg.eos_token_id} | ({tok.convert_tokens_to_ids("<end_of_turn>")} if llm_kind == "gemma2" else set()))
+    turn_end = {"gemma2": "<end_of_turn>", "qwen2": "<|im_end|>"}.get(llm_kind)
+    stop_ids = sorted({lcfg.eos_token_id} | ({tok.convert_tokens_to_ids(turn_end)} if turn_end else set()))
     gen = llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
                        max_new_tokens=n_new, do_sample=False, eos_token_id=stop_ids, pad_token_id=stop_ids[0],
                        output_scores=True, return_dict_in_generate=True)
@@ -487,6 +518,11 @@ def main():
         vision_tower_written="checkpoints/clip-vit-tiny-patch8-to-56", tower_folder="clip-vit-tiny-patch8-to-56",
         prompt="Examine the image for any objects from the category set. Report the coordinates of each detected "
                "object. The category set includes person, car, dog.", n_new=20)
+    build_case(
+        "qwen2", llm_kind="qwen2", tower_cfg=tower_config(64, 128, 3, 4, 56, 8), run_size=56, interp="bilinear",
+        projector="conv_reduce", region_cfg=None, seed=40,
+        vision_tower_written="checkpoints/clip-vit-tiny-patch8-to-56", tower_folder="clip-vit-tiny-patch8-to-56",
+        prompt="Can you point out the red square in the image and provide the coordinates of its location?", n_new=16)
     build_case(
         "llama2_bf16", llm_kind="llama", tower_cfg=tower_config(128, 160, 3, 2, 48, 8), run_size=48,
         interp="bilinear", projector="mlp2x_gelu", region_cfg=None, dtype=torch.bfloat16, seed=30,
