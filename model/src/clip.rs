@@ -254,18 +254,23 @@ impl ClipVision {
     /// Griffon's main-image features: `hidden_states[select_layer]` without the CLS row
     /// (`select_feature = patch`) or with it (`cls_patch`).
     pub fn patch_features(&self, pixels: &Tensor, select_layer: i64, keep_cls: bool) -> Result<Tensor> {
-        let x = self.hidden_state(pixels, select_layer)?;
-        if keep_cls {
-            Ok(x)
-        } else {
-            let n = x.dim(1)?;
-            Ok(x.narrow(1, 1, n - 1)?)
-        }
+        select_feature(self.hidden_state(pixels, select_layer)?, keep_cls)
     }
 
     /// The CLS row of `hidden_states[select_layer]` (the region encoder uses the last layer).
     pub fn cls_feature(&self, pixels: &Tensor, select_layer: i64) -> Result<Tensor> {
         Ok(self.hidden_state(pixels, select_layer)?.narrow(1, 0, 1)?.squeeze(1)?)
+    }
+}
+
+/// `mm_vision_select_feature`: the whole hidden state (`cls_patch`) or its patch rows (`patch`,
+/// the CLS row at index 0 dropped). Shared by every vision tower.
+pub fn select_feature(x: Tensor, keep_cls: bool) -> Result<Tensor> {
+    if keep_cls {
+        Ok(x)
+    } else {
+        let n = x.dim(1)?;
+        Ok(x.narrow(1, 1, n - 1)?)
     }
 }
 

@@ -44,6 +44,7 @@
 use crate::clip::resolve_select_layer;
 use crate::error::{invalid, Result};
 use crate::loader::Scope;
+use crate::clip::select_feature;
 use crate::nn::{LayerNorm, Linear};
 use crate::resample::{resize_grid, Interp};
 use candle_core::{DType, Device, Tensor, D};
@@ -585,13 +586,7 @@ impl Eva02Vision {
 
     /// `hidden_states[select_layer]` without the CLS row, or with it (`keep_cls`).
     pub fn patch_features(&self, pixels: &Tensor, select_layer: i64, keep_cls: bool) -> Result<Tensor> {
-        let x = self.hidden_state(pixels, select_layer)?;
-        if keep_cls {
-            Ok(x)
-        } else {
-            let n = x.dim(1)?;
-            Ok(x.narrow(1, 1, n - 1)?)
-        }
+        select_feature(self.hidden_state(pixels, select_layer)?, keep_cls)
     }
 
     /// The CLS row of `hidden_states[select_layer]`.

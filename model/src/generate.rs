@@ -83,7 +83,8 @@ fn pick(logits: &[f32], opts: &SamplingOptions, rng: &mut StdRng) -> u32 {
     probs.last().map(|p| p.0 as u32).unwrap_or(0)
 }
 
-/// Decodes after the prompt embeddings `prefix` [1, T, H]. `on_token` sees each new id.
+/// Decodes after the prompt embeddings `prefix` [1, T, H]. `on_token` is called with each
+/// generated id, in order, once decoding has finished (it does not stream).
 pub fn generate(
     llm: &Llm,
     prefix: &Tensor,

@@ -159,6 +159,9 @@ pub struct Trainer {
     pub total_steps: usize,
     /// learning rate per optimizer group
     group_lrs: Vec<f64>,
+    /// The sample order of one epoch, kept while that epoch runs (a shuffle per micro-batch
+    /// would cost O(samples) each time).
+    order: Option<(usize, Vec<usize>)>,
 }
 
 const STATE_FILE: &str = "trainer_state.json";
@@ -258,6 +261,7 @@ impl Trainer {
             skipped,
             total_steps,
             group_lrs: groups,
+            order: None,
         };
         if let Some(dir) = resume {
             t.restore(&dir)?;
@@ -283,12 +287,15 @@ impl Trainer {
     }
 
     /// The sample used by global micro-batch `k` (epoch-wise seeded permutations).
-    fn sample_index(&self, k: usize) -> usize {
+    fn sample_index(&mut self, k: usize) -> usize {
         let n = self.samples.len();
         let epoch = k / n;
-        let mut perm: Vec<usize> = (0..n).collect();
-        perm.shuffle(&mut StdRng::seed_from_u64(self.cfg.train.seed.wrapping_add(epoch as u64)));
-        perm[k % n]
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut perm: Vec<usize> = (0..n).collect();
+            perm.shuffle(&mut StdRng::seed_from_u64(self.cfg.train.seed.wrapping_add(epoch as u64)));
+            self.order = Some((epoch, perm));
+        }
+        self.order.as_ref().expect("set above").1[k % n]
     }
 
     fn lrs_at(&self, step: usize) -> Vec<f64> {

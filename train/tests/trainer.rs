@@ -15,6 +15,20 @@ fn fixture() -> PathBuf {
     d
 }
 
+/// Largest |a - b| of one tensor in two checkpoints.
+fn max_abs_diff(a: &Checkpoint, b: &Checkpoint, name: &str) -> f32 {
+    (a.get_unchecked(name).unwrap() - b.get_unchecked(name).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
 /// A temp folder with images, a DET jsonl (plus `extra` lines) and a task list.
 fn dataset(extra: &[&str]) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
@@ -84,16 +98,7 @@ fn resumed_run_matches_uninterrupted_run() {
     let wa = Checkpoint::open(&straight.checkpoint, &Device::Cpu, candle_core::DType::F32).unwrap();
     let wb = Checkpoint::open(&rest.checkpoint, &Device::Cpu, candle_core::DType::F32).unwrap();
     for n in ["model.layers.0.self_attn.q_proj.weight", "model.mm_projector.conv.weight"] {
-        let d: f32 = (wa.get_unchecked(n).unwrap() - wb.get_unchecked(n).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_abs_diff(&wa, &wb, n);
         assert!(d <= 1e-6, "{n} differs by {d}");
     }
 }
@@ -107,18 +112,7 @@ fn checkpoint_loads_in_the_engine_with_frozen_parts_unchanged() {
     assert_eq!(m.image_size(), 56);
     let init = Checkpoint::open(&fixture().join("ckpt"), &Device::Cpu, candle_core::DType::F32).unwrap();
     let after = Checkpoint::open(&r.checkpoint, &Device::Cpu, candle_core::DType::F32).unwrap();
-    let diff = |n: &str| -> f32 {
-        (init.get_unchecked(n).unwrap() - after.get_unchecked(n).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    };
+    let diff = |n: &str| max_abs_diff(&init, &after, n);
     assert!(diff("model.mm_projector.conv.weight") > 0.0, "stage 1 trains the projector");
     assert_eq!(diff("model.layers.0.mlp.up_proj.weight"), 0.0, "stage 1 freezes the LLM");
     assert_eq!(diff("model.vision_tower.vision_tower.vision_model.encoder.layers.2.mlp.fc1.weight"), 0.0);
