@@ -8,7 +8,7 @@
 
 use crate::config::Gemma2Config;
 use crate::error::Result;
-use crate::llm::{attention, AttnSpec, KvCache, Rope};
+use crate::llm::{attention, causal_mask, AttnSpec, KvCache, Rope};
 use crate::loader::{Checkpoint, Scope};
 use crate::nn::{Embedding, Linear, RmsNorm};
 use candle_core::Tensor;
@@ -97,9 +97,14 @@ impl Gemma2 {
         self.embed.forward(ids)
     }
 
-    pub fn forward_embeds(&self, x: &Tensor, cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+    pub fn hidden(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let offset = cache.len();
+        let full_mask = causal_mask(t, offset, None, x.device())?;
+        let window_mask = match self.cfg.sliding_window {
+            Some(w) if self.layers.iter().any(|l| l.sliding) => causal_mask(t, offset, Some(w), x.device())?,
+            _ => None,
+        };
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
         // HF multiplies by a normalizer tensor of the hidden dtype.
         let normalizer = (self.cfg.hidden_size as f64).sqrt();
@@ -112,12 +117,9 @@ impl Gemma2 {
             let q = self.rope.apply(&q, offset)?;
             let k = self.rope.apply(&k, offset)?;
             let (k, v) = cache.append(i, k, v)?;
-            let spec = AttnSpec {
-                scale: self.cfg.query_pre_attn_scalar.powf(-0.5),
-                softcap: self.cfg.attn_logit_softcapping,
-                window: if l.sliding { self.cfg.sliding_window } else { None },
-            };
-            let a = attention(&q, &k, &v, offset, &spec)?;
+            let spec = AttnSpec { scale: self.cfg.query_pre_attn_scalar.powf(-0.5), softcap: self.cfg.attn_logit_softcapping };
+            let mask = if l.sliding && self.cfg.sliding_window.is_some() { window_mask.as_ref() } else { full_mask.as_ref() };
+            let a = attention(&q, &k, &v, mask, &spec)?;
             let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             let a = l.post_attn_ln.forward(&l.o.forward(&a)?)?;
             x = (x + a)?;
@@ -126,8 +128,11 @@ impl Gemma2 {
             let f = l.down.forward(&(g * l.up.forward(&hn)?)?)?;
             x = (x + l.post_ff_ln.forward(&f)?)?;
         }
-        let x = if all_logits { x } else { x.narrow(1, t - 1, 1)? };
-        let logits = self.lm_head.forward(&self.norm.forward(&x)?)?;
+        Ok(x)
+    }
+
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let logits = self.lm_head.forward(&self.norm.forward(x)?)?;
         Ok(match self.cfg.final_logit_softcapping {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,

@@ -5,7 +5,7 @@
 
 use crate::config::LlamaConfig;
 use crate::error::Result;
-use crate::llm::{attention, AttnSpec, KvCache, Rope};
+use crate::llm::{attention, causal_mask, AttnSpec, KvCache, Rope};
 use crate::loader::Checkpoint;
 use crate::nn::{Embedding, Linear, RmsNorm};
 use candle_core::Tensor;
@@ -90,11 +90,12 @@ impl Llama {
         self.embed.forward(ids)
     }
 
-    pub fn forward_embeds(&self, x: &Tensor, cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+    pub fn hidden(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let offset = cache.len();
+        let mask = causal_mask(t, offset, None, x.device())?;
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
-        let spec = AttnSpec { scale: (hd as f64).powf(-0.5), softcap: None, window: None };
+        let spec = AttnSpec { scale: (hd as f64).powf(-0.5), softcap: None };
         let mut x = x.clone();
         for (i, l) in self.layers.iter().enumerate() {
             let hn = l.input_ln.forward(&x)?;
@@ -104,14 +105,17 @@ impl Llama {
             let q = self.rope.apply(&q, offset)?;
             let k = self.rope.apply(&k, offset)?;
             let (k, v) = cache.append(i, k, v)?;
-            let a = attention(&q, &k, &v, offset, &spec)?;
+            let a = attention(&q, &k, &v, mask.as_ref(), &spec)?;
             let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             x = (x + l.o.forward(&a)?)?;
             let hn = l.post_ln.forward(&x)?;
             let g = self.cfg.hidden_act.apply(&l.gate.forward(&hn)?)?;
             x = (x + l.down.forward(&(g * l.up.forward(&hn)?)?)?)?;
         }
-        let x = if all_logits { x } else { x.narrow(1, t - 1, 1)? };
-        self.lm_head.forward(&self.norm.forward(&x)?)
+        Ok(x)
+    }
+
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(&self.norm.forward(x)?)
     }
 }

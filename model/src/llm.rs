@@ -88,13 +88,34 @@ impl KvCache {
 pub struct AttnSpec {
     pub scale: f64,
     pub softcap: Option<f64>,
-    /// Keys with `pos - key_pos >= window` are masked.
-    pub window: Option<usize>,
 }
 
-/// Causal (optionally sliding-window) attention. q: [B, H, T, d] at positions offset..offset+T;
-/// k, v: [B, KV, S, d] holding positions 0..S (S = offset + T).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, spec: &AttnSpec) -> Result<Tensor> {
+/// The additive causal mask [T, S] (0 or -inf) for queries at positions offset..offset+T over
+/// keys 0..S, optionally limited to a sliding window (keys with `pos - key_pos >= window` are
+/// masked). `None` when nothing is masked (one query with every key in its window). Built once
+/// per forward and shared by every layer of the same kind.
+pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, dev: &Device) -> Result<Option<Tensor>> {
+    let s = offset + t;
+    if t == 1 && window.is_none_or(|w| s <= w) {
+        return Ok(None);
+    }
+    let mut m = vec![0f32; t * s];
+    for i in 0..t {
+        let pos = offset + i;
+        for j in 0..s {
+            let visible = j <= pos && window.is_none_or(|w| pos - j < w);
+            if !visible {
+                m[i * s + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(m, (t, s), dev)?))
+}
+
+/// Masked attention. q: [B, H, T, d] at positions offset..offset+T; k, v: [B, KV, S, d] holding
+/// positions 0..S (S = offset + T); `mask` from [`causal_mask`]. Rows of a right-padded batch
+/// never see the padding after them, so one causal mask serves a padded batch.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, spec: &AttnSpec) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let kvh = k.dim(1)?;
     let s = k.dim(2)?;
@@ -108,21 +129,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize, spec: &AttnS
     if let Some(cap) = spec.softcap {
         scores = ((scores / cap)?.tanh()? * cap)?;
     }
-    let needs_mask = t > 1 || spec.window.is_some_and(|w| s > w);
-    if needs_mask {
-        let mut m = vec![0f32; t * s];
-        for i in 0..t {
-            let pos = offset + i;
-            for j in 0..s {
-                let visible = j <= pos && spec.window.is_none_or(|w| pos - j < w);
-                if !visible {
-                    m[i * s + j] = f32::NEG_INFINITY;
-                }
-            }
-        }
-        let mask = Tensor::from_vec(m, (t, s), q.device())?;
-        let mask = mask.repeat((rep, 1))?.reshape((1, 1, rep * t, s))?;
-        scores = scores.broadcast_add(&mask)?;
+    if let Some(mask) = mask {
+        // [B, KV, rep, T, S] + [T, S]: the same mask for every head of the group
+        scores = scores.reshape((b, kvh, rep, t, s))?.broadcast_add(mask)?.reshape((b, kvh, rep * t, s))?;
     }
     let probs = softmax_last(&scores)?.to_dtype(v.dtype())?;
     Ok(probs.matmul(&v.contiguous()?)?.reshape((b, h, t, d))?)
@@ -171,9 +180,27 @@ impl Llm {
     /// Runs embeddings [B, T, H] after the cached positions. Returns logits [B, T, V] for every
     /// position when `all_logits`, else [B, 1, V] for the last.
     pub fn forward_embeds(&self, x: &Tensor, cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        let h = self.hidden(x, cache)?;
+        let t = h.dim(1)?;
+        let h = if all_logits { h } else { h.narrow(1, t - 1, 1)? };
+        self.head(&h)
+    }
+
+    /// The last decoder layer's output [B, T, H] (before the final norm).
+    pub fn hidden(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         match self {
-            Llm::Gemma2(m) => m.forward_embeds(x, cache, all_logits),
-            Llm::Llama(m) => m.forward_embeds(x, cache, all_logits),
+            Llm::Gemma2(m) => m.hidden(x, cache),
+            Llm::Llama(m) => m.hidden(x, cache),
+        }
+    }
+
+    /// Final norm, lm_head (and soft-capping) of hidden states [.., H] -> logits [.., V]; the
+    /// trainer applies it to the supervised rows only (a 256k vocabulary over every position of
+    /// a 1429-token sequence would be 1.4 GB of logits).
+    pub fn head(&self, h: &Tensor) -> Result<Tensor> {
+        match self {
+            Llm::Gemma2(m) => m.head(h),
+            Llm::Llama(m) => m.head(h),
         }
     }
 }
