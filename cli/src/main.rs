@@ -647,7 +647,7 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     let mut t = griffon_train::trainer::Trainer::new(cfg, &parse_device(&a.device)?).map_err(|e| anyhow!(e))?;
     eprintln!(
         "training {} samples, {} optimizer steps ({} tensors trainable, {} already done)",
-        t.samples.len(),
+        t.num_samples(),
         t.total_steps,
         t.opt.params.len(),
         t.opt.step

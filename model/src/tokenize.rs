@@ -8,6 +8,7 @@ use griffon_core::{assemble_ids, split_placeholders, Piece, Placeholder};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
+#[derive(Clone)]
 pub struct PromptTokenizer {
     tok: Tokenizer,
     pub bos: Option<u32>,

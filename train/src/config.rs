@@ -7,6 +7,13 @@
 //! # tiles = 2                     # or cut each image into 2 x 2 tiles
 //! [data]
 //! tasks = "data/tasks.txt"        # released task list: `DET & det.jsonl & images/`
+//! # or, instead of `tasks`, scenes of `griffon synth` rendered on the fly (nothing on disk):
+//! # [data.synth]
+//! # seed = 1                      # not the evaluation benchmark's seed
+//! # samples = 100000              # samples per epoch (sample k = scene k)
+//! # size = 1022
+//! # max_objects = 20
+//! # mix = { det = 0.4, vg = 0.25, reg = 0.15, visj = 0.2 }
 //! max_len = 2048                  # longer samples are skipped and reported
 //! max_categories = 80
 //! none_prob = 0.0
@@ -23,6 +30,9 @@
 //! out = "runs/stage2"
 //! save_every = 100                # optimizer steps; 0 = only at the end
 //! max_steps = 0                   # 0 = epochs decide
+//! batch_size = 1                  # samples per micro-batch (right-padded)
+//! workers = 0                     # data threads; 0 = one per core
+//! max_time_s = 0                  # stop (and save) after this many seconds; 0 = no limit
 //! ```
 
 use serde::Deserialize;
@@ -50,7 +60,10 @@ pub struct ModelSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    pub tasks: PathBuf,
+    #[serde(default)]
+    pub tasks: Option<PathBuf>,
+    #[serde(default)]
+    pub synth: Option<SynthSection>,
     #[serde(default = "default_max_len")]
     pub max_len: usize,
     #[serde(default = "default_max_categories")]
@@ -59,6 +72,48 @@ pub struct DataSection {
     pub none_prob: f64,
     #[serde(default = "yes")]
     pub check_images: bool,
+}
+
+/// Synthetic scenes rendered on the fly (`griffon synth`'s generator).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthSection {
+    pub seed: u64,
+    /// Samples per epoch: sample k is scene k.
+    pub samples: usize,
+    #[serde(default = "default_synth_size")]
+    pub size: u32,
+    #[serde(default = "default_max_objects")]
+    pub max_objects: usize,
+    #[serde(default)]
+    pub mix: SynthMix,
+}
+
+/// Task weights of the synthetic stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthMix {
+    #[serde(default)]
+    pub det: f64,
+    #[serde(default)]
+    pub vg: f64,
+    #[serde(default)]
+    pub reg: f64,
+    #[serde(default)]
+    pub visj: f64,
+}
+
+impl Default for SynthMix {
+    fn default() -> Self {
+        Self { det: 0.4, vg: 0.25, reg: 0.15, visj: 0.2 }
+    }
+}
+
+fn default_synth_size() -> u32 {
+    1022
+}
+fn default_max_objects() -> usize {
+    20
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +143,12 @@ pub struct TrainSection {
     pub save_every: usize,
     #[serde(default)]
     pub max_steps: usize,
+    #[serde(default = "one")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub workers: usize,
+    #[serde(default)]
+    pub max_time_s: f64,
 }
 
 fn default_max_len() -> usize {
@@ -158,7 +219,9 @@ impl TrainConfig {
             }
         };
         fix(&mut cfg.model.init);
-        fix(&mut cfg.data.tasks);
+        if let Some(t) = cfg.data.tasks.as_mut() {
+            fix(t);
+        }
         fix(&mut cfg.train.out);
         cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(cfg)
@@ -172,8 +235,17 @@ impl TrainConfig {
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return Err(format!("train.lr must be positive, got {}", t.lr));
         }
-        if t.grad_accum == 0 || t.epochs == 0 {
-            return Err("train.grad_accum and train.epochs must be at least 1".into());
+        if t.grad_accum == 0 || t.epochs == 0 || t.batch_size == 0 {
+            return Err("train.grad_accum, train.batch_size and train.epochs must be at least 1".into());
+        }
+        if !(t.max_time_s >= 0.0 && t.max_time_s.is_finite()) {
+            return Err(format!("train.max_time_s must be a non-negative number of seconds, got {}", t.max_time_s));
+        }
+        match (&self.data.tasks, &self.data.synth) {
+            (None, None) => return Err("[data] needs `tasks` (a task list) or a [data.synth] section".into()),
+            (Some(_), Some(_)) => return Err("[data] takes `tasks` or [data.synth], not both".into()),
+            (None, Some(s)) if s.samples == 0 => return Err("data.synth.samples must be at least 1".into()),
+            _ => {}
         }
         if !(0.0..1.0).contains(&t.warmup_ratio) {
             return Err(format!("train.warmup_ratio must be in [0, 1), got {}", t.warmup_ratio));

@@ -1384,6 +1384,41 @@ pub fn build_source(
     Ok((samples, skipped))
 }
 
+/// One annotation record held in memory (the streaming synthetic data builds its samples from
+/// these without writing files).
+#[derive(Debug, Clone, Copy)]
+pub enum RecordRef<'a> {
+    /// DET-layout record: detection (`TaskKind::Det`) or exemplar counting (`TaskKind::Visj`).
+    Det(&'a DetRecord),
+    /// REG / VG record.
+    Ground(&'a GroundRecord),
+}
+
+/// Builds the samples of one in-memory record exactly as [`build_source`] builds a line of a
+/// file of that kind; `images` is the folder the record's image path is relative to (the
+/// image's presence is not checked). `vocabulary` as in [`build_source`].
+pub fn record_samples(
+    kind: TaskKind,
+    record: RecordRef,
+    images: &Path,
+    vocabulary: &[String],
+    opts: &BuildOptions,
+    source: &str,
+    rng: &mut impl rand::Rng,
+) -> Result<Vec<Sample>, String> {
+    check_options(opts).map_err(|e| e.to_string())?;
+    let src = TaskSource { kind, annotations: PathBuf::new(), images: images.to_path_buf() };
+    let opts = BuildOptions { check_images: false, ..opts.clone() };
+    let b = Builder { src: &src, opts: &opts };
+    match (kind, record) {
+        (TaskKind::Det, RecordRef::Det(r)) => det_samples(&b, r, source, &Vocab::new(vocabulary), rng),
+        (TaskKind::Visj, RecordRef::Det(r)) => visj_line_sample(&b, r, source, rng).map(|s| vec![s]),
+        (TaskKind::Reg, RecordRef::Ground(r)) => reg_sample(&b, r, source).map(|s| vec![s]),
+        (TaskKind::Vg, RecordRef::Ground(r)) => vg_sample(&b, r, source).map(|s| vec![s]),
+        (k, _) => Err(format!("a {} sample cannot be built from this record kind", k.tag())),
+    }
+}
+
 /// The category names of a DET jsonl (trimmed, non-empty, usable in answers); unreadable lines
 /// are left to the builder to report.
 pub fn det_categories(path: &Path) -> Result<BTreeSet<String>, DataError> {

@@ -7,7 +7,10 @@
 //! an image/exemplar/count jsonl), split into train / val / test. Deterministic from the seed: scene
 //! k depends only on (seed, k).
 
-use crate::data::{write_det_jsonl, write_reg_jsonl, write_vg_jsonl, DetObject, DetRecord, GroundRecord};
+use crate::data::{
+    record_samples, write_det_jsonl, write_reg_jsonl, write_vg_jsonl, BuildOptions, DetObject, DetRecord, GroundRecord, RecordRef, Sample,
+    TaskKind,
+};
 use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -223,6 +226,114 @@ fn io(p: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
     move |e| format!("{}: {e}", p.display())
 }
 
+/// The training / evaluation records of one scene.
+pub struct SceneAnnotations {
+    /// Detection: one object entry per shape (the COCO categories).
+    pub det: DetRecord,
+    /// Exemplar counting: one object entry per colour + shape.
+    pub visj: DetRecord,
+    /// Up to three referred objects (indices into the scene's objects), in a seeded order.
+    pub referred: Vec<usize>,
+    /// REC / grounding record of each referred object (its unique referring expression).
+    pub vg: Vec<GroundRecord>,
+    /// Region description of each referred object ("a small red circle").
+    pub reg: Vec<GroundRecord>,
+    /// Boxes per colour + shape name.
+    pub by_name: BTreeMap<String, Vec<[f64; 4]>>,
+}
+
+/// Annotations of scene `k` (objects from [`scene`]); `file` is the image path written into the
+/// records. Deterministic from (seed, k).
+pub fn scene_annotations(seed: u64, k: usize, objs: &[Object], size: u32, file: &str) -> SceneAnnotations {
+    let mut rng = StdRng::seed_from_u64(seed ^ (k as u64).wrapping_mul(31) ^ 0xA5A5);
+    let mut by_shape: BTreeMap<&str, Vec<[f64; 4]>> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
+    for p in objs {
+        by_shape.entry(SHAPES[p.shape]).or_default().push(p.fbox());
+        by_name.entry(p.name()).or_default().push(p.fbox());
+    }
+    let det = DetRecord::new(file, size, size, by_shape.iter().map(|(n, b)| DetObject::new(*n, b.clone())).collect());
+    let visj = DetRecord::new(file, size, size, by_name.iter().map(|(n, b)| DetObject::new(n.clone(), b.clone())).collect());
+    let mut order: Vec<usize> = (0..objs.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    order.truncate(3);
+    let mut vg = Vec::new();
+    let mut reg = Vec::new();
+    for &i in &order {
+        let p = &objs[i];
+        vg.push(GroundRecord::new(file, size, size, refer(objs, i, size), vec![p.fbox()]));
+        reg.push(GroundRecord::new(file, size, size, format!("a {} {}", p.size_word(size), p.name()), vec![p.fbox()]));
+    }
+    SceneAnnotations { det, visj, referred: order, vg, reg, by_name }
+}
+
+/// Training samples generated on the fly: sample `k` is scene `k` of `seed` (rendered in memory,
+/// never written) with one task drawn by the weights in `mix`, built by the same builders as the
+/// files `griffon synth` writes. Use a seed other than the evaluation benchmark's.
+#[derive(Debug, Clone)]
+pub struct SynthStream {
+    pub seed: u64,
+    pub size: u32,
+    pub max_objects: usize,
+    /// (task, weight): DET, VG (REC), REG and VISJ (exemplar counting).
+    pub mix: Vec<(TaskKind, f64)>,
+    pub opts: BuildOptions,
+}
+
+impl SynthStream {
+    pub fn new(seed: u64, size: u32, max_objects: usize, mix: Vec<(TaskKind, f64)>, opts: BuildOptions) -> Result<Self, String> {
+        if size < 32 {
+            return Err(format!("synthetic scene size {size} is too small (at least 32 px)"));
+        }
+        if max_objects == 0 {
+            return Err("synthetic max_objects must be at least 1".into());
+        }
+        if mix.is_empty() || mix.iter().any(|(_, w)| !w.is_finite() || *w < 0.0) || mix.iter().all(|(_, w)| *w == 0.0) {
+            return Err(format!("synthetic task weights must be finite, non-negative and not all zero: {mix:?}"));
+        }
+        if let Some((k, _)) = mix.iter().find(|(k, _)| *k == TaskKind::Lazy) {
+            return Err(format!("synthetic scenes have no {} (caption) task", k.tag()));
+        }
+        Ok(Self { seed, size, max_objects, mix, opts })
+    }
+
+    /// Sample `k` and its image.
+    pub fn sample(&self, k: usize) -> Result<(Sample, RgbImage), String> {
+        let (img, objs) = scene(self.seed, k, self.size, self.max_objects);
+        let file = format!("{k:08}.png");
+        let ann = scene_annotations(self.seed, k, &objs, self.size, &file);
+        let mut rng = StdRng::seed_from_u64(self.seed.wrapping_mul(0xD134_2543_DE82_EF95) ^ (k as u64).wrapping_add(0x5157));
+        let total: f64 = self.mix.iter().map(|(_, w)| w).sum();
+        let mut x = rng.random_range(0.0..total);
+        let mut kind = self.mix.last().expect("non-empty mix").0;
+        for (t, w) in &self.mix {
+            if x < *w {
+                kind = *t;
+                break;
+            }
+            x -= w;
+        }
+        let vocab: Vec<String> = SHAPES.iter().map(|s| s.to_string()).collect();
+        let images = PathBuf::from(format!("synth:{}", self.seed));
+        let source = format!("synth:{}/{k}", self.seed);
+        let samples = match kind {
+            TaskKind::Det => record_samples(kind, RecordRef::Det(&ann.det), &images, &vocab, &self.opts, &source, &mut rng)?,
+            TaskKind::Visj => record_samples(kind, RecordRef::Det(&ann.visj), &images, &vocab, &self.opts, &source, &mut rng)?,
+            TaskKind::Vg | TaskKind::Reg => {
+                let recs = if kind == TaskKind::Vg { &ann.vg } else { &ann.reg };
+                let r = &recs[rng.random_range(0..recs.len())];
+                record_samples(kind, RecordRef::Ground(r), &images, &vocab, &self.opts, &source, &mut rng)?
+            }
+            TaskKind::Lazy => unreachable!("refused in new"),
+        };
+        let n = samples.len();
+        let s = samples.into_iter().nth(rng.random_range(0..n)).ok_or_else(|| format!("{source}: no sample built"))?;
+        Ok((s, img))
+    }
+}
+
 /// Writes the benchmark; returns a summary per split.
 pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, String> {
     if o.size < 32 {
@@ -254,7 +365,6 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
         let size = o.size;
         for (k, objs) in &scenes {
             let file = format!("{k:06}.png");
-            let mut rng = StdRng::seed_from_u64(o.seed ^ (*k as u64).wrapping_mul(31) ^ 0xA5A5);
             s.images += 1;
             s.objects += objs.len();
             s.tiny_objects += objs.iter().filter(|p| p.size_word(size) == "tiny").count();
@@ -264,30 +374,20 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
                 coco_anns.push(serde_json::json!({"id": k * 100 + j + 1, "image_id": k, "category_id": p.shape + 1,
                     "bbox": [p.bbox[0], p.bbox[1], w, w], "area": w * w, "iscrowd": 0}));
             }
-            let mut by_shape: BTreeMap<&str, Vec<[f64; 4]>> = BTreeMap::new();
-            let mut by_name: BTreeMap<String, Vec<[f64; 4]>> = BTreeMap::new();
-            for p in objs {
-                by_shape.entry(SHAPES[p.shape]).or_default().push(p.fbox());
-                by_name.entry(p.name()).or_default().push(p.fbox());
-            }
-            det.push(DetRecord::new(&file, size, size, by_shape.iter().map(|(n, b)| DetObject::new(*n, b.clone())).collect()));
-            visj.push(DetRecord::new(&file, size, size, by_name.iter().map(|(n, b)| DetObject::new(n.clone(), b.clone())).collect()));
-            // up to three referred objects per scene
-            let mut order: Vec<usize> = (0..objs.len()).collect();
-            for i in (1..order.len()).rev() {
-                order.swap(i, rng.random_range(0..=i));
-            }
-            for &i in order.iter().take(3) {
+            let ann = scene_annotations(o.seed, *k, objs, size, &file);
+            let by_name = &ann.by_name;
+            det.push(ann.det);
+            visj.push(ann.visj);
+            for (j, &i) in ann.referred.iter().enumerate() {
                 let p = &objs[i];
-                let expr = refer(objs, i, size);
-                vg.push(GroundRecord::new(&file, size, size, expr.clone(), vec![p.fbox()]));
-                let desc = format!("a {} {}", p.size_word(size), p.name());
-                reg.push(GroundRecord::new(&file, size, size, desc.clone(), vec![p.fbox()]));
-                rec_eval += &format!("{}\n", serde_json::json!({"id": format!("{k}_{i}"), "img_path": file, "expression": expr, "bbox": p.fbox()}));
+                let (g, r) = (&ann.vg[j], &ann.reg[j]);
+                rec_eval += &format!("{}\n", serde_json::json!({"id": format!("{k}_{i}"), "img_path": file, "expression": g.expression, "bbox": p.fbox()}));
                 reg_eval += &format!("{}\n", serde_json::json!({"id": format!("{k}_{i}"), "img_path": file, "bbox": p.fbox(),
-                    "expressions": [desc, format!("the {}", p.name())]}));
+                    "expressions": [r.expression, format!("the {}", p.name())]}));
             }
-            if let Some(&i) = order.first() {
+            vg.extend(ann.vg);
+            reg.extend(ann.reg);
+            if let Some(&i) = ann.referred.first() {
                 let p = &objs[i];
                 let n = objs.iter().filter(|q| q.shape == p.shape && q.colour == p.colour).count();
                 count_eval += &format!("{}\n", serde_json::json!({"image": file, "exemplar": p.fbox(), "count": n}));

@@ -3,7 +3,8 @@
 //! learning rates; checkpoints in the engine's layout written atomically; exact resume.
 
 use crate::config::{Module, TrainConfig};
-use crate::data::{build_all, read_task_list, BuildOptions, Sample, Skipped};
+use crate::data::{build_all, read_task_list, BuildOptions, Sample, Skipped, TaskKind};
+use crate::synth::SynthStream;
 use crate::optim::{clip_grad_norm, cosine_with_warmup, warmup_steps, AdamW};
 use candle_core::{DType, Device, Tensor, Var, D};
 use griffon_core::template::with_image_marker;
@@ -11,6 +12,10 @@ use griffon_core::{check_visual_counts, Piece, Placeholder, Template};
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_model::loader::Checkpoint;
 use griffon_model::resample::{load_rgb, preprocess};
+use griffon_model::tokenize::PromptTokenizer;
+use image::RgbImage;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -32,9 +37,31 @@ pub struct Encoded {
     pub len: usize,
 }
 
+/// Positions a model gives each visual placeholder: (image tokens, tokens per region).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisualLens {
+    pub image: usize,
+    pub region: usize,
+}
+
+impl VisualLens {
+    pub fn of(m: &Griffon) -> Self {
+        // without a region encoder a region goes through the main tower (griffon::encode_region)
+        Self { image: m.image_tokens(), region: if m.region.is_some() { 1 } else { m.image_tokens() } }
+    }
+
+    fn of_piece(&self, p: &Piece) -> usize {
+        match p {
+            Piece::Token(_) => 1,
+            Piece::Visual(Placeholder::Image(_)) => self.image,
+            Piece::Visual(Placeholder::Region(_)) => self.region,
+        }
+    }
+}
+
 /// Turns a sample's conversation into pieces; the user turns are the prompt, the assistant
 /// turns (plus the template's answer suffix) are supervised.
-pub fn encode_sample(m: &Griffon, template: Template, s: &Sample, image_len: usize) -> Result<Encoded, Error> {
+pub fn encode_sample(tok: &PromptTokenizer, template: Template, s: &Sample, lens: VisualLens) -> Result<Encoded, Error> {
     let mut pieces = Vec::new();
     let mut supervised = Vec::new();
     for (k, (user, answer)) in s.turns.iter().enumerate() {
@@ -43,85 +70,246 @@ pub fn encode_sample(m: &Griffon, template: Template, s: &Sample, image_len: usi
         }
         let prompt_pieces = if k == 0 {
             let prompt = template.render(&with_image_marker(user));
-            let (p, ph) = m.tokenizer.assemble(&prompt).map_err(|e| e.to_string())?;
+            let (p, ph) = tok.assemble(&prompt).map_err(|e| e.to_string())?;
             check_visual_counts(&ph, 1, s.regions.len()).map_err(|e| e.0)?;
             p
         } else {
             if user.contains("<region>") || user.contains("<image>") {
                 return Err("visual markers are only supported in the first turn".into());
             }
-            let ids = m.tokenizer.encode_plain(&template.render_followup(user)).map_err(|e| e.to_string())?;
+            let ids = tok.encode_plain(&template.render_followup(user)).map_err(|e| e.to_string())?;
             ids.into_iter().map(Piece::Token).collect()
         };
         supervised.extend(std::iter::repeat_n(false, prompt_pieces.len()));
         pieces.extend(prompt_pieces);
-        let ans = m.tokenizer.encode_plain(&format!("{answer}{}", template.answer_suffix())).map_err(|e| e.to_string())?;
+        let ans = tok.encode_plain(&format!("{answer}{}", template.answer_suffix())).map_err(|e| e.to_string())?;
         supervised.extend(std::iter::repeat_n(true, ans.len()));
         pieces.extend(ans.into_iter().map(Piece::Token));
     }
-    let len = pieces
-        .iter()
-        .map(|p| match p {
-            Piece::Visual(Placeholder::Image(_)) => image_len,
-            _ => 1,
-        })
-        .sum();
+    let len = pieces.iter().map(|p| lens.of_piece(p)).sum();
     Ok(Encoded { pieces, supervised, len })
 }
 
-/// Mean cross-entropy of the supervised tokens given logits [T, V] over the expanded sequence.
-pub fn answer_loss(logits: &Tensor, enc: &Encoded, image_len: usize) -> candle_core::Result<(Tensor, usize)> {
-    let mut pos = 0usize;
-    let mut rows = Vec::new();
-    let mut targets = Vec::new();
-    for (p, &sup) in enc.pieces.iter().zip(&enc.supervised) {
-        match p {
-            Piece::Token(t) => {
-                if sup && pos > 0 {
-                    rows.push((pos - 1) as u32);
-                    targets.push(*t);
-                }
-                pos += 1;
-            }
-            Piece::Visual(Placeholder::Image(_)) => pos += image_len,
-            Piece::Visual(Placeholder::Region(_)) => pos += 1,
-        }
+/// A sample ready for the model: its encoding and preprocessed pixels (CPU tensors).
+pub struct Loaded {
+    pub sample: Sample,
+    pub enc: Encoded,
+    /// [3, S, S] main image.
+    pub pixels: Tensor,
+    /// [3, r, r] per region exemplar, in placeholder order.
+    pub regions: Vec<Tensor>,
+}
+
+/// Preprocesses a sample's main image (read from disk unless given) and its exemplar crops.
+pub fn load_pixels(s: &Sample, image: Option<RgbImage>, image_size: usize, region_size: usize) -> Result<(Tensor, Vec<Tensor>), Error> {
+    let main = match image {
+        Some(i) => i,
+        None => load_rgb(&s.image).map_err(|e| e.to_string())?,
+    };
+    let cpu = Device::Cpu;
+    let px = preprocess(&main, image_size, &cpu).map_err(|e| e.to_string())?;
+    let regions = s
+        .regions
+        .iter()
+        .map(|r| {
+            let crop = griffon_model::tasks::exemplar_image(r, &main).map_err(|e| e.to_string())?;
+            preprocess(&crop, region_size, &cpu).map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((px, regions))
+}
+
+/// Mean cross-entropy of the supervised tokens of a micro-batch (graph kept for backward) and
+/// their count. The sequences are right-padded to the longest: under the causal mask a real
+/// position never attends to the padding after it, and padded rows carry no loss, so each
+/// sample's loss is what it would be alone. Logits are computed for the supervised rows only.
+pub fn batch_loss(m: &Griffon, batch: &[Loaded]) -> Result<(Tensor, usize), Error> {
+    let e = |x: candle_core::Error| x.to_string();
+    let ge = |x: griffon_model::error::Error| x.to_string();
+    if batch.is_empty() {
+        return Err("empty micro-batch".into());
     }
-    let dev = logits.device();
+    let dev = &m.device;
+    let px: Vec<&Tensor> = batch.iter().map(|l| &l.pixels).collect();
+    let px = Tensor::stack(&px, 0).and_then(|t| t.to_device(dev)).map_err(e)?;
+    let image_tokens = m.encode_image(&px).map_err(ge)?;
+    let all_regions: Vec<&Tensor> = batch.iter().flat_map(|l| l.regions.iter()).collect();
+    let region_tokens = if all_regions.is_empty() {
+        None
+    } else {
+        let r = Tensor::stack(&all_regions, 0).and_then(|t| t.to_device(dev)).map_err(e)?;
+        Some(m.encode_region(&r).map_err(ge)?)
+    };
+    let lens = VisualLens {
+        image: image_tokens.dim(1).map_err(e)?,
+        region: region_tokens.as_ref().map(|r| r.dim(1)).transpose().map_err(e)?.unwrap_or(1),
+    };
+    let seq_len = |enc: &Encoded| enc.pieces.iter().map(|p| lens.of_piece(p)).sum::<usize>();
+    let lmax = batch.iter().map(|l| seq_len(&l.enc)).max().expect("non-empty");
+    let mut embeds = Vec::with_capacity(batch.len());
+    let mut rows: Vec<u32> = Vec::new();
+    let mut targets: Vec<u32> = Vec::new();
+    let mut region_at = 0;
+    for (i, l) in batch.iter().enumerate() {
+        let rt = match &region_tokens {
+            Some(r) if !l.regions.is_empty() => Some(r.narrow(0, region_at, l.regions.len()).map_err(e)?),
+            _ => None,
+        };
+        region_at += l.regions.len();
+        let it = image_tokens.narrow(0, i, 1).map_err(e)?;
+        let x = m.embed_pieces(&l.enc.pieces, Some(&it), rt.as_ref()).map_err(ge)?.embeds;
+        let (_, t, h) = x.dims3().map_err(e)?;
+        let mut pos = 0usize;
+        for (p, &sup) in l.enc.pieces.iter().zip(&l.enc.supervised) {
+            if let (Piece::Token(tok), true) = (p, sup) {
+                if pos > 0 {
+                    rows.push((i * lmax + pos - 1) as u32);
+                    targets.push(*tok);
+                }
+            }
+            pos += lens.of_piece(p);
+        }
+        if pos != t {
+            return Err(format!("{}: embedded {t} positions, expected {pos}", l.sample.source));
+        }
+        let x = if t < lmax { Tensor::cat(&[&x, &Tensor::zeros((1, lmax - t, h), x.dtype(), dev).map_err(e)?], 1).map_err(e)? } else { x };
+        embeds.push(x);
+    }
+    if rows.is_empty() {
+        return Err("no supervised tokens in the micro-batch".into());
+    }
+    let x = Tensor::cat(&embeds, 0).map_err(e)?;
+    let mut cache = m.llm.new_cache();
+    let hidden = m.llm.hidden(&x, &mut cache).map_err(ge)?;
+    let (b, t, h) = hidden.dims3().map_err(e)?;
     let n = rows.len();
-    let rows = Tensor::new(rows, dev)?;
-    let targets = Tensor::new(targets, dev)?.unsqueeze(1)?;
-    let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?.index_select(&rows, 0)?, D::Minus1)?;
-    let nll = lsm.gather(&targets, 1)?.neg()?.mean_all()?;
+    let rows = Tensor::new(rows, dev).map_err(e)?;
+    let targets = Tensor::new(targets, dev).and_then(|t| t.unsqueeze(1)).map_err(e)?;
+    let picked = hidden.reshape((b * t, h)).and_then(|x| x.index_select(&rows, 0)).map_err(e)?;
+    let logits = m.llm.head(&picked).map_err(ge)?;
+    let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).map_err(e)?, D::Minus1).map_err(e)?;
+    let nll = lsm.gather(&targets, 1).and_then(|x| x.neg()).and_then(|x| x.mean_all()).map_err(e)?;
     Ok((nll, n))
 }
 
 /// Loss of one sample (graph kept for backward) and its supervised token count.
 pub fn sample_loss(m: &Griffon, s: &Sample, enc: &Encoded) -> Result<(Tensor, usize), Error> {
-    let main = load_rgb(&s.image).map_err(|e| e.to_string())?;
-    let px = preprocess(&main, m.image_size(), &m.device).map_err(|e| e.to_string())?;
-    let image_tokens = m.encode_image(&px.unsqueeze(0).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    let region_tokens = if s.regions.is_empty() {
-        None
-    } else {
-        let crops = s
-            .regions
-            .iter()
-            .map(|r| griffon_model::tasks::exemplar_image(r, &main).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let px = crops
-            .iter()
-            .map(|c| preprocess(c, m.region_size(), &m.device))
-            .collect::<candle_core::Result<Vec<_>>>()
-            .map_err(|e| e.to_string())?;
-        let stacked = Tensor::stack(&px, 0).map_err(|e| e.to_string())?;
-        Some(m.encode_region(&stacked).map_err(|e| e.to_string())?)
-    };
-    let prepared = m.embed_pieces(&enc.pieces, Some(&image_tokens), region_tokens.as_ref()).map_err(|e| e.to_string())?;
-    let mut cache = m.llm.new_cache();
-    let logits = m.llm.forward_embeds(&prepared.embeds, &mut cache, true).map_err(|e| e.to_string())?;
-    let image_len = image_tokens.dim(1).map_err(|e| e.to_string())?;
-    answer_loss(&logits.squeeze(0).map_err(|e| e.to_string())?, enc, image_len).map_err(|e| e.to_string())
+    let (pixels, regions) = load_pixels(s, None, m.image_size(), m.region_size())?;
+    batch_loss(m, &[Loaded { sample: s.clone(), enc: enc.clone(), pixels, regions }])
+}
+
+/// Where training samples come from.
+pub enum Data {
+    /// Built from a task list; images read from disk when used.
+    Files(Vec<(Sample, Encoded)>),
+    /// Synthetic scenes rendered on demand: sample k (of `len` per epoch) is scene k.
+    Synth { stream: SynthStream, len: usize },
+}
+
+impl Data {
+    pub fn len(&self) -> usize {
+        match self {
+            Data::Files(v) => v.len(),
+            Data::Synth { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the data threads need to turn an index into a [`Loaded`] sample.
+struct Loader {
+    data: Arc<Data>,
+    tok: PromptTokenizer,
+    template: Template,
+    lens: VisualLens,
+    image_size: usize,
+    region_size: usize,
+    max_len: usize,
+    seed: u64,
+}
+
+impl Loader {
+    /// The sample at global position `i` (epoch-wise seeded permutations of the file samples;
+    /// the synthetic stream is its own order).
+    fn load(&self, i: usize, order: &mut Option<(usize, Vec<usize>)>) -> Result<Loaded, Skipped> {
+        let n = self.data.len();
+        let (epoch, k) = (i / n, i % n);
+        match &*self.data {
+            Data::Files(v) => {
+                if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    let mut perm: Vec<usize> = (0..n).collect();
+                    perm.shuffle(&mut StdRng::seed_from_u64(self.seed.wrapping_add(epoch as u64)));
+                    *order = Some((epoch, perm));
+                }
+                let (s, enc) = &v[order.as_ref().expect("set above").1[k]];
+                let (pixels, regions) = load_pixels(s, None, self.image_size, self.region_size)
+                    .map_err(|reason| Skipped { source: s.source.clone(), reason })?;
+                Ok(Loaded { sample: s.clone(), enc: enc.clone(), pixels, regions })
+            }
+            Data::Synth { stream, .. } => {
+                let source = format!("synth:{}/{k}", stream.seed);
+                let (s, img) = stream.sample(k).map_err(|reason| Skipped { source: source.clone(), reason })?;
+                let enc = encode_sample(&self.tok, self.template, &s, self.lens).map_err(|reason| Skipped { source: source.clone(), reason })?;
+                if enc.len > self.max_len {
+                    return Err(Skipped { source, reason: format!("over-long: {} positions > max_len {}", enc.len, self.max_len) });
+                }
+                let (pixels, regions) = load_pixels(&s, Some(img), self.image_size, self.region_size).map_err(|reason| Skipped { source, reason })?;
+                Ok(Loaded { sample: s, enc, pixels, regions })
+            }
+        }
+    }
+}
+
+/// Loads micro-batches ahead of the training loop on `workers` threads (in order), so image
+/// decoding / scene rendering overlaps the model's forward and backward.
+struct Prefetch {
+    rx: Option<Receiver<Vec<Result<Loaded, Skipped>>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prefetch {
+    fn start(loader: Loader, first_mb: usize, batch: usize, workers: usize, depth: usize) -> Self {
+        let (tx, rx) = sync_channel(depth);
+        let handle = std::thread::spawn(move || {
+            let workers = workers.clamp(1, batch);
+            let mut orders: Vec<Option<(usize, Vec<usize>)>> = vec![None; workers];
+            for mb in first_mb.. {
+                let start = mb * batch;
+                let mut out: Vec<Option<Result<Loaded, Skipped>>> = (0..batch).map(|_| None).collect();
+                std::thread::scope(|sc| {
+                    for (w, (chunk, order)) in out.chunks_mut(batch.div_ceil(workers)).zip(orders.iter_mut()).enumerate() {
+                        let loader = &loader;
+                        let base = start + w * batch.div_ceil(workers);
+                        sc.spawn(move || {
+                            for (j, slot) in chunk.iter_mut().enumerate() {
+                                *slot = Some(loader.load(base + j, order));
+                            }
+                        });
+                    }
+                });
+                if tx.send(out.into_iter().map(|x| x.expect("every slot filled")).collect()).is_err() {
+                    return; // the trainer stopped
+                }
+            }
+        });
+        Self { rx: Some(rx), handle: Some(handle) }
+    }
+
+    fn next(&mut self) -> Result<Vec<Result<Loaded, Skipped>>, Error> {
+        self.rx.as_ref().expect("open").recv().map_err(|_| "the data loader thread stopped unexpectedly".to_string())
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,14 +342,12 @@ pub struct Trainer {
     pub opt: AdamW,
     /// Checkpoint the model was loaded from (frozen tensors are copied from it on save).
     source_dir: PathBuf,
-    pub samples: Vec<(Sample, Encoded)>,
+    pub data: Arc<Data>,
     pub skipped: Vec<Skipped>,
     pub total_steps: usize,
     /// learning rate per optimizer group
     group_lrs: Vec<f64>,
-    /// The sample order of one epoch, kept while that epoch runs (a shuffle per micro-batch
-    /// would cost O(samples) each time).
-    order: Option<(usize, Vec<usize>)>,
+    prefetch: Option<(usize, Prefetch)>,
 }
 
 const STATE_FILE: &str = "trainer_state.json";
@@ -186,14 +372,20 @@ impl Trainer {
     /// Builds the data, loads the model (resuming from `out/latest` when present).
     pub fn new(cfg: TrainConfig, device: &Device) -> Result<Self, Error> {
         griffon_model::nn::set_differentiable(true);
-        let sources = read_task_list(&cfg.data.tasks).map_err(|e| e.to_string())?;
+        cfg.validate()?;
         let bopts = BuildOptions {
             max_categories: cfg.data.max_categories,
             seed: cfg.train.seed,
             check_images: cfg.data.check_images,
             none_prob: cfg.data.none_prob,
         };
-        let (samples, mut skipped) = build_all(&sources, &bopts).map_err(|e| e.to_string())?;
+        let (samples, mut skipped) = match &cfg.data.tasks {
+            Some(tasks) => {
+                let sources = read_task_list(tasks).map_err(|e| e.to_string())?;
+                build_all(&sources, &bopts).map_err(|e| e.to_string())?
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         let resume = latest_checkpoint(&cfg.train.out);
         // `init` may name a previous stage's output folder: follow its `latest` pointer
         let init = latest_checkpoint(&cfg.model.init).unwrap_or_else(|| cfg.model.init.clone());
@@ -220,10 +412,10 @@ impl Trainer {
             return Err("training the vision tower at an interpolated resolution is not supported; resize the checkpoint's position table first".into());
         }
         let template = model.template;
-        let image_len = model.image_tokens();
+        let lens = VisualLens::of(&model);
         let mut encoded = Vec::new();
         for s in samples {
-            match encode_sample(&model, template, &s, image_len) {
+            match encode_sample(&model.tokenizer, template, &s, lens) {
                 Ok(e) if e.len > cfg.data.max_len => skipped.push(Skipped {
                     source: s.source.clone(),
                     reason: format!("over-long: {} positions > max_len {}", e.len, cfg.data.max_len),
@@ -235,7 +427,15 @@ impl Trainer {
                 Err(reason) => skipped.push(Skipped { source: s.source.clone(), reason }),
             }
         }
-        if encoded.is_empty() {
+        let data = match &cfg.data.synth {
+            Some(sy) => {
+                let mix = vec![(TaskKind::Det, sy.mix.det), (TaskKind::Vg, sy.mix.vg), (TaskKind::Reg, sy.mix.reg), (TaskKind::Visj, sy.mix.visj)];
+                let stream = SynthStream::new(sy.seed, sy.size, sy.max_objects, mix, bopts.clone())?;
+                Data::Synth { stream, len: sy.samples }
+            }
+            None => Data::Files(encoded),
+        };
+        if data.is_empty() {
             return Err(format!("no usable training samples ({} skipped)", skipped.len()));
         }
         let mut groups: Vec<f64> = Vec::new();
@@ -249,7 +449,7 @@ impl Trainer {
             params.push((name, var, g));
         }
         let opt = AdamW::new(params, cfg.train.weight_decay).map_err(|e| e.to_string())?;
-        let per_epoch = encoded.len().div_ceil(cfg.train.grad_accum);
+        let per_epoch = data.len().div_ceil(cfg.train.grad_accum * cfg.train.batch_size);
         let total_steps = if cfg.train.max_steps > 0 { cfg.train.max_steps } else { per_epoch * cfg.train.epochs };
         let mut t = Self {
             cfg,
@@ -257,11 +457,11 @@ impl Trainer {
             template,
             opt,
             source_dir: source_dir.clone(),
-            samples: encoded,
+            data: Arc::new(data),
             skipped,
             total_steps,
             group_lrs: groups,
-            order: None,
+            prefetch: None,
         };
         if let Some(dir) = resume {
             t.restore(&dir)?;
@@ -274,7 +474,7 @@ impl Trainer {
             &std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| format!("{}: {e}", dir.display()))?,
         )
         .map_err(|e| format!("{}: {e}", dir.join(STATE_FILE).display()))?;
-        let want = TrainerState { step: state.step, total_steps: self.total_steps, samples: self.samples.len(), seed: self.cfg.train.seed };
+        let want = TrainerState { step: state.step, total_steps: self.total_steps, samples: self.data.len(), seed: self.cfg.train.seed };
         if state != want {
             return Err(format!(
                 "{} was written by a different run (state {state:?}, this run {want:?}); use a new train.out",
@@ -286,16 +486,36 @@ impl Trainer {
         Ok(())
     }
 
-    /// The sample used by global micro-batch `k` (epoch-wise seeded permutations).
-    fn sample_index(&mut self, k: usize) -> usize {
-        let n = self.samples.len();
-        let epoch = k / n;
-        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let mut perm: Vec<usize> = (0..n).collect();
-            perm.shuffle(&mut StdRng::seed_from_u64(self.cfg.train.seed.wrapping_add(epoch as u64)));
-            self.order = Some((epoch, perm));
+    /// Samples per epoch.
+    pub fn num_samples(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The loaded samples of global micro-batch `mb` (prefetched in order from the first one
+    /// asked for; a jump restarts the loader).
+    fn micro_batch(&mut self, mb: usize) -> Result<Vec<Result<Loaded, Skipped>>, Error> {
+        if self.prefetch.as_ref().is_none_or(|(next, _)| *next != mb) {
+            self.prefetch = None;
+            let loader = Loader {
+                data: self.data.clone(),
+                tok: self.model.tokenizer.clone(),
+                template: self.template,
+                lens: VisualLens::of(&self.model),
+                image_size: self.model.image_size(),
+                region_size: self.model.region_size(),
+                max_len: self.cfg.data.max_len,
+                seed: self.cfg.train.seed,
+            };
+            let workers = match self.cfg.train.workers {
+                0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                w => w,
+            };
+            self.prefetch = Some((mb, Prefetch::start(loader, mb, self.cfg.train.batch_size, workers, 2)));
         }
-        self.order.as_ref().expect("set above").1[k % n]
+        let (next, p) = self.prefetch.as_mut().expect("started above");
+        let out = p.next()?;
+        *next += 1;
+        Ok(out)
     }
 
     fn lrs_at(&self, step: usize) -> Vec<f64> {
@@ -318,12 +538,21 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         for j in 0..accum {
-            let idx = self.sample_index(step * accum + j);
-            let (s, enc) = &self.samples[idx];
-            let (loss, n) = match sample_loss(&self.model, s, enc) {
+            let mut batch = Vec::new();
+            for r in self.micro_batch(step * accum + j)? {
+                match r {
+                    Ok(l) => batch.push(l),
+                    Err(s) => self.skipped.push(s),
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let (loss, n) = match batch_loss(&self.model, &batch) {
                 Ok(x) => x,
                 Err(reason) => {
-                    self.skipped.push(Skipped { source: s.source.clone(), reason });
+                    let source = batch.iter().map(|l| l.sample.source.as_str()).collect::<Vec<_>>().join(", ");
+                    self.skipped.push(Skipped { source, reason });
                     continue;
                 }
             };
@@ -379,7 +608,7 @@ impl Trainer {
             losses.push(loss);
             let entry = StepLog {
                 step: self.opt.step,
-                epoch: (self.opt.step * self.cfg.train.grad_accum) as f64 / self.samples.len() as f64,
+                epoch: (self.opt.step * self.cfg.train.grad_accum * self.cfg.train.batch_size) as f64 / self.data.len() as f64,
                 loss,
                 lr: lrs[0],
                 grad_norm,
@@ -391,15 +620,20 @@ impl Trainer {
             bar.set_position(self.opt.step as u64);
             bar.set_message(format!("loss {loss:.4} lr {:.2e} tok/s {:.0}", lrs[0], entry.tokens_per_s));
             let every = self.cfg.train.save_every;
-            if self.opt.step == self.total_steps || (every > 0 && self.opt.step % every == 0) {
+            let out_of_time = self.cfg.train.max_time_s > 0.0 && start.elapsed().as_secs_f64() >= self.cfg.train.max_time_s;
+            if self.opt.step == self.total_steps || (every > 0 && self.opt.step % every == 0) || out_of_time {
                 checkpoint = self.save()?;
             }
+            if out_of_time {
+                break;
+            }
         }
+        self.prefetch = None;
         bar.finish();
         Ok(TrainReport {
             steps: self.opt.step,
             total_steps: self.total_steps,
-            samples: self.samples.len(),
+            samples: self.data.len(),
             losses,
             skipped: self.skipped.clone(),
             checkpoint,
@@ -440,7 +674,7 @@ impl Trainer {
             .collect::<candle_core::Result<_>>()
             .map_err(|e| e.to_string())?;
         candle_core::safetensors::save(&opt, tmp.join(OPT_FILE)).map_err(|e| e.to_string())?;
-        let state = TrainerState { step: self.opt.step, total_steps: self.total_steps, samples: self.samples.len(), seed: self.cfg.train.seed };
+        let state = TrainerState { step: self.opt.step, total_steps: self.total_steps, samples: self.data.len(), seed: self.cfg.train.seed };
         std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(&state).expect("serializable")).map_err(io)?;
         sync_dir(&tmp).map_err(io)?;
         let _ = std::fs::remove_dir_all(&final_dir);

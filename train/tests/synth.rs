@@ -63,3 +63,37 @@ fn every_format_reads_back() {
         }
     }
 }
+
+/// The on-the-fly stream renders the same scenes and builds the same records as the files
+/// `griffon synth` writes for that seed, and its answers hold exactly the annotated boxes.
+#[test]
+fn stream_matches_the_written_benchmark() {
+    use griffon_core::answer::parse_answer;
+    use griffon_train::data::{read_det_jsonl, TaskKind};
+    use griffon_train::synth::{scene_annotations, SynthStream};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("synth");
+    generate(&SynthOptions { out: out.clone(), n: 10, seed: 3, size: 160, max_objects: 8 }).unwrap();
+    let (det, _) = read_det_jsonl(&out.join("train/det.jsonl")).unwrap();
+    let opts = BuildOptions { max_categories: 6, ..BuildOptions::default() };
+    let stream = SynthStream::new(3, 160, 8, vec![(TaskKind::Det, 1.0)], opts.clone()).unwrap();
+    for (k, rec) in det.iter().enumerate() {
+        let (s, img) = stream.sample(k).unwrap();
+        let written = image::open(out.join(format!("images/train/{k:06}.png"))).unwrap().to_rgb8();
+        assert_eq!(img.as_raw(), written.as_raw(), "scene {k} image");
+        let (_, objs) = scene(3, k, 160, 8);
+        let ann = scene_annotations(3, k, &objs, 160, &rec.image_path);
+        assert_eq!(&ann.det, rec, "scene {k} DET record");
+        assert_eq!(s.task, TaskKind::Det);
+        let want: usize = rec.objects.iter().map(|o| o.bboxes.len()).sum();
+        let got = parse_answer(&s.turns[0].1);
+        assert_eq!(got.instances.len(), want, "scene {k}: {}", s.turns[0].1);
+    }
+    // every task of the mix shows up and builds
+    let mixed = SynthStream::new(4, 96, 6, vec![(TaskKind::Det, 1.0), (TaskKind::Vg, 1.0), (TaskKind::Reg, 1.0), (TaskKind::Visj, 1.0)], opts)
+        .unwrap();
+    let kinds: std::collections::HashSet<TaskKind> = (0..40).map(|k| mixed.sample(k).unwrap().0.task).collect();
+    assert_eq!(kinds.len(), 4, "{kinds:?}");
+    assert!(SynthStream::new(4, 96, 6, vec![(TaskKind::Lazy, 1.0)], BuildOptions::default()).is_err());
+    assert!(SynthStream::new(4, 96, 6, vec![(TaskKind::Det, 0.0)], BuildOptions::default()).is_err());
+}

@@ -61,7 +61,7 @@ fn loss_falls_on_a_fixed_batch() {
     let data = dataset(&[]);
     let cfg = config(data.path(), "fit", "stage = 3\nlr = 5e-3\nmax_steps = 60\nwarmup_ratio = 0.0\nseed = 1");
     let mut t = Trainer::new(cfg, &Device::Cpu).unwrap();
-    assert_eq!(t.samples.len(), 2);
+    assert_eq!(t.num_samples(), 2);
     let r = t.run(None, false).unwrap();
     let first = r.losses[0];
     let last = r.losses[r.losses.len() - 2..].iter().sum::<f64>() / 2.0;
@@ -134,7 +134,7 @@ fn bad_samples_are_counted_and_skipped() {
     ]);
     let cfg = config(data.path(), "bad", "stage = 1\nlr = 1e-3\nmax_steps = 1");
     let t = Trainer::new(cfg, &Device::Cpu).unwrap();
-    assert_eq!(t.samples.len(), 2, "the two good records are kept");
+    assert_eq!(t.num_samples(), 2, "the two good records are kept");
     assert!(t.skipped.len() >= 4, "skipped: {:?}", t.skipped);
     for s in &t.skipped {
         assert!(!s.reason.is_empty() && !s.source.is_empty());
@@ -145,7 +145,7 @@ fn bad_samples_are_counted_and_skipped() {
     cfg.data.max_len = 10;
     match Trainer::new(cfg, &Device::Cpu) {
         Err(e) => assert!(e.contains("no usable training samples"), "{e}"),
-        Ok(t) => panic!("expected every sample to be over-long, got {} samples", t.samples.len()),
+        Ok(t) => panic!("expected every sample to be over-long, got {} samples", t.num_samples()),
     }
 }
 
@@ -158,4 +158,40 @@ fn trains_with_tiled_input() {
     assert_eq!(t.model.image_size(), 112);
     let r = t.run(None, false).unwrap();
     assert!(r.losses.iter().all(|l| l.is_finite()));
+}
+
+/// Synthetic scenes rendered on the fly, in padded micro-batches, with a wall-clock budget:
+/// the run trains, stops at the budget with a checkpoint, and resumes from it to the end.
+#[test]
+fn trains_on_the_synthetic_stream_in_batches_within_a_time_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, extra: &str| {
+        let text = format!(
+            "[model]\ninit = {:?}\n[data]\nmax_len = 1024\nmax_categories = 6\n[data.synth]\nseed = 2\nsamples = 12\nsize = 96\nmax_objects = 4\n\
+             [train]\nout = \"run\"\nstage = 2\nlr = 1e-3\nbatch_size = 3\ngrad_accum = 2\nworkers = 2\nwarmup_ratio = 0.0\n{extra}\n",
+            fixture().join("ckpt")
+        );
+        let f = tmp.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        TrainConfig::from_file(&f).unwrap()
+    };
+    // 12 samples / (3 x 2) = 2 steps per epoch, 2 epochs
+    let mut t = Trainer::new(write("a.toml", "epochs = 2\nmax_time_s = 1e-9"), &Device::Cpu).unwrap();
+    assert_eq!(t.total_steps, 4);
+    let first = t.run(None, false).unwrap();
+    assert_eq!(first.losses.len(), 1, "a spent budget stops after the step in flight");
+    assert!(first.checkpoint.ends_with("checkpoint-1"), "{}", first.checkpoint.display());
+    assert!(first.losses[0].is_finite() && first.losses[0] > 0.0);
+    let rest = Trainer::new(write("a.toml", "epochs = 2"), &Device::Cpu).unwrap().run(None, false).unwrap();
+    assert_eq!(rest.losses.len(), 3);
+    assert!(rest.losses.iter().all(|l| l.is_finite()));
+    assert!(rest.skipped.is_empty(), "{:?}", rest.skipped);
+    let metrics = std::fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["epoch"].as_f64().unwrap(), 2.0);
+    // [data] needs exactly one source
+    let f = tmp.path().join("bad.toml");
+    std::fs::write(&f, format!("[model]\ninit = \"x\"\n[data]\n[train]\nout = \"o\"\nstage = 1\nlr = 1e-3\n")).unwrap();
+    let e = TrainConfig::from_file(&f).unwrap_err();
+    assert!(e.contains("tasks") && e.contains("synth"), "{e}");
 }
