@@ -247,6 +247,10 @@ struct TrainArgs {
     /// The run configuration.
     #[arg(long)]
     config: PathBuf,
+    /// Override a config entry, e.g. `--set train.max_time_s=300 --set model.init=runs/x`
+    /// (repeatable; relative paths are relative to the working directory).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -643,7 +647,7 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
 }
 
 fn train_cmd(a: &TrainArgs) -> Result<()> {
-    let cfg = griffon_train::config::TrainConfig::from_file(&a.config).map_err(|e| anyhow!(e))?;
+    let cfg = griffon_train::config::TrainConfig::from_file_with(&a.config, &a.set).map_err(|e| anyhow!(e))?;
     let mut t = griffon_train::trainer::Trainer::new(cfg, &parse_device(&a.device)?).map_err(|e| anyhow!(e))?;
     eprintln!(
         "training {} samples, {} optimizer steps ({} tensors trainable, {} already done)",
@@ -783,7 +787,14 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str) -> Result<()
     let ann = d.join("instances.json");
     if let Some(m) = eval_run_metrics(a, &a.out.join("detection"), datasets::coco(&ann, &img)?, Some(&ann))? {
         let stats = m["stats"].as_array().cloned();
-        let stat = |i: usize| stats.as_ref().and_then(|s| s.get(i).cloned()).unwrap_or(serde_json::Value::Null);
+        // no detection at all: every AP is 0 by definition (pycocotools itself cannot load an
+        // empty results list, so metrics.json carries null stats and a note)
+        let none = m["detections"].as_u64() == Some(0) && m["samples"].as_u64().is_some_and(|n| n > 0);
+        let stat = |i: usize| match stats.as_ref().and_then(|s| s.get(i).cloned()) {
+            Some(v) => v,
+            None if none => serde_json::json!(0.0),
+            None => serde_json::Value::Null,
+        };
         summary.insert("detection_mAP".into(), stat(0));
         summary.insert("detection_AP50".into(), stat(1));
         summary.insert("detection_APsmall".into(), stat(3));

@@ -32,7 +32,10 @@
 //! max_steps = 0                   # 0 = epochs decide
 //! batch_size = 1                  # samples per micro-batch (right-padded)
 //! workers = 0                     # data threads; 0 = one per core
-//! max_time_s = 0                  # stop (and save) after this many seconds; 0 = no limit
+//! max_time_s = 0                  # stop (and save) after this many seconds of training in
+//!                                 # total, resumed segments included; 0 = no limit
+//! schedule = "steps"              # or "time": warmup + cosine over max_time_s of wall clock
+//!                                 # (fixed-budget GPU sessions; not bit-reproducible)
 //! ```
 
 use serde::Deserialize;
@@ -149,6 +152,19 @@ pub struct TrainSection {
     pub workers: usize,
     #[serde(default)]
     pub max_time_s: f64,
+    #[serde(default)]
+    pub schedule: Schedule,
+}
+
+/// What the learning-rate schedule runs over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Optimizer steps (transformers' cosine with warmup; exact resume).
+    #[default]
+    Steps,
+    /// Wall-clock fraction of `max_time_s`.
+    Time,
 }
 
 fn default_max_len() -> usize {
@@ -209,20 +225,49 @@ impl Module {
 
 impl TrainConfig {
     pub fn from_file(path: &Path) -> Result<Self, String> {
+        Self::from_file_with(path, &[])
+    }
+
+    /// Reads a config, then applies `key.path=value` overrides (`griffon train --set`): the value
+    /// is read as a TOML value (a bare word that is not one is taken as a string). Relative paths
+    /// in the file are relative to the file; relative paths given as overrides are relative to the
+    /// working directory.
+    pub fn from_file_with(path: &Path, overrides: &[String]) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut cfg: TrainConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        // relative paths are relative to the config file
+        let mut doc: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut overridden = Vec::new();
+        for o in overrides {
+            let (key, value) = o.split_once('=').ok_or_else(|| format!("--set {o:?}: expected key.path=value"))?;
+            let key = key.trim();
+            let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+                Ok(mut t) => t.remove("v").expect("parsed key"),
+                Err(_) => toml::Value::String(value.to_string()),
+            };
+            let parts: Vec<&str> = key.split('.').collect();
+            if parts.iter().any(|p| p.is_empty()) {
+                return Err(format!("--set {o:?}: empty key component"));
+            }
+            let mut table = &mut doc;
+            for p in &parts[..parts.len() - 1] {
+                let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table = entry.as_table_mut().ok_or_else(|| format!("--set {o:?}: `{p}` is not a table"))?;
+            }
+            table.insert(parts[parts.len() - 1].to_string(), value);
+            overridden.push(key.to_string());
+        }
+        let mut cfg: TrainConfig = doc.try_into().map_err(|e: toml::de::Error| format!("{}: {e}", path.display()))?;
+        // relative paths are relative to the config file (overrides: to the working directory)
         let base = path.parent().unwrap_or(Path::new("."));
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
+        let fix = |p: &mut PathBuf, key: &str| {
+            if p.is_relative() && !overridden.iter().any(|k| k == key) {
                 *p = base.join(&*p);
             }
         };
-        fix(&mut cfg.model.init);
+        fix(&mut cfg.model.init, "model.init");
         if let Some(t) = cfg.data.tasks.as_mut() {
-            fix(t);
+            fix(t, "data.tasks");
         }
-        fix(&mut cfg.train.out);
+        fix(&mut cfg.train.out, "train.out");
         cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(cfg)
     }
@@ -240,6 +285,9 @@ impl TrainConfig {
         }
         if !(t.max_time_s >= 0.0 && t.max_time_s.is_finite()) {
             return Err(format!("train.max_time_s must be a non-negative number of seconds, got {}", t.max_time_s));
+        }
+        if t.schedule == Schedule::Time && t.max_time_s <= 0.0 {
+            return Err("train.schedule = \"time\" needs train.max_time_s > 0".into());
         }
         match (&self.data.tasks, &self.data.synth) {
             (None, None) => return Err("[data] needs `tasks` (a task list) or a [data.synth] section".into()),

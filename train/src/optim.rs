@@ -107,6 +107,17 @@ pub fn cosine_with_warmup(step: usize, warmup: usize, total: usize) -> f64 {
     (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
 }
 
+/// The same schedule over a fraction `p` in [0, 1] of a wall-clock budget, warming up over the
+/// first `warmup` fraction (`train.schedule = "time"`).
+pub fn cosine_with_warmup_frac(p: f64, warmup: f64) -> f64 {
+    let p = p.clamp(0.0, 1.0);
+    if p < warmup {
+        return p / warmup;
+    }
+    let progress = (p - warmup) / (1.0 - warmup).max(1e-12);
+    (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
+}
+
 /// Warmup steps for a ratio, as transformers' `get_warmup_steps`: ceil(total * ratio).
 pub fn warmup_steps(total: usize, ratio: f64) -> usize {
     (total as f64 * ratio).ceil() as usize
@@ -135,6 +146,17 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn time_schedule() {
+        let f = super::cosine_with_warmup_frac;
+        assert_eq!(f(0.0, 0.1), 0.0);
+        assert!((f(0.05, 0.1) - 0.5).abs() < 1e-12);
+        assert!((f(0.1, 0.1) - 1.0).abs() < 1e-12);
+        assert!((f(0.55, 0.1) - 0.5).abs() < 1e-12);
+        assert!(f(1.0, 0.1).abs() < 1e-12 && f(1.5, 0.1).abs() < 1e-12);
+        assert!((f(0.5, 0.0) - 0.5).abs() < 1e-12);
+    }
 
     #[test]
     fn schedule_matches_transformers() {

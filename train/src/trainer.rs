@@ -2,10 +2,10 @@
 //! schedule with warmup ratio; gradient accumulation and clipping; per-module freezing and
 //! learning rates; checkpoints in the engine's layout written atomically; exact resume.
 
-use crate::config::{Module, TrainConfig};
+use crate::config::{Module, Schedule, TrainConfig};
 use crate::data::{build_all, read_task_list, BuildOptions, Sample, Skipped, TaskKind};
 use crate::synth::SynthStream;
-use crate::optim::{clip_grad_norm, cosine_with_warmup, warmup_steps, AdamW};
+use crate::optim::{clip_grad_norm, cosine_with_warmup, cosine_with_warmup_frac, warmup_steps, AdamW};
 use candle_core::{DType, Device, Tensor, Var, D};
 use griffon_core::template::with_image_marker;
 use griffon_core::{check_visual_counts, Piece, Placeholder, Template};
@@ -348,6 +348,10 @@ pub struct Trainer {
     /// learning rate per optimizer group
     group_lrs: Vec<f64>,
     prefetch: Option<(usize, Prefetch)>,
+    /// Training seconds of the segments before this one (from the resumed checkpoint).
+    elapsed_before: f64,
+    /// Start of this segment's training loop.
+    segment_start: Option<Instant>,
 }
 
 const STATE_FILE: &str = "trainer_state.json";
@@ -360,6 +364,15 @@ struct TrainerState {
     total_steps: usize,
     samples: usize,
     seed: u64,
+    /// Seconds of training so far, resumed segments included.
+    #[serde(default)]
+    elapsed_s: f64,
+}
+
+impl TrainerState {
+    fn same_run(&self, o: &TrainerState) -> bool {
+        (self.total_steps, self.samples, self.seed) == (o.total_steps, o.samples, o.seed)
+    }
 }
 
 fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
@@ -462,6 +475,8 @@ impl Trainer {
             total_steps,
             group_lrs: groups,
             prefetch: None,
+            elapsed_before: 0.0,
+            segment_start: None,
         };
         if let Some(dir) = resume {
             t.restore(&dir)?;
@@ -474,8 +489,8 @@ impl Trainer {
             &std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| format!("{}: {e}", dir.display()))?,
         )
         .map_err(|e| format!("{}: {e}", dir.join(STATE_FILE).display()))?;
-        let want = TrainerState { step: state.step, total_steps: self.total_steps, samples: self.data.len(), seed: self.cfg.train.seed };
-        if state != want {
+        let want = TrainerState { step: state.step, total_steps: self.total_steps, samples: self.data.len(), seed: self.cfg.train.seed, elapsed_s: 0.0 };
+        if !state.same_run(&want) {
             return Err(format!(
                 "{} was written by a different run (state {state:?}, this run {want:?}); use a new train.out",
                 dir.display()
@@ -483,6 +498,7 @@ impl Trainer {
         }
         let opt = candle_core::safetensors::load(dir.join(OPT_FILE), &self.model.device).map_err(|e| e.to_string())?;
         self.opt.load_state(&opt, state.step)?;
+        self.elapsed_before = state.elapsed_s;
         Ok(())
     }
 
@@ -518,9 +534,19 @@ impl Trainer {
         Ok(out)
     }
 
+    /// Seconds of training so far, earlier segments included.
+    pub fn elapsed_s(&self) -> f64 {
+        self.elapsed_before + self.segment_start.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
+    }
+
     fn lrs_at(&self, step: usize) -> Vec<f64> {
-        let warm = warmup_steps(self.total_steps, self.cfg.train.warmup_ratio);
-        let f = cosine_with_warmup(step, warm, self.total_steps);
+        let f = match self.cfg.train.schedule {
+            Schedule::Steps => {
+                let warm = warmup_steps(self.total_steps, self.cfg.train.warmup_ratio);
+                cosine_with_warmup(step, warm, self.total_steps)
+            }
+            Schedule::Time => cosine_with_warmup_frac(self.elapsed_s() / self.cfg.train.max_time_s, self.cfg.train.warmup_ratio),
+        };
         self.group_lrs.iter().map(|lr| lr * f).collect()
     }
 
@@ -591,12 +617,16 @@ impl Trainer {
             indicatif::ProgressBar::hidden()
         };
         let start = Instant::now();
+        self.segment_start = Some(start);
         let mut losses = Vec::new();
         let mut done = 0;
         let mut checkpoint = self.source_dir.clone();
         while self.opt.step < self.total_steps {
             if stop_after.is_some_and(|n| done >= n) {
                 break;
+            }
+            if self.cfg.train.max_time_s > 0.0 && self.elapsed_s() >= self.cfg.train.max_time_s {
+                break; // a resumed run whose budget is already spent
             }
             let step = self.opt.step;
             let t0 = Instant::now();
@@ -614,13 +644,13 @@ impl Trainer {
                 grad_norm,
                 tokens,
                 tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-                elapsed_s: start.elapsed().as_secs_f64(),
+                elapsed_s: self.elapsed_s(),
             };
             writeln!(log, "{}", serde_json::to_string(&entry).expect("serializable")).map_err(|e| e.to_string())?;
             bar.set_position(self.opt.step as u64);
             bar.set_message(format!("loss {loss:.4} lr {:.2e} tok/s {:.0}", lrs[0], entry.tokens_per_s));
             let every = self.cfg.train.save_every;
-            let out_of_time = self.cfg.train.max_time_s > 0.0 && start.elapsed().as_secs_f64() >= self.cfg.train.max_time_s;
+            let out_of_time = self.cfg.train.max_time_s > 0.0 && self.elapsed_s() >= self.cfg.train.max_time_s;
             if self.opt.step == self.total_steps || (every > 0 && self.opt.step % every == 0) || out_of_time {
                 checkpoint = self.save()?;
             }
@@ -674,7 +704,13 @@ impl Trainer {
             .collect::<candle_core::Result<_>>()
             .map_err(|e| e.to_string())?;
         candle_core::safetensors::save(&opt, tmp.join(OPT_FILE)).map_err(|e| e.to_string())?;
-        let state = TrainerState { step: self.opt.step, total_steps: self.total_steps, samples: self.data.len(), seed: self.cfg.train.seed };
+        let state = TrainerState {
+            step: self.opt.step,
+            total_steps: self.total_steps,
+            samples: self.data.len(),
+            seed: self.cfg.train.seed,
+            elapsed_s: self.elapsed_s(),
+        };
         std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(&state).expect("serializable")).map_err(io)?;
         sync_dir(&tmp).map_err(io)?;
         let _ = std::fs::remove_dir_all(&final_dir);

@@ -160,10 +160,10 @@ fn trains_with_tiled_input() {
     assert!(r.losses.iter().all(|l| l.is_finite()));
 }
 
-/// Synthetic scenes rendered on the fly, in padded micro-batches, with a wall-clock budget:
-/// the run trains, stops at the budget with a checkpoint, and resumes from it to the end.
+/// Synthetic scenes rendered on the fly, in padded micro-batches: the run trains, is
+/// interrupted after a saved step, and resumes from it to the end.
 #[test]
-fn trains_on_the_synthetic_stream_in_batches_within_a_time_budget() {
+fn trains_on_the_synthetic_stream_in_batches() {
     let tmp = tempfile::tempdir().unwrap();
     let write = |name: &str, extra: &str| {
         let text = format!(
@@ -176,10 +176,10 @@ fn trains_on_the_synthetic_stream_in_batches_within_a_time_budget() {
         TrainConfig::from_file(&f).unwrap()
     };
     // 12 samples / (3 x 2) = 2 steps per epoch, 2 epochs
-    let mut t = Trainer::new(write("a.toml", "epochs = 2\nmax_time_s = 1e-9"), &Device::Cpu).unwrap();
+    let mut t = Trainer::new(write("a.toml", "epochs = 2\nsave_every = 1"), &Device::Cpu).unwrap();
     assert_eq!(t.total_steps, 4);
-    let first = t.run(None, false).unwrap();
-    assert_eq!(first.losses.len(), 1, "a spent budget stops after the step in flight");
+    let first = t.run(Some(1), false).unwrap();
+    assert_eq!(first.losses.len(), 1);
     assert!(first.checkpoint.ends_with("checkpoint-1"), "{}", first.checkpoint.display());
     assert!(first.losses[0].is_finite() && first.losses[0] > 0.0);
     let rest = Trainer::new(write("a.toml", "epochs = 2"), &Device::Cpu).unwrap().run(None, false).unwrap();
@@ -194,4 +194,46 @@ fn trains_on_the_synthetic_stream_in_batches_within_a_time_budget() {
     std::fs::write(&f, format!("[model]\ninit = \"x\"\n[data]\n[train]\nout = \"o\"\nstage = 1\nlr = 1e-3\n")).unwrap();
     let e = TrainConfig::from_file(&f).unwrap_err();
     assert!(e.contains("tasks") && e.contains("synth"), "{e}");
+}
+
+#[test]
+fn config_overrides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("c.toml");
+    std::fs::write(&f, "[model]\ninit = \"init\"\n[data]\ntasks = \"t.txt\"\n[train]\nout = \"o\"\nstage = 1\nlr = 1e-3\n").unwrap();
+    let sets = ["train.max_time_s=30", "train.out=elsewhere", "data.synth.seed=4", "data.synth.samples=9", "data.tasks=x"];
+    let e = TrainConfig::from_file_with(&f, &sets.map(String::from)).unwrap_err();
+    assert!(e.contains("not both"), "{e}");
+    let c = TrainConfig::from_file_with(&f, &sets[..3].iter().map(|s| s.to_string()).chain(["data.synth.samples=9".into()]).collect::<Vec<_>>());
+    let e = c.unwrap_err();
+    assert!(e.contains("not both"), "{e}");
+    let c = TrainConfig::from_file_with(&f, &["train.max_time_s=30".into(), "train.out=elsewhere".into(), "train.stage=2".into()]).unwrap();
+    assert_eq!(c.train.max_time_s, 30.0);
+    assert_eq!(c.train.stage, 2);
+    assert_eq!(c.train.out, PathBuf::from("elsewhere"), "an overridden path is relative to the working directory");
+    assert_eq!(c.model.init, tmp.path().join("init"), "a path from the file is relative to the file");
+    for bad in ["train.lr", "train.nope=1", "train..x=1", "train.lr=-1"] {
+        assert!(TrainConfig::from_file_with(&f, &[bad.into()]).is_err(), "{bad} accepted");
+    }
+}
+
+/// `schedule = "time"`: warmup and cosine over the wall-clock budget; the run stops at the budget
+/// with the rate decayed to near zero, and a resumed run whose budget is spent does nothing.
+#[test]
+fn time_schedule_decays_over_the_budget() {
+    let data = dataset(&[]);
+    let body = "stage = 3\nlr = 1e-3\nepochs = 100000\nwarmup_ratio = 0.1\nmax_time_s = 3.0\nschedule = \"time\"";
+    let r = Trainer::new(config(data.path(), "timed", body), &Device::Cpu).unwrap().run(None, false).unwrap();
+    let metrics = std::fs::read_to_string(data.path().join("timed/metrics.jsonl")).unwrap();
+    let lrs: Vec<f64> = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
+    eprintln!("{} steps in 3 s, lr peak {:e}, last {:e}", lrs.len(), lrs.iter().cloned().fold(0.0, f64::max), lrs.last().unwrap());
+    assert!(lrs.len() >= 5, "only {} steps in 3 s", lrs.len());
+    assert!(lrs.iter().all(|l| *l <= 1e-3 + 1e-12));
+    assert!(lrs.iter().cloned().fold(0.0, f64::max) > 0.5e-3, "never warmed up: {lrs:?}");
+    // the last step starts before the budget ends, so its rate is small but not exactly zero
+    assert!(*lrs.last().unwrap() < 0.2e-3, "not decayed: {lrs:?}");
+    assert!(r.steps < r.total_steps);
+    let again = Trainer::new(config(data.path(), "timed", body), &Device::Cpu).unwrap().run(None, false).unwrap();
+    assert!(again.losses.is_empty(), "the budget was spent: {} more steps", again.losses.len());
+    assert_eq!(again.steps, r.steps);
 }
