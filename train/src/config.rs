@@ -36,6 +36,7 @@
 //!                                 # total, resumed segments included; 0 = no limit
 //! schedule = "steps"              # or "time": warmup + cosine over max_time_s of wall clock
 //!                                 # (fixed-budget GPU sessions; not bit-reproducible)
+//! tf32 = false                    # CUDA: f32 matmuls on TF32 tensor cores
 //! ```
 
 use serde::Deserialize;
@@ -154,6 +155,10 @@ pub struct TrainSection {
     pub max_time_s: f64,
     #[serde(default)]
     pub schedule: Schedule,
+    /// Let CUDA f32 matmuls use TF32 tensor cores (10-bit mantissa products, f32 accumulation),
+    /// as PyTorch's `allow_tf32`; no effect on CPU.
+    #[serde(default)]
+    pub tf32: bool,
 }
 
 /// What the learning-rate schedule runs over.

@@ -386,6 +386,9 @@ impl Trainer {
     pub fn new(cfg: TrainConfig, device: &Device) -> Result<Self, Error> {
         griffon_model::nn::set_differentiable(true);
         cfg.validate()?;
+        if device.is_cuda() {
+            candle_core::cuda::set_gemm_reduced_precision_f32(cfg.train.tf32);
+        }
         let bopts = BuildOptions {
             max_categories: cfg.data.max_categories,
             seed: cfg.train.seed,

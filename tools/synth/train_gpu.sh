@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One fixed-budget training run of the small synthetic-benchmark Griffon on the lent GPU machine
+# (device tool), stages I -> II -> III with wall-clock cosine schedules, then the trained
+# weights packed into $OUT (split into 15 MiB parts: the device returns at most 8 files of
+# 16 MiB). Runs from the repo root there. Prepared here (docs/SYNTH.md):
+#
+#   tools/cuda/build.sh && xz -T2 -6 -kc target/cuda/release/griffon > target/cuda/griffon.xz
+#   /work/venv/bin/python tools/synth/make_init.py --out runs/synth/init-1022 --image-size 1022
+#   device run, carry ["target/cuda/griffon.xz", "runs/synth/init-1022"]:
+#     tools/synth/train_gpu.sh default 1022 1 4 4 40 330 60
+#   here: tools/synth/unpack.sh <files_at> runs/synth/default
+#
+# Arguments: NAME SIZE TILES BATCH ACCUM T1 T2 T3 (seconds per stage). The resolution study runs
+# the same budget at SIZE 252 / 504 / 1022 and SIZE 504 TILES 2 (1008 px as 2 x 2 tiles).
+set -uo pipefail
+NAME=${1:-default} SIZE=${2:-1022} TILES=${3:-1} BATCH=${4:-4} ACCUM=${5:-4}
+T1=${6:-40} T2=${7:-330} T3=${8:-60}
+OUT=${OUT:-/tmp/griffon-out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+# GRIFFON_BIN=target/release/griffon DEVICE=cpu: a dry run of this script on the CPU
+BIN=${GRIFFON_BIN:-/tmp/griffon} DEVICE=${DEVICE:-cuda}
+if [ -z "${GRIFFON_BIN:-}" ]; then
+  if ! xz -dc target/cuda/griffon.xz > $BIN 2>/dev/null; then
+    python3 -c "import lzma, sys; sys.stdout.buffer.write(lzma.open('target/cuda/griffon.xz').read())" > $BIN || exit 1
+  fi
+  chmod +x $BIN
+  export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+fi
+date -u
+RUN=runs/synth/$NAME
+INIT=runs/synth/init-$SIZE
+[ -f "$INIT/config.json" ] || { echo "missing $INIT (carry it)"; exit 1; }
+common=(--device "$DEVICE" --quiet --set train.schedule=time --set "train.batch_size=$BATCH" --set "train.grad_accum=$ACCUM")
+[ "$TILES" -gt 1 ] && common+=(--set "model.tiles=$TILES")
+prev=$INIT
+for s in 1 2 3; do
+  t=$(eval echo \$T$s)
+  echo "== stage $s: $t s from $prev"
+  $BIN train --config configs/synth/stage$s.toml "${common[@]}" --set "model.init=$prev" \
+    --set "train.out=$RUN/stage$s" --set "train.max_time_s=$t" || { echo "stage $s failed"; break; }
+  tail -n 2 "$RUN/stage$s/metrics.jsonl"
+  prev=$RUN/stage$s
+done
+last=$prev/$(cat "$prev/latest" 2>/dev/null)
+echo "== packing $last"
+rm -rf /tmp/pack /tmp/pack.tar; mkdir -p /tmp/pack/metrics
+for s in 1 2 3; do [ -f "$RUN/stage$s/metrics.jsonl" ] && cp "$RUN/stage$s/metrics.jsonl" /tmp/pack/metrics/stage$s.jsonl; done
+tar -C /tmp/pack -cf /tmp/pack.tar metrics
+tar -C "$last" -rf /tmp/pack.tar --exclude='optimizer.safetensors' .
+split -b 15M -d /tmp/pack.tar "$OUT/pack.tar.part-"
+ls -la "$OUT"
+date -u

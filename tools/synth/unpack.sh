@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Reassembles what tools/synth/train_gpu.sh packed: unpack.sh FILES_AT DEST
+# -> DEST/ (a checkpoint the engine loads) and DEST/metrics/stage{1,2,3}.jsonl.
+set -euo pipefail
+[ $# -eq 2 ] || { echo "usage: $0 FILES_AT DEST" >&2; exit 2; }
+mkdir -p "$2"
+cat "$1"/pack.tar.part-* | tar -C "$2" -xf -
+[ -f "$1/log.txt" ] && cp "$1/log.txt" "$2/train_log.txt"
+ls -la "$2"
