@@ -932,6 +932,7 @@ fn synth_cmd(a: &SynthArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    griffon_model::pin_cpu_thread_count();
     let cli = Cli::parse();
     let r = match &cli.command {
         Command::Generate(a) => generate_cmd(a),

@@ -36,25 +36,52 @@ impl ClipVisionConfig {
     }
 }
 
+/// The q / k / v projections: separate (training: each weight is its own variable) or fused into
+/// one [3C, C] projection with the query scale folded in (inference: one matmul and one layout
+/// copy instead of three of each).
+enum Qkv {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Qkv,
     out: Linear,
     heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
+    fn new(q: Linear, k: Linear, v: Linear, out: Linear, heads: usize, head_dim: usize) -> Result<Self> {
+        let qkv = if crate::nn::differentiable() {
+            Qkv::Separate { q, k, v }
+        } else {
+            let scale = (head_dim as f64).powf(-0.5);
+            let weight = Tensor::cat(&[&(&q.weight * scale)?, &k.weight, &v.weight], 0)?;
+            let bias = match (&q.bias, &k.bias, &v.bias) {
+                (Some(qb), Some(kb), Some(vb)) => Some(Tensor::cat(&[&(qb * scale)?, kb, vb], 0)?),
+                _ => return invalid("CLIP attention projections must all have biases"),
+            };
+            Qkv::Fused(Linear { weight, bias })
+        };
+        Ok(Self { qkv, out, heads, head_dim })
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        let (h, d) = (self.heads, self.head_dim);
+        let (q, k, v) = match &self.qkv {
+            Qkv::Separate { q, k, v } => {
+                let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, n, h, d))?.transpose(1, 2)?.contiguous()?) };
+                let scale = (d as f64).powf(-0.5);
+                (split((q.forward(x)? * scale)?)?, split(k.forward(x)?)?, split(v.forward(x)?)?)
+            }
+            Qkv::Fused(l) => {
+                // [B, N, 3C] -> [3, B, H, N, d] in one copy
+                let t = l.forward(x)?.reshape((b, n, 3, h, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+                (t.get(0)?, t.get(1)?, t.get(2)?)
+            }
         };
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let q = split((self.q.forward(x)? * scale)?)?;
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
         let y = full_attention(&q, &k, &v, ATTN_QUERY_CHUNK)?.transpose(1, 2)?.reshape((b, n, c))?;
         self.out.forward(&y)
     }
@@ -174,14 +201,14 @@ impl ClipVision {
             let a = l.pp("self_attn");
             layers.push(Layer {
                 ln1: LayerNorm::load(&l.pp("layer_norm1"), h, cfg.layer_norm_eps)?,
-                attn: Attention {
-                    q: Linear::load(&a.pp("q_proj"), h, h, true)?,
-                    k: Linear::load(&a.pp("k_proj"), h, h, true)?,
-                    v: Linear::load(&a.pp("v_proj"), h, h, true)?,
-                    out: Linear::load(&a.pp("out_proj"), h, h, true)?,
-                    heads: cfg.num_attention_heads,
-                    head_dim: cfg.head_dim(),
-                },
+                attn: Attention::new(
+                    Linear::load(&a.pp("q_proj"), h, h, true)?,
+                    Linear::load(&a.pp("k_proj"), h, h, true)?,
+                    Linear::load(&a.pp("v_proj"), h, h, true)?,
+                    Linear::load(&a.pp("out_proj"), h, h, true)?,
+                    cfg.num_attention_heads,
+                    cfg.head_dim(),
+                )?,
                 ln2: LayerNorm::load(&l.pp("layer_norm2"), h, cfg.layer_norm_eps)?,
                 fc1: Linear::load(&l.pp("mlp.fc1"), h, cfg.intermediate_size, true)?,
                 fc2: Linear::load(&l.pp("mlp.fc2"), cfg.intermediate_size, h, true)?,

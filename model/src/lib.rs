@@ -28,3 +28,15 @@ pub mod tasks;
 pub mod tokenize;
 
 pub use error::{Error, Result};
+
+/// Fixes candle's CPU thread count for the process. candle 0.11 asks for its thread count on
+/// every CPU matmul and, unless `RAYON_NUM_THREADS` is set, recounts the physical cores by
+/// parsing /proc/cpuinfo each time: measured at about a third of the tiny benchmark's time.
+/// Call once at the start of `main`, before any other thread exists (it sets the variable to
+/// the count candle would have found when it is unset).
+pub fn pin_cpu_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}

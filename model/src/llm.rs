@@ -55,33 +55,88 @@ impl Rope {
 }
 
 /// Per-layer key / value cache, [B, kv_heads, S, head_dim] each.
-#[derive(Default, Clone)]
+///
+/// The prefill's keys and values are kept as computed (no copy; the training graph runs through
+/// them). Later appends (decoding) write into a buffer with room to spare, grown in steps of
+/// [`KV_GROWTH`] positions, instead of concatenating the whole cache again for every token.
+#[derive(Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
+}
+
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    /// Valid positions (the buffers may hold more).
+    len: usize,
+    /// The buffers were allocated here and nothing else writes them: appends may fill them.
+    owned: bool,
+}
+
+/// Positions a decoding buffer grows by.
+pub const KV_GROWTH: usize = 512;
+
+impl Clone for KvCache {
+    /// A clone shares the filled positions; its own next append copies into a new buffer, so
+    /// neither cache writes where the other reads.
+    fn clone(&self) -> Self {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|l| LayerKv { k: l.k.clone(), v: l.v.clone(), len: l.len, owned: false }))
+            .collect();
+        Self { layers }
+    }
 }
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers] }
+        Self { layers: (0..n_layers).map(|_| None).collect() }
     }
 
     /// Tokens already cached.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
+        self.layers.first().and_then(|l| l.as_ref()).map(|l| l.len).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Appends and returns the full keys / values of layer `i`.
+    /// Appends and returns the full keys / values of layer `i` (views of the first `len` positions).
     pub fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let kv = match self.layers[i].take() {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+        let t = k.dim(2)?;
+        let l = match self.layers[i].take() {
+            None => LayerKv { k, v, len: t, owned: false },
+            Some(l) if differentiable() => {
+                // training: keep the graph (concatenation is differentiable, slice writes are not)
+                let pk = l.k.narrow(2, 0, l.len)?;
+                let pv = l.v.narrow(2, 0, l.len)?;
+                LayerKv { k: Tensor::cat(&[&pk, &k], 2)?, v: Tensor::cat(&[&pv, &v], 2)?, len: l.len + t, owned: false }
+            }
+            Some(mut l) => {
+                let need = l.len + t;
+                if !l.owned || l.k.dim(2)? < need {
+                    let cap = (need + KV_GROWTH).next_multiple_of(KV_GROWTH);
+                    let grow = |old: &Tensor| -> Result<Tensor> {
+                        let (b, h, _, d) = old.dims4()?;
+                        let buf = Tensor::zeros((b, h, cap, d), old.dtype(), old.device())?;
+                        buf.slice_set(&old.narrow(2, 0, l.len)?.contiguous()?, 2, 0)?;
+                        Ok(buf)
+                    };
+                    l.k = grow(&l.k)?;
+                    l.v = grow(&l.v)?;
+                    l.owned = true;
+                }
+                l.k.slice_set(&k.contiguous()?, 2, l.len)?;
+                l.v.slice_set(&v.contiguous()?, 2, l.len)?;
+                l.len = need;
+                l
+            }
         };
-        self.layers[i] = Some(kv.clone());
-        Ok(kv)
+        let out = (l.k.narrow(2, 0, l.len)?, l.v.narrow(2, 0, l.len)?);
+        self.layers[i] = Some(l);
+        Ok(out)
     }
 }
 
@@ -125,7 +180,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, spec
     let rep = h / kvh;
     // Group query heads by their kv head: [B, KV, rep*T, d] so one matmul serves a group.
     let qg = q.contiguous()?.reshape((b, kvh, rep * t, d))?;
-    let mut scores = (qg.matmul(&k.contiguous()?.t()?)? * spec.scale)?.to_dtype(DType::F32)?;
+    let mut scores = (qg.matmul(&k.t()?)? * spec.scale)?.to_dtype(DType::F32)?;
     if let Some(cap) = spec.softcap {
         scores = ((scores / cap)?.tanh()? * cap)?;
     }
@@ -134,7 +189,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, spec
         scores = scores.reshape((b, kvh, rep, t, s))?.broadcast_add(mask)?.reshape((b, kvh, rep * t, s))?;
     }
     let probs = softmax_last(&scores)?.to_dtype(v.dtype())?;
-    Ok(probs.matmul(&v.contiguous()?)?.reshape((b, h, t, d))?)
+    Ok(probs.matmul(v)?.reshape((b, h, t, d))?)
 }
 
 /// The decoder LLMs Griffon drives through inputs_embeds.
@@ -202,5 +257,48 @@ impl Llm {
             Llm::Gemma2(m) => m.head(h),
             Llm::Llama(m) => m.head(h),
         }
+    }
+}
+
+#[cfg(test)]
+mod kv_tests {
+    use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Appends past the growth step equal one concatenation; a clone keeps its contents while
+    /// the original goes on, and appends to the clone do not reach the original.
+    #[test]
+    fn buffered_appends_equal_concatenation() {
+        let dev = Device::Cpu;
+        let rnd = |t: usize| Tensor::randn(0f32, 1.0, (1, 2, t, 4), &dev).unwrap();
+        let mut c = KvCache::new(1);
+        let mut all_k = vec![rnd(7)];
+        let mut all_v = vec![rnd(7)];
+        c.append(0, all_k[0].clone(), all_v[0].clone()).unwrap();
+        let mut snapshot = None;
+        for step in 0..KV_GROWTH + 20 {
+            let (k, v) = (rnd(1), rnd(1));
+            all_k.push(k.clone());
+            all_v.push(v.clone());
+            let (ck, cv) = c.append(0, k, v).unwrap();
+            if step == 3 {
+                snapshot = Some((c.clone(), ck.clone()));
+            }
+            assert_eq!(ck.dim(2).unwrap(), 8 + step);
+            if step % 97 == 0 || step == KV_GROWTH + 19 {
+                assert_eq!(max_diff(&ck, &Tensor::cat(&all_k, 2).unwrap()), 0.0, "step {step}");
+                assert_eq!(max_diff(&cv, &Tensor::cat(&all_v, 2).unwrap()), 0.0, "step {step}");
+            }
+        }
+        assert_eq!(c.len(), 7 + KV_GROWTH + 20);
+        let (mut copy, seen) = snapshot.unwrap();
+        assert_eq!(copy.len(), 11);
+        let (k, _) = copy.append(0, rnd(1), rnd(1)).unwrap();
+        assert_eq!(max_diff(&k.narrow(2, 0, 11).unwrap(), &seen), 0.0, "the clone kept its positions");
+        let (ck, _) = c.append(0, rnd(1), rnd(1)).unwrap();
+        assert_eq!(max_diff(&ck.narrow(2, 0, 12).unwrap(), &Tensor::cat(&all_k[..6], 2).unwrap()), 0.0, "the original is untouched by the clone");
     }
 }
