@@ -4,7 +4,7 @@
 # weights packed into $OUT (split into 15 MiB parts: the device returns at most 8 files of
 # 16 MiB). Runs from the repo root there. Prepared here (docs/SYNTH.md):
 #
-#   tools/cuda/build.sh && xz -T2 -6 -kc target/cuda/release/griffon > target/cuda/griffon.xz
+#   tools/cuda/build.sh && xz -T2 -6 -kc target/cuda/release/griffon > target/cuda/griffon.xz  (device_env.sh)
 #   /work/venv/bin/python tools/synth/make_init.py --out runs/synth/init-1022 --image-size 1022
 #   device run, carry ["target/cuda/griffon.xz", "runs/synth/init-1022"]:
 #     tools/synth/train_gpu.sh default 1022 1 4 4 40 330 60
@@ -19,30 +19,28 @@ OUT=${OUT:-/tmp/griffon-out}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
 # GRIFFON_BIN=target/release/griffon DEVICE=cpu: a dry run of this script on the CPU
-BIN=${GRIFFON_BIN:-/tmp/griffon} DEVICE=${DEVICE:-cuda}
-if [ -z "${GRIFFON_BIN:-}" ]; then
-  if ! xz -dc target/cuda/griffon.xz > $BIN 2>/dev/null; then
-    python3 -c "import lzma, sys; sys.stdout.buffer.write(lzma.open('target/cuda/griffon.xz').read())" > $BIN || exit 1
-  fi
-  chmod +x $BIN
-  export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-fi
+DEVICE=${DEVICE:-cuda}
+source tools/cuda/device_env.sh
+BIN=$G
 date -u
 RUN=runs/synth/$NAME
-INIT=runs/synth/init-$SIZE
+# INIT=runs/synth/default (a checkpoint brought back by an earlier session, unpacked and carried)
+# continues training from its weights with fresh optimizer state; a stage budget of 0 skips it.
+INIT=${INIT:-runs/synth/init-$SIZE}
 [ -f "$INIT/config.json" ] || { echo "missing $INIT (carry it)"; exit 1; }
 common=(--device "$DEVICE" --quiet --set train.schedule=time --set "train.batch_size=$BATCH" --set "train.grad_accum=$ACCUM")
 [ "$TILES" -gt 1 ] && common+=(--set "model.tiles=$TILES")
 prev=$INIT
 for s in 1 2 3; do
   t=$(eval echo \$T$s)
+  [ "$t" = 0 ] && { echo "== stage $s skipped"; continue; }
   echo "== stage $s: $t s from $prev"
   $BIN train --config configs/synth/stage$s.toml "${common[@]}" --set "model.init=$prev" \
     --set "train.out=$RUN/stage$s" --set "train.max_time_s=$t" || { echo "stage $s failed"; break; }
   tail -n 2 "$RUN/stage$s/metrics.jsonl"
   prev=$RUN/stage$s
 done
+[ "$prev" = "$INIT" ] && { echo "nothing trained"; exit 1; }
 last=$prev/$(cat "$prev/latest" 2>/dev/null)
 echo "== packing $last"
 rm -rf /tmp/pack /tmp/pack.tar; mkdir -p /tmp/pack/metrics
