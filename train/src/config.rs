@@ -37,6 +37,7 @@
 //! schedule = "steps"              # or "time": warmup + cosine over max_time_s of wall clock
 //!                                 # (fixed-budget GPU sessions; not bit-reproducible)
 //! tf32 = false                    # CUDA: f32 matmuls on TF32 tensor cores
+//! dtype = "f32"                   # or "bf16" / "f16": mixed precision, f32 master weights
 //! ```
 
 use serde::Deserialize;
@@ -159,6 +160,25 @@ pub struct TrainSection {
     /// as PyTorch's `allow_tf32`; no effect on CPU.
     #[serde(default)]
     pub tf32: bool,
+    /// Compute dtype of the model: f32 (default), bf16 or f16 (mixed precision: the optimizer
+    /// keeps f32 master weights and moments, checkpoints are written from the masters).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+impl TrainSection {
+    pub fn compute_dtype(&self) -> Result<candle_core::DType, String> {
+        match self.dtype.as_str() {
+            "f32" => Ok(candle_core::DType::F32),
+            "bf16" => Ok(candle_core::DType::BF16),
+            "f16" => Ok(candle_core::DType::F16),
+            o => Err(format!("train.dtype must be f32, bf16 or f16, got {o:?}")),
+        }
+    }
 }
 
 /// What the learning-rate schedule runs over.
@@ -291,6 +311,7 @@ impl TrainConfig {
         if !(t.max_time_s >= 0.0 && t.max_time_s.is_finite()) {
             return Err(format!("train.max_time_s must be a non-negative number of seconds, got {}", t.max_time_s));
         }
+        t.compute_dtype()?;
         if t.schedule == Schedule::Time && t.max_time_s <= 0.0 {
             return Err("train.schedule = \"time\" needs train.max_time_s > 0".into());
         }

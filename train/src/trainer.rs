@@ -6,7 +6,7 @@ use crate::config::{Module, Schedule, TrainConfig};
 use crate::data::{build_all, read_task_list, BuildOptions, Sample, Skipped, TaskKind};
 use crate::synth::SynthStream;
 use crate::optim::{clip_grad_norm, cosine_with_warmup, cosine_with_warmup_frac, warmup_steps, AdamW};
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, D};
 use griffon_core::template::with_image_marker;
 use griffon_core::{check_visual_counts, Piece, Placeholder, Template};
 use griffon_model::griffon::{Griffon, LoadOptions};
@@ -410,7 +410,7 @@ impl Trainer {
         let pred_modules = modules.clone();
         let opts = LoadOptions {
             device: device.clone(),
-            dtype: DType::F32,
+            dtype: cfg.train.compute_dtype()?,
             image_size: cfg.model.image_size,
             tiles: cfg.model.tiles,
             ..Default::default()
@@ -688,12 +688,14 @@ impl Trainer {
         copy_support_files(&self.source_dir, &tmp).map_err(io)?;
         // weights: trainable from the variables (stored dtype), frozen as stored
         let src = Checkpoint::open(&self.source_dir, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
-        let trained: HashMap<&str, &Var> = self.opt.params.iter().map(|p| (p.name.as_str(), &p.var)).collect();
+        // trained tensors from the optimizer's f32 masters (in mixed precision the variables
+        // hold a rounded copy)
+        let trained: HashMap<&str, &Tensor> = self.opt.params.iter().map(|p| (p.name.as_str(), &p.master)).collect();
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for n in src.names() {
             let stored = src.get_stored(n).map_err(|e| e.to_string())?;
             let t = match trained.get(n) {
-                Some(v) => v.as_tensor().to_dtype(stored.dtype()).and_then(|t| t.to_device(&Device::Cpu)).map_err(|e| e.to_string())?,
+                Some(m) => m.to_dtype(stored.dtype()).and_then(|t| t.to_device(&Device::Cpu)).map_err(|e| e.to_string())?,
                 None => stored,
             };
             tensors.insert(n.to_string(), t);
