@@ -74,10 +74,7 @@ impl LayerNorm {
         let dt = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let y = if differentiable() {
-            let mean = xf.mean_keepdim(D::Minus1)?;
-            let c = xf.broadcast_sub(&mean)?;
-            let var = c.sqr()?.mean_keepdim(D::Minus1)?;
-            c.broadcast_div(&(var + self.eps)?.sqrt()?)?
+            normalize_with_grad(&xf, self.eps, true)?
                 .broadcast_mul(&self.weight.to_dtype(DType::F32)?)?
                 .broadcast_add(&self.bias.to_dtype(DType::F32)?)?
         } else {
@@ -112,8 +109,7 @@ impl RmsNorm {
         let w = self.weight.to_dtype(DType::F32)?;
         let scale = if self.one_plus { (w + 1.0)? } else { w };
         let y = if differentiable() {
-            let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
-            xf.broadcast_div(&(ms + self.eps)?.sqrt()?)?.broadcast_mul(&scale)?
+            normalize_with_grad(&xf, self.eps, false)?.broadcast_mul(&scale)?
         } else {
             candle_nn::ops::rms_norm(&xf.contiguous()?, &scale, self.eps as f32)?
         };
@@ -143,6 +139,75 @@ pub fn softmax_last_with_grad(x: &Tensor) -> Result<Tensor> {
 /// as a softmax of the first.
 struct SoftmaxGrad;
 
+/// The normalisation of a layer / RMS norm over the last dimension without its affine part, f32:
+/// `(x - mean) / sqrt(var + eps)` (`centered`) or `x / sqrt(mean(x^2) + eps)`. Forward by candle's
+/// fused kernel (with unit weight), backward explicit:
+/// `dx = rstd * (g - mean(g) - xhat * mean(g * xhat))` (RMS: without the `mean(g)` term).
+pub fn normalize_with_grad(x: &Tensor, eps: f64, centered: bool) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let c = x.dim(D::Minus1)?;
+    let ones = Tensor::ones(c, x.dtype(), x.device())?;
+    let xhat = if centered {
+        candle_nn::ops::layer_norm(&x, &ones, &Tensor::zeros(c, x.dtype(), x.device())?, eps as f32)?
+    } else {
+        candle_nn::ops::rms_norm(&x, &ones, eps as f32)?
+    };
+    Ok(x.apply_op2(&xhat, NormGrad { eps, centered })?)
+}
+
+/// Returns its second argument (the normalisation of the first) and differentiates as one.
+struct NormGrad {
+    eps: f64,
+    centered: bool,
+}
+
+fn copy_fresh<S: candle_core::backend::BackendStorage>(y: &S, yl: &candle_core::Layout, op: &str) -> candle_core::Result<(S, candle_core::Shape)> {
+    if !yl.is_contiguous() || yl.start_offset() != 0 {
+        candle_core::bail!("{op}: the precomputed result must be a fresh contiguous tensor");
+    }
+    Ok((y.try_clone(yl)?, yl.shape().clone()))
+}
+
+impl candle_core::CustomOp2 for NormGrad {
+    fn name(&self) -> &'static str {
+        "normalize-with-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        y: &candle_core::CpuStorage,
+        yl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        copy_fresh(y, yl, self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+        y: &candle_core::CudaStorage,
+        yl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        copy_fresh(y, yl, self.name())
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let var = if self.centered {
+            x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?.sqr()?.mean_keepdim(D::Minus1)?
+        } else {
+            x.sqr()?.mean_keepdim(D::Minus1)?
+        };
+        let rstd = (var + self.eps)?.sqrt()?.recip()?;
+        let mut inner = grad.broadcast_sub(&res.broadcast_mul(&(grad * res)?.mean_keepdim(D::Minus1)?)?)?;
+        if self.centered {
+            inner = inner.broadcast_sub(&grad.mean_keepdim(D::Minus1)?)?;
+        }
+        Ok((Some(inner.broadcast_mul(&rstd)?), None))
+    }
+}
+
 impl candle_core::CustomOp2 for SoftmaxGrad {
     fn name(&self) -> &'static str {
         "softmax-last-dim-with-grad"
@@ -155,11 +220,7 @@ impl candle_core::CustomOp2 for SoftmaxGrad {
         y: &candle_core::CpuStorage,
         yl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        if !yl.is_contiguous() || yl.start_offset() != 0 {
-            candle_core::bail!("softmax-last-dim-with-grad: the softmax must be a fresh contiguous tensor");
-        }
-        Ok((y.try_clone(yl)?, yl.shape().clone()))
+        copy_fresh(y, yl, self.name())
     }
 
     fn cuda_fwd(
@@ -169,11 +230,7 @@ impl candle_core::CustomOp2 for SoftmaxGrad {
         y: &candle_core::CudaStorage,
         yl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        if !yl.is_contiguous() || yl.start_offset() != 0 {
-            candle_core::bail!("softmax-last-dim-with-grad: the softmax must be a fresh contiguous tensor");
-        }
-        Ok((y.try_clone(yl)?, yl.shape().clone()))
+        copy_fresh(y, yl, self.name())
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
@@ -237,9 +294,9 @@ mod softmax_tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// The fused-forward softmax differentiates like the composed one (max, sub, exp, sum, div).
+    /// The fused-forward softmax and norms differentiate like the composed forms.
     #[test]
-    fn softmax_with_grad_matches_the_composed_form() {
+    fn fused_forward_ops_differentiate_like_the_composed_forms() {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, (2, 3, 5, 7), &dev).unwrap())).unwrap();
         let w = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &dev).unwrap();
@@ -254,6 +311,25 @@ mod softmax_tests {
         let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
         let scale: f32 = gb.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
         assert!(scale > 1e-3 && diff(ga, gb) < 1e-6 * scale.max(1.0), "{} vs scale {scale}", diff(ga, gb));
+        // the norms' explicit backward equals the composed forms'
+        for centered in [true, false] {
+            let xs = x.as_tensor();
+            let a = normalize_with_grad(xs, 1e-5, centered).unwrap();
+            let b = if centered {
+                let c = xs.broadcast_sub(&xs.mean_keepdim(D::Minus1).unwrap()).unwrap();
+                let var = c.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                c.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap()
+            } else {
+                let ms = xs.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                xs.broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap()).unwrap()
+            };
+            assert!(diff(&a, &b) < 1e-5, "centered {centered}: forward {}", diff(&a, &b));
+            let ga = (&a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (&b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let (ga, gb) = (ga.get(xs).unwrap(), gb.get(xs).unwrap());
+            let scale: f32 = gb.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            assert!(scale > 1e-3 && diff(ga, gb) < 1e-5 * scale.max(1.0), "centered {centered}: {} vs scale {scale}", diff(ga, gb));
+        }
         // a non-contiguous input is made contiguous by softmax_last, never passed through
         let t = x.as_tensor().transpose(2, 3).unwrap();
         assert!(softmax_last(&t).is_ok());
