@@ -126,10 +126,12 @@ pub fn warmup_steps(total: usize, ratio: f64) -> usize {
 /// Scales gradients in place so that their global L2 norm is at most `max_norm`; returns the
 /// norm before clipping (`clip_grad_norm_`: coefficient max_norm / (norm + 1e-6), capped at 1).
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let mut sq = 0f64;
-    for g in grads.iter() {
-        sq += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    if grads.is_empty() {
+        return Ok(0.0);
     }
+    // one transfer for all the per-tensor sums (not one device sync per tensor), summed in f64
+    let sums = grads.iter().map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.reshape(1)).collect::<Result<Vec<_>>>()?;
+    let sq: f64 = Tensor::cat(&sums, 0)?.to_vec1::<f32>()?.iter().map(|x| *x as f64).sum();
     let norm = sq.sqrt();
     if max_norm > 0.0 {
         let coef = max_norm / (norm + 1e-6);
