@@ -12,7 +12,8 @@ use griffon_model::resample::Interp;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-const REL_TOL: f32 = 1e-4;
+mod common;
+use common::assert_close;
 
 fn dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eva02");
@@ -55,18 +56,6 @@ fn ckpt(weights: &str) -> Checkpoint {
     let f = d.join(format!("{weights}.safetensors"));
     assert!(f.is_file(), "EVA02 fixture {} is missing: run tools/reference/make_eva02_fixtures.py", f.display());
     Checkpoint::open_files(&d, &[f], &Device::Cpu, DType::F32).unwrap()
-}
-
-fn assert_close(what: &str, got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let got = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let want = want.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let err: f32 = (&got - &want).unwrap().abs().unwrap().max(0).unwrap().to_scalar().unwrap();
-    let scale: f32 = want.abs().unwrap().max(0).unwrap().to_scalar().unwrap();
-    let rel = err / scale.max(1e-12);
-    eprintln!("{what}: max abs err {err:.3e}, scale {scale:.3e}, relative {rel:.3e}");
-    assert!(rel <= REL_TOL, "{what}: max abs error {err:e} exceeds {REL_TOL:e} x scale {scale:e}");
-    rel
 }
 
 fn case<'a>(m: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {

@@ -13,7 +13,8 @@ use griffon_model::resample::Interp;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-const REL_TOL: f32 = 1e-4;
+mod common;
+use common::assert_close;
 
 fn case_dir(case: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(case);
@@ -60,19 +61,6 @@ impl Case {
         };
         Griffon::load(&self.dir.join("ckpt"), &opts).unwrap()
     }
-}
-
-/// Returns (max abs error, scale) and asserts the relative bound.
-fn assert_close(what: &str, got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims(), "{what}: shape");
-    let got = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let want = want.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let err: f32 = (&got - &want).unwrap().abs().unwrap().max(0).unwrap().to_scalar().unwrap();
-    let scale: f32 = want.abs().unwrap().max(0).unwrap().to_scalar().unwrap();
-    let rel = err / scale.max(1e-12);
-    eprintln!("{what}: max abs err {err:.3e}, scale {scale:.3e}, relative {rel:.3e}");
-    assert!(rel <= REL_TOL, "{what}: max abs error {err:e} exceeds {REL_TOL:e} x scale {scale:e}");
-    rel
 }
 
 fn check_case(case: &str) {
