@@ -4,13 +4,15 @@
 #   mkdir -p .device && cp ../shared/bench/torch_reference_bench.py .device/   (../shared does not travel)
 # then through the device tool:
 #   command: bash tools/cuda/gpu_session.sh   carry: ["target/cuda/griffon.xz", ".device"]   timeout_s: ~420
-# $OUT gets two files (the device returns at most 8): log.txt and results.tar with the fixture check
+# QUICK=1 benchmarks gemma2-9b alone (to leave time for tools/synth/train_gpu.sh in the same
+# session: tools/device_session.sh runs both).
+# $OUT gets two files (the device returns at most 8): bench_log.txt and results.tar with the fixture check
 # on CUDA (f32 and bf16), our benchmark of the released shapes, and the PyTorch reference
 # benchmark on the same card in the same call.
 set -uo pipefail
 OUT=${OUT:-/tmp/griffon-out}
 mkdir -p "$OUT"
-exec > >(tee "$OUT/log.txt") 2>&1
+exec > >(tee "$OUT/bench_log.txt") 2>&1
 source tools/cuda/device_env.sh
 R=/tmp/results
 rm -rf $R && mkdir -p $R
@@ -19,7 +21,9 @@ for d in f32 bf16; do
   timeout 120 "$G" selfcheck --device cuda --dtype $d --json > "$R/selfcheck_cuda_$d.json" 2> "$R/selfcheck_cuda_$d.err"
   echo "selfcheck $d: rc $?"; tail -c 600 "$R/selfcheck_cuda_$d.err"
 done
-for c in gemma2-9b llama2-13b eva02-llama2-13b; do
+configs="gemma2-9b llama2-13b eva02-llama2-13b"
+[ "${QUICK:-0}" = 1 ] && configs=gemma2-9b
+for c in $configs; do
   timeout 150 "$G" bench --config $c --random-weights --device cuda --dtype bf16 --json > "$R/bench_$c.json" 2> "$R/bench_$c.err"
   echo "bench $c: rc $?"; cat "$R/bench_$c.json"; tail -c 400 "$R/bench_$c.err"
 done

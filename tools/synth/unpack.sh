@@ -5,5 +5,5 @@ set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 FILES_AT DEST" >&2; exit 2; }
 mkdir -p "$2"
 cat "$1"/pack.tar.part-* | tar -C "$2" -xf -
-[ -f "$1/log.txt" ] && cp "$1/log.txt" "$2/train_log.txt"
+[ -f "$1/train_log.txt" ] && cp "$1/train_log.txt" "$2/train_log.txt"
 ls -la "$2"
