@@ -263,26 +263,30 @@ impl Loader {
     }
 }
 
-/// Loads micro-batches ahead of the training loop on `workers` threads (in order), so image
-/// decoding / scene rendering overlaps the model's forward and backward.
+/// Loads micro-batches ahead of the training loop on `workers` threads, delivered in order, so
+/// image decoding / scene rendering overlaps the model's forward and backward. With more workers
+/// than samples per micro-batch, several micro-batches are loaded at once.
 struct Prefetch {
     rx: Option<Receiver<Vec<Result<Loaded, Skipped>>>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Prefetch {
-    fn start(loader: Loader, first_mb: usize, batch: usize, workers: usize, depth: usize) -> Self {
-        let (tx, rx) = sync_channel(depth);
+    fn start(loader: Loader, first_mb: usize, batch: usize, workers: usize) -> Self {
+        let workers = workers.max(1);
+        // micro-batches loaded together
+        let group = workers.div_ceil(batch).max(1);
+        let (tx, rx) = sync_channel(2 * group);
         let handle = std::thread::spawn(move || {
-            let workers = workers.clamp(1, batch);
+            let per_worker = (group * batch).div_ceil(workers);
             let mut orders: Vec<Option<(usize, Vec<usize>)>> = vec![None; workers];
-            for mb in first_mb.. {
-                let start = mb * batch;
-                let mut out: Vec<Option<Result<Loaded, Skipped>>> = (0..batch).map(|_| None).collect();
+            for round in 0.. {
+                let start = (first_mb + round * group) * batch;
+                let mut out: Vec<Option<Result<Loaded, Skipped>>> = (0..group * batch).map(|_| None).collect();
                 std::thread::scope(|sc| {
-                    for (w, (chunk, order)) in out.chunks_mut(batch.div_ceil(workers)).zip(orders.iter_mut()).enumerate() {
+                    for (w, (chunk, order)) in out.chunks_mut(per_worker).zip(orders.iter_mut()).enumerate() {
                         let loader = &loader;
-                        let base = start + w * batch.div_ceil(workers);
+                        let base = start + w * per_worker;
                         sc.spawn(move || {
                             for (j, slot) in chunk.iter_mut().enumerate() {
                                 *slot = Some(loader.load(base + j, order));
@@ -290,8 +294,11 @@ impl Prefetch {
                         });
                     }
                 });
-                if tx.send(out.into_iter().map(|x| x.expect("every slot filled")).collect()).is_err() {
-                    return; // the trainer stopped
+                let mut items = out.into_iter().map(|x| x.expect("every slot filled"));
+                for _ in 0..group {
+                    if tx.send(items.by_ref().take(batch).collect()).is_err() {
+                        return; // the trainer stopped
+                    }
                 }
             }
         });
@@ -529,7 +536,7 @@ impl Trainer {
                 0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
                 w => w,
             };
-            self.prefetch = Some((mb, Prefetch::start(loader, mb, self.cfg.train.batch_size, workers, 2)));
+            self.prefetch = Some((mb, Prefetch::start(loader, mb, self.cfg.train.batch_size, workers)));
         }
         let (next, p) = self.prefetch.as_mut().expect("started above");
         let out = p.next()?;

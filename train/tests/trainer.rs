@@ -260,3 +260,23 @@ fn bf16_mixed_precision_trains_and_saves_the_masters() {
     let rounded: f32 = (p.var.as_tensor().to_dtype(candle_core::DType::F32).unwrap() - &p.master).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
     assert!(rounded > 0.0, "the bf16 variable is a rounded copy");
 }
+
+/// The data order does not depend on how many loader threads there are (several micro-batches
+/// load at once when there are more threads than samples per micro-batch).
+#[test]
+fn data_order_is_independent_of_the_worker_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |workers: usize| {
+        let text = format!(
+            "[model]\ninit = {:?}\n[data]\nmax_len = 1024\nmax_categories = 6\n[data.synth]\nseed = 5\nsamples = 40\nsize = 64\nmax_objects = 3\n\
+             [train]\nout = \"w{workers}\"\nstage = 3\nlr = 1e-3\nbatch_size = 2\nworkers = {workers}\nmax_steps = 4\nwarmup_ratio = 0.0\n",
+            fixture().join("ckpt")
+        );
+        let f = tmp.path().join(format!("w{workers}.toml"));
+        std::fs::write(&f, text).unwrap();
+        Trainer::new(TrainConfig::from_file(&f).unwrap(), &Device::Cpu).unwrap().run(None, false).unwrap().losses
+    };
+    let (a, b) = (run(1), run(5));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "losses differ between 1 and 5 loader threads");
+}
