@@ -77,6 +77,10 @@ struct SelfcheckArgs {
     device: String,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DtypeArg,
+    /// Run the GPU's half-precision attention arithmetic (scores, soft-capping and mask in the
+    /// model dtype) on the CPU too, to check its numerics here.
+    #[arg(long)]
+    low_precision_attention: bool,
     #[arg(long)]
     json: bool,
 }
@@ -892,6 +896,7 @@ fn assemble_cmd(a: &AssembleArgs) -> Result<()> {
 }
 
 fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
+    griffon_model::nn::set_low_precision_attention_on_cpu(a.low_precision_attention);
     let dtype = match a.dtype {
         DtypeArg::F32 => DType::F32,
         DtypeArg::Bf16 => DType::BF16,

@@ -11,7 +11,7 @@
 
 use crate::error::{invalid, Result};
 use crate::loader::Scope;
-use crate::nn::{softmax_last, Act, LayerNorm, Linear};
+use crate::nn::{attention_probs, Act, LayerNorm, Linear};
 use crate::resample::{resize_grid, Interp};
 use candle_core::{DType, Tensor};
 
@@ -98,14 +98,14 @@ pub fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor, chunk: usize) -> Resul
     let n = q.dim(2)?;
     let kt = k.t()?;
     if n <= chunk {
-        return Ok(softmax_last(&q.matmul(&kt)?)?.matmul(v)?);
+        return Ok(attention_probs(&q.matmul(&kt)?, v.dtype())?.matmul(v)?);
     }
     let mut outs = Vec::with_capacity(n.div_ceil(chunk));
     let mut start = 0;
     while start < n {
         let len = chunk.min(n - start);
         let qc = q.narrow(2, start, len)?;
-        outs.push(softmax_last(&qc.matmul(&kt)?)?.matmul(v)?);
+        outs.push(attention_probs(&qc.matmul(&kt)?, v.dtype())?.matmul(v)?);
         start += len;
     }
     Ok(Tensor::cat(&outs, 2)?)

@@ -7,7 +7,7 @@ use crate::error::{invalid, Result};
 use crate::gemma2::Gemma2;
 use crate::llama::Llama;
 use crate::loader::Checkpoint;
-use crate::nn::{differentiable, softmax_last};
+use crate::nn::{attention_probs, differentiable, low_precision_attention};
 use candle_core::{DType, Device, Tensor, D};
 
 /// cos / sin tables for HF-style RoPE: `inv_freq[i] = theta^(-2i/d)`, angle = pos * inv_freq.
@@ -180,15 +180,19 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, spec
     let rep = h / kvh;
     // Group query heads by their kv head: [B, KV, rep*T, d] so one matmul serves a group.
     let qg = q.contiguous()?.reshape((b, kvh, rep * t, d))?;
-    let mut scores = (qg.matmul(&k.t()?)? * spec.scale)?.to_dtype(DType::F32)?;
+    let mut scores = (qg.matmul(&k.t()?)? * spec.scale)?;
+    if !low_precision_attention(&scores) {
+        scores = scores.to_dtype(DType::F32)?;
+    }
     if let Some(cap) = spec.softcap {
         scores = ((scores / cap)?.tanh()? * cap)?;
     }
     if let Some(mask) = mask {
         // [B, KV, rep, T, S] + [T, S]: the same mask for every head of the group
-        scores = scores.reshape((b, kvh, rep, t, s))?.broadcast_add(mask)?.reshape((b, kvh, rep * t, s))?;
+        let mask = mask.to_dtype(scores.dtype())?;
+        scores = scores.reshape((b, kvh, rep, t, s))?.broadcast_add(&mask)?.reshape((b, kvh, rep * t, s))?;
     }
-    let probs = softmax_last(&scores)?.to_dtype(v.dtype())?;
+    let probs = attention_probs(&scores, v.dtype())?;
     Ok(probs.matmul(v)?.reshape((b, h, t, d))?)
 }
 

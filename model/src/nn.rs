@@ -117,6 +117,36 @@ impl RmsNorm {
     }
 }
 
+static LOW_PRECISION_ATTENTION_ON_CPU: AtomicBool = AtomicBool::new(false);
+
+/// Runs the GPU's attention arithmetic on the CPU too (`griffon selfcheck
+/// --low-precision-attention`), so its numerics can be checked against the fixtures here.
+pub fn set_low_precision_attention_on_cpu(on: bool) {
+    LOW_PRECISION_ATTENTION_ON_CPU.store(on, Ordering::SeqCst);
+}
+
+/// Whether attention scores of `t`'s dtype stay in that dtype up to the softmax. On a GPU in bf16
+/// / f16 inference they do, as in the reference (HF eager attention computes scores, soft-capping
+/// and the mask in the model dtype and the softmax with f32 accumulation): converting a ViT-L
+/// score matrix at 1022 px (16 x 5330 x 5330 per layer) to f32 and back would add about 5 GB of
+/// memory traffic per layer. On the CPU, and in training, scores go to f32 first.
+pub fn low_precision_attention(t: &Tensor) -> bool {
+    t.dtype() != DType::F32
+        && !differentiable()
+        && (!t.device().is_cpu() || LOW_PRECISION_ATTENTION_ON_CPU.load(Ordering::Relaxed))
+}
+
+/// Attention probabilities in `out` dtype from scores: candle's fused softmax straight on
+/// half-precision scores (f32 accumulation inside the kernel) when [`low_precision_attention`],
+/// else [`softmax_last`] in f32.
+pub fn attention_probs(scores: &Tensor, out: DType) -> Result<Tensor> {
+    if low_precision_attention(scores) {
+        Ok(candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?.to_dtype(out)?)
+    } else {
+        Ok(softmax_last(scores)?.to_dtype(out)?)
+    }
+}
+
 /// Softmax over the last dimension, in f32.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let dt = x.dtype();
