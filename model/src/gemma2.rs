@@ -8,21 +8,20 @@
 
 use crate::config::Gemma2Config;
 use crate::error::Result;
-use crate::llm::{attention, causal_mask, AttnSpec, KvCache, Rope};
+use crate::llm::{attention, causal_mask, AttnSpec, KvCache, Projections, Rope};
 use crate::loader::{Checkpoint, Scope};
 use crate::nn::{Embedding, Linear, RmsNorm};
 use candle_core::Tensor;
 
 struct Layer {
     input_ln: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k, v
+    qkv: Projections,
     o: Linear,
     post_attn_ln: RmsNorm,
     pre_ff_ln: RmsNorm,
-    gate: Linear,
-    up: Linear,
+    /// gate, up
+    gate_up: Projections,
     down: Linear,
     post_ff_ln: RmsNorm,
     sliding: bool,
@@ -52,14 +51,18 @@ impl Gemma2 {
             let f = l.pp("mlp");
             layers.push(Layer {
                 input_ln: norm(&l.pp("input_layernorm"))?,
-                q: Linear::load_opt_bias(&a.pp("q_proj"), h, nh * hd)?,
-                k: Linear::load_opt_bias(&a.pp("k_proj"), h, nkv * hd)?,
-                v: Linear::load_opt_bias(&a.pp("v_proj"), h, nkv * hd)?,
+                qkv: Projections::new(vec![
+                    Linear::load_opt_bias(&a.pp("q_proj"), h, nh * hd)?,
+                    Linear::load_opt_bias(&a.pp("k_proj"), h, nkv * hd)?,
+                    Linear::load_opt_bias(&a.pp("v_proj"), h, nkv * hd)?,
+                ])?,
                 o: Linear::load_opt_bias(&a.pp("o_proj"), nh * hd, h)?,
                 post_attn_ln: norm(&l.pp("post_attention_layernorm"))?,
                 pre_ff_ln: norm(&l.pp("pre_feedforward_layernorm"))?,
-                gate: Linear::load(&f.pp("gate_proj"), h, cfg.intermediate_size, false)?,
-                up: Linear::load(&f.pp("up_proj"), h, cfg.intermediate_size, false)?,
+                gate_up: Projections::new(vec![
+                    Linear::load(&f.pp("gate_proj"), h, cfg.intermediate_size, false)?,
+                    Linear::load(&f.pp("up_proj"), h, cfg.intermediate_size, false)?,
+                ])?,
                 down: Linear::load(&f.pp("down_proj"), cfg.intermediate_size, h, false)?,
                 post_ff_ln: norm(&l.pp("post_feedforward_layernorm"))?,
                 sliding: cfg.sliding_layers[i],
@@ -111,9 +114,10 @@ impl Gemma2 {
         let mut x = (x * normalizer)?;
         for (i, l) in self.layers.iter().enumerate() {
             let hn = l.input_ln.forward(&x)?;
-            let q = l.q.forward(&hn)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = l.k.forward(&hn)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let v = l.v.forward(&hn)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let qkv = l.qkv.forward(&hn)?;
+            let q = qkv[0].reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = qkv[1].reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = qkv[2].reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let q = self.rope.apply(&q, offset)?;
             let k = self.rope.apply(&k, offset)?;
             let (k, v) = cache.append(i, k, v)?;
@@ -124,8 +128,9 @@ impl Gemma2 {
             let a = l.post_attn_ln.forward(&l.o.forward(&a)?)?;
             x = (x + a)?;
             let hn = l.pre_ff_ln.forward(&x)?;
-            let g = self.cfg.hidden_act.apply(&l.gate.forward(&hn)?)?;
-            let f = l.down.forward(&(g * l.up.forward(&hn)?)?)?;
+            let gu = l.gate_up.forward(&hn)?;
+            let g = self.cfg.hidden_act.apply(&gu[0])?;
+            let f = l.down.forward(&(g * &gu[1])?)?;
             x = (x + l.post_ff_ln.forward(&f)?)?;
         }
         Ok(x)

@@ -5,20 +5,19 @@
 
 use crate::config::LlamaConfig;
 use crate::error::Result;
-use crate::llm::{attention, causal_mask, AttnSpec, KvCache, Rope};
+use crate::llm::{attention, causal_mask, AttnSpec, KvCache, Projections, Rope};
 use crate::loader::Checkpoint;
 use crate::nn::{Embedding, Linear, RmsNorm};
 use candle_core::Tensor;
 
 struct Layer {
     input_ln: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k, v
+    qkv: Projections,
     o: Linear,
     post_ln: RmsNorm,
-    gate: Linear,
-    up: Linear,
+    /// gate, up
+    gate_up: Projections,
     down: Linear,
 }
 
@@ -48,13 +47,17 @@ impl Llama {
             let mb = cfg.mlp_bias;
             layers.push(Layer {
                 input_ln: RmsNorm::load(&l.pp("input_layernorm"), h, eps, false)?,
-                q: Linear::load(&a.pp("q_proj"), h, nh * hd, qkvb)?,
-                k: Linear::load(&a.pp("k_proj"), h, nkv * hd, qkvb)?,
-                v: Linear::load(&a.pp("v_proj"), h, nkv * hd, qkvb)?,
+                qkv: Projections::new(vec![
+                    Linear::load(&a.pp("q_proj"), h, nh * hd, qkvb)?,
+                    Linear::load(&a.pp("k_proj"), h, nkv * hd, qkvb)?,
+                    Linear::load(&a.pp("v_proj"), h, nkv * hd, qkvb)?,
+                ])?,
                 o: Linear::load(&a.pp("o_proj"), nh * hd, h, ab)?,
                 post_ln: RmsNorm::load(&l.pp("post_attention_layernorm"), h, eps, false)?,
-                gate: Linear::load(&f.pp("gate_proj"), h, cfg.intermediate_size, mb)?,
-                up: Linear::load(&f.pp("up_proj"), h, cfg.intermediate_size, mb)?,
+                gate_up: Projections::new(vec![
+                    Linear::load(&f.pp("gate_proj"), h, cfg.intermediate_size, mb)?,
+                    Linear::load(&f.pp("up_proj"), h, cfg.intermediate_size, mb)?,
+                ])?,
                 down: Linear::load(&f.pp("down_proj"), cfg.intermediate_size, h, mb)?,
             });
         }
@@ -99,9 +102,10 @@ impl Llama {
         let mut x = x.clone();
         for (i, l) in self.layers.iter().enumerate() {
             let hn = l.input_ln.forward(&x)?;
-            let q = l.q.forward(&hn)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = l.k.forward(&hn)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let v = l.v.forward(&hn)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let qkv = l.qkv.forward(&hn)?;
+            let q = qkv[0].reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = qkv[1].reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = qkv[2].reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let q = self.rope.apply(&q, offset)?;
             let k = self.rope.apply(&k, offset)?;
             let (k, v) = cache.append(i, k, v)?;
@@ -109,8 +113,9 @@ impl Llama {
             let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             x = (x + l.o.forward(&a)?)?;
             let hn = l.post_ln.forward(&x)?;
-            let g = self.cfg.hidden_act.apply(&l.gate.forward(&hn)?)?;
-            x = (x + l.down.forward(&(g * l.up.forward(&hn)?)?)?)?;
+            let gu = l.gate_up.forward(&hn)?;
+            let g = self.cfg.hidden_act.apply(&gu[0])?;
+            x = (x + l.down.forward(&(g * &gu[1])?)?)?;
         }
         Ok(x)
     }

@@ -7,7 +7,7 @@ use crate::error::{invalid, Result};
 use crate::gemma2::Gemma2;
 use crate::llama::Llama;
 use crate::loader::Checkpoint;
-use crate::nn::{attention_probs, differentiable, low_precision_attention};
+use crate::nn::{attention_probs, differentiable, low_precision_attention, Linear};
 use candle_core::{DType, Device, Tensor, D};
 
 /// cos / sin tables for HF-style RoPE: `inv_freq[i] = theta^(-2i/d)`, angle = pos * inv_freq.
@@ -137,6 +137,52 @@ impl KvCache {
         let out = (l.k.narrow(2, 0, l.len)?, l.v.narrow(2, 0, l.len)?);
         self.layers[i] = Some(l);
         Ok(out)
+    }
+}
+
+/// Projections of the same input (q / k / v, gate / up): separate while training (each weight its
+/// own variable), one matmul over the concatenated weights at inference (fewer kernel launches per
+/// decoded token: 2 instead of 5 per layer).
+pub enum Projections {
+    Separate(Vec<Linear>),
+    Fused { linear: Linear, sizes: Vec<usize> },
+}
+
+impl Projections {
+    pub fn new(parts: Vec<Linear>) -> Result<Self> {
+        let biases = parts.iter().filter(|p| p.bias.is_some()).count();
+        if differentiable() || parts.len() < 2 || (biases != 0 && biases != parts.len()) {
+            return Ok(Projections::Separate(parts));
+        }
+        let sizes = parts.iter().map(|p| p.weight.dim(0)).collect::<candle_core::Result<Vec<_>>>()?;
+        let ws: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let weight = Tensor::cat(&ws, 0)?;
+        let bias = if biases == 0 {
+            None
+        } else {
+            let bs: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
+            Some(Tensor::cat(&bs, 0)?)
+        };
+        Ok(Projections::Fused { linear: Linear { weight, bias }, sizes })
+    }
+
+    /// Each projection of x, in order.
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        match self {
+            Projections::Separate(ps) => ps.iter().map(|p| p.forward(x)).collect(),
+            Projections::Fused { linear, sizes } => {
+                let y = linear.forward(x)?;
+                let mut at = 0;
+                sizes
+                    .iter()
+                    .map(|n| {
+                        let t = y.narrow(D::Minus1, at, *n)?;
+                        at += n;
+                        Ok(t)
+                    })
+                    .collect()
+            }
+        }
     }
 }
 
