@@ -24,8 +24,13 @@ done
 configs="gemma2-9b llama2-13b eva02-llama2-13b"
 [ "${QUICK:-0}" = 1 ] && configs=gemma2-9b
 for c in $configs; do
+  # peak GPU memory: the bench reports resident memory only on the CPU, so sample nvidia-smi
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$R/mem_$c.csv" 2>/dev/null &
+  sampler=$!
   timeout 150 "$G" bench --config $c --random-weights --device cuda --dtype bf16 --json > "$R/bench_$c.json" 2> "$R/bench_$c.err"
-  echo "bench $c: rc $?"; cat "$R/bench_$c.json"; tail -c 400 "$R/bench_$c.err"
+  rc=$?
+  kill $sampler 2>/dev/null
+  echo "bench $c: rc $rc, peak GPU memory $(sort -n "$R/mem_$c.csv" | tail -n 1) MiB"; cat "$R/bench_$c.json"; tail -c 400 "$R/bench_$c.err"
 done
 REF=$(ls .device/torch_reference_bench.py shared/bench/torch_reference_bench.py 2>/dev/null | head -n 1)
 if [ -n "$REF" ]; then
