@@ -38,6 +38,9 @@ pub struct SynthOptions {
     pub seed: u64,
     pub size: u32,
     pub max_objects: usize,
+    /// Write only this split (`train`, `val` or `test`); scene indices and contents are those of
+    /// the full benchmark.
+    pub only_split: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -342,9 +345,17 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
     if o.n == 0 {
         return Err("--n must be at least 1".into());
     }
+    if let Some(s) = o.only_split.as_deref() {
+        if !["train", "val", "test"].contains(&s) {
+            return Err(format!("--split must be train, val or test, got {s:?}"));
+        }
+    }
     let mut per: BTreeMap<&str, Vec<(usize, Vec<Object>)>> = BTreeMap::new();
     for k in 0..o.n {
         let split = split_of(k, o.n);
+        if o.only_split.as_deref().is_some_and(|s| s != split) {
+            continue;
+        }
         let dir = o.out.join("images").join(split);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let (img, objs) = scene(o.seed, k, o.size, o.max_objects);

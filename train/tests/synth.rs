@@ -35,7 +35,7 @@ fn high_resolution_scenes_have_many_tiny_objects() {
 fn every_format_reads_back() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("synth");
-    let summary = generate(&SynthOptions { out: out.clone(), n: 10, seed: 5, size: 192, max_objects: 8 }).unwrap();
+    let summary = generate(&SynthOptions { out: out.clone(), n: 10, seed: 5, size: 192, max_objects: 8, only_split: None }).unwrap();
     assert_eq!(summary["train"].images + summary["val"].images + summary["test"].images, 10);
     // training data through the released task-list format
     let sources = read_task_list(&out.join("train/tasks.txt")).unwrap();
@@ -73,7 +73,7 @@ fn stream_matches_the_written_benchmark() {
     use griffon_train::synth::{scene_annotations, SynthStream};
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("synth");
-    generate(&SynthOptions { out: out.clone(), n: 10, seed: 3, size: 160, max_objects: 8 }).unwrap();
+    generate(&SynthOptions { out: out.clone(), n: 10, seed: 3, size: 160, max_objects: 8, only_split: None }).unwrap();
     let (det, _) = read_det_jsonl(&out.join("train/det.jsonl")).unwrap();
     let opts = BuildOptions { max_categories: 6, ..BuildOptions::default() };
     let stream = SynthStream::new(3, 160, 8, vec![(TaskKind::Det, 1.0)], opts.clone()).unwrap();
@@ -96,4 +96,19 @@ fn stream_matches_the_written_benchmark() {
     assert_eq!(kinds.len(), 4, "{kinds:?}");
     assert!(SynthStream::new(4, 96, 6, vec![(TaskKind::Lazy, 1.0)], BuildOptions::default()).is_err());
     assert!(SynthStream::new(4, 96, 6, vec![(TaskKind::Det, 0.0)], BuildOptions::default()).is_err());
+}
+
+/// `--split test` writes exactly the test split of the full benchmark, nothing else.
+#[test]
+fn one_split_equals_that_split_of_the_full_benchmark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
+    generate(&SynthOptions { out: full.clone(), n: 20, seed: 9, size: 96, max_objects: 5, only_split: None }).unwrap();
+    let s = generate(&SynthOptions { out: part.clone(), n: 20, seed: 9, size: 96, max_objects: 5, only_split: Some("test".into()) }).unwrap();
+    assert_eq!(s.keys().collect::<Vec<_>>(), vec!["test"]);
+    assert!(!part.join("train").exists() && !part.join("images/train").exists());
+    for f in ["test/instances.json", "test/refcoco.jsonl", "test/count.jsonl", "test/reg_eval.jsonl", "images/test/000018.png"] {
+        assert_eq!(std::fs::read(full.join(f)).unwrap(), std::fs::read(part.join(f)).unwrap(), "{f}");
+    }
+    assert!(generate(&SynthOptions { out: part, n: 20, seed: 9, size: 96, max_objects: 5, only_split: Some("dev".into()) }).is_err());
 }
