@@ -32,7 +32,8 @@ impl AdamW {
         let params = vars
             .into_iter()
             .map(|(name, var, group)| {
-                let master = var.as_tensor().to_dtype(DType::F32)?.copy()?;
+                // detached: optimizer state must never carry an autograd graph (see `step`)
+                let master = var.as_tensor().detach().to_dtype(DType::F32)?.copy()?.detach();
                 let m = master.zeros_like()?;
                 let v = master.zeros_like()?;
                 Ok(Param { name, var, master, m, v, group })
@@ -50,7 +51,10 @@ impl AdamW {
         let bc2 = 1.0 - self.beta2.powi(t);
         for (p, g) in self.params.iter_mut().zip(grads) {
             let lr = lrs[p.group];
-            let g = g.to_dtype(DType::F32)?;
+            // Gradients computed by backward ops that involve variables carry op records that
+            // reach back into the step's forward graph; state built from them would keep every
+            // step's graph alive (a leak of about 100 MB per step measured at 252 px).
+            let g = g.detach().to_dtype(DType::F32)?;
             if self.weight_decay != 0.0 {
                 p.master = (&p.master * (1.0 - lr * self.weight_decay))?;
             }
@@ -58,7 +62,9 @@ impl AdamW {
             p.v = ((&p.v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let denom = ((p.v.clone() / bc2)?.sqrt()? + self.eps)?;
             let update = ((&p.m / bc1)? / denom)?;
-            p.master = (&p.master - (update * lr)?)?;
+            p.master = (&p.master - (update * lr)?)?.detach();
+            p.m = p.m.detach();
+            p.v = p.v.detach();
             p.var.set(&p.master.to_dtype(p.var.dtype())?)?;
         }
         Ok(())

@@ -598,7 +598,8 @@ impl Trainer {
             tokens += n;
             for (g, p) in grads.iter_mut().zip(&self.opt.params) {
                 if let Some(pg) = gs.get(p.var.as_tensor()) {
-                    *g = (&*g + pg.to_dtype(DType::F32).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+                    // detached: a gradient's op records reach back into this step's graph
+                    *g = (&*g + pg.detach().to_dtype(DType::F32).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
                 }
             }
         }

@@ -280,3 +280,19 @@ fn data_order_is_independent_of_the_worker_count() {
     assert_eq!(a.len(), 4);
     assert_eq!(a, b, "losses differ between 1 and 5 loader threads");
 }
+
+/// Optimizer state never records autograd ops: state built from gradients that do would keep
+/// every step's graph alive (measured before the fix: resident memory 0.7 GB after 4 steps,
+/// 2.0 GB after 16, and an out-of-memory kill after 72 steps of a 252 px run).
+#[test]
+fn optimizer_state_holds_no_graph() {
+    let data = dataset(&[]);
+    let cfg = config(data.path(), "nograph", "stage = 2\nlr = 1e-3\nmax_steps = 2\nwarmup_ratio = 0.0");
+    let mut t = Trainer::new(cfg, &Device::Cpu).unwrap();
+    t.run(None, false).unwrap();
+    for p in &t.opt.params {
+        for (what, x) in [("master", &p.master), ("m", &p.m), ("v", &p.v)] {
+            assert!(!x.track_op(), "{} {what} records ops", p.name);
+        }
+    }
+}
