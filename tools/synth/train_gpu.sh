@@ -10,14 +10,14 @@
 #     tools/synth/train_gpu.sh default 1022 1 4 4 40 330 60
 #   here: tools/synth/unpack.sh <files_at> runs/synth/default
 #
-# Arguments: NAME SIZE TILES BATCH ACCUM T1 T2 T3 (seconds per stage). The resolution study runs
-# the same budget at SIZE 252 / 504 / 1022 and SIZE 504 TILES 2 (1008 px as 2 x 2 tiles).
+# Arguments: NAME SIZE TILES BATCH ACCUM T1 T2 T3 (seconds per stage; with SCHEDULE=steps,
+# optimizer steps per stage: the resolution study gives every input size the same samples).
 set -uo pipefail
 NAME=${1:-default} SIZE=${2:-1022} TILES=${3:-1} BATCH=${4:-4} ACCUM=${5:-4}
 T1=${6:-40} T2=${7:-330} T3=${8:-60}
 OUT=${OUT:-/tmp/griffon-out}
 mkdir -p "$OUT"
-exec > >(tee "$OUT/log.txt") 2>&1
+exec > >(tee "$OUT/train_log.txt") 2>&1
 # GRIFFON_BIN=target/release/griffon DEVICE=cpu: a dry run of this script on the CPU
 DEVICE=${DEVICE:-cuda}
 source tools/cuda/device_env.sh
@@ -28,15 +28,17 @@ RUN=runs/synth/$NAME
 # continues training from its weights with fresh optimizer state; a stage budget of 0 skips it.
 INIT=${INIT:-runs/synth/init-$SIZE}
 [ -f "$INIT/config.json" ] || { echo "missing $INIT (carry it)"; exit 1; }
-common=(--device "$DEVICE" --quiet --set train.schedule=time --set "train.batch_size=$BATCH" --set "train.grad_accum=$ACCUM")
+SCHEDULE=${SCHEDULE:-time}
+common=(--device "$DEVICE" --quiet --set "train.schedule=$SCHEDULE" --set "train.batch_size=$BATCH" --set "train.grad_accum=$ACCUM")
 [ "$TILES" -gt 1 ] && common+=(--set "model.tiles=$TILES")
 prev=$INIT
 for s in 1 2 3; do
   t=$(eval echo \$T$s)
   [ "$t" = 0 ] && { echo "== stage $s skipped"; continue; }
-  echo "== stage $s: $t s from $prev"
-  $BIN train --config configs/synth/stage$s.toml "${common[@]}" --set "model.init=$prev" \
-    --set "train.out=$RUN/stage$s" --set "train.max_time_s=$t" || { echo "stage $s failed"; break; }
+  echo "== stage $s: $t ($SCHEDULE) from $prev"
+  if [ "$SCHEDULE" = steps ]; then budget=(--set "train.max_steps=$t"); else budget=(--set "train.max_time_s=$t"); fi
+  $BIN train --config configs/synth/stage$s.toml "${common[@]}" "${budget[@]}" --set "model.init=$prev" \
+    --set "train.out=$RUN/stage$s" || { echo "stage $s failed"; break; }
   tail -n 2 "$RUN/stage$s/metrics.jsonl"
   prev=$RUN/stage$s
 done
