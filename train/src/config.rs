@@ -38,6 +38,7 @@
 //!                                 # (fixed-budget GPU sessions; not bit-reproducible)
 //! tf32 = false                    # CUDA: f32 matmuls on TF32 tensor cores
 //! dtype = "f32"                   # or "bf16" / "f16": mixed precision, f32 master weights
+//! keep_checkpoints = 0            # keep only the newest N checkpoint-* folders; 0 = all
 //! ```
 
 use serde::Deserialize;
@@ -164,6 +165,10 @@ pub struct TrainSection {
     /// keeps f32 master weights and moments, checkpoints are written from the masters).
     #[serde(default = "default_dtype")]
     pub dtype: String,
+    /// Keep only the newest N checkpoints of this run (0 = keep all), as transformers'
+    /// `save_total_limit`.
+    #[serde(default)]
+    pub keep_checkpoints: usize,
 }
 
 fn default_dtype() -> String {

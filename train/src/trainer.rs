@@ -732,8 +732,31 @@ impl Trainer {
         std::fs::write(&latest_tmp, &name).map_err(io)?;
         std::fs::File::open(&latest_tmp).and_then(|f| f.sync_all()).map_err(io)?;
         std::fs::rename(&latest_tmp, out.join(LATEST)).map_err(io)?;
+        if self.cfg.train.keep_checkpoints > 0 {
+            prune_checkpoints(&out, self.cfg.train.keep_checkpoints, &name).map_err(io)?;
+        }
         Ok(final_dir)
     }
+}
+
+/// Removes all but the newest `keep` `checkpoint-N` folders of `out` (never `current`).
+fn prune_checkpoints(out: &Path, keep: usize, current: &str) -> std::io::Result<()> {
+    let mut found: Vec<(usize, PathBuf)> = Vec::new();
+    for e in std::fs::read_dir(out)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_prefix("checkpoint-").and_then(|n| n.parse::<usize>().ok()) {
+            if name != current && e.path().is_dir() {
+                found.push((n, e.path()));
+            }
+        }
+    }
+    found.sort();
+    let excess = (found.len() + 1).saturating_sub(keep);
+    for (_, p) in found.into_iter().take(excess) {
+        std::fs::remove_dir_all(p)?;
+    }
+    Ok(())
 }
 
 fn copy_support_files(from: &Path, to: &Path) -> std::io::Result<()> {

@@ -296,3 +296,18 @@ fn optimizer_state_holds_no_graph() {
         }
     }
 }
+
+#[test]
+fn keeps_only_the_newest_checkpoints() {
+    let data = dataset(&[]);
+    let cfg = config(data.path(), "keep", "stage = 1\nlr = 1e-3\nmax_steps = 5\nsave_every = 1\nkeep_checkpoints = 2");
+    let r = Trainer::new(cfg, &Device::Cpu).unwrap().run(None, false).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(data.path().join("keep"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["checkpoint-4", "checkpoint-5"]);
+    assert!(r.checkpoint.ends_with("checkpoint-5"));
+}
