@@ -433,6 +433,9 @@ struct GenerateArgs {
     /// The user text; `<image>\n` is prepended when it has no <image>.
     #[arg(long)]
     prompt: String,
+    /// Print the answer as it is generated.
+    #[arg(long)]
+    stream: bool,
 }
 
 #[derive(Args)]
@@ -613,8 +616,22 @@ fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     let prompt = m.render_prompt(&a.prompt, Some(template));
     let prepared = m.prepare(&prompt, &[image], &regions)?;
     let stop = m.stop_ids(template, Some(&a.model.model))?;
-    let ans = m.answer(&prepared, &stop, &sampling)?;
-    writeln!(std::io::stdout().lock(), "{}", ans.text)?;
+    if a.stream {
+        let mut out = std::io::stdout();
+        let mut io_err = None;
+        m.answer_streaming(&prepared, &stop, &sampling, |piece| {
+            if io_err.is_none() {
+                io_err = out.write_all(piece.as_bytes()).and_then(|_| out.flush()).err();
+            }
+        })?;
+        if let Some(e) = io_err {
+            return Err(e.into());
+        }
+        writeln!(out)?;
+    } else {
+        let ans = m.answer(&prepared, &stop, &sampling)?;
+        writeln!(std::io::stdout().lock(), "{}", ans.text)?;
+    }
     Ok(())
 }
 

@@ -206,3 +206,23 @@ fn selfcheck_passes_on_cpu_in_f32_and_bf16() {
         assert!(cases.iter().all(|c| c["pass"] == true), "{dtype}: {v}");
     }
 }
+
+/// `generate --stream` prints, piece by piece, the same text the plain command prints (the
+/// Llama fixture's byte-level pieces and the Gemma fixture's `▁` pieces, 40 tokens each).
+#[test]
+fn streamed_generation_prints_the_same_text() {
+    for case in ["gemma2_region", "llama2_bf16", "qwen2"] {
+        let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/parity").join(case);
+        let (model, image) = (d.join("ckpt"), d.join("image.png"));
+        let base = ["generate", "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap(), "--prompt", "Describe the image.", "--max-new-tokens", "40"];
+        let plain = griffon(&base);
+        assert!(plain.status.success(), "{case}: {}", String::from_utf8_lossy(&plain.stderr));
+        let mut args = base.to_vec();
+        args.push("--stream");
+        let streamed = griffon(&args);
+        assert!(streamed.status.success(), "{case}: {}", String::from_utf8_lossy(&streamed.stderr));
+        let (a, b) = (String::from_utf8_lossy(&plain.stdout), String::from_utf8_lossy(&streamed.stdout));
+        assert!(!a.trim().is_empty(), "{case}: empty answer");
+        assert_eq!(a, b, "{case}");
+    }
+}

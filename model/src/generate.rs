@@ -95,17 +95,15 @@ pub fn greedy_on_device(logits: &Tensor) -> Result<(u32, f32)> {
 }
 
 /// Decodes after the prompt embeddings `prefix` [1, T, H]. `on_token` is called with each
-/// generated id, in order, once decoding has finished (it does not stream).
+/// generated id as soon as it is chosen (it streams; see [`crate::tokenize::TextStream`]).
 pub fn generate(
     llm: &Llm,
     prefix: &Tensor,
     stop_ids: &[u32],
     opts: &SamplingOptions,
-    mut on_token: impl FnMut(u32),
+    on_token: impl FnMut(u32),
 ) -> Result<Generation> {
-    let g = generate_with(llm, prefix, stop_ids, opts, |_, _| true)?;
-    g.tokens.iter().for_each(|t| on_token(*t));
-    Ok(g)
+    generate_streaming(llm, prefix, stop_ids, opts, |_, _| true, on_token)
 }
 
 /// As [`generate`], with a constraint: `allow(ids_so_far, candidate)` must accept a token for it
@@ -116,7 +114,19 @@ pub fn generate_with(
     prefix: &Tensor,
     stop_ids: &[u32],
     opts: &SamplingOptions,
+    allow: impl FnMut(&[u32], u32) -> bool,
+) -> Result<Generation> {
+    generate_streaming(llm, prefix, stop_ids, opts, allow, |_| {})
+}
+
+/// [`generate_with`] that also calls `on_token` with each id as soon as it is chosen.
+pub fn generate_streaming(
+    llm: &Llm,
+    prefix: &Tensor,
+    stop_ids: &[u32],
+    opts: &SamplingOptions,
     mut allow: impl FnMut(&[u32], u32) -> bool,
+    mut on_token: impl FnMut(u32),
 ) -> Result<Generation> {
     if prefix.dim(0)? != 1 {
         return invalid(format!("generate expects one sequence, got a batch of {}", prefix.dim(0)?));
@@ -139,6 +149,7 @@ pub fn generate_with(
             if allow(&tokens, tok) {
                 probs.push(p);
                 tokens.push(tok);
+                on_token(tok);
                 if stop_ids.contains(&tok) {
                     return Ok(Generation { tokens, probs, stop: StopReason::StopToken });
                 }
@@ -181,6 +192,7 @@ pub fn generate_with(
         };
         probs.push(prob_of(tok));
         tokens.push(tok);
+        on_token(tok);
         if stop_ids.contains(&tok) {
             return Ok(Generation { tokens, probs, stop: StopReason::StopToken });
         }

@@ -493,7 +493,33 @@ impl Griffon {
 
     /// Generates an answer; the text skips special tokens and is trimmed.
     pub fn answer(&self, prepared: &Prepared, stop_ids: &[u32], opts: &SamplingOptions) -> Result<Answer> {
-        let generation = generate(&self.llm, &prepared.embeds, stop_ids, opts, |_| {})?;
+        self.answer_streaming(prepared, stop_ids, opts, |_| {})
+    }
+
+    /// [`Griffon::answer`], calling `on_text` with each new piece of the answer's text as it is
+    /// generated (the pieces concatenate to the trimmed answer text, except where the decoder
+    /// rewrites text already shown, see [`crate::tokenize::TextStream`]).
+    pub fn answer_streaming(
+        &self,
+        prepared: &Prepared,
+        stop_ids: &[u32],
+        opts: &SamplingOptions,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Answer> {
+        let mut stream = crate::tokenize::TextStream::new(&self.tokenizer);
+        let mut failed = None;
+        let generation = generate(&self.llm, &prepared.embeds, stop_ids, opts, |id| match stream.push(id) {
+            Ok(piece) if !piece.is_empty() => on_text(&piece),
+            Ok(_) => {}
+            Err(e) => failed = failed.take().or(Some(e)),
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let rest = stream.finish()?;
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
         let text = self.tokenizer.decode(&generation.tokens, true)?.trim().to_string();
         Ok(Answer { text, generation })
     }

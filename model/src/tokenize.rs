@@ -103,6 +103,48 @@ impl PromptTokenizer {
 }
 
 /// transformers' `clean_up_tokenization` (applied when `clean_up_tokenization_spaces` is true).
+/// Turns generated ids into text as they arrive: each push returns the new text since the last
+/// one. It decodes the whole answer so far (exactly what the final decode gives), holds back a
+/// trailing incomplete character (U+FFFD from a partial byte sequence) and trailing whitespace,
+/// and trims leading whitespace, as the final answer is trimmed. Should the decoder ever rewrite text already shown
+/// (space clean-up), it waits until the text extends what was shown again.
+pub struct TextStream<'a> {
+    tok: &'a PromptTokenizer,
+    ids: Vec<u32>,
+    shown: String,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tok: &'a PromptTokenizer) -> Self {
+        Self { tok, ids: Vec::new(), shown: String::new() }
+    }
+
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = self.tok.decode(&self.ids, true)?;
+        // trailing whitespace waits for what follows it (the final answer is trimmed)
+        let stable = text.trim_start().trim_end_matches('\u{FFFD}').trim_end();
+        Ok(self.extend(stable))
+    }
+
+    /// What is left to show of the final text (trailing whitespace trimmed as in the answer).
+    pub fn finish(&mut self) -> Result<String> {
+        let text = self.tok.decode(&self.ids, true)?;
+        Ok(self.extend(text.trim()))
+    }
+
+    fn extend(&mut self, stable: &str) -> String {
+        match stable.strip_prefix(self.shown.as_str()) {
+            Some(new) if !new.is_empty() => {
+                let new = new.to_string();
+                self.shown.push_str(&new);
+                new
+            }
+            _ => String::new(),
+        }
+    }
+}
+
 pub fn clean_up_tokenization(s: &str) -> String {
     s.replace(" .", ".")
         .replace(" ?", "?")
