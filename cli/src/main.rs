@@ -276,8 +276,8 @@ enum DtypeArg {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Checkpoint folder (config.json, safetensors, tokenizer.json).
-    #[arg(long)]
+    /// Checkpoint folder (config.json, safetensors, tokenizer.json); default: $GRIFFON_MODEL.
+    #[arg(long, env = "GRIFFON_MODEL")]
     model: PathBuf,
     /// Run the vision tower at this square size instead of the checkpoint's (multiple of the patch size).
     #[arg(long)]

@@ -226,3 +226,18 @@ fn streamed_generation_prints_the_same_text() {
         assert_eq!(a, b, "{case}");
     }
 }
+
+/// `--model` falls back to $GRIFFON_MODEL; with neither, the error names the argument.
+#[test]
+fn model_from_the_environment() {
+    let d = fixture();
+    let image = d.join("image.png");
+    let args = ["detect", "--image", image.to_str().unwrap(), "--categories", "red square", "--max-new-tokens", "4", "--json"];
+    let out = Command::new(env!("CARGO_BIN_EXE_griffon")).args(args).env("GRIFFON_MODEL", d.join("ckpt")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_shape(&v);
+    let out = Command::new(env!("CARGO_BIN_EXE_griffon")).args(args).env_remove("GRIFFON_MODEL").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
+}
