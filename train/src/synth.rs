@@ -153,8 +153,16 @@ pub fn scene(seed: u64, index: usize, size: u32, max_objects: usize) -> (RgbImag
     let mut img = background(&mut rng, size);
     let k = rng.random_range(1..=max_objects.max(1));
     let px = |s: f64| ((s * size as f64 / 1022.0).round() as u32).max(3);
+    // Half of the scenes with room for it hold a crowd: 3 to 12 objects of one colour and shape
+    // (sizes still vary), so exemplar counting has more than ones and twos to count.
+    let crowd = if k >= 3 && rng.random_bool(0.5) {
+        let n = rng.random_range(3..=k.min(12));
+        Some((rng.random_range(0..SHAPES.len()), rng.random_range(0..COLOURS.len()), n))
+    } else {
+        None
+    };
     let mut objs: Vec<Object> = Vec::new();
-    for _ in 0..k {
+    for i in 0..k {
         let side = match rng.random_range(0..10) {
             0..=3 => px(rng.random_range(8.0..=16.0)),
             4..=7 => px(rng.random_range(17.0..=64.0)),
@@ -167,7 +175,11 @@ pub fn scene(seed: u64, index: usize, size: u32, max_objects: usize) -> (RgbImag
             let b = [x1, y1, x1 + side, y1 + side];
             let clear = objs.iter().all(|o| b[2] + 2 <= o.bbox[0] || o.bbox[2] + 2 <= b[0] || b[3] + 2 <= o.bbox[1] || o.bbox[3] + 2 <= b[1]);
             if clear {
-                objs.push(Object { shape: rng.random_range(0..SHAPES.len()), colour: rng.random_range(0..COLOURS.len()), bbox: b });
+                let (shape, colour) = match crowd {
+                    Some((shape, colour, n)) if i < n => (shape, colour),
+                    _ => (rng.random_range(0..SHAPES.len()), rng.random_range(0..COLOURS.len())),
+                };
+                objs.push(Object { shape, colour, bbox: b });
                 break;
             }
         }
@@ -235,6 +247,11 @@ pub struct SceneAnnotations {
     pub det: DetRecord,
     /// Exemplar counting: one object entry per colour + shape.
     pub visj: DetRecord,
+    /// Exemplar counting of the most frequent colour + shape alone (ties: the first name).
+    pub visj_most: DetRecord,
+    /// An instance of the most frequent colour + shape: the counting benchmark's exemplar
+    /// (None for a scene without objects).
+    pub count_exemplar: Option<usize>,
     /// Up to three referred objects (indices into the scene's objects), in a seeded order.
     pub referred: Vec<usize>,
     /// REC / grounding record of each referred object (its unique referring expression).
@@ -257,6 +274,15 @@ pub fn scene_annotations(seed: u64, k: usize, objs: &[Object], size: u32, file: 
     }
     let det = DetRecord::new(file, size, size, by_shape.iter().map(|(n, b)| DetObject::new(*n, b.clone())).collect());
     let visj = DetRecord::new(file, size, size, by_name.iter().map(|(n, b)| DetObject::new(n.clone(), b.clone())).collect());
+    // the most frequent class; ties go to the first name (objects exist: scenes hold at least one)
+    let mut most: Option<(&String, &Vec<[f64; 4]>)> = None;
+    for (n, b) in &by_name {
+        if most.is_none_or(|(_, mb)| b.len() > mb.len()) {
+            most = Some((n, b));
+        }
+    }
+    let (most, most_boxes) = most.map(|(n, b)| (n.clone(), b.clone())).unwrap_or_default();
+    let visj_most = DetRecord::new(file, size, size, vec![DetObject::new(most.clone(), most_boxes)]);
     let mut order: Vec<usize> = (0..objs.len()).collect();
     for i in (1..order.len()).rev() {
         order.swap(i, rng.random_range(0..=i));
@@ -269,7 +295,11 @@ pub fn scene_annotations(seed: u64, k: usize, objs: &[Object], size: u32, file: 
         vg.push(GroundRecord::new(file, size, size, refer(objs, i, size), vec![p.fbox()]));
         reg.push(GroundRecord::new(file, size, size, format!("a {} {}", p.size_word(size), p.name()), vec![p.fbox()]));
     }
-    SceneAnnotations { det, visj, referred: order, vg, reg, by_name }
+    // the counting exemplar: a random instance of the most frequent class (rng drawn last, so the
+    // referred objects above do not depend on it)
+    let members: Vec<usize> = (0..objs.len()).filter(|&i| objs[i].name() == most).collect();
+    let count_exemplar = (!members.is_empty()).then(|| members[rng.random_range(0..members.len())]);
+    SceneAnnotations { det, visj, visj_most, count_exemplar, referred: order, vg, reg, by_name }
 }
 
 /// Training samples generated on the fly: sample `k` is scene `k` of `seed` (rendered in memory,
@@ -323,7 +353,12 @@ impl SynthStream {
         let source = format!("synth:{}/{k}", self.seed);
         let samples = match kind {
             TaskKind::Det => record_samples(kind, RecordRef::Det(&ann.det), &images, &vocab, &self.opts, &source, &mut rng)?,
-            TaskKind::Visj => record_samples(kind, RecordRef::Det(&ann.visj), &images, &vocab, &self.opts, &source, &mut rng)?,
+            // half the counting samples count the most frequent class (the crowd when there is
+            // one), half a random class, as the reference's VISJ builder picks
+            TaskKind::Visj => {
+                let rec = if rng.random_bool(0.5) { &ann.visj_most } else { &ann.visj };
+                record_samples(kind, RecordRef::Det(rec), &images, &vocab, &self.opts, &source, &mut rng)?
+            }
             TaskKind::Vg | TaskKind::Reg => {
                 let recs = if kind == TaskKind::Vg { &ann.vg } else { &ann.reg };
                 let r = &recs[rng.random_range(0..recs.len())];
@@ -398,7 +433,7 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
             }
             vg.extend(ann.vg);
             reg.extend(ann.reg);
-            if let Some(&i) = ann.referred.first() {
+            if let Some(i) = ann.count_exemplar {
                 let p = &objs[i];
                 let n = objs.iter().filter(|q| q.shape == p.shape && q.colour == p.colour).count();
                 count_eval += &format!("{}\n", serde_json::json!({"image": file, "exemplar": p.fbox(), "count": n}));

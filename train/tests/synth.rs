@@ -112,3 +112,24 @@ fn one_split_equals_that_split_of_the_full_benchmark() {
     }
     assert!(generate(&SynthOptions { out: part, n: 20, seed: 9, size: 96, max_objects: 5, only_split: Some("dev".into()) }).is_err());
 }
+
+/// Counting is not degenerate: about half the scenes hold a crowd of one colour and shape, the
+/// counting benchmark's exemplar belongs to the most frequent class, and its counts reach beyond
+/// the ones and twos a random class gives (so answering "one" scores badly).
+#[test]
+fn counting_has_crowds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("synth");
+    generate(&SynthOptions { out: out.clone(), n: 400, seed: 0, size: 64, max_objects: 20, only_split: Some("test".into()) }).unwrap();
+    let counts: Vec<f64> = std::fs::read_to_string(out.join("test/count.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["count"].as_f64().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 40);
+    let mae_of_one = counts.iter().map(|c| (c - 1.0).abs()).sum::<f64>() / counts.len() as f64;
+    let big = counts.iter().filter(|c| **c >= 3.0).count();
+    eprintln!("counts {counts:?}: answering 1 gives MAE {mae_of_one:.2}");
+    assert!(big * 4 >= counts.len(), "only {big} of {} counts are 3 or more", counts.len());
+    assert!(mae_of_one > 1.5, "answering 1 would score MAE {mae_of_one}");
+}
