@@ -201,29 +201,27 @@ pub fn scene(seed: u64, index: usize, size: u32, max_objects: usize) -> (RgbImag
 }
 
 /// A referring expression that picks out object `i` alone: by colour + shape, then size, then a
-/// spatial extreme (leftmost / rightmost / topmost / bottommost) among its look-alikes.
-pub fn refer(objs: &[Object], i: usize, image: u32) -> String {
+/// spatial extreme (leftmost / rightmost / topmost / bottommost) among its look-alikes; None when
+/// none of these is unique (an object in the middle of a crowd).
+pub fn refer(objs: &[Object], i: usize, image: u32) -> Option<String> {
     let o = &objs[i];
-    let same: Vec<&Object> = objs.iter().filter(|p| p.shape == o.shape && p.colour == o.colour).collect();
-    if same.len() == 1 {
-        return format!("the {}", o.name());
+    let others: Vec<&Object> = objs.iter().enumerate().filter(|(j, p)| *j != i && p.shape == o.shape && p.colour == o.colour).map(|(_, p)| p).collect();
+    if others.is_empty() {
+        return Some(format!("the {}", o.name()));
     }
-    let same_size: Vec<&&Object> = same.iter().filter(|p| p.size_word(image) == o.size_word(image)).collect();
-    if same_size.len() == 1 {
-        return format!("the {} {}", o.size_word(image), o.name());
+    if others.iter().all(|p| p.size_word(image) != o.size_word(image)) {
+        return Some(format!("the {} {}", o.size_word(image), o.name()));
     }
+    // centres (doubled, to stay in integers)
     let cx = |p: &Object| p.bbox[0] + p.bbox[2];
     let cy = |p: &Object| p.bbox[1] + p.bbox[3];
-    if same.iter().all(|p| std::ptr::eq(*p, o) || cx(p) > cx(o)) {
-        return format!("the leftmost {}", o.name());
-    }
-    if same.iter().all(|p| std::ptr::eq(*p, o) || cx(p) < cx(o)) {
-        return format!("the rightmost {}", o.name());
-    }
-    if same.iter().all(|p| std::ptr::eq(*p, o) || cy(p) > cy(o)) {
-        return format!("the topmost {}", o.name());
-    }
-    format!("the bottommost {}", o.name())
+    let extremes: [(&str, &dyn Fn(&Object) -> bool); 4] = [
+        ("leftmost", &|p| cx(p) > cx(o)),
+        ("rightmost", &|p| cx(p) < cx(o)),
+        ("topmost", &|p| cy(p) > cy(o)),
+        ("bottommost", &|p| cy(p) < cy(o)),
+    ];
+    extremes.iter().find(|(_, beyond)| others.iter().all(|p| beyond(p))).map(|(w, _)| format!("the {w} {}", o.name()))
 }
 
 fn split_of(k: usize, n: usize) -> &'static str {
@@ -252,7 +250,8 @@ pub struct SceneAnnotations {
     /// An instance of the most frequent colour + shape: the counting benchmark's exemplar
     /// (None for a scene without objects).
     pub count_exemplar: Option<usize>,
-    /// Up to three referred objects (indices into the scene's objects), in a seeded order.
+    /// Up to three referred objects (indices into the scene's objects, among those a unique
+    /// expression names), in a seeded order.
     pub referred: Vec<usize>,
     /// REC / grounding record of each referred object (its unique referring expression).
     pub vg: Vec<GroundRecord>,
@@ -287,12 +286,14 @@ pub fn scene_annotations(seed: u64, k: usize, objs: &[Object], size: u32, file: 
     for i in (1..order.len()).rev() {
         order.swap(i, rng.random_range(0..=i));
     }
-    order.truncate(3);
+    // up to three objects that a unique expression can name
+    let named: Vec<(usize, String)> = order.iter().filter_map(|&i| refer(objs, i, size).map(|e| (i, e))).take(3).collect();
+    let order: Vec<usize> = named.iter().map(|(i, _)| *i).collect();
     let mut vg = Vec::new();
     let mut reg = Vec::new();
-    for &i in &order {
+    for (i, expr) in named {
         let p = &objs[i];
-        vg.push(GroundRecord::new(file, size, size, refer(objs, i, size), vec![p.fbox()]));
+        vg.push(GroundRecord::new(file, size, size, expr, vec![p.fbox()]));
         reg.push(GroundRecord::new(file, size, size, format!("a {} {}", p.size_word(size), p.name()), vec![p.fbox()]));
     }
     // the counting exemplar: a random instance of the most frequent class (rng drawn last, so the
@@ -359,10 +360,14 @@ impl SynthStream {
                 let rec = if rng.random_bool(0.5) { &ann.visj_most } else { &ann.visj };
                 record_samples(kind, RecordRef::Det(rec), &images, &vocab, &self.opts, &source, &mut rng)?
             }
-            TaskKind::Vg | TaskKind::Reg => {
+            TaskKind::Vg | TaskKind::Reg if !ann.vg.is_empty() => {
                 let recs = if kind == TaskKind::Vg { &ann.vg } else { &ann.reg };
                 let r = &recs[rng.random_range(0..recs.len())];
                 record_samples(kind, RecordRef::Ground(r), &images, &vocab, &self.opts, &source, &mut rng)?
+            }
+            // no object of the scene has a unique expression: a detection sample instead
+            TaskKind::Vg | TaskKind::Reg => {
+                record_samples(TaskKind::Det, RecordRef::Det(&ann.det), &images, &vocab, &self.opts, &source, &mut rng)?
             }
             TaskKind::Lazy => unreachable!("refused in new"),
         };
