@@ -215,13 +215,17 @@ pub fn refer(objs: &[Object], i: usize, image: u32) -> Option<String> {
     // centres (doubled, to stay in integers)
     let cx = |p: &Object| p.bbox[0] + p.bbox[2];
     let cy = |p: &Object| p.bbox[1] + p.bbox[3];
-    let extremes: [(&str, &dyn Fn(&Object) -> bool); 4] = [
-        ("leftmost", &|p| cx(p) > cx(o)),
-        ("rightmost", &|p| cx(p) < cx(o)),
-        ("topmost", &|p| cy(p) > cy(o)),
-        ("bottommost", &|p| cy(p) < cy(o)),
-    ];
-    extremes.iter().find(|(_, beyond)| others.iter().all(|p| beyond(p))).map(|(w, _)| format!("the {w} {}", o.name()))
+    // (word, does object p lie beyond o in that direction)
+    let beyond = |word: &str, p: &Object| match word {
+        "leftmost" => cx(p) > cx(o),
+        "rightmost" => cx(p) < cx(o),
+        "topmost" => cy(p) > cy(o),
+        _ => cy(p) < cy(o),
+    };
+    ["leftmost", "rightmost", "topmost", "bottommost"]
+        .into_iter()
+        .find(|w| others.iter().all(|p| beyond(w, p)))
+        .map(|w| format!("the {w} {}", o.name()))
 }
 
 fn split_of(k: usize, n: usize) -> &'static str {

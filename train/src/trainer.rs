@@ -662,7 +662,7 @@ impl Trainer {
             bar.set_message(format!("loss {loss:.4} lr {:.2e} tok/s {:.0}", lrs[0], entry.tokens_per_s));
             let every = self.cfg.train.save_every;
             let out_of_time = self.cfg.train.max_time_s > 0.0 && self.elapsed_s() >= self.cfg.train.max_time_s;
-            if self.opt.step == self.total_steps || (every > 0 && self.opt.step % every == 0) || out_of_time {
+            if self.opt.step == self.total_steps || (every > 0 && self.opt.step.is_multiple_of(every)) || out_of_time {
                 checkpoint = self.save()?;
             }
             if out_of_time {

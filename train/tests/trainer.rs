@@ -191,7 +191,7 @@ fn trains_on_the_synthetic_stream_in_batches() {
     assert_eq!(last["epoch"].as_f64().unwrap(), 2.0);
     // [data] needs exactly one source
     let f = tmp.path().join("bad.toml");
-    std::fs::write(&f, format!("[model]\ninit = \"x\"\n[data]\n[train]\nout = \"o\"\nstage = 1\nlr = 1e-3\n")).unwrap();
+    std::fs::write(&f, "[model]\ninit = \"x\"\n[data]\n[train]\nout = \"o\"\nstage = 1\nlr = 1e-3\n").unwrap();
     let e = TrainConfig::from_file(&f).unwrap_err();
     assert!(e.contains("tasks") && e.contains("synth"), "{e}");
 }
