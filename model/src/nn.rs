@@ -162,12 +162,9 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// copy. At 5329 vision tokens a score tensor is 113 MB per head.
 pub fn softmax_last_with_grad(x: &Tensor) -> Result<Tensor> {
     let y = candle_nn::ops::softmax_last_dim(x)?;
-    Ok(x.apply_op2(&y, SoftmaxGrad)?)
+    Ok(x.apply_op2(&y, WithGrad(GradRule::Softmax))?)
 }
 
-/// Returns its second argument (the softmax of the first, already computed) and differentiates
-/// as a softmax of the first.
-struct SoftmaxGrad;
 
 /// The normalisation of a layer / RMS norm over the last dimension without its affine part, f32:
 /// `(x - mean) / sqrt(var + eps)` (`centered`) or `x / sqrt(mean(x^2) + eps)`. Forward by candle's
@@ -182,14 +179,20 @@ pub fn normalize_with_grad(x: &Tensor, eps: f64, centered: bool) -> Result<Tenso
     } else {
         candle_nn::ops::rms_norm(&x, &ones, eps as f32)?
     };
-    Ok(x.apply_op2(&xhat, NormGrad { eps, centered })?)
+    Ok(x.apply_op2(&xhat, WithGrad(GradRule::Norm { eps, centered }))?)
 }
 
-/// Returns its second argument (the normalisation of the first) and differentiates as one.
-struct NormGrad {
-    eps: f64,
-    centered: bool,
+/// How [`WithGrad`] differentiates.
+enum GradRule {
+    /// softmax over the last dimension: `dx = y * (dy - sum(dy * y))`
+    Softmax,
+    /// layer (`centered`) or RMS normalisation over the last dimension
+    Norm { eps: f64, centered: bool },
 }
+
+/// A custom op returning its second argument — the result of a fused forward kernel applied to
+/// the first, computed before — and differentiating with respect to the first by `GradRule`.
+struct WithGrad(GradRule);
 
 fn copy_fresh<S: candle_core::backend::BackendStorage>(y: &S, yl: &candle_core::Layout, op: &str) -> candle_core::Result<(S, candle_core::Shape)> {
     if !yl.is_contiguous() || yl.start_offset() != 0 {
@@ -198,9 +201,12 @@ fn copy_fresh<S: candle_core::backend::BackendStorage>(y: &S, yl: &candle_core::
     Ok((y.try_clone(yl)?, yl.shape().clone()))
 }
 
-impl candle_core::CustomOp2 for NormGrad {
+impl candle_core::CustomOp2 for WithGrad {
     fn name(&self) -> &'static str {
-        "normalize-with-grad"
+        match self.0 {
+            GradRule::Softmax => "softmax-last-dim-with-grad",
+            GradRule::Norm { .. } => "normalize-with-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -224,49 +230,27 @@ impl candle_core::CustomOp2 for NormGrad {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let var = if self.centered {
-            x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?.sqr()?.mean_keepdim(D::Minus1)?
-        } else {
-            x.sqr()?.mean_keepdim(D::Minus1)?
+        let dx = match self.0 {
+            GradRule::Softmax => {
+                let gy = (grad * res)?;
+                let s = gy.sum_keepdim(D::Minus1)?;
+                (gy - res.broadcast_mul(&s)?)?
+            }
+            GradRule::Norm { eps, centered } => {
+                let var = if centered {
+                    x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?.sqr()?.mean_keepdim(D::Minus1)?
+                } else {
+                    x.sqr()?.mean_keepdim(D::Minus1)?
+                };
+                let rstd = (var + eps)?.sqrt()?.recip()?;
+                let mut inner = grad.broadcast_sub(&res.broadcast_mul(&(grad * res)?.mean_keepdim(D::Minus1)?)?)?;
+                if centered {
+                    inner = inner.broadcast_sub(&grad.mean_keepdim(D::Minus1)?)?;
+                }
+                inner.broadcast_mul(&rstd)?
+            }
         };
-        let rstd = (var + self.eps)?.sqrt()?.recip()?;
-        let mut inner = grad.broadcast_sub(&res.broadcast_mul(&(grad * res)?.mean_keepdim(D::Minus1)?)?)?;
-        if self.centered {
-            inner = inner.broadcast_sub(&grad.mean_keepdim(D::Minus1)?)?;
-        }
-        Ok((Some(inner.broadcast_mul(&rstd)?), None))
-    }
-}
-
-impl candle_core::CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "softmax-last-dim-with-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        y: &candle_core::CpuStorage,
-        yl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        copy_fresh(y, yl, self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &candle_core::Layout,
-        y: &candle_core::CudaStorage,
-        yl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        copy_fresh(y, yl, self.name())
-    }
-
-    fn bwd(&self, _x: &Tensor, _y: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let gy = (grad * res)?;
-        let s = gy.sum_keepdim(D::Minus1)?;
-        Ok((Some((gy - res.broadcast_mul(&s)?)?), None))
+        Ok((Some(dx), None))
     }
 }
 
