@@ -83,6 +83,48 @@ fn pick(logits: &[f32], opts: &SamplingOptions, rng: &mut StdRng) -> u32 {
     probs.last().map(|p| p.0 as u32).unwrap_or(0)
 }
 
+/// The token chosen from logits [1, 1, V] on the host (the whole row comes back) and its
+/// probability (f64 softmax), or None when `allow` refuses every token.
+fn choose_on_host(
+    logits: &Tensor,
+    tokens: &[u32],
+    opts: &SamplingOptions,
+    rng: &mut StdRng,
+    allow: &mut impl FnMut(&[u32], u32) -> bool,
+) -> Result<Option<(u32, f32)>> {
+    let mut row: Vec<f32> = logits.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let raw = row.clone();
+    let prob_of = |t: u32| (((raw[t as usize] - max) as f64).exp() / z) as f32;
+    let first = pick(&row, opts, rng);
+    if allow(tokens, first) {
+        return Ok(Some((first, prob_of(first))));
+    }
+    let chosen = if opts.temperature <= 0.0 {
+        // next most likely tokens, ties in index order as argmax
+        let mut order: Vec<u32> = (0..row.len() as u32).collect();
+        order.sort_by(|a, b| row[*b as usize].total_cmp(&row[*a as usize]));
+        order.into_iter().skip(1).find(|&t| allow(tokens, t))
+    } else {
+        row[first as usize] = f32::NEG_INFINITY;
+        let mut found = None;
+        for _ in 1..row.len() {
+            let t = pick(&row, opts, rng);
+            if row[t as usize] == f32::NEG_INFINITY {
+                break; // everything left is masked
+            }
+            if allow(tokens, t) {
+                found = Some(t);
+                break;
+            }
+            row[t as usize] = f32::NEG_INFINITY;
+        }
+        found
+    };
+    Ok(chosen.map(|t| (t, prob_of(t))))
+}
+
 /// The most likely token of logits [1, 1, V] and its probability, computed where the logits are
 /// (f32 softmax, as the reference's `torch.softmax`); on the CPU ties go to the lowest id (the
 /// CUDA argmax kernel's tie order is candle's).
@@ -144,53 +186,18 @@ pub fn generate_streaming(
     // the row comes back only when the constraint refuses the argmax.
     let on_device = !prefix.device().is_cpu() && opts.temperature <= 0.0;
     for _ in 0..opts.max_new_tokens {
-        if on_device {
-            let (tok, p) = greedy_on_device(&logits)?;
-            if allow(&tokens, tok) {
-                probs.push(p);
-                tokens.push(tok);
-                on_token(tok);
-                if stop_ids.contains(&tok) {
-                    return Ok(Generation { tokens, probs, stop: StopReason::StopToken });
-                }
-                let ids = Tensor::new(&[tok], prefix.device())?;
-                let emb = llm.embed_tokens(&ids)?.unsqueeze(0)?.to_dtype(prefix.dtype())?;
-                logits = llm.forward_embeds(&emb, &mut cache, false)?;
-                continue;
-            }
-        }
-        let mut row: Vec<f32> = logits.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let z: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
-        let raw = row.clone();
-        let prob_of = |t: u32| (((raw[t as usize] - max) as f64).exp() / z) as f32;
-        let first = pick(&row, opts, &mut rng);
-        let mut chosen = allow(&tokens, first).then_some(first);
-        if chosen.is_none() {
-            if opts.temperature <= 0.0 {
-                // next most likely tokens, ties in index order as argmax
-                let mut order: Vec<u32> = (0..row.len() as u32).collect();
-                order.sort_by(|a, b| row[*b as usize].total_cmp(&row[*a as usize]));
-                chosen = order.into_iter().skip(1).find(|&t| allow(&tokens, t));
-            } else {
-                row[first as usize] = f32::NEG_INFINITY;
-                for _ in 1..row.len() {
-                    let t = pick(&row, opts, &mut rng);
-                    if row[t as usize] == f32::NEG_INFINITY {
-                        break; // everything left is masked
-                    }
-                    if allow(&tokens, t) {
-                        chosen = Some(t);
-                        break;
-                    }
-                    row[t as usize] = f32::NEG_INFINITY;
-                }
-            }
-        }
-        let Some(tok) = chosen else {
+        let device_pick = match on_device {
+            true => Some(greedy_on_device(&logits)?).filter(|(t, _)| allow(&tokens, *t)),
+            false => None,
+        };
+        let choice = match device_pick {
+            Some(c) => Some(c),
+            None => choose_on_host(&logits, &tokens, opts, &mut rng, &mut allow)?,
+        };
+        let Some((tok, prob)) = choice else {
             return Ok(Generation { tokens, probs, stop: StopReason::NoAllowedToken });
         };
-        probs.push(prob_of(tok));
+        probs.push(prob);
         tokens.push(tok);
         on_token(tok);
         if stop_ids.contains(&tok) {

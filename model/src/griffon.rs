@@ -493,7 +493,13 @@ impl Griffon {
 
     /// Generates an answer; the text skips special tokens and is trimmed.
     pub fn answer(&self, prepared: &Prepared, stop_ids: &[u32], opts: &SamplingOptions) -> Result<Answer> {
-        self.answer_streaming(prepared, stop_ids, opts, |_| {})
+        let generation = generate(&self.llm, &prepared.embeds, stop_ids, opts, |_| {})?;
+        self.finish_answer(generation)
+    }
+
+    fn finish_answer(&self, generation: Generation) -> Result<Answer> {
+        let text = self.tokenizer.decode(&generation.tokens, true)?.trim().to_string();
+        Ok(Answer { text, generation })
     }
 
     /// [`Griffon::answer`], calling `on_text` with each new piece of the answer's text as it is
@@ -520,7 +526,6 @@ impl Griffon {
         if !rest.is_empty() {
             on_text(&rest);
         }
-        let text = self.tokenizer.decode(&generation.tokens, true)?.trim().to_string();
-        Ok(Answer { text, generation })
+        self.finish_answer(generation)
     }
 }
