@@ -103,9 +103,9 @@ impl Gemma2 {
     pub fn hidden(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let offset = cache.len();
-        let full_mask = causal_mask(t, offset, None, x.device())?;
+        let full_mask = causal_mask(t, offset, None, x)?;
         let window_mask = match self.cfg.sliding_window {
-            Some(w) if self.layers.iter().any(|l| l.sliding) => causal_mask(t, offset, Some(w), x.device())?,
+            Some(w) if self.layers.iter().any(|l| l.sliding) => causal_mask(t, offset, Some(w), x)?,
             _ => None,
         };
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);

@@ -96,7 +96,7 @@ impl Llama {
     pub fn hidden(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let offset = cache.len();
-        let mask = causal_mask(t, offset, None, x.device())?;
+        let mask = causal_mask(t, offset, None, x)?;
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
         let spec = AttnSpec { scale: (hd as f64).powf(-0.5), softcap: None };
         let mut x = x.clone();

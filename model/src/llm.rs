@@ -194,8 +194,9 @@ pub struct AttnSpec {
 /// The additive causal mask [T, S] (0 or -inf) for queries at positions offset..offset+T over
 /// keys 0..S, optionally limited to a sliding window (keys with `pos - key_pos >= window` are
 /// masked). `None` when nothing is masked (one query with every key in its window). Built once
-/// per forward and shared by every layer of the same kind.
-pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, dev: &Device) -> Result<Option<Tensor>> {
+/// per forward and shared by every layer of the same kind, in the dtype the scores of inputs like
+/// `like` are computed in (see [`crate::nn::low_precision_attention`]).
+pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, like: &Tensor) -> Result<Option<Tensor>> {
     let s = offset + t;
     if t == 1 && window.is_none_or(|w| s <= w) {
         return Ok(None);
@@ -210,7 +211,8 @@ pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, dev: &Device)
             }
         }
     }
-    Ok(Some(Tensor::from_vec(m, (t, s), dev)?))
+    let dtype = if low_precision_attention(like) { like.dtype() } else { DType::F32 };
+    Ok(Some(Tensor::from_vec(m, (t, s), like.device())?.to_dtype(dtype)?))
 }
 
 /// Masked attention. q: [B, H, T, d] at positions offset..offset+T; k, v: [B, KV, S, d] holding
@@ -235,7 +237,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, spec
     }
     if let Some(mask) = mask {
         // [B, KV, rep, T, S] + [T, S]: the same mask for every head of the group
-        let mask = mask.to_dtype(scores.dtype())?;
+        let mask = mask.to_dtype(scores.dtype())?; // a no-op: causal_mask builds it in this dtype
         scores = scores.reshape((b, kvh, rep, t, s))?.broadcast_add(&mask)?.reshape((b, kvh, rep * t, s))?;
     }
     let probs = attention_probs(&scores, v.dtype())?;
