@@ -318,6 +318,8 @@ pub struct SynthStream {
     /// (task, weight): DET, VG (REC), REG and VISJ (exemplar counting).
     pub mix: Vec<(TaskKind, f64)>,
     pub opts: BuildOptions,
+    /// The detection vocabulary (the shape names), built once.
+    vocab: Vec<String>,
 }
 
 impl SynthStream {
@@ -334,7 +336,7 @@ impl SynthStream {
         if let Some((k, _)) = mix.iter().find(|(k, _)| *k == TaskKind::Lazy) {
             return Err(format!("synthetic scenes have no {} (caption) task", k.tag()));
         }
-        Ok(Self { seed, size, max_objects, mix, opts })
+        Ok(Self { seed, size, max_objects, mix, opts, vocab: SHAPES.iter().map(|s| s.to_string()).collect() })
     }
 
     /// Sample `k` and its image.
@@ -353,25 +355,25 @@ impl SynthStream {
             }
             x -= w;
         }
-        let vocab: Vec<String> = SHAPES.iter().map(|s| s.to_string()).collect();
+        let vocab = &self.vocab;
         let images = PathBuf::from(format!("synth:{}", self.seed));
         let source = format!("synth:{}/{k}", self.seed);
         let samples = match kind {
-            TaskKind::Det => record_samples(kind, RecordRef::Det(&ann.det), &images, &vocab, &self.opts, &source, &mut rng)?,
+            TaskKind::Det => record_samples(kind, RecordRef::Det(&ann.det), &images, vocab, &self.opts, &source, &mut rng)?,
             // half the counting samples count the most frequent class (the crowd when there is
             // one), half a random class, as the reference's VISJ builder picks
             TaskKind::Visj => {
                 let rec = if rng.random_bool(0.5) { &ann.visj_most } else { &ann.visj };
-                record_samples(kind, RecordRef::Det(rec), &images, &vocab, &self.opts, &source, &mut rng)?
+                record_samples(kind, RecordRef::Det(rec), &images, vocab, &self.opts, &source, &mut rng)?
             }
             TaskKind::Vg | TaskKind::Reg if !ann.vg.is_empty() => {
                 let recs = if kind == TaskKind::Vg { &ann.vg } else { &ann.reg };
                 let r = &recs[rng.random_range(0..recs.len())];
-                record_samples(kind, RecordRef::Ground(r), &images, &vocab, &self.opts, &source, &mut rng)?
+                record_samples(kind, RecordRef::Ground(r), &images, vocab, &self.opts, &source, &mut rng)?
             }
             // no object of the scene has a unique expression: a detection sample instead
             TaskKind::Vg | TaskKind::Reg => {
-                record_samples(TaskKind::Det, RecordRef::Det(&ann.det), &images, &vocab, &self.opts, &source, &mut rng)?
+                record_samples(TaskKind::Det, RecordRef::Det(&ann.det), &images, vocab, &self.opts, &source, &mut rng)?
             }
             TaskKind::Lazy => unreachable!("refused in new"),
         };
