@@ -377,8 +377,11 @@ impl SynthStream {
             }
             TaskKind::Lazy => unreachable!("refused in new"),
         };
+        if samples.is_empty() {
+            return Err(format!("{source}: no sample built"));
+        }
         let n = samples.len();
-        let s = samples.into_iter().nth(rng.random_range(0..n)).ok_or_else(|| format!("{source}: no sample built"))?;
+        let s = samples.into_iter().nth(rng.random_range(0..n)).expect("index below the length");
         Ok((s, img))
     }
 }
