@@ -715,7 +715,8 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
         writeln!(out, "config {} on {} ({}), image {} px", r.config, r.device, r.dtype, r.image_size)?;
         writeln!(out, "vision encoder   {:10.2} ms", r.vision_ms)?;
         writeln!(out, "projector        {:10.2} ms", r.projector_ms)?;
-        writeln!(out, "prefill {:5} tok {:10.2} ms", r.prefill_tokens, r.prefill_ms)?;
+        writeln!(out, "prefill {:5} tok {:10.2} ms (projector + logits at every position, the reference's scope)", r.prefill_tokens, r.prefill_ms)?;
+        writeln!(out, "prefill for generation {:4.2} ms (projector + last position's logits)", r.prefill_last_ms)?;
         writeln!(out, "decode           {:10.1} tok/s over {} tokens", r.decode_tok_per_s, r.decode_tokens)?;
         if let Some(m) = r.peak_rss_mib {
             writeln!(out, "peak memory      {m:10.0} MiB")?;

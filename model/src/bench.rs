@@ -1,5 +1,6 @@
 //! `griffon bench`: timings of the released shapes with random weights — vision encoder at the
-//! config's resolution, projector, prefill of the image tokens + 60 text tokens, greedy decode
+//! config's resolution, projector, prefill of the image tokens + 60 text tokens (projector
+//! included, logits at every position as the reference; and as generation runs it), greedy decode
 //! tokens/s over N tokens, peak memory. The shapes and protocol follow
 //! shared/bench/torch_reference_bench.py (median of repeated runs after warm-up; decode rate =
 //! (N - 1) / (time(N tokens) - time(1 token))), so the two can be compared on one machine.
@@ -145,7 +146,11 @@ pub struct BenchResult {
     pub vision_ms: f64,
     pub projector_ms: f64,
     pub prefill_tokens: usize,
+    /// Projector + prompt embeddings + LLM forward with logits at every position: the scope of
+    /// the reference's prefill (HF `model(inputs_embeds=...)`).
     pub prefill_ms: f64,
+    /// The same with the last position's logits only, as generation runs it.
+    pub prefill_last_ms: f64,
     pub decode_tokens: usize,
     pub decode_tok_per_s: f64,
     /// Peak resident memory of the process (VmHWM), MiB; CPU only.
@@ -232,15 +237,25 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
         projector.forward(&feats)?;
         sync(device)
     })?;
-    let image_tokens = projector.forward(&feats)?;
     let vocab = llm.vocab_size() as u32;
     let prompt: Vec<u32> = (0..60u32).map(|i| (i * 7919 + 13) % vocab).collect();
-    let text = llm.embed_tokens(&Tensor::new(prompt.as_slice(), device)?)?.unsqueeze(0)?;
-    let embeds = Tensor::cat(&[&image_tokens, &text], 1)?;
+    let prompt = Tensor::new(prompt.as_slice(), device)?;
+    let embeds_of = |feats: &Tensor| -> Result<Tensor> {
+        let text = llm.embed_tokens(&prompt)?.unsqueeze(0)?;
+        Ok(Tensor::cat(&[&projector.forward(feats)?, &text], 1)?)
+    };
+    let embeds = embeds_of(&feats)?;
     let prefill_tokens = embeds.dim(1)?;
+    // the reference's scope: projector, embeddings and a forward with logits at every position
     let prefill_ms = median_ms(1, 3, || {
         let mut cache = llm.new_cache();
-        llm.forward_embeds(&embeds, &mut cache, false)?;
+        llm.forward_embeds(&embeds_of(&feats)?, &mut cache, true)?;
+        sync(device)
+    })?;
+    // what generation runs: the same with the last position's logits only
+    let prefill_last_ms = median_ms(1, 3, || {
+        let mut cache = llm.new_cache();
+        llm.forward_embeds(&embeds_of(&feats)?, &mut cache, false)?;
         sync(device)
     })?;
     let gen_ms = |n: usize| -> Result<f64> {
@@ -262,6 +277,7 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
         projector_ms,
         prefill_tokens,
         prefill_ms,
+        prefill_last_ms,
         decode_tokens,
         decode_tok_per_s,
         peak_rss_mib: if device.is_cpu() { peak_rss_mib() } else { None },

@@ -77,12 +77,14 @@ impl Attention {
                 (split((q.forward(x)? * scale)?)?, split(k.forward(x)?)?, split(v.forward(x)?)?)
             }
             Qkv::Fused(l) => {
-                // [B, N, 3C] -> [3, B, H, N, d] in one copy
-                let t = l.forward(x)?.reshape((b, n, 3, h, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+                // [B, N, 3C] -> [3, B, H, N, d] in one copy (the CPU kernel reads the views)
+                let t = l.forward(x)?.reshape((b, n, 3, h, d))?.permute((2, 0, 3, 1, 4))?;
+                let t = if crate::nn::cpu_kernels_apply(&t) { t } else { t.contiguous()? };
                 (t.get(0)?, t.get(1)?, t.get(2)?)
             }
         };
-        let y = full_attention(&q, &k, &v, ATTN_QUERY_CHUNK)?.transpose(1, 2)?.reshape((b, n, c))?;
+        let y = full_attention(&q, &k, &v)?;
+        debug_assert_eq!(y.dims(), &[b, n, c]);
         self.out.forward(&y)
     }
 }
@@ -92,9 +94,23 @@ impl Attention {
 /// (softmax is per row).
 pub const ATTN_QUERY_CHUNK: usize = 1024;
 
-/// Unmasked attention softmax(q k^T) v over [B, H, N, d] tensors (q already scaled), computed
-/// in blocks of `chunk` query rows.
-pub fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor, chunk: usize) -> Result<Tensor> {
+/// Unmasked attention softmax(q k^T) v over [B, H, N, d] tensors (q already scaled), returned
+/// with the heads merged: [B, N, H * d]. f32 on the CPU runs the fused kernel of
+/// [`crate::cpu_kernels`] (q, k, v may be strided views); elsewhere [`blocked_attention`].
+pub fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if crate::nn::cpu_kernels_apply(q) {
+        let a = crate::cpu_kernels::Attention { scale: 1.0, softcap: None, causal: None };
+        return Ok(q.apply_op3_no_bwd(k, v, &a)?);
+    }
+    let (b, h, n, d) = q.dims4()?;
+    Ok(blocked_attention(&q.contiguous()?, &k.contiguous()?, &v.contiguous()?, ATTN_QUERY_CHUNK)?
+        .transpose(1, 2)?
+        .reshape((b, n, h * d))?)
+}
+
+/// Unmasked attention softmax(q k^T) v over [B, H, N, d] tensors (q already scaled) -> [B, H, N,
+/// d], computed in blocks of `chunk` query rows.
+pub fn blocked_attention(q: &Tensor, k: &Tensor, v: &Tensor, chunk: usize) -> Result<Tensor> {
     let n = q.dim(2)?;
     let kt = k.t()?;
     if n <= chunk {
@@ -401,9 +417,15 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (1, 2, 37, 8), &d).unwrap();
         let k = Tensor::randn(0f32, 1.0, (1, 2, 37, 8), &d).unwrap();
         let v = Tensor::randn(0f32, 1.0, (1, 2, 37, 8), &d).unwrap();
-        let full = full_attention(&q, &k, &v, 1000).unwrap();
-        let chunked = full_attention(&q, &k, &v, 10).unwrap();
-        let diff: f32 = (full - chunked).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
-        assert!(diff < 1e-6, "{diff}");
+        let full = blocked_attention(&q, &k, &v, 1000).unwrap();
+        let chunked = blocked_attention(&q, &k, &v, 10).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        };
+        assert!(diff(&full, &chunked) < 1e-6, "{}", diff(&full, &chunked));
+        // the fused CPU kernel (heads merged) computes the same
+        let fused = full_attention(&q, &k, &v).unwrap();
+        let merged = full.transpose(1, 2).unwrap().reshape((1, 37, 16)).unwrap();
+        assert!(diff(&fused, &merged) < 1e-6, "{}", diff(&fused, &merged));
     }
 }

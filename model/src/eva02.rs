@@ -260,9 +260,7 @@ fn apply_rope(x: &Tensor, sin: &Tensor, cos: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[&cls, &r], 2)?)
 }
 
-fn attention(q: Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    crate::clip::full_attention(&q, k, v, crate::clip::ATTN_QUERY_CHUNK)
-}
+
 
 impl Block {
     fn forward(&self, x: &Tensor, sin: &Tensor, cos: &Tensor) -> Result<Tensor> {
@@ -282,7 +280,7 @@ impl Block {
         let k = apply_rope(&split(k)?, sin, cos)?;
         let v = split(v)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let mut y = attention((q * scale)?, &k, &v)?.transpose(1, 2)?.reshape((b, n, c))?;
+        let mut y = crate::clip::full_attention(&(q * scale)?, &k, &v)?;
         if let Some(nm) = &self.attn_norm {
             y = nm.forward(&y)?;
         }
@@ -292,7 +290,7 @@ impl Block {
         }
         let x = (x + y)?;
         let h = self.norm2.forward(&x)?;
-        let mut m = (self.fc1_g.forward(&h)?.silu()? * self.fc1_x.forward(&h)?)?;
+        let mut m = (crate::nn::Act::Silu.apply(&self.fc1_g.forward(&h)?)? * self.fc1_x.forward(&h)?)?;
         if let Some(nm) = &self.mlp_norm {
             m = nm.forward(&m)?;
         }

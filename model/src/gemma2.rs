@@ -103,9 +103,10 @@ impl Gemma2 {
     pub fn hidden(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let offset = cache.len();
+        let rope = self.rope.tables(offset, t, x.device(), x.dtype())?;
         let full_mask = causal_mask(t, offset, None, x)?;
         let window_mask = match self.cfg.sliding_window {
-            Some(w) if self.layers.iter().any(|l| l.sliding) => causal_mask(t, offset, Some(w), x)?,
+            Some(w) if self.layers.iter().any(|l| l.sliding) => Some(causal_mask(t, offset, Some(w), x)?),
             _ => None,
         };
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
@@ -118,13 +119,15 @@ impl Gemma2 {
             let q = qkv[0].reshape((b, t, nh, hd))?.transpose(1, 2)?;
             let k = qkv[1].reshape((b, t, nkv, hd))?.transpose(1, 2)?;
             let v = qkv[2].reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = self.rope.apply(&q, offset)?;
-            let k = self.rope.apply(&k, offset)?;
+            let q = self.rope.apply_tables(&q, &rope)?;
+            let k = self.rope.apply_tables(&k, &rope)?;
             let (k, v) = cache.append(i, k, v)?;
             let spec = AttnSpec { scale: self.cfg.query_pre_attn_scalar.powf(-0.5), softcap: self.cfg.attn_logit_softcapping };
-            let mask = if l.sliding && self.cfg.sliding_window.is_some() { window_mask.as_ref() } else { full_mask.as_ref() };
+            let mask = match (&window_mask, l.sliding) {
+                (Some(m), true) => m,
+                _ => &full_mask,
+            };
             let a = attention(&q, &k, &v, mask, &spec)?;
-            let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             let a = l.post_attn_ln.forward(&l.o.forward(&a)?)?;
             x = (x + a)?;
             let hn = l.pre_ff_ln.forward(&x)?;

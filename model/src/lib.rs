@@ -9,6 +9,7 @@ pub mod assemble;
 pub mod bench;
 pub mod clip;
 pub mod config;
+pub mod cpu_kernels;
 pub mod draw;
 pub mod error;
 pub mod eva02;

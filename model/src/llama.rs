@@ -96,6 +96,7 @@ impl Llama {
     pub fn hidden(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let offset = cache.len();
+        let rope = self.rope.tables(offset, t, x.device(), x.dtype())?;
         let mask = causal_mask(t, offset, None, x)?;
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim);
         let spec = AttnSpec { scale: (hd as f64).powf(-0.5), softcap: None };
@@ -106,11 +107,10 @@ impl Llama {
             let q = qkv[0].reshape((b, t, nh, hd))?.transpose(1, 2)?;
             let k = qkv[1].reshape((b, t, nkv, hd))?.transpose(1, 2)?;
             let v = qkv[2].reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = self.rope.apply(&q, offset)?;
-            let k = self.rope.apply(&k, offset)?;
+            let q = self.rope.apply_tables(&q, &rope)?;
+            let k = self.rope.apply_tables(&k, &rope)?;
             let (k, v) = cache.append(i, k, v)?;
-            let a = attention(&q, &k, &v, mask.as_ref(), &spec)?;
-            let a = a.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            let a = attention(&q, &k, &v, &mask, &spec)?;
             x = (x + l.o.forward(&a)?)?;
             let hn = l.post_ln.forward(&x)?;
             let gu = l.gate_up.forward(&hn)?;

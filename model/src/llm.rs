@@ -7,7 +7,8 @@ use crate::error::{invalid, Result};
 use crate::gemma2::Gemma2;
 use crate::llama::Llama;
 use crate::loader::Checkpoint;
-use crate::nn::{attention_probs, differentiable, low_precision_attention, Linear};
+use crate::cpu_kernels::{Attention, Causal};
+use crate::nn::{attention_probs, cpu_kernels_apply, differentiable, low_precision_attention, Linear};
 use candle_core::{DType, Device, Tensor, D};
 
 /// cos / sin tables for HF-style RoPE: `inv_freq[i] = theta^(-2i/d)`, angle = pos * inv_freq.
@@ -24,8 +25,9 @@ impl Rope {
         Self { head_dim, inv_freq }
     }
 
-    /// cos, sin of shape [T, head_dim / 2] for positions offset..offset+T.
-    fn tables(&self, offset: usize, t: usize, dev: &Device, dt: DType) -> Result<(Tensor, Tensor)> {
+    /// cos and sin [T, head_dim / 2] for positions offset..offset+T; made once per forward and shared by
+    /// the layers (see [`Rope::apply_tables`]).
+    pub fn tables(&self, offset: usize, t: usize, dev: &Device, dt: DType) -> Result<(Tensor, Tensor)> {
         let half = self.head_dim / 2;
         let mut ang = Vec::with_capacity(t * half);
         for p in offset..offset + t {
@@ -37,19 +39,19 @@ impl Rope {
         Ok((ang.cos()?.to_dtype(dt)?, ang.sin()?.to_dtype(dt)?))
     }
 
-    /// x: [B, heads, T, head_dim] -> rotated, positions starting at `offset`.
-    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_, _, t, d) = x.dims4()?;
-        let (cos, sin) = self.tables(offset, t, x.device(), x.dtype())?;
+    /// x: [B, heads, T, head_dim] -> rotated, with the tables from [`Rope::tables`] for x's
+    /// positions.
+    pub fn apply_tables(&self, x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
+        let d = x.dim(3)?;
         if differentiable() {
-            let cos = Tensor::cat(&[&cos, &cos], D::Minus1)?;
-            let sin = Tensor::cat(&[&sin, &sin], D::Minus1)?;
+            let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+            let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
             let x1 = x.narrow(D::Minus1, 0, d / 2)?;
             let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
             let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
             Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
         } else {
-            Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
+            Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
         }
     }
 }
@@ -191,15 +193,23 @@ pub struct AttnSpec {
     pub softcap: Option<f64>,
 }
 
-/// The additive causal mask [T, S] (0 or -inf) for queries at positions offset..offset+T over
-/// keys 0..S, optionally limited to a sliding window (keys with `pos - key_pos >= window` are
-/// masked). `None` when nothing is masked (one query with every key in its window). Built once
-/// per forward and shared by every layer of the same kind, in the dtype the scores of inputs like
-/// `like` are computed in (see [`crate::nn::low_precision_attention`]).
-pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, like: &Tensor) -> Result<Option<Tensor>> {
+/// The causal mask of one forward pass: queries at positions offset..offset+T over keys
+/// 0..offset+T, optionally limited to a sliding window (keys with `pos - key_pos >= window` are
+/// masked). The CPU attention kernel applies it from `causal` without a tensor; the other path
+/// adds `dense`, the additive [T, S] mask (0 or -inf), `None` when nothing is masked (one query
+/// with every key in its window). Built once per forward and shared by every layer of the same
+/// kind, in the dtype the scores of inputs like `like` are computed in (see
+/// [`crate::nn::low_precision_attention`]).
+pub struct CausalMask {
+    pub causal: Causal,
+    dense: Option<Tensor>,
+}
+
+pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, like: &Tensor) -> Result<CausalMask> {
+    let causal = Causal { offset, window };
     let s = offset + t;
-    if t == 1 && window.is_none_or(|w| s <= w) {
-        return Ok(None);
+    if cpu_kernels_apply(like) || (t == 1 && window.is_none_or(|w| s <= w)) {
+        return Ok(CausalMask { causal, dense: None });
     }
     let mut m = vec![0f32; t * s];
     for i in 0..t {
@@ -212,18 +222,25 @@ pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, like: &Tensor
         }
     }
     let dtype = if low_precision_attention(like) { like.dtype() } else { DType::F32 };
-    Ok(Some(Tensor::from_vec(m, (t, s), like.device())?.to_dtype(dtype)?))
+    Ok(CausalMask { causal, dense: Some(Tensor::from_vec(m, (t, s), like.device())?.to_dtype(dtype)?) })
 }
 
-/// Masked attention. q: [B, H, T, d] at positions offset..offset+T; k, v: [B, KV, S, d] holding
-/// positions 0..S (S = offset + T); `mask` from [`causal_mask`]. Rows of a right-padded batch
-/// never see the padding after them, so one causal mask serves a padded batch.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, spec: &AttnSpec) -> Result<Tensor> {
+/// Grouped-query attention of q [B, H, T, d] over k, v [B, KV, S, d] -> [B, T, H * d] (heads
+/// merged, as the output projection reads them). f32 on the CPU runs the fused kernel of
+/// [`crate::cpu_kernels`]; elsewhere the scores are formed per kv group (the reference's
+/// `repeat_kv` without the copies), soft-capped, masked and normalised by [`attention_probs`].
+/// q holds positions offset..offset+T, k and v positions 0..S (S = offset + T). Rows of a
+/// right-padded batch never see the padding after them, so one causal mask serves a padded batch.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, spec: &AttnSpec) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let kvh = k.dim(1)?;
     let s = k.dim(2)?;
     if h % kvh != 0 {
         return invalid(format!("{h} attention heads are not a multiple of {kvh} key/value heads"));
+    }
+    if cpu_kernels_apply(q) {
+        let a = Attention { scale: spec.scale as f32, softcap: spec.softcap.map(|c| c as f32), causal: Some(mask.causal) };
+        return Ok(q.apply_op3_no_bwd(k, v, &a)?);
     }
     let rep = h / kvh;
     // Group query heads by their kv head: [B, KV, rep*T, d] so one matmul serves a group.
@@ -235,13 +252,13 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, spec
     if let Some(cap) = spec.softcap {
         scores = ((scores / cap)?.tanh()? * cap)?;
     }
-    if let Some(mask) = mask {
+    if let Some(mask) = &mask.dense {
         // [B, KV, rep, T, S] + [T, S]: the same mask for every head of the group
         let mask = mask.to_dtype(scores.dtype())?; // a no-op: causal_mask builds it in this dtype
         scores = scores.reshape((b, kvh, rep, t, s))?.broadcast_add(&mask)?.reshape((b, kvh, rep * t, s))?;
     }
     let probs = attention_probs(&scores, v.dtype())?;
-    Ok(probs.matmul(v)?.reshape((b, h, t, d))?)
+    Ok(probs.matmul(v)?.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?)
 }
 
 /// The decoder LLMs Griffon drives through inputs_embeds.

@@ -147,11 +147,26 @@ pub fn attention_probs(scores: &Tensor, out: DType) -> Result<Tensor> {
     }
 }
 
+/// Whether `t` takes the CPU kernels of [`crate::cpu_kernels`]: f32 on the CPU, outside training.
+pub fn cpu_kernels_apply(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && !differentiable()
+}
+
+/// candle's fused softmax over the last dimension of a contiguous f32 tensor, or ours on the CPU
+/// (a vectorised exp: candle's CPU kernel calls the scalar `expf` per element).
+fn fused_softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        Ok(x.apply_op1_no_bwd(&crate::cpu_kernels::SoftmaxLast)?)
+    } else {
+        Ok(candle_nn::ops::softmax_last_dim(x)?)
+    }
+}
+
 /// Softmax over the last dimension, in f32.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let dt = x.dtype();
     let xf = x.to_dtype(DType::F32)?.contiguous()?;
-    let y = if differentiable() { softmax_last_with_grad(&xf)? } else { candle_nn::ops::softmax_last_dim(&xf)? };
+    let y = if differentiable() { softmax_last_with_grad(&xf)? } else { fused_softmax_last(&xf)? };
     Ok(y.to_dtype(dt)?)
 }
 
@@ -161,7 +176,7 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// forward; this one keeps the input, the fused result and its copy, and runs one kernel plus a
 /// copy. At 5329 vision tokens a score tensor is 113 MB per head.
 pub fn softmax_last_with_grad(x: &Tensor) -> Result<Tensor> {
-    let y = candle_nn::ops::softmax_last_dim(x)?;
+    let y = fused_softmax_last(x)?;
     Ok(x.apply_op2(&y, WithGrad(GradRule::Softmax))?)
 }
 
@@ -281,6 +296,14 @@ impl Act {
     }
 
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        let sigmoid_scale = match self {
+            Act::QuickGelu => Some(1.702f32),
+            Act::Silu => Some(1.0),
+            _ => None,
+        };
+        if let (Some(a), true) = (sigmoid_scale, cpu_kernels_apply(x)) {
+            return Ok(x.contiguous()?.apply_op1_no_bwd(&crate::cpu_kernels::SigmoidMul(a))?);
+        }
         Ok(match self {
             Act::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
             Act::GeluErf => x.gelu_erf()?,

@@ -12,7 +12,10 @@ use crate::nn::{Act, Linear};
 use candle_core::{DType, Tensor};
 
 pub enum Projector {
-    ConvReduce { weight: Tensor, bias: Tensor, pad: usize, linear: Linear },
+    /// `weight` [out, C, 3, 3] as stored; `packed` the same as [out, 9 C] in the patch order of
+    /// [`conv3x3_stride2`], made once at load outside training (in training the weight is a
+    /// variable the optimizer updates in place, so it is rearranged at each call).
+    ConvReduce { weight: Tensor, bias: Tensor, pad: usize, linear: Linear, packed: Option<Tensor> },
     Mlp(Vec<Linear>),
     Identity,
 }
@@ -21,12 +24,17 @@ impl Projector {
     /// `s` points at `model.mm_projector`.
     pub fn load(s: &Scope, kind: &ProjectorType, in_dim: usize, out_dim: usize) -> Result<Self> {
         Ok(match kind {
-            ProjectorType::ConvReduce { pad } => Projector::ConvReduce {
-                weight: s.get("conv.weight", &[out_dim, in_dim, 3, 3])?,
-                bias: s.get("conv.bias", &[out_dim])?,
-                pad: *pad,
-                linear: Linear::load(&s.pp("linear"), out_dim, out_dim, true)?,
-            },
+            ProjectorType::ConvReduce { pad } => {
+                let weight = s.get("conv.weight", &[out_dim, in_dim, 3, 3])?;
+                let packed = if crate::nn::differentiable() { None } else { Some(pack_conv_weight(&weight)?) };
+                Projector::ConvReduce {
+                    weight,
+                    bias: s.get("conv.bias", &[out_dim])?,
+                    pad: *pad,
+                    linear: Linear::load(&s.pp("linear"), out_dim, out_dim, true)?,
+                    packed,
+                }
+            }
             ProjectorType::Linear => {
                 // LLaVA's `linear` projector is a bare nn.Linear stored as `model.mm_projector.{weight,bias}`.
                 Projector::Mlp(vec![Linear::load(s, in_dim, out_dim, true)?])
@@ -64,8 +72,8 @@ impl Projector {
     /// x: [B, N, C] -> [B, N', H].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Projector::ConvReduce { weight, bias, pad, linear } => {
-                let (b, n, c) = x.dims3()?;
+            Projector::ConvReduce { weight, bias, pad, linear, packed } => {
+                let n = x.dim(1)?;
                 let g = (n as f64).sqrt().round() as usize;
                 if g * g != n {
                     return invalid(format!("conv projector: {n} tokens do not form a square grid"));
@@ -73,18 +81,12 @@ impl Projector {
                 if g + 2 * pad < 3 {
                     return invalid(format!("conv projector: a {g}x{g} grid is too small for a 3x3 kernel"));
                 }
-                let grid = x.transpose(1, 2)?.reshape((b, c, g, g))?.contiguous()?;
-                // candle 0.11 CPU conv2d fails for half types ("unsupported dtype BF16 for op matmul"):
-                // run that case in f32
-                let y = if matches!(grid.dtype(), DType::F16 | DType::BF16) && grid.device().is_cpu() {
-                    grid.to_dtype(DType::F32)?.conv2d(&weight.to_dtype(DType::F32)?, *pad, 2, 1, 1)?.to_dtype(grid.dtype())?
-                } else {
-                    grid.conv2d(weight, *pad, 2, 1, 1)?
+                let w = match packed {
+                    Some(w) => w.clone(),
+                    None => pack_conv_weight(weight)?,
                 };
-                let y = y.broadcast_add(&bias.reshape((1, (), 1, 1))?)?;
-                let y = Act::GeluErf.apply(&y)?;
-                let (_, h, gh, gw) = y.dims4()?;
-                let tokens = y.reshape((b, h, gh * gw))?.transpose(1, 2)?.contiguous()?;
+                let tokens = conv3x3_stride2(x, g, &w, bias, *pad)?;
+                let tokens = Act::GeluErf.apply(&tokens)?;
                 linear.forward(&tokens)
             }
             Projector::Mlp(layers) => {
@@ -97,4 +99,44 @@ impl Projector {
             Projector::Identity => Ok(x.clone()),
         }
     }
+}
+
+/// A Conv2d weight [out, C, 3, 3] as the [out, 9 C] matrix of [`conv3x3_stride2`].
+fn pack_conv_weight(w: &Tensor) -> Result<Tensor> {
+    let (out, c, _, _) = w.dims4()?;
+    Ok(w.permute((0, 2, 3, 1))?.reshape((out, 9 * c))?)
+}
+
+/// The 3x3, stride-2 convolution of a [B, g*g, C] token grid (row-major, channels last) ->
+/// [B, o*o, out] tokens, as one matmul over gathered patches: `nn.Conv2d(C, out, 3, stride=2,
+/// padding=pad)` of the reference applied to the grid, without its NCHW transposes. Patch
+/// columns are ordered (kh, kw, c); the weight [out, C, 3, 3] is permuted to match. The same
+/// arithmetic on every device, and on the CPU faster than candle's conv2d plus the layout
+/// transposes around it (docs/PERFORMANCE.md).
+fn conv3x3_stride2(x: &Tensor, g: usize, w: &Tensor, bias: &Tensor, pad: usize) -> Result<Tensor> {
+    let (b, _, c) = x.dims3()?;
+    let out = w.dim(0)?;
+    let o = (g + 2 * pad - 3) / 2 + 1;
+    // pad to an even side of at least g + 2 * pad, so rows and columns split into (pairs, parity)
+    let side = (g + 2 * pad).next_multiple_of(2);
+    let grid = x.reshape((b, g, g, c))?;
+    let grid = grid.pad_with_zeros(1, pad, side - g - pad)?.pad_with_zeros(2, pad, side - g - pad)?;
+    let grid = grid.reshape((b, side / 2, 2, side / 2, 2, c))?;
+    let mut taps = Vec::with_capacity(9);
+    for kh in 0..3 {
+        for kw in 0..3 {
+            // input row 2i + kh = 2 (i + kh / 2) + kh % 2
+            let t = grid.narrow(1, kh / 2, o)?.narrow(2, kh % 2, 1)?.narrow(3, kw / 2, o)?.narrow(4, kw % 2, 1)?;
+            taps.push(t.reshape((b, o * o, c))?);
+        }
+    }
+    let patches = Tensor::cat(&taps, 2)?.reshape((b * o * o, 9 * c))?;
+    let dt = patches.dtype();
+    let y = if matches!(dt, DType::F16 | DType::BF16) && patches.device().is_cpu() {
+        // half precision on the CPU: the product in f32 (candle converts per matmul anyway)
+        patches.to_dtype(DType::F32)?.matmul(&w.to_dtype(DType::F32)?.t()?)?.to_dtype(dt)?
+    } else {
+        patches.matmul(&w.t()?)?
+    };
+    Ok(y.reshape((b, o * o, out))?.broadcast_add(bias)?)
 }
