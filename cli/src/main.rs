@@ -66,6 +66,9 @@ struct SynthArgs {
     /// Objects per scene at most (1..=N).
     #[arg(long, default_value_t = 20)]
     max_objects: usize,
+    /// Multiply every object's side (1.0: the benchmark; larger objects make an easier set).
+    #[arg(long, default_value_t = 1.0)]
+    object_scale: f64,
     /// Write only this split (train, val or test) of the N-scene benchmark, e.g. the 200 test
     /// scenes of `--n 2000` without the 1800 others (2.4 MB per 1022 px image).
     #[arg(long)]
@@ -952,7 +955,7 @@ fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
 }
 
 fn synth_cmd(a: &SynthArgs) -> Result<()> {
-    let opts = griffon_train::synth::SynthOptions { out: a.out.clone(), n: a.n, seed: a.seed, size: a.size, max_objects: a.max_objects, only_split: a.split.clone() };
+    let opts = griffon_train::synth::SynthOptions { out: a.out.clone(), n: a.n, seed: a.seed, size: a.size, max_objects: a.max_objects, object_scale: a.object_scale, only_split: a.split.clone() };
     let summary = griffon_train::synth::generate(&opts).map_err(|e| anyhow!(e))?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(())

@@ -91,6 +91,9 @@ pub struct SynthSection {
     pub size: u32,
     #[serde(default = "default_max_objects")]
     pub max_objects: usize,
+    /// Multiplies the objects' sides (1.0, the default: the benchmark's distribution).
+    #[serde(default = "default_object_scale")]
+    pub object_scale: f64,
     #[serde(default)]
     pub mix: SynthMix,
 }
@@ -118,6 +121,11 @@ impl Default for SynthMix {
 fn default_synth_size() -> u32 {
     1022
 }
+
+fn default_object_scale() -> f64 {
+    1.0
+}
+
 fn default_max_objects() -> usize {
     20
 }

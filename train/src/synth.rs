@@ -38,6 +38,8 @@ pub struct SynthOptions {
     pub seed: u64,
     pub size: u32,
     pub max_objects: usize,
+    /// Multiplies every object's side (1.0: the benchmark's sizes; see [`scene`]).
+    pub object_scale: f64,
     /// Write only this split (`train`, `val` or `test`); scene indices and contents are those of
     /// the full benchmark.
     pub only_split: Option<String>,
@@ -149,10 +151,17 @@ fn background(rng: &mut StdRng, size: u32) -> RgbImage {
 
 /// One scene: image and objects, from (seed, index) only.
 pub fn scene(seed: u64, index: usize, size: u32, max_objects: usize) -> (RgbImage, Vec<Object>) {
+    scene_scaled(seed, index, size, max_objects, 1.0)
+}
+
+/// [`scene`] with every object side multiplied by `object_scale` (capped below the image side):
+/// an easier distribution of larger objects (the CPU learnability probe of docs/SYNTH.md). With
+/// 1.0 it is [`scene`] exactly.
+pub fn scene_scaled(seed: u64, index: usize, size: u32, max_objects: usize, object_scale: f64) -> (RgbImage, Vec<Object>) {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(index as u64));
     let mut img = background(&mut rng, size);
     let k = rng.random_range(1..=max_objects.max(1));
-    let px = |s: f64| ((s * size as f64 / 1022.0).round() as u32).max(3);
+    let px = |s: f64| ((s * object_scale * size as f64 / 1022.0).round() as u32).max(3);
     // Half of the scenes with room for it hold a crowd: 3 to 12 objects of one colour and shape
     // (sizes still vary), so exemplar counting has more than ones and twos to count.
     let crowd = if k >= 3 && rng.random_bool(0.5) {
@@ -315,6 +324,8 @@ pub struct SynthStream {
     pub seed: u64,
     pub size: u32,
     pub max_objects: usize,
+    /// See [`scene_scaled`]; 1.0 unless set with [`SynthStream::with_object_scale`].
+    pub object_scale: f64,
     /// (task, weight): DET, VG (REC), REG and VISJ (exemplar counting).
     pub mix: Vec<(TaskKind, f64)>,
     pub opts: BuildOptions,
@@ -336,12 +347,19 @@ impl SynthStream {
         if let Some((k, _)) = mix.iter().find(|(k, _)| *k == TaskKind::Lazy) {
             return Err(format!("synthetic scenes have no {} (caption) task", k.tag()));
         }
-        Ok(Self { seed, size, max_objects, mix, opts, vocab: SHAPES.iter().map(|s| s.to_string()).collect() })
+        Ok(Self { seed, size, max_objects, object_scale: 1.0, mix, opts, vocab: SHAPES.iter().map(|s| s.to_string()).collect() })
+    }
+
+    /// Objects `scale` times the benchmark's size (see [`scene_scaled`]).
+    pub fn with_object_scale(mut self, scale: f64) -> Result<Self, String> {
+        check_object_scale(scale)?;
+        self.object_scale = scale;
+        Ok(self)
     }
 
     /// Sample `k` and its image.
     pub fn sample(&self, k: usize) -> Result<(Sample, RgbImage), String> {
-        let (img, objs) = scene(self.seed, k, self.size, self.max_objects);
+        let (img, objs) = scene_scaled(self.seed, k, self.size, self.max_objects, self.object_scale);
         let file = format!("{k:08}.png");
         let ann = scene_annotations(self.seed, k, &objs, self.size, &file);
         let mut rng = StdRng::seed_from_u64(self.seed.wrapping_mul(0xD134_2543_DE82_EF95) ^ (k as u64).wrapping_add(0x5157));
@@ -387,7 +405,15 @@ impl SynthStream {
 }
 
 /// Writes the benchmark; returns a summary per split.
+fn check_object_scale(scale: f64) -> Result<(), String> {
+    if !(scale.is_finite() && (0.25..=20.0).contains(&scale)) {
+        return Err(format!("object scale {scale} is outside 0.25..=20"));
+    }
+    Ok(())
+}
+
 pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, String> {
+    check_object_scale(o.object_scale)?;
     if o.size < 32 {
         return Err(format!("--size {} is too small (at least 32 px)", o.size));
     }
@@ -407,7 +433,7 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
         }
         let dir = o.out.join("images").join(split);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let (img, objs) = scene(o.seed, k, o.size, o.max_objects);
+        let (img, objs) = scene_scaled(o.seed, k, o.size, o.max_objects, o.object_scale);
         let f = dir.join(format!("{k:06}.png"));
         img.save(&f).map_err(|e| format!("{}: {e}", f.display()))?;
         per.entry(split).or_default().push((k, objs));

@@ -453,7 +453,7 @@ impl Trainer {
         let data = match &cfg.data.synth {
             Some(sy) => {
                 let mix = vec![(TaskKind::Det, sy.mix.det), (TaskKind::Vg, sy.mix.vg), (TaskKind::Reg, sy.mix.reg), (TaskKind::Visj, sy.mix.visj)];
-                let stream = SynthStream::new(sy.seed, sy.size, sy.max_objects, mix, bopts.clone())?;
+                let stream = SynthStream::new(sy.seed, sy.size, sy.max_objects, mix, bopts.clone())?.with_object_scale(sy.object_scale)?;
                 Data::Synth { stream, len: sy.samples }
             }
             None => Data::Files(encoded),
