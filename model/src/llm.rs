@@ -1,14 +1,13 @@
 //! Pieces shared by the decoder LLMs: rotary embeddings (HF `rotate_half` layout), the KV cache,
-//! grouped-query attention with optional logit soft-capping and sliding windows, and the
-//! [`Llm`] enum the Griffon model drives through its inputs-embeds path.
+//! grouped-query attention with optional logit soft-capping and sliding windows, and [`Llm`]:
+//! the one decoder forward pass (Gemma-2 and Llama-2 differ only in settings and extra norms) the
+//! Griffon model drives through its inputs-embeds path.
 
 use crate::config::LlmConfig;
 use crate::error::{invalid, Result};
-use crate::gemma2::Gemma2;
-use crate::llama::Llama;
 use crate::loader::Checkpoint;
 use crate::cpu_kernels::{Attention, Causal};
-use crate::nn::{attention_probs, cpu_kernels_apply, differentiable, low_precision_attention, Linear};
+use crate::nn::{attention_probs, cpu_kernels_apply, differentiable, low_precision_attention, Act, Embedding, Linear, RmsNorm};
 use candle_core::{DType, Device, Tensor, D};
 
 /// cos / sin tables for HF-style RoPE: `inv_freq[i] = theta^(-2i/d)`, angle = pos * inv_freq.
@@ -261,32 +260,93 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, spec: &A
     Ok(probs.matmul(v)?.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?)
 }
 
-/// The decoder LLMs Griffon drives through inputs_embeds.
-pub enum Llm {
-    Gemma2(Gemma2),
-    Llama(Llama),
+/// What distinguishes the decoders [`Llm`] runs (set by [`crate::llama::load`] and
+/// [`crate::gemma2::load`]).
+pub struct DecoderSpec {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Score scale and logit soft-capping.
+    pub attn: AttnSpec,
+    /// The gate's activation of the gated MLP.
+    pub act: Act,
+    /// Gemma-2 multiplies every input embedding by sqrt(hidden_size).
+    pub embed_scale: Option<f64>,
+    /// The window of the layers marked `sliding`.
+    pub sliding_window: Option<usize>,
+    /// Gemma-2's final-logit soft-capping.
+    pub final_softcap: Option<f64>,
+    pub vocab_size: usize,
+}
+
+/// One pre-norm decoder layer: `x + [post_attn_ln](o(attention(input_ln(x))))`, then
+/// `x + [post_ff_ln](down(act(gate(h)) * up(h)))` with `h = pre_ff_ln(x)`. The bracketed norms are
+/// Gemma-2's; Llama's `post_attention_layernorm` is the `pre_ff_ln` here.
+pub struct DecoderLayer {
+    pub input_ln: RmsNorm,
+    /// q, k, v
+    pub qkv: Projections,
+    pub o: Linear,
+    pub post_attn_ln: Option<RmsNorm>,
+    pub pre_ff_ln: RmsNorm,
+    /// gate, up
+    pub gate_up: Projections,
+    pub down: Linear,
+    pub post_ff_ln: Option<RmsNorm>,
+    pub sliding: bool,
+}
+
+/// The decoder LLMs Griffon drives through inputs_embeds: Gemma-2, Llama-2 (and Qwen2), one
+/// forward pass for both, their differences in [`DecoderSpec`] and [`DecoderLayer`].
+pub struct Llm {
+    spec: DecoderSpec,
+    embed: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
 }
 
 impl Llm {
     pub fn load(ck: &Checkpoint, cfg: &LlmConfig) -> Result<Self> {
-        Ok(match cfg {
-            LlmConfig::Gemma2(c) => Llm::Gemma2(Gemma2::load(ck, c)?),
-            LlmConfig::Llama(c) => Llm::Llama(Llama::load(ck, c)?),
-        })
+        match cfg {
+            LlmConfig::Gemma2(c) => crate::gemma2::load(ck, c),
+            LlmConfig::Llama(c) => crate::llama::load(ck, c),
+        }
+    }
+
+    /// Assembles a decoder; the lm_head is `lm_head.weight` when the checkpoint has it, else the
+    /// embedding table when `tie_word_embeddings`.
+    pub fn new(
+        ck: &Checkpoint,
+        spec: DecoderSpec,
+        embed_weight: Tensor,
+        layers: Vec<DecoderLayer>,
+        norm: RmsNorm,
+        tie_word_embeddings: bool,
+        rope_theta: f64,
+    ) -> Result<Self> {
+        let h = embed_weight.dim(1)?;
+        let lm_head = if ck.has("lm_head.weight") {
+            Linear::load(&ck.scope("lm_head"), h, spec.vocab_size, false)?
+        } else if tie_word_embeddings {
+            Linear { weight: embed_weight.clone(), bias: None }
+        } else {
+            return invalid(format!(
+                "tensor lm_head.weight is missing from the checkpoint in {} and tie_word_embeddings is false",
+                ck.dir().display()
+            ));
+        };
+        let rope = Rope::new(spec.head_dim, rope_theta);
+        Ok(Self { spec, embed: Embedding { weight: embed_weight }, layers, norm, lm_head, rope })
     }
 
     pub fn num_layers(&self) -> usize {
-        match self {
-            Llm::Gemma2(m) => m.num_layers(),
-            Llm::Llama(m) => m.num_layers(),
-        }
+        self.layers.len()
     }
 
     pub fn vocab_size(&self) -> usize {
-        match self {
-            Llm::Gemma2(m) => m.vocab_size(),
-            Llm::Llama(m) => m.vocab_size(),
-        }
+        self.spec.vocab_size
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -295,10 +355,7 @@ impl Llm {
 
     /// Raw token embeddings (before any model-specific scaling), [T] -> [T, H].
     pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
-        match self {
-            Llm::Gemma2(m) => m.embed_tokens(ids),
-            Llm::Llama(m) => m.embed_tokens(ids),
-        }
+        self.embed.forward(ids)
     }
 
     /// Runs embeddings [B, T, H] after the cached positions. Returns logits [B, T, V] for every
@@ -312,20 +369,59 @@ impl Llm {
 
     /// The last decoder layer's output [B, T, H] (before the final norm).
     pub fn hidden(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        match self {
-            Llm::Gemma2(m) => m.hidden(x, cache),
-            Llm::Llama(m) => m.hidden(x, cache),
+        let s = &self.spec;
+        let (b, t, _) = x.dims3()?;
+        let offset = cache.len();
+        let rope = self.rope.tables(offset, t, x.device(), x.dtype())?;
+        let full_mask = causal_mask(t, offset, None, x)?;
+        let window_mask = match s.sliding_window {
+            Some(w) if self.layers.iter().any(|l| l.sliding) => Some(causal_mask(t, offset, Some(w), x)?),
+            _ => None,
+        };
+        let (nh, nkv, hd) = (s.heads, s.kv_heads, s.head_dim);
+        // HF Gemma-2 multiplies by a normalizer tensor of the hidden dtype (candle's affine casts
+        // the factor to the tensor's dtype too).
+        let mut x = match s.embed_scale {
+            Some(k) => (x * k)?,
+            None => x.clone(),
+        };
+        for (i, l) in self.layers.iter().enumerate() {
+            let hn = l.input_ln.forward(&x)?;
+            let qkv = l.qkv.forward(&hn)?;
+            let q = qkv[0].reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = qkv[1].reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v = qkv[2].reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let q = self.rope.apply_tables(&q, &rope)?;
+            let k = self.rope.apply_tables(&k, &rope)?;
+            let (k, v) = cache.append(i, k, v)?;
+            let mask = match (&window_mask, l.sliding) {
+                (Some(m), true) => m,
+                _ => &full_mask,
+            };
+            let mut a = l.o.forward(&attention(&q, &k, &v, mask, &s.attn)?)?;
+            if let Some(n) = &l.post_attn_ln {
+                a = n.forward(&a)?;
+            }
+            x = (x + a)?;
+            let gu = l.gate_up.forward(&l.pre_ff_ln.forward(&x)?)?;
+            let mut f = l.down.forward(&(s.act.apply(&gu[0])? * &gu[1])?)?;
+            if let Some(n) = &l.post_ff_ln {
+                f = n.forward(&f)?;
+            }
+            x = (x + f)?;
         }
+        Ok(x)
     }
 
     /// Final norm, lm_head (and soft-capping) of hidden states [.., H] -> logits [.., V]; the
     /// trainer applies it to the supervised rows only (a 256k vocabulary over every position of
     /// a 1429-token sequence would be 1.4 GB of logits).
     pub fn head(&self, h: &Tensor) -> Result<Tensor> {
-        match self {
-            Llm::Gemma2(m) => m.head(h),
-            Llm::Llama(m) => m.head(h),
-        }
+        let logits = self.lm_head.forward(&self.norm.forward(h)?)?;
+        Ok(match self.spec.final_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        })
     }
 }
 
