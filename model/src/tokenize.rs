@@ -102,7 +102,6 @@ impl PromptTokenizer {
     }
 }
 
-/// transformers' `clean_up_tokenization` (applied when `clean_up_tokenization_spaces` is true).
 /// Turns generated ids into text as they arrive: each push returns the new text since the last
 /// one. It decodes the whole answer so far (exactly what the final decode gives), holds back a
 /// trailing incomplete character (U+FFFD from a partial byte sequence) and trailing whitespace,
@@ -145,6 +144,7 @@ impl<'a> TextStream<'a> {
     }
 }
 
+/// transformers' `clean_up_tokenization` (applied when `clean_up_tokenization_spaces` is true).
 pub fn clean_up_tokenization(s: &str) -> String {
     s.replace(" .", ".")
         .replace(" ?", "?")
