@@ -732,6 +732,11 @@ impl Trainer {
         std::fs::write(&latest_tmp, &name).map_err(io)?;
         std::fs::File::open(&latest_tmp).and_then(|f| f.sync_all()).map_err(io)?;
         std::fs::rename(&latest_tmp, out.join(LATEST)).map_err(io)?;
+        // Later saves read frozen tensors and support files from the newest checkpoint (it holds
+        // all of them): the one this run resumed from may be pruned next, and reading it after
+        // that failed ("No such file or directory" at the second save after a resume with
+        // keep_checkpoints, found by a CPU probe run).
+        self.source_dir = final_dir.clone();
         if self.cfg.train.keep_checkpoints > 0 {
             prune_checkpoints(&out, self.cfg.train.keep_checkpoints, &name).map_err(io)?;
         }

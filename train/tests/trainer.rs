@@ -103,6 +103,27 @@ fn resumed_run_matches_uninterrupted_run() {
     }
 }
 
+/// A resumed run that prunes old checkpoints keeps saving: the checkpoint it resumed from is
+/// pruned after its first save, and later saves must not need it.
+#[test]
+fn resumed_run_with_pruning_saves_again_and_again() {
+    let data = dataset(&[]);
+    let body = "stage = 1\nlr = 1e-3\nmax_steps = 5\nsave_every = 1\nkeep_checkpoints = 1\nwarmup_ratio = 0.0";
+    let cfg = config(data.path(), "p", body);
+    Trainer::new(cfg.clone(), &Device::Cpu).unwrap().run(Some(1), false).unwrap();
+    let r = Trainer::new(cfg, &Device::Cpu).unwrap().run(None, false).unwrap();
+    assert_eq!(r.losses.len(), 4);
+    let out = data.path().join("p");
+    let kept: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(kept, vec!["checkpoint-5".to_string()]);
+    let m = Griffon::load(&r.checkpoint, &LoadOptions::default()).unwrap();
+    assert_eq!(m.image_size(), 56);
+}
+
 #[test]
 fn checkpoint_loads_in_the_engine_with_frozen_parts_unchanged() {
     let data = dataset(&[]);
