@@ -44,11 +44,5 @@ for s in 1 2 3; do
 done
 [ "$prev" = "$INIT" ] && { echo "nothing trained"; exit 1; }
 last=$prev/$(cat "$prev/latest" 2>/dev/null)
-echo "== packing $last"
-rm -rf /tmp/pack /tmp/pack.tar; mkdir -p /tmp/pack/metrics
-for s in 1 2 3; do [ -f "$RUN/stage$s/metrics.jsonl" ] && cp "$RUN/stage$s/metrics.jsonl" /tmp/pack/metrics/stage$s.jsonl; done
-tar -C /tmp/pack -cf /tmp/pack.tar metrics
-tar -C "$last" -rf /tmp/pack.tar --exclude='optimizer.safetensors' .
-split -b 15M -d /tmp/pack.tar "$OUT/pack.tar.part-"
-ls -la "$OUT"
+bash tools/synth/pack.sh "$last" stage1=$RUN/stage1/metrics.jsonl stage2=$RUN/stage2/metrics.jsonl stage3=$RUN/stage3/metrics.jsonl
 date -u
