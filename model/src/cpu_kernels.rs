@@ -183,12 +183,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    fn softmax_row(row: &mut [f32]) {
-        softmax_row_impl(row)
-    }
-}
-
 /// Elements below which a kernel runs on the calling thread (rayon's hand-off costs more).
 const PARALLEL_MIN: usize = 1 << 15;
 
@@ -404,9 +398,9 @@ impl CustomOp3 for Attention {
                             let (a, z) = (a - lo, z - lo);
                             row[..a].fill(0.0);
                             row[z..].fill(0.0);
-                            softmax_row(&mut row[a..z]);
+                            softmax_rows(&mut row[a..z], z - a);
                         }
-                        None => softmax_row(row),
+                        None => softmax_rows(row, width),
                     }
                 }
                 unsafe {

@@ -260,8 +260,6 @@ fn apply_rope(x: &Tensor, sin: &Tensor, cos: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[&cls, &r], 2)?)
 }
 
-
-
 impl Block {
     fn forward(&self, x: &Tensor, sin: &Tensor, cos: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;

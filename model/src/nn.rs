@@ -180,7 +180,6 @@ pub fn softmax_last_with_grad(x: &Tensor) -> Result<Tensor> {
     Ok(x.apply_op2(&y, WithGrad(GradRule::Softmax))?)
 }
 
-
 /// The normalisation of a layer / RMS norm over the last dimension without its affine part, f32:
 /// `(x - mean) / sqrt(var + eps)` (`centered`) or `x / sqrt(mean(x^2) + eps)`. Forward by candle's
 /// fused kernel (with unit weight), backward explicit:
