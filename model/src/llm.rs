@@ -201,14 +201,17 @@ pub struct AttnSpec {
 /// [`crate::nn::low_precision_attention`]).
 pub struct CausalMask {
     pub causal: Causal,
+    /// Whether [`attention`] runs the CPU kernel (decided here, once, with the dense mask).
+    cpu_kernel: bool,
     dense: Option<Tensor>,
 }
 
 pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, like: &Tensor) -> Result<CausalMask> {
     let causal = Causal { offset, window };
     let s = offset + t;
-    if cpu_kernels_apply(like) || (t == 1 && window.is_none_or(|w| s <= w)) {
-        return Ok(CausalMask { causal, dense: None });
+    let cpu_kernel = cpu_kernels_apply(like);
+    if cpu_kernel || (t == 1 && window.is_none_or(|w| s <= w)) {
+        return Ok(CausalMask { causal, cpu_kernel, dense: None });
     }
     let mut m = vec![0f32; t * s];
     for i in 0..t {
@@ -221,12 +224,12 @@ pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, like: &Tensor
         }
     }
     let dtype = if low_precision_attention(like) { like.dtype() } else { DType::F32 };
-    Ok(CausalMask { causal, dense: Some(Tensor::from_vec(m, (t, s), like.device())?.to_dtype(dtype)?) })
+    Ok(CausalMask { causal, cpu_kernel, dense: Some(Tensor::from_vec(m, (t, s), like.device())?.to_dtype(dtype)?) })
 }
 
 /// Grouped-query attention of q [B, H, T, d] over k, v [B, KV, S, d] -> [B, T, H * d] (heads
-/// merged, as the output projection reads them). f32 on the CPU runs the fused kernel of
-/// [`crate::cpu_kernels`]; elsewhere the scores are formed per kv group (the reference's
+/// merged, as the output projection reads them). When `mask` was made for f32 CPU inputs, the
+/// fused kernel of [`crate::cpu_kernels`] runs (it refuses other tensors with an error); elsewhere the scores are formed per kv group (the reference's
 /// `repeat_kv` without the copies), soft-capped, masked and normalised by [`attention_probs`].
 /// q holds positions offset..offset+T, k and v positions 0..S (S = offset + T). Rows of a
 /// right-padded batch never see the padding after them, so one causal mask serves a padded batch.
@@ -237,7 +240,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, spec: &A
     if h % kvh != 0 {
         return invalid(format!("{h} attention heads are not a multiple of {kvh} key/value heads"));
     }
-    if cpu_kernels_apply(q) {
+    if mask.cpu_kernel {
+        // the mask has no dense form here: a q of another kind is an error, never an unmasked pass
         let a = Attention { scale: spec.scale as f32, softcap: spec.softcap.map(|c| c as f32), causal: Some(mask.causal) };
         return Ok(q.apply_op3_no_bwd(k, v, &a)?);
     }
