@@ -19,6 +19,8 @@
 //! none_prob = 0.0
 //! [train]
 //! stage = 2                       # 1 projector | 2 all but the region encoder | 3 LLM + projectors
+//!                                 # | 0 vision tower alone on the dense loss (synthetic data)
+//! dense_weight = 0.0              # synthetic data: add the dense perception loss (train::dense)
 //! lr = 2e-5
 //! vision_lr = 2e-6                # optional: train the vision tower at its own rate (Griffon-G stage 3)
 //! epochs = 1
@@ -177,6 +179,10 @@ pub struct TrainSection {
     /// `save_total_limit`.
     #[serde(default)]
     pub keep_checkpoints: usize,
+    /// Weight of the dense perception loss ([`crate::dense`]) added to the answer loss on
+    /// synthetic data (0 = off). Stage 0 trains on that loss alone.
+    #[serde(default)]
+    pub dense_weight: f64,
 }
 
 fn default_dtype() -> String {
@@ -312,8 +318,14 @@ impl TrainConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.train;
-        if !(1..=3).contains(&t.stage) {
-            return Err(format!("train.stage must be 1, 2 or 3, got {}", t.stage));
+        if t.stage > 3 {
+            return Err(format!("train.stage must be 0, 1, 2 or 3, got {}", t.stage));
+        }
+        if !(t.dense_weight >= 0.0 && t.dense_weight.is_finite()) {
+            return Err(format!("train.dense_weight must be a non-negative number, got {}", t.dense_weight));
+        }
+        if (t.stage == 0 || t.dense_weight > 0.0) && self.data.synth.is_none() {
+            return Err("the dense perception loss (stage 0 or train.dense_weight) needs [data.synth]: it is built from the scenes' objects".into());
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return Err(format!("train.lr must be positive, got {}", t.lr));
@@ -351,6 +363,7 @@ impl TrainConfig {
             return list.iter().filter_map(|s| Module::parse(s).ok()).collect();
         }
         let mut v = match self.train.stage {
+            0 => vec![Module::Vision],
             1 => vec![Module::Projector],
             2 => vec![Module::Llm, Module::Projector, Module::Vision, Module::RegionProjector],
             _ => vec![Module::Llm, Module::Projector, Module::RegionProjector],

@@ -5,11 +5,13 @@
 //! * [`data`]: data builders from standard annotations into training conversations, and the
 //!   released Griffon jsonl formats / task list (read and write).
 //! * [`config`]: the TOML run configuration and the stage presets (which modules train).
+//! * [`dense`]: stage 0, dense perception pre-training of the vision tower on synthetic scenes.
 //! * [`optim`]: AdamW with f32 master weights, cosine schedule with warmup, clipping.
 //! * [`trainer`]: the loop, the loss on answer tokens, checkpoints and resume.
 
 pub mod config;
 pub mod data;
+pub mod dense;
 pub mod optim;
 pub mod synth;
 pub mod trainer;

@@ -357,8 +357,8 @@ impl SynthStream {
         Ok(self)
     }
 
-    /// Sample `k` and its image.
-    pub fn sample(&self, k: usize) -> Result<(Sample, RgbImage), String> {
+    /// Sample `k`, its image and the scene's objects.
+    pub fn sample(&self, k: usize) -> Result<(Sample, RgbImage, Vec<Object>), String> {
         let (img, objs) = scene_scaled(self.seed, k, self.size, self.max_objects, self.object_scale);
         let file = format!("{k:08}.png");
         let ann = scene_annotations(self.seed, k, &objs, self.size, &file);
@@ -400,7 +400,7 @@ impl SynthStream {
         }
         let n = samples.len();
         let s = samples.into_iter().nth(rng.random_range(0..n)).expect("index below the length");
-        Ok((s, img))
+        Ok((s, img, objs))
     }
 }
 

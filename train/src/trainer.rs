@@ -4,6 +4,7 @@
 
 use crate::config::{Module, Schedule, TrainConfig};
 use crate::data::{build_all, read_task_list, BuildOptions, Sample, Skipped, TaskKind};
+use crate::dense::{DenseHead, DenseTargets, HEAD_BIAS, HEAD_WEIGHT};
 use crate::synth::SynthStream;
 use crate::optim::{clip_grad_norm, cosine_with_warmup, cosine_with_warmup_frac, warmup_steps, AdamW};
 use candle_core::{DType, Device, Tensor, D};
@@ -98,6 +99,8 @@ pub struct Loaded {
     pub pixels: Tensor,
     /// [3, r, r] per region exemplar, in placeholder order.
     pub regions: Vec<Tensor>,
+    /// Per-patch targets of the dense perception loss (synthetic scenes, when it is on).
+    pub dense: Option<DenseTargets>,
 }
 
 /// Preprocesses a sample's main image (read from disk unless given) and its exemplar crops.
@@ -124,15 +127,58 @@ pub fn load_pixels(s: &Sample, image: Option<RgbImage>, image_size: usize, regio
 /// position never attends to the padding after it, and padded rows carry no loss, so each
 /// sample's loss is what it would be alone. Logits are computed for the supervised rows only.
 pub fn batch_loss(m: &Griffon, batch: &[Loaded]) -> Result<(Tensor, usize), Error> {
+    batch_objective(m, batch, Objective { answers: true, dense: None }).map(|o| (o.loss, o.tokens))
+}
+
+/// What a micro-batch is trained on: the answer tokens, the dense perception loss
+/// ([`crate::dense`]) with its weight, or both (summed).
+#[derive(Clone, Copy)]
+pub struct Objective<'a> {
+    pub answers: bool,
+    pub dense: Option<(&'a DenseHead, f64)>,
+}
+
+/// A micro-batch's loss (graph kept), its supervised count (answer tokens, or patches when only
+/// the dense loss is trained) and the unweighted dense loss when it is on.
+pub struct BatchLoss {
+    pub loss: Tensor,
+    pub tokens: usize,
+    pub dense: Option<f64>,
+}
+
+/// [`batch_loss`] for an [`Objective`]; the vision tower runs once for both losses.
+pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<BatchLoss, Error> {
     let e = |x: candle_core::Error| x.to_string();
     let ge = |x: griffon_model::error::Error| x.to_string();
     if batch.is_empty() {
         return Err("empty micro-batch".into());
     }
+    if !obj.answers && obj.dense.is_none() {
+        return Err("nothing to train: neither answer tokens nor the dense loss".into());
+    }
     let dev = &m.device;
     let px: Vec<&Tensor> = batch.iter().map(|l| &l.pixels).collect();
     let px = Tensor::stack(&px, 0).and_then(|t| t.to_device(dev)).map_err(e)?;
-    let image_tokens = m.encode_image(&px).map_err(ge)?;
+    let (image_tokens, dense) = match obj.dense {
+        None => (m.encode_image(&px).map_err(ge)?, None),
+        Some((head, weight)) => {
+            if m.tiles != 1 {
+                return Err("the dense perception loss needs direct (untiled) image input".into());
+            }
+            let targets = batch
+                .iter()
+                .map(|l| l.dense.as_ref().ok_or_else(|| format!("{}: no dense targets (synthetic scenes only)", l.sample.source)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let feats = m.tower.patch_features(&px, m.config.mm.select_layer, m.config.mm.keep_cls).map_err(ge)?;
+            let dl = head.loss(&feats, &targets)?;
+            let value = dl.to_scalar::<f32>().map_err(e)? as f64;
+            if !obj.answers {
+                let patches = feats.dim(0).map_err(e)? * feats.dim(1).map_err(e)?;
+                return Ok(BatchLoss { loss: (dl * weight).map_err(e)?, tokens: patches, dense: Some(value) });
+            }
+            (m.projector.forward(&feats).map_err(ge)?, Some(((dl * weight).map_err(e)?, value)))
+        }
+    };
     let all_regions: Vec<&Tensor> = batch.iter().flat_map(|l| l.regions.iter()).collect();
     let region_tokens = if all_regions.is_empty() {
         None
@@ -189,13 +235,16 @@ pub fn batch_loss(m: &Griffon, batch: &[Loaded]) -> Result<(Tensor, usize), Erro
     let logits = m.llm.head(&picked).map_err(ge)?;
     let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).map_err(e)?, D::Minus1).map_err(e)?;
     let nll = lsm.gather(&targets, 1).and_then(|x| x.neg()).and_then(|x| x.mean_all()).map_err(e)?;
-    Ok((nll, n))
+    match dense {
+        None => Ok(BatchLoss { loss: nll, tokens: n, dense: None }),
+        Some((dl, value)) => Ok(BatchLoss { loss: (nll + dl).map_err(e)?, tokens: n, dense: Some(value) }),
+    }
 }
 
 /// Loss of one sample (graph kept for backward) and its supervised token count.
 pub fn sample_loss(m: &Griffon, s: &Sample, enc: &Encoded) -> Result<(Tensor, usize), Error> {
     let (pixels, regions) = load_pixels(s, None, m.image_size(), m.region_size())?;
-    batch_loss(m, &[Loaded { sample: s.clone(), enc: enc.clone(), pixels, regions }])
+    batch_loss(m, &[Loaded { sample: s.clone(), enc: enc.clone(), pixels, regions, dense: None }])
 }
 
 /// Where training samples come from.
@@ -229,6 +278,8 @@ struct Loader {
     region_size: usize,
     max_len: usize,
     seed: u64,
+    /// Patch grid of the dense targets (None: dense loss off).
+    dense_grid: Option<usize>,
 }
 
 impl Loader {
@@ -247,17 +298,21 @@ impl Loader {
                 let (s, enc) = &v[order.as_ref().expect("set above").1[k]];
                 let (pixels, regions) = load_pixels(s, None, self.image_size, self.region_size)
                     .map_err(|reason| Skipped { source: s.source.clone(), reason })?;
-                Ok(Loaded { sample: s.clone(), enc: enc.clone(), pixels, regions })
+                Ok(Loaded { sample: s.clone(), enc: enc.clone(), pixels, regions, dense: None })
             }
             Data::Synth { stream, .. } => {
                 let source = format!("synth:{}/{k}", stream.seed);
-                let (s, img) = stream.sample(k).map_err(|reason| Skipped { source: source.clone(), reason })?;
+                let (s, img, objs) = stream.sample(k).map_err(|reason| Skipped { source: source.clone(), reason })?;
+                let dense = match self.dense_grid {
+                    Some(g) => Some(DenseTargets::new(&objs, stream.size, g).map_err(|reason| Skipped { source: source.clone(), reason })?),
+                    None => None,
+                };
                 let enc = encode_sample(&self.tok, self.template, &s, self.lens).map_err(|reason| Skipped { source: source.clone(), reason })?;
                 if enc.len > self.max_len {
                     return Err(Skipped { source, reason: format!("over-long: {} positions > max_len {}", enc.len, self.max_len) });
                 }
                 let (pixels, regions) = load_pixels(&s, Some(img), self.image_size, self.region_size).map_err(|reason| Skipped { source, reason })?;
-                Ok(Loaded { sample: s, enc, pixels, regions })
+                Ok(Loaded { sample: s, enc, pixels, regions, dense })
             }
         }
     }
@@ -329,6 +384,9 @@ pub struct StepLog {
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// Mean unweighted dense perception loss of the step, when it is trained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dense: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -359,6 +417,9 @@ pub struct Trainer {
     elapsed_before: f64,
     /// Start of this segment's training loop.
     segment_start: Option<Instant>,
+    /// The dense perception head (stage 0 or `dense_weight` > 0); its parameters are the
+    /// optimizer's [`HEAD_WEIGHT`] and [`HEAD_BIAS`].
+    dense: Option<DenseHead>,
 }
 
 const STATE_FILE: &str = "trainer_state.json";
@@ -461,6 +522,24 @@ impl Trainer {
         if data.is_empty() {
             return Err(format!("no usable training samples ({} skipped)", skipped.len()));
         }
+        let dense = if cfg.train.stage == 0 || cfg.train.dense_weight > 0.0 {
+            if model.tiles != 1 {
+                return Err("the dense perception loss needs direct (untiled) image input (model.tiles = 1)".into());
+            }
+            let c = model.tower.cfg.hidden_size;
+            let head = match DenseHead::load(&source_dir, c, model.dtype, device)? {
+                Some(h) => h,
+                None => DenseHead::init(c, cfg.train.seed, model.dtype, device).map_err(|e| e.to_string())?,
+            };
+            Some(head)
+        } else {
+            None
+        };
+        let mut vars = vars;
+        if let Some(h) = &dense {
+            vars.push((HEAD_WEIGHT.to_string(), h.weight.clone()));
+            vars.push((HEAD_BIAS.to_string(), h.bias.clone()));
+        }
         let mut groups: Vec<f64> = Vec::new();
         let mut params = Vec::new();
         for (name, var) in vars {
@@ -487,6 +566,7 @@ impl Trainer {
             prefetch: None,
             elapsed_before: 0.0,
             segment_start: None,
+            dense,
         };
         if let Some(dir) = resume {
             t.restore(&dir)?;
@@ -531,6 +611,7 @@ impl Trainer {
                 region_size: self.model.region_size(),
                 max_len: self.cfg.data.max_len,
                 seed: self.cfg.train.seed,
+                dense_grid: self.dense.as_ref().map(|_| (self.model.tower.num_patches() as f64).sqrt().round() as usize),
             };
             let workers = match self.cfg.train.workers {
                 0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -561,8 +642,9 @@ impl Trainer {
     }
 
     /// Summed (averaged over the accumulation) gradients of one optimizer step, its mean loss
-    /// and supervised token count. Samples whose images fail are reported in `skipped`.
-    pub fn step_gradients(&mut self, step: usize) -> Result<(Vec<Tensor>, f64, usize), Error> {
+    /// and supervised token count (patches in stage 0), and the mean unweighted dense loss when
+    /// it is trained. Samples whose images fail are reported in `skipped`.
+    pub fn step_gradients(&mut self, step: usize) -> Result<(Vec<Tensor>, f64, usize, Option<f64>), Error> {
         let accum = self.cfg.train.grad_accum;
         let mut grads: Vec<Tensor> = self
             .opt
@@ -573,6 +655,9 @@ impl Trainer {
             .map_err(|e| e.to_string())?;
         let mut loss_sum = 0.0;
         let mut tokens = 0;
+        let mut dense_sum: Option<f64> = None;
+        let answers = self.cfg.train.stage != 0;
+        let dense_weight = if answers { self.cfg.train.dense_weight } else { 1.0 };
         for j in 0..accum {
             let mut batch = Vec::new();
             for r in self.micro_batch(step * accum + j)? {
@@ -584,7 +669,8 @@ impl Trainer {
             if batch.is_empty() {
                 continue;
             }
-            let (loss, n) = match batch_loss(&self.model, &batch) {
+            let obj = Objective { answers, dense: self.dense.as_ref().map(|h| (h, dense_weight)) };
+            let BatchLoss { loss, tokens: n, dense } = match batch_objective(&self.model, &batch, obj) {
                 Ok(x) => x,
                 Err(reason) => {
                     let source = batch.iter().map(|l| l.sample.source.as_str()).collect::<Vec<_>>().join(", ");
@@ -596,6 +682,9 @@ impl Trainer {
             let gs = l.backward().map_err(|e| e.to_string())?;
             loss_sum += l.to_scalar::<f32>().map_err(|e| e.to_string())? as f64;
             tokens += n;
+            if let Some(d) = dense {
+                *dense_sum.get_or_insert(0.0) += d / accum as f64;
+            }
             for (g, p) in grads.iter_mut().zip(&self.opt.params) {
                 if let Some(pg) = gs.get(p.var.as_tensor()) {
                     // detached: a gradient's op records reach back into this step's graph
@@ -603,7 +692,12 @@ impl Trainer {
                 }
             }
         }
-        Ok((grads, loss_sum, tokens))
+        if tokens == 0 {
+            // every micro-batch was skipped: report why instead of taking an empty step
+            let last = self.skipped.last().map(|s| format!(" (last: {}: {})", s.source, s.reason)).unwrap_or_default();
+            return Err(format!("step {}: no micro-batch could be trained{last}", step + 1));
+        }
+        Ok((grads, loss_sum, tokens, dense_sum))
     }
 
     /// Trains to the end (or `stop_after` more steps, for tests of interruption), logging to
@@ -641,7 +735,7 @@ impl Trainer {
             }
             let step = self.opt.step;
             let t0 = Instant::now();
-            let (mut grads, loss, tokens) = self.step_gradients(step)?;
+            let (mut grads, loss, tokens, dense) = self.step_gradients(step)?;
             let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.max_grad_norm).map_err(|e| e.to_string())?;
             let lrs = self.lrs_at(step);
             self.opt.step(&grads, &lrs).map_err(|e| e.to_string())?;
@@ -656,6 +750,7 @@ impl Trainer {
                 tokens,
                 tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                 elapsed_s: self.elapsed_s(),
+                dense,
             };
             writeln!(log, "{}", serde_json::to_string(&entry).expect("serializable")).map_err(|e| e.to_string())?;
             bar.set_position(self.opt.step as u64);
@@ -709,6 +804,11 @@ impl Trainer {
             tensors.insert(n.to_string(), t);
         }
         candle_core::safetensors::save(&tensors, tmp.join("model.safetensors")).map_err(|e| e.to_string())?;
+        if self.dense.is_some() {
+            let (w, b) = (trained.get(HEAD_WEIGHT), trained.get(HEAD_BIAS));
+            let (Some(w), Some(b)) = (w, b) else { return Err("the dense head is missing from the optimizer".into()) };
+            DenseHead::save(&tmp, w, b)?;
+        }
         let opt: HashMap<String, Tensor> = self
             .opt
             .state_tensors()

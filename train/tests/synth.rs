@@ -78,7 +78,7 @@ fn stream_matches_the_written_benchmark() {
     let opts = BuildOptions { max_categories: 6, ..BuildOptions::default() };
     let stream = SynthStream::new(3, 160, 8, vec![(TaskKind::Det, 1.0)], opts.clone()).unwrap();
     for (k, rec) in det.iter().enumerate() {
-        let (s, img) = stream.sample(k).unwrap();
+        let (s, img, _) = stream.sample(k).unwrap();
         let written = image::open(out.join(format!("images/train/{k:06}.png"))).unwrap().to_rgb8();
         assert_eq!(img.as_raw(), written.as_raw(), "scene {k} image");
         let (_, objs) = scene(3, k, 160, 8);

@@ -1,0 +1,191 @@
+//! Dense perception pre-training of the vision tower on synthetic scenes ("stage 0").
+//!
+//! Griffon starts from a CLIP tower pre-trained on 400M image-text pairs; a tower trained from
+//! scratch on our synthetic scenes has no such start, and learning where objects are only
+//! through the few coordinate tokens of an answer is slow: a from-scratch CPU run of 21,680
+//! samples stayed image-blind (docs/SYNTH.md). Stage 0 gives every patch a target instead, as
+//! dense detectors (FCOS, Tian et al. 2019) do: the shape and the colour of the object covering
+//! the patch centre (or background) and that object's normalized xyxy box. A linear head on the
+//! features the projector reads (select layer, patch tokens) is trained with cross-entropy on
+//! shape and colour plus `BOX_WEIGHT` x L1 on the box of covered patches (DETR's 5:1 weighting).
+//! The head is kept beside the checkpoint (`dense_head.safetensors`) for resuming and is not
+//! part of the model. Used as `stage = 0`, or as an auxiliary loss (`dense_weight`) in other
+//! stages on synthetic data.
+
+use crate::synth::{Object, COLOURS, SHAPES};
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Shape classes: background + the generator's shapes.
+pub const SHAPE_CLASSES: usize = SHAPES.len() + 1;
+/// Colour classes: background + the generator's colours.
+pub const COLOUR_CLASSES: usize = COLOURS.len() + 1;
+/// Head outputs: shape logits, colour logits, box (x1, y1, x2, y2).
+pub const OUTPUTS: usize = SHAPE_CLASSES + COLOUR_CLASSES + 4;
+/// Weight of the L1 box term against the two cross-entropies.
+pub const BOX_WEIGHT: f64 = 5.0;
+/// File of the head in a checkpoint folder.
+pub const HEAD_FILE: &str = "dense_head.safetensors";
+/// Tensor names of the head (also its optimizer parameter names).
+pub const HEAD_WEIGHT: &str = "dense_head.weight";
+pub const HEAD_BIAS: &str = "dense_head.bias";
+
+/// Per-patch targets of one scene on a `grid` x `grid` patch grid, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseTargets {
+    pub grid: usize,
+    /// 0 = background, 1 + shape index.
+    pub shape: Vec<u32>,
+    /// 0 = background, 1 + colour index.
+    pub colour: Vec<u32>,
+    /// Normalized xyxy of the covering object (zeros on background).
+    pub boxes: Vec<[f32; 4]>,
+}
+
+impl DenseTargets {
+    /// Objects of a `size` px scene on a `grid`-patch grid. A patch belongs to the smallest
+    /// object whose box holds its centre; every object also owns the patch holding its own
+    /// centre (smaller objects win ties), so objects under a patch in size are not lost.
+    pub fn new(objs: &[Object], size: u32, grid: usize) -> Result<Self, String> {
+        if grid == 0 || size == 0 {
+            return Err(format!("dense targets need a non-empty grid and scene (grid {grid}, size {size})"));
+        }
+        let n = grid * grid;
+        let mut owner: Vec<Option<usize>> = vec![None; n];
+        let mut order: Vec<usize> = (0..objs.len()).collect();
+        let area = |o: &Object| (o.bbox[2] - o.bbox[0]) as u64 * (o.bbox[3] - o.bbox[1]) as u64;
+        // largest first, so smaller objects overwrite
+        order.sort_by_key(|&i| std::cmp::Reverse(area(&objs[i])));
+        let s = size as f64;
+        let cell = s / grid as f64;
+        for &i in &order {
+            let b = objs[i].bbox;
+            for gy in 0..grid {
+                let cy = (gy as f64 + 0.5) * cell;
+                if cy < b[1] as f64 || cy >= b[3] as f64 {
+                    continue;
+                }
+                for gx in 0..grid {
+                    let cx = (gx as f64 + 0.5) * cell;
+                    if cx >= b[0] as f64 && cx < b[2] as f64 {
+                        owner[gy * grid + gx] = Some(i);
+                    }
+                }
+            }
+        }
+        for &i in &order {
+            let b = objs[i].bbox;
+            let at = |lo: u32, hi: u32| ((((lo + hi) as f64 / 2.0) / cell) as usize).min(grid - 1);
+            owner[at(b[1], b[3]) * grid + at(b[0], b[2])] = Some(i);
+        }
+        let mut t = Self { grid, shape: vec![0; n], colour: vec![0; n], boxes: vec![[0.0; 4]; n] };
+        for (p, o) in owner.iter().enumerate() {
+            if let Some(i) = *o {
+                let ob = &objs[i];
+                t.shape[p] = 1 + ob.shape as u32;
+                t.colour[p] = 1 + ob.colour as u32;
+                t.boxes[p] = ob.bbox.map(|v| (v as f64 / s).clamp(0.0, 1.0) as f32);
+            }
+        }
+        Ok(t)
+    }
+
+    /// Patches covered by an object.
+    pub fn foreground(&self) -> usize {
+        self.shape.iter().filter(|&&c| c != 0).count()
+    }
+}
+
+/// The linear head (weight [OUTPUTS, C], bias [OUTPUTS]).
+pub struct DenseHead {
+    pub weight: Var,
+    pub bias: Var,
+}
+
+impl DenseHead {
+    /// PyTorch `nn.Linear`'s initialization (uniform in +-1/sqrt(C), zero bias here), seeded.
+    pub fn init(channels: usize, seed: u64, dtype: DType, dev: &Device) -> candle_core::Result<Self> {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xD3A5_E0FF);
+        let bound = 1.0 / (channels as f32).sqrt();
+        let w: Vec<f32> = (0..OUTPUTS * channels).map(|_| rng.random_range(-bound..bound)).collect();
+        let weight = Var::from_tensor(&Tensor::from_vec(w, (OUTPUTS, channels), dev)?.to_dtype(dtype)?)?;
+        let bias = Var::from_tensor(&Tensor::zeros(OUTPUTS, dtype, dev)?)?;
+        Ok(Self { weight, bias })
+    }
+
+    /// The head saved in `dir` ([`HEAD_FILE`]), or None when the folder has none.
+    pub fn load(dir: &Path, channels: usize, dtype: DType, dev: &Device) -> Result<Option<Self>, String> {
+        let p = dir.join(HEAD_FILE);
+        if !p.is_file() {
+            return Ok(None);
+        }
+        let e = |x: candle_core::Error| format!("{}: {x}", p.display());
+        let mut ts = candle_core::safetensors::load(&p, dev).map_err(e)?;
+        let mut take = |name: &str, shape: &[usize]| -> Result<Var, String> {
+            let t = ts.remove(name).ok_or_else(|| format!("{}: no tensor {name}", p.display()))?;
+            if t.dims() != shape {
+                return Err(format!("{}: {name} has shape {:?}, expected {shape:?}", p.display(), t.dims()));
+            }
+            Var::from_tensor(&t.to_dtype(dtype).map_err(e)?).map_err(e)
+        };
+        let weight = take(HEAD_WEIGHT, &[OUTPUTS, channels])?;
+        let bias = take(HEAD_BIAS, &[OUTPUTS])?;
+        Ok(Some(Self { weight, bias }))
+    }
+
+    /// Writes `tensors` (the head's, by name) to `dir`.
+    pub fn save(dir: &Path, weight: &Tensor, bias: &Tensor) -> Result<(), String> {
+        let mut m = HashMap::new();
+        m.insert(HEAD_WEIGHT.to_string(), weight.to_device(&Device::Cpu).map_err(|e| e.to_string())?);
+        m.insert(HEAD_BIAS.to_string(), bias.to_device(&Device::Cpu).map_err(|e| e.to_string())?);
+        candle_core::safetensors::save(&m, dir.join(HEAD_FILE)).map_err(|e| e.to_string())
+    }
+
+    /// Mean loss over the patches of `feats` [B, N, C] (graph kept) against one target per
+    /// image: CE(shape) + CE(colour) over all patches + BOX_WEIGHT x mean L1 over the four
+    /// coordinates of covered patches.
+    pub fn loss(&self, feats: &Tensor, targets: &[&DenseTargets]) -> Result<Tensor, String> {
+        let e = |x: candle_core::Error| x.to_string();
+        let (b, n, c) = feats.dims3().map_err(e)?;
+        if targets.len() != b {
+            return Err(format!("dense loss: {} targets for a batch of {b}", targets.len()));
+        }
+        if let Some(t) = targets.iter().find(|t| t.grid * t.grid != n) {
+            return Err(format!("dense loss: targets on a {g}x{g} grid, the tower gives {n} patches", g = t.grid));
+        }
+        let dev = feats.device();
+        let x = feats.reshape((b * n, c)).map_err(e)?;
+        let out = x
+            .matmul(&self.weight.as_tensor().t().map_err(e)?)
+            .and_then(|y| y.broadcast_add(self.bias.as_tensor()))
+            .and_then(|y| y.to_dtype(DType::F32))
+            .map_err(e)?;
+        let ce = |from: usize, len: usize, labels: Vec<u32>| -> Result<Tensor, String> {
+            let logits = out.narrow(1, from, len).map_err(e)?;
+            let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(e)?;
+            let y = Tensor::from_vec(labels, (b * n, 1), dev).map_err(e)?;
+            lsm.gather(&y, 1).and_then(|v| v.neg()).and_then(|v| v.mean_all()).map_err(e)
+        };
+        let shape = ce(0, SHAPE_CLASSES, targets.iter().flat_map(|t| t.shape.iter().copied()).collect())?;
+        let colour = ce(SHAPE_CLASSES, COLOUR_CLASSES, targets.iter().flat_map(|t| t.colour.iter().copied()).collect())?;
+        let mut loss = (shape + colour).map_err(e)?;
+        let fg: Vec<u32> = targets
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.shape.iter().enumerate().filter(|(_, &s)| s != 0).map(move |(p, _)| (i * n + p) as u32))
+            .collect();
+        if !fg.is_empty() {
+            let want: Vec<f32> = targets.iter().flat_map(|t| t.shape.iter().zip(&t.boxes).filter(|(&s, _)| s != 0).flat_map(|(_, b)| *b)).collect();
+            let nf = fg.len();
+            let rows = Tensor::from_vec(fg, nf, dev).map_err(e)?;
+            let want = Tensor::from_vec(want, (nf, 4), dev).map_err(e)?;
+            let got = out.index_select(&rows, 0).and_then(|y| y.narrow(1, SHAPE_CLASSES + COLOUR_CLASSES, 4)).map_err(e)?;
+            let l1 = (got - want).and_then(|d| d.abs()).and_then(|d| d.mean_all()).map_err(e)?;
+            loss = (loss + (l1 * BOX_WEIGHT).map_err(e)?).map_err(e)?;
+        }
+        Ok(loss)
+    }
+}

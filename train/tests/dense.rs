@@ -1,0 +1,123 @@
+//! Stage 0, the dense perception loss (train/src/dense.rs): per-patch targets, training of the
+//! vision tower alone, exact resume with the head, and the auxiliary form beside the answer loss.
+
+use candle_core::{DType, Device};
+use griffon_model::loader::Checkpoint;
+use griffon_train::config::TrainConfig;
+use griffon_train::dense::{DenseTargets, HEAD_FILE};
+use griffon_train::synth::Object;
+use griffon_train::trainer::Trainer;
+use std::path::{Path, PathBuf};
+
+fn fixture() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/parity/gemma2_region/ckpt");
+    assert!(d.join("config.json").is_file(), "fixture {} is missing", d.display());
+    d
+}
+
+fn obj(shape: usize, colour: usize, bbox: [u32; 4]) -> Object {
+    Object { shape, colour, bbox }
+}
+
+#[test]
+fn targets_give_patches_to_the_smallest_covering_object_and_keep_tiny_ones() {
+    // 80 px scene on a 4 x 4 grid: cells of 20 px, centres at 10, 30, 50, 70
+    let big = obj(1, 2, [0, 0, 60, 60]); // covers centres 10, 30, 50 in x and y: 9 patches
+    let inner = obj(0, 0, [25, 25, 40, 40]); // covers centre (30, 30) only: patch (1, 1)
+    let tiny = obj(5, 7, [72, 2, 76, 6]); // covers no centre; owns the patch of its centre (3, 0)
+    let t = DenseTargets::new(&[inner.clone(), big.clone(), tiny.clone()], 80, 4).unwrap();
+    assert_eq!(t.grid, 4);
+    let at = |x: usize, y: usize| y * 4 + x;
+    assert_eq!(t.foreground(), 10);
+    assert_eq!((t.shape[at(0, 0)], t.colour[at(0, 0)]), (2, 3));
+    assert_eq!((t.shape[at(1, 1)], t.colour[at(1, 1)]), (1, 1));
+    assert_eq!((t.shape[at(3, 0)], t.colour[at(3, 0)]), (6, 8));
+    assert_eq!((t.shape[at(3, 3)], t.colour[at(3, 3)]), (0, 0));
+    assert_eq!(t.boxes[at(0, 0)], [0.0, 0.0, 0.75, 0.75]);
+    assert_eq!(t.boxes[at(1, 1)], [25.0 / 80.0, 25.0 / 80.0, 0.5, 0.5]);
+    assert_eq!(t.boxes[at(3, 3)], [0.0; 4]);
+    // the same whatever the object order
+    assert_eq!(t, DenseTargets::new(&[tiny, big, inner], 80, 4).unwrap());
+    assert!(DenseTargets::new(&[], 80, 0).is_err());
+}
+
+fn config(dir: &Path, name: &str, train: &str) -> TrainConfig {
+    let text = format!(
+        "[model]\ninit = {:?}\n[data]\nmax_len = 1024\nmax_categories = 6\n[data.synth]\nseed = 3\nsamples = 4\nsize = 64\nmax_objects = 4\n\
+         [train]\nout = {name:?}\nbatch_size = 2\nworkers = 1\nwarmup_ratio = 0.0\n{train}\n",
+        fixture()
+    );
+    let f = dir.join(format!("{name}.toml"));
+    std::fs::write(&f, text).unwrap();
+    TrainConfig::from_file(&f).unwrap()
+}
+
+fn max_abs_diff(a: &Checkpoint, b: &Checkpoint, name: &str) -> f32 {
+    let d = (a.get_unchecked(name).unwrap() - b.get_unchecked(name).unwrap()).unwrap().abs().unwrap();
+    d.flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}
+
+#[test]
+fn stage0_trains_the_tower_alone_falls_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    // four scenes seen over and over: the dense loss must fall well below its start
+    let body = "stage = 0\nlr = 3e-3\nmax_steps = 40\nsave_every = 20";
+    let straight = Trainer::new(config(tmp.path(), "a", body), &Device::Cpu).unwrap().run(None, false).unwrap();
+    let (first, last) = (straight.losses[0], straight.losses[38..].iter().sum::<f64>() / 2.0);
+    eprintln!("dense loss {first:.4} -> {last:.4}");
+    // stated threshold: from about ln 7 + ln 9 = 4.1 nats (+ box term) to under half of the start
+    assert!(first > 3.0 && last < 0.5 * first, "dense loss only went {first} -> {last}");
+    let metrics = std::fs::read_to_string(tmp.path().join("a/metrics.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!(row["dense"].as_f64().unwrap(), row["loss"].as_f64().unwrap());
+    assert_eq!(row["tokens"].as_u64().unwrap(), 2 * 49, "patches of the 56 px / 8 px tower, batch 2");
+
+    // only the tower moved; the head is kept beside the checkpoint
+    assert!(straight.checkpoint.join(HEAD_FILE).is_file());
+    let init = Checkpoint::open(&fixture(), &Device::Cpu, DType::F32).unwrap();
+    let done = Checkpoint::open(&straight.checkpoint, &Device::Cpu, DType::F32).unwrap();
+    assert!(max_abs_diff(&init, &done, "model.vision_tower.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight") > 1e-4);
+    for n in ["model.layers.0.self_attn.q_proj.weight", "model.mm_projector.conv.weight"] {
+        assert_eq!(max_abs_diff(&init, &done, n), 0.0, "{n} changed in stage 0");
+    }
+
+    // interrupted at the first save and resumed: the same curve and weights
+    let cfg = config(tmp.path(), "b", body);
+    let part = Trainer::new(cfg.clone(), &Device::Cpu).unwrap().run(Some(20), false).unwrap();
+    let rest = Trainer::new(cfg, &Device::Cpu).unwrap().run(None, false).unwrap();
+    let resumed: Vec<f64> = part.losses.iter().chain(&rest.losses).cloned().collect();
+    assert_eq!(resumed.len(), straight.losses.len());
+    for (a, b) in straight.losses.iter().zip(&resumed) {
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "loss curves differ: {a} vs {b}");
+    }
+    let wb = Checkpoint::open(&rest.checkpoint, &Device::Cpu, DType::F32).unwrap();
+    assert!(max_abs_diff(&done, &wb, "model.vision_tower.vision_tower.vision_model.encoder.layers.1.self_attn.q_proj.weight") <= 1e-6);
+
+    // the next stage starts from it and adds the loss beside the answers'
+    let next = format!("stage = 2\nlr = 1e-3\nmax_steps = 2\ndense_weight = 0.5\n");
+    let mut c = config(tmp.path(), "c", &next);
+    c.model.init = tmp.path().join("a");
+    let r = Trainer::new(c, &Device::Cpu).unwrap().run(None, false).unwrap();
+    let metrics = std::fs::read_to_string(tmp.path().join("c/metrics.jsonl")).unwrap();
+    for line in metrics.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (loss, dense) = (row["loss"].as_f64().unwrap(), row["dense"].as_f64().unwrap());
+        // the head came from stage 0: its loss starts near where stage 0 ended, not at ~4 nats
+        assert!(dense < 0.75 * first, "dense loss {dense} after stage 0 ended at {last}");
+        assert!(loss > 0.5 * dense, "answer loss missing: total {loss}, dense {dense}");
+    }
+    assert!(r.checkpoint.join(HEAD_FILE).is_file());
+}
+
+#[test]
+fn the_dense_loss_needs_synthetic_scenes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("c.toml");
+    for train in ["stage = 0", "stage = 2\ndense_weight = 1.0"] {
+        std::fs::write(&f, format!("[model]\ninit = \"x\"\n[data]\ntasks = \"t.txt\"\n[train]\nout = \"o\"\nlr = 1e-3\n{train}\n")).unwrap();
+        let e = TrainConfig::from_file(&f).unwrap_err();
+        assert!(e.contains("dense") && e.contains("synth"), "{e}");
+    }
+    std::fs::write(&f, "[model]\ninit = \"x\"\n[data]\ntasks = \"t.txt\"\n[train]\nout = \"o\"\nlr = 1e-3\nstage = 4\n").unwrap();
+    assert!(TrainConfig::from_file(&f).unwrap_err().contains("0, 1, 2 or 3"));
+}
