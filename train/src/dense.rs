@@ -99,6 +99,22 @@ impl DenseTargets {
     }
 }
 
+/// [`DenseHead::score`]: what the head reads from the features.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DenseScore {
+    pub patches: usize,
+    pub foreground: usize,
+    pub background: usize,
+    /// Arg-max shape class right, over covered patches.
+    pub shape_accuracy: f64,
+    /// Arg-max colour class right, over covered patches.
+    pub colour_accuracy: f64,
+    /// Background patches predicted as background.
+    pub background_recall: f64,
+    /// Mean |predicted - true| normalized box coordinate, over covered patches.
+    pub box_l1: f64,
+}
+
 /// The linear head (weight [OUTPUTS, C], bias [OUTPUTS]).
 pub struct DenseHead {
     pub weight: Var,
@@ -144,12 +160,55 @@ impl DenseHead {
         candle_core::safetensors::save(&m, dir.join(HEAD_FILE)).map_err(|e| e.to_string())
     }
 
+    /// Head outputs [B * N, OUTPUTS] (f32) for features [B, N, C].
+    pub fn outputs(&self, feats: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, n, c) = feats.dims3()?;
+        feats.reshape((b * n, c))?.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())?.to_dtype(DType::F32)
+    }
+
+    /// How well the head reads `feats` [B, N, C] against `targets`: accuracies of the arg-max
+    /// shape and colour on covered patches, background recall, mean L1 of covered boxes.
+    pub fn score(&self, feats: &Tensor, targets: &[&DenseTargets]) -> Result<DenseScore, String> {
+        let e = |x: candle_core::Error| x.to_string();
+        let out: Vec<Vec<f32>> = self.outputs(feats).and_then(|o| o.to_vec2()).map_err(e)?;
+        let n = feats.dim(1).map_err(e)?;
+        if targets.len() * n != out.len() || targets.iter().any(|t| t.grid * t.grid != n) {
+            return Err(format!("dense score: targets do not match {} patches of {} images", n, targets.len()));
+        }
+        let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, x)| if *x > v[best] { i } else { best }) as u32;
+        let mut s = DenseScore::default();
+        let (mut shape_ok, mut colour_ok, mut bg_ok, mut l1) = (0usize, 0usize, 0usize, 0f64);
+        for (i, t) in targets.iter().enumerate() {
+            for p in 0..n {
+                let o = &out[i * n + p];
+                let shape = argmax(&o[..SHAPE_CLASSES]);
+                s.patches += 1;
+                if t.shape[p] == 0 {
+                    s.background += 1;
+                    bg_ok += (shape == 0) as usize;
+                    continue;
+                }
+                s.foreground += 1;
+                shape_ok += (shape == t.shape[p]) as usize;
+                colour_ok += (argmax(&o[SHAPE_CLASSES..SHAPE_CLASSES + COLOUR_CLASSES]) == t.colour[p]) as usize;
+                let b = &o[SHAPE_CLASSES + COLOUR_CLASSES..];
+                l1 += (0..4).map(|k| (b[k] - t.boxes[p][k]).abs() as f64).sum::<f64>() / 4.0;
+            }
+        }
+        let fg = s.foreground.max(1) as f64;
+        s.shape_accuracy = shape_ok as f64 / fg;
+        s.colour_accuracy = colour_ok as f64 / fg;
+        s.box_l1 = l1 / fg;
+        s.background_recall = bg_ok as f64 / s.background.max(1) as f64;
+        Ok(s)
+    }
+
     /// Mean loss over the patches of `feats` [B, N, C] (graph kept) against one target per
     /// image: CE(shape) + CE(colour) over all patches + BOX_WEIGHT x mean L1 over the four
     /// coordinates of covered patches.
     pub fn loss(&self, feats: &Tensor, targets: &[&DenseTargets]) -> Result<Tensor, String> {
         let e = |x: candle_core::Error| x.to_string();
-        let (b, n, c) = feats.dims3().map_err(e)?;
+        let (b, n, _) = feats.dims3().map_err(e)?;
         if targets.len() != b {
             return Err(format!("dense loss: {} targets for a batch of {b}", targets.len()));
         }
@@ -157,12 +216,7 @@ impl DenseHead {
             return Err(format!("dense loss: targets on a {g}x{g} grid, the tower gives {n} patches", g = t.grid));
         }
         let dev = feats.device();
-        let x = feats.reshape((b * n, c)).map_err(e)?;
-        let out = x
-            .matmul(&self.weight.as_tensor().t().map_err(e)?)
-            .and_then(|y| y.broadcast_add(self.bias.as_tensor()))
-            .and_then(|y| y.to_dtype(DType::F32))
-            .map_err(e)?;
+        let out = self.outputs(feats).map_err(e)?;
         let ce = |from: usize, len: usize, labels: Vec<u32>| -> Result<Tensor, String> {
             let logits = out.narrow(1, from, len).map_err(e)?;
             let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(e)?;

@@ -121,3 +121,30 @@ fn the_dense_loss_needs_synthetic_scenes() {
     std::fs::write(&f, "[model]\ninit = \"x\"\n[data]\ntasks = \"t.txt\"\n[train]\nout = \"o\"\nlr = 1e-3\nstage = 4\n").unwrap();
     assert!(TrainConfig::from_file(&f).unwrap_err().contains("0, 1, 2 or 3"));
 }
+
+#[test]
+fn score_counts_what_the_head_reads() {
+    use candle_core::{Tensor, Var};
+    use griffon_train::dense::{DenseHead, OUTPUTS, SHAPE_CLASSES};
+    // a head that always says "background, box [0.5; 4]" (zero weight, bias only)
+    let mut bias = vec![0f32; OUTPUTS];
+    bias[0] = 1.0; // shape: background
+    bias[SHAPE_CLASSES + 1] = 1.0; // colour: red (class 1)
+    for b in &mut bias[OUTPUTS - 4..] {
+        *b = 0.5;
+    }
+    let dev = Device::Cpu;
+    let head = DenseHead {
+        weight: Var::from_tensor(&Tensor::zeros((OUTPUTS, 3), DType::F32, &dev).unwrap()).unwrap(),
+        bias: Var::from_tensor(&Tensor::new(bias, &dev).unwrap()).unwrap(),
+    };
+    // 2 x 2 grid of an 80 px scene: one red circle over the top-left patch, one green one top-right
+    let t = DenseTargets::new(&[obj(0, 0, [0, 0, 40, 40]), obj(0, 1, [40, 0, 80, 40])], 80, 2).unwrap();
+    let feats = Tensor::zeros((1, 4, 3), DType::F32, &dev).unwrap();
+    let s = head.score(&feats, &[&t]).unwrap();
+    assert_eq!((s.patches, s.foreground, s.background), (4, 2, 2));
+    assert_eq!((s.shape_accuracy, s.colour_accuracy, s.background_recall), (0.0, 0.5, 1.0));
+    // |0.5 - 0| + |0.5 - 0| + |0.5 - 0.5| + |0.5 - 0.5| over 4, and the same for the second box
+    assert!((s.box_l1 - 0.25).abs() < 1e-9, "{}", s.box_l1);
+    assert!(head.score(&feats, &[&t, &t]).is_err());
+}
