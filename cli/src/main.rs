@@ -10,7 +10,7 @@ use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_model::resample::Interp;
 use griffon_model::tasks::{Detection, ImageInfo, RunOptions, TaskOutput};
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -279,9 +279,10 @@ enum DtypeArg {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Checkpoint folder (config.json, safetensors, tokenizer.json); default: $GRIFFON_MODEL.
+    /// Checkpoint folder (config.json, safetensors, tokenizer.json); default: $GRIFFON_MODEL, else
+    /// the bundled default model (models/default of the source tree, docs/SYNTH.md).
     #[arg(long, env = "GRIFFON_MODEL")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Run the vision tower at this square size instead of the checkpoint's (multiple of the patch size).
     #[arg(long)]
     image_size: Option<usize>,
@@ -321,8 +322,27 @@ fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+/// The bundled default model: `models/default` of the source tree this binary was built from.
+fn default_model() -> PathBuf {
+    let cli = Path::new(env!("CARGO_MANIFEST_DIR"));
+    cli.parent().unwrap_or(cli).join("models").join("default")
+}
+
 impl ModelArgs {
+    /// The checkpoint folder: --model / $GRIFFON_MODEL, else the bundled default.
+    fn dir(&self) -> Result<PathBuf> {
+        if let Some(m) = &self.model {
+            return Ok(m.clone());
+        }
+        let d = default_model();
+        if d.join("config.json").is_file() {
+            return Ok(d);
+        }
+        bail!("no model: give --model (or set $GRIFFON_MODEL); the bundled default model {} is not there", d.display())
+    }
+
     fn load(&self) -> Result<Griffon> {
+        let dir = self.dir()?;
         let pos_interp: Interp = self.pos_interp.parse().map_err(|e: String| anyhow!(e))?;
         let dtype = match self.dtype {
             DtypeArg::F32 => DType::F32,
@@ -338,7 +358,7 @@ impl ModelArgs {
             region_config: self.region_config.clone(),
             tiles: self.tiles,
         };
-        Griffon::load(&self.model, &opts).with_context(|| format!("loading model {}", self.model.display()))
+        Griffon::load(&dir, &opts).with_context(|| format!("loading model {}", dir.display()))
     }
 }
 
@@ -618,7 +638,7 @@ fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     let regions = a.region.iter().map(|r| m.region_pixels(r)).collect::<Result<Vec<_>, _>>()?;
     let prompt = m.render_prompt(&a.prompt, Some(template));
     let prepared = m.prepare(&prompt, &[image], &regions)?;
-    let stop = m.stop_ids(template, Some(&a.model.model))?;
+    let stop = m.stop_ids(template, Some(&a.model.dir()?))?;
     if a.stream {
         let mut out = std::io::stdout();
         let mut io_err = None;

@@ -241,3 +241,23 @@ fn model_from_the_environment() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
 }
+
+/// Without --model or $GRIFFON_MODEL the bundled default model is used; where the source tree
+/// has none (no model has been bundled yet, docs/SYNTH.md) the error says what to give.
+#[test]
+fn without_a_model_the_bundled_default_is_used_or_named() {
+    let d = fixture();
+    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/default/config.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_griffon"))
+        .args(["detect", "--image", d.join("image.png").to_str().unwrap(), "--categories", "circle", "--json"])
+        .env_remove("GRIFFON_MODEL")
+        .output()
+        .expect("run griffon");
+    if default.is_file() {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("--model") && err.contains("models/default"), "{err}");
+    }
+}

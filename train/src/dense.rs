@@ -111,6 +111,8 @@ pub struct DenseScore {
     pub colour_accuracy: f64,
     /// Background patches predicted as background.
     pub background_recall: f64,
+    /// Covered patches whose shape is predicted as background.
+    pub foreground_missed: f64,
     /// Mean |predicted - true| normalized box coordinate, over covered patches.
     pub box_l1: f64,
 }
@@ -177,7 +179,7 @@ impl DenseHead {
         }
         let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, x)| if *x > v[best] { i } else { best }) as u32;
         let mut s = DenseScore::default();
-        let (mut shape_ok, mut colour_ok, mut bg_ok, mut l1) = (0usize, 0usize, 0usize, 0f64);
+        let (mut shape_ok, mut colour_ok, mut bg_ok, mut missed, mut l1) = (0usize, 0usize, 0usize, 0usize, 0f64);
         for (i, t) in targets.iter().enumerate() {
             for p in 0..n {
                 let o = &out[i * n + p];
@@ -190,6 +192,7 @@ impl DenseHead {
                 }
                 s.foreground += 1;
                 shape_ok += (shape == t.shape[p]) as usize;
+                missed += (shape == 0) as usize;
                 colour_ok += (argmax(&o[SHAPE_CLASSES..SHAPE_CLASSES + COLOUR_CLASSES]) == t.colour[p]) as usize;
                 let b = &o[SHAPE_CLASSES + COLOUR_CLASSES..];
                 l1 += (0..4).map(|k| (b[k] - t.boxes[p][k]).abs() as f64).sum::<f64>() / 4.0;
@@ -199,6 +202,7 @@ impl DenseHead {
         s.shape_accuracy = shape_ok as f64 / fg;
         s.colour_accuracy = colour_ok as f64 / fg;
         s.box_l1 = l1 / fg;
+        s.foreground_missed = missed as f64 / fg;
         s.background_recall = bg_ok as f64 / s.background.max(1) as f64;
         Ok(s)
     }

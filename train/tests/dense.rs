@@ -143,7 +143,7 @@ fn score_counts_what_the_head_reads() {
     let feats = Tensor::zeros((1, 4, 3), DType::F32, &dev).unwrap();
     let s = head.score(&feats, &[&t]).unwrap();
     assert_eq!((s.patches, s.foreground, s.background), (4, 2, 2));
-    assert_eq!((s.shape_accuracy, s.colour_accuracy, s.background_recall), (0.0, 0.5, 1.0));
+    assert_eq!((s.shape_accuracy, s.colour_accuracy, s.background_recall, s.foreground_missed), (0.0, 0.5, 1.0, 1.0));
     // |0.5 - 0| + |0.5 - 0| + |0.5 - 0.5| + |0.5 - 0.5| over 4, and the same for the second box
     assert!((s.box_l1 - 0.25).abs() < 1e-9, "{}", s.box_l1);
     assert!(head.score(&feats, &[&t, &t]).is_err());
