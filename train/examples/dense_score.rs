@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_model::resample::preprocess;
-use griffon_train::dense::{DenseHead, DenseTargets};
+use griffon_train::dense::{patch_grid, DenseHead, DenseTargets};
 use griffon_train::synth::scene_scaled;
 use std::path::PathBuf;
 
@@ -21,7 +21,7 @@ fn main() -> Result<(), String> {
     let m = Griffon::load(&dir, &LoadOptions::default()).map_err(|e| e.to_string())?;
     let head = DenseHead::load(&dir, m.tower.cfg.hidden_size, m.dtype, &m.device)?
         .ok_or_else(|| format!("{} has no dense head (a stage-0 checkpoint has)", dir.display()))?;
-    let grid = (m.tower.num_patches() as f64).sqrt().round() as usize;
+    let grid = patch_grid(&m);
     let mut px = Vec::new();
     let mut targets = Vec::new();
     for k in 0..n {

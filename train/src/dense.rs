@@ -117,6 +117,23 @@ pub struct DenseScore {
     pub box_l1: f64,
 }
 
+/// Patches per side of the grid `m`'s main tower gives (the grid of [`DenseTargets`]).
+pub fn patch_grid(m: &griffon_model::griffon::Griffon) -> usize {
+    m.tower.run_size() / m.tower.cfg.patch_size
+}
+
+/// Patches per image of `feats` [B, N, C] when there is one target per image on that grid.
+fn check_targets(what: &str, feats: &Tensor, targets: &[&DenseTargets]) -> Result<usize, String> {
+    let (b, n, _) = feats.dims3().map_err(|e| format!("{what}: {e}"))?;
+    if targets.len() != b {
+        return Err(format!("{what}: {} targets for a batch of {b}", targets.len()));
+    }
+    if let Some(t) = targets.iter().find(|t| t.grid * t.grid != n) {
+        return Err(format!("{what}: targets on a {g}x{g} grid, the tower gives {n} patches", g = t.grid));
+    }
+    Ok(n)
+}
+
 /// The linear head (weight [OUTPUTS, C], bias [OUTPUTS]).
 pub struct DenseHead {
     pub weight: Var,
@@ -154,7 +171,7 @@ impl DenseHead {
         Ok(Some(Self { weight, bias }))
     }
 
-    /// Writes `tensors` (the head's, by name) to `dir`.
+    /// Writes the head's weight and bias ([`HEAD_FILE`]) to `dir`.
     pub fn save(dir: &Path, weight: &Tensor, bias: &Tensor) -> Result<(), String> {
         let mut m = HashMap::new();
         m.insert(HEAD_WEIGHT.to_string(), weight.to_device(&Device::Cpu).map_err(|e| e.to_string())?);
@@ -172,11 +189,8 @@ impl DenseHead {
     /// shape and colour on covered patches, background recall, mean L1 of covered boxes.
     pub fn score(&self, feats: &Tensor, targets: &[&DenseTargets]) -> Result<DenseScore, String> {
         let e = |x: candle_core::Error| x.to_string();
+        let n = check_targets("dense score", feats, targets)?;
         let out: Vec<Vec<f32>> = self.outputs(feats).and_then(|o| o.to_vec2()).map_err(e)?;
-        let n = feats.dim(1).map_err(e)?;
-        if targets.len() * n != out.len() || targets.iter().any(|t| t.grid * t.grid != n) {
-            return Err(format!("dense score: targets do not match {} patches of {} images", n, targets.len()));
-        }
         let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, x)| if *x > v[best] { i } else { best }) as u32;
         let mut s = DenseScore::default();
         let (mut shape_ok, mut colour_ok, mut bg_ok, mut missed, mut l1) = (0usize, 0usize, 0usize, 0usize, 0f64);
@@ -211,30 +225,30 @@ impl DenseHead {
     /// + balanced CE(colour) + BOX_WEIGHT x mean L1 over the four coordinates of covered patches.
     pub fn loss(&self, feats: &Tensor, targets: &[&DenseTargets]) -> Result<Tensor, String> {
         let e = |x: candle_core::Error| x.to_string();
-        let (b, n, _) = feats.dims3().map_err(e)?;
-        if targets.len() != b {
-            return Err(format!("dense loss: {} targets for a batch of {b}", targets.len()));
-        }
-        if let Some(t) = targets.iter().find(|t| t.grid * t.grid != n) {
-            return Err(format!("dense loss: targets on a {g}x{g} grid, the tower gives {n} patches", g = t.grid));
-        }
+        let n = check_targets("dense loss", feats, targets)?;
+        let b = targets.len();
         let dev = feats.device();
         let out = self.outputs(feats).map_err(e)?;
         // balanced cross-entropy: the mean over covered patches plus the mean over background
         // ones (background is ~90% of the patches of a scene; a plain mean taught the colour but
         // left the shape at chance on covered patches after 800 steps of the CPU probe)
-        let mut sets: Vec<Tensor> = Vec::new();
-        for want_fg in [true, false] {
-            let rows: Vec<u32> = targets
-                .iter()
-                .enumerate()
-                .flat_map(|(i, t)| t.shape.iter().enumerate().filter(move |(_, &s)| (s != 0) == want_fg).map(move |(p, _)| (i * n + p) as u32))
-                .collect();
-            if !rows.is_empty() {
-                let k = rows.len();
-                sets.push(Tensor::from_vec(rows, k, dev).map_err(e)?);
+        let (mut fg, mut bg) = (Vec::new(), Vec::new());
+        for (i, t) in targets.iter().enumerate() {
+            for (p, &s) in t.shape.iter().enumerate() {
+                if s != 0 { &mut fg } else { &mut bg }.push((i * n + p) as u32);
             }
         }
+        let covered = !fg.is_empty();
+        // row sets as tensors (the covered one first, also used for the box term)
+        let sets: Vec<Tensor> = [fg, bg]
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let k = r.len();
+                Tensor::from_vec(r, k, dev)
+            })
+            .collect::<candle_core::Result<_>>()
+            .map_err(e)?;
         let ce = |from: usize, len: usize, labels: Vec<u32>| -> Result<Tensor, String> {
             let logits = out.narrow(1, from, len).map_err(e)?;
             let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(e)?;
@@ -253,17 +267,11 @@ impl DenseHead {
         let shape = ce(0, SHAPE_CLASSES, targets.iter().flat_map(|t| t.shape.iter().copied()).collect())?;
         let colour = ce(SHAPE_CLASSES, COLOUR_CLASSES, targets.iter().flat_map(|t| t.colour.iter().copied()).collect())?;
         let mut loss = (shape + colour).map_err(e)?;
-        let fg: Vec<u32> = targets
-            .iter()
-            .enumerate()
-            .flat_map(|(i, t)| t.shape.iter().enumerate().filter(|(_, &s)| s != 0).map(move |(p, _)| (i * n + p) as u32))
-            .collect();
-        if !fg.is_empty() {
+        if covered {
+            let rows = &sets[0];
             let want: Vec<f32> = targets.iter().flat_map(|t| t.shape.iter().zip(&t.boxes).filter(|(&s, _)| s != 0).flat_map(|(_, b)| *b)).collect();
-            let nf = fg.len();
-            let rows = Tensor::from_vec(fg, nf, dev).map_err(e)?;
-            let want = Tensor::from_vec(want, (nf, 4), dev).map_err(e)?;
-            let got = out.index_select(&rows, 0).and_then(|y| y.narrow(1, SHAPE_CLASSES + COLOUR_CLASSES, 4)).map_err(e)?;
+            let want = Tensor::from_vec(want, (rows.dim(0).map_err(e)?, 4), dev).map_err(e)?;
+            let got = out.index_select(rows, 0).and_then(|y| y.narrow(1, SHAPE_CLASSES + COLOUR_CLASSES, 4)).map_err(e)?;
             let l1 = (got - want).and_then(|d| d.abs()).and_then(|d| d.mean_all()).map_err(e)?;
             loss = (loss + (l1 * BOX_WEIGHT).map_err(e)?).map_err(e)?;
         }

@@ -611,7 +611,7 @@ impl Trainer {
                 region_size: self.model.region_size(),
                 max_len: self.cfg.data.max_len,
                 seed: self.cfg.train.seed,
-                dense_grid: self.dense.as_ref().map(|_| (self.model.tower.num_patches() as f64).sqrt().round() as usize),
+                dense_grid: self.dense.as_ref().map(|_| crate::dense::patch_grid(&self.model)),
             };
             let workers = match self.cfg.train.workers {
                 0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
