@@ -17,6 +17,7 @@
 //! max_len = 2048                  # longer samples are skipped and reported
 //! max_categories = 80
 //! none_prob = 0.0
+//! det_format_prob = 1.0           # share of DET prompts with the answer-format suffix (1 = reference)
 //! [train]
 //! stage = 2                       # 1 projector | 2 all but the region encoder | 3 LLM + projectors
 //!                                 # | 0 vision tower alone on the dense loss (synthetic data)
@@ -78,6 +79,8 @@ pub struct DataSection {
     pub max_categories: usize,
     #[serde(default)]
     pub none_prob: f64,
+    #[serde(default = "one_f64")]
+    pub det_format_prob: f64,
     #[serde(default = "yes")]
     pub check_images: bool,
 }
@@ -230,6 +233,10 @@ fn yes() -> bool {
     true
 }
 
+fn one_f64() -> f64 {
+    1.0
+}
+
 /// The parts of a Griffon checkpoint, by tensor-name prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Module {
@@ -345,6 +352,11 @@ impl TrainConfig {
             (Some(_), Some(_)) => return Err("[data] takes `tasks` or [data.synth], not both".into()),
             (None, Some(s)) if s.samples == 0 => return Err("data.synth.samples must be at least 1".into()),
             _ => {}
+        }
+        for (name, p) in [("data.none_prob", self.data.none_prob), ("data.det_format_prob", self.data.det_format_prob)] {
+            if !(p.is_finite() && (0.0..=1.0).contains(&p)) {
+                return Err(format!("{name} must be within [0, 1], got {p}"));
+            }
         }
         if !(0.0..1.0).contains(&t.warmup_ratio) {
             return Err(format!("train.warmup_ratio must be in [0, 1), got {}", t.warmup_ratio));

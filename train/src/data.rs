@@ -7,7 +7,8 @@
 //!
 //! * **DET** (`det.py` `DETDataset`): one jsonl line per image
 //!   `{"image_path","height","width","dataset_name","objects":[{"category_name","bboxes":[[x1,y1,x2,y2],..]}]}`
-//!   -> user = [`detect_prompt`] over a category set + [`DET_FORMAT_SUFFIX`]; the category set is the
+//!   -> user = [`detect_prompt`] over a category set + [`DET_FORMAT_SUFFIX`] (with probability
+//!   `det_format_prob`, 1 by default); the category set is the
 //!   image's classes plus random other classes of the vocabulary up to `max_categories`, shuffled;
 //!   assistant = [`format_instances`] (normalized, sorted by x1). Objects listed with an empty
 //!   `bboxes` are classes known to be absent (the reference `RANDDETDataset` uses them as negatives);
@@ -133,11 +134,16 @@ pub struct BuildOptions {
     pub check_images: bool,
     /// Probability of adding a non-existence sample per DET image.
     pub none_prob: f64,
+    /// Probability that a DET instruction carries [`DET_FORMAT_SUFFIX`] (drawn once per record).
+    /// 1.0, the default, is the reference's training data; the evaluation template has no suffix,
+    /// so a model trained from scratch only on suffixed prompts may answer the evaluation's
+    /// prompt in another task's form (a bare box): below 1.0 it sees both.
+    pub det_format_prob: f64,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        Self { max_categories: 80, seed: 0, check_images: true, none_prob: 0.0 }
+        Self { max_categories: 80, seed: 0, check_images: true, none_prob: 0.0, det_format_prob: 1.0 }
     }
 }
 
@@ -973,10 +979,13 @@ fn det_samples<R: Rng + ?Sized>(b: &Builder, rec: &DetRecord, source: &str, voca
     let image = b.image(&det_image_rel(rec))?;
     let max = b.opts.max_categories;
     let (w, h) = (rec.width, rec.height);
+    // no draw at 1.0: the reference's data stay exactly reproducible from the seed
+    let p = b.opts.det_format_prob;
+    let suffix = if p >= 1.0 || rng.random_bool(p) { DET_FORMAT_SUFFIX } else { "" };
     let sample = |set: Vec<String>, answer: String| Sample {
         image: image.clone(),
         regions: vec![],
-        turns: vec![(detect_prompt(&set) + DET_FORMAT_SUFFIX, answer)],
+        turns: vec![(detect_prompt(&set) + suffix, answer)],
         task: TaskKind::Det,
         source: source.to_string(),
     };
@@ -1306,6 +1315,9 @@ fn check_options(opts: &BuildOptions) -> Result<(), DataError> {
     }
     if !(opts.none_prob.is_finite() && (0.0..=1.0).contains(&opts.none_prob)) {
         return Err(DataError::Options(format!("none_prob must be within [0, 1], got {}", opts.none_prob)));
+    }
+    if !(opts.det_format_prob.is_finite() && (0.0..=1.0).contains(&opts.det_format_prob)) {
+        return Err(DataError::Options(format!("det_format_prob must be within [0, 1], got {}", opts.det_format_prob)));
     }
     Ok(())
 }

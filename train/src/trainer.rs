@@ -462,6 +462,7 @@ impl Trainer {
             seed: cfg.train.seed,
             check_images: cfg.data.check_images,
             none_prob: cfg.data.none_prob,
+            det_format_prob: cfg.data.det_format_prob,
         };
         let (samples, mut skipped) = match &cfg.data.tasks {
             Some(tasks) => {

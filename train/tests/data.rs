@@ -32,7 +32,7 @@ fn images() -> tempfile::TempDir {
 }
 
 fn opts(max_categories: usize) -> BuildOptions {
-    BuildOptions { max_categories, seed: 7, check_images: true, none_prob: 0.0 }
+    BuildOptions { max_categories, seed: 7, check_images: true, none_prob: 0.0, det_format_prob: 1.0 }
 }
 
 fn src(kind: TaskKind, annotations: PathBuf, images: &Path) -> TaskSource {
@@ -242,6 +242,42 @@ fn det_none_samples() {
     assert!(e.to_string().contains("none_prob"), "{e}");
     let zero = opts(0);
     assert!(build_source(&src(TaskKind::Det, fx("det.jsonl"), img.path()), &vocab, &zero, &mut rng).is_err());
+}
+
+#[test]
+fn det_format_suffix_share() {
+    // det_format_prob 0: every DET instruction is the evaluation template itself; 1 (default): all
+    // carry the training suffix; in between: both forms, the answers unchanged in form.
+    let img = images();
+    let vocab = names(&["bird", "cat", "dog", "horse", "person", "zebra"]);
+    let (s, _) = build(TaskKind::Det, fx("det.jsonl"), img.path(), &vocab, &BuildOptions { det_format_prob: 0.0, ..opts(80) }, 3);
+    assert!(!s.is_empty());
+    for x in &s {
+        let user = &x.turns[0].0;
+        let set = category_set(&(user.clone() + DET_FORMAT_SUFFIX));
+        assert_eq!(user, &griffon_core::request::detect_prompt(&set));
+    }
+    let (s1, _) = build(TaskKind::Det, fx("det.jsonl"), img.path(), &vocab, &opts(80), 3);
+    assert!(s1.iter().all(|x| x.turns[0].0.ends_with(DET_FORMAT_SUFFIX)));
+    let (mut with, mut without) = (0, 0);
+    for seed in 0..40 {
+        let (s, _) = build(TaskKind::Det, fx("det.jsonl"), img.path(), &vocab, &BuildOptions { det_format_prob: 0.5, ..opts(80) }, seed);
+        for x in &s {
+            if x.turns[0].0.ends_with(DET_FORMAT_SUFFIX) {
+                with += 1;
+            } else {
+                without += 1;
+            }
+            assert!(parse_answer(&x.turns[0].1).instances.iter().all(|i| i.label.is_some()), "{}", x.turns[0].1);
+        }
+    }
+    assert!(with > 20 && without > 20, "with suffix {with}, without {without}");
+    let mut rng = StdRng::seed_from_u64(0);
+    for bad in [1.5, -0.1, f64::NAN] {
+        let o = BuildOptions { det_format_prob: bad, ..opts(80) };
+        let e = build_source(&src(TaskKind::Det, fx("det.jsonl"), img.path()), &vocab, &o, &mut rng).unwrap_err();
+        assert!(e.to_string().contains("det_format_prob"), "{e}");
+    }
 }
 
 #[test]

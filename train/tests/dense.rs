@@ -120,6 +120,11 @@ fn the_dense_loss_needs_synthetic_scenes() {
     }
     std::fs::write(&f, "[model]\ninit = \"x\"\n[data]\ntasks = \"t.txt\"\n[train]\nout = \"o\"\nlr = 1e-3\nstage = 4\n").unwrap();
     assert!(TrainConfig::from_file(&f).unwrap_err().contains("0, 1, 2 or 3"));
+    for (key, v) in [("det_format_prob", "1.5"), ("none_prob", "-1")] {
+        std::fs::write(&f, format!("[model]\ninit = \"x\"\n[data]\ntasks = \"t.txt\"\n{key} = {v}\n[train]\nout = \"o\"\nlr = 1e-3\nstage = 2\n")).unwrap();
+        let e = TrainConfig::from_file(&f).unwrap_err();
+        assert!(e.contains(&format!("data.{key}")) && e.contains("[0, 1]"), "{e}");
+    }
 }
 
 #[test]
