@@ -1,27 +1,42 @@
 #!/usr/bin/env bash
-# The learnability probe (configs/synth/probe224.toml: 224 px, objects 4x the benchmark's size, at
-# most 3 per scene) on the lent GPU machine for T seconds of wall clock, then its weights packed
-# into $OUT (tools/synth/pack.sh). On the CPU the probe stayed image-blind for its whole budget
-# (docs/SYNTH.md); the GPU's throughput decides whether more samples make it look.
+# The 224 px probe on the lent GPU machine, the recipe that made the CPU model read the image
+# (docs/SYNTH.md, "Stage 0"): stage 0 (configs/synth/dense224.toml: the vision tower alone on the
+# dense perception loss) for T0 seconds, then stage 2 (configs/synth/probe224-dense.toml: all but
+# the region encoder, dense loss kept beside the answer loss, half of the detection prompts without
+# the format suffix) for T2 seconds; its weights (with the dense head) packed into $OUT
+# (tools/synth/pack.sh).
 #   carry ["target/cuda/griffon.xz", "runs/synth/init-224"]   (make_init.py --image-size 224)
-#   bash tools/synth/probe_gpu.sh [T=240] [BATCH=32]
+#   bash tools/synth/probe_gpu.sh [T0=90] [T2=150] [BATCH=32]   (stage 0 runs at 2 x BATCH scenes)
 #   here: tools/synth/unpack.sh <files_at> runs/synth/probe224-gpu
-# INIT=runs/synth/probe224-gpu continues from weights brought back by an earlier session (fresh
-# optimizer state). GRIFFON_BIN=target/release/griffon DEVICE=cpu: a dry run on the CPU.
+# INIT=runs/synth/probe224-gpu (weights brought back by an earlier session, carried) continues
+# stage 2 from them with a fresh optimizer; T0 is then ignored.
+# GRIFFON_BIN=target/release/griffon DEVICE=cpu: a dry run on the CPU.
 set -uo pipefail
-T=${1:-240} BATCH=${2:-32}
+T0=${1:-90} T2=${2:-150} BATCH=${3:-32}
 OUT=${OUT:-/tmp/griffon-out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/train_log.txt") 2>&1
 DEVICE=${DEVICE:-cuda}
 source tools/cuda/device_env.sh
-INIT=${INIT:-runs/synth/init-224}
-[ -f "$INIT/config.json" ] || { echo "missing $INIT (carry it)"; exit 1; }
-RUN=runs/synth/probe224-gpu-run
+S0=runs/synth/dense224-gpu-run S2=runs/synth/probe224-gpu-run
+common=(--device "$DEVICE" --quiet --set train.tf32=true)
 date -u
-$G train --config configs/synth/probe224.toml --device "$DEVICE" --quiet --set "model.init=$INIT" \
-  --set "train.out=$RUN" --set "train.max_time_s=$T" --set "train.batch_size=$BATCH" --set train.tf32=true \
-  || { echo "probe training failed"; exit 1; }
-tail -n 2 "$RUN/metrics.jsonl"
-bash tools/synth/pack.sh "$RUN/$(cat "$RUN/latest")" probe=$RUN/metrics.jsonl
+if [ -n "${INIT:-}" ]; then
+  [ -f "$INIT/config.json" ] || { echo "missing $INIT (carry it)"; exit 1; }
+  FROM=$INIT
+else
+  [ -f runs/synth/init-224/config.json ] || { echo "missing runs/synth/init-224 (carry it)"; exit 1; }
+  echo "== stage 0: ${T0}s"
+  $G train --config configs/synth/dense224.toml "${common[@]}" --set model.init=runs/synth/init-224 \
+    --set "train.out=$S0" --set "train.max_time_s=$T0" --set "train.batch_size=$((2 * BATCH))" \
+    || { echo "stage 0 failed"; exit 1; }
+  tail -n 1 "$S0/metrics.jsonl"
+  FROM=$S0
+fi
+echo "== stage 2 from $FROM: ${T2}s"
+$G train --config configs/synth/probe224-dense.toml "${common[@]}" --set "model.init=$FROM" \
+  --set "train.out=$S2" --set "train.max_time_s=$T2" --set "train.batch_size=$BATCH" --set data.det_format_prob=0.5 \
+  || { echo "stage 2 failed"; exit 1; }
+tail -n 2 "$S2/metrics.jsonl"
+bash tools/synth/pack.sh "$S2/$(cat "$S2/latest")" stage0=$S0/metrics.jsonl stage2=$S2/metrics.jsonl
 date -u
