@@ -443,6 +443,33 @@ impl TrainerState {
     }
 }
 
+/// Keeps the rows of a run's `metrics.jsonl` up to `step` (the step training resumes from): a
+/// segment stopped after its last checkpoint logged steps that the resumed run trains again, and a
+/// kill can leave a torn last line. Returns how many rows were dropped; a missing file is empty.
+pub fn trim_metrics(path: &Path, step: usize) -> Result<usize, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let row_step = |line: &str| serde_json::from_str::<serde_json::Value>(line).ok()?.get("step")?.as_u64();
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match row_step(line) {
+            Some(s) if s as usize <= step => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            _ => dropped += 1,
+        }
+    }
+    if dropped > 0 {
+        std::fs::write(path, kept).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(dropped)
+}
+
 fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
     let name = std::fs::read_to_string(out.join(LATEST)).ok()?;
     let dir = out.join(name.trim());
@@ -706,6 +733,14 @@ impl Trainer {
     pub fn run(&mut self, stop_after: Option<usize>, progress: bool) -> Result<TrainReport, Error> {
         let out = self.cfg.train.out.clone();
         std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let dropped = trim_metrics(&out.join("metrics.jsonl"), self.opt.step)?;
+        if dropped > 0 {
+            eprintln!(
+                "{}: dropped {dropped} rows past step {} (a segment interrupted after its last checkpoint; those steps run again)",
+                out.join("metrics.jsonl").display(),
+                self.opt.step
+            );
+        }
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -104,16 +104,28 @@ fn resumed_run_matches_uninterrupted_run() {
 }
 
 /// A resumed run that prunes old checkpoints keeps saving: the checkpoint it resumed from is
-/// pruned after its first save, and later saves must not need it.
+/// pruned after its first save, and later saves must not need it. Its metrics log keeps each step
+/// once.
 #[test]
 fn resumed_run_with_pruning_saves_again_and_again() {
     let data = dataset(&[]);
     let body = "stage = 1\nlr = 1e-3\nmax_steps = 5\nsave_every = 1\nkeep_checkpoints = 1\nwarmup_ratio = 0.0";
     let cfg = config(data.path(), "p", body);
     Trainer::new(cfg.clone(), &Device::Cpu).unwrap().run(Some(1), false).unwrap();
+    // a segment killed after its last checkpoint logged steps 2 and 3 (the last line torn):
+    // the resumed run trains them again, and the log keeps each step once
+    let out = data.path().join("p");
+    let mut m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    m.push_str("{\"step\":2,\"loss\":9.0}\n{\"step\":3,\"lo");
+    std::fs::write(out.join("metrics.jsonl"), m).unwrap();
     let r = Trainer::new(cfg, &Device::Cpu).unwrap().run(None, false).unwrap();
     assert_eq!(r.losses.len(), 4);
-    let out = data.path().join("p");
+    let steps: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5]);
     let kept: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
