@@ -227,7 +227,7 @@ fn streamed_generation_prints_the_same_text() {
     }
 }
 
-/// `--model` falls back to $GRIFFON_MODEL; with neither, the error names the argument.
+/// `--model` falls back to $GRIFFON_MODEL and wins over it.
 #[test]
 fn model_from_the_environment() {
     let d = fixture();
@@ -237,9 +237,16 @@ fn model_from_the_environment() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_shape(&v);
-    let out = Command::new(env!("CARGO_BIN_EXE_griffon")).args(args).env_remove("GRIFFON_MODEL").output().unwrap();
+    // a --model that is not there is named, whatever the environment says
+    let missing = d.join("no-such-model");
+    let out = Command::new(env!("CARGO_BIN_EXE_griffon"))
+        .args(args)
+        .args(["--model", missing.to_str().unwrap()])
+        .env("GRIFFON_MODEL", d.join("ckpt"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-model"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Without --model or $GRIFFON_MODEL the bundled default model is used; where the source tree
