@@ -12,14 +12,12 @@ for f in config.json model.safetensors tokenizer.json tokenizer_config.json; do
 done
 size=$(stat -c %s "$CKPT/model.safetensors")
 [ "$size" -le $((50 * 1024 * 1024)) ] || { echo "$CKPT/model.safetensors is $size bytes, over the 50 MB the repo allows" >&2; exit 1; }
-keep_readme=$(mktemp); [ -f $DEST/README.md ] && cp $DEST/README.md "$keep_readme"
-rm -rf $DEST && mkdir -p $DEST
+# replace everything but the hand-written README.md
+mkdir -p $DEST && find $DEST -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
 cp "$CKPT"/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json} $DEST/
 for d in "$CKPT"/*/; do
   [ -f "$d/config.json" ] && mkdir -p "$DEST/$(basename "$d")" && cp "$d/config.json" "$DEST/$(basename "$d")/"
 done
-[ -s "$keep_readme" ] && cp "$keep_readme" $DEST/README.md
-rm -f "$keep_readme"
 if [ $# -ge 2 ]; then
   mkdir -p examples/synth && cp "$2" examples/synth/
 fi

@@ -85,6 +85,19 @@ pub struct DataSection {
     pub check_images: bool,
 }
 
+impl DataSection {
+    /// What the sample builders read of this section (`seed`: the run's).
+    pub fn build_options(&self, seed: u64) -> crate::data::BuildOptions {
+        crate::data::BuildOptions {
+            max_categories: self.max_categories,
+            seed,
+            check_images: self.check_images,
+            none_prob: self.none_prob,
+            det_format_prob: self.det_format_prob,
+        }
+    }
+}
+
 /// Synthetic scenes rendered on the fly (`griffon synth`'s generator).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -353,11 +366,7 @@ impl TrainConfig {
             (None, Some(s)) if s.samples == 0 => return Err("data.synth.samples must be at least 1".into()),
             _ => {}
         }
-        for (name, p) in [("data.none_prob", self.data.none_prob), ("data.det_format_prob", self.data.det_format_prob)] {
-            if !(p.is_finite() && (0.0..=1.0).contains(&p)) {
-                return Err(format!("{name} must be within [0, 1], got {p}"));
-            }
-        }
+        self.data.build_options(t.seed).check().map_err(|m| format!("data.{m}"))?;
         if !(0.0..1.0).contains(&t.warmup_ratio) {
             return Err(format!("train.warmup_ratio must be in [0, 1), got {}", t.warmup_ratio));
         }

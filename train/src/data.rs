@@ -1310,16 +1310,22 @@ fn looks_like_fsc147(v: &Value) -> bool {
 }
 
 fn check_options(opts: &BuildOptions) -> Result<(), DataError> {
-    if opts.max_categories == 0 {
-        return Err(DataError::Options("max_categories must be at least 1".into()));
+    opts.check().map_err(DataError::Options)
+}
+
+impl BuildOptions {
+    /// The options' own consistency (also what `[data]` of a training config is checked against).
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_categories == 0 {
+            return Err("max_categories must be at least 1".into());
+        }
+        for (name, p) in [("none_prob", self.none_prob), ("det_format_prob", self.det_format_prob)] {
+            if !(p.is_finite() && (0.0..=1.0).contains(&p)) {
+                return Err(format!("{name} must be within [0, 1], got {p}"));
+            }
+        }
+        Ok(())
     }
-    if !(opts.none_prob.is_finite() && (0.0..=1.0).contains(&opts.none_prob)) {
-        return Err(DataError::Options(format!("none_prob must be within [0, 1], got {}", opts.none_prob)));
-    }
-    if !(opts.det_format_prob.is_finite() && (0.0..=1.0).contains(&opts.det_format_prob)) {
-        return Err(DataError::Options(format!("det_format_prob must be within [0, 1], got {}", opts.det_format_prob)));
-    }
-    Ok(())
 }
 
 /// Reads one source and builds samples; bad records are skipped and reported (never fatal), only

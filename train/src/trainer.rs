@@ -3,7 +3,7 @@
 //! learning rates; checkpoints in the engine's layout written atomically; exact resume.
 
 use crate::config::{Module, Schedule, TrainConfig};
-use crate::data::{build_all, read_task_list, BuildOptions, Sample, Skipped, TaskKind};
+use crate::data::{build_all, read_task_list, Sample, Skipped, TaskKind};
 use crate::dense::{DenseHead, DenseTargets, HEAD_BIAS, HEAD_WEIGHT};
 use crate::synth::SynthStream;
 use crate::optim::{clip_grad_norm, cosine_with_warmup, cosine_with_warmup_frac, warmup_steps, AdamW};
@@ -484,13 +484,7 @@ impl Trainer {
         if device.is_cuda() {
             candle_core::cuda::set_gemm_reduced_precision_f32(cfg.train.tf32);
         }
-        let bopts = BuildOptions {
-            max_categories: cfg.data.max_categories,
-            seed: cfg.train.seed,
-            check_images: cfg.data.check_images,
-            none_prob: cfg.data.none_prob,
-            det_format_prob: cfg.data.det_format_prob,
-        };
+        let bopts = cfg.data.build_options(cfg.train.seed);
         let (samples, mut skipped) = match &cfg.data.tasks {
             Some(tasks) => {
                 let sources = read_task_list(tasks).map_err(|e| e.to_string())?;
@@ -733,19 +727,20 @@ impl Trainer {
     pub fn run(&mut self, stop_after: Option<usize>, progress: bool) -> Result<TrainReport, Error> {
         let out = self.cfg.train.out.clone();
         std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-        let dropped = trim_metrics(&out.join("metrics.jsonl"), self.opt.step)?;
+        let metrics = out.join("metrics.jsonl");
+        let dropped = trim_metrics(&metrics, self.opt.step)?;
         if dropped > 0 {
             eprintln!(
                 "{}: dropped {dropped} rows past step {} (a segment interrupted after its last checkpoint; those steps run again)",
-                out.join("metrics.jsonl").display(),
+                metrics.display(),
                 self.opt.step
             );
         }
         let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(out.join("metrics.jsonl"))
-            .map_err(|e| format!("{}: {e}", out.join("metrics.jsonl").display()))?;
+            .open(&metrics)
+            .map_err(|e| format!("{}: {e}", metrics.display()))?;
         let bar = if progress {
             let b = indicatif::ProgressBar::new(self.total_steps as u64);
             b.set_style(
