@@ -317,7 +317,8 @@ fn parse_device(s: &str) -> Result<Device> {
                 Some(rest) => rest.trim_start_matches(':').parse::<usize>().map_err(|_| anyhow!("bad device {s:?}"))?,
                 None => bail!("unknown device {s:?} (cpu, cuda, cuda:N)"),
             };
-            Device::new_cuda(ord).with_context(|| format!("--device {s} (this binary needs the cuda feature and a GPU)"))
+            Device::new_cuda(ord)
+                .with_context(|| format!("--device {s} (this binary needs the cuda feature and a GPU)"))
         }
     }
 }
@@ -676,7 +677,6 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
                 box_px: i.norm.to_pixels(a.width, a.height).as_array(),
                 box_norm: i.norm.as_array(),
                 score: f64::NAN, // replaced by null below
-
             })
             .collect(),
         text,
@@ -738,7 +738,11 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
         writeln!(out, "config {} on {} ({}), image {} px", r.config, r.device, r.dtype, r.image_size)?;
         writeln!(out, "vision encoder   {:10.2} ms", r.vision_ms)?;
         writeln!(out, "projector        {:10.2} ms", r.projector_ms)?;
-        writeln!(out, "prefill {:5} tok {:10.2} ms (projector + logits at every position, the reference's scope)", r.prefill_tokens, r.prefill_ms)?;
+        writeln!(
+            out,
+            "prefill {:5} tok {:10.2} ms (projector + logits at every position, the reference's scope)",
+            r.prefill_tokens, r.prefill_ms
+        )?;
         writeln!(out, "prefill for generation {:4.2} ms (projector + last position's logits)", r.prefill_last_ms)?;
         writeln!(out, "decode           {:10.1} tok/s over {} tokens", r.decode_tok_per_s, r.decode_tokens)?;
         if let Some(m) = r.peak_rss_mib {
@@ -757,7 +761,11 @@ fn parse_shard(s: &str) -> Result<(usize, usize)> {
     Ok((i, n))
 }
 
-fn eval_run(a: &EvalRunArgs, items: Vec<griffon_eval::datasets::Item>, annotations: Option<&std::path::Path>) -> Result<()> {
+fn eval_run(
+    a: &EvalRunArgs,
+    items: Vec<griffon_eval::datasets::Item>,
+    annotations: Option<&std::path::Path>,
+) -> Result<()> {
     if let Some(m) = eval_run_metrics(a, &a.out, items, annotations)? {
         writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&m)?)?;
     }
@@ -850,10 +858,13 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str) -> Result<()
         summary.insert("detection_APmedium".into(), stat(4));
         summary.insert("detection_APlarge".into(), stat(5));
     }
-    if let Some(m) = eval_run_metrics(a, &a.out.join("rec"), datasets::refcoco(&d.join("refcoco.jsonl"), &img)?, None)? {
+    if let Some(m) = eval_run_metrics(a, &a.out.join("rec"), datasets::refcoco(&d.join("refcoco.jsonl"), &img)?, None)?
+    {
         summary.insert("rec_acc@0.5".into(), m["acc@0.5"].clone());
     }
-    if let Some(m) = eval_run_metrics(a, &a.out.join("count"), datasets::count(&d.join("count.jsonl"), &img, None)?, None)? {
+    if let Some(m) =
+        eval_run_metrics(a, &a.out.join("count"), datasets::count(&d.join("count.jsonl"), &img, None)?, None)?
+    {
         summary.insert("count_mae".into(), m["mae"].clone());
     }
     if let Some(m) = eval_run_metrics(a, &a.out.join("reg"), datasets::reg(&d.join("reg_eval.jsonl"), &img)?, None)? {
@@ -969,13 +980,25 @@ fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
     }
     let failed = reports.iter().filter(|r| !r.pass).count();
     if failed > 0 {
-        bail!("{failed} of {} fixture cases failed (tolerance {:e})", reports.len(), griffon_model::selfcheck::tolerance(dtype));
+        bail!(
+            "{failed} of {} fixture cases failed (tolerance {:e})",
+            reports.len(),
+            griffon_model::selfcheck::tolerance(dtype)
+        );
     }
     Ok(())
 }
 
 fn synth_cmd(a: &SynthArgs) -> Result<()> {
-    let opts = griffon_train::synth::SynthOptions { out: a.out.clone(), n: a.n, seed: a.seed, size: a.size, max_objects: a.max_objects, object_scale: a.object_scale, only_split: a.split.clone() };
+    let opts = griffon_train::synth::SynthOptions {
+        out: a.out.clone(),
+        n: a.n,
+        seed: a.seed,
+        size: a.size,
+        max_objects: a.max_objects,
+        object_scale: a.object_scale,
+        only_split: a.split.clone(),
+    };
     let summary = griffon_train::synth::generate(&opts).map_err(|e| anyhow!(e))?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(())

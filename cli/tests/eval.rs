@@ -29,33 +29,57 @@ fn fixture() -> PathBuf {
 fn coco_results_matches_pycocotools_on_shared_vector() {
     let d = shared_data().join("coco-fake100");
     let out = ok(&[
-        "eval", "coco-results", "--annotations", d.join("instances_val2014_100.json").to_str().unwrap(),
-        "--results", d.join("fakebbox100.json").to_str().unwrap(), "--json",
+        "eval",
+        "coco-results",
+        "--annotations",
+        d.join("instances_val2014_100.json").to_str().unwrap(),
+        "--results",
+        d.join("fakebbox100.json").to_str().unwrap(),
+        "--json",
     ]);
     let v: Value = serde_json::from_str(&out).unwrap();
     let stats: Vec<f64> = v["stats"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     let expected: Value = serde_json::from_str(&std::fs::read_to_string(d.join("expected.json")).unwrap()).unwrap();
-    let want: Vec<f64> = expected["expected_pycocotools_2_0_11"]["fakebbox100"]["stats"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let want: Vec<f64> = expected["expected_pycocotools_2_0_11"]["fakebbox100"]["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     assert_eq!(stats.len(), 12);
     for (a, b) in stats.iter().zip(&want) {
         assert!((a - b).abs() <= 1e-12, "{stats:?} vs {want:?}");
     }
     // the human-readable form is pycocotools' summary
     let text = ok(&[
-        "eval", "coco-results", "--annotations", d.join("instances_val2014_100.json").to_str().unwrap(),
-        "--results", d.join("fakebbox100.json").to_str().unwrap(),
+        "eval",
+        "coco-results",
+        "--annotations",
+        d.join("instances_val2014_100.json").to_str().unwrap(),
+        "--results",
+        d.join("fakebbox100.json").to_str().unwrap(),
     ]);
     assert!(text.contains("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"), "{text}");
 }
 
 #[test]
 fn cider_matches_pycocoevalcap_on_shared_vector() {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(shared_data().join("cider/vector.json")).unwrap()).unwrap();
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(shared_data().join("cider/vector.json")).unwrap()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (r, h) = (tmp.path().join("refs.json"), tmp.path().join("hyps.json"));
     std::fs::write(&r, v["refs"].to_string()).unwrap();
     std::fs::write(&h, v["hyps"].to_string()).unwrap();
-    let out: Value = serde_json::from_str(&ok(&["eval", "cider", "--refs", r.to_str().unwrap(), "--hyps", h.to_str().unwrap(), "--json"])).unwrap();
+    let out: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "cider",
+        "--refs",
+        r.to_str().unwrap(),
+        "--hyps",
+        h.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
     let want = v["expected"]["cider"].as_f64().unwrap();
     assert!((out["cider"].as_f64().unwrap() - want).abs() <= 1e-9, "{out} vs {want}");
 }
@@ -66,7 +90,14 @@ fn metric_commands_reject_bad_input() {
     let bad = tmp.path().join("bad.json");
     std::fs::write(&bad, "{ nope").unwrap();
     let d = shared_data().join("coco-fake100");
-    let out = griffon(&["eval", "coco-results", "--annotations", d.join("instances_val2014_100.json").to_str().unwrap(), "--results", bad.to_str().unwrap()]);
+    let out = griffon(&[
+        "eval",
+        "coco-results",
+        "--annotations",
+        d.join("instances_val2014_100.json").to_str().unwrap(),
+        "--results",
+        bad.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.json") && !err.contains("panicked"), "{err}");
@@ -134,7 +165,17 @@ impl Toy {
 
 fn run_eval(task: &str, toy: &Toy, out: &str, extra: &[&str]) -> Value {
     let model = fixture().join("ckpt");
-    let mut args: Vec<String> = vec!["eval".into(), task.into(), "--model".into(), model.to_str().unwrap().into(), "--images".into(), toy.p("images"), "--out".into(), toy.p(out), "--quiet".into()];
+    let mut args: Vec<String> = vec![
+        "eval".into(),
+        task.into(),
+        "--model".into(),
+        model.to_str().unwrap().into(),
+        "--images".into(),
+        toy.p("images"),
+        "--out".into(),
+        toy.p(out),
+        "--quiet".into(),
+    ];
     if !extra.contains(&"--max-new-tokens") {
         args.extend(["--max-new-tokens".to_string(), "40".to_string()]);
     }
@@ -191,7 +232,8 @@ fn coco_runner_resume_and_shards() {
     // two shards + merge give the same metrics
     run_eval("coco", &toy, "sharded", &["--annotations", &ann, "--constrained", "--shard", "0/2"]);
     run_eval("coco", &toy, "sharded", &["--annotations", &ann, "--constrained", "--shard", "1/2"]);
-    let merged: Value = serde_json::from_str(&ok(&["eval", "merge", "--out", &toy.p("sharded"), "--annotations", &ann])).unwrap();
+    let merged: Value =
+        serde_json::from_str(&ok(&["eval", "merge", "--out", &toy.p("sharded"), "--annotations", &ann])).unwrap();
     assert_eq!(merged["stats"], m["stats"]);
     assert!(toy.dir.path().join("sharded/metrics.json").is_file());
 }
@@ -202,7 +244,12 @@ fn grounding_description_and_counting_runners() {
     let m = run_eval("refcoco", &toy, "rec", &["--data", &toy.p("refcoco.jsonl")]);
     let acc = m["acc@0.5"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc) && m["total"] == 2, "{m}");
-    let m = run_eval("flickr", &toy, "flickr", &["--sentences", &toy.p("Sentences"), "--annotations", &toy.p("Annotations")]);
+    let m = run_eval(
+        "flickr",
+        &toy,
+        "flickr",
+        &["--sentences", &toy.p("Sentences"), "--annotations", &toy.p("Annotations")],
+    );
     assert_eq!(m["phrases"], 2, "{m}");
     assert!(m["any_box_r@1"].as_f64().unwrap() >= m["merged_box_r@1"].as_f64().unwrap() - 1.0);
     let m = run_eval("reg", &toy, "reg", &["--data", &toy.p("reg.jsonl"), "--max-new-tokens", "6"]);
@@ -230,13 +277,26 @@ fn synth_benchmark_generates_and_evaluates() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("synth");
     let d = data.to_str().unwrap();
-    let summary: Value = serde_json::from_str(&ok(&["synth", "--out", d, "--n", "3", "--size", "112", "--max-objects", "5"])).unwrap();
+    let summary: Value =
+        serde_json::from_str(&ok(&["synth", "--out", d, "--n", "3", "--size", "112", "--max-objects", "5"])).unwrap();
     assert_eq!(summary["test"]["images"], 1);
     let model = fixture().join("ckpt");
     let out = tmp.path().join("eval");
     let m: Value = serde_json::from_str(&ok(&[
-        "eval", "synth", "--model", model.to_str().unwrap(), "--data", d, "--images", d, "--out", out.to_str().unwrap(),
-        "--constrained", "--max-new-tokens", "30", "--quiet",
+        "eval",
+        "synth",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        d,
+        "--images",
+        d,
+        "--out",
+        out.to_str().unwrap(),
+        "--constrained",
+        "--max-new-tokens",
+        "30",
+        "--quiet",
     ]))
     .unwrap();
     for k in ["rec_acc@0.5", "count_mae", "reg_cider"] {

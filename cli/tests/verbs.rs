@@ -100,9 +100,20 @@ fn count_with_box_on_same_and_other_image_and_coco_format() {
     assert!(v["count"].is_u64());
     let other = d.join("region.png");
     let out = griffon(&[
-        "count", "--model", d.join("ckpt").to_str().unwrap(), "--image", d.join("image.png").to_str().unwrap(),
-        "--exemplar-image", other.to_str().unwrap(), "--exemplar-box", "0,0,20,25", "--max-new-tokens", "12",
-        "--json", "--format", "coco",
+        "count",
+        "--model",
+        d.join("ckpt").to_str().unwrap(),
+        "--image",
+        d.join("image.png").to_str().unwrap(),
+        "--exemplar-image",
+        other.to_str().unwrap(),
+        "--exemplar-box",
+        "0,0,20,25",
+        "--max-new-tokens",
+        "12",
+        "--json",
+        "--format",
+        "coco",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -119,8 +130,16 @@ fn chat_with_region_and_save() {
     let png = tmp.path().join("out.png");
     let v = task(
         "chat",
-        &["--prompt", "What is <region>?", "--region", d.join("region.png").to_str().unwrap(), "--max-new-tokens", "8",
-          "--save", png.to_str().unwrap()],
+        &[
+            "--prompt",
+            "What is <region>?",
+            "--region",
+            d.join("region.png").to_str().unwrap(),
+            "--max-new-tokens",
+            "8",
+            "--save",
+            png.to_str().unwrap(),
+        ],
     );
     assert!(v["text"].is_string());
     let img = image::open(&png).expect("saved image");
@@ -169,7 +188,8 @@ fn bad_input_is_a_clear_error() {
         assert!(err.contains(needle), "{args:?}: stderr {err:?} lacks {needle:?}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
-    let out = griffon(&["detect", "--model", m.to_str().unwrap(), "--image", "/nonexistent/x.jpg", "--categories", "a"]);
+    let out =
+        griffon(&["detect", "--model", m.to_str().unwrap(), "--image", "/nonexistent/x.jpg", "--categories", "a"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.jpg"));
 }
 
@@ -214,7 +234,17 @@ fn streamed_generation_prints_the_same_text() {
     for case in ["gemma2_region", "llama2_bf16", "qwen2"] {
         let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/parity").join(case);
         let (model, image) = (d.join("ckpt"), d.join("image.png"));
-        let base = ["generate", "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap(), "--prompt", "Describe the image.", "--max-new-tokens", "40"];
+        let base = [
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--prompt",
+            "Describe the image.",
+            "--max-new-tokens",
+            "40",
+        ];
         let plain = griffon(&base);
         assert!(plain.status.success(), "{case}: {}", String::from_utf8_lossy(&plain.stderr));
         let mut args = base.to_vec();
@@ -232,8 +262,10 @@ fn streamed_generation_prints_the_same_text() {
 fn model_from_the_environment() {
     let d = fixture();
     let image = d.join("image.png");
-    let args = ["detect", "--image", image.to_str().unwrap(), "--categories", "red square", "--max-new-tokens", "4", "--json"];
-    let out = Command::new(env!("CARGO_BIN_EXE_griffon")).args(args).env("GRIFFON_MODEL", d.join("ckpt")).output().unwrap();
+    let args =
+        ["detect", "--image", image.to_str().unwrap(), "--categories", "red square", "--max-new-tokens", "4", "--json"];
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_griffon")).args(args).env("GRIFFON_MODEL", d.join("ckpt")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_shape(&v);

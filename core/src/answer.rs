@@ -181,7 +181,10 @@ fn dedupe(out: &mut ParsedAnswer) {
         let near = kept.iter().position(|k| k.label == inst.label && k.norm.iou(inst.norm) >= NEAR_DUPLICATE_IOU);
         let label = inst.label.clone().map(|l| format!("{l}-")).unwrap_or_default();
         if let Some(k) = dup {
-            out.dropped.push(Dropped { text: format!("{label}{}", inst.norm.format()), reason: format!("duplicate of box {k}") });
+            out.dropped.push(Dropped {
+                text: format!("{label}{}", inst.norm.format()),
+                reason: format!("duplicate of box {k}"),
+            });
         } else if let Some(k) = near {
             out.dropped.push(Dropped {
                 text: format!("{label}{}", inst.norm.format()),
@@ -230,7 +233,10 @@ mod tests {
     fn trailing_text_keeps_the_good_boxes() {
         let p = parse_answer("cat-[0.100,0.200,0.300,0.400] and that is all");
         assert_eq!(p.instances.len(), 1);
-        assert_eq!(p.dropped, vec![Dropped { text: "and that is all".into(), reason: "text after the last box".into() }]);
+        assert_eq!(
+            p.dropped,
+            vec![Dropped { text: "and that is all".into(), reason: "text after the last box".into() }]
+        );
     }
 
     #[test]
@@ -244,7 +250,10 @@ mod tests {
         let p = parse_answer("cat-[0.1,0.2,0.3]&dog-[0.1,0.2,0.3,0.4]&bird-[0.5,0.5,0.4,0.9]&fish-[0.1,0.2");
         assert_eq!(labels(&p), vec![Some("dog")]);
         let reasons: Vec<&str> = p.dropped.iter().map(|d| d.reason.as_str()).collect();
-        assert_eq!(reasons, vec!["3 coordinates instead of 4", "inverted box (x2 < x1 or y2 < y1)", "unclosed bracket"]);
+        assert_eq!(
+            reasons,
+            vec!["3 coordinates instead of 4", "inverted box (x2 < x1 or y2 < y1)", "unclosed bracket"]
+        );
     }
 
     #[test]
@@ -263,7 +272,8 @@ mod tests {
 
     #[test]
     fn duplicates_removed() {
-        let p = parse_answer("a-[0.1,0.1,0.5,0.5]&a-[0.100,0.100,0.500,0.500]&a-[0.1,0.1,0.5,0.501]&b-[0.1,0.1,0.5,0.5]");
+        let p =
+            parse_answer("a-[0.1,0.1,0.5,0.5]&a-[0.100,0.100,0.500,0.500]&a-[0.1,0.1,0.5,0.501]&b-[0.1,0.1,0.5,0.5]");
         assert_eq!(labels(&p), vec![Some("a"), Some("b")]);
         assert_eq!(p.dropped.len(), 2);
         assert!(p.dropped[0].reason.starts_with("duplicate"));

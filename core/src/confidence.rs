@@ -22,11 +22,7 @@ pub struct TokenSpan {
 }
 
 fn product_over(tokens: &[TokenSpan], span: &std::ops::Range<usize>) -> f64 {
-    tokens
-        .iter()
-        .filter(|t| t.end > span.start && t.start < span.end)
-        .map(|t| t.prob)
-        .product()
+    tokens.iter().filter(|t| t.end > span.start && t.start < span.end).map(|t| t.prob).product()
 }
 
 /// sqrt(P(name tokens) * P(box tokens)) per instance; a name-less (counting) box uses

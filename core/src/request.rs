@@ -68,7 +68,9 @@ fn clean_list(items: &[String], what: &str) -> Result<Vec<String>, String> {
     }
     for s in &v {
         if s.contains(['&', '[', ']']) || s.contains("<image>") || s.contains("<region>") {
-            return Err(format!("{what} {s:?} contains a character the answer grammar reserves (&, [, ]) or a placeholder"));
+            return Err(format!(
+                "{what} {s:?} contains a character the answer grammar reserves (&, [, ]) or a placeholder"
+            ));
         }
     }
     Ok(v)
@@ -179,10 +181,14 @@ mod tests {
     #[test]
     fn bad_requests() {
         assert!(req(Task::Detect { categories: vec![" ".into()] }).turns(10, 10, 80).unwrap_err().contains("empty"));
-        assert!(req(Task::Detect { categories: vec!["a&b".into()] }).turns(10, 10, 80).unwrap_err().contains("reserves"));
+        assert!(req(Task::Detect { categories: vec!["a&b".into()] })
+            .turns(10, 10, 80)
+            .unwrap_err()
+            .contains("reserves"));
         let outside = req(Task::Describe { region: PixelBox::new(0.0, 0.0, 20.0, 5.0) }).turns(10, 10, 80);
         assert!(outside.unwrap_err().contains("outside"));
-        let zero = req(Task::Count { exemplar: Exemplar::BoxOnImage(PixelBox::new(2.0, 2.0, 2.0, 5.0)) }).turns(10, 10, 80);
+        let zero =
+            req(Task::Count { exemplar: Exemplar::BoxOnImage(PixelBox::new(2.0, 2.0, 2.0, 5.0)) }).turns(10, 10, 80);
         assert!(zero.unwrap_err().contains("zero"));
         let chat = req(Task::Chat { prompt: "x <region>".into(), regions: vec![] }).turns(10, 10, 80);
         assert!(chat.unwrap_err().contains("1 <region>"));

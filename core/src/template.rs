@@ -108,10 +108,7 @@ impl FromStr for Template {
             "gemma_instruct" => Ok(Template::GemmaInstruct),
             "llava_llama_2" => Ok(Template::LlavaLlama2),
             "qwen2" => Ok(Template::Qwen2),
-            other => Err(format!(
-                "unknown template `{other}` (known: {})",
-                Template::NAMES.join(", ")
-            )),
+            other => Err(format!("unknown template `{other}` (known: {})", Template::NAMES.join(", "))),
         }
     }
 }
@@ -132,10 +129,7 @@ mod tests {
     #[test]
     fn gemma_prompt_text() {
         let p = Template::GemmaInstruct.render(&with_image_marker("find the cat"));
-        assert_eq!(
-            p,
-            "<start_of_turn>user\n<image>\nfind the cat<end_of_turn>\n<start_of_turn>model\n"
-        );
+        assert_eq!(p, "<start_of_turn>user\n<image>\nfind the cat<end_of_turn>\n<start_of_turn>model\n");
     }
 
     #[test]

@@ -17,7 +17,8 @@ fn matches_reference_accum_probs() {
         let ids: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         let probs: Vec<f32> = c["probs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         let want: Vec<f64> = c["expected"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-        let got = reference_accum_probs(&ids, &probs, c["start"].as_u64().unwrap() as u32, c["end"].as_u64().unwrap() as u32);
+        let got =
+            reference_accum_probs(&ids, &probs, c["start"].as_u64().unwrap() as u32, c["end"].as_u64().unwrap() as u32);
         assert_eq!(got.len(), want.len(), "{}", c["source"]);
         for (g, w) in got.iter().zip(&want) {
             let rel = ((*g as f64) - w).abs() / w.abs().max(1e-30);

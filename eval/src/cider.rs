@@ -52,10 +52,7 @@ struct Cooked {
 
 fn precook(caption: &str) -> Cooked {
     // `s.split()`: split on runs of Python whitespace.
-    let words: Vec<&str> = caption
-        .split(is_py_space)
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words: Vec<&str> = caption.split(is_py_space).filter(|w| !w.is_empty()).collect();
     let mut grams: [Vec<(Vec<String>, f64)>; N] = Default::default();
     let mut index: [HashMap<Vec<String>, usize>; N] = Default::default();
     for k in 1..=N {
@@ -100,12 +97,7 @@ fn counts2vec(c: &Cooked, df: &HashMap<Vec<String>, f64>, ref_len: f64) -> Vecto
     for x in &mut norm {
         *x = x.sqrt();
     }
-    Vector {
-        vec,
-        lookup,
-        norm,
-        length,
-    }
+    Vector { vec, lookup, norm, length }
 }
 
 /// `sim` of `cider_scorer.py`: per-n clipped cosine similarity times the length penalty.
@@ -123,10 +115,7 @@ fn sim(h: &Vector, r: &Vector) -> [f64; N] {
         if h.norm[n] != 0.0 && r.norm[n] != 0.0 {
             val[n] /= h.norm[n] * r.norm[n];
         }
-        val[n] *= py_pow(
-            std::f64::consts::E,
-            -py_pow(delta, 2.0) / (2.0 * py_pow(SIGMA, 2.0)),
-        );
+        val[n] *= py_pow(std::f64::consts::E, -py_pow(delta, 2.0) / (2.0 * py_pow(SIGMA, 2.0)));
     }
     val
 }
@@ -146,19 +135,12 @@ pub fn cider_d(refs: &[Vec<String>], hyps: &[String]) -> Result<(f64, Vec<f64>),
         )));
     }
     if refs.is_empty() {
-        return Err(EvalError::Invalid(
-            "CIDEr of an empty set is undefined".into(),
-        ));
+        return Err(EvalError::Invalid("CIDEr of an empty set is undefined".into()));
     }
     if let Some(i) = refs.iter().position(|r| r.is_empty()) {
-        return Err(EvalError::Invalid(format!(
-            "CIDEr: image {i} has no reference captions"
-        )));
+        return Err(EvalError::Invalid(format!("CIDEr: image {i} has no reference captions")));
     }
-    let crefs: Vec<Vec<Cooked>> = refs
-        .iter()
-        .map(|rs| rs.iter().map(|r| precook(r)).collect())
-        .collect();
+    let crefs: Vec<Vec<Cooked>> = refs.iter().map(|rs| rs.iter().map(|r| precook(r)).collect()).collect();
     let ctest: Vec<Cooked> = hyps.iter().map(|h| precook(h)).collect();
     let mut df: HashMap<Vec<String>, f64> = HashMap::new();
     for rs in &crefs {
@@ -175,9 +157,7 @@ pub fn cider_d(refs: &[Vec<String>], hyps: &[String]) -> Result<(f64, Vec<f64>),
         }
     }
     if df.is_empty() {
-        return Err(EvalError::Invalid(
-            "CIDEr: the reference captions contain no words".into(),
-        ));
+        return Err(EvalError::Invalid("CIDEr: the reference captions contain no words".into()));
     }
     let ref_len = (crefs.len() as f64).ln();
     let mut scores = Vec::with_capacity(crefs.len());
@@ -204,15 +184,9 @@ pub fn cider_d(refs: &[Vec<String>], hyps: &[String]) -> Result<(f64, Vec<f64>),
 /// references (one stream, in image order) and the candidates (one stream, same order), then
 /// [`cider_d`]. `refs[i]` and `hyps[i]` belong to the same image.
 pub fn cider_raw<S: AsRef<str>>(refs: &[Vec<S>], hyps: &[S]) -> Result<(f64, Vec<f64>), EvalError> {
-    let flat: Vec<&str> = refs
-        .iter()
-        .flat_map(|r| r.iter().map(|s| s.as_ref()))
-        .collect();
+    let flat: Vec<&str> = refs.iter().flat_map(|r| r.iter().map(|s| s.as_ref())).collect();
     let mut tok = ptb_tokenize(&flat).into_iter();
-    let refs_tok: Vec<Vec<String>> = refs
-        .iter()
-        .map(|r| tok.by_ref().take(r.len()).collect())
-        .collect();
+    let refs_tok: Vec<Vec<String>> = refs.iter().map(|r| tok.by_ref().take(r.len()).collect()).collect();
     let hyps_tok = ptb_tokenize(hyps);
     cider_d(&refs_tok, &hyps_tok)
 }
@@ -233,20 +207,14 @@ impl<'de> serde::Deserialize<'de> for TopLevel {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object or array")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<TopLevel, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<TopLevel, A::Error> {
                 let mut out = Vec::new();
                 while let Some((k, v)) = m.next_entry::<String, Value>()? {
                     out.push((k, v));
                 }
                 Ok(TopLevel::Object(out))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut s: A,
-            ) -> Result<TopLevel, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<TopLevel, A::Error> {
                 let mut out = Vec::new();
                 while let Some(v) = s.next_element::<Value>()? {
                     out.push(v);
@@ -288,18 +256,9 @@ fn id_key(v: &Value) -> Option<String> {
 /// Read `{"id": [captions]}` / `{"id": "caption"}` / `[{"image_id", "caption"}, ...]` into
 /// (id, captions) in file order.
 fn read_captions(path: &Path) -> Result<Vec<(String, Vec<String>)>, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
-        path: path.into(),
-        source,
-    })?;
-    let top: TopLevel = serde_json::from_str(&text).map_err(|source| EvalError::Json {
-        path: path.into(),
-        source,
-    })?;
-    let fmt = |message: String| EvalError::Format {
-        path: path.into(),
-        message,
-    };
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+    let top: TopLevel = serde_json::from_str(&text).map_err(|source| EvalError::Json { path: path.into(), source })?;
+    let fmt = |message: String| EvalError::Format { path: path.into(), message };
     let mut order: Vec<(String, Vec<String>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     match top {
@@ -344,7 +303,7 @@ fn read_captions(path: &Path) -> Result<Vec<(String, Vec<String>)>, EvalError> {
         }
         TopLevel::Other => {
             return Err(fmt(
-                "expected an object {\"image_id\": [captions]} or a list of {\"image_id\", \"caption\"}".into(),
+                "expected an object {\"image_id\": [captions]} or a list of {\"image_id\", \"caption\"}".into()
             ))
         }
     }
@@ -376,10 +335,7 @@ pub fn cider_from_files(refs: &Path, hyps: &Path) -> Result<CiderReport, EvalErr
         if caps.len() != 1 {
             return Err(EvalError::Format {
                 path: hyps.into(),
-                message: format!(
-                    "image {id:?} has {} candidate captions, expected exactly 1",
-                    caps.len()
-                ),
+                message: format!("image {id:?} has {} candidate captions, expected exactly 1", caps.len()),
             });
         }
         hyp_of.insert(id.as_str(), caps);
@@ -391,21 +347,14 @@ pub fn cider_from_files(refs: &Path, hyps: &Path) -> Result<CiderReport, EvalErr
             None => {
                 return Err(EvalError::Format {
                     path: hyps.into(),
-                    message: format!(
-                        "no candidate caption for image {id:?} of {}",
-                        refs.display()
-                    ),
+                    message: format!("no candidate caption for image {id:?} of {}", refs.display()),
                 })
             }
         }
     }
     if hyps_v.len() != refs_v.len() {
-        let known: std::collections::HashSet<&str> =
-            refs_v.iter().map(|(id, _)| id.as_str()).collect();
-        let extra = hyps_v
-            .iter()
-            .find(|(id, _)| !known.contains(id.as_str()))
-            .map(|(id, _)| id.clone());
+        let known: std::collections::HashSet<&str> = refs_v.iter().map(|(id, _)| id.as_str()).collect();
+        let extra = hyps_v.iter().find(|(id, _)| !known.contains(id.as_str())).map(|(id, _)| id.clone());
         return Err(EvalError::Format {
             path: hyps.into(),
             message: format!(
@@ -415,13 +364,7 @@ pub fn cider_from_files(refs: &Path, hyps: &Path) -> Result<CiderReport, EvalErr
             ),
         });
     }
-    let ref_caps: Vec<Vec<&str>> = refs_v
-        .iter()
-        .map(|(_, c)| c.iter().map(String::as_str).collect())
-        .collect();
+    let ref_caps: Vec<Vec<&str>> = refs_v.iter().map(|(_, c)| c.iter().map(String::as_str).collect()).collect();
     let (score, per) = cider_raw(&ref_caps, &hyp_list)?;
-    Ok(CiderReport {
-        score,
-        per_image: refs_v.into_iter().map(|(id, _)| id).zip(per).collect(),
-    })
+    Ok(CiderReport { score, per_image: refs_v.into_iter().map(|(id, _)| id).zip(per).collect() })
 }

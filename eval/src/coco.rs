@@ -22,9 +22,8 @@ use serde_json::Value;
 use crate::EvalError;
 
 /// Short names of the 12 stats, in `COCOeval.stats` order.
-pub const COCO_STAT_NAMES: [&str; 12] = [
-    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
-];
+pub const COCO_STAT_NAMES: [&str; 12] =
+    ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"];
 
 /// One detection, as in a COCO results file (`bbox` is `[x, y, width, height]` in pixels).
 #[derive(Clone, Debug, PartialEq)]
@@ -70,10 +69,7 @@ pub fn coco_results_stats(annotations: &Path, results: &Path) -> Result<[f64; 12
 
 /// [`coco_results_stats`] for detections already in memory (same checks; errors name the index
 /// in `detections`).
-pub fn coco_detections_stats(
-    annotations: &Path,
-    detections: &[CocoDetection],
-) -> Result<[f64; 12], EvalError> {
+pub fn coco_detections_stats(annotations: &Path, detections: &[CocoDetection]) -> Result<[f64; 12], EvalError> {
     let gt = load_gt(annotations)?;
     for (index, d) in detections.iter().enumerate() {
         let bad = if !d.score.is_finite() {
@@ -84,12 +80,7 @@ pub fn coco_detections_stats(
             None
         };
         if let Some(field) = bad {
-            return Err(EvalError::NonFinite {
-                path: "<detections>".into(),
-                index,
-                field,
-                image_id: Some(d.image_id),
-            });
+            return Err(EvalError::NonFinite { path: "<detections>".into(), index, field, image_id: Some(d.image_id) });
         }
     }
     stats_for(gt, detections, Path::new("<detections>"))
@@ -114,11 +105,7 @@ pub fn format_coco_stats(stats: &[f64; 12]) -> String {
     ];
     let mut out = String::new();
     for ((ap, iou, area, max_dets), value) in ROWS.iter().zip(stats) {
-        let title = if *ap {
-            "Average Precision"
-        } else {
-            "Average Recall"
-        };
+        let title = if *ap { "Average Precision" } else { "Average Recall" };
         let kind = if *ap { "(AP)" } else { "(AR)" };
         let iou = iou.map_or_else(|| "0.50:0.95".to_string(), |t| format!("{t:.2}"));
         // ' {:<18} {} @[ IoU={:<9} | area={:>6s} | maxDets={:>3d} ] = {:0.3f}'
@@ -130,27 +117,15 @@ pub fn format_coco_stats(stats: &[f64; 12]) -> String {
 }
 
 fn read_text(path: &Path) -> Result<String, EvalError> {
-    std::fs::read_to_string(path).map_err(|source| EvalError::Io {
-        path: path.into(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.into(), source })
 }
 
 fn load_gt(path: &Path) -> Result<COCO, EvalError> {
     // Read first so a missing file is an I/O error naming the path.
-    std::fs::metadata(path).map_err(|source| EvalError::Io {
-        path: path.into(),
-        source,
-    })?;
+    std::fs::metadata(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
     COCO::new(path).map_err(|e| match e {
-        hotcoco::Error::Json(source) => EvalError::Json {
-            path: path.into(),
-            source,
-        },
-        hotcoco::Error::Io(source) => EvalError::Io {
-            path: path.into(),
-            source,
-        },
+        hotcoco::Error::Json(source) => EvalError::Json { path: path.into(), source },
+        hotcoco::Error::Io(source) => EvalError::Io { path: path.into(), source },
         other => EvalError::Coco(other),
     })
 }
@@ -182,9 +157,7 @@ pub(crate) fn nulls_for_non_finite(text: &str) -> String {
             i += 1;
             continue;
         }
-        let token = ["-Infinity", "Infinity", "NaN"]
-            .into_iter()
-            .find(|t| b[i..].starts_with(t.as_bytes()));
+        let token = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| b[i..].starts_with(t.as_bytes()));
         if let Some(t) = token {
             out.push_str(&text[last..i]);
             out.push_str("null");
@@ -210,11 +183,8 @@ fn id_of(v: Option<&Value>) -> Option<u64> {
 }
 
 fn parse_results(text: &str, path: &Path) -> Result<Vec<CocoDetection>, EvalError> {
-    let value: Value =
-        serde_json::from_str(&nulls_for_non_finite(text)).map_err(|source| EvalError::Json {
-            path: path.into(),
-            source,
-        })?;
+    let value: Value = serde_json::from_str(&nulls_for_non_finite(text))
+        .map_err(|source| EvalError::Json { path: path.into(), source })?;
     let Value::Array(entries) = value else {
         return Err(EvalError::Format {
             path: path.into(),
@@ -232,24 +202,11 @@ fn parse_results(text: &str, path: &Path) -> Result<Vec<CocoDetection>, EvalErro
         let Value::Object(obj) = e else {
             return Err(format(index, "not a JSON object"));
         };
-        let image_id = id_of(obj.get("image_id")).ok_or_else(|| {
-            format(
-                index,
-                "missing or invalid \"image_id\" (a non-negative integer)",
-            )
-        })?;
-        let category_id = id_of(obj.get("category_id")).ok_or_else(|| {
-            format(
-                index,
-                "missing or invalid \"category_id\" (a non-negative integer)",
-            )
-        })?;
-        let non_finite = |field| EvalError::NonFinite {
-            path: path.into(),
-            index,
-            field,
-            image_id: Some(image_id),
-        };
+        let image_id = id_of(obj.get("image_id"))
+            .ok_or_else(|| format(index, "missing or invalid \"image_id\" (a non-negative integer)"))?;
+        let category_id = id_of(obj.get("category_id"))
+            .ok_or_else(|| format(index, "missing or invalid \"category_id\" (a non-negative integer)"))?;
+        let non_finite = |field| EvalError::NonFinite { path: path.into(), index, field, image_id: Some(image_id) };
         let bbox = match obj.get("bbox") {
             Some(Value::Array(a)) if a.len() == 4 => {
                 let mut bb = [0.0; 4];
@@ -257,34 +214,19 @@ fn parse_results(text: &str, path: &Path) -> Result<Vec<CocoDetection>, EvalErro
                     bb[k] = match v {
                         Value::Number(n) => n.as_f64().ok_or_else(|| non_finite("bbox"))?,
                         Value::Null => return Err(non_finite("bbox")),
-                        _ => {
-                            return Err(format(index, "\"bbox\" must hold 4 numbers [x, y, w, h]"))
-                        }
+                        _ => return Err(format(index, "\"bbox\" must hold 4 numbers [x, y, w, h]")),
                     };
                 }
                 bb
             }
-            _ => {
-                return Err(format(
-                    index,
-                    "missing or invalid \"bbox\" (4 numbers [x, y, w, h])",
-                ))
-            }
+            _ => return Err(format(index, "missing or invalid \"bbox\" (4 numbers [x, y, w, h])")),
         };
         let score = match obj.get("score") {
-            Some(Value::Number(n)) => n
-                .as_f64()
-                .filter(|s| s.is_finite())
-                .ok_or_else(|| non_finite("score"))?,
+            Some(Value::Number(n)) => n.as_f64().filter(|s| s.is_finite()).ok_or_else(|| non_finite("score"))?,
             Some(Value::Null) => return Err(non_finite("score")),
             _ => return Err(format(index, "missing or invalid \"score\" (a number)")),
         };
-        out.push(CocoDetection {
-            image_id,
-            category_id,
-            bbox,
-            score,
-        });
+        out.push(CocoDetection { image_id, category_id, bbox, score });
     }
     Ok(out)
 }
@@ -294,12 +236,8 @@ fn stats_for(gt: COCO, detections: &[CocoDetection], path: &Path) -> Result<[f64
         return Err(EvalError::EmptyResults { path: path.into() });
     }
     let images: HashSet<u64> = gt.dataset.images.iter().map(|i| i.id).collect();
-    let unknown: Vec<usize> = detections
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| !images.contains(&d.image_id))
-        .map(|(i, _)| i)
-        .collect();
+    let unknown: Vec<usize> =
+        detections.iter().enumerate().filter(|(_, d)| !images.contains(&d.image_id)).map(|(i, _)| i).collect();
     if let Some(&first) = unknown.first() {
         return Err(EvalError::UnknownImageIds {
             path: path.into(),
@@ -328,15 +266,9 @@ fn stats_for(gt: COCO, detections: &[CocoDetection], path: &Path) -> Result<[f64
     ev.accumulate();
     // `summarize_lines` computes the stats without printing.
     ev.summarize_lines();
-    let stats = ev
-        .stats()
-        .ok_or_else(|| EvalError::Invalid("COCO evaluation produced no stats".into()))?;
-    <[f64; 12]>::try_from(stats).map_err(|_| {
-        EvalError::Invalid(format!(
-            "COCO evaluation produced {} stats, expected 12",
-            stats.len()
-        ))
-    })
+    let stats = ev.stats().ok_or_else(|| EvalError::Invalid("COCO evaluation produced no stats".into()))?;
+    <[f64; 12]>::try_from(stats)
+        .map_err(|_| EvalError::Invalid(format!("COCO evaluation produced {} stats, expected 12", stats.len())))
 }
 
 #[cfg(test)]
@@ -345,8 +277,7 @@ mod tests {
 
     #[test]
     fn non_finite_tokens_become_null_outside_strings() {
-        let t =
-            r#"[{"score": NaN, "bbox": [1, -Infinity, Infinity, 2], "note": "NaN \"Infinity\""}]"#;
+        let t = r#"[{"score": NaN, "bbox": [1, -Infinity, Infinity, 2], "note": "NaN \"Infinity\""}]"#;
         assert_eq!(
             nulls_for_non_finite(t),
             r#"[{"score": null, "bbox": [1, null, null, 2], "note": "NaN \"Infinity\""}]"#
@@ -357,10 +288,7 @@ mod tests {
     fn summary_layout() {
         let s = format_coco_stats(&[0.5045806987249628; 12]);
         let first = s.lines().next().unwrap_or_default();
-        assert_eq!(
-            first,
-            " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.505"
-        );
+        assert_eq!(first, " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.505");
         assert_eq!(s.lines().count(), 12);
     }
 }

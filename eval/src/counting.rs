@@ -34,16 +34,12 @@ pub struct CountingErrors {
 /// count, or a ground-truth count of 0 (see the module docs); the message names the sample.
 pub fn counting_errors(samples: &[(f64, f64)]) -> Result<CountingErrors, EvalError> {
     if samples.is_empty() {
-        return Err(EvalError::Invalid(
-            "counting errors of an empty sample list are undefined".into(),
-        ));
+        return Err(EvalError::Invalid("counting errors of an empty sample list are undefined".into()));
     }
     let (mut sae, mut sse, mut sre) = (0.0, 0.0, 0.0);
     for (i, &(pred, gt)) in samples.iter().enumerate() {
         if !pred.is_finite() {
-            return Err(EvalError::Invalid(format!(
-                "counting sample {i}: predicted count {pred} is not finite"
-            )));
+            return Err(EvalError::Invalid(format!("counting sample {i}: predicted count {pred} is not finite")));
         }
         if !gt.is_finite() || gt < 0.0 {
             return Err(EvalError::Invalid(format!(
@@ -61,12 +57,7 @@ pub fn counting_errors(samples: &[(f64, f64)]) -> Result<CountingErrors, EvalErr
         sre += err / gt;
     }
     let n = samples.len() as f64;
-    Ok(CountingErrors {
-        mae: sae / n,
-        rmse: py_pow(sse / n, 0.5),
-        nae: sre / n,
-        n: samples.len(),
-    })
+    Ok(CountingErrors { mae: sae / n, rmse: py_pow(sse / n, 0.5), nae: sre / n, n: samples.len() })
 }
 
 #[cfg(test)]
@@ -84,9 +75,7 @@ mod tests {
     #[test]
     fn bad_inputs_name_the_sample() {
         assert!(counting_errors(&[]).is_err());
-        let e = counting_errors(&[(1.0, 2.0), (1.0, 0.0)])
-            .unwrap_err()
-            .to_string();
+        let e = counting_errors(&[(1.0, 2.0), (1.0, 0.0)]).unwrap_err().to_string();
         assert!(e.contains("sample 1") && e.contains("is 0"), "{e}");
         let e = counting_errors(&[(f64::NAN, 2.0)]).unwrap_err().to_string();
         assert!(e.contains("sample 0"), "{e}");

@@ -58,8 +58,8 @@ fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>, EvalError> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| fmt_err(path, format!("line {}: malformed JSON: {e}", i + 1)))?;
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| fmt_err(path, format!("line {}: malformed JSON: {e}", i + 1)))?;
         out.push((i + 1, v));
     }
     Ok(out)
@@ -94,12 +94,19 @@ pub fn coco(annotations: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
         .map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
         .collect::<Option<_>>()
         .ok_or_else(|| fmt_err(annotations, "a category has no `name`".into()))?;
-    let imgs = v.get("images").and_then(Value::as_array).ok_or_else(|| fmt_err(annotations, "missing `images`".into()))?;
+    let imgs =
+        v.get("images").and_then(Value::as_array).ok_or_else(|| fmt_err(annotations, "missing `images`".into()))?;
     imgs.iter()
         .enumerate()
         .map(|(i, im)| {
-            let id = im.get("id").and_then(Value::as_u64).ok_or_else(|| fmt_err(annotations, format!("images[{i}] has no integer `id`")))?;
-            let file = im.get("file_name").and_then(Value::as_str).ok_or_else(|| fmt_err(annotations, format!("images[{i}] has no `file_name`")))?;
+            let id = im
+                .get("id")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| fmt_err(annotations, format!("images[{i}] has no integer `id`")))?;
+            let file = im
+                .get("file_name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| fmt_err(annotations, format!("images[{i}] has no `file_name`")))?;
             Ok(Item {
                 id: id.to_string(),
                 request: Request { image: images.join(file), task: Task::Detect { categories: cats.clone() } },
@@ -131,8 +138,12 @@ pub fn refcoco(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no image path (img_path)")))?;
             let expr = str_field(&v, &["expression", "sentence", "expr"])
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no `expression`")))?;
-            let gt = box_field(&v, "bbox").ok_or_else(|| fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2]")))?;
-            let id = v.get("id").map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_else(|| format!("line{line}"));
+            let gt = box_field(&v, "bbox")
+                .ok_or_else(|| fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2]")))?;
+            let id = v
+                .get("id")
+                .map(|x| x.to_string().trim_matches('"').to_string())
+                .unwrap_or_else(|| format!("line{line}"));
             Ok(Item {
                 id,
                 request: Request { image: images.join(img), task: Task::Ground { expression: expr.to_string() } },
@@ -150,7 +161,8 @@ pub fn reg(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
         .map(|(line, v)| {
             let img = str_field(&v, &["img_path", "image", "image_path", "file_name"])
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no image path (img_path)")))?;
-            let b = box_field(&v, "bbox").ok_or_else(|| fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2]")))?;
+            let b = box_field(&v, "bbox")
+                .ok_or_else(|| fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2]")))?;
             let refs: Vec<String> = ["expressions", "refs", "expression"]
                 .iter()
                 .find_map(|k| match v.get(*k)? {
@@ -160,10 +172,16 @@ pub fn reg(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
                 })
                 .filter(|r: &Vec<String>| !r.is_empty())
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no reference expressions")))?;
-            let id = v.get("id").map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_else(|| format!("line{line}"));
+            let id = v
+                .get("id")
+                .map(|x| x.to_string().trim_matches('"').to_string())
+                .unwrap_or_else(|| format!("line{line}"));
             Ok(Item {
                 id,
-                request: Request { image: images.join(img), task: Task::Describe { region: PixelBox::new(b[0], b[1], b[2], b[3]) } },
+                request: Request {
+                    image: images.join(img),
+                    task: Task::Describe { region: PixelBox::new(b[0], b[1], b[2], b[3]) },
+                },
                 truth: Truth::Reg { refs },
             })
         })
@@ -202,7 +220,8 @@ pub fn parse_flickr_xml(xml: &str) -> std::collections::HashMap<String, Vec<[f64
     for obj in xml.split("<object>").skip(1) {
         let obj = obj.split("</object>").next().unwrap_or("");
         let Some(bb) = tag(obj, "bndbox") else { continue };
-        let coords: Option<Vec<f64>> = ["xmin", "ymin", "xmax", "ymax"].iter().map(|t| tag(bb, t)?.parse().ok()).collect();
+        let coords: Option<Vec<f64>> =
+            ["xmin", "ymin", "xmax", "ymax"].iter().map(|t| tag(bb, t)?.parse().ok()).collect();
         let Some(c) = coords else { continue };
         // an object may carry several <name> ids
         let mut rest = obj;
@@ -221,7 +240,12 @@ pub fn parse_flickr_xml(xml: &str) -> std::collections::HashMap<String, Vec<[f64
 /// evaluator does.
 pub fn flickr(sentences: &Path, annotations: &Path, images: &Path, ids: Option<&Path>) -> Result<Vec<Item>, EvalError> {
     let mut image_ids: Vec<String> = match ids {
-        Some(f) => std::fs::read_to_string(f).map_err(|source| EvalError::Io { path: f.into(), source })?.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|source| EvalError::Io { path: f.into(), source })?
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
         None => std::fs::read_dir(sentences)
             .map_err(|source| EvalError::Io { path: sentences.into(), source })?
             .filter_map(|e| e.ok())
@@ -234,7 +258,9 @@ pub fn flickr(sentences: &Path, annotations: &Path, images: &Path, ids: Option<&
         let sf = sentences.join(format!("{id}.txt"));
         let af = annotations.join(format!("{id}.xml"));
         let text = std::fs::read_to_string(&sf).map_err(|source| EvalError::Io { path: sf.clone(), source })?;
-        let boxes = parse_flickr_xml(&std::fs::read_to_string(&af).map_err(|source| EvalError::Io { path: af.clone(), source })?);
+        let boxes = parse_flickr_xml(
+            &std::fs::read_to_string(&af).map_err(|source| EvalError::Io { path: af.clone(), source })?,
+        );
         for (k, line) in text.lines().enumerate() {
             let phrases: Vec<PhraseTruth> = parse_flickr_sentence(line)
                 .into_iter()
@@ -250,7 +276,11 @@ pub fn flickr(sentences: &Path, annotations: &Path, images: &Path, ids: Option<&
                         // Flickr30K ships .jpg; other corpora in this layout may use .png
                         let jpg = images.join(format!("{id}.jpg"));
                         let png = images.join(format!("{id}.png"));
-                        if !jpg.exists() && png.exists() { png } else { jpg }
+                        if !jpg.exists() && png.exists() {
+                            png
+                        } else {
+                            jpg
+                        }
                     },
                     task: Task::Phrases { phrases: phrases.iter().map(|p| p.phrase.clone()).collect() },
                 },
@@ -272,8 +302,12 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
             .map(|(line, v)| {
                 let img = str_field(&v, &["image", "img_path", "image_path", "file_name"])
                     .ok_or_else(|| fmt_err(data, format!("line {line}: no `image`")))?;
-                let e = box_field(&v, "exemplar").ok_or_else(|| fmt_err(data, format!("line {line}: `exemplar` is not [x1,y1,x2,y2]")))?;
-                let c = v.get("count").and_then(Value::as_f64).ok_or_else(|| fmt_err(data, format!("line {line}: no numeric `count`")))?;
+                let e = box_field(&v, "exemplar")
+                    .ok_or_else(|| fmt_err(data, format!("line {line}: `exemplar` is not [x1,y1,x2,y2]")))?;
+                let c = v
+                    .get("count")
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| fmt_err(data, format!("line {line}: no numeric `count`")))?;
                 Ok(Item {
                     id: format!("{img}#{line}"),
                     request: Request {
@@ -305,7 +339,10 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
         .into_iter()
         .map(|name| {
             let a = obj.get(&name).ok_or_else(|| fmt_err(data, format!("{name}: not in the annotation file")))?;
-            let points = a.get("points").and_then(Value::as_array).ok_or_else(|| fmt_err(data, format!("{name}: no `points`")))?;
+            let points = a
+                .get("points")
+                .and_then(Value::as_array)
+                .ok_or_else(|| fmt_err(data, format!("{name}: no `points`")))?;
             let ex = a
                 .get("box_examples_coordinates")
                 .and_then(Value::as_array)
@@ -346,7 +383,10 @@ fn fscd_count(data: &Path, v: &Value, images: &Path) -> Result<Vec<Item>, EvalEr
     let ex = read_json(&ex_path)?;
     let mut exemplar: std::collections::HashMap<u64, [f64; 4]> = std::collections::HashMap::new();
     for (i, a) in ex.get("annotations").and_then(Value::as_array).into_iter().flatten().enumerate() {
-        let id = a.get("image_id").and_then(Value::as_u64).ok_or_else(|| fmt_err(&ex_path, format!("annotations[{i}]: no image_id")))?;
+        let id = a
+            .get("image_id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| fmt_err(&ex_path, format!("annotations[{i}]: no image_id")))?;
         let b = a
             .get("boxes")
             .and_then(Value::as_array)
@@ -367,8 +407,14 @@ fn fscd_count(data: &Path, v: &Value, images: &Path) -> Result<Vec<Item>, EvalEr
     }
     let mut items = Vec::new();
     for (i, im) in v["images"].as_array().into_iter().flatten().enumerate() {
-        let id = im.get("id").and_then(Value::as_u64).ok_or_else(|| fmt_err(data, format!("images[{i}] has no integer `id`")))?;
-        let file = im.get("file_name").and_then(Value::as_str).ok_or_else(|| fmt_err(data, format!("images[{i}] has no `file_name`")))?;
+        let id = im
+            .get("id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| fmt_err(data, format!("images[{i}] has no integer `id`")))?;
+        let file = im
+            .get("file_name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fmt_err(data, format!("images[{i}] has no `file_name`")))?;
         let e = exemplar.get(&id).ok_or_else(|| fmt_err(&ex_path, format!("no exemplar for image_id {id}")))?;
         items.push(Item {
             id: id.to_string(),

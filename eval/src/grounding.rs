@@ -35,10 +35,7 @@ fn check_box(b: &BoxXyxy, what: impl Fn() -> String) -> Result<(), EvalError> {
     if b.iter().all(|v| v.is_finite()) {
         Ok(())
     } else {
-        Err(EvalError::Invalid(format!(
-            "{}: ground-truth box {b:?} has a non-finite coordinate",
-            what()
-        )))
+        Err(EvalError::Invalid(format!("{}: ground-truth box {b:?} has a non-finite coordinate", what())))
     }
 }
 
@@ -58,9 +55,7 @@ fn check_box(b: &BoxXyxy, what: impl Fn() -> String) -> Result<(), EvalError> {
 /// Errors: no samples (the reference divides by zero), or a non-finite ground-truth coordinate.
 pub fn rec_accuracy(samples: &[(Option<&[BoxXyxy]>, BoxXyxy)]) -> Result<Accuracy, EvalError> {
     if samples.is_empty() {
-        return Err(EvalError::Invalid(
-            "REC accuracy of an empty sample list is undefined".into(),
-        ));
+        return Err(EvalError::Invalid("REC accuracy of an empty sample list is undefined".into()));
     }
     let mut hits = 0;
     for (i, (pred, gt)) in samples.iter().enumerate() {
@@ -71,24 +66,13 @@ pub fn rec_accuracy(samples: &[(Option<&[BoxXyxy]>, BoxXyxy)]) -> Result<Accurac
             }
         }
     }
-    Ok(Accuracy {
-        hits,
-        total: samples.len(),
-        value: hits as f64 / samples.len() as f64,
-    })
+    Ok(Accuracy { hits, total: samples.len(), value: hits as f64 / samples.len() as f64 })
 }
 
 /// The smallest box enclosing all `boxes` (MDETR's `_merge_boxes`); `None` for no boxes.
 pub fn merge_boxes(boxes: &[BoxXyxy]) -> Option<BoxXyxy> {
     let (first, rest) = boxes.split_first()?;
-    Some(rest.iter().fold(*first, |m, b| {
-        [
-            m[0].min(b[0]),
-            m[1].min(b[1]),
-            m[2].max(b[2]),
-            m[3].max(b[3]),
-        ]
-    }))
+    Some(rest.iter().fold(*first, |m, b| [m[0].min(b[0]), m[1].min(b[1]), m[2].max(b[2]), m[3].max(b[3])]))
 }
 
 /// One phrase of a Flickr30K Entities sentence: the model's top-1 box for it (`None` when the
@@ -114,9 +98,7 @@ pub struct PhraseSample<'a> {
 /// ground-truth coordinate.
 pub fn flickr30k_recall_at_1(phrases: &[PhraseSample<'_>]) -> Result<FlickrRecall, EvalError> {
     if phrases.is_empty() {
-        return Err(EvalError::Invalid(
-            "Flickr30K recall of an empty phrase list is undefined".into(),
-        ));
+        return Err(EvalError::Invalid("Flickr30K recall of an empty phrase list is undefined".into()));
     }
     let (mut any, mut merged) = (0, 0);
     for (i, p) in phrases.iter().enumerate() {
@@ -140,16 +122,8 @@ pub fn flickr30k_recall_at_1(phrases: &[PhraseSample<'_>]) -> Result<FlickrRecal
     }
     let n = phrases.len();
     Ok(FlickrRecall {
-        any_box: Accuracy {
-            hits: any,
-            total: n,
-            value: any as f64 / n as f64,
-        },
-        merged_box: Accuracy {
-            hits: merged,
-            total: n,
-            value: merged as f64 / n as f64,
-        },
+        any_box: Accuracy { hits: any, total: n, value: any as f64 / n as f64 },
+        merged_box: Accuracy { hits: merged, total: n, value: merged as f64 / n as f64 },
     })
 }
 
@@ -167,14 +141,8 @@ mod tests {
     #[test]
     fn iou_is_continuous_without_plus_one() {
         // 10x10 boxes overlapping in a 5x10 strip: 50 / (100 + 100 - 50).
-        assert_eq!(
-            iou_xyxy(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]),
-            50.0 / 150.0
-        );
-        assert_eq!(
-            iou_xyxy(&[0.0, 0.0, 10.0, 10.0], &[20.0, 0.0, 30.0, 10.0]),
-            0.0
-        );
+        assert_eq!(iou_xyxy(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]), 50.0 / 150.0);
+        assert_eq!(iou_xyxy(&[0.0, 0.0, 10.0, 10.0], &[20.0, 0.0, 30.0, 10.0]), 0.0);
         assert!(iou_xyxy(&[1.0, 1.0, 1.0, 1.0], &[1.0, 1.0, 1.0, 1.0]).is_nan());
     }
 
@@ -185,21 +153,14 @@ mod tests {
         let better = [0.0, 0.0, 10.0, 6.0]; // IoU 0.6: a hit
         let p1 = [better];
         let p2 = [half, better];
-        let samples: Vec<(Option<&[BoxXyxy]>, BoxXyxy)> = vec![
-            (Some(&p1[..]), gt),
-            (Some(&p2[..]), gt),
-            (None, gt),
-            (Some(&[][..]), gt),
-        ];
+        let samples: Vec<(Option<&[BoxXyxy]>, BoxXyxy)> =
+            vec![(Some(&p1[..]), gt), (Some(&p2[..]), gt), (None, gt), (Some(&[][..]), gt)];
         let acc = rec_accuracy(&samples).unwrap();
         assert_eq!((acc.hits, acc.total), (1, 4));
         assert_eq!(acc.value, 0.25);
         assert!(rec_accuracy(&[]).is_err());
         let nan_gt: Vec<(Option<&[BoxXyxy]>, BoxXyxy)> = vec![(None, [0.0, f64::NAN, 1.0, 1.0])];
-        assert!(rec_accuracy(&nan_gt)
-            .unwrap_err()
-            .to_string()
-            .contains("REC sample 0"));
+        assert!(rec_accuracy(&nan_gt).unwrap_err().to_string().contains("REC sample 0"));
     }
 
     #[test]
@@ -207,33 +168,15 @@ mod tests {
         let gts = [[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0]];
         // Top-1 equals the first GT box: ANY-BOX hit; against the merged box [0,0,30,10]
         // IoU = 100 / 300: MERGED-BOX miss.
-        let a = PhraseSample {
-            top1: Some([0.0, 0.0, 10.0, 10.0]),
-            gt_boxes: &gts,
-        };
+        let a = PhraseSample { top1: Some([0.0, 0.0, 10.0, 10.0]), gt_boxes: &gts };
         // Top-1 covers both: IoU with each GT is 100/300 (miss), with the merge 1 (hit).
-        let b = PhraseSample {
-            top1: Some([0.0, 0.0, 30.0, 10.0]),
-            gt_boxes: &gts,
-        };
+        let b = PhraseSample { top1: Some([0.0, 0.0, 30.0, 10.0]), gt_boxes: &gts };
         // IoU exactly 0.5 with the first GT: a hit (>=).
-        let c = PhraseSample {
-            top1: Some([0.0, 0.0, 10.0, 5.0]),
-            gt_boxes: &gts[..1],
-        };
-        let d = PhraseSample {
-            top1: None,
-            gt_boxes: &gts,
-        };
+        let c = PhraseSample { top1: Some([0.0, 0.0, 10.0, 5.0]), gt_boxes: &gts[..1] };
+        let d = PhraseSample { top1: None, gt_boxes: &gts };
         let r = flickr30k_recall_at_1(&[a, b, c, d]).unwrap();
-        assert_eq!(
-            (r.any_box.hits, r.merged_box.hits, r.any_box.total),
-            (2, 2, 4)
-        );
-        let empty = PhraseSample {
-            top1: None,
-            gt_boxes: &[],
-        };
+        assert_eq!((r.any_box.hits, r.merged_box.hits, r.any_box.total), (2, 2, 4));
+        let empty = PhraseSample { top1: None, gt_boxes: &[] };
         assert!(flickr30k_recall_at_1(&[empty]).is_err());
     }
 }

@@ -62,22 +62,18 @@
 pub mod cider;
 pub mod coco;
 pub mod counting;
+pub mod datasets;
 pub mod grounding;
 pub mod numeric;
 pub mod ptb;
-pub mod datasets;
 pub mod runners;
 
 use std::path::PathBuf;
 
 pub use cider::{cider_d, cider_from_files, cider_raw, CiderReport};
-pub use coco::{
-    coco_detections_stats, coco_results_stats, format_coco_stats, CocoDetection, COCO_STAT_NAMES,
-};
+pub use coco::{coco_detections_stats, coco_results_stats, format_coco_stats, CocoDetection, COCO_STAT_NAMES};
 pub use counting::{counting_errors, CountingErrors};
-pub use grounding::{
-    flickr30k_recall_at_1, iou_xyxy, rec_accuracy, Accuracy, BoxXyxy, FlickrRecall, PhraseSample,
-};
+pub use grounding::{flickr30k_recall_at_1, iou_xyxy, rec_accuracy, Accuracy, BoxXyxy, FlickrRecall, PhraseSample};
 pub use ptb::{ptb_tokenize, ptb_tokenize_raw};
 
 /// Everything that can go wrong while evaluating; every message names the file and, where
@@ -114,24 +110,14 @@ pub enum EvalError {
          ({count} detection(s) in all have unknown image ids)",
         path.display()
     )]
-    UnknownImageIds {
-        path: PathBuf,
-        index: usize,
-        image_id: u64,
-        count: usize,
-    },
+    UnknownImageIds { path: PathBuf, index: usize, image_id: u64, count: usize },
     /// A NaN or infinite score or box coordinate.
     #[error(
         "{}: results[{index}]{} has a non-finite {field} (NaN or Infinity)",
         path.display(),
         image_id.map(|i| format!(" (image_id {i})")).unwrap_or_default()
     )]
-    NonFinite {
-        path: PathBuf,
-        index: usize,
-        field: &'static str,
-        image_id: Option<u64>,
-    },
+    NonFinite { path: PathBuf, index: usize, field: &'static str, image_id: Option<u64> },
     /// Invalid arguments to a metric.
     #[error("{0}")]
     Invalid(String),

@@ -49,10 +49,8 @@ use regex_automata::{Anchored, Input, MatchKind};
 
 /// The tokens pycocoevalcap removes after tokenization (`PUNCTUATIONS` in `ptbtokenizer.py`).
 /// Compared after lower-casing, so `-lrb-` and `-rrb-` survive (the list only has upper case).
-pub const PTB_PUNCTUATIONS: [&str; 17] = [
-    "''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
-    "...", ";",
-];
+pub const PTB_PUNCTUATIONS: [&str; 17] =
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"];
 
 /// What a rule does with its matched text (the rule actions of the lexer specification).
 #[derive(Clone, Copy, Debug)]
@@ -156,7 +154,8 @@ fn group(s: &str) -> String {
 /// The General_Category changes since then that matter here (found by running every BMP code
 /// point through both tokenizers): U+1885..U+1886 were letters (now Mn); the New Tai Lue vowel
 /// signs U+19B0..U+19C0, U+19C8..U+19C9 and U+1CF2..U+1CF3 were spacing marks (now Lo).
-const LETTER_PROP: &str = r"[[[\p{L}&&\p{age:6.2}]\x{1885}\x{1886}]--[\x{19B0}-\x{19C0}\x{19C8}\x{19C9}\x{1CF2}\x{1CF3}]]";
+const LETTER_PROP: &str =
+    r"[[[\p{L}&&\p{age:6.2}]\x{1885}\x{1886}]--[\x{19B0}-\x{19C0}\x{19C8}\x{19C9}\x{1CF2}\x{1CF3}]]";
 const ND: &str = r"[\p{Nd}&&\p{age:6.2}]";
 const UPPER: &str = r"[\p{Uppercase}&&\p{age:6.2}]";
 
@@ -177,12 +176,15 @@ fn rules() -> Vec<Rule> {
     let date = format!(r"{digit}{{1,2}}[\-/]{digit}{{1,2}}[\-/]{digit}{{2,4}}");
     let num = format!(r"(?:{digit}+|{digit}*(?:[.:,\x{{AD}}\x{{66B}}\x{{66C}}]{digit}+)+)");
     let number = format!(r"[\-+]?{num}");
-    let subsupnum = r"[\x{207A}\x{207B}\x{208A}\x{208B}]?(?:[\x{2070}\x{B9}\x{B2}\x{B3}\x{2074}-\x{2079}]+|[\x{2080}-\x{2089}]+)".to_string();
-    let frac =
-        format!(r"(?:{digit}{{1,4}}[\- \x{{A0}}])?{digit}{{1,4}}(?:\\?/|\x{{2044}}){digit}{{1,4}}");
+    let subsupnum =
+        r"[\x{207A}\x{207B}\x{208A}\x{208B}]?(?:[\x{2070}\x{B9}\x{B2}\x{B3}\x{2074}-\x{2079}]+|[\x{2080}-\x{2089}]+)"
+            .to_string();
+    let frac = format!(r"(?:{digit}{{1,4}}[\- \x{{A0}}])?{digit}{{1,4}}(?:\\?/|\x{{2044}}){digit}{{1,4}}");
     let frac2 = r"[\x{BC}\x{BD}\x{BE}\x{2153}-\x{215E}]".to_string();
     let dolsign = "(?:[A-Z]*\\$|#)".to_string();
-    let dolsign2 = r"[\x{A2}\x{A3}\x{A4}\x{A5}\x{80}\x{20A0}\x{20AC}\x{60B}\x{E3F}\x{20A4}\x{FFE0}\x{FFE1}\x{FFE5}\x{FFE6}]".to_string();
+    let dolsign2 =
+        r"[\x{A2}\x{A3}\x{A4}\x{A5}\x{80}\x{20A0}\x{20AC}\x{60B}\x{E3F}\x{20A4}\x{FFE0}\x{FFE1}\x{FFE5}\x{FFE6}]"
+            .to_string();
     let splet = group(&ci("&[aeiouAEIOU](?:acute|grave|uml);"));
     // Letters: Java's Character.isLetter plus the combining marks etc. the lexer adds.
     let letter_extra = ci(concat!(
@@ -207,17 +209,14 @@ fn rules() -> Vec<Rule> {
     let aposetc = format!("(?:{apos}|[`\\x{{91}}\\x{{2018}}\\x{{201B}}])");
     let hyphen = r"[\-_\x{58A}\x{2010}\x{2011}]".to_string();
     let ul = format!("[{LETTER_PROP}{ND}]");
-    let thing =
-        format!("(?:[dDoOlL]{aposetc}{ul})?{ul}+(?:{hyphen}(?:[dDoOlL]{aposetc}{ul})?{ul}+)*");
+    let thing = format!("(?:[dDoOlL]{aposetc}{ul})?{ul}+(?:{hyphen}(?:[dDoOlL]{aposetc}{ul})?{ul}+)*");
     let spamp = ci("&amp;");
     let thinga = format!("[A-Z]+(?:(?:[+&]|{spamp})[A-Z]+)+");
-    let thing3 =
-        r"[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}(?:\\?/[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}){1,2}".to_string();
+    let thing3 = r"[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}(?:\\?/[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}){1,2}".to_string();
     let acro_special = ci(r"(?:Canada|Sino|Korean|EU|Japan|non)-U\.S|U\.S\.-(?:U\.K|U\.S\.S\.R)");
     let acro = format!(r"(?:[A-Za-z](?:\.[A-Za-z])*|{acro_special})");
     let acro2 = format!(r"(?:[A-Za-z](?:\.[A-Za-z])+|{acro_special})");
-    let hthing =
-        format!(r"[A-Za-z0-9][A-Za-z0-9.,\x{{AD}}]*(?:-(?:[A-Za-z0-9\x{{AD}}]+|{acro2}\.))+");
+    let hthing = format!(r"[A-Za-z0-9][A-Za-z0-9.,\x{{AD}}]*(?:-(?:[A-Za-z0-9\x{{AD}}]+|{acro2}\.))+");
     let redaux = format!("{apos}(?:[msdMSD]|{})", ci("re|ve|ll"));
     let sword = r"[A-Za-z\x{AD}]*[A-MO-Za-mo-z]\x{AD}*".to_string();
     let sredaux = format!("{}{aposetc}{}", ci("n"), ci("t"));
@@ -238,10 +237,7 @@ fn rules() -> Vec<Rule> {
     ]
     .join("|");
     let apoword2 = format!("{}{apos}", ci("y"));
-    let fullurl = format!(
-        "{}://[^ \\t\\n\\f\\r\"<>|(){{}}]+[^ \\t\\n\\f\\r\"<>|.!?(){{}},\\-]",
-        ci("https?")
-    );
+    let fullurl = format!("{}://[^ \\t\\n\\f\\r\"<>|(){{}}]+[^ \\t\\n\\f\\r\"<>|.!?(){{}},\\-]", ci("https?"));
     // Note `,-_` in the reference's second class is a range (U+002C..U+005F).
     let likelyurl = format!(
         "(?:(?:{www}\\.(?:[^ \\t\\n\\f\\r\"<>|.!?(){{}},]+\\.)+[a-zA-Z]{{2,4}})|(?:(?:[^ \\t\\n\\f\\r\"`'<>|.!?(){{}}\\x2C-\\x5F$]+\\.)+{tld}))(?:/[^ \\t\\n\\f\\r\"<>|()]+[^ \\t\\n\\f\\r\"<>|.!?(){{}},\\-])?",
@@ -274,18 +270,11 @@ fn rules() -> Vec<Rule> {
     );
     let abtitle = "Mr|Mrs|Ms|[M]iss|Drs?|Profs?|Sens?|Reps?|Attys?|Lt|Col|Gen|Messrs|Govs?|Adm|Rev|Maj|Sgt|Cpl|Pvt|Capt|Ste?|Ave|Pres|Lieut|Hon|Brig|Co?mdr|Pfc|Spc|Supts?|Det|Mt|Ft|Adj|Adv|Asst|Assoc|Ens|Insp|Mlle|Mme|Msgr|Sfc";
     let abcomp2 = "Invt|Elec|Natl|M[ft]g|Dept";
-    let abbrev4 = format!(
-        r"(?:{}|{}|{acro}|{})",
-        ci(abtitle),
-        ci(r"vs|Alex|Wm|Jos|Cie|a\.k\.a|cf|TREAS|Ph"),
-        ci(abcomp2)
-    );
+    let abbrev4 =
+        format!(r"(?:{}|{}|{acro}|{})", ci(abtitle), ci(r"vs|Alex|Wm|Jos|Cie|a\.k\.a|cf|TREAS|Ph"), ci(abcomp2));
     let abbrev2 = format!(r"{abbrev4}\.");
     let acronym = format!(r"{acro}\.");
-    let abbrev3 = format!(
-        r"{}\.",
-        group(&ci("ca|figs?|prop|nos?|art|bldg|prop|pp|op"))
-    );
+    let abbrev3 = format!(r"{}\.", group(&ci("ca|figs?|prop|nos?|art|bldg|prop|pp|op")));
     let phone = r"(?:\([0-9]{2,3}\)[ \x{A0}]?|(?:\+\+?)?(?:[0-9]{2,4}[\- \x{A0}])?[0-9]{2,4}[\- \x{A0}])[0-9]{3,4}[\- \x{A0}]?[0-9]{3,5}|(?:(?:\+\+?)?[0-9]{2,4}\.)?[0-9]{2,4}\.[0-9]{3,4}\.[0-9]{3,5}".to_string();
     let ldots = r"\.{3,5}|(?:\.[ \x{A0}]){2,4}\.|[\x{85}\x{2026}]".to_string();
     let fnmarks = "@+|#+|_+".to_string();
@@ -329,11 +318,7 @@ fn rules() -> Vec<Rule> {
 
     // ---- rules, in the order of the lexical rules section ----
     use Action::*;
-    let r = |p: String, a: Action| Rule {
-        full: p,
-        trail: None,
-        action: a,
-    };
+    let r = |p: String, a: Action| Rule { full: p, trail: None, action: a };
     let t = |p1: String, p2: String, a: Action| Rule {
         full: format!("(?:{p1})(?:{p2})"),
         trail: Some((p1, p2)),
@@ -347,13 +332,7 @@ fn rules() -> Vec<Rule> {
         r(ci("'tis"), Pushback(2)),
         r(ci("gonna|gotta|lemme|gimme|wanna"), Pushback(2)),
         r(sgml.clone(), Nbsp),
-        r(
-            format!(
-                "{}|[\\x{{96}}\\x{{97}}\\x{{2013}}\\x{{2014}}\\x{{2015}}]",
-                ci("&(?:MD|mdash|ndash);")
-            ),
-            Fixed("--"),
-        ),
+        r(format!("{}|[\\x{{96}}\\x{{97}}\\x{{2013}}\\x{{2014}}\\x{{2015}}]", ci("&(?:MD|mdash|ndash);")), Fixed("--")),
         r(spamp.clone(), Amp),
         r(ci("&(?:HT|TL|UR|LR|QC|QL|QR|odq|cdq|#[0-9]+);"), Plain),
         t(word.clone(), redaux.clone(), SoftHyphen),
@@ -376,17 +355,9 @@ fn rules() -> Vec<Rule> {
         r(thing3, Plain),
         r(dolsign, Plain),
         r(dolsign2, Currency),
-        t(
-            acronym.clone(),
-            format!("{spacenls}{acronym_next}{spacenl}"),
-            Acronym,
-        ),
+        t(acronym.clone(), format!("{spacenls}{acronym_next}{spacenl}"), Acronym),
         t(abbrev3, format!("{spacenl}?{ND}"), Plain),
-        t(
-            ci(r"(?:pt[eyEY]|co)\."),
-            format!("{space}{}", group(&ci("ltd|lim"))),
-            Plain,
-        ),
+        t(ci(r"(?:pt[eyEY]|co)\."), format!("{space}{}", group(&ci("ltd|lim"))), Plain),
         t(abbrev1.clone(), sentend, Redup),
         t(abbrev1.clone(), "(?s:.)(?s:.)".to_string(), Plain),
         r(abbrev1, Redup),
@@ -416,11 +387,7 @@ fn rules() -> Vec<Rule> {
         r(asts, Plain),
         r(insentp.clone(), Plain),
         r("[?!]+".to_string(), Plain),
-        r(
-            r"[.\x{A1}\x{BF}\x{37E}\x{589}\x{61F}\x{6D4}\x{700}-\x{702}\x{7FA}\x{3002}]"
-                .to_string(),
-            Plain,
-        ),
+        r(r"[.\x{A1}\x{BF}\x{37E}\x{589}\x{61F}\x{6D4}\x{700}-\x{702}\x{7FA}\x{3002}]".to_string(), Plain),
         r("=".to_string(), Plain),
         r("/".to_string(), Plain),
         t(format!(r"{hthing}\."), insentp.clone(), SoftHyphen),
@@ -429,20 +396,13 @@ fn rules() -> Vec<Rule> {
         r(thing, Plain),
         t(format!(r"{thinga}\."), insentp.clone(), Amp),
         r(thinga, Amp),
-        t(
-            "'".to_string(),
-            r"[A-Za-z][^ \t\n\r\x{A0}]".to_string(),
-            Quote(true),
-        ),
+        t("'".to_string(), r"[A-Za-z][^ \t\n\r\x{A0}]".to_string(), Quote(true)),
         r(redaux, Quote(false)),
         r(sredaux, Quote(false)),
         r(quotes, Quote(false)),
         r("<<|>>".to_string(), Plain),
         r(miscsymbol, Plain),
-        r(
-            format!(r"\x00|{spaces}|[\x{{200B}}\x{{200E}}-\x{{200F}}\x{{FEFF}}]"),
-            Skip,
-        ),
+        r(format!(r"\x00|{spaces}|[\x{{200B}}\x{{200E}}-\x{{200F}}\x{{FEFF}}]"), Skip),
         r(newline, Newline),
         r(ci("&nbsp;"), Skip),
         r(r"[^\n]".to_string(), Delete),
@@ -459,18 +419,8 @@ struct Lexer {
 
 fn build_dfa(patterns: &[&str]) -> DFA {
     DFA::builder()
-        .configure(
-            DFA::config()
-                .match_kind(MatchKind::All)
-                .cache_capacity(32 << 20)
-                .minimum_cache_clear_count(None),
-        )
-        .syntax(
-            syntax::Config::new()
-                .unicode(true)
-                .utf8(true)
-                .nest_limit(1000),
-        )
+        .configure(DFA::config().match_kind(MatchKind::All).cache_capacity(32 << 20).minimum_cache_clear_count(None))
+        .syntax(syntax::Config::new().unicode(true).utf8(true).nest_limit(1000))
         .thompson(thompson::Config::new().nfa_size_limit(None))
         .build_many(patterns)
         // The patterns are compile-time constants of this module; a failure is a bug here,
@@ -486,11 +436,7 @@ fn lexer() -> &'static Lexer {
         let all = build_dfa(&pats);
         let parts = rules
             .iter()
-            .map(|r| {
-                r.trail
-                    .as_ref()
-                    .map(|(a, b)| (build_dfa(&[a.as_str()]), build_dfa(&[b.as_str()])))
-            })
+            .map(|r| r.trail.as_ref().map(|(a, b)| (build_dfa(&[a.as_str()]), build_dfa(&[b.as_str()]))))
             .collect();
         Lexer { rules, all, parts }
     })
@@ -524,11 +470,8 @@ fn match_ends(dfa: &DFA, cache: &mut Cache, hay: &[u8], start: usize, limit: usi
         at += 1;
     }
     // Flush the one-byte match delay at `limit` (no look-around is used by any pattern).
-    let flushed = if limit < hay.len() {
-        dfa.next_state(cache, sid, hay[limit])
-    } else {
-        dfa.next_eoi_state(cache, sid)
-    };
+    let flushed =
+        if limit < hay.len() { dfa.next_state(cache, sid, hay[limit]) } else { dfa.next_eoi_state(cache, sid) };
     if let Ok(s) = flushed {
         if s.is_match() && limit > start {
             ends.push(limit);
@@ -545,9 +488,7 @@ fn longest(dfa: &DFA, cache: &mut Cache, hay: &[u8], start: usize) -> Option<(us
     let mut best = None;
     let mut at = start;
     let min_pattern = |cache: &mut Cache, sid| {
-        (0..dfa.match_len(cache, sid))
-            .map(|i| dfa.match_pattern(cache, sid, i).as_usize())
-            .min()
+        (0..dfa.match_len(cache, sid)).map(|i| dfa.match_pattern(cache, sid, i).as_usize()).min()
     };
     while at < hay.len() {
         sid = dfa.next_state(cache, sid, hay[at]).ok()?;
@@ -576,16 +517,8 @@ impl Lexer {
 
     /// End of the `r1` part of a trailing-context match `start..end`: the longest split where
     /// `r1` matches `start..split` and `r2` matches `split..end`.
-    fn split(
-        &self,
-        caches: &mut Caches,
-        rule: usize,
-        hay: &[u8],
-        start: usize,
-        end: usize,
-    ) -> usize {
-        let (Some((d1, d2)), Some((c1, c2))) = (&self.parts[rule], caches.parts[rule].as_mut())
-        else {
+    fn split(&self, caches: &mut Caches, rule: usize, hay: &[u8], start: usize, end: usize) -> usize {
+        let (Some((d1, d2)), Some((c1, c2))) = (&self.parts[rule], caches.parts[rule].as_mut()) else {
             return end;
         };
         let mut ends = match_ends(d1, c1, hay, start, end);
@@ -601,14 +534,7 @@ impl Lexer {
     fn caches(&self) -> Caches {
         Caches {
             all: self.all.create_cache(),
-            parts: self
-                .parts
-                .iter()
-                .map(|p| {
-                    p.as_ref()
-                        .map(|(a, b)| (a.create_cache(), b.create_cache()))
-                })
-                .collect(),
+            parts: self.parts.iter().map(|p| p.as_ref().map(|(a, b)| (a.create_cache(), b.create_cache()))).collect(),
         }
     }
 }
@@ -637,9 +563,7 @@ fn from_units(s: &str) -> String {
     let chars: Vec<char> = s.chars().collect();
     let unit = |c: char| {
         let cp = c as u32;
-        (0xF0000..0xF0800)
-            .contains(&cp)
-            .then(|| (cp - 0xF0000 + 0xD800) as u16)
+        (0xF0000..0xF0800).contains(&cp).then(|| (cp - 0xF0000 + 0xD800) as u16)
     };
     let mut i = 0;
     while i < chars.len() {
@@ -690,11 +614,7 @@ fn normalize_amp(s: &str) -> String {
 
 /// LaTeX-style quote normalisation (the reference's `latexQuotes`).
 fn latex_quotes(s: &str, probably_left: bool) -> String {
-    let (single, double) = if probably_left {
-        ("`", "``")
-    } else {
-        ("'", "''")
-    };
+    let (single, double) = if probably_left { ("`", "``") } else { ("'", "''") };
     let mut out = String::with_capacity(s.len() + 2);
     let mut rest = s;
     while let Some(c) = rest.chars().next() {
@@ -804,11 +724,7 @@ fn scan(text: &str) -> Vec<Tok> {
             })),
             Action::Hyphens => {
                 let n = txt.chars().count();
-                Some(if (3..=4).contains(&n) {
-                    "--".to_string()
-                } else {
-                    txt.to_string()
-                })
+                Some(if (3..=4).contains(&n) { "--".to_string() } else { txt.to_string() })
             }
             Action::Acronym => {
                 if txt.chars().count() == 2 {
@@ -894,10 +810,8 @@ fn java_lowercase(tok: &str) -> String {
     let mut bounds = vec![0];
     let mut pos = 0;
     while pos < hay.len() {
-        let end = longest(&jl.segment, &mut seg_cache, hay, pos).map_or(
-            pos + tok[pos..].chars().next().map_or(1, char::len_utf8),
-            |(_, e)| e,
-        );
+        let end = longest(&jl.segment, &mut seg_cache, hay, pos)
+            .map_or(pos + tok[pos..].chars().next().map_or(1, char::len_utf8), |(_, e)| e);
         bounds.push(end);
         pos = end;
     }
@@ -912,17 +826,10 @@ fn java_lowercase(tok: &str) -> String {
             out.extend(c.to_lowercase());
             continue;
         }
-        let seg = bounds
-            .windows(2)
-            .find(|w| w[0] <= i && i < w[1])
-            .map_or((0, hay.len()), |w| (w[0], w[1]));
+        let seg = bounds.windows(2).find(|w| w[0] <= i && i < w[1]).map_or((0, hay.len()), |w| (w[0], w[1]));
         let before = tok[seg.0..i].chars().any(&mut is_cased);
         let after = tok[i + c.len_utf8()..seg.1].chars().any(&mut is_cased);
-        out.push(if before && !after {
-            '\u{3C2}'
-        } else {
-            '\u{3C3}'
-        });
+        out.push(if before && !after { '\u{3C2}' } else { '\u{3C3}' });
     }
     out
 }

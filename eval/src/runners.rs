@@ -78,7 +78,10 @@ fn read_shard(path: &Path) -> Result<Vec<Record>, EvalError> {
             }
             _ if i == lines.len() - 1 => {
                 // torn tail: keep the valid prefix
-                let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|source| EvalError::Io { path: path.into(), source })?;
                 f.set_len(good_len as u64).map_err(|source| EvalError::Io { path: path.into(), source })?;
             }
             Err(e) => {
@@ -100,7 +103,13 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     std::fs::create_dir_all(&opts.out).map_err(|source| EvalError::Io { path: opts.out.clone(), source })?;
     let file = shard_file(&opts.out, opts.shard);
     let done: HashSet<String> = read_shard(&file)?.into_iter().map(|r| r.id).collect();
-    let mine: Vec<&Item> = items.iter().take(opts.limit.unwrap_or(usize::MAX)).enumerate().filter(|(k, _)| k % count == index).map(|(_, it)| it).collect();
+    let mine: Vec<&Item> = items
+        .iter()
+        .take(opts.limit.unwrap_or(usize::MAX))
+        .enumerate()
+        .filter(|(k, _)| k % count == index)
+        .map(|(_, it)| it)
+        .collect();
     let todo: Vec<&Item> = mine.iter().copied().filter(|it| !done.contains(&it.id)).collect();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -110,7 +119,8 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new(mine.len() as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}").expect("valid template"),
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} ETA {eta} {msg}")
+                .expect("valid template"),
         );
         b.set_position((mine.len() - todo.len()) as u64);
         b
@@ -156,7 +166,13 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
         }
     }
     bar.finish();
-    Ok(RunSummary { shard_file: file, items_in_shard: mine.len(), already_done: mine.len() - todo.len(), ran: todo.len(), errors })
+    Ok(RunSummary {
+        shard_file: file,
+        items_in_shard: mine.len(),
+        already_done: mine.len() - todo.len(),
+        ran: todo.len(),
+        errors,
+    })
 }
 
 /// Every record of every shard in `out`, deduplicated by id (first occurrence kept), in id order.
@@ -215,7 +231,8 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
                 .map(|d| serde_json::json!({"image_id": d.image_id, "category_id": d.category_id, "bbox": d.bbox, "score": d.score}))
                 .collect();
             let rf = out.join("coco_results.json");
-            std::fs::write(&rf, serde_json::to_string(&results).expect("serializable")).map_err(|source| EvalError::Io { path: rf.clone(), source })?;
+            std::fs::write(&rf, serde_json::to_string(&results).expect("serializable"))
+                .map_err(|source| EvalError::Io { path: rf.clone(), source })?;
             if dets.is_empty() {
                 // pycocotools cannot load an empty results list: report that instead of a number
                 serde_json::json!({"task": "coco", "stats": null, "detections": 0, "unknown_labels_dropped": unknown,
@@ -246,7 +263,11 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
             for r in records {
                 if let Truth::Phrases { phrases } = &r.truth {
                     for p in phrases {
-                        let top = r.detections.iter().find(|d| d.label.as_deref() == Some(p.phrase.as_str())).map(|d| d.box_px);
+                        let top = r
+                            .detections
+                            .iter()
+                            .find(|d| d.label.as_deref() == Some(p.phrase.as_str()))
+                            .map(|d| d.box_px);
                         tops.push((top, p.boxes.clone()));
                     }
                 }
@@ -267,7 +288,8 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
             }
             let (rf, hf) = (out.join("reg_refs.json"), out.join("reg_hyps.json"));
             for (f, v) in [(&rf, refs), (&hf, hyps)] {
-                std::fs::write(f, serde_json::to_string(&v).expect("serializable")).map_err(|source| EvalError::Io { path: f.clone(), source })?;
+                std::fs::write(f, serde_json::to_string(&v).expect("serializable"))
+                    .map_err(|source| EvalError::Io { path: f.clone(), source })?;
             }
             let c = crate::cider::cider_from_files(&rf, &hf)?;
             serde_json::json!({"task": "reg", "cider": c.score, "images": c.per_image.len()})
@@ -292,11 +314,10 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
 
 /// Groups records by the kind of truth (a merge of runs of different tasks is an error).
 pub fn check_single_task(records: &[Record]) -> Result<(), EvalError> {
-    let kinds: HashMap<std::mem::Discriminant<Truth>, usize> =
-        records.iter().fold(HashMap::new(), |mut m, r| {
-            *m.entry(std::mem::discriminant(&r.truth)).or_default() += 1;
-            m
-        });
+    let kinds: HashMap<std::mem::Discriminant<Truth>, usize> = records.iter().fold(HashMap::new(), |mut m, r| {
+        *m.entry(std::mem::discriminant(&r.truth)).or_default() += 1;
+        m
+    });
     if kinds.len() > 1 {
         return Err(EvalError::Invalid("the output folder mixes records of different tasks".into()));
     }

@@ -3,18 +3,12 @@
 mod common;
 
 use common::{fixture, read_json, scratch, shared};
-use griffon_eval::{
-    cider_d, cider_from_files, cider_raw, ptb_tokenize, ptb_tokenize_raw, EvalError,
-};
+use griffon_eval::{cider_d, cider_from_files, cider_raw, ptb_tokenize, ptb_tokenize_raw, EvalError};
 
 const TOL: f64 = 1e-9;
 
 fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|s| s.as_str().expect("string").to_string())
-        .collect()
+    v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_string()).collect()
 }
 
 #[test]
@@ -24,16 +18,10 @@ fn shared_vector_scores_and_tokenizer_examples() {
     // serde_json's map is sorted by key; the vector's ids "1", "2", "3" are already in order.
     let ids: Vec<&String> = refs_obj.keys().collect();
     let refs: Vec<Vec<String>> = ids.iter().map(|k| strings(&refs_obj[*k])).collect();
-    let hyps: Vec<String> = ids
-        .iter()
-        .map(|k| v["hyps"][k.as_str()].as_str().unwrap().to_string())
-        .collect();
+    let hyps: Vec<String> = ids.iter().map(|k| v["hyps"][k.as_str()].as_str().unwrap().to_string()).collect();
     let (score, per) = cider_raw(&refs, &hyps).unwrap();
     let want = v["expected"]["cider"].as_f64().unwrap();
-    eprintln!(
-        "shared CIDEr: ours {score:?} pycocoevalcap {want:?} diff {:e}",
-        (score - want).abs()
-    );
+    eprintln!("shared CIDEr: ours {score:?} pycocoevalcap {want:?} diff {:e}", (score - want).abs());
     assert!((score - want).abs() <= TOL);
     for (k, s) in ids.iter().zip(&per) {
         let w = v["expected"]["per_item"][k.as_str()].as_f64().unwrap();
@@ -42,20 +30,11 @@ fn shared_vector_scores_and_tokenizer_examples() {
     // Without PTB tokenization (whitespace split of the raw captions) the vector records the
     // score rounded to 4 decimals.
     let (raw_score, _) = cider_d(&refs, &hyps).unwrap();
-    let rounded = v["expected"]["cider_without_ptb_tokenization"]
-        .as_f64()
-        .unwrap();
-    assert!(
-        (raw_score - rounded).abs() <= 5e-5,
-        "{raw_score} vs {rounded}"
-    );
+    let rounded = v["expected"]["cider_without_ptb_tokenization"].as_f64().unwrap();
+    assert!((raw_score - rounded).abs() <= 5e-5, "{raw_score} vs {rounded}");
 
     for (input, want) in v["ptb_tokenizer_examples"].as_object().unwrap() {
-        assert_eq!(
-            ptb_tokenize(&[input.as_str()]),
-            vec![want.as_str().unwrap().to_string()],
-            "{input:?}"
-        );
+        assert_eq!(ptb_tokenize(&[input.as_str()]), vec![want.as_str().unwrap().to_string()], "{input:?}");
     }
 }
 
@@ -71,12 +50,7 @@ fn tokenizer_matches_java_token_for_token() {
         for (i, ((c, r), w)) in caps.iter().zip(&raw).zip(strings(&g["raw"])).enumerate() {
             assert_eq!(r, &w, "{name}[{i}] raw tokens of {c:?}");
         }
-        for (i, ((c, r), w)) in caps
-            .iter()
-            .zip(&tok)
-            .zip(strings(&g["tokenized"]))
-            .enumerate()
-        {
+        for (i, ((c, r), w)) in caps.iter().zip(&tok).zip(strings(&g["tokenized"])).enumerate() {
             let ours: Vec<&str> = r.split(' ').collect();
             let theirs: Vec<&str> = w.split(' ').collect();
             assert_eq!(ours, theirs, "{name}[{i}] tokens of {c:?}");
@@ -98,11 +72,7 @@ fn generated_cider_vectors() {
         let report = cider_from_files(&refs, &hyps).unwrap_or_else(|err| panic!("{name}: {err}"));
         let want = case["cider"].as_f64().unwrap();
         max = max.max((report.score - want).abs());
-        assert!(
-            (report.score - want).abs() <= TOL,
-            "{name}: {} vs {want}",
-            report.score
-        );
+        assert!((report.score - want).abs() <= TOL, "{name}: {} vs {want}", report.score);
         let per = case["per_image"].as_object().unwrap();
         assert_eq!(report.per_image.len(), per.len(), "{name}");
         for (id, s) in &report.per_image {
@@ -116,57 +86,27 @@ fn generated_cider_vectors() {
 
 #[test]
 fn list_shaped_files_give_the_same_scores() {
-    let a = cider_from_files(
-        &fixture("cider/coco_like/refs.json"),
-        &fixture("cider/coco_like/hyps.json"),
-    )
-    .unwrap();
-    let b = cider_from_files(
-        &fixture("cider/coco_like_list/refs.json"),
-        &fixture("cider/coco_like_list/hyps.json"),
-    )
-    .unwrap();
+    let a = cider_from_files(&fixture("cider/coco_like/refs.json"), &fixture("cider/coco_like/hyps.json")).unwrap();
+    let b = cider_from_files(&fixture("cider/coco_like_list/refs.json"), &fixture("cider/coco_like_list/hyps.json"))
+        .unwrap();
     assert_eq!(a, b);
 }
 
 #[test]
 fn bad_inputs_are_errors() {
-    let refs = scratch(
-        "refs_ok.json",
-        r#"{"1": ["a dog", "the dog"], "2": ["a cat"]}"#,
-    );
+    let refs = scratch("refs_ok.json", r#"{"1": ["a dog", "the dog"], "2": ["a cat"]}"#);
     let cases = [
-        (
-            "hyps_missing.json",
-            r#"{"1": "a dog"}"#,
-            "no candidate caption for image \"2\"",
-        ),
-        (
-            "hyps_extra.json",
-            r#"{"1": "a dog", "2": "a cat", "3": "x"}"#,
-            "image \"3\"",
-        ),
+        ("hyps_missing.json", r#"{"1": "a dog"}"#, "no candidate caption for image \"2\""),
+        ("hyps_extra.json", r#"{"1": "a dog", "2": "a cat", "3": "x"}"#, "image \"3\""),
         (
             "hyps_two.json",
             r#"[{"image_id": 1, "caption": "a"}, {"image_id": 1, "caption": "b"}, {"image_id": 2, "caption": "c"}]"#,
             "2 candidate captions",
         ),
-        (
-            "hyps_shape.json",
-            r#"{"1": 5, "2": "a cat"}"#,
-            "image \"1\"",
-        ),
-        (
-            "hyps_entry.json",
-            r#"[{"id": 1, "caption": "a"}]"#,
-            "entry 0",
-        ),
+        ("hyps_shape.json", r#"{"1": 5, "2": "a cat"}"#, "image \"1\""),
+        ("hyps_entry.json", r#"[{"id": 1, "caption": "a"}]"#, "entry 0"),
         ("hyps_scalar.json", "3", "expected an object"),
-        (
-            "hyps_dup.json",
-            r#"{"1": "a", "1": "b", "2": "c"}"#,
-            "appears twice",
-        ),
+        ("hyps_dup.json", r#"{"1": "a", "1": "b", "2": "c"}"#, "appears twice"),
     ];
     for (name, text, needle) in cases {
         let err = cider_from_files(&refs, &scratch(name, text)).unwrap_err();
@@ -174,10 +114,7 @@ fn bad_inputs_are_errors() {
         assert!(err.to_string().contains(needle), "{name}: {err}");
     }
     let err = cider_from_files(&refs, &scratch("hyps_bad.json", r#"{"1": "a dog""#)).unwrap_err();
-    assert!(
-        matches!(err, EvalError::Json { .. }) && err.to_string().contains("hyps_bad.json"),
-        "{err}"
-    );
+    assert!(matches!(err, EvalError::Json { .. }) && err.to_string().contains("hyps_bad.json"), "{err}");
     let empty_refs = scratch("refs_empty_list.json", r#"{"1": []}"#);
     let err = cider_from_files(&empty_refs, &scratch("hyps_1.json", r#"{"1": "a"}"#)).unwrap_err();
     assert!(err.to_string().contains("empty caption list"), "{err}");

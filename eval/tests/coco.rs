@@ -3,25 +3,16 @@
 mod common;
 
 use common::{f64s, fixture, read_json, scratch, shared};
-use griffon_eval::{
-    coco_detections_stats, coco_results_stats, format_coco_stats, CocoDetection, EvalError,
-};
+use griffon_eval::{coco_detections_stats, coco_results_stats, format_coco_stats, CocoDetection, EvalError};
 
 const TOL: f64 = 1e-12;
 
 fn check(name: &str, got: &[f64; 12], want: &[f64]) {
     assert_eq!(want.len(), 12, "{name}: expected 12 stats");
-    let max = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    let max = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     eprintln!("{name}: max |ours - pycocotools| = {max:e}");
     for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() <= TOL,
-            "{name}: stat {i}: ours {a:?} vs pycocotools {b:?}"
-        );
+        assert!((a - b).abs() <= TOL, "{name}: stat {i}: ours {a:?} vs pycocotools {b:?}");
     }
 }
 
@@ -31,14 +22,8 @@ fn shared_parity_vectors() {
     let cases = &expected["expected_pycocotools_2_0_11"];
     for name in ["fakebbox100", "tiny"] {
         let case = &cases[name];
-        let gt = shared(&format!(
-            "coco-fake100/{}",
-            case["annotations"].as_str().unwrap()
-        ));
-        let dt = shared(&format!(
-            "coco-fake100/{}",
-            case["results"].as_str().unwrap()
-        ));
+        let gt = shared(&format!("coco-fake100/{}", case["annotations"].as_str().unwrap()));
+        let dt = shared(&format!("coco-fake100/{}", case["results"].as_str().unwrap()));
         let stats = coco_results_stats(&gt, &dt).unwrap_or_else(|e| panic!("{name}: {e}"));
         check(name, &stats, &f64s(&case["stats"]));
     }
@@ -54,11 +39,7 @@ fn generated_vectors_and_summary_text() {
         let dt = fixture(&format!("coco/{}", case["dt"].as_str().unwrap()));
         let stats = coco_results_stats(&gt, &dt).unwrap_or_else(|e| panic!("{name}: {e}"));
         check(name, &stats, &f64s(&case["stats"]));
-        assert_eq!(
-            format_coco_stats(&stats),
-            case["summary"].as_str().unwrap(),
-            "{name}: summarize() text"
-        );
+        assert_eq!(format_coco_stats(&stats), case["summary"].as_str().unwrap(), "{name}: summarize() text");
     }
 }
 
@@ -77,33 +58,17 @@ fn in_memory_detections_match_the_file_path() {
             score: d["score"].as_f64().unwrap(),
         })
         .collect();
-    assert_eq!(
-        coco_detections_stats(&gt, &dets).unwrap(),
-        coco_results_stats(&gt, &dt).unwrap()
-    );
+    assert_eq!(coco_detections_stats(&gt, &dets).unwrap(), coco_results_stats(&gt, &dt).unwrap());
     let mut bad = dets.clone();
     bad[3].score = f64::NAN;
     let err = coco_detections_stats(&gt, &bad).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            EvalError::NonFinite {
-                index: 3,
-                field: "score",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, EvalError::NonFinite { index: 3, field: "score", .. }), "{err}");
 }
 
 #[test]
 fn malformed_json_is_an_error_naming_the_file() {
     let gt = fixture("coco/edge/gt.json");
-    let dt = scratch(
-        "malformed.json",
-        r#"[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5"#,
-    );
+    let dt = scratch("malformed.json", r#"[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5"#);
     let err = coco_results_stats(&gt, &dt).unwrap_err();
     assert!(matches!(err, EvalError::Json { .. }), "{err}");
     assert!(err.to_string().contains("malformed.json"), "{err}");
@@ -124,22 +89,8 @@ fn unknown_image_ids_are_an_error() {
             {"image_id": 778, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}]"#,
     );
     let err = coco_results_stats(&gt, &dt).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            EvalError::UnknownImageIds {
-                index: 1,
-                image_id: 777,
-                count: 2,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("results[1] has image_id 777"),
-        "{err}"
-    );
+    assert!(matches!(err, EvalError::UnknownImageIds { index: 1, image_id: 777, count: 2, .. }), "{err}");
+    assert!(err.to_string().contains("results[1] has image_id 777"), "{err}");
 }
 
 #[test]
@@ -160,40 +111,15 @@ fn non_finite_values_name_the_entry() {
             {"image_id": 2, "category_id": 1, "bbox": [10, 10, 50, 50], "score": NaN}]"#,
     );
     let err = coco_results_stats(&gt, &dt).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            EvalError::NonFinite {
-                index: 1,
-                field: "score",
-                image_id: Some(2),
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string()
-            .contains("results[1] (image_id 2) has a non-finite score"),
-        "{err}"
-    );
+    assert!(matches!(err, EvalError::NonFinite { index: 1, field: "score", image_id: Some(2), .. }), "{err}");
+    assert!(err.to_string().contains("results[1] (image_id 2) has a non-finite score"), "{err}");
 
     let dt = scratch(
         "inf_box.json",
         r#"[{"image_id": 3, "category_id": 1, "bbox": [10, -Infinity, 50, 50], "score": 0.9}]"#,
     );
     let err = coco_results_stats(&gt, &dt).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            EvalError::NonFinite {
-                index: 0,
-                field: "bbox",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, EvalError::NonFinite { index: 0, field: "bbox", .. }), "{err}");
 }
 
 #[test]
@@ -206,16 +132,8 @@ fn wrong_shapes_are_errors() {
             r#"[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}]"#,
             "results[0]: missing or invalid \"score\"",
         ),
-        (
-            "bad_box.json",
-            r#"[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "score": 1}]"#,
-            "\"bbox\"",
-        ),
-        (
-            "neg_id.json",
-            r#"[{"image_id": -1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1}]"#,
-            "\"image_id\"",
-        ),
+        ("bad_box.json", r#"[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "score": 1}]"#, "\"bbox\""),
+        ("neg_id.json", r#"[{"image_id": -1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 1}]"#, "\"image_id\""),
     ] {
         let err = coco_results_stats(&gt, &scratch(name, text)).unwrap_err();
         assert!(matches!(err, EvalError::Format { .. }), "{name}: {err}");
@@ -224,10 +142,7 @@ fn wrong_shapes_are_errors() {
     let missing = std::path::Path::new("/nonexistent/griffon/results.json");
     let err = coco_results_stats(&gt, missing).unwrap_err();
     assert!(
-        matches!(err, EvalError::Io { .. })
-            && err
-                .to_string()
-                .contains("/nonexistent/griffon/results.json"),
+        matches!(err, EvalError::Io { .. }) && err.to_string().contains("/nonexistent/griffon/results.json"),
         "{err}"
     );
     let err = coco_results_stats(missing, &fixture("coco/edge/dt.json")).unwrap_err();

@@ -14,22 +14,13 @@ fn bx(v: &serde_json::Value) -> BoxXyxy {
 fn rec_accuracy_matches_eval_rec() {
     let v = read_json(&fixture("grounding/vectors.json"));
     let samples = v["rec"]["samples"].as_array().unwrap();
-    let preds: Vec<Option<Vec<BoxXyxy>>> = samples
-        .iter()
-        .map(|s| s["pred"].as_array().map(|a| a.iter().map(bx).collect()))
-        .collect();
-    let pairs: Vec<(Option<&[BoxXyxy]>, BoxXyxy)> = preds
-        .iter()
-        .zip(samples)
-        .map(|(p, s)| (p.as_deref(), bx(&s["gt"])))
-        .collect();
+    let preds: Vec<Option<Vec<BoxXyxy>>> =
+        samples.iter().map(|s| s["pred"].as_array().map(|a| a.iter().map(bx).collect())).collect();
+    let pairs: Vec<(Option<&[BoxXyxy]>, BoxXyxy)> =
+        preds.iter().zip(samples).map(|(p, s)| (p.as_deref(), bx(&s["gt"]))).collect();
     for (i, (pair, s)) in pairs.iter().zip(samples).enumerate() {
         let one = rec_accuracy(std::slice::from_ref(pair)).unwrap();
-        assert_eq!(
-            one.hits == 1,
-            s["hit"].as_bool().unwrap(),
-            "sample {i}: {s}"
-        );
+        assert_eq!(one.hits == 1, s["hit"].as_bool().unwrap(), "sample {i}: {s}");
     }
     let acc = rec_accuracy(&pairs).unwrap();
     assert_eq!(acc.value, v["rec"]["accuracy"].as_f64().unwrap());
@@ -39,49 +30,29 @@ fn rec_accuracy_matches_eval_rec() {
 fn flickr_recall_matches_mdetr() {
     let v = read_json(&fixture("grounding/vectors.json"));
     let phrases = v["flickr"]["phrases"].as_array().unwrap();
-    let gts: Vec<Vec<BoxXyxy>> = phrases
-        .iter()
-        .map(|p| p["gts"].as_array().unwrap().iter().map(bx).collect())
-        .collect();
+    let gts: Vec<Vec<BoxXyxy>> =
+        phrases.iter().map(|p| p["gts"].as_array().unwrap().iter().map(bx).collect()).collect();
     let samples: Vec<PhraseSample> = phrases
         .iter()
         .zip(&gts)
-        .map(|(p, g)| PhraseSample {
-            top1: (!p["pred"].is_null()).then(|| bx(&p["pred"])),
-            gt_boxes: g,
-        })
+        .map(|(p, g)| PhraseSample { top1: (!p["pred"].is_null()).then(|| bx(&p["pred"])), gt_boxes: g })
         .collect();
     for (i, (s, p)) in samples.iter().zip(phrases).enumerate() {
         let r = flickr30k_recall_at_1(std::slice::from_ref(s)).unwrap();
-        assert_eq!(
-            r.any_box.hits == 1,
-            p["any"].as_bool().unwrap(),
-            "phrase {i} ANY-BOX: {p}"
-        );
-        assert_eq!(
-            r.merged_box.hits == 1,
-            p["merged"].as_bool().unwrap(),
-            "phrase {i} MERGED-BOX: {p}"
-        );
+        assert_eq!(r.any_box.hits == 1, p["any"].as_bool().unwrap(), "phrase {i} ANY-BOX: {p}");
+        assert_eq!(r.merged_box.hits == 1, p["merged"].as_bool().unwrap(), "phrase {i} MERGED-BOX: {p}");
     }
     let r = flickr30k_recall_at_1(&samples).unwrap();
     assert_eq!(r.any_box.value, v["flickr"]["any_box"].as_f64().unwrap());
-    assert_eq!(
-        r.merged_box.value,
-        v["flickr"]["merged_box"].as_f64().unwrap()
-    );
+    assert_eq!(r.merged_box.value, v["flickr"]["merged_box"].as_f64().unwrap());
 }
 
 #[test]
 fn counting_matches_fsc147_and_counting_detr() {
     let v = read_json(&fixture("grounding/vectors.json"));
     let c = &v["counting"];
-    let samples: Vec<(f64, f64)> = c["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s[0].as_f64().unwrap(), s[1].as_f64().unwrap()))
-        .collect();
+    let samples: Vec<(f64, f64)> =
+        c["samples"].as_array().unwrap().iter().map(|s| (s[0].as_f64().unwrap(), s[1].as_f64().unwrap())).collect();
     let e = counting_errors(&samples).unwrap();
     assert_eq!(e.mae, c["mae"].as_f64().unwrap());
     assert_eq!(e.rmse, c["rmse"].as_f64().unwrap());

@@ -53,9 +53,11 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
     if !(mt.contains("llama") || mt.starts_with("gemma2")) {
         return invalid(format!("{}: model_type `{mt}` is not a Llama or Gemma-2 LLM", llm_cfg_path.display()));
     }
-    let hidden = cfg.get("hidden_size").and_then(Value::as_u64).ok_or_else(|| {
-        Error::Invalid(format!("{}: missing key `hidden_size`", llm_cfg_path.display()))
-    })? as usize;
+    let hidden = cfg
+        .get("hidden_size")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| Error::Invalid(format!("{}: missing key `hidden_size`", llm_cfg_path.display())))?
+        as usize;
     let kind = ProjectorType::parse(&o.projector)
         .ok_or_else(|| Error::Invalid(format!("unknown projector `{}`", o.projector)))?;
 
@@ -77,8 +79,14 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
     // keep only the vision tower (drop text towers / heads of joint CLIP checkpoints)
     let keep = |n: &str| -> bool {
         if eva {
-            !(n.starts_with("text.") || n.starts_with("transformer.") || n == "logit_scale" || n.starts_with("token_embedding")
-                || n.starts_with("ln_final") || n == "positional_embedding" || n == "text_projection" || n.starts_with("head."))
+            !(n.starts_with("text.")
+                || n.starts_with("transformer.")
+                || n == "logit_scale"
+                || n.starts_with("token_embedding")
+                || n.starts_with("ln_final")
+                || n == "positional_embedding"
+                || n == "text_projection"
+                || n.starts_with("head."))
         } else {
             n.starts_with("vision_model.")
         }
@@ -88,7 +96,9 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
         .into_iter()
         .find(|n| n.ends_with("position_embedding.weight") || *n == "pos_embed" || n.ends_with(".pos_embed"))
         .map(str::to_string)
-        .ok_or_else(|| Error::Invalid(format!("{}: no position table (pos_embed / position_embedding.weight)", o.vision.display())))?;
+        .ok_or_else(|| {
+            Error::Invalid(format!("{}: no position table (pos_embed / position_embedding.weight)", o.vision.display()))
+        })?;
     let mut vision_width = 0;
     for n in vis.names() {
         if !keep(n) {
@@ -105,9 +115,10 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
             }
             if let Some(size) = o.image_size {
                 let sec = tower_section(&mut vis_cfg);
-                let patch = sec.get("patch_size").and_then(Value::as_u64).ok_or_else(|| {
-                    Error::Invalid(format!("{}: missing key `patch_size`", vis_cfg_path.display()))
-                })? as usize;
+                let patch =
+                    sec.get("patch_size").and_then(Value::as_u64).ok_or_else(|| {
+                        Error::Invalid(format!("{}: missing key `patch_size`", vis_cfg_path.display()))
+                    })? as usize;
                 if size % patch != 0 {
                     return invalid(format!("image size {size} is not a multiple of the patch size {patch}"));
                 }
@@ -117,7 +128,8 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
                     let flat = t.to_dtype(DType::F32)?.reshape((rows, h))?;
                     let cls = flat.narrow(0, 0, 1)?;
                     let grid: Vec<f32> = flat.narrow(0, 1, g * g)?.flatten_all()?.to_vec1()?;
-                    let resized = Tensor::from_vec(resize_grid(&grid, g, h, g2, o.pos_interp), (g2 * g2, h), &Device::Cpu)?;
+                    let resized =
+                        Tensor::from_vec(resize_grid(&grid, g, h, g2, o.pos_interp), (g2 * g2, h), &Device::Cpu)?;
                     let table = Tensor::cat(&[&cls, &resized], 0)?;
                     let mut shape = dims.clone();
                     let last = shape.len() - 2;
@@ -144,7 +156,8 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
     std::fs::create_dir_all(o.out.join("vision_tower")).map_err(io_err(&o.out))?;
     std::fs::write(o.out.join("vision_tower/config.json"), serde_json::to_string_pretty(&vis_cfg).expect("json"))
         .map_err(io_err(o.out.join("vision_tower/config.json")))?;
-    let obj = cfg.as_object_mut().ok_or_else(|| Error::Invalid(format!("{}: not a JSON object", llm_cfg_path.display())))?;
+    let obj =
+        cfg.as_object_mut().ok_or_else(|| Error::Invalid(format!("{}: not a JSON object", llm_cfg_path.display())))?;
     for (k, v) in [
         ("mm_vision_tower", Value::from("vision_tower")),
         ("mm_projector_type", Value::from(o.projector.clone())),
@@ -158,8 +171,15 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
     ] {
         obj.insert(k.to_string(), v);
     }
-    std::fs::write(o.out.join("config.json"), serde_json::to_string_pretty(&cfg).expect("json")).map_err(io_err(o.out.join("config.json")))?;
-    for f in ["tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "generation_config.json"] {
+    std::fs::write(o.out.join("config.json"), serde_json::to_string_pretty(&cfg).expect("json"))
+        .map_err(io_err(o.out.join("config.json")))?;
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "tokenizer.model",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
         if o.llm.join(f).is_file() {
             std::fs::copy(o.llm.join(f), o.out.join(f)).map_err(io_err(o.llm.join(f)))?;
         }

@@ -6,11 +6,11 @@
 //! (N - 1) / (time(N tokens) - time(1 token))), so the two can be compared on one machine.
 
 use crate::clip::{ClipVision, ClipVisionConfig};
-use crate::eva02::{Eva02Config, Eva02Vision};
-use crate::griffon::VisionTower;
 use crate::config::{Gemma2Config, LlamaConfig, LlmConfig, ProjectorType};
 use crate::error::{invalid, Result};
+use crate::eva02::{Eva02Config, Eva02Vision};
 use crate::generate::{generate, SamplingOptions};
+use crate::griffon::VisionTower;
 use crate::layout::{clip_layout, eva02_layout, llm_layout, projector_layout, random_tensors};
 use crate::llm::Llm;
 use crate::loader::Checkpoint;
@@ -31,7 +31,10 @@ pub struct BenchConfig {
 pub enum BenchTower {
     Clip(ClipVisionConfig),
     /// EVA02-CLIP with its stored geometry, run at `run_size` (position table resized).
-    Eva02 { cfg: Eva02Config, run_size: usize },
+    Eva02 {
+        cfg: Eva02Config,
+        run_size: usize,
+    },
 }
 
 impl BenchTower {
@@ -126,7 +129,17 @@ pub fn preset(name: &str) -> Option<BenchConfig> {
         "tiny-eva02" => BenchConfig {
             name: "tiny-eva02",
             tower: BenchTower::Eva02 {
-                cfg: Eva02Config { hidden_size: 64, intermediate_size: 170, num_hidden_layers: 2, num_attention_heads: 4, image_size: 224, patch_size: 14, layer_norm_eps: 1e-6, rope_ref_grid: Some(16), rope_temperature: 10000.0 },
+                cfg: Eva02Config {
+                    hidden_size: 64,
+                    intermediate_size: 170,
+                    num_hidden_layers: 2,
+                    num_attention_heads: 4,
+                    image_size: 224,
+                    patch_size: 14,
+                    layer_norm_eps: 1e-6,
+                    rope_ref_grid: Some(16),
+                    rope_temperature: 10000.0,
+                },
                 run_size: 224,
             },
             llm: llama(1000, 128, 256, 2, 4, 1e-6),
@@ -212,7 +225,13 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
     let tower = match &cfg.tower {
         BenchTower::Clip(c) => {
             // hidden_states[-2]: the last layer is never run
-            VisionTower::Clip(ClipVision::load_upto(&ck.scope(vision_prefix), c, run_size, Interp::Bilinear, c.num_hidden_layers - 1)?)
+            VisionTower::Clip(ClipVision::load_upto(
+                &ck.scope(vision_prefix),
+                c,
+                run_size,
+                Interp::Bilinear,
+                c.num_hidden_layers - 1,
+            )?)
         }
         BenchTower::Eva02 { cfg: c, .. } => VisionTower::Eva02(Eva02Vision::load_upto(
             &ck.scope(vision_prefix),

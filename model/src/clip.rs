@@ -72,7 +72,8 @@ impl Attention {
         let (h, d) = (self.heads, self.head_dim);
         let (q, k, v) = match &self.qkv {
             Qkv::Separate { q, k, v } => {
-                let split = |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, n, h, d))?.transpose(1, 2)?.contiguous()?) };
+                let split =
+                    |t: Tensor| -> Result<Tensor> { Ok(t.reshape((b, n, h, d))?.transpose(1, 2)?.contiguous()?) };
                 let scale = (d as f64).powf(-0.5);
                 (split((q.forward(x)? * scale)?)?, split(k.forward(x)?)?, split(v.forward(x)?)?)
             }
@@ -166,7 +167,13 @@ impl ClipVision {
 
     /// As [`ClipVision::load`] with only the first `n_layers` encoder layers (the layers after the
     /// selected hidden state are never run, so they are not loaded and cannot become trainable).
-    pub fn load_upto(s: &Scope, cfg: &ClipVisionConfig, run_size: usize, interp: Interp, n_layers: usize) -> Result<Self> {
+    pub fn load_upto(
+        s: &Scope,
+        cfg: &ClipVisionConfig,
+        run_size: usize,
+        interp: Interp,
+        n_layers: usize,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let p = cfg.patch_size;
         if cfg.num_attention_heads == 0 || h % cfg.num_attention_heads != 0 {
@@ -181,10 +188,9 @@ impl ClipVision {
         let e = s.pp("embeddings");
         let patch_w = e.get("patch_embedding.weight", &[h, 3, p, p])?.reshape((h, 3 * p * p))?;
         let class_emb = e.get("class_embedding", &[h])?;
-        let stored_rows = e
-            .shape("position_embedding.weight")
-            .map(|s| s[0])
-            .ok_or_else(|| crate::Error::Invalid(format!("tensor {} is missing", e.name("position_embedding.weight"))))?;
+        let stored_rows = e.shape("position_embedding.weight").map(|s| s[0]).ok_or_else(|| {
+            crate::Error::Invalid(format!("tensor {} is missing", e.name("position_embedding.weight")))
+        })?;
         let g_stored = cfg.grid();
         if stored_rows != g_stored * g_stored + 1 {
             return invalid(format!(
@@ -202,14 +208,18 @@ impl ClipVision {
             let dev = table.device().clone();
             let dt = table.dtype();
             let cls = table.narrow(0, 0, 1)?;
-            let grid: Vec<f32> = table.narrow(0, 1, g_stored * g_stored)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let grid: Vec<f32> =
+                table.narrow(0, 1, g_stored * g_stored)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             let resized = resize_grid(&grid, g_stored, h, g_run, interp);
             let resized = Tensor::from_vec(resized, (g_run * g_run, h), &dev)?.to_dtype(dt)?;
             Tensor::cat(&[&cls, &resized], 0)?
         };
         let pre_ln = LayerNorm::load(&s.pp("pre_layrnorm"), h, cfg.layer_norm_eps)?;
         if n_layers > cfg.num_hidden_layers {
-            return invalid(format!("vision tower {} has {} layers, {n_layers} requested", s.prefix, cfg.num_hidden_layers));
+            return invalid(format!(
+                "vision tower {} has {} layers, {n_layers} requested",
+                s.prefix, cfg.num_hidden_layers
+            ));
         }
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
@@ -269,7 +279,10 @@ impl ClipVision {
     pub fn resolve_layer(&self, select_layer: i64) -> Result<usize> {
         let idx = resolve_select_layer(select_layer, self.cfg.num_hidden_layers)?;
         if idx > self.layers.len() {
-            return invalid(format!("hidden state {idx} needs layers that were not loaded ({} loaded)", self.layers.len()));
+            return invalid(format!(
+                "hidden state {idx} needs layers that were not loaded ({} loaded)",
+                self.layers.len()
+            ));
         }
         Ok(idx)
     }
@@ -367,13 +380,22 @@ pub fn parse_clip_config(v: &serde_json::Value, file: &std::path::Path) -> Resul
 pub fn infer_clip_config(s: &Scope) -> Result<ClipVisionConfig> {
     let e = s.pp("embeddings");
     let pw = e.shape("patch_embedding.weight").ok_or_else(|| {
-        crate::Error::Invalid(format!("cannot infer the vision tower: tensor {} is missing", e.name("patch_embedding.weight")))
+        crate::Error::Invalid(format!(
+            "cannot infer the vision tower: tensor {} is missing",
+            e.name("patch_embedding.weight")
+        ))
     })?;
     let pos = e.shape("position_embedding.weight").ok_or_else(|| {
-        crate::Error::Invalid(format!("cannot infer the vision tower: tensor {} is missing", e.name("position_embedding.weight")))
+        crate::Error::Invalid(format!(
+            "cannot infer the vision tower: tensor {} is missing",
+            e.name("position_embedding.weight")
+        ))
     })?;
     let fc1 = s.pp("encoder.layers.0.mlp.fc1").shape("weight").ok_or_else(|| {
-        crate::Error::Invalid(format!("cannot infer the vision tower: tensor {}.encoder.layers.0.mlp.fc1.weight is missing", s.prefix))
+        crate::Error::Invalid(format!(
+            "cannot infer the vision tower: tensor {}.encoder.layers.0.mlp.fc1.weight is missing",
+            s.prefix
+        ))
     })?;
     if pw.len() != 4 || pos.len() != 2 || fc1.len() != 2 {
         return invalid(format!("cannot infer the vision tower under {}: unexpected tensor ranks", s.prefix));

@@ -149,7 +149,9 @@ impl LlmConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProjectorType {
-    ConvReduce { pad: usize },
+    ConvReduce {
+        pad: usize,
+    },
     Linear,
     /// `mlpNx_gelu`: Linear, then (GELU, Linear) x (N - 1).
     Mlp(usize),
@@ -338,7 +340,9 @@ impl GriffonConfig {
         let keep_cls = match feature.as_str() {
             "patch" => false,
             "cls_patch" => true,
-            other => return invalid(format!("{}: mm_vision_select_feature `{other}` is not supported", file.display())),
+            other => {
+                return invalid(format!("{}: mm_vision_select_feature `{other}` is not supported", file.display()))
+            }
         };
         if j.opt_bool("mm_use_im_start_end")?.unwrap_or(false) {
             return invalid(format!("{}: mm_use_im_start_end = true is not supported", file.display()));
@@ -380,7 +384,11 @@ pub enum TowerSource {
 /// Finds a tower's own config file: an explicit override (a file, or a folder holding
 /// `config.json`), else `config.json` in the folder named in the checkpoint config (as written,
 /// relative to the checkpoint folder, or its last path component inside the checkpoint folder).
-pub fn find_tower_config(ck: &Checkpoint, written: Option<&str>, override_file: Option<&Path>) -> Option<(PathBuf, TowerSource)> {
+pub fn find_tower_config(
+    ck: &Checkpoint,
+    written: Option<&str>,
+    override_file: Option<&Path>,
+) -> Option<(PathBuf, TowerSource)> {
     if let Some(f) = override_file {
         let f = if f.is_dir() { f.join("config.json") } else { f.to_path_buf() };
         return Some((f.clone(), TowerSource::Override(f)));

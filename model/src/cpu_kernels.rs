@@ -40,7 +40,8 @@ pub fn exp(x: f32) -> f32 {
     let n = (x * LOG2E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
     let z = r * r;
-    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
+        * r
         + 5.000_000_1e-1;
     let y = p * z + r + 1.0;
     // 2^n as two factors: n runs from -150 to 128, each half stays a normal number. The
@@ -288,7 +289,12 @@ fn view4<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<V
     if st[3] != 1 && d[3] > 1 {
         candle_core::bail!("cpu attention: {what} must be contiguous in its last dimension, strides {st:?}");
     }
-    Ok(View { data: data.as_slice(), start: l.start_offset(), dims: [d[0], d[1], d[2], d[3]], strides: [st[0], st[1], st[2], st[3]] })
+    Ok(View {
+        data: data.as_slice(),
+        start: l.start_offset(),
+        dims: [d[0], d[1], d[2], d[3]],
+        strides: [st[0], st[1], st[2], st[3]],
+    })
 }
 
 impl View<'_> {
@@ -335,11 +341,20 @@ impl CustomOp3 for Attention {
         let [b, hq, t, d] = q.dims;
         let [kb, hk, s, kd] = k.dims;
         if kb != b || kd != d || v.dims != k.dims || hk == 0 || hq % hk != 0 {
-            candle_core::bail!("cpu attention: shapes q {:?} k {:?} v {:?} do not fit together", q.dims, k.dims, v.dims);
+            candle_core::bail!(
+                "cpu attention: shapes q {:?} k {:?} v {:?} do not fit together",
+                q.dims,
+                k.dims,
+                v.dims
+            );
         }
         if let Some(c) = self.causal {
             if c.offset + t > s {
-                candle_core::bail!("cpu attention: {t} queries at offset {} need {} keys, got {s}", c.offset, c.offset + t);
+                candle_core::bail!(
+                    "cpu attention: {t} queries at offset {} need {} keys, got {s}",
+                    c.offset,
+                    c.offset + t
+                );
             }
         }
         let rep = hq / hk;

@@ -99,7 +99,10 @@ mod tests {
     #[test]
     fn draws_inside_and_clips() {
         let mut img = RgbImage::new(40, 30);
-        draw_detections(&mut img, &[(Some("cat".into()), [5.0, 12.0, 20.0, 25.0], 0.5), (None, [-10.0, -10.0, 100.0, 100.0], 1.0)]);
+        draw_detections(
+            &mut img,
+            &[(Some("cat".into()), [5.0, 12.0, 20.0, 25.0], 0.5), (None, [-10.0, -10.0, 100.0, 100.0], 1.0)],
+        );
         let c = label_color("cat");
         assert_eq!(*img.get_pixel(5, 20), c); // left edge of the box
         assert_eq!(*img.get_pixel(12, 24), c); // bottom edge

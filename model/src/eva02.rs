@@ -42,9 +42,9 @@
 //! naming it.
 
 use crate::clip::resolve_select_layer;
+use crate::clip::select_feature;
 use crate::error::{invalid, Result};
 use crate::loader::Scope;
-use crate::clip::select_feature;
 use crate::nn::{LayerNorm, Linear};
 use crate::resample::{resize_grid, Interp};
 use candle_core::{DType, Device, Tensor, D};
@@ -190,7 +190,9 @@ fn check_names(root: &Scope, layout: Eva02Layout, depth: usize) -> Result<()> {
             _ => {
                 if let Some(b) = rest.strip_prefix("blocks.") {
                     match b.split_once('.') {
-                        Some((i, leaf)) => i.parse::<usize>().is_ok_and(|i| i < depth) && leaves.iter().any(|l| l == leaf),
+                        Some((i, leaf)) => {
+                            i.parse::<usize>().is_ok_and(|i| i < depth) && leaves.iter().any(|l| l == leaf)
+                        }
                         None => false,
                     }
                 } else if let Some((m, leaf)) = rest.split_once('.') {
@@ -213,9 +215,15 @@ fn check_names(root: &Scope, layout: Eva02Layout, depth: usize) -> Result<()> {
 }
 
 enum Qkv {
-    Separate { q: Linear, k: Linear, v: Linear },
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
     /// `qkv.weight` [3h, h] with the bias `[q_bias, 0, v_bias]`.
-    Fused { w: Linear },
+    Fused {
+        w: Linear,
+    },
 }
 
 struct Block {
@@ -368,7 +376,10 @@ impl Eva02Vision {
         let (root, layout) = resolve_eva02_scope(s)?;
         let h = cfg.hidden_size;
         let p = cfg.patch_size;
-        if cfg.num_attention_heads == 0 || !h.is_multiple_of(cfg.num_attention_heads) || !cfg.head_dim().is_multiple_of(4) {
+        if cfg.num_attention_heads == 0
+            || !h.is_multiple_of(cfg.num_attention_heads)
+            || !cfg.head_dim().is_multiple_of(4)
+        {
             return invalid(format!(
                 "EVA02 tower {}: hidden_size {h} / num_attention_heads {} must give a head_dim divisible by 4",
                 root.prefix, cfg.num_attention_heads
@@ -378,9 +389,15 @@ impl Eva02Vision {
             return invalid(format!("image size {run_size} is not a positive multiple of the patch size {p}"));
         }
         if n_layers > cfg.num_hidden_layers {
-            return invalid(format!("EVA02 tower {} has {} blocks, {n_layers} requested", root.prefix, cfg.num_hidden_layers));
+            return invalid(format!(
+                "EVA02 tower {} has {} blocks, {n_layers} requested",
+                root.prefix, cfg.num_hidden_layers
+            ));
         }
-        let stored_depth = root.ck.count_indexed(&format!("{}blocks.", if root.prefix.is_empty() { String::new() } else { format!("{}.", root.prefix) }));
+        let stored_depth = root.ck.count_indexed(&format!(
+            "{}blocks.",
+            if root.prefix.is_empty() { String::new() } else { format!("{}.", root.prefix) }
+        ));
         if stored_depth != cfg.num_hidden_layers {
             return invalid(format!(
                 "EVA02 tower {}: the checkpoint has {stored_depth} blocks, the config says {}",
@@ -390,7 +407,8 @@ impl Eva02Vision {
         check_names(&root, layout, cfg.num_hidden_layers)?;
 
         let patch_w = root.get("patch_embed.proj.weight", &[h, 3, p, p])?.reshape((h, 3 * p * p))?;
-        let patch_b = if root.has("patch_embed.proj.bias") { Some(root.get("patch_embed.proj.bias", &[h])?) } else { None };
+        let patch_b =
+            if root.has("patch_embed.proj.bias") { Some(root.get("patch_embed.proj.bias", &[h])?) } else { None };
         let cls = root.get("cls_token", &[1, 1, h])?.reshape((1, h))?;
         let g_stored = cfg.grid();
         let rows = g_stored * g_stored + 1;
@@ -413,13 +431,15 @@ impl Eva02Vision {
             let dev = table.device().clone();
             let dt = table.dtype();
             let cls_row = table.narrow(0, 0, 1)?;
-            let grid: Vec<f32> = table.narrow(0, 1, g_stored * g_stored)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let grid: Vec<f32> =
+                table.narrow(0, 1, g_stored * g_stored)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
             let resized = resize_grid(&grid, g_stored, h, g_run, interp);
             let resized = Tensor::from_vec(resized, (g_run * g_run, h), &dev)?.to_dtype(dt)?;
             Tensor::cat(&[&cls_row, &resized], 0)?
         };
         let eps = cfg.layer_norm_eps;
-        let norm_pre = if root.has("norm_pre.weight") { Some(LayerNorm::load(&root.pp("norm_pre"), h, eps)?) } else { None };
+        let norm_pre =
+            if root.has("norm_pre.weight") { Some(LayerNorm::load(&root.pp("norm_pre"), h, eps)?) } else { None };
 
         let inter = cfg.intermediate_size;
         let mut blocks = Vec::with_capacity(n_layers);
@@ -552,7 +572,10 @@ impl Eva02Vision {
     pub fn resolve_layer(&self, select_layer: i64) -> Result<usize> {
         let idx = resolve_select_layer(select_layer, self.cfg.num_hidden_layers)?;
         if idx > self.blocks.len() {
-            return invalid(format!("hidden state {idx} needs blocks that were not loaded ({} loaded)", self.blocks.len()));
+            return invalid(format!(
+                "hidden state {idx} needs blocks that were not loaded ({} loaded)",
+                self.blocks.len()
+            ));
         }
         Ok(idx)
     }
@@ -560,7 +583,10 @@ impl Eva02Vision {
     /// `hidden_states[0..=upto]`.
     pub fn hidden_states(&self, pixels: &Tensor, upto: usize) -> Result<Vec<Tensor>> {
         if upto > self.blocks.len() {
-            return invalid(format!("hidden state {upto} needs blocks that were not loaded ({} loaded)", self.blocks.len()));
+            return invalid(format!(
+                "hidden state {upto} needs blocks that were not loaded ({} loaded)",
+                self.blocks.len()
+            ));
         }
         let mut states = vec![self.embed(pixels)?];
         for blk in self.blocks.iter().take(upto) {
@@ -609,10 +635,15 @@ pub fn infer_eva02_config(s: &Scope) -> Result<Eva02Config> {
     let rows = pos[pos.len() - 2];
     let g = ((rows.saturating_sub(1)) as f64).sqrt().round() as usize;
     if g * g + 1 != rows {
-        return invalid(format!("cannot infer the EVA02 tower: {} has {rows} rows, not 1 + a square", root.name("pos_embed")));
+        return invalid(format!(
+            "cannot infer the EVA02 tower: {} has {rows} rows, not 1 + a square",
+            root.name("pos_embed")
+        ));
     }
     if hidden % 64 != 0 {
-        return invalid(format!("cannot infer the EVA02 tower: hidden size {hidden} is not a multiple of head_dim 64; give a config"));
+        return invalid(format!(
+            "cannot infer the EVA02 tower: hidden size {hidden} is not a multiple of head_dim 64; give a config"
+        ));
     }
     let prefix = if root.prefix.is_empty() { String::new() } else { format!("{}.", root.prefix) };
     Ok(Eva02Config {
@@ -632,12 +663,14 @@ pub fn infer_eva02_config(s: &Scope) -> Result<Eva02Config> {
 /// `model_name`, `timm_model_name` (also inside `vision_cfg` / `vision_config`) mentions `eva`.
 pub fn is_eva_config(v: &serde_json::Value) -> bool {
     let mentions = |v: &serde_json::Value| -> bool {
-        ["model_type", "architecture", "architectures", "model_name", "timm_model_name"].iter().any(|k| match v.get(*k) {
-            Some(serde_json::Value::String(s)) => s.to_ascii_lowercase().contains("eva"),
-            Some(serde_json::Value::Array(a)) => {
-                a.iter().any(|x| x.as_str().is_some_and(|s| s.to_ascii_lowercase().contains("eva")))
+        ["model_type", "architecture", "architectures", "model_name", "timm_model_name"].iter().any(|k| {
+            match v.get(*k) {
+                Some(serde_json::Value::String(s)) => s.to_ascii_lowercase().contains("eva"),
+                Some(serde_json::Value::Array(a)) => {
+                    a.iter().any(|x| x.as_str().is_some_and(|s| s.to_ascii_lowercase().contains("eva")))
+                }
+                _ => false,
             }
-            _ => false,
         })
     };
     mentions(v) || ["vision_cfg", "vision_config"].iter().any(|k| v.get(*k).is_some_and(mentions))
@@ -664,7 +697,9 @@ pub fn parse_eva02_config(v: &serde_json::Value, file: &std::path::Path) -> Resu
     let find = |keys: &[&str]| -> Option<&serde_json::Value> {
         objs.iter().find_map(|o| keys.iter().find_map(|k| o.get(*k).filter(|x| !x.is_null())))
     };
-    let bad = |k: &str, x: &serde_json::Value| crate::Error::Invalid(format!("{}: key `{k}` has an unusable value {x}", file.display()));
+    let bad = |k: &str, x: &serde_json::Value| {
+        crate::Error::Invalid(format!("{}: key `{k}` has an unusable value {x}", file.display()))
+    };
     let uint = |keys: &[&str]| -> Result<Option<usize>> {
         match find(keys) {
             None => Ok(None),
@@ -703,9 +738,12 @@ pub fn parse_eva02_config(v: &serde_json::Value, file: &std::path::Path) -> Resu
     let inter = uint(&["intermediate_size"])?;
     let eps = find(&["layer_norm_eps"]).map(|x| x.as_f64().ok_or_else(|| bad("layer_norm_eps", x))).transpose()?;
     let rope_ref = uint(&["rope_ref_grid", "ref_feat_shape", "pt_hw_seq_len"])?;
-    let temp = find(&["rope_temperature", "rope_theta"]).map(|x| x.as_f64().ok_or_else(|| bad("rope_temperature", x))).transpose()?;
+    let temp = find(&["rope_temperature", "rope_theta"])
+        .map(|x| x.as_f64().ok_or_else(|| bad("rope_temperature", x)))
+        .transpose()?;
     if cfg.is_none() {
-        let missing = |k: &str| crate::Error::Invalid(format!("{}: EVA02 tower config: missing key `{k}`", file.display()));
+        let missing =
+            |k: &str| crate::Error::Invalid(format!("{}: EVA02 tower config: missing key `{k}`", file.display()));
         let h = hidden.ok_or_else(|| missing("hidden_size / embed_dim / width"))?;
         cfg = Some(Eva02Config {
             hidden_size: h,
@@ -754,7 +792,12 @@ pub fn parse_eva02_config(v: &serde_json::Value, file: &std::path::Path) -> Resu
         c.rope_temperature = t;
     }
     if c.patch_size == 0 || c.image_size % c.patch_size != 0 {
-        return invalid(format!("{}: image_size {} is not a multiple of patch_size {}", file.display(), c.image_size, c.patch_size));
+        return invalid(format!(
+            "{}: image_size {} is not a multiple of patch_size {}",
+            file.display(),
+            c.image_size,
+            c.patch_size
+        ));
     }
     if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
         return invalid(format!(

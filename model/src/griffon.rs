@@ -4,8 +4,8 @@
 
 use crate::clip::{parse_clip_config, ClipVision, ClipVisionConfig};
 use crate::config::{find_tower_config, read_json, resolve_tower, GriffonConfig, LlmConfig, TowerSource};
-use crate::eva02::{infer_eva02_config, is_eva_config, parse_eva02_config, Eva02Config, Eva02Vision};
 use crate::error::{invalid, Error, Result};
+use crate::eva02::{infer_eva02_config, is_eva_config, parse_eva02_config, Eva02Config, Eva02Vision};
 use crate::generate::{generate, Generation, SamplingOptions};
 use crate::llm::Llm;
 use crate::loader::Checkpoint;
@@ -160,7 +160,11 @@ enum MainTowerConfig {
 /// `model_type` / `architecture(s)` / timm name mentions `eva` -> EVA02, another config -> CLIP;
 /// without a config file, EVA02 when the checkpoint has `model.vision_tower.vision_tower.blocks.*`
 /// or `...vision_tower.visual.*` tensors (config inferred from them), else CLIP (inferred).
-fn resolve_main_tower(ck: &Checkpoint, written: Option<&str>, override_file: Option<&Path>) -> Result<(MainTowerConfig, TowerSource)> {
+fn resolve_main_tower(
+    ck: &Checkpoint,
+    written: Option<&str>,
+    override_file: Option<&Path>,
+) -> Result<(MainTowerConfig, TowerSource)> {
     if let Some((f, source)) = find_tower_config(ck, written, override_file) {
         let v = read_json(&f)?;
         let cfg = if is_eva_config(&v) {
@@ -260,16 +264,25 @@ impl Griffon {
         let run_size = opts.image_size.unwrap_or(tower_cfg.image_size);
         let needed = crate::clip::resolve_select_layer(config.mm.select_layer, tower_cfg.num_hidden_layers)?;
         let tower = match &main_cfg {
-            MainTowerConfig::Clip(c) => {
-                VisionTower::Clip(ClipVision::load_upto(&ck.scope(MAIN_TOWER_PREFIX), c, run_size, opts.pos_interp, needed)?)
-            }
-            MainTowerConfig::Eva02(c) => {
-                VisionTower::Eva02(Eva02Vision::load_upto(&ck.scope(EVA02_TOWER_PREFIX), c, run_size, opts.pos_interp, needed)?)
-            }
+            MainTowerConfig::Clip(c) => VisionTower::Clip(ClipVision::load_upto(
+                &ck.scope(MAIN_TOWER_PREFIX),
+                c,
+                run_size,
+                opts.pos_interp,
+                needed,
+            )?),
+            MainTowerConfig::Eva02(c) => VisionTower::Eva02(Eva02Vision::load_upto(
+                &ck.scope(EVA02_TOWER_PREFIX),
+                c,
+                run_size,
+                opts.pos_interp,
+                needed,
+            )?),
         };
         let tower = MainTower { cfg: tower_cfg.clone(), tower };
         let h = config.llm.hidden_size();
-        let projector = Projector::load(&ck.scope("model.mm_projector"), &config.mm.projector, tower_cfg.hidden_size, h)?;
+        let projector =
+            Projector::load(&ck.scope("model.mm_projector"), &config.mm.projector, tower_cfg.hidden_size, h)?;
         let region = if config.mm.unshared_visual_encoder {
             let (rcfg, _) =
                 resolve_tower(&ck, Some(REGION_TOWER_FOLDER), REGION_TOWER_PREFIX, opts.region_config.as_deref())?;
@@ -333,9 +346,17 @@ impl Griffon {
             let (b, c, h, w) = pixels.dims4()?;
             let s = self.tower.run_size();
             if h != s * t || w != s * t {
-                return invalid(format!("tiled input expects [B, 3, {n}, {n}] pixels, got {:?}", pixels.dims(), n = s * t));
+                return invalid(format!(
+                    "tiled input expects [B, 3, {n}, {n}] pixels, got {:?}",
+                    pixels.dims(),
+                    n = s * t
+                ));
             }
-            pixels.reshape((b, c, t, s, t, s))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b * t * t, c, s, s))?.contiguous()?
+            pixels
+                .reshape((b, c, t, s, t, s))?
+                .permute((0, 2, 4, 1, 3, 5))?
+                .reshape((b * t * t, c, s, s))?
+                .contiguous()?
         } else {
             pixels.clone()
         };
@@ -379,7 +400,12 @@ impl Griffon {
 
     /// As [`Griffon::prepare`] for one main image whose projected tokens [N, H] are already
     /// computed (several prompts on one image encode it once).
-    pub fn prepare_with_image_tokens(&self, prompt: &str, image_tokens: &Tensor, regions: &[Tensor]) -> Result<Prepared> {
+    pub fn prepare_with_image_tokens(
+        &self,
+        prompt: &str,
+        image_tokens: &Tensor,
+        regions: &[Tensor],
+    ) -> Result<Prepared> {
         let region_tokens = match self.stack(regions)? {
             Some(p) => Some(self.encode_region(&p)?),
             None => None,

@@ -66,8 +66,28 @@ pub fn llm_layout(c: &LlmConfig) -> Layout {
     let mut v = Vec::new();
     let qkv_bias = matches!(c, LlmConfig::Llama(l) if l.qkv_bias || l.attention_bias);
     let (vocab, h, i, layers, nh, nkv, hd, tied, gemma) = match c {
-        LlmConfig::Gemma2(g) => (g.vocab_size, g.hidden_size, g.intermediate_size, g.num_hidden_layers, g.num_attention_heads, g.num_key_value_heads, g.head_dim, g.tie_word_embeddings, true),
-        LlmConfig::Llama(l) => (l.vocab_size, l.hidden_size, l.intermediate_size, l.num_hidden_layers, l.num_attention_heads, l.num_key_value_heads, l.head_dim, l.tie_word_embeddings, false),
+        LlmConfig::Gemma2(g) => (
+            g.vocab_size,
+            g.hidden_size,
+            g.intermediate_size,
+            g.num_hidden_layers,
+            g.num_attention_heads,
+            g.num_key_value_heads,
+            g.head_dim,
+            g.tie_word_embeddings,
+            true,
+        ),
+        LlmConfig::Llama(l) => (
+            l.vocab_size,
+            l.hidden_size,
+            l.intermediate_size,
+            l.num_hidden_layers,
+            l.num_attention_heads,
+            l.num_key_value_heads,
+            l.head_dim,
+            l.tie_word_embeddings,
+            false,
+        ),
     };
     v.push(("model.embed_tokens.weight".to_string(), vec![vocab, h]));
     for l in 0..layers {
@@ -100,7 +120,13 @@ pub fn llm_layout(c: &LlmConfig) -> Layout {
 
 /// Random tensors for a layout: N(0, 0.02) weights, zero biases and Gemma norm offsets, unit
 /// LayerNorm / Llama norm scales. Deterministic for a seed.
-pub fn random_tensors(layout: &Layout, gemma_norms: bool, dtype: DType, device: &Device, seed: u64) -> candle_core::Result<HashMap<String, Tensor>> {
+pub fn random_tensors(
+    layout: &Layout,
+    gemma_norms: bool,
+    dtype: DType,
+    device: &Device,
+    seed: u64,
+) -> candle_core::Result<HashMap<String, Tensor>> {
     // the CPU device cannot be seeded: draw on the host there (Box-Muller on a seeded StdRng)
     let mut host = if device.is_cpu() {
         Some(<rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed))

@@ -4,10 +4,12 @@
 //! Griffon model drives through its inputs-embeds path.
 
 use crate::config::LlmConfig;
+use crate::cpu_kernels::{Attention, Causal};
 use crate::error::{invalid, Result};
 use crate::loader::Checkpoint;
-use crate::cpu_kernels::{Attention, Causal};
-use crate::nn::{attention_probs, cpu_kernels_apply, differentiable, low_precision_attention, Act, Embedding, Linear, RmsNorm};
+use crate::nn::{
+    attention_probs, cpu_kernels_apply, differentiable, low_precision_attention, Act, Embedding, Linear, RmsNorm,
+};
 use candle_core::{DType, Device, Tensor, D};
 
 /// cos / sin tables for HF-style RoPE: `inv_freq[i] = theta^(-2i/d)`, angle = pos * inv_freq.
@@ -18,9 +20,7 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(head_dim: usize, theta: f64) -> Self {
-        let inv_freq = (0..head_dim / 2)
-            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+        let inv_freq = (0..head_dim / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
         Self { head_dim, inv_freq }
     }
 
@@ -242,7 +242,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, spec: &A
     }
     if mask.cpu_kernel {
         // the mask has no dense form here: a q of another kind is an error, never an unmasked pass
-        let a = Attention { scale: spec.scale as f32, softcap: spec.softcap.map(|c| c as f32), causal: Some(mask.causal) };
+        let a =
+            Attention { scale: spec.scale as f32, softcap: spec.softcap.map(|c| c as f32), causal: Some(mask.causal) };
         return Ok(q.apply_op3_no_bwd(k, v, &a)?);
     }
     let rep = h / kvh;
@@ -468,6 +469,10 @@ mod kv_tests {
         let (k, _) = copy.append(0, rnd(1), rnd(1)).unwrap();
         assert_eq!(max_diff(&k.narrow(2, 0, 11).unwrap(), &seen), 0.0, "the clone kept its positions");
         let (ck, _) = c.append(0, rnd(1), rnd(1)).unwrap();
-        assert_eq!(max_diff(&ck.narrow(2, 0, 12).unwrap(), &Tensor::cat(&all_k[..6], 2).unwrap()), 0.0, "the original is untouched by the clone");
+        assert_eq!(
+            max_diff(&ck.narrow(2, 0, 12).unwrap(), &Tensor::cat(&all_k[..6], 2).unwrap()),
+            0.0,
+            "the original is untouched by the clone"
+        );
     }
 }

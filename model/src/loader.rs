@@ -32,9 +32,10 @@ impl Checkpoint {
             let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| Error::Invalid(format!("{}: malformed JSON: {e}", index.display())))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                Error::Invalid(format!("{}: missing key `weight_map` (an object)", index.display()))
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Invalid(format!("{}: missing key `weight_map` (an object)", index.display())))?;
             let mut names: Vec<String> = Vec::new();
             for (tensor, f) in map {
                 let f = f.as_str().ok_or_else(|| {

@@ -208,7 +208,11 @@ enum GradRule {
 /// the first, computed before — and differentiating with respect to the first by `GradRule`.
 struct WithGrad(GradRule);
 
-fn copy_fresh<S: candle_core::backend::BackendStorage>(y: &S, yl: &candle_core::Layout, op: &str) -> candle_core::Result<(S, candle_core::Shape)> {
+fn copy_fresh<S: candle_core::backend::BackendStorage>(
+    y: &S,
+    yl: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<(S, candle_core::Shape)> {
     if !yl.is_contiguous() || yl.start_offset() != 0 {
         candle_core::bail!("{op}: the precomputed result must be a fresh contiguous tensor");
     }
@@ -243,7 +247,13 @@ impl candle_core::CustomOp2 for WithGrad {
         copy_fresh(y, yl, self.name())
     }
 
-    fn bwd(&self, x: &Tensor, _y: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _y: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dx = match self.0 {
             GradRule::Softmax => {
                 let gy = (grad * res)?;
@@ -364,7 +374,11 @@ mod softmax_tests {
             let gb = (&b * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let (ga, gb) = (ga.get(xs).unwrap(), gb.get(xs).unwrap());
             let scale: f32 = gb.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
-            assert!(scale > 1e-3 && diff(ga, gb) < 1e-5 * scale.max(1.0), "centered {centered}: {} vs scale {scale}", diff(ga, gb));
+            assert!(
+                scale > 1e-3 && diff(ga, gb) < 1e-5 * scale.max(1.0),
+                "centered {centered}: {} vs scale {scale}",
+                diff(ga, gb)
+            );
         }
         // a non-contiguous input is made contiguous by softmax_last, never passed through
         let t = x.as_tensor().transpose(2, 3).unwrap();

@@ -15,7 +15,13 @@ pub enum Projector {
     /// `weight` [out, C, 3, 3] as stored; `packed` the same as [out, 9 C] in the patch order of
     /// [`conv3x3_stride2`], made once at load outside training (in training the weight is a
     /// variable the optimizer updates in place, so it is rearranged at each call).
-    ConvReduce { weight: Tensor, bias: Tensor, pad: usize, linear: Linear, packed: Option<Tensor> },
+    ConvReduce {
+        weight: Tensor,
+        bias: Tensor,
+        pad: usize,
+        linear: Linear,
+        packed: Option<Tensor>,
+    },
     Mlp(Vec<Linear>),
     Identity,
 }

@@ -48,7 +48,8 @@ pub fn check_case(dir: &Path, device: &Device, dtype: DType) -> Result<CaseRepor
     let meta: serde_json::Value = crate::config::read_json(&dir.join("golden.json"))?;
     let golden = candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu)
         .map_err(|e| Error::Invalid(format!("{}: {e}", dir.join("golden.safetensors").display())))?;
-    let g = |k: &str| golden.get(k).ok_or_else(|| Error::Invalid(format!("{}: golden tensor {k} missing", dir.display())));
+    let g =
+        |k: &str| golden.get(k).ok_or_else(|| Error::Invalid(format!("{}: golden tensor {k} missing", dir.display())));
     let s = |k: &str| meta[k].as_str().map(str::to_string).ok_or_else(|| Error::Invalid(format!("golden.json: {k}")));
     let opts = LoadOptions {
         device: device.clone(),
@@ -72,10 +73,18 @@ pub fn check_case(dir: &Path, device: &Device, dtype: DType) -> Result<CaseRepor
     let mut cache = m.llm.new_cache();
     let logits = m.llm.forward_embeds(&prepared.embeds, &mut cache, true)?.squeeze(0)?;
     let logits_rel_err = rel_err(&logits, g("prefill_logits")?)?;
-    let stop: Vec<u32> = meta["stop_ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64().map(|x| x as u32)).collect();
-    let want: Vec<u32> = meta["greedy_ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64().map(|x| x as u32)).collect();
+    let stop: Vec<u32> =
+        meta["stop_ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64().map(|x| x as u32)).collect();
+    let want: Vec<u32> =
+        meta["greedy_ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64().map(|x| x as u32)).collect();
     let n = meta["max_new_tokens"].as_u64().unwrap_or(want.len() as u64) as usize;
-    let gen = generate(&m.llm, &prepared.embeds, &stop, &SamplingOptions { max_new_tokens: n, ..Default::default() }, |_| {})?;
+    let gen = generate(
+        &m.llm,
+        &prepared.embeds,
+        &stop,
+        &SamplingOptions { max_new_tokens: n, ..Default::default() },
+        |_| {},
+    )?;
     let greedy_prefix_match = gen.tokens.iter().zip(&want).take_while(|(a, b)| a == b).count();
     let tol = tolerance(dtype);
     // in f32 the greedy continuation must be identical; in half precision the first token must be

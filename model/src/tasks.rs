@@ -182,7 +182,9 @@ impl Griffon {
             let grammar = if opts.constrained {
                 match &req.task {
                     Task::Detect { categories } => Some(AnswerGrammar {
-                        names: Some(categories.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()),
+                        names: Some(
+                            categories.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect(),
+                        ),
                         nameless: false,
                     }),
                     Task::Count { .. } => Some(AnswerGrammar { names: None, nameless: true }),
@@ -223,7 +225,8 @@ impl Griffon {
                 // REC keeps the first box (the reference's Acc@0.5 protocol); the rest is reported.
                 for extra in dets.iter().skip(1) {
                     out.dropped.push(Dropped {
-                        text: NormBox::new(extra.box_norm[0], extra.box_norm[1], extra.box_norm[2], extra.box_norm[3]).format(),
+                        text: NormBox::new(extra.box_norm[0], extra.box_norm[1], extra.box_norm[2], extra.box_norm[3])
+                            .format(),
                         reason: "grounding keeps the first box".into(),
                     });
                 }

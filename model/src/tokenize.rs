@@ -69,19 +69,15 @@ impl PromptTokenizer {
 
     /// Encodes one text chunk with the tokenizer's special tokens (BOS for Gemma / Llama).
     pub fn encode_chunk(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .tok
-            .encode(text, true)
-            .map_err(|e| Error::Invalid(format!("tokenizer failed on {text:?}: {e}")))?;
+        let enc =
+            self.tok.encode(text, true).map_err(|e| Error::Invalid(format!("tokenizer failed on {text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Encodes text without special tokens.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .tok
-            .encode(text, false)
-            .map_err(|e| Error::Invalid(format!("tokenizer failed on {text:?}: {e}")))?;
+        let enc =
+            self.tok.encode(text, false).map_err(|e| Error::Invalid(format!("tokenizer failed on {text:?}: {e}")))?;
         Ok(enc.get_ids().to_vec())
     }
 

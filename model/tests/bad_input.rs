@@ -111,9 +111,10 @@ fn malformed_config_and_checkpoint_files() {
     assert!(e.contains("model.safetensors"), "{e}");
 
     let (_t, dir) = copy_ckpt("gemma2_region");
-    let shard = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).find(|p| {
-        p.file_name().unwrap().to_string_lossy().starts_with("model-00002")
-    });
+    let shard = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("model-00002"));
     std::fs::remove_file(shard.unwrap()).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("does not exist"), "{e}");

@@ -187,7 +187,8 @@ fn rope_tables_layout() {
     let (sin, cos) = rope_tables(8, 2, Some(4), 10000.0);
     // token 3 = (row 1, col 1): angles [2, 0.02, 2, 0.02], each repeated in place.
     let t = &sin[3 * 8..4 * 8];
-    let want = [2f32.sin(), 2f32.sin(), 0.02f32.sin(), 0.02f32.sin(), 2f32.sin(), 2f32.sin(), 0.02f32.sin(), 0.02f32.sin()];
+    let want =
+        [2f32.sin(), 2f32.sin(), 0.02f32.sin(), 0.02f32.sin(), 2f32.sin(), 2f32.sin(), 0.02f32.sin(), 0.02f32.sin()];
     for (a, b) in t.iter().zip(want) {
         assert!((a - b).abs() < 1e-6, "{t:?}");
     }
@@ -232,7 +233,11 @@ fn random_layout_loads() {
 /// Builds a Griffon checkpoint from the gemma2_interp72 parity fixture (LLM, tokenizer) with the
 /// tiny EVA02 tower under `model.vision_tower.vision_tower` (names: `tower_file` with `rename`)
 /// and a projector for its width; `tower_cfg` is written to the `mm_vision_tower` folder.
-fn griffon_with_eva(tower_file: &str, rename: &dyn Fn(&str) -> String, tower_cfg: Option<serde_json::Value>) -> tempfile::TempDir {
+fn griffon_with_eva(
+    tower_file: &str,
+    rename: &dyn Fn(&str) -> String,
+    tower_cfg: Option<serde_json::Value>,
+) -> tempfile::TempDir {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/gemma2_interp72/ckpt");
     assert!(src.join("config.json").is_file(), "parity fixture {} is missing", src.display());
     let tmp = tempfile::tempdir().unwrap();
@@ -240,16 +245,19 @@ fn griffon_with_eva(tower_file: &str, rename: &dyn Fn(&str) -> String, tower_cfg
     for f in ["tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(src.join(f), out.join(f)).unwrap();
     }
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg["mm_vision_tower"] = "checkpoints/eva02-tiny-patch8-56".into();
     cfg["mm_hidden_size"] = 32.into();
     std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
     if let Some(tc) = tower_cfg {
         std::fs::create_dir(out.join("eva02-tiny-patch8-56")).unwrap();
-        std::fs::write(out.join("eva02-tiny-patch8-56/config.json"), serde_json::to_string_pretty(&tc).unwrap()).unwrap();
+        std::fs::write(out.join("eva02-tiny-patch8-56/config.json"), serde_json::to_string_pretty(&tc).unwrap())
+            .unwrap();
     }
     let base = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut t: HashMap<String, Tensor> = base.into_iter().filter(|(k, _)| !k.starts_with("model.vision_tower.")).collect();
+    let mut t: HashMap<String, Tensor> =
+        base.into_iter().filter(|(k, _)| !k.starts_with("model.vision_tower.")).collect();
     let h = t["model.mm_projector.conv.bias"].dim(0).unwrap();
     t.insert("model.mm_projector.conv.weight".into(), Tensor::randn(0f32, 0.05, (h, 32, 3, 3), &Device::Cpu).unwrap());
     for (k, v) in tensors(tower_file) {
@@ -331,7 +339,8 @@ fn config_forms() {
     // A CLIP config is not EVA.
     assert!(!is_eva_config(&serde_json::json!({"model_type": "clip_vision_model", "hidden_size": 1024})));
     // Missing keys are named.
-    let e = parse_eva02_config(&serde_json::json!({"model_type": "eva02", "embed_dim": 64}), f).unwrap_err().to_string();
+    let e =
+        parse_eva02_config(&serde_json::json!({"model_type": "eva02", "embed_dim": 64}), f).unwrap_err().to_string();
     assert!(e.contains("cfg.json") && e.contains("depth"), "{e}");
 }
 
@@ -362,8 +371,12 @@ fn eva02_tower_is_trainable() {
     griffon_model::nn::set_differentiable(true);
     let tmp = griffon_with_eva("timm", &|k| k.to_string(), Some(tiny_tower_config()));
     let opts = LoadOptions { image_size: Some(72), pos_interp: Interp::BicubicAa, ..Default::default() };
-    let (m, vars) =
-        Griffon::load_trainable(tmp.path(), &opts, Box::new(|n: &str| n.starts_with("model.vision_tower.") || n.starts_with("model.mm_projector."))).unwrap();
+    let (m, vars) = Griffon::load_trainable(
+        tmp.path(),
+        &opts,
+        Box::new(|n: &str| n.starts_with("model.vision_tower.") || n.starts_with("model.mm_projector.")),
+    )
+    .unwrap();
     let px = &golden()["interp72.pixels"];
     let loss = m.encode_image(px).unwrap().sqr().unwrap().mean_all().unwrap();
     let grads = loss.backward().unwrap();
@@ -415,6 +428,15 @@ fn assemble_paper_configuration_from_parts() {
     let a = Checkpoint::open(&llm, &Device::Cpu, DType::F32).unwrap();
     let b = Checkpoint::open(&out, &Device::Cpu, DType::F32).unwrap();
     let n = "model.layers.1.mlp.up_proj.weight";
-    let d: f32 = (a.get_unchecked(n).unwrap() - b.get_unchecked(n).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    let d: f32 = (a.get_unchecked(n).unwrap() - b.get_unchecked(n).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert_eq!(d, 0.0);
 }

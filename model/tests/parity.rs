@@ -77,7 +77,13 @@ fn check_case(case: &str) {
     let n_states = want_hs.dim(0).unwrap();
     // the model loads only the layers it runs (up to select_layer); check every layer with a full tower
     let ck = Checkpoint::open(&c.dir.join("ckpt"), &Device::Cpu, DType::F32).unwrap();
-    let full = griffon_model::clip::ClipVision::load(&ck.scope(MAIN_TOWER_PREFIX), &m.tower.cfg, m.image_size(), c.str("pos_interp").parse().unwrap()).unwrap();
+    let full = griffon_model::clip::ClipVision::load(
+        &ck.scope(MAIN_TOWER_PREFIX),
+        &m.tower.cfg,
+        m.image_size(),
+        c.str("pos_interp").parse().unwrap(),
+    )
+    .unwrap();
     let hs = full.hidden_states(&gpix, n_states - 1).unwrap();
     assert_eq!(hs.len(), n_states);
     for (i, h) in hs.iter().enumerate() {
@@ -123,7 +129,8 @@ fn check_case(case: &str) {
     }
     let text = m.tokenizer.decode(&gen.tokens, true).unwrap();
     assert_eq!(text.trim(), c.str("greedy_text"), "{case}: greedy text");
-    let want_p: Vec<f32> = c.meta["greedy_probs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let want_p: Vec<f32> =
+        c.meta["greedy_probs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
     let perr = gen.probs.iter().zip(&want_p).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     eprintln!("{case} greedy token probabilities: max abs err {perr:.3e}");
     assert!(perr <= 1e-4, "{case}: token probabilities differ by {perr}");
@@ -131,8 +138,11 @@ fn check_case(case: &str) {
     // End to end from the files, through the public answer path.
     let mut images = vec![pixels];
     images.truncate(1);
-    let region_files: Vec<Tensor> =
-        c.golden.get("region_token").map(|_| vec![m.region_pixels(&c.dir.join("region.png")).unwrap()]).unwrap_or_default();
+    let region_files: Vec<Tensor> = c
+        .golden
+        .get("region_token")
+        .map(|_| vec![m.region_pixels(&c.dir.join("region.png")).unwrap()])
+        .unwrap_or_default();
     let prepared = m.prepare(&prompt, &images, &region_files).unwrap();
     let ans = m.answer(&prepared, &stop, &opts).unwrap();
     assert_eq!(ans.text, c.str("greedy_text"), "{case}: end-to-end text");
@@ -200,8 +210,12 @@ fn projectors_match_reference() {
     let (cin, h) = (x.dim(2).unwrap(), all["conv_reduce/output"].dim(2).unwrap());
     for kind in ["conv_reduce", "conv_reduce_wo_pad", "linear", "mlp2x_gelu", "mlp3x_gelu"] {
         let prefix = format!("{kind}/");
-        let weights: HashMap<String, Tensor> =
-            all.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).filter(|k| k.starts_with("model.")).map(|k| (k.to_string(), v.clone()))).collect();
+        let weights: HashMap<String, Tensor> = all
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(&prefix).filter(|k| k.starts_with("model.")).map(|k| (k.to_string(), v.clone()))
+            })
+            .collect();
         let ck = Checkpoint::from_tensors(weights, &Device::Cpu, DType::F32).unwrap();
         let p = Projector::load(&ck.scope("model.mm_projector"), &ProjectorType::parse(kind).unwrap(), cin, h).unwrap();
         let y = p.forward(x).unwrap();

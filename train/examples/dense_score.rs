@@ -17,7 +17,8 @@ fn main() -> Result<(), String> {
     let num = |i: usize, d: f64| -> Result<f64, String> {
         args.get(i).map(|s| s.parse::<f64>().map_err(|e| format!("argument {i} `{s}`: {e}"))).unwrap_or(Ok(d))
     };
-    let (n, seed, size, scale, max_objects) = (num(1, 64.0)? as usize, num(2, 0.0)? as u64, num(3, 224.0)? as u32, num(4, 4.0)?, num(5, 3.0)? as usize);
+    let (n, seed, size, scale, max_objects) =
+        (num(1, 64.0)? as usize, num(2, 0.0)? as u64, num(3, 224.0)? as u32, num(4, 4.0)?, num(5, 3.0)? as usize);
     let m = Griffon::load(&dir, &LoadOptions::default()).map_err(|e| e.to_string())?;
     let head = DenseHead::load(&dir, m.tower.cfg.hidden_size, m.dtype, &m.device)?
         .ok_or_else(|| format!("{} has no dense head (a stage-0 checkpoint has)", dir.display()))?;
@@ -30,7 +31,8 @@ fn main() -> Result<(), String> {
         targets.push(DenseTargets::new(&objs, size, grid)?);
     }
     let px = Tensor::stack(&px, 0).map_err(|e| e.to_string())?;
-    let feats = m.tower.patch_features(&px, m.config.mm.select_layer, m.config.mm.keep_cls).map_err(|e| e.to_string())?;
+    let feats =
+        m.tower.patch_features(&px, m.config.mm.select_layer, m.config.mm.keep_cls).map_err(|e| e.to_string())?;
     let score = head.score(&feats, &targets.iter().collect::<Vec<_>>())?;
     println!("{}", serde_json::to_string_pretty(&score).map_err(|e| e.to_string())?);
     Ok(())

@@ -238,7 +238,13 @@ pub struct GroundRecord {
 }
 
 impl GroundRecord {
-    pub fn new(image_path: impl Into<String>, width: u32, height: u32, expression: impl Into<String>, bboxes: Vec<[f64; 4]>) -> Self {
+    pub fn new(
+        image_path: impl Into<String>,
+        width: u32,
+        height: u32,
+        expression: impl Into<String>,
+        bboxes: Vec<[f64; 4]>,
+    ) -> Self {
         Self {
             image_path: image_path.into(),
             height,
@@ -423,10 +429,14 @@ pub fn read_task_list(path: &Path) -> Result<Vec<TaskSource>, DataError> {
             return Err(bad(format!("task tag {tag:?} has an empty suffix after `_`")));
         }
         let kind = TaskKind::from_tag(name).ok_or_else(|| {
-            bad(format!("unknown task {name:?} in tag {tag:?}; expected one of LAZY, DET, REG, VG, VISJ (RANDDET reads as DET)"))
+            bad(format!(
+                "unknown task {name:?} in tag {tag:?}; expected one of LAZY, DET, REG, VG, VISJ (RANDDET reads as DET)"
+            ))
         })?;
         if let Some(first) = seen.insert(tag.to_string(), line_no) {
-            return Err(bad(format!("task tag {tag:?} is already used on line {first}; number repeated tasks (DET_0, DET_1, ...)")));
+            return Err(bad(format!(
+                "task tag {tag:?} is already used on line {first}; number repeated tasks (DET_0, DET_1, ...)"
+            )));
         }
         if fields[1].is_empty() {
             return Err(bad("empty annotation path".into()));
@@ -447,7 +457,8 @@ pub fn write_task_list(path: &Path, sources: &[TaskSource]) -> Result<(), DataEr
     let abs = |p: &Path| std::path::absolute(p).map_err(|e| werr(format!("cannot resolve {}: {e}", p.display())));
     let base = abs(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     let mut counters: HashMap<TaskKind, usize> = HashMap::new();
-    let mut text = String::from("# TASK_k & annotations & image_folder (relative paths resolve against this file's folder)\n");
+    let mut text =
+        String::from("# TASK_k & annotations & image_folder (relative paths resolve against this file's folder)\n");
     for s in sources {
         let k = counters.entry(s.kind).or_insert(0);
         let mut fields = vec![format!("{}_{}", s.kind.tag(), k)];
@@ -461,7 +472,9 @@ pub fn write_task_list(path: &Path, sources: &[TaskSource]) -> Result<(), DataEr
             };
             let t = rel.to_str().ok_or_else(|| werr(format!("path {} is not valid UTF-8", rel.display())))?;
             if t.contains(['&', '\n', '\r']) || t.trim() != t || t.starts_with('#') {
-                return Err(werr(format!("path {t:?} cannot be written in a task list (contains & or a newline, or leading/trailing space)")));
+                return Err(werr(format!(
+                    "path {t:?} cannot be written in a task list (contains & or a newline, or leading/trailing space)"
+                )));
             }
             fields.push(t.to_string());
         }
@@ -570,8 +583,15 @@ fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<S
     match sniff(path)? {
         Layout::Lines => {}
         Layout::Whole(v) => {
-            let hint = if v.get("images").is_some() { " (this looks like a COCO json; convert it with coco_to_det_jsonl)" } else { "" };
-            return Err(malformed(path, format!("expected {what} jsonl (one JSON object per line), found one JSON document{hint}")));
+            let hint = if v.get("images").is_some() {
+                " (this looks like a COCO json; convert it with coco_to_det_jsonl)"
+            } else {
+                ""
+            };
+            return Err(malformed(
+                path,
+                format!("expected {what} jsonl (one JSON object per line), found one JSON document{hint}"),
+            ));
         }
     }
     let mut good = Vec::new();
@@ -616,10 +636,9 @@ fn read_lazy(path: &Path) -> Result<Sourced<LazyRecord>, DataError> {
             }
             Ok((good, bad))
         }
-        Layout::Whole(v) => Err(malformed(
-            path,
-            format!("expected LLaVA conversations as a JSON list or jsonl, found {}", kind_of(&v)),
-        )),
+        Layout::Whole(v) => {
+            Err(malformed(path, format!("expected LLaVA conversations as a JSON list or jsonl, found {}", kind_of(&v))))
+        }
     }
 }
 
@@ -649,14 +668,23 @@ fn write_lines<T: Serialize>(path: &Path, records: &[T]) -> Result<(), DataError
 fn check_finite_boxes<'a>(path: &Path, boxes: impl Iterator<Item = (usize, &'a [f64; 4])>) -> Result<(), DataError> {
     for (i, b) in boxes {
         if b.iter().any(|v| !v.is_finite()) {
-            return Err(DataError::Write { path: path.to_path_buf(), message: format!("record {i}: box {b:?} has a non-finite coordinate") });
+            return Err(DataError::Write {
+                path: path.to_path_buf(),
+                message: format!("record {i}: box {b:?} has a non-finite coordinate"),
+            });
         }
     }
     Ok(())
 }
 
 pub fn write_det_jsonl(path: &Path, records: &[DetRecord]) -> Result<(), DataError> {
-    check_finite_boxes(path, records.iter().enumerate().flat_map(|(i, r)| r.objects.iter().flat_map(move |o| o.bboxes.iter().map(move |b| (i, b)))))?;
+    check_finite_boxes(
+        path,
+        records
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.objects.iter().flat_map(move |o| o.bboxes.iter().map(move |b| (i, b)))),
+    )?;
     write_lines(path, records)
 }
 
@@ -672,7 +700,8 @@ pub fn write_reg_jsonl(path: &Path, records: &[GroundRecord]) -> Result<(), Data
 
 /// Writes LLaVA records as a JSON list (what the reference `LazySupervisedDataset` `json.load`s).
 pub fn write_lazy_json(path: &Path, records: &[LazyRecord]) -> Result<(), DataError> {
-    let text = serde_json::to_string(records).map_err(|e| DataError::Write { path: path.to_path_buf(), message: e.to_string() })?;
+    let text = serde_json::to_string(records)
+        .map_err(|e| DataError::Write { path: path.to_path_buf(), message: e.to_string() })?;
     std::fs::write(path, text).map_err(io_err(path))
 }
 
@@ -742,7 +771,8 @@ fn read_coco_file(path: &Path) -> Result<CocoFile, DataError> {
 fn coco_categories(path: &Path, cats: Vec<Value>) -> Result<HashMap<u64, String>, DataError> {
     let mut out = HashMap::new();
     for (i, v) in cats.into_iter().enumerate() {
-        let c: CocoCategory = serde_json::from_value(v).map_err(|e| malformed(path, format!("categories[{i}]: {e}")))?;
+        let c: CocoCategory =
+            serde_json::from_value(v).map_err(|e| malformed(path, format!("categories[{i}]: {e}")))?;
         out.insert(c.id, c.name);
     }
     Ok(out)
@@ -766,13 +796,18 @@ pub fn coco_to_det_records(instances: &Path) -> Result<Vec<DetRecord>, DataError
         images.push((im, Vec::<DetObject>::new()));
     }
     for (i, v) in coco.annotations.into_iter().enumerate() {
-        let a: CocoAnn = serde_json::from_value(v).map_err(|e| malformed(instances, format!("annotations[{i}]: {e}")))?;
+        let a: CocoAnn =
+            serde_json::from_value(v).map_err(|e| malformed(instances, format!("annotations[{i}]: {e}")))?;
         if is_crowd(&a.iscrowd) {
             continue;
         }
-        let &slot = index.get(&a.image_id).ok_or_else(|| malformed(instances, format!("annotations[{i}]: unknown image_id {}", a.image_id)))?;
+        let &slot = index
+            .get(&a.image_id)
+            .ok_or_else(|| malformed(instances, format!("annotations[{i}]: unknown image_id {}", a.image_id)))?;
         let cid = a.category_id.ok_or_else(|| malformed(instances, format!("annotations[{i}]: no category_id")))?;
-        let name = cats.get(&cid).ok_or_else(|| malformed(instances, format!("annotations[{i}]: unknown category_id {cid}")))?;
+        let name = cats
+            .get(&cid)
+            .ok_or_else(|| malformed(instances, format!("annotations[{i}]: unknown category_id {cid}")))?;
         let b = box_from_value(&a.bbox).map_err(|e| malformed(instances, format!("annotations[{i}]: bbox: {e}")))?;
         let objects = &mut images[slot].1;
         let xyxy = xywh_to_xyxy(b);
@@ -834,7 +869,9 @@ pub fn validate_box(b: [f64; 4], width: u32, height: u32) -> Result<PixelBox, St
 /// Names and expressions that go into an answer must not contain what the answer grammar reserves.
 fn check_answer_text(s: &str, what: &str) -> Result<(), String> {
     if s.contains(['&', '[', ']']) || s.contains("<image>") || s.contains("<region>") {
-        return Err(format!("reserved text: {what} {s:?} contains &, [, ] or a placeholder, which the answer grammar reserves"));
+        return Err(format!(
+            "reserved text: {what} {s:?} contains &, [, ] or a placeholder, which the answer grammar reserves"
+        ));
     }
     Ok(())
 }
@@ -941,7 +978,8 @@ fn det_instances(rec: &DetRecord) -> Result<DetInstances, String> {
         }
         check_answer_text(name, "category name")?;
         for (bi, b) in o.bboxes.iter().enumerate() {
-            let pb = validate_box(*b, rec.width, rec.height).map_err(|e| format!("bad box: object {name:?} box {bi}: {e}"))?;
+            let pb = validate_box(*b, rec.width, rec.height)
+                .map_err(|e| format!("bad box: object {name:?} box {bi}: {e}"))?;
             instances.push((name.to_string(), pb));
         }
         if !o.bboxes.is_empty() && !present.iter().any(|p| p == name) {
@@ -974,7 +1012,13 @@ fn last_two_components(p: &str) -> String {
     }
 }
 
-fn det_samples<R: Rng + ?Sized>(b: &Builder, rec: &DetRecord, source: &str, vocab: &Vocab, rng: &mut R) -> Result<Vec<Sample>, String> {
+fn det_samples<R: Rng + ?Sized>(
+    b: &Builder,
+    rec: &DetRecord,
+    source: &str,
+    vocab: &Vocab,
+    rng: &mut R,
+) -> Result<Vec<Sample>, String> {
     let det = det_instances(rec)?;
     let image = b.image(&det_image_rel(rec))?;
     let max = b.opts.max_categories;
@@ -1066,7 +1110,13 @@ fn reg_sample(b: &Builder, rec: &GroundRecord, source: &str) -> Result<Sample, S
     } else {
         REG_PROMPT.replace("{box}", &norm.iter().map(|n| n.format()).collect::<Vec<_>>().join("&"))
     };
-    Ok(Sample { image, regions: vec![], turns: vec![(user, expr.to_string())], task: TaskKind::Reg, source: source.to_string() })
+    Ok(Sample {
+        image,
+        regions: vec![],
+        turns: vec![(user, expr.to_string())],
+        task: TaskKind::Reg,
+        source: source.to_string(),
+    })
 }
 
 fn vg_sample(b: &Builder, rec: &GroundRecord, source: &str) -> Result<Sample, String> {
@@ -1087,9 +1137,19 @@ fn vg_sample(b: &Builder, rec: &GroundRecord, source: &str) -> Result<Sample, St
     let answer = if boxes.is_empty() {
         NONE_ANSWER.to_string()
     } else {
-        boxes.iter().map(|p| format!("{expr}-{}", p.to_norm(rec.width, rec.height).format())).collect::<Vec<_>>().join("&")
+        boxes
+            .iter()
+            .map(|p| format!("{expr}-{}", p.to_norm(rec.width, rec.height).format()))
+            .collect::<Vec<_>>()
+            .join("&")
     };
-    Ok(Sample { image, regions: vec![], turns: vec![(rec_prompt(expr), answer)], task: TaskKind::Vg, source: source.to_string() })
+    Ok(Sample {
+        image,
+        regions: vec![],
+        turns: vec![(rec_prompt(expr), answer)],
+        task: TaskKind::Vg,
+        source: source.to_string(),
+    })
 }
 
 fn count_sample(image: PathBuf, exemplar: PixelBox, boxes: &[PixelBox], w: u32, h: u32, source: &str) -> Sample {
@@ -1104,7 +1164,12 @@ fn count_sample(image: PathBuf, exemplar: PixelBox, boxes: &[PixelBox], w: u32, 
 }
 
 /// `vvn.py` `VisualDetDataset_JSONL_v2`: one random category, one random exemplar among its boxes.
-fn visj_line_sample<R: Rng + ?Sized>(b: &Builder, rec: &DetRecord, source: &str, rng: &mut R) -> Result<Sample, String> {
+fn visj_line_sample<R: Rng + ?Sized>(
+    b: &Builder,
+    rec: &DetRecord,
+    source: &str,
+    rng: &mut R,
+) -> Result<Sample, String> {
     let det = det_instances(rec)?;
     if det.present.is_empty() {
         return Err("no boxes: no object of the record has a box".into());
@@ -1161,7 +1226,9 @@ fn lazy_sample(b: &Builder, rec: &LazyRecord, source: &str) -> Result<Sample, St
             return Err(format!("bad record: <image> marker in an answer (exchange {k})"));
         }
         if user.contains("<region>") || answer.contains("<region>") {
-            return Err(format!("bad record: <region> marker without an exemplar (exchange {k}); LLaVA records carry no regions"));
+            return Err(format!(
+                "bad record: <region> marker without an exemplar (exchange {k}); LLaVA records carry no regions"
+            ));
         }
         if k > 0 && user.trim().is_empty() {
             return Err(format!("empty user text: exchange {k}"));
@@ -1205,9 +1272,11 @@ fn visj_coco<R: Rng + ?Sized>(
             let cf = read_coco_file(cp)?;
             let mut m = HashMap::new();
             for (i, v) in cf.annotations.into_iter().enumerate() {
-                let a: CountAnn = serde_json::from_value(v).map_err(|e| malformed(cp, format!("annotations[{i}]: {e}")))?;
+                let a: CountAnn =
+                    serde_json::from_value(v).map_err(|e| malformed(cp, format!("annotations[{i}]: {e}")))?;
                 // vvn.py uses the first exemplar annotation of an image.
-                m.entry(a.image_id).or_insert_with(|| a.boxes.iter().map(|bv| box_from_value(bv).map(xywh_to_xyxy)).collect());
+                m.entry(a.image_id)
+                    .or_insert_with(|| a.boxes.iter().map(|bv| box_from_value(bv).map(xywh_to_xyxy)).collect());
             }
             Some(m)
         }
@@ -1227,7 +1296,10 @@ fn visj_coco<R: Rng + ?Sized>(
                 }
                 if let Some(cid) = a.category_id {
                     if !cats.is_empty() && !cats.contains_key(&cid) {
-                        per_image.insert(a.image_id, Err(format!("bad record: annotations[{i}] has unknown category_id {cid}")));
+                        per_image.insert(
+                            a.image_id,
+                            Err(format!("bad record: annotations[{i}] has unknown category_id {cid}")),
+                        );
                         continue;
                     }
                 }
@@ -1255,28 +1327,44 @@ fn visj_coco<R: Rng + ?Sized>(
             let anns = match per_image.get(&im.id) {
                 None => return Err("no annotations: the image has no (non-crowd) annotation".into()),
                 Some(Err(e)) => return Err(e.clone()),
-                Some(Ok(a)) if a.is_empty() => return Err("no annotations: the image has no (non-crowd) annotation".into()),
+                Some(Ok(a)) if a.is_empty() => {
+                    return Err("no annotations: the image has no (non-crowd) annotation".into())
+                }
                 Some(Ok(a)) => a,
             };
             let mut boxes = Vec::with_capacity(anns.len());
             for (k, (_, bx)) in anns.iter().enumerate() {
-                boxes.push(validate_box(*bx, im.width, im.height).map_err(|e| format!("bad box: annotation {k}: {e}"))?);
+                boxes
+                    .push(validate_box(*bx, im.width, im.height).map_err(|e| format!("bad box: annotation {k}: {e}"))?);
             }
             // vvn.py: file names containing "patch" keep their last two components.
-            let rel = if im.file_name.contains("patch") { last_two_components(&im.file_name) } else { im.file_name.clone() };
+            let rel =
+                if im.file_name.contains("patch") { last_two_components(&im.file_name) } else { im.file_name.clone() };
             let image = b.image(&rel)?;
             match &exemplars {
                 Some(ex) => {
                     let list = match ex.get(&im.id) {
-                        None => return Err(format!("no exemplar: the count file has no exemplar boxes for image {}", im.id)),
+                        None => {
+                            return Err(format!(
+                                "no exemplar: the count file has no exemplar boxes for image {}",
+                                im.id
+                            ))
+                        }
                         Some(Err(e)) => return Err(format!("bad box: exemplar: {e}")),
-                        Some(Ok(l)) if l.is_empty() => return Err(format!("no exemplar: the count file has no exemplar boxes for image {}", im.id)),
+                        Some(Ok(l)) if l.is_empty() => {
+                            return Err(format!(
+                                "no exemplar: the count file has no exemplar boxes for image {}",
+                                im.id
+                            ))
+                        }
                         Some(Ok(l)) => l,
                     };
                     let checked = list
                         .iter()
                         .enumerate()
-                        .map(|(k, bx)| validate_box(*bx, im.width, im.height).map_err(|e| format!("bad box: exemplar {k}: {e}")))
+                        .map(|(k, bx)| {
+                            validate_box(*bx, im.width, im.height).map_err(|e| format!("bad box: exemplar {k}: {e}"))
+                        })
                         .collect::<Result<Vec<_>, _>>()?;
                     let exemplar = *checked.choose(rng).expect("non-empty");
                     Ok(count_sample(image, exemplar, &boxes, im.width, im.height, &source))
@@ -1289,7 +1377,8 @@ fn visj_coco<R: Rng + ?Sized>(
                         }
                     }
                     let cat = order[rng.random_range(0..order.len())];
-                    let chosen: Vec<PixelBox> = anns.iter().zip(&boxes).filter(|((c, _), _)| *c == cat).map(|(_, p)| *p).collect();
+                    let chosen: Vec<PixelBox> =
+                        anns.iter().zip(&boxes).filter(|((c, _), _)| *c == cat).map(|(_, p)| *p).collect();
                     let exemplar = *chosen.choose(rng).expect("a chosen category has a box");
                     Ok(count_sample(image, exemplar, &chosen, im.width, im.height, &source))
                 }
@@ -1305,7 +1394,8 @@ fn visj_coco<R: Rng + ?Sized>(
 
 fn looks_like_fsc147(v: &Value) -> bool {
     v.as_object().is_some_and(|m| {
-        !m.is_empty() && m.values().take(3).all(|x| x.get("box_examples_coordinates").is_some() || x.get("points").is_some())
+        !m.is_empty()
+            && m.values().take(3).all(|x| x.get("box_examples_coordinates").is_some() || x.get("points").is_some())
     })
 }
 
@@ -1342,10 +1432,11 @@ pub fn build_source(
     let path = src.annotations.as_path();
     let mut samples = Vec::new();
     let mut skipped = Vec::new();
-    let keep = |r: Result<Sample, String>, source: String, samples: &mut Vec<Sample>, skipped: &mut Vec<Skipped>| match r {
-        Ok(s) => samples.push(s),
-        Err(reason) => skipped.push(Skipped { source, reason }),
-    };
+    let keep =
+        |r: Result<Sample, String>, source: String, samples: &mut Vec<Sample>, skipped: &mut Vec<Skipped>| match r {
+            Ok(s) => samples.push(s),
+            Err(reason) => skipped.push(Skipped { source, reason }),
+        };
     match src.kind {
         TaskKind::Det => {
             let vocab = Vocab::new(vocabulary);
@@ -1362,7 +1453,11 @@ pub fn build_source(
             let (records, bad) = read_jsonl::<GroundRecord>(path, src.kind.tag())?;
             skipped.extend(bad);
             for (source, rec) in records {
-                let r = if src.kind == TaskKind::Reg { reg_sample(&b, &rec, &source) } else { vg_sample(&b, &rec, &source) };
+                let r = if src.kind == TaskKind::Reg {
+                    reg_sample(&b, &rec, &source)
+                } else {
+                    vg_sample(&b, &rec, &source)
+                };
                 keep(r, source, &mut samples, &mut skipped);
             }
         }
@@ -1386,7 +1481,10 @@ pub fn build_source(
             Layout::Whole(v) => {
                 return Err(malformed(
                     path,
-                    format!("expected VISJ data as DET-layout jsonl or a COCO json with `images`, found {}", kind_of(&v)),
+                    format!(
+                        "expected VISJ data as DET-layout jsonl or a COCO json with `images`, found {}",
+                        kind_of(&v)
+                    ),
                 ))
             }
         },

@@ -182,7 +182,11 @@ impl DenseHead {
     /// Head outputs [B * N, OUTPUTS] (f32) for features [B, N, C].
     pub fn outputs(&self, feats: &Tensor) -> candle_core::Result<Tensor> {
         let (b, n, c) = feats.dims3()?;
-        feats.reshape((b * n, c))?.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())?.to_dtype(DType::F32)
+        feats
+            .reshape((b * n, c))?
+            .matmul(&self.weight.as_tensor().t()?)?
+            .broadcast_add(self.bias.as_tensor())?
+            .to_dtype(DType::F32)
     }
 
     /// How well the head reads `feats` [B, N, C] against `targets`: accuracies of the arg-max
@@ -191,7 +195,8 @@ impl DenseHead {
         let e = |x: candle_core::Error| x.to_string();
         let n = check_targets("dense score", feats, targets)?;
         let out: Vec<Vec<f32>> = self.outputs(feats).and_then(|o| o.to_vec2()).map_err(e)?;
-        let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, x)| if *x > v[best] { i } else { best }) as u32;
+        let argmax =
+            |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, x)| if *x > v[best] { i } else { best }) as u32;
         let mut s = DenseScore::default();
         let (mut shape_ok, mut colour_ok, mut bg_ok, mut missed, mut l1) = (0usize, 0usize, 0usize, 0usize, 0f64);
         for (i, t) in targets.iter().enumerate() {
@@ -265,13 +270,18 @@ impl DenseHead {
             total.ok_or_else(|| "dense loss: no patches".to_string())
         };
         let shape = ce(0, SHAPE_CLASSES, targets.iter().flat_map(|t| t.shape.iter().copied()).collect())?;
-        let colour = ce(SHAPE_CLASSES, COLOUR_CLASSES, targets.iter().flat_map(|t| t.colour.iter().copied()).collect())?;
+        let colour =
+            ce(SHAPE_CLASSES, COLOUR_CLASSES, targets.iter().flat_map(|t| t.colour.iter().copied()).collect())?;
         let mut loss = (shape + colour).map_err(e)?;
         if covered {
             let rows = &sets[0];
-            let want: Vec<f32> = targets.iter().flat_map(|t| t.shape.iter().zip(&t.boxes).filter(|(&s, _)| s != 0).flat_map(|(_, b)| *b)).collect();
+            let want: Vec<f32> = targets
+                .iter()
+                .flat_map(|t| t.shape.iter().zip(&t.boxes).filter(|(&s, _)| s != 0).flat_map(|(_, b)| *b))
+                .collect();
             let want = Tensor::from_vec(want, (rows.dim(0).map_err(e)?, 4), dev).map_err(e)?;
-            let got = out.index_select(rows, 0).and_then(|y| y.narrow(1, SHAPE_CLASSES + COLOUR_CLASSES, 4)).map_err(e)?;
+            let got =
+                out.index_select(rows, 0).and_then(|y| y.narrow(1, SHAPE_CLASSES + COLOUR_CLASSES, 4)).map_err(e)?;
             let l1 = (got - want).and_then(|d| d.abs()).and_then(|d| d.mean_all()).map_err(e)?;
             loss = (loss + (l1 * BOX_WEIGHT).map_err(e)?).map_err(e)?;
         }

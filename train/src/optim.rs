@@ -92,7 +92,12 @@ impl AdamW {
             };
             let (master, m, v) = (get("master")?, get("m")?, get("v")?);
             if master.dims() != p.master.dims() {
-                return Err(format!("optimizer state for {} has shape {:?}, expected {:?}", p.name, master.dims(), p.master.dims()));
+                return Err(format!(
+                    "optimizer state for {} has shape {:?}, expected {:?}",
+                    p.name,
+                    master.dims(),
+                    p.master.dims()
+                ));
             }
             p.var.set(&master.to_dtype(p.var.dtype()).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
             p.master = master;
@@ -136,7 +141,8 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
         return Ok(0.0);
     }
     // one transfer for all the per-tensor sums (not one device sync per tensor), summed in f64
-    let sums = grads.iter().map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.reshape(1)).collect::<Result<Vec<_>>>()?;
+    let sums =
+        grads.iter().map(|g| g.to_dtype(DType::F32)?.sqr()?.sum_all()?.reshape(1)).collect::<Result<Vec<_>>>()?;
     let sq: f64 = Tensor::cat(&sums, 0)?.to_vec1::<f32>()?.iter().map(|x| *x as f64).sum();
     let norm = sq.sqrt();
     if max_norm > 0.0 {

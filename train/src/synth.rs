@@ -8,8 +8,8 @@
 //! k depends only on (seed, k).
 
 use crate::data::{
-    record_samples, write_det_jsonl, write_reg_jsonl, write_vg_jsonl, BuildOptions, DetObject, DetRecord, GroundRecord, RecordRef, Sample,
-    TaskKind,
+    record_samples, write_det_jsonl, write_reg_jsonl, write_vg_jsonl, BuildOptions, DetObject, DetRecord, GroundRecord,
+    RecordRef, Sample, TaskKind,
 };
 use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
@@ -111,7 +111,10 @@ fn background(rng: &mut StdRng, size: u32) -> RgbImage {
             let fx = x as f64 * scale;
             let (x0, tx) = (fx.floor() as usize, fx.fract());
             let g = |i: usize, j: usize| grid[j.min(cells - 1) * cells + i.min(cells - 1)];
-            let v = g(x0, y0) * (1.0 - tx) * (1.0 - ty) + g(x0 + 1, y0) * tx * (1.0 - ty) + g(x0, y0 + 1) * (1.0 - tx) * ty + g(x0 + 1, y0 + 1) * tx * ty;
+            let v = g(x0, y0) * (1.0 - tx) * (1.0 - ty)
+                + g(x0 + 1, y0) * tx * (1.0 - ty)
+                + g(x0, y0 + 1) * (1.0 - tx) * ty
+                + g(x0 + 1, y0 + 1) * tx * ty;
             let n: f64 = rng.random_range(-12.0..12.0);
             let px = [0, 1, 2].map(|c| (v * tint[c] + n).clamp(0.0, 255.0) as u8);
             img.put_pixel(x, y, Rgb(px));
@@ -157,7 +160,13 @@ pub fn scene(seed: u64, index: usize, size: u32, max_objects: usize) -> (RgbImag
 /// [`scene`] with every object side multiplied by `object_scale` (capped below the image side):
 /// an easier distribution of larger objects (the CPU learnability probe of docs/SYNTH.md). With
 /// 1.0 it is [`scene`] exactly.
-pub fn scene_scaled(seed: u64, index: usize, size: u32, max_objects: usize, object_scale: f64) -> (RgbImage, Vec<Object>) {
+pub fn scene_scaled(
+    seed: u64,
+    index: usize,
+    size: u32,
+    max_objects: usize,
+    object_scale: f64,
+) -> (RgbImage, Vec<Object>) {
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(index as u64));
     let mut img = background(&mut rng, size);
     let k = rng.random_range(1..=max_objects.max(1));
@@ -182,7 +191,9 @@ pub fn scene_scaled(seed: u64, index: usize, size: u32, max_objects: usize, obje
             let x1 = rng.random_range(0..=size - side);
             let y1 = rng.random_range(0..=size - side);
             let b = [x1, y1, x1 + side, y1 + side];
-            let clear = objs.iter().all(|o| b[2] + 2 <= o.bbox[0] || o.bbox[2] + 2 <= b[0] || b[3] + 2 <= o.bbox[1] || o.bbox[3] + 2 <= b[1]);
+            let clear = objs.iter().all(|o| {
+                b[2] + 2 <= o.bbox[0] || o.bbox[2] + 2 <= b[0] || b[3] + 2 <= o.bbox[1] || o.bbox[3] + 2 <= b[1]
+            });
             if clear {
                 let (shape, colour) = match crowd {
                     Some((shape, colour, n)) if i < n => (shape, colour),
@@ -214,7 +225,12 @@ pub fn scene_scaled(seed: u64, index: usize, size: u32, max_objects: usize, obje
 /// none of these is unique (an object in the middle of a crowd).
 pub fn refer(objs: &[Object], i: usize, image: u32) -> Option<String> {
     let o = &objs[i];
-    let others: Vec<&Object> = objs.iter().enumerate().filter(|(j, p)| *j != i && p.shape == o.shape && p.colour == o.colour).map(|(_, p)| p).collect();
+    let others: Vec<&Object> = objs
+        .iter()
+        .enumerate()
+        .filter(|(j, p)| *j != i && p.shape == o.shape && p.colour == o.colour)
+        .map(|(_, p)| p)
+        .collect();
     if others.is_empty() {
         return Some(format!("the {}", o.name()));
     }
@@ -238,7 +254,13 @@ pub fn refer(objs: &[Object], i: usize, image: u32) -> Option<String> {
 }
 
 fn split_of(k: usize, n: usize) -> &'static str {
-    let (n_val, n_test) = if n >= 10 { (n / 10, n / 10) } else if n >= 3 { (1, 1) } else { (0, 0) };
+    let (n_val, n_test) = if n >= 10 {
+        (n / 10, n / 10)
+    } else if n >= 3 {
+        (1, 1)
+    } else {
+        (0, 0)
+    };
     if k < n - n_val - n_test {
         "train"
     } else if k < n - n_test {
@@ -285,7 +307,8 @@ pub fn scene_annotations(seed: u64, k: usize, objs: &[Object], size: u32, file: 
         by_name.entry(p.name()).or_default().push(p.fbox());
     }
     let det = DetRecord::new(file, size, size, by_shape.iter().map(|(n, b)| DetObject::new(*n, b.clone())).collect());
-    let visj = DetRecord::new(file, size, size, by_name.iter().map(|(n, b)| DetObject::new(n.clone(), b.clone())).collect());
+    let visj =
+        DetRecord::new(file, size, size, by_name.iter().map(|(n, b)| DetObject::new(n.clone(), b.clone())).collect());
     // the most frequent class; ties go to the first name (objects exist: scenes hold at least one)
     let mut most: Option<(&String, &Vec<[f64; 4]>)> = None;
     for (n, b) in &by_name {
@@ -300,7 +323,8 @@ pub fn scene_annotations(seed: u64, k: usize, objs: &[Object], size: u32, file: 
         order.swap(i, rng.random_range(0..=i));
     }
     // up to three objects that a unique expression can name
-    let named: Vec<(usize, String)> = order.iter().filter_map(|&i| refer(objs, i, size).map(|e| (i, e))).take(3).collect();
+    let named: Vec<(usize, String)> =
+        order.iter().filter_map(|&i| refer(objs, i, size).map(|e| (i, e))).take(3).collect();
     let order: Vec<usize> = named.iter().map(|(i, _)| *i).collect();
     let mut vg = Vec::new();
     let mut reg = Vec::new();
@@ -334,7 +358,13 @@ pub struct SynthStream {
 }
 
 impl SynthStream {
-    pub fn new(seed: u64, size: u32, max_objects: usize, mix: Vec<(TaskKind, f64)>, opts: BuildOptions) -> Result<Self, String> {
+    pub fn new(
+        seed: u64,
+        size: u32,
+        max_objects: usize,
+        mix: Vec<(TaskKind, f64)>,
+        opts: BuildOptions,
+    ) -> Result<Self, String> {
         if size < 32 {
             return Err(format!("synthetic scene size {size} is too small (at least 32 px)"));
         }
@@ -347,7 +377,15 @@ impl SynthStream {
         if let Some((k, _)) = mix.iter().find(|(k, _)| *k == TaskKind::Lazy) {
             return Err(format!("synthetic scenes have no {} (caption) task", k.tag()));
         }
-        Ok(Self { seed, size, max_objects, object_scale: 1.0, mix, opts, vocab: SHAPES.iter().map(|s| s.to_string()).collect() })
+        Ok(Self {
+            seed,
+            size,
+            max_objects,
+            object_scale: 1.0,
+            mix,
+            opts,
+            vocab: SHAPES.iter().map(|s| s.to_string()).collect(),
+        })
     }
 
     /// Objects `scale` times the benchmark's size (see [`scene_scaled`]).
@@ -362,7 +400,8 @@ impl SynthStream {
         let (img, objs) = scene_scaled(self.seed, k, self.size, self.max_objects, self.object_scale);
         let file = format!("{k:08}.png");
         let ann = scene_annotations(self.seed, k, &objs, self.size, &file);
-        let mut rng = StdRng::seed_from_u64(self.seed.wrapping_mul(0xD134_2543_DE82_EF95) ^ (k as u64).wrapping_add(0x5157));
+        let mut rng =
+            StdRng::seed_from_u64(self.seed.wrapping_mul(0xD134_2543_DE82_EF95) ^ (k as u64).wrapping_add(0x5157));
         let total: f64 = self.mix.iter().map(|(_, w)| w).sum();
         let mut x = rng.random_range(0.0..total);
         let mut kind = self.mix.last().expect("non-empty mix").0;
@@ -377,7 +416,9 @@ impl SynthStream {
         let images = PathBuf::from(format!("synth:{}", self.seed));
         let source = format!("synth:{}/{k}", self.seed);
         let samples = match kind {
-            TaskKind::Det => record_samples(kind, RecordRef::Det(&ann.det), &images, vocab, &self.opts, &source, &mut rng)?,
+            TaskKind::Det => {
+                record_samples(kind, RecordRef::Det(&ann.det), &images, vocab, &self.opts, &source, &mut rng)?
+            }
             // half the counting samples count the most frequent class (the crowd when there is
             // one), half a random class, as the reference's VISJ builder picks
             TaskKind::Visj => {
@@ -444,7 +485,8 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
         std::fs::create_dir_all(d.join("Sentences")).map_err(io(&d))?;
         std::fs::create_dir_all(d.join("Annotations")).map_err(io(&d))?;
         let (mut det, mut vg, mut reg, mut visj) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut rec_eval, mut reg_eval, mut count_eval, mut ids) = (String::new(), String::new(), String::new(), String::new());
+        let (mut rec_eval, mut reg_eval, mut count_eval, mut ids) =
+            (String::new(), String::new(), String::new(), String::new());
         let mut coco_images = Vec::new();
         let mut coco_anns = Vec::new();
         let mut s = SplitSummary::default();
@@ -467,9 +509,15 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
             for (j, &i) in ann.referred.iter().enumerate() {
                 let p = &objs[i];
                 let (g, r) = (&ann.vg[j], &ann.reg[j]);
-                rec_eval += &format!("{}\n", serde_json::json!({"id": format!("{k}_{i}"), "img_path": file, "expression": g.expression, "bbox": p.fbox()}));
-                reg_eval += &format!("{}\n", serde_json::json!({"id": format!("{k}_{i}"), "img_path": file, "bbox": p.fbox(),
-                    "expressions": [r.expression, format!("the {}", p.name())]}));
+                rec_eval += &format!(
+                    "{}\n",
+                    serde_json::json!({"id": format!("{k}_{i}"), "img_path": file, "expression": g.expression, "bbox": p.fbox()})
+                );
+                reg_eval += &format!(
+                    "{}\n",
+                    serde_json::json!({"id": format!("{k}_{i}"), "img_path": file, "bbox": p.fbox(),
+                    "expressions": [r.expression, format!("the {}", p.name())]})
+                );
             }
             vg.extend(ann.vg);
             reg.extend(ann.reg);
@@ -481,8 +529,11 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
             // phrase grounding: one sentence naming up to three kinds of object
             let kinds: Vec<(&String, &Vec<[f64; 4]>)> = by_name.iter().take(3).collect();
             let article = |n: &str| if n.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
-            let phrases: Vec<String> =
-                kinds.iter().enumerate().map(|(e, (n, _))| format!("[/EN#{}/other {} {n}]", e + 1, article(n))).collect();
+            let phrases: Vec<String> = kinds
+                .iter()
+                .enumerate()
+                .map(|(e, (n, _))| format!("[/EN#{}/other {} {n}]", e + 1, article(n)))
+                .collect();
             let mut xml = String::from("<annotation>");
             for (e, (_, boxes)) in kinds.iter().enumerate() {
                 for b in boxes.iter() {
@@ -490,7 +541,11 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
                 }
             }
             xml += "</annotation>";
-            std::fs::write(d.join(format!("Sentences/{k:06}.txt")), format!("In this picture there is {} .\n", phrases.join(" and "))).map_err(io(&d))?;
+            std::fs::write(
+                d.join(format!("Sentences/{k:06}.txt")),
+                format!("In this picture there is {} .\n", phrases.join(" and ")),
+            )
+            .map_err(io(&d))?;
             std::fs::write(d.join(format!("Annotations/{k:06}.xml")), xml).map_err(io(&d))?;
             ids += &format!("{k:06}\n");
         }
@@ -498,7 +553,9 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
             "categories": SHAPES.iter().enumerate().map(|(i, n)| serde_json::json!({"id": i + 1, "name": n})).collect::<Vec<_>>()});
         let write = |name: &str, text: String| -> Result<(), String> {
             let f = d.join(name);
-            std::fs::File::create(&f).and_then(|mut h| h.write_all(text.as_bytes())).map_err(|e| format!("{}: {e}", f.display()))
+            std::fs::File::create(&f)
+                .and_then(|mut h| h.write_all(text.as_bytes()))
+                .map_err(|e| format!("{}: {e}", f.display()))
         };
         write("instances.json", coco.to_string())?;
         write("refcoco.jsonl", rec_eval)?;

@@ -5,8 +5,8 @@
 use crate::config::{Module, Schedule, TrainConfig};
 use crate::data::{build_all, read_task_list, Sample, Skipped, TaskKind};
 use crate::dense::{DenseHead, DenseTargets, HEAD_BIAS, HEAD_WEIGHT};
-use crate::synth::SynthStream;
 use crate::optim::{clip_grad_norm, cosine_with_warmup, cosine_with_warmup_frac, warmup_steps, AdamW};
+use crate::synth::SynthStream;
 use candle_core::{DType, Device, Tensor, D};
 use griffon_core::template::with_image_marker;
 use griffon_core::{check_visual_counts, Piece, Placeholder, Template};
@@ -15,8 +15,6 @@ use griffon_model::loader::Checkpoint;
 use griffon_model::resample::{load_rgb, preprocess};
 use griffon_model::tokenize::PromptTokenizer;
 use image::RgbImage;
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -24,6 +22,8 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub type Error = String;
@@ -62,7 +62,12 @@ impl VisualLens {
 
 /// Turns a sample's conversation into pieces; the user turns are the prompt, the assistant
 /// turns (plus the template's answer suffix) are supervised.
-pub fn encode_sample(tok: &PromptTokenizer, template: Template, s: &Sample, lens: VisualLens) -> Result<Encoded, Error> {
+pub fn encode_sample(
+    tok: &PromptTokenizer,
+    template: Template,
+    s: &Sample,
+    lens: VisualLens,
+) -> Result<Encoded, Error> {
     let mut pieces = Vec::new();
     let mut supervised = Vec::new();
     for (k, (user, answer)) in s.turns.iter().enumerate() {
@@ -104,7 +109,12 @@ pub struct Loaded {
 }
 
 /// Preprocesses a sample's main image (read from disk unless given) and its exemplar crops.
-pub fn load_pixels(s: &Sample, image: Option<RgbImage>, image_size: usize, region_size: usize) -> Result<(Tensor, Vec<Tensor>), Error> {
+pub fn load_pixels(
+    s: &Sample,
+    image: Option<RgbImage>,
+    image_size: usize,
+    region_size: usize,
+) -> Result<(Tensor, Vec<Tensor>), Error> {
     let main = match image {
         Some(i) => i,
         None => load_rgb(&s.image).map_err(|e| e.to_string())?,
@@ -167,7 +177,11 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
             }
             let targets = batch
                 .iter()
-                .map(|l| l.dense.as_ref().ok_or_else(|| format!("{}: no dense targets (synthetic scenes only)", l.sample.source)))
+                .map(|l| {
+                    l.dense
+                        .as_ref()
+                        .ok_or_else(|| format!("{}: no dense targets (synthetic scenes only)", l.sample.source))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let feats = m.tower.patch_features(&px, m.config.mm.select_layer, m.config.mm.keep_cls).map_err(ge)?;
             let dl = head.loss(&feats, &targets)?;
@@ -218,7 +232,11 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
         if pos != t {
             return Err(format!("{}: embedded {t} positions, expected {pos}", l.sample.source));
         }
-        let x = if t < lmax { Tensor::cat(&[&x, &Tensor::zeros((1, lmax - t, h), x.dtype(), dev).map_err(e)?], 1).map_err(e)? } else { x };
+        let x = if t < lmax {
+            Tensor::cat(&[&x, &Tensor::zeros((1, lmax - t, h), x.dtype(), dev).map_err(e)?], 1).map_err(e)?
+        } else {
+            x
+        };
         embeds.push(x);
     }
     if rows.is_empty() {
@@ -304,14 +322,22 @@ impl Loader {
                 let source = format!("synth:{}/{k}", stream.seed);
                 let (s, img, objs) = stream.sample(k).map_err(|reason| Skipped { source: source.clone(), reason })?;
                 let dense = match self.dense_grid {
-                    Some(g) => Some(DenseTargets::new(&objs, stream.size, g).map_err(|reason| Skipped { source: source.clone(), reason })?),
+                    Some(g) => Some(
+                        DenseTargets::new(&objs, stream.size, g)
+                            .map_err(|reason| Skipped { source: source.clone(), reason })?,
+                    ),
                     None => None,
                 };
-                let enc = encode_sample(&self.tok, self.template, &s, self.lens).map_err(|reason| Skipped { source: source.clone(), reason })?;
+                let enc = encode_sample(&self.tok, self.template, &s, self.lens)
+                    .map_err(|reason| Skipped { source: source.clone(), reason })?;
                 if enc.len > self.max_len {
-                    return Err(Skipped { source, reason: format!("over-long: {} positions > max_len {}", enc.len, self.max_len) });
+                    return Err(Skipped {
+                        source,
+                        reason: format!("over-long: {} positions > max_len {}", enc.len, self.max_len),
+                    });
                 }
-                let (pixels, regions) = load_pixels(&s, Some(img), self.image_size, self.region_size).map_err(|reason| Skipped { source, reason })?;
+                let (pixels, regions) = load_pixels(&s, Some(img), self.image_size, self.region_size)
+                    .map_err(|reason| Skipped { source, reason })?;
                 Ok(Loaded { sample: s, enc, pixels, regions, dense })
             }
         }
@@ -535,8 +561,14 @@ impl Trainer {
         }
         let data = match &cfg.data.synth {
             Some(sy) => {
-                let mix = vec![(TaskKind::Det, sy.mix.det), (TaskKind::Vg, sy.mix.vg), (TaskKind::Reg, sy.mix.reg), (TaskKind::Visj, sy.mix.visj)];
-                let stream = SynthStream::new(sy.seed, sy.size, sy.max_objects, mix, bopts.clone())?.with_object_scale(sy.object_scale)?;
+                let mix = vec![
+                    (TaskKind::Det, sy.mix.det),
+                    (TaskKind::Vg, sy.mix.vg),
+                    (TaskKind::Reg, sy.mix.reg),
+                    (TaskKind::Visj, sy.mix.visj),
+                ];
+                let stream = SynthStream::new(sy.seed, sy.size, sy.max_objects, mix, bopts.clone())?
+                    .with_object_scale(sy.object_scale)?;
                 Data::Synth { stream, len: sy.samples }
             }
             None => Data::Files(encoded),
@@ -601,7 +633,13 @@ impl Trainer {
             &std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| format!("{}: {e}", dir.display()))?,
         )
         .map_err(|e| format!("{}: {e}", dir.join(STATE_FILE).display()))?;
-        let want = TrainerState { step: state.step, total_steps: self.total_steps, samples: self.data.len(), seed: self.cfg.train.seed, elapsed_s: 0.0 };
+        let want = TrainerState {
+            step: state.step,
+            total_steps: self.total_steps,
+            samples: self.data.len(),
+            seed: self.cfg.train.seed,
+            elapsed_s: 0.0,
+        };
         if !state.same_run(&want) {
             return Err(format!(
                 "{} was written by a different run (state {state:?}, this run {want:?}); use a new train.out",
@@ -658,7 +696,9 @@ impl Trainer {
                 let warm = warmup_steps(self.total_steps, self.cfg.train.warmup_ratio);
                 cosine_with_warmup(step, warm, self.total_steps)
             }
-            Schedule::Time => cosine_with_warmup_frac(self.elapsed_s() / self.cfg.train.max_time_s, self.cfg.train.warmup_ratio),
+            Schedule::Time => {
+                cosine_with_warmup_frac(self.elapsed_s() / self.cfg.train.max_time_s, self.cfg.train.warmup_ratio)
+            }
         };
         self.group_lrs.iter().map(|lr| lr * f).collect()
     }
@@ -710,7 +750,8 @@ impl Trainer {
             for (g, p) in grads.iter_mut().zip(&self.opt.params) {
                 if let Some(pg) = gs.get(p.var.as_tensor()) {
                     // detached: a gradient's op records reach back into this step's graph
-                    *g = (&*g + pg.detach().to_dtype(DType::F32).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+                    *g = (&*g + pg.detach().to_dtype(DType::F32).map_err(|e| e.to_string())?)
+                        .map_err(|e| e.to_string())?;
                 }
             }
         }
@@ -774,7 +815,8 @@ impl Trainer {
             losses.push(loss);
             let entry = StepLog {
                 step: self.opt.step,
-                epoch: (self.opt.step * self.cfg.train.grad_accum * self.cfg.train.batch_size) as f64 / self.data.len() as f64,
+                epoch: (self.opt.step * self.cfg.train.grad_accum * self.cfg.train.batch_size) as f64
+                    / self.data.len() as f64,
                 loss,
                 lr: lrs[0],
                 grad_norm,
@@ -829,7 +871,9 @@ impl Trainer {
         for n in src.names() {
             let stored = src.get_stored(n).map_err(|e| e.to_string())?;
             let t = match trained.get(n) {
-                Some(m) => m.to_dtype(stored.dtype()).and_then(|t| t.to_device(&Device::Cpu)).map_err(|e| e.to_string())?,
+                Some(m) => {
+                    m.to_dtype(stored.dtype()).and_then(|t| t.to_device(&Device::Cpu)).map_err(|e| e.to_string())?
+                }
                 None => stored,
             };
             tensors.insert(n.to_string(), t);
@@ -855,7 +899,8 @@ impl Trainer {
             seed: self.cfg.train.seed,
             elapsed_s: self.elapsed_s(),
         };
-        std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(&state).expect("serializable")).map_err(io)?;
+        std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(&state).expect("serializable"))
+            .map_err(io)?;
         sync_dir(&tmp).map_err(io)?;
         let _ = std::fs::remove_dir_all(&final_dir);
         std::fs::rename(&tmp, &final_dir).map_err(io)?;

@@ -39,7 +39,14 @@ fn src(kind: TaskKind, annotations: PathBuf, images: &Path) -> TaskSource {
     TaskSource { kind, annotations, images: images.to_path_buf() }
 }
 
-fn build(kind: TaskKind, annotations: PathBuf, images: &Path, vocab: &[String], o: &BuildOptions, seed: u64) -> (Vec<Sample>, Vec<Skipped>) {
+fn build(
+    kind: TaskKind,
+    annotations: PathBuf,
+    images: &Path,
+    vocab: &[String],
+    o: &BuildOptions,
+    seed: u64,
+) -> (Vec<Sample>, Vec<Skipped>) {
     let mut rng = StdRng::seed_from_u64(seed);
     build_source(&src(kind, annotations, images), vocab, o, &mut rng).unwrap()
 }
@@ -84,7 +91,10 @@ fn det_fixture_answers_sorted_normalized_three_decimals() {
     assert_eq!(s[0].task, TaskKind::Det);
     assert!(s[0].regions.is_empty());
     assert_eq!(s[0].turns.len(), 1);
-    assert_eq!(s[0].turns[0].1, "dog-[0.100,0.300,0.300,0.900]&cat-[0.250,0.000,0.350,0.200]&dog-[0.500,0.100,0.750,0.600]");
+    assert_eq!(
+        s[0].turns[0].1,
+        "dog-[0.100,0.300,0.300,0.900]&cat-[0.250,0.000,0.350,0.200]&dog-[0.500,0.100,0.750,0.600]"
+    );
     assert_eq!(line_of(&s[0].source), 1);
     assert!(s[0].source.starts_with(&fx("det.jsonl").display().to_string()));
     let mut set = category_set(&s[0].turns[0].0);
@@ -185,7 +195,9 @@ fn det_large_vocabulary_sampling() {
 fn det_more_classes_than_the_cap_are_split() {
     let img = images();
     let vocab = names(&["k0", "k1", "k2", "k3", "k4", "n0", "n1", "n2"]);
-    let objects: Vec<DetObject> = (0..5).map(|i| DetObject::new(format!("k{i}"), vec![[10.0 * i as f64, 0.0, 10.0 * i as f64 + 5.0, 5.0]])).collect();
+    let objects: Vec<DetObject> = (0..5)
+        .map(|i| DetObject::new(format!("k{i}"), vec![[10.0 * i as f64, 0.0, 10.0 * i as f64 + 5.0, 5.0]]))
+        .collect();
     let file = det_file(img.path(), &[DetRecord::new("a.png", 100, 100, objects)]);
     let (s, skipped) = build(TaskKind::Det, file, img.path(), &vocab, &opts(2), 5);
     assert!(skipped.is_empty());
@@ -250,7 +262,14 @@ fn det_format_suffix_share() {
     // carry the training suffix; in between: both forms, the answers unchanged in form.
     let img = images();
     let vocab = names(&["bird", "cat", "dog", "horse", "person", "zebra"]);
-    let (s, _) = build(TaskKind::Det, fx("det.jsonl"), img.path(), &vocab, &BuildOptions { det_format_prob: 0.0, ..opts(80) }, 3);
+    let (s, _) = build(
+        TaskKind::Det,
+        fx("det.jsonl"),
+        img.path(),
+        &vocab,
+        &BuildOptions { det_format_prob: 0.0, ..opts(80) },
+        3,
+    );
     assert!(!s.is_empty());
     for x in &s {
         let user = &x.turns[0].0;
@@ -261,7 +280,14 @@ fn det_format_suffix_share() {
     assert!(s1.iter().all(|x| x.turns[0].0.ends_with(DET_FORMAT_SUFFIX)));
     let (mut with, mut without) = (0, 0);
     for seed in 0..40 {
-        let (s, _) = build(TaskKind::Det, fx("det.jsonl"), img.path(), &vocab, &BuildOptions { det_format_prob: 0.5, ..opts(80) }, seed);
+        let (s, _) = build(
+            TaskKind::Det,
+            fx("det.jsonl"),
+            img.path(),
+            &vocab,
+            &BuildOptions { det_format_prob: 0.5, ..opts(80) },
+            seed,
+        );
         for x in &s {
             if x.turns[0].0.ends_with(DET_FORMAT_SUFFIX) {
                 with += 1;
@@ -386,7 +412,10 @@ fn vg_fixture_names_boxes_with_the_expression() {
     // vg.py: the expression names every box, in record order (not re-sorted).
     assert_eq!(s[0].turns[0].1, "dog-[0.500,0.100,0.750,0.600]&dog-[0.100,0.300,0.300,0.900]");
     assert_eq!(s[1].turns[0], (rec_prompt("a unicorn"), "None".to_string()));
-    assert_eq!(s[2].turns[0], (rec_prompt("the man on the left"), "the man on the left-[0.000,0.000,0.500,0.500]".to_string()));
+    assert_eq!(
+        s[2].turns[0],
+        (rec_prompt("the man on the left"), "the man on the left-[0.000,0.000,0.500,0.500]".to_string())
+    );
     let p = parse_answer(&s[0].turns[0].1);
     assert!(p.instances.iter().all(|i| i.label.as_deref() == Some("dog")));
     assert!(s.iter().all(|x| x.task == TaskKind::Vg));
@@ -515,7 +544,10 @@ fn lazy_json_list() {
     assert_eq!(s[0].image, img.path().join("a.png"));
     assert_eq!(
         s[0].turns,
-        vec![("What is this?".to_string(), "A dog.".to_string()), ("What color is it?".to_string(), "Brown.".to_string())]
+        vec![
+            ("What is this?".to_string(), "A dog.".to_string()),
+            ("What color is it?".to_string(), "Brown.".to_string())
+        ]
     );
     assert_eq!(s[1].turns, vec![("Describe it briefly.".to_string(), "A man standing.".to_string())]);
     assert!(s.iter().all(|x| x.task == TaskKind::Lazy && x.regions.is_empty()));
@@ -541,7 +573,10 @@ fn lazy_jsonl_caption_pairs() {
     let img = images();
     let (s, skipped) = build(TaskKind::Lazy, fx("lazy.jsonl"), img.path(), &[], &opts(80), 0);
     assert_eq!(s.len(), 1);
-    assert_eq!(s[0].turns, vec![("Render a clear and concise summary of the photo.".to_string(), "a horse in a field".to_string())]);
+    assert_eq!(
+        s[0].turns,
+        vec![("Render a clear and concise summary of the photo.".to_string(), "a horse in a field".to_string())]
+    );
     assert_eq!(s[0].image, img.path().join("c.png"));
     assert_eq!(skipped.len(), 1);
     assert!(reason_for(&skipped, 2).starts_with("not JSON"));
@@ -557,7 +592,8 @@ fn whole_file_errors() {
     let mut rng = StdRng::seed_from_u64(0);
     let o = opts(80);
     // Missing file.
-    let e = build_source(&src(TaskKind::Det, img.path().join("nope.jsonl"), img.path()), &[], &o, &mut rng).unwrap_err();
+    let e =
+        build_source(&src(TaskKind::Det, img.path().join("nope.jsonl"), img.path()), &[], &o, &mut rng).unwrap_err();
     assert!(matches!(e, DataError::Io { .. }), "{e}");
     // A COCO json given as DET.
     let e = build_source(&src(TaskKind::Det, fx("coco_instances.json"), img.path()), &[], &o, &mut rng).unwrap_err();
@@ -588,7 +624,11 @@ fn task_list_fixture() {
         TaskSource { kind: TaskKind::Reg, annotations: d.join("reg.jsonl"), images: d.join("images") },
         TaskSource { kind: TaskKind::Vg, annotations: d.join("vg.jsonl"), images: d.join("images") },
         TaskSource { kind: TaskKind::Visj, annotations: d.join("visj.jsonl"), images: d.join("images") },
-        TaskSource { kind: TaskKind::Lazy, annotations: d.join("lazy.json"), images: PathBuf::from("/abs/llava/images") },
+        TaskSource {
+            kind: TaskKind::Lazy,
+            annotations: d.join("lazy.json"),
+            images: PathBuf::from("/abs/llava/images"),
+        },
         TaskSource { kind: TaskKind::Det, annotations: d.join("det_b.jsonl"), images: d.join("images") },
     ];
     assert_eq!(list, want);
@@ -599,11 +639,23 @@ fn task_list_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let sources = vec![
         TaskSource { kind: TaskKind::Lazy, annotations: dir.path().join("llava.json"), images: dir.path().join("img") },
-        TaskSource { kind: TaskKind::Det, annotations: dir.path().join("d/coco.jsonl"), images: PathBuf::from("/data/coco/train2017") },
-        TaskSource { kind: TaskKind::Det, annotations: dir.path().join("o365.jsonl"), images: dir.path().to_path_buf() },
+        TaskSource {
+            kind: TaskKind::Det,
+            annotations: dir.path().join("d/coco.jsonl"),
+            images: PathBuf::from("/data/coco/train2017"),
+        },
+        TaskSource {
+            kind: TaskKind::Det,
+            annotations: dir.path().join("o365.jsonl"),
+            images: dir.path().to_path_buf(),
+        },
         TaskSource { kind: TaskKind::Reg, annotations: dir.path().join("reg.jsonl"), images: dir.path().join("img") },
         TaskSource { kind: TaskKind::Vg, annotations: dir.path().join("vg.jsonl"), images: dir.path().join("img") },
-        TaskSource { kind: TaskKind::Visj, annotations: PathBuf::from("/elsewhere/count.jsonl"), images: dir.path().join("img") },
+        TaskSource {
+            kind: TaskKind::Visj,
+            annotations: PathBuf::from("/elsewhere/count.jsonl"),
+            images: dir.path().join("img"),
+        },
     ];
     let path = dir.path().join("tasks.txt");
     write_task_list(&path, &sources).unwrap();
@@ -614,7 +666,11 @@ fn task_list_round_trip() {
     assert_eq!(read_task_list(&path).unwrap(), sources);
 
     // Paths a task list cannot hold are refused.
-    let bad = vec![TaskSource { kind: TaskKind::Det, annotations: dir.path().join("a&b.jsonl"), images: dir.path().join("img") }];
+    let bad = vec![TaskSource {
+        kind: TaskKind::Det,
+        annotations: dir.path().join("a&b.jsonl"),
+        images: dir.path().join("img"),
+    }];
     assert!(matches!(write_task_list(&dir.path().join("bad.txt"), &bad), Err(DataError::Write { .. })));
 }
 
@@ -661,7 +717,10 @@ fn coco_to_det_conversion() {
         "a.png",
         200,
         100,
-        vec![DetObject::new("dog", vec![[10.0, 20.0, 40.0, 60.0], [50.0, 50.0, 60.0, 60.0]]), DetObject::new("cat", vec![[0.0, 0.0, 5.0, 5.0]])],
+        vec![
+            DetObject::new("dog", vec![[10.0, 20.0, 40.0, 60.0], [50.0, 50.0, 60.0, 60.0]]),
+            DetObject::new("cat", vec![[0.0, 0.0, 5.0, 5.0]]),
+        ],
     );
     a.dataset_name = Some("COCO".into());
     let mut d = DetRecord::new("d.png", 80, 40, vec![DetObject::new("cat", vec![[8.0, 4.0, 24.0, 12.0]])]);
@@ -677,13 +736,14 @@ fn coco_to_det_conversion() {
     let img = images();
     let (s, sk) = build(TaskKind::Det, out, img.path(), &names(&["cat", "dog", "person"]), &opts(80), 0);
     assert!(sk.is_empty());
-    assert_eq!(s[0].turns[0].1, "cat-[0.000,0.000,0.025,0.050]&dog-[0.050,0.200,0.200,0.600]&dog-[0.250,0.500,0.300,0.600]");
+    assert_eq!(
+        s[0].turns[0].1,
+        "cat-[0.000,0.000,0.025,0.050]&dog-[0.050,0.200,0.200,0.600]&dog-[0.250,0.500,0.300,0.600]"
+    );
 
     // Malformed entries are errors naming the entry.
     let bad = dir.path().join("bad.json");
-    let base = |anns: serde_json::Value| {
-        json!({"images": [{"id": 1, "file_name": "a.png", "height": 10, "width": 10}], "annotations": anns, "categories": [{"id": 1, "name": "x"}]})
-    };
+    let base = |anns: serde_json::Value| json!({"images": [{"id": 1, "file_name": "a.png", "height": 10, "width": 10}], "annotations": anns, "categories": [{"id": 1, "name": "x"}]});
     for (anns, needle) in [
         (json!([{"image_id": 9, "category_id": 1, "bbox": [0, 0, 1, 1]}]), "unknown image_id 9"),
         (json!([{"image_id": 1, "category_id": 4, "bbox": [0, 0, 1, 1]}]), "unknown category_id 4"),
@@ -713,7 +773,8 @@ fn write_read_round_trips_are_exact() {
     assert_eq!(back, recs);
 
     // VG / REG with discrete_ids and extras.
-    let mut g = GroundRecord::new("a.jpg", 200, 100, "the man-in-black", vec![[1.5, 2.0, 3.0, 4.25], [5.0, 6.0, 7.0, 8.0]]);
+    let mut g =
+        GroundRecord::new("a.jpg", 200, 100, "the man-in-black", vec![[1.5, 2.0, 3.0, 4.25], [5.0, 6.0, 7.0, 8.0]]);
     g.discrete_ids = Some(json!([[1, 2], [3]]));
     g.extra.insert("id".into(), json!("r1"));
     let ground = vec![g, GroundRecord::new("b.jpg", 3, 3, "nothing", vec![])];
@@ -784,7 +845,10 @@ fn build_all_vocabulary_and_determinism() {
         set.sort();
         assert_eq!(set, vocab);
     }
-    assert_eq!(det_categories(&fx("det.jsonl")).unwrap().into_iter().collect::<Vec<_>>(), names(&["bird", "cat", "dog", "person", "zebra"]));
+    assert_eq!(
+        det_categories(&fx("det.jsonl")).unwrap().into_iter().collect::<Vec<_>>(),
+        names(&["bird", "cat", "dog", "person", "zebra"])
+    );
 
     let (again, skipped_again) = build_all(&sources, &o).unwrap();
     assert_eq!(again, s);

@@ -76,7 +76,10 @@ fn stage0_trains_the_tower_alone_falls_and_resumes_exactly() {
     assert!(straight.checkpoint.join(HEAD_FILE).is_file());
     let init = Checkpoint::open(&fixture(), &Device::Cpu, DType::F32).unwrap();
     let done = Checkpoint::open(&straight.checkpoint, &Device::Cpu, DType::F32).unwrap();
-    assert!(max_abs_diff(&init, &done, "model.vision_tower.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight") > 1e-4);
+    assert!(
+        max_abs_diff(&init, &done, "model.vision_tower.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight")
+            > 1e-4
+    );
     for n in ["model.layers.0.self_attn.q_proj.weight", "model.mm_projector.conv.weight"] {
         assert_eq!(max_abs_diff(&init, &done, n), 0.0, "{n} changed in stage 0");
     }
@@ -91,7 +94,13 @@ fn stage0_trains_the_tower_alone_falls_and_resumes_exactly() {
         assert!((a - b).abs() <= 1e-6 * a.abs(), "loss curves differ: {a} vs {b}");
     }
     let wb = Checkpoint::open(&rest.checkpoint, &Device::Cpu, DType::F32).unwrap();
-    assert!(max_abs_diff(&done, &wb, "model.vision_tower.vision_tower.vision_model.encoder.layers.1.self_attn.q_proj.weight") <= 1e-6);
+    assert!(
+        max_abs_diff(
+            &done,
+            &wb,
+            "model.vision_tower.vision_tower.vision_model.encoder.layers.1.self_attn.q_proj.weight"
+        ) <= 1e-6
+    );
 
     // the next stage starts from it and adds the loss beside the answers'
     let next = format!("stage = 2\nlr = 1e-3\nmax_steps = 2\ndense_weight = 0.5\n");
@@ -114,11 +123,19 @@ fn the_dense_loss_needs_synthetic_scenes() {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("c.toml");
     for train in ["stage = 0", "stage = 2\ndense_weight = 1.0"] {
-        std::fs::write(&f, format!("[model]\ninit = \"x\"\n[data]\ntasks = \"t.txt\"\n[train]\nout = \"o\"\nlr = 1e-3\n{train}\n")).unwrap();
+        std::fs::write(
+            &f,
+            format!("[model]\ninit = \"x\"\n[data]\ntasks = \"t.txt\"\n[train]\nout = \"o\"\nlr = 1e-3\n{train}\n"),
+        )
+        .unwrap();
         let e = TrainConfig::from_file(&f).unwrap_err();
         assert!(e.contains("dense") && e.contains("synth"), "{e}");
     }
-    std::fs::write(&f, "[model]\ninit = \"x\"\n[data]\ntasks = \"t.txt\"\n[train]\nout = \"o\"\nlr = 1e-3\nstage = 4\n").unwrap();
+    std::fs::write(
+        &f,
+        "[model]\ninit = \"x\"\n[data]\ntasks = \"t.txt\"\n[train]\nout = \"o\"\nlr = 1e-3\nstage = 4\n",
+    )
+    .unwrap();
     assert!(TrainConfig::from_file(&f).unwrap_err().contains("0, 1, 2 or 3"));
     for (key, v) in [("det_format_prob", "1.5"), ("none_prob", "-1")] {
         std::fs::write(&f, format!("[model]\ninit = \"x\"\n[data]\ntasks = \"t.txt\"\n{key} = {v}\n[train]\nout = \"o\"\nlr = 1e-3\nstage = 2\n")).unwrap();

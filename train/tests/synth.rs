@@ -35,7 +35,16 @@ fn high_resolution_scenes_have_many_tiny_objects() {
 fn every_format_reads_back() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("synth");
-    let summary = generate(&SynthOptions { out: out.clone(), n: 10, seed: 5, size: 192, max_objects: 8, object_scale: 1.0, only_split: None }).unwrap();
+    let summary = generate(&SynthOptions {
+        out: out.clone(),
+        n: 10,
+        seed: 5,
+        size: 192,
+        max_objects: 8,
+        object_scale: 1.0,
+        only_split: None,
+    })
+    .unwrap();
     assert_eq!(summary["train"].images + summary["val"].images + summary["test"].images, 10);
     // training data through the released task-list format
     let sources = read_task_list(&out.join("train/tasks.txt")).unwrap();
@@ -49,7 +58,9 @@ fn every_format_reads_back() {
     assert!(!griffon_eval::datasets::refcoco(&d.join("refcoco.jsonl"), &img).unwrap().is_empty());
     assert!(!griffon_eval::datasets::reg(&d.join("reg_eval.jsonl"), &img).unwrap().is_empty());
     assert!(!griffon_eval::datasets::count(&d.join("count.jsonl"), &img, None).unwrap().is_empty());
-    let fl = griffon_eval::datasets::flickr(&d.join("Sentences"), &d.join("Annotations"), &img, Some(&d.join("ids.txt"))).unwrap();
+    let fl =
+        griffon_eval::datasets::flickr(&d.join("Sentences"), &d.join("Annotations"), &img, Some(&d.join("ids.txt")))
+            .unwrap();
     assert!(fl.iter().all(|it| it.request.image.is_file()));
     // a referring expression names one object: no expression with two different boxes in an image
     let text = std::fs::read_to_string(out.join("train/vg.jsonl")).unwrap();
@@ -73,7 +84,16 @@ fn stream_matches_the_written_benchmark() {
     use griffon_train::synth::{scene_annotations, SynthStream};
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("synth");
-    generate(&SynthOptions { out: out.clone(), n: 10, seed: 3, size: 160, max_objects: 8, object_scale: 1.0, only_split: None }).unwrap();
+    generate(&SynthOptions {
+        out: out.clone(),
+        n: 10,
+        seed: 3,
+        size: 160,
+        max_objects: 8,
+        object_scale: 1.0,
+        only_split: None,
+    })
+    .unwrap();
     let (det, _) = read_det_jsonl(&out.join("train/det.jsonl")).unwrap();
     let opts = BuildOptions { max_categories: 6, ..BuildOptions::default() };
     let stream = SynthStream::new(3, 160, 8, vec![(TaskKind::Det, 1.0)], opts.clone()).unwrap();
@@ -90,8 +110,14 @@ fn stream_matches_the_written_benchmark() {
         assert_eq!(got.instances.len(), want, "scene {k}: {}", s.turns[0].1);
     }
     // every task of the mix shows up and builds
-    let mixed = SynthStream::new(4, 96, 6, vec![(TaskKind::Det, 1.0), (TaskKind::Vg, 1.0), (TaskKind::Reg, 1.0), (TaskKind::Visj, 1.0)], opts)
-        .unwrap();
+    let mixed = SynthStream::new(
+        4,
+        96,
+        6,
+        vec![(TaskKind::Det, 1.0), (TaskKind::Vg, 1.0), (TaskKind::Reg, 1.0), (TaskKind::Visj, 1.0)],
+        opts,
+    )
+    .unwrap();
     let kinds: std::collections::HashSet<TaskKind> = (0..40).map(|k| mixed.sample(k).unwrap().0.task).collect();
     assert_eq!(kinds.len(), 4, "{kinds:?}");
     assert!(SynthStream::new(4, 96, 6, vec![(TaskKind::Lazy, 1.0)], BuildOptions::default()).is_err());
@@ -103,14 +129,47 @@ fn stream_matches_the_written_benchmark() {
 fn one_split_equals_that_split_of_the_full_benchmark() {
     let tmp = tempfile::tempdir().unwrap();
     let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
-    generate(&SynthOptions { out: full.clone(), n: 20, seed: 9, size: 96, max_objects: 5, object_scale: 1.0, only_split: None }).unwrap();
-    let s = generate(&SynthOptions { out: part.clone(), n: 20, seed: 9, size: 96, max_objects: 5, object_scale: 1.0, only_split: Some("test".into()) }).unwrap();
+    generate(&SynthOptions {
+        out: full.clone(),
+        n: 20,
+        seed: 9,
+        size: 96,
+        max_objects: 5,
+        object_scale: 1.0,
+        only_split: None,
+    })
+    .unwrap();
+    let s = generate(&SynthOptions {
+        out: part.clone(),
+        n: 20,
+        seed: 9,
+        size: 96,
+        max_objects: 5,
+        object_scale: 1.0,
+        only_split: Some("test".into()),
+    })
+    .unwrap();
     assert_eq!(s.keys().collect::<Vec<_>>(), vec!["test"]);
     assert!(!part.join("train").exists() && !part.join("images/train").exists());
-    for f in ["test/instances.json", "test/refcoco.jsonl", "test/count.jsonl", "test/reg_eval.jsonl", "images/test/000018.png"] {
+    for f in [
+        "test/instances.json",
+        "test/refcoco.jsonl",
+        "test/count.jsonl",
+        "test/reg_eval.jsonl",
+        "images/test/000018.png",
+    ] {
         assert_eq!(std::fs::read(full.join(f)).unwrap(), std::fs::read(part.join(f)).unwrap(), "{f}");
     }
-    assert!(generate(&SynthOptions { out: part, n: 20, seed: 9, size: 96, max_objects: 5, object_scale: 1.0, only_split: Some("dev".into()) }).is_err());
+    assert!(generate(&SynthOptions {
+        out: part,
+        n: 20,
+        seed: 9,
+        size: 96,
+        max_objects: 5,
+        object_scale: 1.0,
+        only_split: Some("dev".into())
+    })
+    .is_err());
 }
 
 /// Counting is not degenerate: about half the scenes hold a crowd of one colour and shape, the
@@ -120,7 +179,16 @@ fn one_split_equals_that_split_of_the_full_benchmark() {
 fn counting_has_crowds() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("synth");
-    generate(&SynthOptions { out: out.clone(), n: 400, seed: 0, size: 64, max_objects: 20, object_scale: 1.0, only_split: Some("test".into()) }).unwrap();
+    generate(&SynthOptions {
+        out: out.clone(),
+        n: 400,
+        seed: 0,
+        size: 64,
+        max_objects: 20,
+        object_scale: 1.0,
+        only_split: Some("test".into()),
+    })
+    .unwrap();
     let counts: Vec<f64> = std::fs::read_to_string(out.join("test/count.jsonl"))
         .unwrap()
         .lines()
@@ -185,14 +253,38 @@ fn object_scale_enlarges_objects_and_keeps_stream_and_files_equal() {
     assert!(four > 3.0 * one, "mean side {one} px at scale 1, {four} px at scale 4");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("synth");
-    generate(&SynthOptions { out: out.clone(), n: 10, seed: 3, size: 128, max_objects: 3, object_scale: 4.0, only_split: Some("train".into()) }).unwrap();
-    let stream = SynthStream::new(3, 128, 3, vec![(TaskKind::Det, 1.0)], BuildOptions::default()).unwrap().with_object_scale(4.0).unwrap();
+    generate(&SynthOptions {
+        out: out.clone(),
+        n: 10,
+        seed: 3,
+        size: 128,
+        max_objects: 3,
+        object_scale: 4.0,
+        only_split: Some("train".into()),
+    })
+    .unwrap();
+    let stream = SynthStream::new(3, 128, 3, vec![(TaskKind::Det, 1.0)], BuildOptions::default())
+        .unwrap()
+        .with_object_scale(4.0)
+        .unwrap();
     for k in 0..8 {
         let written = image::open(out.join(format!("images/train/{k:06}.png"))).unwrap().to_rgb8();
         assert_eq!(stream.sample(k).unwrap().1.as_raw(), written.as_raw(), "scene {k}");
     }
     for bad in [0.0, -1.0, f64::NAN, 100.0] {
-        assert!(generate(&SynthOptions { out: out.clone(), n: 10, seed: 3, size: 128, max_objects: 3, object_scale: bad, only_split: None }).is_err());
-        assert!(SynthStream::new(3, 128, 3, vec![(TaskKind::Det, 1.0)], BuildOptions::default()).unwrap().with_object_scale(bad).is_err());
+        assert!(generate(&SynthOptions {
+            out: out.clone(),
+            n: 10,
+            seed: 3,
+            size: 128,
+            max_objects: 3,
+            object_scale: bad,
+            only_split: None
+        })
+        .is_err());
+        assert!(SynthStream::new(3, 128, 3, vec![(TaskKind::Det, 1.0)], BuildOptions::default())
+            .unwrap()
+            .with_object_scale(bad)
+            .is_err());
     }
 }

@@ -73,7 +73,8 @@ fn loss_falls_on_a_fixed_batch() {
 #[test]
 fn resumed_run_matches_uninterrupted_run() {
     let data = dataset(&[]);
-    let body = "stage = 2\nlr = 1e-3\nmax_steps = 6\ngrad_accum = 2\nsave_every = 3\nwarmup_ratio = 0.2\nmax_grad_norm = 0.5";
+    let body =
+        "stage = 2\nlr = 1e-3\nmax_steps = 6\ngrad_accum = 2\nsave_every = 3\nwarmup_ratio = 0.2\nmax_grad_norm = 0.5";
     let straight = Trainer::new(config(data.path(), "a", body), &Device::Cpu).unwrap().run(None, false).unwrap();
     assert_eq!(straight.losses.len(), 6);
 
@@ -233,14 +234,26 @@ fn trains_on_the_synthetic_stream_in_batches() {
 fn config_overrides() {
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("c.toml");
-    std::fs::write(&f, "[model]\ninit = \"init\"\n[data]\ntasks = \"t.txt\"\n[train]\nout = \"o\"\nstage = 1\nlr = 1e-3\n").unwrap();
-    let sets = ["train.max_time_s=30", "train.out=elsewhere", "data.synth.seed=4", "data.synth.samples=9", "data.tasks=x"];
+    std::fs::write(
+        &f,
+        "[model]\ninit = \"init\"\n[data]\ntasks = \"t.txt\"\n[train]\nout = \"o\"\nstage = 1\nlr = 1e-3\n",
+    )
+    .unwrap();
+    let sets =
+        ["train.max_time_s=30", "train.out=elsewhere", "data.synth.seed=4", "data.synth.samples=9", "data.tasks=x"];
     let e = TrainConfig::from_file_with(&f, &sets.map(String::from)).unwrap_err();
     assert!(e.contains("not both"), "{e}");
-    let c = TrainConfig::from_file_with(&f, &sets[..3].iter().map(|s| s.to_string()).chain(["data.synth.samples=9".into()]).collect::<Vec<_>>());
+    let c = TrainConfig::from_file_with(
+        &f,
+        &sets[..3].iter().map(|s| s.to_string()).chain(["data.synth.samples=9".into()]).collect::<Vec<_>>(),
+    );
     let e = c.unwrap_err();
     assert!(e.contains("not both"), "{e}");
-    let c = TrainConfig::from_file_with(&f, &["train.max_time_s=30".into(), "train.out=elsewhere".into(), "train.stage=2".into()]).unwrap();
+    let c = TrainConfig::from_file_with(
+        &f,
+        &["train.max_time_s=30".into(), "train.out=elsewhere".into(), "train.stage=2".into()],
+    )
+    .unwrap();
     assert_eq!(c.train.max_time_s, 30.0);
     assert_eq!(c.train.stage, 2);
     assert_eq!(c.train.out, PathBuf::from("elsewhere"), "an overridden path is relative to the working directory");
@@ -258,8 +271,16 @@ fn time_schedule_decays_over_the_budget() {
     let body = "stage = 3\nlr = 1e-3\nepochs = 100000\nwarmup_ratio = 0.1\nmax_time_s = 3.0\nschedule = \"time\"";
     let r = Trainer::new(config(data.path(), "timed", body), &Device::Cpu).unwrap().run(None, false).unwrap();
     let metrics = std::fs::read_to_string(data.path().join("timed/metrics.jsonl")).unwrap();
-    let lrs: Vec<f64> = metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
-    eprintln!("{} steps in 3 s, lr peak {:e}, last {:e}", lrs.len(), lrs.iter().cloned().fold(0.0, f64::max), lrs.last().unwrap());
+    let lrs: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
+        .collect();
+    eprintln!(
+        "{} steps in 3 s, lr peak {:e}, last {:e}",
+        lrs.len(),
+        lrs.iter().cloned().fold(0.0, f64::max),
+        lrs.last().unwrap()
+    );
     assert!(lrs.len() >= 5, "only {} steps in 3 s", lrs.len());
     assert!(lrs.iter().all(|l| *l <= 1e-3 + 1e-12));
     assert!(lrs.iter().cloned().fold(0.0, f64::max) > 0.5e-3, "never warmed up: {lrs:?}");
@@ -276,7 +297,11 @@ fn time_schedule_decays_over_the_budget() {
 #[test]
 fn bf16_mixed_precision_trains_and_saves_the_masters() {
     let data = dataset(&[]);
-    let cfg = config(data.path(), "bf16", "stage = 3\nlr = 5e-3\nmax_steps = 40\nwarmup_ratio = 0.0\nseed = 1\ndtype = \"bf16\"");
+    let cfg = config(
+        data.path(),
+        "bf16",
+        "stage = 3\nlr = 5e-3\nmax_steps = 40\nwarmup_ratio = 0.0\nseed = 1\ndtype = \"bf16\"",
+    );
     let mut t = Trainer::new(cfg, &Device::Cpu).unwrap();
     assert_eq!(t.model.dtype, candle_core::DType::BF16);
     let r = t.run(None, false).unwrap();
@@ -288,9 +313,27 @@ fn bf16_mixed_precision_trains_and_saves_the_masters() {
     let saved = Checkpoint::open(&r.checkpoint, &Device::Cpu, candle_core::DType::F32).unwrap();
     let name = "model.layers.0.mlp.up_proj.weight";
     let p = t.opt.params.iter().find(|p| p.name == name).unwrap();
-    let diff: f32 = (saved.get_unchecked(name).unwrap() - &p.master).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    let diff: f32 = (saved.get_unchecked(name).unwrap() - &p.master)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert_eq!(diff, 0.0, "the checkpoint holds the f32 master");
-    let rounded: f32 = (p.var.as_tensor().to_dtype(candle_core::DType::F32).unwrap() - &p.master).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    let rounded: f32 = (p.var.as_tensor().to_dtype(candle_core::DType::F32).unwrap() - &p.master)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!(rounded > 0.0, "the bf16 variable is a rounded copy");
 }
 
