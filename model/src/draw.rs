@@ -88,13 +88,32 @@ pub fn draw_detections(img: &mut RgbImage, dets: &[(Option<String>, [f64; 4], f6
         let c = label_color(&name);
         draw_rect(img, *b, c, thickness);
         let shown: String = name.chars().take(40).collect();
-        draw_label(img, b[0].round() as i64, b[1].round() as i64, &format!("{shown} {score:.2}"), c, scale);
+        draw_label(img, b[0].round() as i64, b[1].round() as i64, &format!("{shown} {}", score_text(*score)), c, scale);
+    }
+}
+
+/// A score as drawn: two decimals, or two significant digits below 0.01 (the confidence is a
+/// product over every coordinate token, so a weakly trained model's correct boxes can score
+/// 0.0009, which two decimals would show as 0.00).
+pub fn score_text(score: f64) -> String {
+    if score >= 0.01 || score <= 0.0 {
+        format!("{score:.2}")
+    } else {
+        format!("{score:.1e}")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_scores_keep_two_digits() {
+        assert_eq!(score_text(0.5), "0.50");
+        assert_eq!(score_text(0.01), "0.01");
+        assert_eq!(score_text(0.000877), "8.8e-4");
+        assert_eq!(score_text(0.0), "0.00");
+    }
 
     #[test]
     fn draws_inside_and_clips() {
