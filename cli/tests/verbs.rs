@@ -281,8 +281,9 @@ fn model_from_the_environment() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-model"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Without --model or $GRIFFON_MODEL the bundled default model is used; where the source tree
-/// has none (no model has been bundled yet, docs/SYNTH.md) the error says what to give.
+/// Without --model or $GRIFFON_MODEL the bundled default model is used; in a source tree without
+/// one (models/default removed) the error says what to give. What the default model answers:
+/// tests/default_model.rs.
 #[test]
 fn without_a_model_the_bundled_default_is_used_or_named() {
     let d = fixture();

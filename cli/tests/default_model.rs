@@ -1,0 +1,106 @@
+//! The bundled default model (models/default, docs/SYNTH.md) and the README's main command: without
+//! --model or $GRIFFON_MODEL `griffon detect` runs the default model, and on the bundled sample
+//! scene it finds an object of the scene (same label, IoU >= 0.5 with the generator's own
+//! annotation). The sample scene is checked to be the one `griffon synth` writes, so the
+//! annotation comes from the generator, not from the repo.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SCENE: &str = "001801"; // the first test scene with two objects or more (docs/SYNTH.md)
+const CATEGORIES: &str = "circle,cross,diamond,ring,square,triangle";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn griffon() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_griffon"));
+    c.env_remove("GRIFFON_MODEL");
+    c
+}
+
+fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+}
+
+/// The scene's objects as (label, xyxy pixels), from the COCO file `griffon synth` writes.
+fn ground_truth(dir: &Path) -> Vec<(String, [f64; 4])> {
+    let coco: Value = serde_json::from_slice(&std::fs::read(dir.join("test/instances.json")).unwrap()).unwrap();
+    let file = format!("{SCENE}.png");
+    let id = coco["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["file_name"] == file.as_str())
+        .expect("scene in the split")["id"]
+        .clone();
+    let name = |cid: &Value| {
+        coco["categories"].as_array().unwrap().iter().find(|c| &c["id"] == cid).unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    coco["annotations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["image_id"] == id)
+        .map(|a| {
+            let b: Vec<f64> = a["bbox"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            (name(&a["category_id"]), [b[0], b[1], b[0] + b[2], b[1] + b[3]])
+        })
+        .collect()
+}
+
+#[test]
+fn default_model_finds_an_object_of_the_bundled_scene() {
+    let root = root();
+    let model = root.join("models/default/config.json");
+    assert!(
+        model.is_file(),
+        "the bundled default model {} is missing (tools/synth/bundle_default.sh)",
+        model.display()
+    );
+    let scene = root.join(format!("examples/synth/{SCENE}.png"));
+    assert!(scene.is_file(), "the bundled sample scene {} is missing", scene.display());
+
+    // the sample scene is the generator's: the probe's test split (docs/SYNTH.md)
+    let tmp = tempfile::tempdir().unwrap();
+    let out = griffon()
+        .args(["synth", "--out", tmp.path().to_str().unwrap(), "--n", "2000", "--seed", "0", "--split", "test"])
+        .args(["--size", "224", "--object-scale", "4", "--max-objects", "3"])
+        .output()
+        .expect("run griffon synth");
+    assert!(out.status.success(), "griffon synth: {}", String::from_utf8_lossy(&out.stderr));
+    let generated = std::fs::read(tmp.path().join(format!("images/test/{SCENE}.png"))).unwrap();
+    assert!(generated == std::fs::read(&scene).unwrap(), "{} is not the scene griffon synth writes", scene.display());
+    let truth = ground_truth(tmp.path());
+    assert!(truth.len() >= 2, "{truth:?}");
+
+    // the README's main command, with --json instead of --save
+    let out = griffon()
+        .args(["detect", "--image", scene.to_str().unwrap(), "--categories", CATEGORIES, "--json"])
+        .output()
+        .expect("run griffon detect");
+    assert!(out.status.success(), "griffon detect: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let found: Vec<(String, [f64; 4])> = v["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let b: Vec<f64> = d["box"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            (d["label"].as_str().unwrap_or("").to_string(), [b[0], b[1], b[2], b[3]])
+        })
+        .collect();
+    let hit = found.iter().any(|(l, b)| truth.iter().any(|(tl, tb)| l == tl && iou(*b, *tb) >= 0.5));
+    assert!(
+        hit,
+        "no detection matches an object of the scene (label and IoU >= 0.5): found {found:?}, truth {truth:?}"
+    );
+}
