@@ -4,6 +4,7 @@
 //! annotation). The sample scene is checked to be the one `griffon synth` writes, so the
 //! annotation comes from the generator, not from the repo.
 
+use griffon_core::iou_xyxy;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,13 +20,6 @@ fn griffon() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_griffon"));
     c.env_remove("GRIFFON_MODEL");
     c
-}
-
-fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 }
 
 /// The scene's objects as (label, xyxy pixels), from the COCO file `griffon synth` writes.
@@ -98,7 +92,7 @@ fn default_model_finds_an_object_of_the_bundled_scene() {
             (d["label"].as_str().unwrap_or("").to_string(), [b[0], b[1], b[2], b[3]])
         })
         .collect();
-    let hit = found.iter().any(|(l, b)| truth.iter().any(|(tl, tb)| l == tl && iou(*b, *tb) >= 0.5));
+    let hit = found.iter().any(|(l, b)| truth.iter().any(|(tl, tb)| l == tl && iou_xyxy(*b, *tb) >= 0.5));
     assert!(
         hit,
         "no detection matches an object of the scene (label and IoU >= 0.5): found {found:?}, truth {truth:?}"

@@ -28,15 +28,9 @@ fn fixture() -> PathBuf {
 #[test]
 fn coco_results_matches_pycocotools_on_shared_vector() {
     let d = shared_data().join("coco-fake100");
-    let out = ok(&[
-        "eval",
-        "coco-results",
-        "--annotations",
-        d.join("instances_val2014_100.json").to_str().unwrap(),
-        "--results",
-        d.join("fakebbox100.json").to_str().unwrap(),
-        "--json",
-    ]);
+    let (ann, res) = (d.join("instances_val2014_100.json"), d.join("fakebbox100.json"));
+    let args = ["eval", "coco-results", "--annotations", ann.to_str().unwrap(), "--results", res.to_str().unwrap()];
+    let out = ok(&[&args[..], &["--json"]].concat());
     let v: Value = serde_json::from_str(&out).unwrap();
     let stats: Vec<f64> = v["stats"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     let expected: Value = serde_json::from_str(&std::fs::read_to_string(d.join("expected.json")).unwrap()).unwrap();
@@ -51,14 +45,7 @@ fn coco_results_matches_pycocotools_on_shared_vector() {
         assert!((a - b).abs() <= 1e-12, "{stats:?} vs {want:?}");
     }
     // the human-readable form is pycocotools' summary
-    let text = ok(&[
-        "eval",
-        "coco-results",
-        "--annotations",
-        d.join("instances_val2014_100.json").to_str().unwrap(),
-        "--results",
-        d.join("fakebbox100.json").to_str().unwrap(),
-    ]);
+    let text = ok(&args);
     assert!(text.contains("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"), "{text}");
 }
 

@@ -428,15 +428,7 @@ fn assemble_paper_configuration_from_parts() {
     let a = Checkpoint::open(&llm, &Device::Cpu, DType::F32).unwrap();
     let b = Checkpoint::open(&out, &Device::Cpu, DType::F32).unwrap();
     let n = "model.layers.1.mlp.up_proj.weight";
-    let d: f32 = (a.get_unchecked(n).unwrap() - b.get_unchecked(n).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = (a.get_unchecked(n).unwrap() - b.get_unchecked(n).unwrap()).unwrap();
+    let d: f32 = diff.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
     assert_eq!(d, 0.0);
 }

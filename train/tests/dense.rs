@@ -9,6 +9,9 @@ use griffon_train::synth::Object;
 use griffon_train::trainer::Trainer;
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::max_abs_diff;
+
 fn fixture() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/parity/gemma2_region/ckpt");
     assert!(d.join("config.json").is_file(), "fixture {} is missing", d.display());
@@ -50,11 +53,6 @@ fn config(dir: &Path, name: &str, train: &str) -> TrainConfig {
     let f = dir.join(format!("{name}.toml"));
     std::fs::write(&f, text).unwrap();
     TrainConfig::from_file(&f).unwrap()
-}
-
-fn max_abs_diff(a: &Checkpoint, b: &Checkpoint, name: &str) -> f32 {
-    let d = (a.get_unchecked(name).unwrap() - b.get_unchecked(name).unwrap()).unwrap().abs().unwrap();
-    d.flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
 }
 
 #[test]

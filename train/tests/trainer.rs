@@ -9,24 +9,13 @@ use griffon_train::config::TrainConfig;
 use griffon_train::trainer::Trainer;
 use std::path::{Path, PathBuf};
 
+mod common;
+use common::{max_abs, max_abs_diff};
+
 fn fixture() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/parity/gemma2_region");
     assert!(d.join("ckpt/config.json").is_file(), "fixture {} is missing", d.display());
     d
-}
-
-/// Largest |a - b| of one tensor in two checkpoints.
-fn max_abs_diff(a: &Checkpoint, b: &Checkpoint, name: &str) -> f32 {
-    (a.get_unchecked(name).unwrap() - b.get_unchecked(name).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// A temp folder with images, a DET jsonl (plus `extra` lines) and a task list.
@@ -313,27 +302,9 @@ fn bf16_mixed_precision_trains_and_saves_the_masters() {
     let saved = Checkpoint::open(&r.checkpoint, &Device::Cpu, candle_core::DType::F32).unwrap();
     let name = "model.layers.0.mlp.up_proj.weight";
     let p = t.opt.params.iter().find(|p| p.name == name).unwrap();
-    let diff: f32 = (saved.get_unchecked(name).unwrap() - &p.master)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = max_abs(&saved.get_unchecked(name).unwrap(), &p.master);
     assert_eq!(diff, 0.0, "the checkpoint holds the f32 master");
-    let rounded: f32 = (p.var.as_tensor().to_dtype(candle_core::DType::F32).unwrap() - &p.master)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let rounded = max_abs(&p.var.as_tensor().to_dtype(candle_core::DType::F32).unwrap(), &p.master);
     assert!(rounded > 0.0, "the bf16 variable is a rounded copy");
 }
 
