@@ -219,6 +219,7 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
     };
     layout.extend(projector_layout(&proj_kind, cfg.tower.hidden(), h));
     layout.extend(llm_layout(&cfg.llm));
+    let t0 = Instant::now();
     let tensors = random_tensors(&layout, gemma, dtype, device, seed)?;
     let ck = Checkpoint::from_tensors(tensors, device, dtype)?;
     let run_size = cfg.tower.run_size();
@@ -244,6 +245,8 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
     let projector = Projector::load(&ck.scope("model.mm_projector"), &proj_kind, cfg.tower.hidden(), h)?;
     let llm = Llm::load(&ck, &cfg.llm)?;
     drop(ck);
+    sync(device)?;
+    eprintln!("bench {}: random weights made and loaded in {:.1} s", cfg.name, t0.elapsed().as_secs_f64());
 
     let s = run_size;
     let pixels = Tensor::randn(0f32, 1.0, (1, 3, s, s), device)?.to_dtype(dtype)?;
@@ -251,11 +254,13 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
         tower.patch_features(&pixels, -2, false)?;
         sync(device)
     })?;
+    eprintln!("bench {}: vision encoder {vision_ms:.2} ms", cfg.name);
     let feats = tower.patch_features(&pixels, -2, false)?;
     let projector_ms = median_ms(2, 5, || {
         projector.forward(&feats)?;
         sync(device)
     })?;
+    eprintln!("bench {}: projector {projector_ms:.2} ms", cfg.name);
     let vocab = llm.vocab_size() as u32;
     let prompt: Vec<u32> = (0..60u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let prompt = Tensor::new(prompt.as_slice(), device)?;
@@ -277,6 +282,10 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
         llm.forward_embeds(&embeds_of(&feats)?, &mut cache, false)?;
         sync(device)
     })?;
+    eprintln!(
+        "bench {}: prefill {prefill_tokens} tokens {prefill_ms:.2} ms, last position only {prefill_last_ms:.2} ms",
+        cfg.name
+    );
     let gen_ms = |n: usize| -> Result<f64> {
         let opts = SamplingOptions { max_new_tokens: n, ..Default::default() };
         median_ms(1, 2, || {
@@ -285,6 +294,7 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
         })
     };
     let t_n = gen_ms(decode_tokens)?;
+    eprintln!("bench {}: {decode_tokens} tokens generated in {t_n:.1} ms", cfg.name);
     let t_1 = gen_ms(1)?;
     let decode_tok_per_s = (decode_tokens - 1) as f64 / ((t_n - t_1) / 1e3).max(1e-9);
     Ok(BenchResult {

@@ -49,6 +49,11 @@ impl Linear {
                 let (b, n, k) = x.dims3()?;
                 x.reshape((b * n, k))?.matmul(&wt)?.reshape((b, n, ()))?
             }
+            // candle's CUDA matmul takes row-major or transposed operands only: a view with a
+            // longer row stride (the CLS rows of a batch of region crops: [B, C] with stride
+            // 65 C) is refused there, in the forward and in the backward, so it is copied first
+            // (the CPU's gemm reads any strides)
+            _ if !x.device().is_cpu() && !x.is_contiguous() => x.contiguous()?.broadcast_matmul(&wt)?,
             _ => x.broadcast_matmul(&wt)?,
         };
         Ok(match &self.bias {

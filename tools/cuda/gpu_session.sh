@@ -18,19 +18,21 @@ R=/tmp/results
 rm -rf $R && mkdir -p $R
 date -u
 for d in f32 bf16; do
-  timeout 120 "$G" selfcheck --device cuda --dtype $d --json > "$R/selfcheck_cuda_$d.json" 2> "$R/selfcheck_cuda_$d.err"
-  echo "selfcheck $d: rc $?"; tail -c 600 "$R/selfcheck_cuda_$d.err"
+  timeout 60 "$G" selfcheck --device cuda --dtype $d --json > "$R/selfcheck_cuda_$d.json" 2> "$R/selfcheck_cuda_$d.err"
+  echo "selfcheck $d: rc $?"; tail -c 600 "$R/selfcheck_cuda_$d.err"; head -c 1500 "$R/selfcheck_cuda_$d.json"; echo
 done
-configs="gemma2-9b llama2-13b eva02-llama2-13b"
+configs=${CONFIGS:-gemma2-9b llama2-13b eva02-llama2-13b}
 [ "${QUICK:-0}" = 1 ] && configs=gemma2-9b
 for c in $configs; do
-  # peak GPU memory: the bench reports resident memory only on the CPU, so sample nvidia-smi
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$R/mem_$c.csv" 2>/dev/null &
+  # peak GPU memory (the bench reports resident memory only on the CPU) and GPU utilisation:
+  # sample nvidia-smi every 100 ms (a decode that leaves the GPU idle is bound by the host)
+  nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader,nounits -lms 100 > "$R/mem_$c.csv" 2>/dev/null &
   sampler=$!
   timeout 150 "$G" bench --config $c --random-weights --device cuda --dtype bf16 --json > "$R/bench_$c.json" 2> "$R/bench_$c.err"
   rc=$?
   kill $sampler 2>/dev/null
-  echo "bench $c: rc $rc, peak GPU memory $(sort -n "$R/mem_$c.csv" | tail -n 1) MiB"; cat "$R/bench_$c.json"; tail -c 400 "$R/bench_$c.err"
+  echo "bench $c: rc $rc, peak GPU memory $(awk -F', ' '$1>m{m=$1} END{print m}' "$R/mem_$c.csv") MiB"
+  cat "$R/bench_$c.json"; tail -c 1200 "$R/bench_$c.err"
 done
 REF=$(ls .device/torch_reference_bench.py shared/bench/torch_reference_bench.py 2>/dev/null | head -n 1)
 if [ -n "$REF" ]; then

@@ -9,7 +9,8 @@
 #   bash tools/synth/probe_gpu.sh [T0=90] [T2=150] [BATCH=32]   (stage 0 runs at 2 x BATCH scenes)
 #   here: tools/synth/unpack.sh <files_at> runs/synth/probe224-gpu
 # INIT=runs/synth/probe224-gpu (weights brought back by an earlier session, carried) continues
-# stage 2 from them with a fresh optimizer; T0 is then ignored.
+# stage 2 from them with a fresh optimizer; T0 is then ignored. CONFIG2 (default
+# configs/synth/probe224-dense.toml), SEED2 and LR2 choose stage 2's config, scene seed and rate.
 # GRIFFON_BIN=target/release/griffon DEVICE=cpu: a dry run on the CPU.
 set -uo pipefail
 T0=${1:-90} T2=${2:-150} BATCH=${3:-32}
@@ -34,8 +35,9 @@ else
   FROM=$S0
 fi
 echo "== stage 2 from $FROM: ${T2}s"
-$G train --config configs/synth/probe224-dense.toml "${common[@]}" --set "model.init=$FROM" \
+$G train --config "${CONFIG2:-configs/synth/probe224-dense.toml}" "${common[@]}" --set "model.init=$FROM" \
   --set "train.out=$S2" --set "train.max_time_s=$T2" --set "train.batch_size=$BATCH" --set data.det_format_prob=0.5 \
+  ${SEED2:+--set "data.synth.seed=$SEED2"} ${LR2:+--set "train.lr=$LR2"} \
   || { echo "stage 2 failed"; exit 1; }
 tail -n 2 "$S2/metrics.jsonl"
 bash tools/synth/pack.sh "$S2/$(cat "$S2/latest")" stage0=$S0/metrics.jsonl stage2=$S2/metrics.jsonl
