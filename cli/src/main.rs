@@ -249,6 +249,12 @@ struct BenchArgs {
     /// Tokens for the decode rate.
     #[arg(long, default_value_t = 256)]
     decode_tokens: usize,
+    /// Measure one part alone: vision, projector, prefill or decode (e.g. under a profiler).
+    #[arg(long)]
+    only: Option<String>,
+    /// One warm-up and one timed run per measure (for a profiler; the times are single runs).
+    #[arg(long)]
+    quick: bool,
     #[arg(long)]
     json: bool,
 }
@@ -730,24 +736,39 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
         DtypeArg::Bf16 => DType::BF16,
         DtypeArg::F16 => DType::F16,
     };
-    let r = bench::run(&cfg, &device, dtype, a.decode_tokens, 0)?;
+    let only = match &a.only {
+        None => None,
+        Some(p) => Some(
+            bench::BenchPart::parse(p)
+                .ok_or_else(|| anyhow!("--only {p:?}: expected one of {}", bench::BenchPart::NAMES.join(", ")))?,
+        ),
+    };
+    let opts = bench::BenchOptions { decode_tokens: a.decode_tokens, seed: 0, only, quick: a.quick };
+    let r = bench::run(&cfg, &device, dtype, &opts)?;
     let mut out = std::io::stdout().lock();
     if a.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?;
-    } else {
-        writeln!(out, "config {} on {} ({}), image {} px", r.config, r.device, r.dtype, r.image_size)?;
-        writeln!(out, "vision encoder   {:10.2} ms", r.vision_ms)?;
-        writeln!(out, "projector        {:10.2} ms", r.projector_ms)?;
-        writeln!(
-            out,
-            "prefill {:5} tok {:10.2} ms (projector + logits at every position, the reference's scope)",
-            r.prefill_tokens, r.prefill_ms
-        )?;
-        writeln!(out, "prefill for generation {:4.2} ms (projector + last position's logits)", r.prefill_last_ms)?;
-        writeln!(out, "decode           {:10.1} tok/s over {} tokens", r.decode_tok_per_s, r.decode_tokens)?;
-        if let Some(m) = r.peak_rss_mib {
-            writeln!(out, "peak memory      {m:10.0} MiB")?;
-        }
+        return Ok(());
+    }
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} ms"));
+    writeln!(out, "config {} on {} ({}), image {} px", r.config, r.device, r.dtype, r.image_size)?;
+    writeln!(out, "vision encoder   {:>12}", ms(r.vision_ms))?;
+    writeln!(out, "projector        {:>12}", ms(r.projector_ms))?;
+    writeln!(
+        out,
+        "prefill {:5} tok {:>12} (projector + logits at every position, the reference's scope)",
+        r.prefill_tokens,
+        ms(r.prefill_ms)
+    )?;
+    writeln!(out, "prefill for generation {} (projector + last position's logits)", ms(r.prefill_last_ms))?;
+    if let Some(t) = r.decode_tok_per_s {
+        writeln!(out, "decode           {t:10.1} tok/s over {} tokens", r.decode_tokens)?;
+    }
+    if let (Some(t), Some(i)) = (r.decode_step_ms, r.decode_step_issue_ms) {
+        writeln!(out, "one decode step  {t:10.2} ms, issued by the host in {i:.2} ms")?;
+    }
+    if let Some(m) = r.peak_rss_mib {
+        writeln!(out, "peak memory      {m:10.0} MiB")?;
     }
     Ok(())
 }

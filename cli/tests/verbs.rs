@@ -199,11 +199,30 @@ fn bench_reports_every_measure() {
         let out = griffon(&["bench", "--config", cfg, "--random-weights", "--decode-tokens", "4", "--json"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        for k in ["vision_ms", "projector_ms", "prefill_ms", "decode_tok_per_s"] {
+        for k in [
+            "vision_ms",
+            "projector_ms",
+            "prefill_ms",
+            "prefill_last_ms",
+            "decode_tok_per_s",
+            "decode_step_ms",
+            "decode_step_issue_ms",
+        ] {
             assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{cfg}: {k} in {v}");
         }
+        assert!(v["decode_step_issue_ms"].as_f64() <= v["decode_step_ms"].as_f64(), "{v}");
         assert_eq!(v["prefill_tokens"], 64 + 60);
     }
+    // one part alone, once (for a profiler): the others are null
+    let out = griffon(&["bench", "--config", "tiny", "--random-weights", "--only", "vision", "--quick", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["vision_ms"].as_f64().is_some_and(|x| x > 0.0), "{v}");
+    for k in ["projector_ms", "prefill_ms", "decode_tok_per_s", "decode_step_ms"] {
+        assert!(v[k].is_null(), "{k} in {v}");
+    }
+    let out = griffon(&["bench", "--config", "tiny", "--random-weights", "--only", "lm-head"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("vision, projector"));
     let out = griffon(&["bench", "--config", "nope", "--random-weights"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("tiny"));
 }

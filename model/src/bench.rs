@@ -150,24 +150,79 @@ pub fn preset(name: &str) -> Option<BenchConfig> {
 
 pub const PRESETS: [&str; 5] = ["gemma2-9b", "llama2-13b", "eva02-llama2-13b", "tiny", "tiny-eva02"];
 
+/// What one benchmark run measures and how often.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Tokens for the decode rate (at least 2).
+    pub decode_tokens: usize,
+    /// Seed of the random weights.
+    pub seed: u64,
+    /// Measure one part alone (the others are reported as null): for a profiler, which should
+    /// see that part's kernels only.
+    pub only: Option<BenchPart>,
+    /// One warm-up and one timed run per measure instead of the reference's protocol (for a
+    /// profiler, which slows every kernel down; the times are then single runs).
+    pub quick: bool,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self { decode_tokens: 256, seed: 0, only: None, quick: false }
+    }
+}
+
+/// A part of [`run`]'s measurements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchPart {
+    Vision,
+    Projector,
+    Prefill,
+    Decode,
+}
+
+impl BenchPart {
+    pub const NAMES: [&'static str; 4] = ["vision", "projector", "prefill", "decode"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "vision" => BenchPart::Vision,
+            "projector" => BenchPart::Projector,
+            "prefill" => BenchPart::Prefill,
+            "decode" => BenchPart::Decode,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
     pub config: String,
     pub device: String,
     pub dtype: String,
     pub image_size: usize,
-    pub vision_ms: f64,
-    pub projector_ms: f64,
+    pub vision_ms: Option<f64>,
+    pub projector_ms: Option<f64>,
     pub prefill_tokens: usize,
     /// Projector + prompt embeddings + LLM forward with logits at every position: the scope of
     /// the reference's prefill (HF `model(inputs_embeds=...)`).
-    pub prefill_ms: f64,
+    pub prefill_ms: Option<f64>,
     /// The same with the last position's logits only, as generation runs it.
-    pub prefill_last_ms: f64,
+    pub prefill_last_ms: Option<f64>,
     pub decode_tokens: usize,
-    pub decode_tok_per_s: f64,
+    pub decode_tok_per_s: Option<f64>,
+    /// One decode step (the LLM forward of one token after the prefill, last logits), median of
+    /// 16: until the device has finished it ...
+    pub decode_step_ms: Option<f64>,
+    /// ... and until the host has issued its kernels, before waiting for the device. When the
+    /// two are close, the step is bound by issuing kernels, not by the device.
+    pub decode_step_issue_ms: Option<f64>,
     /// Peak resident memory of the process (VmHWM), MiB; CPU only.
     pub peak_rss_mib: Option<f64>,
+}
+
+fn median(mut ts: Vec<f64>) -> f64 {
+    ts.sort_by(|a, b| a.total_cmp(b));
+    ts[ts.len() / 2]
 }
 
 fn median_ms(warm: usize, rep: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -180,8 +235,7 @@ fn median_ms(warm: usize, rep: usize, mut f: impl FnMut() -> Result<()>) -> Resu
         f()?;
         ts.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    ts.sort_by(|a, b| a.total_cmp(b));
-    Ok(ts[ts.len() / 2])
+    Ok(median(ts))
 }
 
 fn sync(device: &Device) -> Result<()> {
@@ -197,7 +251,11 @@ pub fn peak_rss_mib() -> Option<f64> {
 }
 
 /// Runs the benchmark on random weights.
-pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usize, seed: u64) -> Result<BenchResult> {
+pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, opts: &BenchOptions) -> Result<BenchResult> {
+    let (decode_tokens, seed) = (opts.decode_tokens, opts.seed);
+    let wants = |p: BenchPart| opts.only.is_none_or(|o| o == p);
+    // (warm-up, timed) runs: the reference's protocol, or one of each for a profiler
+    let reps = |warm: usize, rep: usize| if opts.quick { (1, 1) } else { (warm, rep) };
     if decode_tokens < 2 {
         return invalid("decode tokens must be at least 2");
     }
@@ -250,17 +308,28 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
 
     let s = run_size;
     let pixels = Tensor::randn(0f32, 1.0, (1, 3, s, s), device)?.to_dtype(dtype)?;
-    let vision_ms = median_ms(2, 5, || {
-        tower.patch_features(&pixels, -2, false)?;
-        sync(device)
-    })?;
-    eprintln!("bench {}: vision encoder {vision_ms:.2} ms", cfg.name);
+    let name = cfg.name;
+    let mut vision_ms = None;
+    if wants(BenchPart::Vision) {
+        let (w, r) = reps(2, 5);
+        let ms = median_ms(w, r, || {
+            tower.patch_features(&pixels, -2, false)?;
+            sync(device)
+        })?;
+        eprintln!("bench {name}: vision encoder {ms:.2} ms");
+        vision_ms = Some(ms);
+    }
     let feats = tower.patch_features(&pixels, -2, false)?;
-    let projector_ms = median_ms(2, 5, || {
-        projector.forward(&feats)?;
-        sync(device)
-    })?;
-    eprintln!("bench {}: projector {projector_ms:.2} ms", cfg.name);
+    let mut projector_ms = None;
+    if wants(BenchPart::Projector) {
+        let (w, r) = reps(2, 5);
+        let ms = median_ms(w, r, || {
+            projector.forward(&feats)?;
+            sync(device)
+        })?;
+        eprintln!("bench {name}: projector {ms:.2} ms");
+        projector_ms = Some(ms);
+    }
     let vocab = llm.vocab_size() as u32;
     let prompt: Vec<u32> = (0..60u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let prompt = Tensor::new(prompt.as_slice(), device)?;
@@ -270,33 +339,56 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
     };
     let embeds = embeds_of(&feats)?;
     let prefill_tokens = embeds.dim(1)?;
-    // the reference's scope: projector, embeddings and a forward with logits at every position
-    let prefill_ms = median_ms(1, 3, || {
-        let mut cache = llm.new_cache();
-        llm.forward_embeds(&embeds_of(&feats)?, &mut cache, true)?;
-        sync(device)
-    })?;
-    // what generation runs: the same with the last position's logits only
-    let prefill_last_ms = median_ms(1, 3, || {
-        let mut cache = llm.new_cache();
-        llm.forward_embeds(&embeds_of(&feats)?, &mut cache, false)?;
-        sync(device)
-    })?;
-    eprintln!(
-        "bench {}: prefill {prefill_tokens} tokens {prefill_ms:.2} ms, last position only {prefill_last_ms:.2} ms",
-        cfg.name
-    );
-    let gen_ms = |n: usize| -> Result<f64> {
-        let opts = SamplingOptions { max_new_tokens: n, ..Default::default() };
-        median_ms(1, 2, || {
-            generate(&llm, &embeds, &[], &opts, |_| {})?;
+    let (mut prefill_ms, mut prefill_last_ms) = (None, None);
+    if wants(BenchPart::Prefill) {
+        let (w, r) = reps(1, 3);
+        // the reference's scope: projector, embeddings and a forward with logits at every position
+        let all = median_ms(w, r, || {
+            let mut cache = llm.new_cache();
+            llm.forward_embeds(&embeds_of(&feats)?, &mut cache, true)?;
             sync(device)
-        })
-    };
-    let t_n = gen_ms(decode_tokens)?;
-    eprintln!("bench {}: {decode_tokens} tokens generated in {t_n:.1} ms", cfg.name);
-    let t_1 = gen_ms(1)?;
-    let decode_tok_per_s = (decode_tokens - 1) as f64 / ((t_n - t_1) / 1e3).max(1e-9);
+        })?;
+        // what generation runs: the same with the last position's logits only
+        let last = median_ms(w, r, || {
+            let mut cache = llm.new_cache();
+            llm.forward_embeds(&embeds_of(&feats)?, &mut cache, false)?;
+            sync(device)
+        })?;
+        eprintln!("bench {name}: prefill {prefill_tokens} tokens {all:.2} ms, last position only {last:.2} ms");
+        (prefill_ms, prefill_last_ms) = (Some(all), Some(last));
+    }
+    let (mut decode_tok_per_s, mut decode_step_ms, mut decode_step_issue_ms) = (None, None, None);
+    if wants(BenchPart::Decode) {
+        let gen_ms = |n: usize| -> Result<f64> {
+            let sampling = SamplingOptions { max_new_tokens: n, ..Default::default() };
+            let (w, r) = reps(1, 2);
+            median_ms(w, r, || {
+                generate(&llm, &embeds, &[], &sampling, |_| {})?;
+                sync(device)
+            })
+        };
+        let t_n = gen_ms(decode_tokens)?;
+        eprintln!("bench {name}: {decode_tokens} tokens generated in {t_n:.1} ms");
+        let t_1 = gen_ms(1)?;
+        decode_tok_per_s = Some((decode_tokens - 1) as f64 / ((t_n - t_1) / 1e3).max(1e-9));
+        // one step at a time after the prefill: issued, then finished
+        let mut cache = llm.new_cache();
+        llm.forward_embeds(&embeds, &mut cache, false)?;
+        let token = llm.embed_tokens(&Tensor::new(&[7u32 % vocab], device)?)?.unsqueeze(0)?;
+        sync(device)?;
+        let steps = if opts.quick { 2 } else { 16 };
+        let (mut issue, mut total) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+        for _ in 0..steps {
+            let t = Instant::now();
+            llm.forward_embeds(&token, &mut cache, false)?;
+            issue.push(t.elapsed().as_secs_f64() * 1e3);
+            sync(device)?;
+            total.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let (i, t) = (median(issue), median(total));
+        eprintln!("bench {name}: one decode step {t:.2} ms, issued in {i:.2} ms");
+        (decode_step_ms, decode_step_issue_ms) = (Some(t), Some(i));
+    }
     Ok(BenchResult {
         config: cfg.name.to_string(),
         device: format!("{device:?}"),
@@ -309,6 +401,8 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, decode_tokens: usiz
         prefill_last_ms,
         decode_tokens,
         decode_tok_per_s,
+        decode_step_ms,
+        decode_step_issue_ms,
         peak_rss_mib: if device.is_cpu() { peak_rss_mib() } else { None },
     })
 }

@@ -63,56 +63,81 @@ impl Linear {
     }
 }
 
+/// The f32 form of a norm's parameter, made once at load when `t` is frozen (not a trainable
+/// variable, whose updates must show at the next call). In bf16 on a GPU this saves the
+/// conversions at every call: decoding is bound by the number of kernels launched, and Gemma-2
+/// runs four norms per layer (docs/PERFORMANCE.md). The values are the ones formed per call.
+fn frozen_f32(t: &Tensor, f: impl Fn(Tensor) -> candle_core::Result<Tensor>) -> Result<Option<Tensor>> {
+    Ok(if t.is_variable() { None } else { Some(f(t.to_dtype(DType::F32)?)?) })
+}
+
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     pub weight: Tensor,
     pub bias: Tensor,
     pub eps: f64,
+    /// weight and bias in f32 when frozen ([`frozen_f32`])
+    affine_f32: Option<(Tensor, Tensor)>,
 }
 
 impl LayerNorm {
     pub fn load(s: &Scope, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: s.get("weight", &[dim])?, bias: s.get("bias", &[dim])?, eps })
+        let (weight, bias) = (s.get("weight", &[dim])?, s.get("bias", &[dim])?);
+        let affine_f32 = match (frozen_f32(&weight, Ok)?, frozen_f32(&bias, Ok)?) {
+            (Some(w), Some(b)) => Some((w, b)),
+            _ => None,
+        };
+        Ok(Self { weight, bias, eps, affine_f32 })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
+        let (w, b) = match &self.affine_f32 {
+            Some((w, b)) => (w.clone(), b.clone()),
+            None => (self.weight.to_dtype(DType::F32)?, self.bias.to_dtype(DType::F32)?),
+        };
         let y = if differentiable() {
-            normalize_with_grad(&xf, self.eps, true)?
-                .broadcast_mul(&self.weight.to_dtype(DType::F32)?)?
-                .broadcast_add(&self.bias.to_dtype(DType::F32)?)?
+            normalize_with_grad(&xf, self.eps, true)?.broadcast_mul(&w)?.broadcast_add(&b)?
         } else {
-            candle_nn::ops::layer_norm(
-                &xf.contiguous()?,
-                &self.weight.to_dtype(DType::F32)?,
-                &self.bias.to_dtype(DType::F32)?,
-                self.eps as f32,
-            )?
+            candle_nn::ops::layer_norm(&xf.contiguous()?, &w, &b, self.eps as f32)?
         };
         Ok(y.to_dtype(dt)?)
     }
 }
 
 /// RMSNorm. Gemma multiplies by `(1 + w)`, Llama by `w`; both normalise in f32.
-/// The scale is formed at each call, so updates to a trainable `w` take effect.
+/// The scale of a trainable `w` is formed at each call, so its updates take effect; a frozen
+/// one's once at load ([`frozen_f32`]).
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
     one_plus: bool,
     eps: f64,
+    scale_f32: Option<Tensor>,
 }
 
 impl RmsNorm {
     pub fn load(s: &Scope, dim: usize, eps: f64, one_plus: bool) -> Result<Self> {
-        Ok(Self { weight: s.get("weight", &[dim])?, one_plus, eps })
+        let weight = s.get("weight", &[dim])?;
+        let scale_f32 = frozen_f32(&weight, |w| if one_plus { w + 1.0 } else { Ok(w) })?;
+        Ok(Self { weight, one_plus, eps, scale_f32 })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
-        let w = self.weight.to_dtype(DType::F32)?;
-        let scale = if self.one_plus { (w + 1.0)? } else { w };
+        let scale = match &self.scale_f32 {
+            Some(s) => s.clone(),
+            None => {
+                let w = self.weight.to_dtype(DType::F32)?;
+                if self.one_plus {
+                    (w + 1.0)?
+                } else {
+                    w
+                }
+            }
+        };
         let y = if differentiable() {
             normalize_with_grad(&xf, self.eps, false)?.broadcast_mul(&scale)?
         } else {
@@ -388,5 +413,52 @@ mod softmax_tests {
         // a non-contiguous input is made contiguous by softmax_last, never passed through
         let t = x.as_tensor().transpose(2, 3).unwrap();
         assert!(softmax_last(&t).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod norm_cache_tests {
+    use super::*;
+    use crate::loader::Checkpoint;
+    use candle_core::Device;
+
+    /// Frozen norms form their f32 scale once at load; trainable ones at every call, so an
+    /// optimizer's update of the variable shows in the next forward.
+    #[test]
+    fn frozen_norms_cache_their_scale_and_trainable_ones_follow_updates() {
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = std::collections::HashMap::new();
+        m.insert("rms.weight".to_string(), Tensor::new(&[0.5f32, -0.25, 1.5, 0.0], &dev).unwrap());
+        m.insert("ln.weight".to_string(), Tensor::new(&[1.5f32, 0.5, -1.0, 2.0], &dev).unwrap());
+        m.insert("ln.bias".to_string(), Tensor::new(&[0.1f32, 0.2, -0.3, 0.0], &dev).unwrap());
+        candle_core::safetensors::save(&m, dir.path().join("model.safetensors")).unwrap();
+        let x = Tensor::new(&[[1.0f32, -2.0, 3.0, 0.5], [0.25, 4.0, -1.0, 2.0]], &dev).unwrap();
+        let frozen = Checkpoint::open(dir.path(), &dev, DType::F32).unwrap();
+        let mut trainable = Checkpoint::open(dir.path(), &dev, DType::F32).unwrap();
+        trainable.set_trainable(Box::new(|_| true));
+        let (rf, lf) = (
+            RmsNorm::load(&frozen.scope("rms"), 4, 1e-6, true).unwrap(),
+            LayerNorm::load(&frozen.scope("ln"), 4, 1e-5).unwrap(),
+        );
+        let (rt, lt) = (
+            RmsNorm::load(&trainable.scope("rms"), 4, 1e-6, true).unwrap(),
+            LayerNorm::load(&trainable.scope("ln"), 4, 1e-5).unwrap(),
+        );
+        assert!(rf.scale_f32.is_some() && lf.affine_f32.is_some());
+        assert!(rt.scale_f32.is_none() && lt.affine_f32.is_none());
+        let v = |t: Tensor| -> Vec<Vec<f32>> { t.to_vec2().unwrap() };
+        // the same values either way (bit for bit)
+        assert_eq!(v(rf.forward(&x).unwrap()), v(rt.forward(&x).unwrap()));
+        assert_eq!(v(lf.forward(&x).unwrap()), v(lt.forward(&x).unwrap()));
+        // an update of the trainable weights shows; the frozen norms are unchanged
+        let before = (v(rt.forward(&x).unwrap()), v(lt.forward(&x).unwrap()));
+        for (_, var) in trainable.take_vars() {
+            var.set(&(var.as_tensor() * 2.0).unwrap()).unwrap();
+        }
+        assert_ne!(v(rt.forward(&x).unwrap()), before.0);
+        assert_ne!(v(lt.forward(&x).unwrap()), before.1);
+        assert_eq!(v(rf.forward(&x).unwrap()), before.0);
+        assert_eq!(v(lf.forward(&x).unwrap()), before.1);
     }
 }
