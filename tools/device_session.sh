@@ -23,7 +23,9 @@ left=$((BUDGET - ($(date +%s) - START) - 45))
 echo "== $left s left for training"
 [ "$left" -ge 60 ] || exit 0
 if [ "${TRAIN:-224}" = 1022 ]; then
-  bash tools/synth/train_gpu.sh default 1022 1 4 4 20 $((left - 60)) 30
+  # stage 0 (dense perception of the tower) first, a third of the time unless T0 says otherwise
+  t0=${T0:-$((left / 3))}
+  T0=$t0 bash tools/synth/train_gpu.sh default 1022 1 4 4 20 $((left - t0 - 60)) 30
 else
   INIT=${INIT:-.device/init224} CONFIG2=configs/synth/probe224-dense3.toml SEED2=${SEED2:-12} \
     bash tools/synth/probe_gpu.sh 0 "$left" "${BATCH:-64}"

@@ -4,7 +4,8 @@
 #   mkdir -p .device && cp ../shared/bench/torch_reference_bench.py .device/   (../shared does not travel)
 # then through the device tool:
 #   command: bash tools/cuda/gpu_session.sh   carry: ["target/cuda/griffon.xz", ".device"]   timeout_s: ~420
-# QUICK=1 benchmarks gemma2-9b alone (to leave time for tools/synth/train_gpu.sh in the same
+# Knobs: SELFCHECK_DTYPES="" skips the fixture check, REF_BENCH=0 the PyTorch reference, PROFILE=0
+# the ncu profile of the vision encoder. QUICK=1 benchmarks gemma2-9b alone (to leave time for tools/synth/train_gpu.sh in the same
 # session: tools/device_session.sh runs both).
 # $OUT gets two files (the device returns at most 8): bench_log.txt and results.tar with the fixture check
 # on CUDA (f32 and bf16), our benchmark of the released shapes, and the PyTorch reference
@@ -17,7 +18,7 @@ source tools/cuda/device_env.sh
 R=/tmp/results
 rm -rf $R && mkdir -p $R
 date -u
-for d in f32 bf16; do
+for d in ${SELFCHECK_DTYPES-f32 bf16}; do
   timeout 60 "$G" selfcheck --device cuda --dtype $d --json > "$R/selfcheck_cuda_$d.json" 2> "$R/selfcheck_cuda_$d.err"
   echo "selfcheck $d: rc $?"; tail -c 600 "$R/selfcheck_cuda_$d.err"; head -c 1500 "$R/selfcheck_cuda_$d.json"; echo
 done
@@ -68,7 +69,9 @@ if not rows:
 PY
 fi
 REF=$(ls .device/torch_reference_bench.py shared/bench/torch_reference_bench.py 2>/dev/null | head -n 1)
-if [ -n "$REF" ]; then
+if [ "${REF_BENCH:-1}" = 0 ]; then
+  echo "torch reference skipped (REF_BENCH=0)"
+elif [ -n "$REF" ]; then
   timeout 200 python3 "$REF" --llm gemma2-9b --attn sdpa --out "$R" > "$R/torch.log" 2>&1
   echo "torch reference: rc $?"; tail -n 20 "$R/torch.log"
 else

@@ -32,7 +32,10 @@ SCHEDULE=${SCHEDULE:-time}
 common=(--device "$DEVICE" --quiet --set "train.schedule=$SCHEDULE" --set "train.batch_size=$BATCH" --set "train.grad_accum=$ACCUM")
 [ "$TILES" -gt 1 ] && common+=(--set "model.tiles=$TILES")
 prev=$INIT
-for s in 1 2 3; do
+# T0 (env, default 0): seconds (or steps) of stage 0, the dense perception pre-training of the
+# tower (configs/synth/stage0.toml), before stage I
+T0=${T0:-0}
+for s in 0 1 2 3; do
   t=$(eval echo \$T$s)
   [ "$t" = 0 ] && { echo "== stage $s skipped"; continue; }
   echo "== stage $s: $t ($SCHEDULE) from $prev"
@@ -44,5 +47,5 @@ for s in 1 2 3; do
 done
 [ "$prev" = "$INIT" ] && { echo "nothing trained"; exit 1; }
 last=$prev/$(cat "$prev/latest" 2>/dev/null)
-bash tools/synth/pack.sh "$last" stage1=$RUN/stage1/metrics.jsonl stage2=$RUN/stage2/metrics.jsonl stage3=$RUN/stage3/metrics.jsonl
+bash tools/synth/pack.sh "$last" stage0=$RUN/stage0/metrics.jsonl stage1=$RUN/stage1/metrics.jsonl stage2=$RUN/stage2/metrics.jsonl stage3=$RUN/stage3/metrics.jsonl
 date -u
