@@ -37,36 +37,13 @@ for c in $configs; do
 done
 if [ "${PROFILE:-1}" = 1 ] && command -v ncu >/dev/null; then
   # where the vision encoder's time goes, per kernel (bench --only vision --quick: the weights'
-  # random init, then three encoder forwards; one metric keeps the profiler's replays short)
-  timeout 150 ncu --metrics gpu__time_duration.sum --print-summary per-kernel \
+  # random init, then three encoder forwards; one metric keeps the profiler's replays short;
+  # --csv gives one row per launch)
+  timeout 150 ncu --csv --metrics gpu__time_duration.sum \
     "$G" bench --config gemma2-9b --random-weights --device cuda --dtype bf16 --only vision --quick \
-    > "$R/ncu_vision.txt" 2>&1
+    > "$R/ncu_vision.csv" 2> "$R/ncu_vision.err"
   echo "ncu vision: rc $?"
-  python3 - "$R/ncu_vision.txt" <<'PY' || tail -n 40 "$R/ncu_vision.txt"
-import re, sys
-# per-kernel summary: a kernel name line, then "gpu__time_duration.sum  unit  min max avg" rows;
-# sum avg x invocations by name and print the top 15
-text = open(sys.argv[1], errors="replace").read()
-rows, name, calls = {}, None, 0
-for line in text.splitlines():
-    m = re.match(r"\s{2}(\S.*?) \(.*\)x\(.*\), Context \d+, Stream \d+, Device \d+, CC [\d.]+", line)
-    if m:
-        name = m.group(1)
-        continue
-    m = re.search(r"Invocations\s+(\d+)", line) or re.search(r"^\s+(\d+) invocations", line)
-    if m:
-        calls = int(m.group(1))
-        continue
-    m = re.match(r"\s+gpu__time_duration\.sum\s+(\S+)\s+([\d.,]+)\s+([\d.,]+)\s+([\d.,]+)", line)
-    if m and name:
-        scale = {"ns": 1e-6, "nsecond": 1e-6, "us": 1e-3, "usecond": 1e-3, "ms": 1.0, "msecond": 1.0}.get(m.group(1), float("nan"))
-        avg = float(m.group(4).replace(",", "")) * scale
-        rows[name] = rows.get(name, 0.0) + avg * max(calls, 1)
-for n, t in sorted(rows.items(), key=lambda kv: -kv[1])[:15]:
-    print(f"{t:10.2f} ms  {n[:110]}")
-if not rows:
-    raise SystemExit(1)
-PY
+  python3 tools/cuda/ncu_top.py "$R/ncu_vision.csv" || { tail -n 5 "$R/ncu_vision.csv"; tail -n 20 "$R/ncu_vision.err"; }
 fi
 REF=$(ls .device/torch_reference_bench.py shared/bench/torch_reference_bench.py 2>/dev/null | head -n 1)
 if [ "${REF_BENCH:-1}" = 0 ]; then
