@@ -77,19 +77,9 @@ pub fn crop(img: &RgbImage, b: PixelBox, what: &str) -> Result<RgbImage> {
 
 /// Each generated token's byte span in the decoded (special tokens skipped) text.
 pub fn token_spans(m: &Griffon, gen: &Generation) -> Result<(String, Vec<TokenSpan>)> {
-    let mut spans = Vec::with_capacity(gen.tokens.len());
-    let mut prev = String::new();
-    for i in 0..gen.tokens.len() {
-        let cur = m.tokenizer.decode(&gen.tokens[..=i], true)?;
-        let common = prev.bytes().zip(cur.bytes()).take_while(|(a, b)| a == b).count();
-        // keep spans on char boundaries
-        let mut start = common.min(cur.len());
-        while !cur.is_char_boundary(start) {
-            start -= 1;
-        }
-        spans.push(TokenSpan { start, end: cur.len(), prob: gen.probs[i] as f64 });
-        prev = cur;
-    }
+    let (prev, byte_spans) = m.tokenizer.decode_spans(&gen.tokens)?;
+    let mut spans: Vec<TokenSpan> =
+        byte_spans.iter().zip(&gen.probs).map(|(&(start, end), &p)| TokenSpan { start, end, prob: p as f64 }).collect();
     // the answer is trimmed: shift spans by the leading whitespace
     let lead = prev.len() - prev.trim_start().len();
     let text = prev.trim().to_string();
