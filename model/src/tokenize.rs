@@ -265,6 +265,8 @@ mod span_tests {
             "circle-[0.049,0.674,0.259,0.879]&triangle-[0.219,0.299,0.871,0.960]",
             "  The red cross, left of a green circle. Isn't it?  ",
             "café naïve 日本語 🙂 [0.5,0.25,0.75,1.0]",
+            // U+FF71 and U+FF01 share their first byte with U+FFFD, which a partial character decodes to
+            "ｱｲ！ x",
             "a\n\nb ,c . d 's e n't",
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
