@@ -165,12 +165,6 @@ pub struct BenchOptions {
     pub quick: bool,
 }
 
-impl Default for BenchOptions {
-    fn default() -> Self {
-        Self { decode_tokens: 256, seed: 0, only: None, quick: false }
-    }
-}
-
 /// A part of [`run`]'s measurements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchPart {
@@ -256,6 +250,14 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, opts: &BenchOptions
     let wants = |p: BenchPart| opts.only.is_none_or(|o| o == p);
     // (warm-up, timed) runs: the reference's protocol, or one of each for a profiler
     let reps = |warm: usize, rep: usize| if opts.quick { (1, 1) } else { (warm, rep) };
+    // the median time of `f` when `part` is measured
+    let timed = |part: BenchPart, warm: usize, rep: usize, f: &mut dyn FnMut() -> Result<()>| -> Result<Option<f64>> {
+        if !wants(part) {
+            return Ok(None);
+        }
+        let (w, r) = reps(warm, rep);
+        Ok(Some(median_ms(w, r, f)?))
+    };
     if decode_tokens < 2 {
         return invalid("decode tokens must be at least 2");
     }
@@ -309,26 +311,20 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, opts: &BenchOptions
     let s = run_size;
     let pixels = Tensor::randn(0f32, 1.0, (1, 3, s, s), device)?.to_dtype(dtype)?;
     let name = cfg.name;
-    let mut vision_ms = None;
-    if wants(BenchPart::Vision) {
-        let (w, r) = reps(2, 5);
-        let ms = median_ms(w, r, || {
-            tower.patch_features(&pixels, -2, false)?;
-            sync(device)
-        })?;
+    let vision_ms = timed(BenchPart::Vision, 2, 5, &mut || {
+        tower.patch_features(&pixels, -2, false)?;
+        sync(device)
+    })?;
+    if let Some(ms) = vision_ms {
         eprintln!("bench {name}: vision encoder {ms:.2} ms");
-        vision_ms = Some(ms);
     }
     let feats = tower.patch_features(&pixels, -2, false)?;
-    let mut projector_ms = None;
-    if wants(BenchPart::Projector) {
-        let (w, r) = reps(2, 5);
-        let ms = median_ms(w, r, || {
-            projector.forward(&feats)?;
-            sync(device)
-        })?;
+    let projector_ms = timed(BenchPart::Projector, 2, 5, &mut || {
+        projector.forward(&feats)?;
+        sync(device)
+    })?;
+    if let Some(ms) = projector_ms {
         eprintln!("bench {name}: projector {ms:.2} ms");
-        projector_ms = Some(ms);
     }
     let vocab = llm.vocab_size() as u32;
     let prompt: Vec<u32> = (0..60u32).map(|i| (i * 7919 + 13) % vocab).collect();
@@ -339,23 +335,17 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, opts: &BenchOptions
     };
     let embeds = embeds_of(&feats)?;
     let prefill_tokens = embeds.dim(1)?;
-    let (mut prefill_ms, mut prefill_last_ms) = (None, None);
-    if wants(BenchPart::Prefill) {
-        let (w, r) = reps(1, 3);
-        // the reference's scope: projector, embeddings and a forward with logits at every position
-        let all = median_ms(w, r, || {
-            let mut cache = llm.new_cache();
-            llm.forward_embeds(&embeds_of(&feats)?, &mut cache, true)?;
-            sync(device)
-        })?;
-        // what generation runs: the same with the last position's logits only
-        let last = median_ms(w, r, || {
-            let mut cache = llm.new_cache();
-            llm.forward_embeds(&embeds_of(&feats)?, &mut cache, false)?;
-            sync(device)
-        })?;
+    // the reference's scope (all_logits): projector, embeddings and a forward with logits at every
+    // position; what generation runs: the same with the last position's logits only
+    let prefill = |all_logits: bool| -> Result<()> {
+        let mut cache = llm.new_cache();
+        llm.forward_embeds(&embeds_of(&feats)?, &mut cache, all_logits)?;
+        sync(device)
+    };
+    let prefill_ms = timed(BenchPart::Prefill, 1, 3, &mut || prefill(true))?;
+    let prefill_last_ms = timed(BenchPart::Prefill, 1, 3, &mut || prefill(false))?;
+    if let (Some(all), Some(last)) = (prefill_ms, prefill_last_ms) {
         eprintln!("bench {name}: prefill {prefill_tokens} tokens {all:.2} ms, last position only {last:.2} ms");
-        (prefill_ms, prefill_last_ms) = (Some(all), Some(last));
     }
     let (mut decode_tok_per_s, mut decode_step_ms, mut decode_step_issue_ms) = (None, None, None);
     if wants(BenchPart::Decode) {

@@ -106,6 +106,15 @@ impl LayerNorm {
     }
 }
 
+/// The factor an RMSNorm multiplies by: `1 + w` (Gemma) or `w`.
+fn rms_scale(w: Tensor, one_plus: bool) -> candle_core::Result<Tensor> {
+    if one_plus {
+        w + 1.0
+    } else {
+        Ok(w)
+    }
+}
+
 /// RMSNorm. Gemma multiplies by `(1 + w)`, Llama by `w`; both normalise in f32.
 /// The scale of a trainable `w` is formed at each call, so its updates take effect; a frozen
 /// one's once at load ([`frozen_f32`]).
@@ -120,7 +129,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn load(s: &Scope, dim: usize, eps: f64, one_plus: bool) -> Result<Self> {
         let weight = s.get("weight", &[dim])?;
-        let scale_f32 = frozen_f32(&weight, |w| if one_plus { w + 1.0 } else { Ok(w) })?;
+        let scale_f32 = frozen_f32(&weight, |w| rms_scale(w, one_plus))?;
         Ok(Self { weight, one_plus, eps, scale_f32 })
     }
 
@@ -129,14 +138,7 @@ impl RmsNorm {
         let xf = x.to_dtype(DType::F32)?;
         let scale = match &self.scale_f32 {
             Some(s) => s.clone(),
-            None => {
-                let w = self.weight.to_dtype(DType::F32)?;
-                if self.one_plus {
-                    (w + 1.0)?
-                } else {
-                    w
-                }
-            }
+            None => rms_scale(self.weight.to_dtype(DType::F32)?, self.one_plus)?,
         };
         let y = if differentiable() {
             normalize_with_grad(&xf, self.eps, false)?.broadcast_mul(&scale)?

@@ -112,9 +112,15 @@ impl PromptTokenizer {
     /// whole-prefix decodes run instead.
     pub fn decode_spans(&self, ids: &[u32]) -> Result<(String, Vec<(usize, usize)>)> {
         let full = self.decode(ids, true)?;
-        if let Some(spans) = self.windowed_spans(ids, &full)? {
-            return Ok((full, spans));
-        }
+        let spans = match self.windowed_spans(ids, &full)? {
+            Some(spans) => spans,
+            None => self.prefix_spans(ids)?,
+        };
+        Ok((full, spans))
+    }
+
+    /// The spans by definition: every prefix decoded (quadratic in the length).
+    fn prefix_spans(&self, ids: &[u32]) -> Result<Vec<(usize, usize)>> {
         let mut spans = Vec::with_capacity(ids.len());
         let mut prev = String::new();
         for i in 0..ids.len() {
@@ -122,7 +128,7 @@ impl PromptTokenizer {
             spans.push((common_prefix_on_boundary(&prev, &cur), cur.len()));
             prev = cur;
         }
-        Ok((full, spans))
+        Ok(spans)
     }
 
     fn windowed_spans(&self, ids: &[u32], full: &str) -> Result<Option<Vec<(usize, usize)>>> {
@@ -148,26 +154,19 @@ impl PromptTokenizer {
             let Some((j, before)) = window else { return Ok(None) };
             let after = self.decode(&ids[j..=i], true)?;
             // acc = X + before becomes X + after, the prefix decode to i; their common prefix
-            // is X + the common prefix of before and after
+            // is X (which ends on a character boundary) + the common prefix of before and after
             acc.truncate(acc.len() - before.len());
-            let mut start = acc.len() + common_prefix_bytes(&before, &after);
+            let start = acc.len() + common_prefix_on_boundary(&before, &after);
             acc.push_str(&after);
-            while !acc.is_char_boundary(start) {
-                start -= 1;
-            }
             spans.push((start, acc.len()));
         }
         Ok((acc == full).then_some(spans))
     }
 }
 
-fn common_prefix_bytes(a: &str, b: &str) -> usize {
-    a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count()
-}
-
 /// The common prefix of `prev` and `cur` in bytes, moved back to a character boundary of `cur`.
 fn common_prefix_on_boundary(prev: &str, cur: &str) -> usize {
-    let mut start = common_prefix_bytes(prev, cur).min(cur.len());
+    let mut start = prev.bytes().zip(cur.bytes()).take_while(|(x, y)| x == y).count();
     while !cur.is_char_boundary(start) {
         start -= 1;
     }
@@ -236,19 +235,6 @@ mod span_tests {
     use rand::{Rng, SeedableRng};
     use std::path::PathBuf;
 
-    /// The quadratic definition the windowed spans must reproduce.
-    fn prefix_spans(tok: &PromptTokenizer, ids: &[u32]) -> Vec<(usize, usize)> {
-        let mut prev = String::new();
-        (0..ids.len())
-            .map(|i| {
-                let cur = tok.decode(&ids[..=i], true).unwrap();
-                let span = (common_prefix_on_boundary(&prev, &cur), cur.len());
-                prev = cur;
-                span
-            })
-            .collect()
-    }
-
     /// On every tokenizer the tests carry (SentencePiece-style Gemma / Llama with byte fallback
     /// and space clean-up settings, byte-level BPE Qwen2, the synthetic model's BPE), the windowed
     /// spans equal the whole-prefix ones, for answers, multi-byte text and random ids, and the
@@ -283,7 +269,7 @@ mod span_tests {
             for (k, ids) in cases.iter().enumerate() {
                 let (text, spans) = tok.decode_spans(ids).unwrap();
                 assert_eq!(text, tok.decode(ids, true).unwrap(), "{}: case {k}", dir.display());
-                assert_eq!(spans, prefix_spans(&tok, ids), "{}: case {k} {ids:?}", dir.display());
+                assert_eq!(spans, tok.prefix_spans(ids).unwrap(), "{}: case {k} {ids:?}", dir.display());
                 if k < texts.len() + 1 {
                     assert!(tok.windowed_spans(ids, &text).unwrap().is_some(), "{}: case {k} fell back", dir.display());
                 }
