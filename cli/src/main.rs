@@ -1,7 +1,7 @@
 //! The `griffon` command-line tool: a thin layer over the griffon-core / griffon-model libraries.
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use griffon_core::answer::parse_answer;
 use griffon_core::{Exemplar, PixelBox, Request, Task, Template};
@@ -980,6 +980,28 @@ fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
         DtypeArg::F16 => DType::F16,
     };
     let device = parse_device(&a.device)?;
+    let flash_failed = if griffon_model::flash::applies(&Tensor::zeros((1, 1, 1, 64), DType::BF16, &device)?) {
+        // the fused GPU attention kernel against the composed attention (random inputs)
+        let checks = griffon_model::flash::check_against_composed(&device)?;
+        for c in &checks {
+            let line = format!(
+                "flash attention: {:70} rel {:.2e} (tol {:.0e})  {}",
+                c.case,
+                c.rel_err,
+                c.tolerance,
+                if c.passed() { "PASS" } else { "FAIL" }
+            );
+            // JSON mode keeps stdout to the fixture report
+            if a.json {
+                eprintln!("{line}");
+            } else {
+                writeln!(std::io::stdout().lock(), "{line}")?;
+            }
+        }
+        checks.iter().filter(|c| !c.passed()).count()
+    } else {
+        0
+    };
     let reports = griffon_model::selfcheck::check_all(&a.fixtures, &device, dtype)?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -998,6 +1020,9 @@ fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
                 if r.pass { "PASS" } else { "FAIL" }
             )?;
         }
+    }
+    if flash_failed > 0 {
+        bail!("{flash_failed} flash attention checks failed (the kernel disagrees with the composed attention)");
     }
     let failed = reports.iter().filter(|r| !r.pass).count();
     if failed > 0 {

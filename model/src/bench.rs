@@ -232,6 +232,33 @@ fn median_ms(warm: usize, rep: usize, mut f: impl FnMut() -> Result<()>) -> Resu
     Ok(median(ts))
 }
 
+/// The part `GRIFFON_PROFILE_PART` (vision, prefill or decode) names: that part runs once more
+/// between `cuProfilerStart` / `cuProfilerStop`, so `ncu --profile-from-start off` sees exactly
+/// one vision forward, one prefill (last-position logits) or one decode step and nothing of the
+/// weights' making or the timing runs. CUDA builds only; elsewhere the variable is ignored.
+fn profile_part() -> Option<BenchPart> {
+    let v = std::env::var("GRIFFON_PROFILE_PART").ok()?;
+    BenchPart::parse(v.trim())
+}
+
+/// Runs `f` once inside the profiler's capture range when `part` is the one to profile.
+fn profiled(part: BenchPart, device: &Device, f: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    if profile_part() != Some(part) || !device.is_cuda() {
+        return Ok(());
+    }
+    sync(device)?;
+    #[cfg(feature = "cuda")]
+    candle_core::cuda_backend::cudarc::driver::profiler_start()
+        .map_err(|e| crate::error::Error::Invalid(format!("cuProfilerStart: {e}")))?;
+    let r = f();
+    sync(device)?;
+    #[cfg(feature = "cuda")]
+    candle_core::cuda_backend::cudarc::driver::profiler_stop()
+        .map_err(|e| crate::error::Error::Invalid(format!("cuProfilerStop: {e}")))?;
+    eprintln!("bench: one {part:?} run inside the profiler's capture range");
+    r
+}
+
 fn sync(device: &Device) -> Result<()> {
     device.synchronize()?;
     Ok(())
@@ -318,6 +345,10 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, opts: &BenchOptions
     if let Some(ms) = vision_ms {
         eprintln!("bench {name}: vision encoder {ms:.2} ms");
     }
+    profiled(BenchPart::Vision, device, &mut || {
+        tower.patch_features(&pixels, -2, false)?;
+        Ok(())
+    })?;
     let feats = tower.patch_features(&pixels, -2, false)?;
     let projector_ms = timed(BenchPart::Projector, 2, 5, &mut || {
         projector.forward(&feats)?;
@@ -347,6 +378,7 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, opts: &BenchOptions
     if let (Some(all), Some(last)) = (prefill_ms, prefill_last_ms) {
         eprintln!("bench {name}: prefill {prefill_tokens} tokens {all:.2} ms, last position only {last:.2} ms");
     }
+    profiled(BenchPart::Prefill, device, &mut || prefill(false))?;
     let (mut decode_tok_per_s, mut decode_step_ms, mut decode_step_issue_ms) = (None, None, None);
     if wants(BenchPart::Decode) {
         let gen_ms = |n: usize| -> Result<f64> {
@@ -375,6 +407,10 @@ pub fn run(cfg: &BenchConfig, device: &Device, dtype: DType, opts: &BenchOptions
             sync(device)?;
             total.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        profiled(BenchPart::Decode, device, &mut || {
+            llm.forward_embeds(&token, &mut cache, false)?;
+            Ok(())
+        })?;
         let (i, t) = (median(issue), median(total));
         eprintln!("bench {name}: one decode step {t:.2} ms, issued in {i:.2} ms");
         (decode_step_ms, decode_step_issue_ms) = (Some(t), Some(i));

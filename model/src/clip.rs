@@ -97,13 +97,18 @@ pub const ATTN_QUERY_CHUNK: usize = 1024;
 
 /// Unmasked attention softmax(q k^T) v over [B, H, N, d] tensors (q already scaled), returned
 /// with the heads merged: [B, N, H * d]. f32 on the CPU runs the fused kernel of
-/// [`crate::cpu_kernels`] (q, k, v may be strided views); elsewhere [`blocked_attention`].
+/// [`crate::cpu_kernels`] (q, k, v may be strided views), bf16 / f16 inference on a GPU the one of
+/// [`crate::flash`]; elsewhere [`blocked_attention`].
 pub fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     if crate::nn::cpu_kernels_apply(q) {
         let a = crate::cpu_kernels::Attention { scale: 1.0, softcap: None, causal: None };
         return Ok(q.apply_op3_no_bwd(k, v, &a)?);
     }
     let (b, h, n, d) = q.dims4()?;
+    if crate::flash::applies(q) {
+        let spec = crate::flash::FlashSpec { scale: 1.0, softcap: None, causal: None };
+        return Ok(crate::flash::attention(q, k, v, &spec)?.reshape((b, n, h * d))?);
+    }
     Ok(blocked_attention(&q.contiguous()?, &k.contiguous()?, &v.contiguous()?, ATTN_QUERY_CHUNK)?
         .transpose(1, 2)?
         .reshape((b, n, h * d))?)

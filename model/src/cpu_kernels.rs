@@ -251,7 +251,7 @@ pub struct Causal {
 
 impl Causal {
     /// The visible keys `[lo, hi)` of query row `i`.
-    fn range(&self, i: usize) -> (usize, usize) {
+    pub fn range(&self, i: usize) -> (usize, usize) {
         let pos = self.offset + i;
         let lo = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         (lo, pos + 1)

@@ -13,6 +13,7 @@ pub mod cpu_kernels;
 pub mod draw;
 pub mod error;
 pub mod eva02;
+pub mod flash;
 pub mod gemma2;
 pub mod generate;
 pub mod griffon;

@@ -229,7 +229,9 @@ pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, like: &Tensor
 
 /// Grouped-query attention of q [B, H, T, d] over k, v [B, KV, S, d] -> [B, T, H * d] (heads
 /// merged, as the output projection reads them). When `mask` was made for f32 CPU inputs, the
-/// fused kernel of [`crate::cpu_kernels`] runs (it refuses other tensors with an error); elsewhere the scores are formed per kv group (the reference's
+/// fused kernel of [`crate::cpu_kernels`] runs (it refuses other tensors with an error); bf16 /
+/// f16 inference on a GPU runs the one of [`crate::flash`] (prefill; decode steps with
+/// `GRIFFON_FLASH_DECODE=1`); elsewhere the scores are formed per kv group (the reference's
 /// `repeat_kv` without the copies), soft-capped, masked and normalised by [`attention_probs`].
 /// q holds positions offset..offset+T, k and v positions 0..S (S = offset + T). Rows of a
 /// right-padded batch never see the padding after them, so one causal mask serves a padded batch.
@@ -245,6 +247,14 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, spec: &A
         let a =
             Attention { scale: spec.scale as f32, softcap: spec.softcap.map(|c| c as f32), causal: Some(mask.causal) };
         return Ok(q.apply_op3_no_bwd(k, v, &a)?);
+    }
+    if crate::flash::applies(q) && (t > 1 || flash_decode()) {
+        let spec = crate::flash::FlashSpec {
+            scale: spec.scale as f32,
+            softcap: spec.softcap.map(|c| c as f32),
+            causal: Some(mask.causal),
+        };
+        return Ok(crate::flash::attention(q, k, v, &spec)?.reshape((b, t, h * d))?);
     }
     let rep = h / kvh;
     // Group query heads by their kv head: [B, KV, rep*T, d] so one matmul serves a group.
@@ -263,6 +273,14 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, spec: &A
     }
     let probs = attention_probs(&scores, v.dtype())?;
     Ok(probs.matmul(v)?.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?)
+}
+
+/// Whether one-token decode steps take the fused GPU kernel too (`GRIFFON_FLASH_DECODE=1`; read
+/// once). Off by default: with one query row per head the kernel's 64-row blocks are mostly idle
+/// and only H blocks run, so `griffon bench` measures both before it becomes the default.
+fn flash_decode() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GRIFFON_FLASH_DECODE").map(|v| v.trim() == "1").unwrap_or(false))
 }
 
 /// What distinguishes the decoders [`Llm`] runs (set by [`crate::llama::load`] and

@@ -1,0 +1,280 @@
+// Fused attention forward for inference on NVIDIA GPUs (sm_80 and newer): softmax(scale * q k^T
+// [soft-capped] [causal / sliding-window masked]) v without materializing the score matrix.
+//
+// The algorithm is the one of FlashAttention-2 (Dao, 2023, arXiv 2307.08691): every warp owns 16
+// query rows, walks the keys in tiles kept in shared memory, keeps a running row maximum and sum
+// (the "online softmax"), rescales its output accumulator when the maximum grows, and divides by
+// the sum once at the end. Written for this project from the paper and the PTX ISA; the register
+// layouts below are those of `mma.sync.aligned.m16n8k16` and `ldmatrix` in NVIDIA's PTX ISA
+// ("Matrix fragments for mma.m16n8k16 with floating point type"; "ldmatrix"):
+//   lane = 4 * g + t (g = group 0..7, t = thread in group 0..3)
+//   A 16x16 (row-major), 4 x b32: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
+//   B 16x8 (column-major), 2 x b32: b0 (k = 2t..2t+1, n = g), b1 (k = 2t+8.., n = g)
+//   C 16x8 f32: c0, c1 (g, 2t..2t+1), c2, c3 (g+8, 2t..2t+1)
+//   ldmatrix.x4: lane l gives the address of row l % 8 of matrix l / 8 and receives, per matrix,
+//   the word (row l / 4, word l % 4); with .trans the matrix is transposed on the way.
+//
+// Scores are formed in f32 from bf16 / f16 inputs (tensor cores, f32 accumulation), the
+// probabilities are rounded to the input type for the product with v (as flash attention does),
+// the output is accumulated in f32 and written in the input type with the heads merged:
+// out[b, i, h, :] for q[b, h, i, :], which is the layout the output projection reads.
+//
+// Layouts: q [B, H, T, D], k and v [B, KV, S, D], any strides for the first three dimensions,
+// unit stride for the last; strides and offsets in elements, multiples of 8 (16-byte loads).
+// Query head h reads key/value head h / (H / KV) (grouped-query attention). Query row i sits at
+// position offset + i; with `causal` it sees keys j <= offset + i and, when window > 0, only
+// those with offset + i - j < window. Keys j >= S never count.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#define WARPS 4
+#define BM (16 * WARPS)
+
+template <typename T> struct Pack;
+template <> struct Pack<__nv_bfloat16> {
+  static __device__ __forceinline__ uint32_t two(float a, float b) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<uint32_t *>(&v);
+  }
+};
+template <> struct Pack<__half> {
+  static __device__ __forceinline__ uint32_t two(float a, float b) {
+    __half2 v = __floats2half2_rn(a, b);
+    return *reinterpret_cast<uint32_t *>(&v);
+  }
+};
+
+// d += a * b for one 16x8x16 tile.
+template <typename T>
+__device__ __forceinline__ void mma16816(float *d, const uint32_t *a, uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__half>(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t *r, const void *smem) {
+  uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+struct Params {
+  long long qsb, qsh, qsr;  // q strides: batch, head, row
+  long long ksb, ksh, ksr;  // k strides
+  long long vsb, vsh, vsr;  // v strides
+  int B, H, KV, T, S;
+  float scale;    // applied to q k^T
+  float softcap;  // 0: none, else cap * tanh(s / cap)
+  int causal;     // 0 / 1
+  int offset;     // position of query row 0
+  int window;     // 0: none
+};
+
+// BN keys per tile. Shared memory: the K and V tiles (BN rows of D + 8 elements each; the 8
+// elements of padding keep the fragment reads free of bank conflicts); the Q tile is staged in
+// the same space before the first key tile.
+template <typename T, int D, int BN>
+__device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
+                                          T *__restrict__ out, const Params p) {
+  constexpr int LD = D + 8;
+  constexpr int KV_ELEMS = 2 * BN * LD;
+  constexpr int Q_ELEMS = BM * LD;
+  constexpr int SMEM = KV_ELEMS > Q_ELEMS ? KV_ELEMS : Q_ELEMS;
+  constexpr int KS = D / 16;  // k-steps of the q k^T product
+  constexpr int NT = BN / 8;  // score tiles of 8 keys
+  constexpr int OT = D / 8;   // output tiles of 8 channels
+  constexpr int CH = D / 8;   // 16-byte chunks per row
+  __shared__ __align__(16) T smem[SMEM];
+  T *Ks = smem;
+  T *Vs = smem + BN * LD;
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const int kvh = h / (p.H / p.KV);
+  const int row0 = blockIdx.x * BM;  // first query row of the block
+  const T *qb = q + b * p.qsb + h * p.qsh;
+  const T *kb = k + b * p.ksb + kvh * p.ksh;
+  const T *vb = v + b * p.vsb + kvh * p.vsh;
+
+  // Q tile -> shared -> registers
+  for (int c = tid; c < BM * CH; c += WARPS * 32) {
+    int r = c / CH, col = (c % CH) * 8;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (row0 + r < p.T) val = *reinterpret_cast<const uint4 *>(qb + (long long)(row0 + r) * p.qsr + col);
+    *reinterpret_cast<uint4 *>(smem + r * LD + col) = val;
+  }
+  __syncthreads();
+  uint32_t qf[KS][4];
+  {
+    const T *qs = smem + (warp * 16) * LD;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+      qf[kk][0] = *reinterpret_cast<const uint32_t *>(qs + g * LD + kk * 16 + 2 * t);
+      qf[kk][1] = *reinterpret_cast<const uint32_t *>(qs + (g + 8) * LD + kk * 16 + 2 * t);
+      qf[kk][2] = *reinterpret_cast<const uint32_t *>(qs + g * LD + kk * 16 + 2 * t + 8);
+      qf[kk][3] = *reinterpret_cast<const uint32_t *>(qs + (g + 8) * LD + kk * 16 + 2 * t + 8);
+    }
+  }
+  __syncthreads();
+
+  // the keys any row of this block may see
+  int kv_begin = 0, kv_end = p.S;
+  if (p.causal) {
+    int last_row = min(p.T, row0 + BM) - 1;
+    kv_end = min(p.S, p.offset + last_row + 1);
+    if (p.window > 0) kv_begin = max(0, p.offset + row0 - p.window + 1);
+  }
+  kv_begin = (kv_begin / BN) * BN;
+
+  const float LOG2E = 1.4426950408889634f;
+  float o[OT][4];
+#pragma unroll
+  for (int i = 0; i < OT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY};  // running maximum of rows g, g + 8 (natural units)
+  float l[2] = {0.f, 0.f};              // this thread's part of the running sums
+  const int qrow[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
+
+  for (int start = kv_begin; start < kv_end; start += BN) {
+    for (int c = tid; c < BN * CH; c += WARPS * 32) {
+      int r = c / CH, col = (c % CH) * 8;
+      uint4 kval = make_uint4(0, 0, 0, 0), vval = make_uint4(0, 0, 0, 0);
+      if (start + r < p.S) {
+        kval = *reinterpret_cast<const uint4 *>(kb + (long long)(start + r) * p.ksr + col);
+        vval = *reinterpret_cast<const uint4 *>(vb + (long long)(start + r) * p.vsr + col);
+      }
+      *reinterpret_cast<uint4 *>(Ks + r * LD + col) = kval;
+      *reinterpret_cast<uint4 *>(Vs + r * LD + col) = vval;
+    }
+    __syncthreads();
+
+    float s[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const T *kr = Ks + (nt * 8 + g) * LD + kk * 16 + 2 * t;
+        uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr);
+        uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + 8);
+        mma16816<T>(s[nt], qf[kk], b0, b1);
+      }
+    }
+
+    // scale, soft-cap, mask; the tile's row maxima
+    float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int r = e / 2;
+        int key = start + nt * 8 + 2 * t + (e & 1);
+        float x = s[nt][e] * p.scale;
+        if (p.softcap > 0.f) x = p.softcap * tanhf(x / p.softcap);
+        bool ok = key < p.S;
+        if (p.causal) {
+          int pos = p.offset + qrow[r];
+          ok = ok && key <= pos && (p.window <= 0 || pos - key < p.window);
+        }
+        x = ok ? x : -INFINITY;
+        s[nt][e] = x;
+        tmax[r] = fmaxf(tmax[r], x);
+      }
+    }
+    float alpha[2], mneg[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffff, tmax[r], 1));
+      tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffff, tmax[r], 2));
+      float mnew = fmaxf(m[r], tmax[r]);
+      // a row with no visible key yet keeps everything at zero (no inf - inf)
+      alpha[r] = (mnew == -INFINITY) ? 1.f : exp2f((m[r] - mnew) * LOG2E);
+      mneg[r] = (mnew == -INFINITY) ? 0.f : -mnew * LOG2E;
+      m[r] = mnew;
+      l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int i = 0; i < OT; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float pv = exp2f(fmaf(s[nt][e], LOG2E, mneg[e / 2]));
+        s[nt][e] = pv;
+        l[e / 2] += pv;
+      }
+    }
+
+    // o += P V: P from the score registers (the C layout of two 8-key tiles is the A layout of
+    // one 16-key step), V^T fragments by ldmatrix.trans from the row-major V tile
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t a[4];
+      a[0] = Pack<T>::two(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = Pack<T>::two(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = Pack<T>::two(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = Pack<T>::two(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int ot = 0; ot < OT; ot += 2) {
+        int mat = lane / 8, rr = lane % 8;
+        const T *src = Vs + (kk * 16 + (mat & 1) * 8 + rr) * LD + (ot + (mat >> 1)) * 8;
+        uint32_t bv[4];
+        ldmatrix_x4_trans(bv, src);
+        mma16816<T>(o[ot], a, bv[0], bv[1]);
+        mma16816<T>(o[ot + 1], a, bv[2], bv[3]);
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
+  }
+  const float inv[2] = {l[0] > 0.f ? 1.f / l[0] : 0.f, l[1] > 0.f ? 1.f / l[1] : 0.f};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (qrow[r] >= p.T) continue;
+    T *dst = out + (((long long)b * p.T + qrow[r]) * p.H + h) * D;
+#pragma unroll
+    for (int ot = 0; ot < OT; ++ot) {
+      *reinterpret_cast<uint32_t *>(dst + ot * 8 + 2 * t) =
+          Pack<T>::two(o[ot][2 * r] * inv[r], o[ot][2 * r + 1] * inv[r]);
+    }
+  }
+}
+
+#define FLASH_KERNEL(NAME, TY, D, BN)                                                                    \
+  extern "C" __global__ void __launch_bounds__(WARPS * 32)                                               \
+      NAME(const TY *q, const TY *k, const TY *v, TY *out, const Params p) {                             \
+    flash_fwd<TY, D, BN>(q, k, v, out, p);                                                               \
+  }
+
+FLASH_KERNEL(flash_fwd_bf16_d32, __nv_bfloat16, 32, 64)
+FLASH_KERNEL(flash_fwd_bf16_d64, __nv_bfloat16, 64, 64)
+FLASH_KERNEL(flash_fwd_bf16_d128, __nv_bfloat16, 128, 64)
+FLASH_KERNEL(flash_fwd_bf16_d256, __nv_bfloat16, 256, 32)
+FLASH_KERNEL(flash_fwd_f16_d32, __half, 32, 64)
+FLASH_KERNEL(flash_fwd_f16_d64, __half, 64, 64)
+FLASH_KERNEL(flash_fwd_f16_d128, __half, 128, 64)
+FLASH_KERNEL(flash_fwd_f16_d256, __half, 256, 32)
