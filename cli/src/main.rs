@@ -980,28 +980,30 @@ fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
         DtypeArg::F16 => DType::F16,
     };
     let device = parse_device(&a.device)?;
-    let flash_failed = if griffon_model::flash::applies(&Tensor::zeros((1, 1, 1, 64), DType::BF16, &device)?) {
-        // the fused GPU attention kernel against the composed attention (random inputs)
-        let checks = griffon_model::flash::check_against_composed(&device)?;
-        for c in &checks {
-            let line = format!(
-                "flash attention: {:70} rel {:.2e} (tol {:.0e})  {}",
-                c.case,
-                c.rel_err,
-                c.tolerance,
-                if c.passed() { "PASS" } else { "FAIL" }
-            );
-            // JSON mode keeps stdout to the fixture report
-            if a.json {
-                eprintln!("{line}");
-            } else {
-                writeln!(std::io::stdout().lock(), "{line}")?;
-            }
+    // the GPU's own kernels against the composed forms they replace (random inputs)
+    let probe = Tensor::zeros((1, 1, 1, 64), DType::BF16, &device)?;
+    let mut kernel_checks: Vec<(&str, String, f64, f64, bool)> = Vec::new();
+    if griffon_model::flash::applies(&probe) {
+        for c in griffon_model::flash::check_against_composed(&device)? {
+            kernel_checks.push(("flash attention", c.case.clone(), c.rel_err, c.tolerance, c.passed()));
         }
-        checks.iter().filter(|c| !c.passed()).count()
-    } else {
-        0
-    };
+    }
+    if griffon_model::fused::applies(&probe) {
+        for c in griffon_model::fused::check_against_composed(&device)? {
+            kernel_checks.push(("fused kernel", c.case.clone(), c.rel_err, c.tolerance, c.passed()));
+        }
+    }
+    for (kind, case, rel, tol, passed) in &kernel_checks {
+        let line =
+            format!("{kind}: {case:70} rel {rel:.2e} (tol {tol:.0e})  {}", if *passed { "PASS" } else { "FAIL" });
+        // JSON mode keeps stdout to the fixture report
+        if a.json {
+            eprintln!("{line}");
+        } else {
+            writeln!(std::io::stdout().lock(), "{line}")?;
+        }
+    }
+    let kernels_failed = kernel_checks.iter().filter(|c| !c.4).count();
     let reports = griffon_model::selfcheck::check_all(&a.fixtures, &device, dtype)?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -1021,8 +1023,8 @@ fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
             )?;
         }
     }
-    if flash_failed > 0 {
-        bail!("{flash_failed} flash attention checks failed (the kernel disagrees with the composed attention)");
+    if kernels_failed > 0 {
+        bail!("{kernels_failed} GPU kernel checks failed (a kernel disagrees with the composed form it replaces)");
     }
     let failed = reports.iter().filter(|r| !r.pass).count();
     if failed > 0 {

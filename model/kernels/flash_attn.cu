@@ -37,13 +37,17 @@ template <> struct Pack<__nv_bfloat16> {
     __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
     return *reinterpret_cast<uint32_t *>(&v);
   }
+  static __device__ __forceinline__ __nv_bfloat16 one(float a) { return __float2bfloat16(a); }
 };
 template <> struct Pack<__half> {
   static __device__ __forceinline__ uint32_t two(float a, float b) {
     __half2 v = __floats2half2_rn(a, b);
     return *reinterpret_cast<uint32_t *>(&v);
   }
+  static __device__ __forceinline__ __half one(float a) { return __float2half(a); }
 };
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 
 // d += a * b for one 16x8x16 tile.
 template <typename T>
@@ -70,6 +74,16 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t *r, const void *smem)
                : "r"(addr));
 }
 
+// 16-byte asynchronous copy global -> shared (sm_80+); with pred false nothing is read and the
+// 16 bytes are zero-filled (src-size 0).
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
+  uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  int n = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
 struct Params {
   long long qsb, qsh, qsr;  // q strides: batch, head, row
   long long ksb, ksh, ksr;  // k strides
@@ -82,14 +96,17 @@ struct Params {
   int window;     // 0: none
 };
 
-// BN keys per tile. Shared memory: the K and V tiles (BN rows of D + 8 elements each; the 8
-// elements of padding keep the fragment reads free of bank conflicts); the Q tile is staged in
-// the same space before the first key tile.
-template <typename T, int D, int BN>
+// BN keys per tile, STAGES (1 or 2) tiles in flight: with 2, the next K / V tile is copied
+// (cp.async) while the current one is multiplied. Shared memory: per stage the K and V tiles (BN
+// rows of D + 8 elements each; the 8 elements of padding keep the fragment reads free of bank
+// conflicts); the Q tile is staged in the same space before the first key tile. Causal launches
+// take their row blocks from the last (most keys) to the first, so the longest blocks start
+// first and the short ones fill the tail.
+template <typename T, int D, int BN, int STAGES>
 __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
                                           T *__restrict__ out, const Params p) {
   constexpr int LD = D + 8;
-  constexpr int KV_ELEMS = 2 * BN * LD;
+  constexpr int KV_ELEMS = STAGES * 2 * BN * LD;
   constexpr int Q_ELEMS = BM * LD;
   constexpr int SMEM = KV_ELEMS > Q_ELEMS ? KV_ELEMS : Q_ELEMS;
   constexpr int KS = D / 16;  // k-steps of the q k^T product
@@ -97,15 +114,14 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
   constexpr int OT = D / 8;   // output tiles of 8 channels
   constexpr int CH = D / 8;   // 16-byte chunks per row
   __shared__ __align__(16) T smem[SMEM];
-  T *Ks = smem;
-  T *Vs = smem + BN * LD;
 
   const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int b = blockIdx.z, h = blockIdx.y;
   const int kvh = h / (p.H / p.KV);
-  const int row0 = blockIdx.x * BM;  // first query row of the block
+  const int row_block = p.causal ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+  const int row0 = row_block * BM;  // first query row of the block
   const T *qb = q + b * p.qsb + h * p.qsh;
   const T *kb = k + b * p.ksb + kvh * p.ksh;
   const T *vb = v + b * p.vsb + kvh * p.vsh;
@@ -148,18 +164,39 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
   float l[2] = {0.f, 0.f};              // this thread's part of the running sums
   const int qrow[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
 
-  for (int start = kv_begin; start < kv_end; start += BN) {
+  // K / V tile copies of one stage: rows past S are zero-filled (and masked below)
+  auto load_kv = [&](int stage, int start) {
+    T *Kd = smem + stage * 2 * BN * LD;
+    T *Vd = Kd + BN * LD;
     for (int c = tid; c < BN * CH; c += WARPS * 32) {
       int r = c / CH, col = (c % CH) * 8;
-      uint4 kval = make_uint4(0, 0, 0, 0), vval = make_uint4(0, 0, 0, 0);
-      if (start + r < p.S) {
-        kval = *reinterpret_cast<const uint4 *>(kb + (long long)(start + r) * p.ksr + col);
-        vval = *reinterpret_cast<const uint4 *>(vb + (long long)(start + r) * p.vsr + col);
-      }
-      *reinterpret_cast<uint4 *>(Ks + r * LD + col) = kval;
-      *reinterpret_cast<uint4 *>(Vs + r * LD + col) = vval;
+      bool in = start + r < p.S;
+      long long row = in ? start + r : 0;
+      cp_async16(Kd + r * LD + col, kb + row * p.ksr + col, in);
+      cp_async16(Vd + r * LD + col, vb + row * p.vsr + col, in);
+    }
+  };
+  const int n_tiles = kv_end > kv_begin ? (kv_end - kv_begin + BN - 1) / BN : 0;
+  if (STAGES == 2 && n_tiles > 0) {
+    load_kv(0, kv_begin);
+    cp_async_commit();
+  }
+  for (int it = 0; it < n_tiles; ++it) {
+    const int start = kv_begin + it * BN;
+    int stage = 0;
+    if (STAGES == 2) {
+      stage = it & 1;
+      if (it + 1 < n_tiles) load_kv(stage ^ 1, start + BN);
+      cp_async_commit();  // possibly empty: keeps "all but the newest group" meaning this tile
+      cp_async_wait<1>();
+    } else {
+      load_kv(0, start);
+      cp_async_commit();
+      cp_async_wait<0>();
     }
     __syncthreads();
+    const T *Ks = smem + stage * 2 * BN * LD;
+    const T *Vs = Ks + BN * LD;
 
     float s[NT][4];
 #pragma unroll
@@ -264,17 +301,155 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
   }
 }
 
-#define FLASH_KERNEL(NAME, TY, D, BN)                                                                    \
+#define FLASH_KERNEL(NAME, TY, D, BN, STAGES)                                                            \
   extern "C" __global__ void __launch_bounds__(WARPS * 32)                                               \
       NAME(const TY *q, const TY *k, const TY *v, TY *out, const Params p) {                             \
-    flash_fwd<TY, D, BN>(q, k, v, out, p);                                                               \
+    flash_fwd<TY, D, BN, STAGES>(q, k, v, out, p);                                                       \
   }
 
-FLASH_KERNEL(flash_fwd_bf16_d32, __nv_bfloat16, 32, 64)
-FLASH_KERNEL(flash_fwd_bf16_d64, __nv_bfloat16, 64, 64)
-FLASH_KERNEL(flash_fwd_bf16_d128, __nv_bfloat16, 128, 64)
-FLASH_KERNEL(flash_fwd_bf16_d256, __nv_bfloat16, 256, 32)
-FLASH_KERNEL(flash_fwd_f16_d32, __half, 32, 64)
-FLASH_KERNEL(flash_fwd_f16_d64, __half, 64, 64)
-FLASH_KERNEL(flash_fwd_f16_d128, __half, 128, 64)
-FLASH_KERNEL(flash_fwd_f16_d256, __half, 256, 32)
+FLASH_KERNEL(flash_fwd_bf16_d32, __nv_bfloat16, 32, 64, 2)
+FLASH_KERNEL(flash_fwd_bf16_d64, __nv_bfloat16, 64, 64, 2)
+FLASH_KERNEL(flash_fwd_bf16_d128, __nv_bfloat16, 128, 32, 2)
+FLASH_KERNEL(flash_fwd_bf16_d256, __nv_bfloat16, 256, 32, 1)
+FLASH_KERNEL(flash_fwd_f16_d32, __half, 32, 64, 2)
+FLASH_KERNEL(flash_fwd_f16_d64, __half, 64, 64, 2)
+FLASH_KERNEL(flash_fwd_f16_d128, __half, 128, 32, 2)
+FLASH_KERNEL(flash_fwd_f16_d256, __half, 256, 32, 1)
+// The single-stage variants session 8's second device call verified (GRIFFON_FLASH_STAGES=1).
+FLASH_KERNEL(flash_fwd_bf16_d32_s1, __nv_bfloat16, 32, 64, 1)
+FLASH_KERNEL(flash_fwd_bf16_d64_s1, __nv_bfloat16, 64, 64, 1)
+FLASH_KERNEL(flash_fwd_bf16_d128_s1, __nv_bfloat16, 128, 64, 1)
+FLASH_KERNEL(flash_fwd_f16_d32_s1, __half, 32, 64, 1)
+FLASH_KERNEL(flash_fwd_f16_d64_s1, __half, 64, 64, 1)
+FLASH_KERNEL(flash_fwd_f16_d128_s1, __half, 128, 64, 1)
+
+// ---------------------------------------------------------------------------------------------
+// Decoding (one query row per head): split-KV attention ("flash-decoding"). The keys are cut into
+// chunks of DECODE_CHUNK; block (b * KV + kv head, chunk) scores the chunk for the H / KV query
+// heads that share the kv head, keeps its maximum m, its sum l of exp(s - m) and its unnormalised
+// output o = sum exp(s - m) v in f32 in a workspace; decode_combine merges the chunks
+// (o = sum_c e^(m_c - M) o_c / sum_c e^(m_c - M) l_c) and writes out[b, 0, h, :] (heads merged).
+// Query row 0 sits at position `offset`; it sees keys j <= offset (and offset - j < window).
+#define DECODE_CHUNK 128
+#define DECODE_THREADS 256
+#define DECODE_MAX_REP 8
+
+template <typename T, int D>
+__device__ void decode_partial(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
+                               float *__restrict__ ws_o, float *__restrict__ ws_ml, const Params p, int nc) {
+  constexpr int VEC = D / 32;  // elements of a key row per lane
+  __shared__ float qs[DECODE_MAX_REP][D];
+  __shared__ float sc[DECODE_MAX_REP][DECODE_CHUNK];
+  __shared__ float ml[DECODE_MAX_REP][2];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, nwarps = DECODE_THREADS / 32;
+  const int b = blockIdx.x / p.KV, kvh = blockIdx.x % p.KV, c = blockIdx.y;
+  const int rep = p.H / p.KV;
+  const int pos = p.offset;
+  const int lo = p.window > 0 ? max(0, pos - p.window + 1) : 0;
+  const int hi = min(p.S, pos + 1);  // visible keys [lo, hi)
+  const int start = c * DECODE_CHUNK;
+  const T *kb = k + b * p.ksb + kvh * p.ksh;
+  const T *vb = v + b * p.vsb + kvh * p.vsh;
+  for (int i = tid; i < rep * D; i += DECODE_THREADS) {
+    int r = i / D, d = i % D;
+    qs[r][d] = to_float(q[b * p.qsb + (long long)(kvh * rep + r) * p.qsh + d]);
+  }
+  __syncthreads();
+  // scores: each warp a key at a time, each lane VEC channels
+  for (int jj = warp; jj < DECODE_CHUNK; jj += nwarps) {
+    int j = start + jj;
+    bool ok = j >= lo && j < hi;
+    float kv[VEC];
+    if (ok) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) kv[e] = to_float(kb[(long long)j * p.ksr + lane * VEC + e]);
+    }
+    for (int r = 0; r < rep; ++r) {
+      float part = 0.f;
+      if (ok) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) part += qs[r][lane * VEC + e] * kv[e];
+      }
+      for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffff, part, o);
+      if (lane == 0) {
+        float x = part * p.scale;
+        if (p.softcap > 0.f) x = p.softcap * tanhf(x / p.softcap);
+        sc[r][jj] = ok ? x : -INFINITY;
+      }
+    }
+  }
+  __syncthreads();
+  // per head: maximum, exponentials, sum (warp r for head r)
+  for (int r = warp; r < rep; r += nwarps) {
+    float m = -INFINITY;
+    for (int jj = lane; jj < DECODE_CHUNK; jj += 32) m = fmaxf(m, sc[r][jj]);
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+    float l = 0.f;
+    for (int jj = lane; jj < DECODE_CHUNK; jj += 32) {
+      float e = m == -INFINITY ? 0.f : __expf(sc[r][jj] - m);
+      sc[r][jj] = e;
+      l += e;
+    }
+    for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffff, l, o);
+    if (lane == 0) {
+      ml[r][0] = m;
+      ml[r][1] = l;
+    }
+  }
+  __syncthreads();
+  const int jend = min(DECODE_CHUNK, hi - start);
+  for (int i = tid; i < rep * D; i += DECODE_THREADS) {
+    int r = i / D, d = i % D;
+    float acc = 0.f;
+    for (int jj = max(0, lo - start); jj < jend; ++jj) acc += sc[r][jj] * to_float(vb[(long long)(start + jj) * p.vsr + d]);
+    long long h = (long long)b * p.H + kvh * rep + r;
+    ws_o[(h * nc + c) * D + d] = acc;
+    if (d == 0) {
+      ws_ml[(h * nc + c) * 2] = ml[r][0];
+      ws_ml[(h * nc + c) * 2 + 1] = ml[r][1];
+    }
+  }
+}
+
+template <typename T>
+__device__ void decode_combine(const float *__restrict__ ws_o, const float *__restrict__ ws_ml, T *__restrict__ out,
+                               int nc, int D) {
+  const long long h = blockIdx.x;  // b * H + head
+  float M = -INFINITY;
+  for (int c = 0; c < nc; ++c) M = fmaxf(M, ws_ml[(h * nc + c) * 2]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float L = 0.f, O = 0.f;
+    if (M != -INFINITY) {
+      for (int c = 0; c < nc; ++c) {
+        float m = ws_ml[(h * nc + c) * 2];
+        if (m == -INFINITY) continue;
+        float w = __expf(m - M);
+        L += w * ws_ml[(h * nc + c) * 2 + 1];
+        O += w * ws_o[(h * nc + c) * D + d];
+      }
+    }
+    out[h * D + d] = Pack<T>::one(L > 0.f ? O / L : 0.f);
+  }
+}
+
+#define DECODE_KERNELS(SUF, TY, D)                                                                       \
+  extern "C" __global__ void __launch_bounds__(DECODE_THREADS)                                           \
+      decode_partial_##SUF##_d##D(const TY *q, const TY *k, const TY *v, float *ws_o, float *ws_ml,       \
+                                  const Params p, int nc) {                                              \
+    decode_partial<TY, D>(q, k, v, ws_o, ws_ml, p, nc);                                                  \
+  }
+
+DECODE_KERNELS(bf16, __nv_bfloat16, 32)
+DECODE_KERNELS(bf16, __nv_bfloat16, 64)
+DECODE_KERNELS(bf16, __nv_bfloat16, 128)
+DECODE_KERNELS(bf16, __nv_bfloat16, 256)
+DECODE_KERNELS(f16, __half, 32)
+DECODE_KERNELS(f16, __half, 64)
+DECODE_KERNELS(f16, __half, 128)
+DECODE_KERNELS(f16, __half, 256)
+extern "C" __global__ void decode_combine_bf16(const float *ws_o, const float *ws_ml, __nv_bfloat16 *out, int nc, int D) {
+  decode_combine<__nv_bfloat16>(ws_o, ws_ml, out, nc, D);
+}
+extern "C" __global__ void decode_combine_f16(const float *ws_o, const float *ws_ml, __half *out, int nc, int D) {
+  decode_combine<__half>(ws_o, ws_ml, out, nc, D);
+}

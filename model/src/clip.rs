@@ -67,7 +67,9 @@ impl Attention {
         Ok(Self { qkv, out, heads, head_dim })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `residual + attention(x)`: the output projection's bias and the residual add in one
+    /// step ([`Linear::forward_residual`]).
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let (h, d) = (self.heads, self.head_dim);
         let (q, k, v) = match &self.qkv {
@@ -80,13 +82,17 @@ impl Attention {
             Qkv::Fused(l) => {
                 // [B, N, 3C] -> [3, B, H, N, d] in one copy (the CPU kernel reads the views)
                 let t = l.forward(x)?.reshape((b, n, 3, h, d))?.permute((2, 0, 3, 1, 4))?;
-                let t = if crate::nn::cpu_kernels_apply(&t) { t } else { t.contiguous()? };
-                (t.get(0)?, t.get(1)?, t.get(2)?)
+                // the CPU kernel and the GPU's fused one read the strided views directly
+                // (`Tensor::get` would copy each: it reshapes the narrowed view)
+                let part = |t: &Tensor, i: usize| -> Result<Tensor> { Ok(t.narrow(0, i, 1)?.squeeze(0)?) };
+                let views = crate::nn::cpu_kernels_apply(&t) || crate::flash::applies(&part(&t, 0)?);
+                let t = if views { t } else { t.contiguous()? };
+                (part(&t, 0)?, part(&t, 1)?, part(&t, 2)?)
             }
         };
         let y = full_attention(&q, &k, &v)?;
         debug_assert_eq!(y.dims(), &[b, n, c]);
-        self.out.forward(&y)
+        self.out.forward_residual(&y, residual)
     }
 }
 
@@ -144,9 +150,8 @@ struct Layer {
 
 impl Layer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
-        let m = self.fc2.forward(&self.act.apply(&self.fc1.forward(&self.ln2.forward(&h)?)?)?)?;
-        Ok((h + m)?)
+        let h = self.attn.forward_residual(&self.ln1.forward(x)?, x)?;
+        self.fc2.forward_residual(&self.fc1.forward_act(&self.ln2.forward(&h)?, Some(self.act))?, &h)
     }
 }
 

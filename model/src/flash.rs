@@ -97,6 +97,76 @@ struct FlashOp {
     spec: FlashSpec,
 }
 
+/// Whether `GRIFFON_FLASH_STAGES=1` picked the single-stage prefill / vision kernels (those
+/// without the asynchronous copy of the next key tile; read once).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn single_stage() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GRIFFON_FLASH_STAGES").map(|v| v.trim() == "1").unwrap_or(false))
+}
+
+/// Query heads per key/value head the decode kernel handles (`DECODE_MAX_REP`).
+pub const DECODE_MAX_REP: usize = 8;
+
+/// One decoding step's attention: q [B, H, 1, D] over k, v [B, KV, S, D] with the causal mask of
+/// `spec` (the query at position `offset`) -> [B, 1, H, D]. Split-KV ("flash-decoding"): chunks
+/// of 128 keys scored in parallel, then merged; two kernels instead of the composed path's seven
+/// (scores, scale, three for soft-capping, softmax, product). Where [`applies`] holds, with
+/// H / KV at most [`DECODE_MAX_REP`].
+pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, spec: &FlashSpec) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (kb, kvh, s, kd) = k.dims4()?;
+    if t != 1 || v.dims() != k.dims() || kb != b || kd != d || kvh == 0 || h % kvh != 0 || h / kvh > DECODE_MAX_REP {
+        return crate::error::invalid(format!(
+            "decode attention: q {:?}, k {:?}, v {:?} (one query row, H a multiple of KV, at most {DECODE_MAX_REP} per kv head)",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        ));
+    }
+    if !HEAD_DIMS.contains(&d) || s == 0 || spec.causal.is_none() {
+        return crate::error::invalid(format!("decode attention: head size {d}, {s} keys, causal {:?}", spec.causal));
+    }
+    let op = DecodeOp { spec: *spec };
+    Ok(kernel_ready(q)?.apply_op3_no_bwd(&kernel_ready(k)?, &kernel_ready(v)?, &op)?)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct DecodeOp {
+    spec: FlashSpec,
+}
+
+impl candle_core::CustomOp3 for DecodeOp {
+    fn name(&self) -> &'static str {
+        "griffon-decode-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("griffon-decode-attention runs on CUDA only (the CPU has its own fused kernel)")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        ql: &candle_core::Layout,
+        k: &candle_core::CudaStorage,
+        kl: &candle_core::Layout,
+        v: &candle_core::CudaStorage,
+        vl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        cuda::decode(&self.spec, q, ql, k, kl, v, vl)
+    }
+}
+
 impl candle_core::CustomOp3 for FlashOp {
     fn name(&self) -> &'static str {
         "griffon-flash-attention"
@@ -172,16 +242,9 @@ mod cuda {
         i32::try_from(x).map_err(|_| candle_core::Error::Msg(format!("flash attention: {what} {x} exceeds i32")))
     }
 
-    pub(super) fn forward(
-        spec: &FlashSpec,
-        q: &CudaStorage,
-        ql: &Layout,
-        k: &CudaStorage,
-        kl: &Layout,
-        v: &CudaStorage,
-        vl: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        let (b, h, t, d) = ql.shape().dims4()?;
+    /// The kernels' parameters of a call (strides and shapes checked).
+    fn params(spec: &FlashSpec, ql: &Layout, kl: &Layout, vl: &Layout) -> candle_core::Result<Params> {
+        let (b, h, t, _) = ql.shape().dims4()?;
         let (_, kvh, s, _) = kl.shape().dims4()?;
         for (name, l) in [("q", ql), ("k", kl), ("v", vl)] {
             let st = l.stride();
@@ -218,6 +281,20 @@ mod cuda {
             offset,
             window,
         };
+        Ok(params)
+    }
+
+    pub(super) fn forward(
+        spec: &FlashSpec,
+        q: &CudaStorage,
+        ql: &Layout,
+        k: &CudaStorage,
+        kl: &Layout,
+        v: &CudaStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (b, h, t, d) = ql.shape().dims4()?;
+        let params = params(spec, ql, kl, vl)?;
         let cfg = LaunchConfig {
             grid_dim: (t.div_ceil(BLOCK_ROWS) as u32, h as u32, b as u32),
             block_dim: (128, 1, 1),
@@ -245,7 +322,8 @@ mod cuda {
         params: &Params,
         cfg: LaunchConfig,
     ) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<T>> {
-        let name = format!("flash_fwd_{ty}_d{d}");
+        let stages = if super::single_stage() && d != 256 { "_s1" } else { "" };
+        let name = format!("flash_fwd_{ty}_d{d}{stages}");
         let func = dev.get_or_load_custom_func(&name, "griffon_flash_attn", PTX)?;
         let qv = q.as_cuda_slice::<T>()?.slice(ql.start_offset()..);
         let kv = k.as_cuda_slice::<T>()?.slice(kl.start_offset()..);
@@ -261,6 +339,87 @@ mod cuda {
         // SAFETY: the arguments match the kernel's signature; shapes checked by the caller.
         unsafe { builder.launch(cfg) }.w()?;
         Ok(out)
+    }
+
+    /// Keys per chunk of the decode kernel (`DECODE_CHUNK`) and its threads per block.
+    const DECODE_CHUNK: usize = 128;
+    const DECODE_THREADS: u32 = 256;
+
+    pub(super) fn decode(
+        spec: &FlashSpec,
+        q: &CudaStorage,
+        ql: &Layout,
+        k: &CudaStorage,
+        kl: &Layout,
+        v: &CudaStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (b, h, t, d) = ql.shape().dims4()?;
+        let (_, kvh, s, _) = kl.shape().dims4()?;
+        let params = params(spec, ql, kl, vl)?;
+        let nc = s.div_ceil(DECODE_CHUNK);
+        let dev = q.device().clone();
+        let ty = match q.dtype() {
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            other => candle_core::bail!("decode attention: dtype {other:?} (bf16 or f16 only)"),
+        };
+        // SAFETY: every element is written by the partial kernel before the combine reads it.
+        let ws_o = unsafe { dev.alloc::<f32>(b * h * nc * d)? };
+        let ws_ml = unsafe { dev.alloc::<f32>(b * h * nc * 2)? };
+        {
+            let func = dev.get_or_load_custom_func(&format!("decode_partial_{ty}_d{d}"), "griffon_flash_attn", PTX)?;
+            let cfg = LaunchConfig {
+                grid_dim: ((b * kvh) as u32, nc as u32, 1),
+                block_dim: (DECODE_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let nc32 = nc as i32;
+            macro_rules! launch_partial {
+                ($t:ty) => {{
+                    let qv = q.as_cuda_slice::<$t>()?.slice(ql.start_offset()..);
+                    let kv = k.as_cuda_slice::<$t>()?.slice(kl.start_offset()..);
+                    let vv = v.as_cuda_slice::<$t>()?.slice(vl.start_offset()..);
+                    let mut builder = func.builder();
+                    builder.arg(&qv);
+                    builder.arg(&kv);
+                    builder.arg(&vv);
+                    builder.arg(&ws_o);
+                    builder.arg(&ws_ml);
+                    builder.arg(&params);
+                    builder.arg(&nc32);
+                    // SAFETY: the arguments match the kernel's signature; shapes checked above.
+                    unsafe { builder.launch(cfg) }.w()?;
+                }};
+            }
+            match q.dtype() {
+                DType::BF16 => launch_partial!(bf16),
+                _ => launch_partial!(f16),
+            }
+        }
+        let func = dev.get_or_load_custom_func(&format!("decode_combine_{ty}"), "griffon_flash_attn", PTX)?;
+        let cfg = LaunchConfig { grid_dim: ((b * h) as u32, 1, 1), block_dim: (d as u32, 1, 1), shared_mem_bytes: 0 };
+        let (nc32, d32) = (nc as i32, d as i32);
+        macro_rules! launch_combine {
+            ($t:ty) => {{
+                // SAFETY: every element is written by the combine kernel.
+                let out = unsafe { dev.alloc::<$t>(b * h * d)? };
+                let mut builder = func.builder();
+                builder.arg(&ws_o);
+                builder.arg(&ws_ml);
+                builder.arg(&out);
+                builder.arg(&nc32);
+                builder.arg(&d32);
+                // SAFETY: the arguments match the kernel's signature.
+                unsafe { builder.launch(cfg) }.w()?;
+                CudaStorage::wrap_cuda_slice(out, dev.clone())
+            }};
+        }
+        let storage = match q.dtype() {
+            DType::BF16 => launch_combine!(bf16),
+            _ => launch_combine!(f16),
+        };
+        Ok((storage, Shape::from((b, t, h, d))))
     }
 }
 
@@ -325,6 +484,11 @@ pub fn check_against_composed(device: &candle_core::Device) -> Result<Vec<FlashC
         (8, 4, 70, 90, 256, Some(50.0), Some(Causal { offset: 20, window: None })),
         (4, 4, 130, 130, 256, None, Some(Causal { offset: 0, window: Some(48) })),
         (2, 1, 1, 333, 128, Some(30.0), Some(Causal { offset: 332, window: None })),
+        (16, 8, 1, 1429, 256, Some(50.0), Some(Causal { offset: 1428, window: None })),
+        (16, 8, 1, 1000, 256, Some(50.0), Some(Causal { offset: 999, window: Some(300) })),
+        (40, 40, 1, 77, 128, None, Some(Causal { offset: 76, window: None })),
+        (4, 4, 1, 300, 64, None, Some(Causal { offset: 150, window: None })),
+        (2, 2, 1, 40, 32, None, Some(Causal { offset: 39, window: None })),
         (16, 16, 1025, 1025, 64, None, None),
     ];
     for (i, &(h, kvh, t, s, d, softcap, causal)) in cases.iter().enumerate() {
@@ -344,13 +508,16 @@ pub fn check_against_composed(device: &candle_core::Device) -> Result<Vec<FlashC
         let k = seed(2, (1, kvh, s, d))?;
         let v = seed(3, (1, kvh, s, d))?;
         let spec = FlashSpec { scale: 1.0 / (d as f32).sqrt(), softcap, causal };
-        let got = attention(&q, &k, &v, &spec)?.to_dtype(DType::F32)?;
+        let decode_kernel = t == 1 && h / kvh <= DECODE_MAX_REP;
+        let got = if decode_kernel { decode(&q, &k, &v, &spec)? } else { attention(&q, &k, &v, &spec)? };
+        let got = got.to_dtype(DType::F32)?;
         let want = composed_f32(&q, &k, &v, &spec)?;
         let err = (got - &want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
         let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
         out.push(FlashCheck {
             case: format!(
-                "heads {h}/{kvh}, {t} queries x {s} keys, head dim {d}, softcap {softcap:?}, causal {causal:?}"
+                "{}heads {h}/{kvh}, {t} queries x {s} keys, head dim {d}, softcap {softcap:?}, causal {causal:?}",
+                if decode_kernel { "decode: " } else { "" }
             ),
             rel_err: err / scale.max(1e-12),
             tolerance: 2e-2,

@@ -14,6 +14,7 @@ pub mod draw;
 pub mod error;
 pub mod eva02;
 pub mod flash;
+pub mod fused;
 pub mod gemma2;
 pub mod generate;
 pub mod griffon;

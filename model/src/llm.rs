@@ -167,6 +167,30 @@ impl Projections {
         Ok(Projections::Fused { linear: Linear { weight, bias }, sizes })
     }
 
+    /// `act(gate(x)) * up(x)` of a gate / up pair: on a GPU in bf16 / f16 inference one kernel
+    /// over the fused projection's output ([`crate::fused::gated_act`]), else the composed ops.
+    pub fn gated(&self, x: &Tensor, act: Act) -> Result<Tensor> {
+        if let Projections::Fused { linear, sizes } = self {
+            if sizes.len() == 2 && sizes[0] == sizes[1] && linear.bias.is_none() && crate::fused::applies(x) {
+                return crate::fused::gated_act(&linear.forward(x)?, act);
+            }
+        }
+        let gu = self.forward(x)?;
+        if gu.len() != 2 {
+            return invalid(format!("a gated MLP needs 2 projections (gate, up), got {}", gu.len()));
+        }
+        Ok((act.apply(&gu[0])? * &gu[1])?)
+    }
+
+    /// The fused projection's whole output (the projections side by side on the last
+    /// dimension), `None` when the projections are separate.
+    pub fn joined(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        match self {
+            Projections::Fused { linear, .. } => Ok(Some(linear.forward(x)?)),
+            Projections::Separate(_) => Ok(None),
+        }
+    }
+
     /// Each projection of x, in order.
     pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         match self {
@@ -230,8 +254,8 @@ pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, like: &Tensor
 /// Grouped-query attention of q [B, H, T, d] over k, v [B, KV, S, d] -> [B, T, H * d] (heads
 /// merged, as the output projection reads them). When `mask` was made for f32 CPU inputs, the
 /// fused kernel of [`crate::cpu_kernels`] runs (it refuses other tensors with an error); bf16 /
-/// f16 inference on a GPU runs the one of [`crate::flash`] (prefill; decode steps with
-/// `GRIFFON_FLASH_DECODE=1`); elsewhere the scores are formed per kv group (the reference's
+/// f16 inference on a GPU runs the kernels of [`crate::flash`] (the tiled one for prefill, the
+/// split-KV one for one-token decode steps); elsewhere the scores are formed per kv group (the reference's
 /// `repeat_kv` without the copies), soft-capped, masked and normalised by [`attention_probs`].
 /// q holds positions offset..offset+T, k and v positions 0..S (S = offset + T). Rows of a
 /// right-padded batch never see the padding after them, so one causal mask serves a padded batch.
@@ -248,13 +272,18 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, spec: &A
             Attention { scale: spec.scale as f32, softcap: spec.softcap.map(|c| c as f32), causal: Some(mask.causal) };
         return Ok(q.apply_op3_no_bwd(k, v, &a)?);
     }
-    if crate::flash::applies(q) && (t > 1 || flash_decode()) {
+    if crate::flash::applies(q) {
         let spec = crate::flash::FlashSpec {
             scale: spec.scale as f32,
             softcap: spec.softcap.map(|c| c as f32),
             causal: Some(mask.causal),
         };
-        return Ok(crate::flash::attention(q, k, v, &spec)?.reshape((b, t, h * d))?);
+        let out = if t == 1 && h / kvh <= crate::flash::DECODE_MAX_REP {
+            crate::flash::decode(q, k, v, &spec)?
+        } else {
+            crate::flash::attention(q, k, v, &spec)?
+        };
+        return Ok(out.reshape((b, t, h * d))?);
     }
     let rep = h / kvh;
     // Group query heads by their kv head: [B, KV, rep*T, d] so one matmul serves a group.
@@ -273,14 +302,6 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, spec: &A
     }
     let probs = attention_probs(&scores, v.dtype())?;
     Ok(probs.matmul(v)?.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?)
-}
-
-/// Whether one-token decode steps take the fused GPU kernel too (`GRIFFON_FLASH_DECODE=1`; read
-/// once). Off by default: with one query row per head the kernel's 64-row blocks are mostly idle
-/// and only H blocks run, so `griffon bench` measures both before it becomes the default.
-fn flash_decode() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("GRIFFON_FLASH_DECODE").map(|v| v.trim() == "1").unwrap_or(false))
 }
 
 /// What distinguishes the decoders [`Llm`] runs (set by [`crate::llama::load`] and
@@ -410,28 +431,33 @@ impl Llm {
         };
         for (i, l) in self.layers.iter().enumerate() {
             let hn = l.input_ln.forward(&x)?;
-            let qkv = l.qkv.forward(&hn)?;
-            let q = qkv[0].reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = qkv[1].reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let v = qkv[2].reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = self.rope.apply_tables(&q, &rope)?;
-            let k = self.rope.apply_tables(&k, &rope)?;
+            let joined = if crate::fused::applies(&hn) { l.qkv.joined(&hn)? } else { None };
+            let (q, k, v) = match joined {
+                // one kernel splits the heads and applies the rotary embedding (GPU, bf16 / f16)
+                Some(y) => crate::fused::qkv_rope(&y, &rope.0, &rope.1, nh, nkv)?,
+                None => {
+                    let qkv = l.qkv.forward(&hn)?;
+                    let q = qkv[0].reshape((b, t, nh, hd))?.transpose(1, 2)?;
+                    let k = qkv[1].reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+                    let v = qkv[2].reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+                    (self.rope.apply_tables(&q, &rope)?, self.rope.apply_tables(&k, &rope)?, v)
+                }
+            };
             let (k, v) = cache.append(i, k, v)?;
             let mask = match (&window_mask, l.sliding) {
                 (Some(m), true) => m,
                 _ => &full_mask,
             };
-            let mut a = l.o.forward(&attention(&q, &k, &v, mask, &s.attn)?)?;
-            if let Some(n) = &l.post_attn_ln {
-                a = n.forward(&a)?;
-            }
-            x = (x + a)?;
-            let gu = l.gate_up.forward(&l.pre_ff_ln.forward(&x)?)?;
-            let mut f = l.down.forward(&(s.act.apply(&gu[0])? * &gu[1])?)?;
-            if let Some(n) = &l.post_ff_ln {
-                f = n.forward(&f)?;
-            }
-            x = (x + f)?;
+            let a = l.o.forward(&attention(&q, &k, &v, mask, &s.attn)?)?;
+            x = match &l.post_attn_ln {
+                Some(n) => n.forward_add(&a, &x)?,
+                None => (x + a)?,
+            };
+            let f = l.down.forward(&l.gate_up.gated(&l.pre_ff_ln.forward(&x)?, s.act)?)?;
+            x = match &l.post_ff_ln {
+                Some(n) => n.forward_add(&f, &x)?,
+                None => (x + f)?,
+            };
         }
         Ok(x)
     }

@@ -43,6 +43,42 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, None)
+    }
+
+    /// `act(x W^T + b)`: on a GPU in bf16 / f16 inference the bias and the activation are one
+    /// kernel over the matmul's output ([`crate::fused::bias_act`]), else the composed ops.
+    pub fn forward_act(&self, x: &Tensor, act: Option<Act>) -> Result<Tensor> {
+        let y = self.matmul(x)?;
+        if let (Some(b), true) = (&self.bias, crate::fused::applies(&y)) {
+            return crate::fused::bias_act(&y, b, act);
+        }
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match act {
+            Some(a) => a.apply(&y),
+            None => Ok(y),
+        }
+    }
+
+    /// `residual + (x W^T + b)`: the bias and the add are one kernel on a GPU in bf16 / f16
+    /// inference ([`crate::fused::bias_add`]), else the composed ops.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let y = self.matmul(x)?;
+        if let (Some(b), true) = (&self.bias, crate::fused::applies(&y)) {
+            return crate::fused::bias_add(&y, b, residual);
+        }
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        Ok((residual + y)?)
+    }
+
+    /// `x W^T` without the bias.
+    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         let wt = self.weight.t()?;
         let y = match x.rank() {
             3 => {
@@ -56,10 +92,7 @@ impl Linear {
             _ if !x.device().is_cpu() && !x.is_contiguous() => x.contiguous()?.broadcast_matmul(&wt)?,
             _ => x.broadcast_matmul(&wt)?,
         };
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        Ok(y)
     }
 }
 
@@ -91,6 +124,9 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some((w, b)), true) = (&self.affine_f32, crate::fused::applies(x)) {
+            return crate::fused::norm(x, w, Some(b), self.eps, true);
+        }
         let dt = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let (w, b) = match &self.affine_f32 {
@@ -133,7 +169,19 @@ impl RmsNorm {
         Ok(Self { weight, one_plus, eps, scale_f32 })
     }
 
+    /// `residual + self(x)`: one kernel on a GPU in bf16 / f16 inference
+    /// ([`crate::fused::rms_norm_add`]), else the norm and an add.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let (Some(scale), true) = (&self.scale_f32, crate::fused::applies(x)) {
+            return crate::fused::rms_norm_add(x, scale, self.eps, residual);
+        }
+        Ok((residual + self.forward(x)?)?)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let (Some(scale), true) = (&self.scale_f32, crate::fused::applies(x)) {
+            return crate::fused::norm(x, scale, None, self.eps, false);
+        }
         let dt = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let scale = match &self.scale_f32 {

@@ -7,7 +7,10 @@
 # inside the profiler's capture range). Build here first:
 #   tools/cuda/build.sh && xz -T2 -6 -kc target/cuda/release/griffon > target/cuda/griffon.xz
 # Device call: bash tools/cuda/speed_probe.sh; carry ["target/cuda/griffon.xz"]; timeout ~300.
-# Knobs: NCU=0 skips the profiles.
+# Knobs: NCU=0 skips the profiles, NCU_PARTS picks them (prefill vision decode), NCU_DETAIL=0 the
+# detailed profile of one attention launch; CALL=1 / 2 / 3 the benches of session 8's calls;
+# REF_BENCH=1 runs the PyTorch reference (carry .device/torch_reference_bench.py); TRAIN_UNTIL=T
+# trains at 1022 px until T (carry runs/synth/init-1022).
 set -uo pipefail
 OUT=${OUT:-/tmp/griffon-out}
 mkdir -p "$OUT"
@@ -23,13 +26,35 @@ bench() {  # name, env..., -- args
   env "$@" timeout 120 "$G" bench --random-weights --device cuda --dtype bf16 --json ${ARGS} > "$R/bench_$name.json" 2> "$R/bench_$name.err"
   echo "bench $name: rc $?"; grep "^bench" "$R/bench_$name.err"; tail -n 3 "$R/bench_$name.err" | grep -v "^bench"
 }
-ARGS="--config gemma2-9b --only vision" bench vision_composed GRIFFON_FLASH=0
-ARGS="--config gemma2-9b" bench gemma2-9b GRIFFON_FLASH=1
-ARGS="--config gemma2-9b --only prefill" bench prefill_composed GRIFFON_FLASH=0
-ARGS="--config gemma2-9b --only decode" bench decode_flash GRIFFON_FLASH_DECODE=1
-ARGS="--config llama2-13b --only prefill" bench llama_prefill GRIFFON_FLASH=1
+# session 8, call 1: the attention kernel against the composed path; call 2: the fused
+# norm / activation / bias kernels (GRIFFON_FUSED=0 turns them off) on top of it
+if [ "${CALL:-2}" = 1 ]; then
+  ARGS="--config gemma2-9b --only vision" bench vision_composed GRIFFON_FLASH=0
+  ARGS="--config gemma2-9b" bench gemma2-9b GRIFFON_FLASH=1
+  ARGS="--config gemma2-9b --only prefill" bench prefill_composed GRIFFON_FLASH=0
+  ARGS="--config gemma2-9b --only decode" bench decode_flash GRIFFON_FLASH_DECODE=1
+  ARGS="--config llama2-13b --only prefill" bench llama_prefill GRIFFON_FLASH=1
+elif [ "${CALL:-2}" = 2 ]; then
+  ARGS="--config gemma2-9b" bench gemma2-9b GRIFFON_FUSED=1
+  ARGS="--config gemma2-9b --only vision" bench vision_unfused GRIFFON_FUSED=0
+  ARGS="--config gemma2-9b --only prefill" bench prefill_unfused GRIFFON_FUSED=0
+  ARGS="--config llama2-13b" bench llama2-13b GRIFFON_FUSED=1
+else
+  # call 3: the final figures (pipelined attention kernel, decode kernel, fused residuals) and
+  # the single-stage attention kernel for comparison
+  ARGS="--config gemma2-9b" bench gemma2-9b GRIFFON_FUSED=1
+  ARGS="--config llama2-13b" bench llama2-13b GRIFFON_FUSED=1
+  ARGS="--config gemma2-9b --only vision" bench vision_s1 GRIFFON_FLASH_STAGES=1
+  ARGS="--config gemma2-9b --only prefill" bench prefill_s1 GRIFFON_FLASH_STAGES=1
+fi
+REF=$(ls .device/torch_reference_bench.py 2>/dev/null | head -n 1)
+if [ "${REF_BENCH:-0}" = 1 ] && [ -n "$REF" ]; then
+  # the PyTorch reference on the same card in the same call (../shared/bench, carried in .device)
+  timeout 200 python3 "$REF" --llm gemma2-9b --attn sdpa --out "$R" > "$R/torch.log" 2>&1
+  echo "torch reference: rc $?"; tail -n 3 "$R/torch.log"
+fi
 if [ "${NCU:-1}" = 1 ] && command -v ncu >/dev/null; then
-  for part in prefill vision; do
+  for part in ${NCU_PARTS:-prefill vision decode}; do
     GRIFFON_PROFILE_PART=$part timeout 150 ncu --clock-control none --profile-from-start off --csv \
       --metrics gpu__time_duration.sum "$G" bench --config gemma2-9b --random-weights --device cuda --dtype bf16 \
       --only $part --quick > "$R/ncu_$part.csv" 2> "$R/ncu_$part.err"
@@ -37,6 +62,26 @@ if [ "${NCU:-1}" = 1 ] && command -v ncu >/dev/null; then
     python3 tools/cuda/ncu_top.py "$R/ncu_$part.csv" 25 || { tail -n 5 "$R/ncu_$part.csv"; tail -n 20 "$R/ncu_$part.err"; }
     gzip -f "$R/ncu_$part.csv"
   done
+  if [ "${NCU_DETAIL:-1}" = 1 ]; then
+    # one launch of the vision attention kernel in detail: throughput, occupancy, stall reasons
+    GRIFFON_PROFILE_PART=vision timeout 120 ncu --clock-control none --profile-from-start off \
+      --kernel-name regex:flash_fwd --launch-count 1 --section SpeedOfLight --section Occupancy \
+      --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis \
+      "$G" bench --config gemma2-9b --random-weights --device cuda --dtype bf16 --only vision --quick \
+      > "$R/ncu_flash_detail.txt" 2>&1
+    echo "ncu flash detail: rc $?"
+    grep -E "Duration|Throughput|Registers|Achieved Occupancy|Theoretical Occupancy|Stall|Warp Cycles|Issue Slots|Executed Ipc|Block Limit" "$R/ncu_flash_detail.txt" | head -n 40
+  fi
 fi
 date -u
 tar -C /tmp -czf "$OUT/probe.tgz" probe
+# TRAIN_UNTIL (seconds since the epoch): train at 1022 px until then (stage 0 for a third, then
+# stage II), carrying runs/synth/init-1022 (tools/synth/train_gpu.sh; weights packed into $OUT)
+if [ -n "${TRAIN_UNTIL:-}" ]; then
+  left=$((TRAIN_UNTIL - $(date +%s) - 30))
+  echo "== $left s left for training at 1022 px"
+  if [ "$left" -ge 90 ]; then
+    t0=$((left / 3))
+    GRIFFON_BIN=$G T0=$t0 bash tools/synth/train_gpu.sh default 1022 1 4 4 0 $((left - t0 - 25)) 0
+  fi
+fi

@@ -1,0 +1,167 @@
+// Fused elementwise / row kernels for bf16 / f16 inference on NVIDIA GPUs (src/fused.rs). Each
+// replaces a chain of candle kernels that the profile of session 8 (docs/PERFORMANCE.md) found
+// costly at 1022 px and in the 1429-token prefill:
+//   norm_*       RMSNorm / LayerNorm of a row in f32 with f32 parameters, one rounding at the end
+//                (was: cast to f32, candle's f32 norm, cast back: three passes and kernels);
+//   gated_act_*  act(gate) * up from the fused gate/up projection's output [rows, 2I] (was: an
+//                activation and a product over strided views, about 9 times slower than the
+//                memory allows);
+//   bias_act_*   y = act(y + bias) in place after a matmul (was: a broadcast add, then one to
+//                three kernels for the activation).
+// Activations (codes as in src/fused.rs): 0 none, 1 quick_gelu x*sigmoid(1.702x), 2 exact GELU
+// 0.5x(1+erf(x/sqrt2)), 3 tanh GELU 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))), 4 silu x*sigmoid(x),
+// 5 relu; evaluated in f32 (PyTorch evaluates them in f32 for bf16 tensors too).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+
+__device__ __forceinline__ float act_f(float x, int act) {
+  switch (act) {
+    case 1: return x / (1.f + expf(-1.702f * x));
+    case 2: return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    case 3: {
+      float inner = 0.79788456080286536f * (x + 0.044715f * x * x * x);
+      return 0.5f * x * (1.f + tanhf(inner));
+    }
+    case 4: return x / (1.f + expf(-x));
+    case 5: return fmaxf(x, 0.f);
+    default: return x;
+  }
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+__device__ __forceinline__ float block_sum(float v, float *red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float s = lane < nw ? red[lane] : 0.f;
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+  return s;
+}
+
+// One block per row of x [rows, C] (row stride xs elements); out [rows, C] contiguous.
+// centered (LayerNorm): y = (x - mean) / sqrt(var + eps) * scale + shift (var biased, two passes);
+// else (RMSNorm): y = x / sqrt(mean(x^2) + eps) * scale. scale / shift are f32; shift may be null.
+// With `res` (same shape, contiguous) the result is res + y, each rounded to T as the reference's
+// `residual + norm(x)` on bf16 tensors is (a post-norm followed by the residual add).
+template <typename T>
+__device__ void norm_row(const T *__restrict__ x, long long xs, const float *__restrict__ scale,
+                         const float *__restrict__ shift, const T *__restrict__ res, T *__restrict__ out, int C,
+                         float eps, int centered) {
+  __shared__ float red[32];
+  const long long row = blockIdx.x;
+  const T *xr = x + row * xs;
+  T *yr = out + row * (long long)C;
+  float mean = 0.f;
+  if (centered) {
+    float s = 0.f;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) s += to_f(xr[i]);
+    mean = block_sum(s, red) / C;
+  }
+  float q = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    float d = to_f(xr[i]) - mean;
+    q += d * d;
+  }
+  const float rstd = rsqrtf(block_sum(q, red) / C + eps);
+  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    float y = (to_f(xr[i]) - mean) * rstd * scale[i];
+    if (shift) y += shift[i];
+    if (res) y = to_f(res[row * (long long)C + i]) + to_f(from_f<T>(y));
+    yr[i] = from_f<T>(y);
+  }
+}
+
+// gu [rows, 2I] contiguous (gate then up) -> out [rows, I]: round(act(gate)) * up, rounded, as
+// the reference's `act_fn(gate_proj(x)) * up_proj(x)` on bf16 tensors.
+// Elementwise kernels: grid (column blocks, row blocks); rows loop by gridDim.y (no 64-bit
+// division per element).
+template <typename T>
+__device__ void gated_act(const T *__restrict__ gu, T *__restrict__ out, long long rows, int I, int act) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= I) return;
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    float g = to_f(gu[r * 2 * I + j]);
+    float u = to_f(gu[r * 2 * I + I + j]);
+    float a = to_f(from_f<T>(act_f(g, act)));
+    out[r * I + j] = from_f<T>(a * u);
+  }
+}
+
+// y [rows, N] contiguous, in place: act(y + bias[j]), and with `res` (same shape, contiguous)
+// res + that, each rounded to T (the reference's `residual + linear(x)` on bf16 tensors).
+template <typename T>
+__device__ void bias_act(T *__restrict__ y, const T *__restrict__ bias, const T *__restrict__ res, long long rows,
+                         int N, int act) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= N) return;
+  const float b = to_f(bias[j]);
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    float v = act_f(to_f(y[r * N + j]) + b, act);
+    if (res) v = to_f(res[r * N + j]) + to_f(from_f<T>(v));
+    y[r * N + j] = from_f<T>(v);
+  }
+}
+
+// The fused q / k / v projection's output y [B * T, (H + 2 KV) * D] -> one buffer holding
+// q [B, H, T, D], then k [B, KV, T, D], then v [B, KV, T, D], with the rotary embedding applied to
+// q and k (HF `rotate_half` form: out[i] = x[i] cos[i] - x[i + D/2] sin[i], out[i + D/2] =
+// x[i + D/2] cos[i] + x[i] sin[i], cos / sin [T, D/2] of the positions), each product and the sum
+// rounded to T as the reference's bf16 `q * cos + rotate_half(q) * sin` is. Grid (B * T, H + 2 KV),
+// D / 2 threads. (was: three copies out of the strided views, two rope kernels)
+template <typename T>
+__device__ void qkv_rope(const T *__restrict__ y, const T *__restrict__ cs, const T *__restrict__ sn,
+                         T *__restrict__ out, int Tn, int H, int KV, int D) {
+  const int bt = blockIdx.x, hh = blockIdx.y, i = threadIdx.x, half = D / 2;
+  const int b = bt / Tn, t = bt % Tn;
+  const int width = (H + 2 * KV) * D;
+  const T *src = y + (long long)bt * width + hh * D;
+  const long long B = gridDim.x / Tn;
+  T *dst;
+  if (hh < H) {
+    dst = out + (((long long)b * H + hh) * Tn + t) * D;
+  } else if (hh < H + KV) {
+    dst = out + B * H * Tn * D + (((long long)b * KV + (hh - H)) * Tn + t) * D;
+  } else {
+    dst = out + B * (H + KV) * Tn * D + (((long long)b * KV + (hh - H - KV)) * Tn + t) * D;
+  }
+  const T x1 = src[i], x2 = src[i + half];
+  if (hh >= H + KV) {
+    dst[i] = x1;
+    dst[i + half] = x2;
+    return;
+  }
+  const float c = to_f(cs[t * half + i]), s = to_f(sn[t * half + i]);
+  const float a1 = to_f(from_f<T>(to_f(x1) * c)), b1 = to_f(from_f<T>(to_f(x2) * s));
+  const float a2 = to_f(from_f<T>(to_f(x2) * c)), b2 = to_f(from_f<T>(to_f(x1) * s));
+  dst[i] = from_f<T>(a1 - b1);
+  dst[i + half] = from_f<T>(a2 + b2);
+}
+
+#define FUSED_KERNELS(SUF, TY)                                                                                   \
+  extern "C" __global__ void norm_##SUF(const TY *x, long long xs, const float *scale, const float *shift,      \
+                                        const TY *res, TY *out, int C, float eps, int centered) {                \
+    norm_row<TY>(x, xs, scale, shift, res, out, C, eps, centered);                                               \
+  }                                                                                                              \
+  extern "C" __global__ void gated_act_##SUF(const TY *gu, TY *out, long long rows, int I, int act) {           \
+    gated_act<TY>(gu, out, rows, I, act);                                                                        \
+  }                                                                                                              \
+  extern "C" __global__ void bias_act_##SUF(TY *y, const TY *bias, const TY *res, long long rows, int N,        \
+                                            int act) {                                                           \
+    bias_act<TY>(y, bias, res, rows, N, act);                                                                    \
+  }                                                                                                              \
+  extern "C" __global__ void qkv_rope_##SUF(const TY *y, const TY *cs, const TY *sn, TY *out, int Tn, int H,    \
+                                            int KV, int D) {                                                     \
+    qkv_rope<TY>(y, cs, sn, out, Tn, H, KV, D);                                                                  \
+  }
+
+FUSED_KERNELS(bf16, __nv_bfloat16)
+FUSED_KERNELS(f16, __half)

@@ -1,0 +1,748 @@
+//! Fused kernels for bf16 / f16 inference on NVIDIA GPUs (`model/kernels/fused.cu`, compiled to
+//! PTX by `build.rs` in the `cuda` build): a norm of a row in one pass with f32 parameters, the
+//! gated activation `act(gate) * up` read straight from the fused gate/up projection, and a bias
+//! plus activation applied in place after a matmul. Each replaces a chain of candle kernels that
+//! session 8's ncu profile found costly (docs/PERFORMANCE.md): the norms' f32 round trip, the
+//! product over strided views, the broadcast bias add.
+//!
+//! [`applies`] says whether a tensor takes them (a CUDA tensor of bf16 / f16, outside training,
+//! not turned off by `GRIFFON_FUSED=0`); the composed forms stay the reference and the fallback.
+//! `griffon selfcheck --device cuda` compares the two on random inputs ([`check_against_composed`]).
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::Result;
+use crate::nn::Act;
+
+/// Whether `GRIFFON_FUSED=0` turned the kernels off (read once).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GRIFFON_FUSED").map(|v| v.trim() != "0").unwrap_or(true))
+}
+
+/// Whether `x` takes the fused kernels.
+pub fn applies(x: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && x.device().is_cuda()
+        && matches!(x.dtype(), DType::BF16 | DType::F16)
+        && !crate::nn::differentiable()
+        && enabled()
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn act_code(act: Option<Act>) -> i32 {
+    match act {
+        None => 0,
+        Some(Act::QuickGelu) => 1,
+        Some(Act::GeluErf) => 2,
+        Some(Act::GeluTanh) => 3,
+        Some(Act::Silu) => 4,
+        Some(Act::Relu) => 5,
+    }
+}
+
+/// RMSNorm (`shift` None, not `centered`) or LayerNorm (`centered`) over the last dimension of x,
+/// computed in f32 with the f32 `scale` (and `shift`) and rounded once to x's dtype. Where
+/// [`applies`] holds.
+pub fn norm(x: &Tensor, scale: &Tensor, shift: Option<&Tensor>, eps: f64, centered: bool) -> Result<Tensor> {
+    norm_impl(x, scale, shift, None, eps, centered)
+}
+
+/// `residual + rmsnorm(x)` (a post-norm and the residual add that follows it), each rounded to
+/// x's dtype as the reference's two bf16 operations are. Where [`applies`] holds.
+pub fn rms_norm_add(x: &Tensor, scale: &Tensor, eps: f64, residual: &Tensor) -> Result<Tensor> {
+    norm_impl(x, scale, None, Some(residual), eps, false)
+}
+
+fn norm_impl(
+    x: &Tensor,
+    scale: &Tensor,
+    shift: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    eps: f64,
+    centered: bool,
+) -> Result<Tensor> {
+    let c = x.dim(D::Minus1)?;
+    if scale.dims() != [c]
+        || scale.dtype() != DType::F32
+        || shift.is_some_and(|s| s.dims() != [c] || s.dtype() != DType::F32)
+    {
+        return crate::error::invalid(format!(
+            "fused norm: x {:?} needs f32 parameters of [{c}] (scale {:?} {:?})",
+            x.dims(),
+            scale.dims(),
+            scale.dtype()
+        ));
+    }
+    if residual.is_some_and(|r| r.dims() != x.dims() || r.dtype() != x.dtype())
+        || (residual.is_some() && shift.is_some())
+    {
+        return crate::error::invalid(format!(
+            "fused norm: the residual does not match x {:?} (or comes with a shift)",
+            x.dims()
+        ));
+    }
+    let x = x.contiguous()?;
+    let third = if residual.is_some() { Third::Residual } else { Third::Shift };
+    let op = NormOp { eps: eps as f32, centered, third };
+    Ok(match (shift, residual) {
+        (Some(b), _) => x.apply_op3_no_bwd(scale, b, &op)?,
+        (None, Some(r)) => x.apply_op3_no_bwd(scale, &r.contiguous()?, &op)?,
+        (None, None) => x.apply_op2_no_bwd(scale, &op)?,
+    })
+}
+
+/// What the third input of a [`NormOp`] is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Third {
+    Shift,
+    Residual,
+}
+
+/// `act(gate) * up` for `gu` [.., 2I] = gate then up (the fused projection's output) -> [.., I];
+/// the activation is rounded to gu's dtype before the product, as the reference's two bf16
+/// tensors are. Where [`applies`] holds.
+pub fn gated_act(gu: &Tensor, act: Act) -> Result<Tensor> {
+    let two_i = gu.dim(D::Minus1)?;
+    if two_i % 2 != 0 {
+        return crate::error::invalid(format!("fused gated activation: last dimension {two_i} is odd"));
+    }
+    Ok(gu.contiguous()?.apply_op1_no_bwd(&GatedActOp { act })?)
+}
+
+/// `act(y + bias)` over the last dimension of y, written into y (a fresh matmul output: nothing
+/// else holds it). Where [`applies`] holds.
+pub fn bias_act(y: &Tensor, bias: &Tensor, act: Option<Act>) -> Result<Tensor> {
+    bias_act_impl(y, bias, act, None)
+}
+
+/// `residual + (y + bias)`, each rounded to y's dtype, written into y (a fresh matmul output).
+/// Where [`applies`] holds.
+pub fn bias_add(y: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    bias_act_impl(y, bias, None, Some(residual))
+}
+
+fn bias_act_impl(y: &Tensor, bias: &Tensor, act: Option<Act>, residual: Option<&Tensor>) -> Result<Tensor> {
+    if residual.is_some_and(|r| r.dims() != y.dims() || r.dtype() != y.dtype()) {
+        return crate::error::invalid(format!("fused bias: the residual does not match y {:?}", y.dims()));
+    }
+    let n = y.dim(D::Minus1)?;
+    if bias.dims() != [n] || bias.dtype() != y.dtype() {
+        return crate::error::invalid(format!(
+            "fused bias: y {:?} {:?} and bias {:?} {:?} do not fit",
+            y.dims(),
+            y.dtype(),
+            bias.dims(),
+            bias.dtype()
+        ));
+    }
+    let y = if y.is_contiguous() && y.layout().start_offset() == 0 { y.clone() } else { y.contiguous()? };
+    match residual {
+        Some(r) => y.inplace_op3(bias, &r.contiguous()?, &BiasActOp { act })?,
+        None => y.inplace_op2(bias, &BiasActOp { act })?,
+    }
+    Ok(y)
+}
+
+/// The fused q / k / v projection's output `y` [B, T, (H + 2 KV) * D] split into q [B, H, T, D]
+/// and k, v [B, KV, T, D] (contiguous views of one buffer), with the rotary embedding of the
+/// tables `cos`, `sin` [T, D / 2] applied to q and k (HF `rotate_half` form). Where [`applies`]
+/// holds.
+pub fn qkv_rope(
+    y: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, t, w) = y.dims3()?;
+    let parts = heads + 2 * kv_heads;
+    if parts == 0 || w % parts != 0 || (w / parts) % 2 != 0 {
+        return crate::error::invalid(format!("fused q/k/v split: width {w} is not {parts} heads of an even size"));
+    }
+    let d = w / parts;
+    if cos.dims() != [t, d / 2] || sin.dims() != [t, d / 2] || cos.dtype() != y.dtype() || sin.dtype() != y.dtype() {
+        return crate::error::invalid(format!(
+            "fused q/k/v split: rotary tables {:?} / {:?} ({:?}) do not fit {t} positions of head size {d} ({:?})",
+            cos.dims(),
+            sin.dims(),
+            cos.dtype(),
+            y.dtype()
+        ));
+    }
+    let op = QkvRopeOp { heads, kv_heads };
+    let all = y.contiguous()?.apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &op)?;
+    let (nq, nk) = (b * heads * t * d, b * kv_heads * t * d);
+    let q = all.narrow(0, 0, nq)?.reshape((b, heads, t, d))?;
+    let k = all.narrow(0, nq, nk)?.reshape((b, kv_heads, t, d))?;
+    let v = all.narrow(0, nq + nk, nk)?.reshape((b, kv_heads, t, d))?;
+    Ok((q, k, v))
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct QkvRopeOp {
+    heads: usize,
+    kv_heads: usize,
+}
+
+impl candle_core::CustomOp3 for QkvRopeOp {
+    fn name(&self) -> &'static str {
+        "griffon-fused-qkv-rope"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("griffon-fused-qkv-rope {CUDA_ONLY}")
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        y: &candle_core::CudaStorage,
+        yl: &candle_core::Layout,
+        c: &candle_core::CudaStorage,
+        cl: &candle_core::Layout,
+        s: &candle_core::CudaStorage,
+        sl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        cuda::qkv_rope(self, (y, yl), (c, cl), (s, sl))
+    }
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct NormOp {
+    eps: f32,
+    centered: bool,
+    third: Third,
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct GatedActOp {
+    act: Act,
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct BiasActOp {
+    act: Option<Act>,
+}
+
+const CUDA_ONLY: &str = "runs on CUDA only (fused.rs)";
+
+impl candle_core::CustomOp2 for NormOp {
+    fn name(&self) -> &'static str {
+        "griffon-fused-rmsnorm"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("griffon-fused-rmsnorm {CUDA_ONLY}")
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &candle_core::Layout,
+        s: &candle_core::CudaStorage,
+        sl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        cuda::norm(self, x, xl, s, sl, None)
+    }
+}
+
+impl candle_core::CustomOp3 for NormOp {
+    fn name(&self) -> &'static str {
+        "griffon-fused-layernorm"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("griffon-fused-layernorm {CUDA_ONLY}")
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &candle_core::Layout,
+        s: &candle_core::CudaStorage,
+        sl: &candle_core::Layout,
+        b: &candle_core::CudaStorage,
+        bl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        cuda::norm(self, x, xl, s, sl, Some((b, bl)))
+    }
+}
+
+impl candle_core::CustomOp1 for GatedActOp {
+    fn name(&self) -> &'static str {
+        "griffon-fused-gated-act"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("griffon-fused-gated-act {CUDA_ONLY}")
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        cuda::gated_act(self, x, xl)
+    }
+}
+
+impl candle_core::InplaceOp3 for BiasActOp {
+    fn name(&self) -> &'static str {
+        "griffon-fused-bias-add"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        candle_core::bail!("griffon-fused-bias-add {CUDA_ONLY}")
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        y: &mut candle_core::CudaStorage,
+        yl: &candle_core::Layout,
+        b: &candle_core::CudaStorage,
+        bl: &candle_core::Layout,
+        r: &candle_core::CudaStorage,
+        rl: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        cuda::bias_act(self, y, yl, b, bl, Some((r, rl)))
+    }
+}
+
+impl candle_core::InplaceOp2 for BiasActOp {
+    fn name(&self) -> &'static str {
+        "griffon-fused-bias-act"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &mut candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        candle_core::bail!("griffon-fused-bias-act {CUDA_ONLY}")
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        y: &mut candle_core::CudaStorage,
+        yl: &candle_core::Layout,
+        b: &candle_core::CudaStorage,
+        bl: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        cuda::bias_act(self, y, yl, b, bl, None)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{act_code, BiasActOp, GatedActOp, NormOp, QkvRopeOp};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
+    use half::{bf16, f16};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+    const MODULE: &str = "griffon_fused";
+
+    fn suffix(dt: DType) -> candle_core::Result<&'static str> {
+        match dt {
+            DType::BF16 => Ok("bf16"),
+            DType::F16 => Ok("f16"),
+            other => candle_core::bail!("fused kernels: dtype {other:?} (bf16 or f16 only)"),
+        }
+    }
+
+    fn int(x: usize, what: &str) -> candle_core::Result<i32> {
+        i32::try_from(x).map_err(|_| candle_core::Error::Msg(format!("fused kernels: {what} {x} exceeds i32")))
+    }
+
+    fn contiguous_from_zero(l: &Layout, what: &str) -> candle_core::Result<()> {
+        if !l.is_contiguous() {
+            candle_core::bail!("fused kernels: {what} must be contiguous (strides {:?})", l.stride());
+        }
+        Ok(())
+    }
+
+    /// Grid for the elementwise kernels: 256 threads over the columns, rows over grid.y.
+    fn elementwise_cfg(rows: usize, cols: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (cols.div_ceil(256) as u32, rows.clamp(1, 65535) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    pub(super) fn norm(
+        op: &NormOp,
+        x: &CudaStorage,
+        xl: &Layout,
+        s: &CudaStorage,
+        sl: &Layout,
+        third: Option<(&CudaStorage, &Layout)>,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (shift, residual) = match op.third {
+            super::Third::Shift => (third, None),
+            super::Third::Residual => (None, third),
+        };
+        if let Some((_, rl)) = residual {
+            contiguous_from_zero(rl, "residual")?;
+        }
+        contiguous_from_zero(xl, "x")?;
+        let dims = xl.shape().dims();
+        let c = *dims.last().unwrap_or(&0);
+        let rows = xl.shape().elem_count() / c.max(1);
+        if c == 0 || rows == 0 {
+            candle_core::bail!("fused norm: empty input {dims:?}");
+        }
+        let dev = x.device().clone();
+        let threads = (c / 8).next_multiple_of(32).clamp(32, 1024) as u32;
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let (c32, eps, centered) = (int(c, "row length")?, op.eps, op.centered as i32);
+        let sv = s.as_cuda_slice::<f32>()?.slice(sl.start_offset()..);
+        let row_stride = c as i64;
+        fn go<T: CudaDType + DeviceRepr>(
+            dev: &CudaDevice,
+            name: &str,
+            (x, xl): (&CudaStorage, &Layout),
+            sv: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, f32>,
+            shift: Option<(&CudaStorage, &Layout)>,
+            residual: Option<(&CudaStorage, &Layout)>,
+            n: usize,
+            args: (i64, i32, f32, i32),
+            cfg: LaunchConfig,
+        ) -> candle_core::Result<CudaStorage> {
+            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let xv = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            let null: u64 = 0;
+            let bv = match shift {
+                Some((b, bl)) => Some(b.as_cuda_slice::<f32>()?.slice(bl.start_offset()..)),
+                None => None,
+            };
+            let rv = match residual {
+                Some((r, rl)) => Some(r.as_cuda_slice::<T>()?.slice(rl.start_offset()..)),
+                None => None,
+            };
+            let mut builder = func.builder();
+            builder.arg(&xv);
+            builder.arg(&args.0);
+            builder.arg(sv);
+            match &bv {
+                Some(bv) => builder.arg(bv),
+                None => builder.arg(&null),
+            };
+            match &rv {
+                Some(rv) => builder.arg(rv),
+                None => builder.arg(&null),
+            };
+            builder.arg(&out);
+            builder.arg(&args.1);
+            builder.arg(&args.2);
+            builder.arg(&args.3);
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+        }
+        let name = format!("norm_{}", suffix(x.dtype())?);
+        let args = (row_stride, c32, eps, centered);
+        let n = rows * c;
+        let out = match x.dtype() {
+            DType::BF16 => go::<bf16>(&dev, &name, (x, xl), &sv, shift, residual, n, args, cfg)?,
+            _ => go::<f16>(&dev, &name, (x, xl), &sv, shift, residual, n, args, cfg)?,
+        };
+        Ok((out, xl.shape().clone()))
+    }
+
+    pub(super) fn gated_act(
+        op: &GatedActOp,
+        x: &CudaStorage,
+        xl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        contiguous_from_zero(xl, "gate/up")?;
+        let mut dims = xl.shape().dims().to_vec();
+        let two_i = dims.pop().unwrap_or(0);
+        let i = two_i / 2;
+        let rows = xl.shape().elem_count() / two_i.max(1);
+        dims.push(i);
+        let dev = x.device().clone();
+        let cfg = elementwise_cfg(rows, i);
+        let (rows64, i32_, act) = (rows as i64, int(i, "width")?, act_code(Some(op.act)));
+        fn go<T: CudaDType + DeviceRepr>(
+            dev: &CudaDevice,
+            name: &str,
+            (x, xl): (&CudaStorage, &Layout),
+            n: usize,
+            args: (i64, i32, i32),
+            cfg: LaunchConfig,
+        ) -> candle_core::Result<CudaStorage> {
+            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let xv = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            let mut builder = func.builder();
+            builder.arg(&xv);
+            builder.arg(&out);
+            builder.arg(&args.0);
+            builder.arg(&args.1);
+            builder.arg(&args.2);
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+        }
+        let name = format!("gated_act_{}", suffix(x.dtype())?);
+        let n = rows * i;
+        let out = match x.dtype() {
+            DType::BF16 => go::<bf16>(&dev, &name, (x, xl), n, (rows64, i32_, act), cfg)?,
+            _ => go::<f16>(&dev, &name, (x, xl), n, (rows64, i32_, act), cfg)?,
+        };
+        Ok((out, Shape::from(dims)))
+    }
+
+    type Arg<'a> = (&'a CudaStorage, &'a Layout);
+
+    pub(super) fn qkv_rope(
+        op: &QkvRopeOp,
+        (y, yl): Arg<'_>,
+        (c, cl): Arg<'_>,
+        (s, sl): Arg<'_>,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        contiguous_from_zero(yl, "q/k/v")?;
+        let (b, t, w) = yl.shape().dims3()?;
+        let parts = op.heads + op.kv_heads * 2;
+        let d = w / parts;
+        let dev = y.device().clone();
+        let cfg = LaunchConfig {
+            grid_dim: ((b * t) as u32, parts as u32, 1),
+            block_dim: ((d / 2) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let args = (int(t, "positions")?, int(op.heads, "heads")?, int(op.kv_heads, "kv heads")?, int(d, "head size")?);
+        let n = b * t * w;
+        fn go<T: CudaDType + DeviceRepr>(
+            dev: &CudaDevice,
+            name: &str,
+            (y, yl): Arg<'_>,
+            (c, cl): Arg<'_>,
+            (s, sl): Arg<'_>,
+            n: usize,
+            args: (i32, i32, i32, i32),
+            cfg: LaunchConfig,
+        ) -> candle_core::Result<CudaStorage> {
+            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let yv = y.as_cuda_slice::<T>()?.slice(yl.start_offset()..);
+            let cv = c.as_cuda_slice::<T>()?.slice(cl.start_offset()..);
+            let sv = s.as_cuda_slice::<T>()?.slice(sl.start_offset()..);
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<T>(n)? };
+            let mut builder = func.builder();
+            builder.arg(&yv);
+            builder.arg(&cv);
+            builder.arg(&sv);
+            builder.arg(&out);
+            builder.arg(&args.0);
+            builder.arg(&args.1);
+            builder.arg(&args.2);
+            builder.arg(&args.3);
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+        }
+        let name = format!("qkv_rope_{}", suffix(y.dtype())?);
+        let out = match y.dtype() {
+            DType::BF16 => go::<bf16>(&dev, &name, (y, yl), (c, cl), (s, sl), n, args, cfg)?,
+            _ => go::<f16>(&dev, &name, (y, yl), (c, cl), (s, sl), n, args, cfg)?,
+        };
+        Ok((out, Shape::from(n)))
+    }
+
+    pub(super) fn bias_act(
+        op: &BiasActOp,
+        y: &mut CudaStorage,
+        yl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+        residual: Option<Arg<'_>>,
+    ) -> candle_core::Result<()> {
+        contiguous_from_zero(yl, "y")?;
+        if let Some((_, rl)) = residual {
+            contiguous_from_zero(rl, "residual")?;
+        }
+        let n = *yl.shape().dims().last().unwrap_or(&0);
+        let rows = yl.shape().elem_count() / n.max(1);
+        let dev = y.device().clone();
+        let cfg = elementwise_cfg(rows, n);
+        let name = format!("bias_act_{}", suffix(y.dtype())?);
+        let (rows64, n32, act) = (rows as i64, int(n, "width")?, act_code(op.act));
+        fn go<T: CudaDType + DeviceRepr>(
+            dev: &CudaDevice,
+            name: &str,
+            (y, yl): (&mut CudaStorage, &Layout),
+            (b, bl): (&CudaStorage, &Layout),
+            residual: Option<Arg<'_>>,
+            args: (i64, i32, i32),
+            cfg: LaunchConfig,
+        ) -> candle_core::Result<()> {
+            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let bv = b.as_cuda_slice::<T>()?.slice(bl.start_offset()..);
+            let rv = match residual {
+                Some((r, rl)) => Some(r.as_cuda_slice::<T>()?.slice(rl.start_offset()..)),
+                None => None,
+            };
+            let null: u64 = 0;
+            let mut yv = y.as_cuda_slice_mut::<T>()?.slice_mut(yl.start_offset()..);
+            let mut builder = func.builder();
+            builder.arg(&mut yv);
+            builder.arg(&bv);
+            match &rv {
+                Some(rv) => builder.arg(rv),
+                None => builder.arg(&null),
+            };
+            builder.arg(&args.0);
+            builder.arg(&args.1);
+            builder.arg(&args.2);
+            // SAFETY: the arguments match the kernel's signature.
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok(())
+        }
+        match y.dtype() {
+            DType::BF16 => go::<bf16>(&dev, &name, (y, yl), (b, bl), residual, (rows64, n32, act), cfg),
+            _ => go::<f16>(&dev, &name, (y, yl), (b, bl), residual, (rows64, n32, act), cfg),
+        }
+    }
+}
+
+/// One comparison of a fused kernel against its composed form.
+#[derive(Debug, Clone)]
+pub struct FusedCheck {
+    pub case: String,
+    /// max |fused - composed| / max |composed|
+    pub rel_err: f64,
+    pub tolerance: f64,
+}
+
+impl FusedCheck {
+    pub fn passed(&self) -> bool {
+        self.rel_err.is_finite() && self.rel_err <= self.tolerance
+    }
+}
+
+/// Runs every fused kernel on deterministic pseudo-random bf16 inputs on `device` and compares it
+/// with the f32 composed computation on the same inputs: RMSNorm and LayerNorm (on a strided
+/// view), the gated activation for tanh-GELU and SiLU, bias plus each activation. Tolerance
+/// 1e-2 of the largest output (one bf16 rounding of the result, two for the gated activation).
+pub fn check_against_composed(device: &candle_core::Device) -> Result<Vec<FusedCheck>> {
+    let pattern = |n: usize, shape: &[usize]| -> Result<Tensor> {
+        let len: usize = shape.iter().product();
+        let vals: Vec<f32> = (0..len)
+            .map(|j| {
+                let x = ((j as u64 + 7) * 2654435761 + n as u64 * 40503) % 10007;
+                (x as f32 / 10007.0 - 0.5) * 6.0
+            })
+            .collect();
+        Ok(Tensor::from_vec(vals, shape, device)?.to_dtype(DType::BF16)?)
+    };
+    let rel = |got: &Tensor, want: &Tensor| -> Result<f64> {
+        let got = got.to_dtype(DType::F32)?;
+        let err = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+        let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+        Ok(err / scale.max(1e-12))
+    };
+    let mut out = Vec::new();
+    let mut push = |case: String, rel_err: f64| out.push(FusedCheck { case, rel_err, tolerance: 1e-2 });
+    // norms of a narrowed view (made contiguous first), rows of 1000, 3584 and 64
+    for (c, centered) in [(1000usize, true), (3584, false), (64, true)] {
+        let x = pattern(1, &[2, 37, c])?.narrow(1, 0, 30)?;
+        let scale = (pattern(2, &[c])?.to_dtype(DType::F32)? * 0.3)?;
+        let shift = pattern(3, &[c])?.to_dtype(DType::F32)?;
+        let got = norm(&x, &scale, centered.then_some(&shift), 1e-5, centered)?;
+        let xf = x.to_dtype(DType::F32)?;
+        let want = if centered {
+            candle_nn::ops::layer_norm(&xf.contiguous()?, &scale, &shift, 1e-5)?
+        } else {
+            candle_nn::ops::rms_norm(&xf.contiguous()?, &scale, 1e-5)?
+        };
+        push(format!("{} over rows of {c}", if centered { "LayerNorm" } else { "RMSNorm" }), rel(&got, &want)?);
+    }
+    {
+        let x = pattern(8, &[2, 5, 3584])?;
+        let r = pattern(9, &[2, 5, 3584])?;
+        let scale = (pattern(2, &[3584])?.to_dtype(DType::F32)? + 1.0)?;
+        let got = rms_norm_add(&x, &scale, 1e-6, &r)?;
+        let normed = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &scale, 1e-6)?;
+        let want = (r.to_dtype(DType::F32)? + normed)?;
+        push("RMSNorm + residual".into(), rel(&got, &want)?);
+        let y = pattern(10, &[2, 5, 3584])?;
+        let b = pattern(11, &[3584])?;
+        let got = bias_add(&y.copy()?, &b, &r)?;
+        let want = (r.to_dtype(DType::F32)? + y.to_dtype(DType::F32)?.broadcast_add(&b.to_dtype(DType::F32)?)?)?;
+        push("bias + residual".into(), rel(&got, &want)?);
+    }
+    for act in [Act::GeluTanh, Act::Silu] {
+        let gu = pattern(4, &[3, 50, 2 * 1000])?;
+        let got = gated_act(&gu, act)?;
+        let g = gu.narrow(D::Minus1, 0, 1000)?.to_dtype(DType::F32)?;
+        let u = gu.narrow(D::Minus1, 1000, 1000)?.to_dtype(DType::F32)?;
+        let want = (act.apply(&g)? * u)?;
+        push(format!("gated {act:?}"), rel(&got, &want)?);
+    }
+    for act in [None, Some(Act::QuickGelu), Some(Act::GeluErf), Some(Act::GeluTanh), Some(Act::Silu), Some(Act::Relu)] {
+        let y = pattern(5, &[70, 300])?;
+        let b = pattern(6, &[300])?;
+        let want = y.to_dtype(DType::F32)?.broadcast_add(&b.to_dtype(DType::F32)?)?;
+        let want = match act {
+            Some(a) => a.apply(&want)?,
+            None => want,
+        };
+        let got = bias_act(&y.copy()?, &b, act)?;
+        push(format!("bias + {act:?}"), rel(&got, &want)?);
+    }
+    // q / k / v split with the rotary embedding, against the composed reshape + candle's rope
+    {
+        let (b, t, h, kv, d) = (2, 9, 4, 2, 64);
+        let y = pattern(7, &[b, t, (h + 2 * kv) * d])?;
+        let rope = crate::llm::Rope::new(d, 10000.0);
+        let (cos, sin) = rope.tables(5, t, device, DType::BF16)?;
+        let (q, k, v) = qkv_rope(&y, &cos, &sin, h, kv)?;
+        let split = |from: usize, n: usize| -> Result<Tensor> {
+            Ok(y.narrow(D::Minus1, from * d, n * d)?.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let want_q = rope.apply_tables(&split(0, h)?, &(cos.clone(), sin.clone()))?.to_dtype(DType::F32)?;
+        let want_k = rope.apply_tables(&split(h, kv)?, &(cos.clone(), sin.clone()))?.to_dtype(DType::F32)?;
+        let want_v = split(h + kv, kv)?.to_dtype(DType::F32)?;
+        push("q/k/v split + rope: q".into(), rel(&q, &want_q)?);
+        push("q/k/v split + rope: k".into(), rel(&k, &want_k)?);
+        push("q/k/v split + rope: v".into(), rel(&v, &want_v)?);
+    }
+    Ok(out)
+}
