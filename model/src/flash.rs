@@ -454,6 +454,25 @@ pub fn composed_f32(q: &Tensor, k: &Tensor, v: &Tensor, spec: &FlashSpec) -> Res
     Ok(p.matmul(&v.contiguous()?)?.reshape((b, h, t, d))?.transpose(1, 2)?.contiguous()?)
 }
 
+/// The cases of [`check_against_composed`]: (heads, kv heads, queries, keys, head size, soft-cap,
+/// causal mask). Prefill / vision shapes take the tiled kernel, one-query rows the decode kernel.
+#[allow(clippy::type_complexity)]
+pub const CHECK_CASES: &[(usize, usize, usize, usize, usize, Option<f32>, Option<Causal>)] = &[
+    // (heads, kv heads, queries, keys, head dim, softcap, causal)
+    (4, 4, 300, 300, 64, None, None),
+    (2, 2, 37, 37, 32, None, None),
+    (4, 2, 100, 100, 128, Some(50.0), Some(Causal { offset: 0, window: None })),
+    (8, 4, 70, 90, 256, Some(50.0), Some(Causal { offset: 20, window: None })),
+    (4, 4, 130, 130, 256, None, Some(Causal { offset: 0, window: Some(48) })),
+    (2, 1, 1, 333, 128, Some(30.0), Some(Causal { offset: 332, window: None })),
+    (16, 8, 1, 1429, 256, Some(50.0), Some(Causal { offset: 1428, window: None })),
+    (16, 8, 1, 1000, 256, Some(50.0), Some(Causal { offset: 999, window: Some(300) })),
+    (40, 40, 1, 77, 128, None, Some(Causal { offset: 76, window: None })),
+    (4, 4, 1, 300, 64, None, Some(Causal { offset: 150, window: None })),
+    (2, 2, 1, 40, 32, None, Some(Causal { offset: 39, window: None })),
+    (16, 16, 1025, 1025, 64, None, None),
+];
+
 /// One comparison of the kernel against [`composed_f32`].
 #[derive(Debug, Clone)]
 pub struct FlashCheck {
@@ -476,22 +495,7 @@ impl FlashCheck {
 /// the probabilities are rounded to bf16 before the product with v, and the output itself is bf16.
 pub fn check_against_composed(device: &candle_core::Device) -> Result<Vec<FlashCheck>> {
     let mut out = Vec::new();
-    let cases: &[(usize, usize, usize, usize, usize, Option<f32>, Option<Causal>)] = &[
-        // (heads, kv heads, queries, keys, head dim, softcap, causal)
-        (4, 4, 300, 300, 64, None, None),
-        (2, 2, 37, 37, 32, None, None),
-        (4, 2, 100, 100, 128, Some(50.0), Some(Causal { offset: 0, window: None })),
-        (8, 4, 70, 90, 256, Some(50.0), Some(Causal { offset: 20, window: None })),
-        (4, 4, 130, 130, 256, None, Some(Causal { offset: 0, window: Some(48) })),
-        (2, 1, 1, 333, 128, Some(30.0), Some(Causal { offset: 332, window: None })),
-        (16, 8, 1, 1429, 256, Some(50.0), Some(Causal { offset: 1428, window: None })),
-        (16, 8, 1, 1000, 256, Some(50.0), Some(Causal { offset: 999, window: Some(300) })),
-        (40, 40, 1, 77, 128, None, Some(Causal { offset: 76, window: None })),
-        (4, 4, 1, 300, 64, None, Some(Causal { offset: 150, window: None })),
-        (2, 2, 1, 40, 32, None, Some(Causal { offset: 39, window: None })),
-        (16, 16, 1025, 1025, 64, None, None),
-    ];
-    for (i, &(h, kvh, t, s, d, softcap, causal)) in cases.iter().enumerate() {
+    for (i, &(h, kvh, t, s, d, softcap, causal)) in CHECK_CASES.iter().enumerate() {
         let seed = |n: usize, shape: (usize, usize, usize, usize)| -> Result<Tensor> {
             // deterministic inputs (no RNG state of the device): a smooth pseudo-random pattern
             let len = shape.0 * shape.1 * shape.2 * shape.3;
@@ -524,4 +528,66 @@ pub fn check_against_composed(device: &candle_core::Device) -> Result<Vec<FlashC
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The reference of the GPU check, [`composed_f32`], against the CPU's fused attention kernel
+    /// (itself held to the transformers fixtures by the parity tests) on every case of the check:
+    /// the same masks, grouped-query mapping, soft-capping and output layout. f32, 1e-5 relative.
+    #[test]
+    fn composed_reference_matches_the_cpu_kernel() {
+        for (i, &(h, kvh, t, s, d, softcap, causal)) in CHECK_CASES.iter().enumerate() {
+            // fewer heads to keep the CPU run short, the same grouping (query heads per kv head)
+            let kvh = kvh.min(2);
+            let h = kvh * (h / CHECK_CASES[i].1);
+            let r = |n: u64, shape: (usize, usize, usize, usize)| {
+                let len = shape.0 * shape.1 * shape.2 * shape.3;
+                let v: Vec<f32> =
+                    (0..len).map(|j| (((j as u64 + 3) * 2654435761 + n * 977) % 1009) as f32 / 504.5 - 1.0).collect();
+                Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+            };
+            let (q, k, v) = (r(1, (1, h, t, d)), r(2, (1, kvh, s, d)), r(3, (1, kvh, s, d)));
+            let spec = FlashSpec { scale: 1.0 / (d as f32).sqrt(), softcap, causal };
+            let got = composed_f32(&q, &k, &v, &spec).unwrap().reshape((1, t, h * d)).unwrap();
+            let op = crate::cpu_kernels::Attention { scale: spec.scale, softcap, causal };
+            let want = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
+            let err = (&got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(err <= 1e-5 * scale, "case {i}: {err} vs scale {scale}");
+        }
+    }
+
+    /// The GPU kernels never claim CPU tensors (the CPU has its own), nor training.
+    #[test]
+    fn gpu_kernels_do_not_apply_on_the_cpu() {
+        for dt in [DType::BF16, DType::F16, DType::F32] {
+            let x = Tensor::zeros((1, 2, 3, 64), dt, &Device::Cpu).unwrap();
+            assert!(!applies(&x));
+            assert!(!crate::fused::applies(&x));
+        }
+    }
+
+    /// On the CPU the ops refuse to run with an error naming them (never a silent wrong result).
+    #[test]
+    fn cpu_tensors_are_refused_with_an_error() {
+        let q = Tensor::zeros((1, 2, 3, 64), DType::F32, &Device::Cpu).unwrap();
+        let spec = FlashSpec { scale: 1.0, softcap: None, causal: None };
+        let e = attention(&q, &q, &q, &spec).unwrap_err().to_string();
+        assert!(e.contains("CUDA only"), "{e}");
+        let e = attention(&q, &q.narrow(3, 0, 32).unwrap(), &q, &spec).unwrap_err().to_string();
+        assert!(e.contains("do not fit"), "{e}");
+    }
 }

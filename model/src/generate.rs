@@ -125,15 +125,23 @@ fn choose_on_host(
     Ok(chosen.map(|t| (t, prob_of(t))))
 }
 
-/// The most likely token of logits [1, 1, V] and its probability, computed where the logits are
-/// (f32 softmax, as the reference's `torch.softmax`); on the CPU ties go to the lowest id (the
-/// CUDA argmax kernel's tie order is candle's).
+/// The most likely token of logits [1, 1, V] and its probability, computed where the logits are:
+/// the argmax of the f32 logits (as the reference's greedy `argmax`) and its softmax
+/// probability `1 / sum(exp(l - max))`, brought to the host together (one copy, one wait). On the
+/// CPU ties go to the lowest id (the CUDA argmax kernel's tie order is candle's). Not candle's
+/// fused softmax: it gives one warp to a row, and a 256k-wide vocabulary row took it about 4 ms
+/// per token on the H100 (docs/PERFORMANCE.md), a third of a Gemma-2-9B decode step.
 pub fn greedy_on_device(logits: &Tensor) -> Result<(u32, f32)> {
     let row = logits.flatten_all()?.to_dtype(DType::F32)?;
-    let p = candle_nn::ops::softmax_last_dim(&row)?;
-    let tok = p.argmax(0)?.to_scalar::<u32>()?;
-    let prob = p.get(tok as usize)?.to_scalar::<f32>()?;
-    Ok((tok, prob))
+    let vocab = row.dim(0)?;
+    if vocab == 0 || vocab > 1 << 24 {
+        return invalid(format!("greedy pick over {vocab} logits (1 to 2^24: ids travel as f32)"));
+    }
+    let max = row.max_keepdim(0)?;
+    let z = row.broadcast_sub(&max)?.exp()?.sum_keepdim(0)?;
+    let tok = row.argmax_keepdim(0)?.to_dtype(DType::F32)?;
+    let both = Tensor::cat(&[&tok, &z], 0)?.to_vec1::<f32>()?;
+    Ok((both[0] as u32, 1.0 / both[1]))
 }
 
 /// Decodes after the prompt embeddings `prefix` [1, T, H]. `on_token` is called with each
