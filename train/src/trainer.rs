@@ -410,6 +410,9 @@ pub struct StepLog {
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// Seconds of the step spent waiting for the data loader (image decoding / scene rendering):
+    /// close to the step's time means the loader, not the device, bounds training.
+    pub data_wait_s: f64,
     /// Mean unweighted dense perception loss of the step, when it is trained.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dense: Option<f64>,
@@ -443,6 +446,8 @@ pub struct Trainer {
     elapsed_before: f64,
     /// Start of this segment's training loop.
     segment_start: Option<Instant>,
+    /// Time the current step has waited for the data loader (reset at each step).
+    data_wait: std::time::Duration,
     /// The dense perception head (stage 0 or `dense_weight` > 0); its parameters are the
     /// optimizer's [`HEAD_WEIGHT`] and [`HEAD_BIAS`].
     dense: Option<DenseHead>,
@@ -618,6 +623,7 @@ impl Trainer {
             total_steps,
             group_lrs: groups,
             prefetch: None,
+            data_wait: std::time::Duration::ZERO,
             elapsed_before: 0.0,
             segment_start: None,
             dense,
@@ -680,7 +686,9 @@ impl Trainer {
             self.prefetch = Some((mb, Prefetch::start(loader, mb, self.cfg.train.batch_size, workers)));
         }
         let (next, p) = self.prefetch.as_mut().expect("started above");
+        let waited = Instant::now();
         let out = p.next()?;
+        self.data_wait += waited.elapsed();
         *next += 1;
         Ok(out)
     }
@@ -807,6 +815,7 @@ impl Trainer {
             }
             let step = self.opt.step;
             let t0 = Instant::now();
+            self.data_wait = std::time::Duration::ZERO;
             let (mut grads, loss, tokens, dense) = self.step_gradients(step)?;
             let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.max_grad_norm).map_err(|e| e.to_string())?;
             let lrs = self.lrs_at(step);
@@ -823,6 +832,7 @@ impl Trainer {
                 tokens,
                 tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                 elapsed_s: self.elapsed_s(),
+                data_wait_s: self.data_wait.as_secs_f64(),
                 dense,
             };
             writeln!(log, "{}", serde_json::to_string(&entry).expect("serializable")).map_err(|e| e.to_string())?;

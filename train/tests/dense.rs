@@ -69,6 +69,12 @@ fn stage0_trains_the_tower_alone_falls_and_resumes_exactly() {
     let row: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
     assert_eq!(row["dense"].as_f64().unwrap(), row["loss"].as_f64().unwrap());
     assert_eq!(row["tokens"].as_u64().unwrap(), 2 * 49, "patches of the 56 px / 8 px tower, batch 2");
+    // the loader wait of every step is logged, and never more than the whole run took
+    for line in metrics.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let wait = r["data_wait_s"].as_f64().expect("data_wait_s in every row");
+        assert!(wait >= 0.0 && wait <= r["elapsed_s"].as_f64().unwrap(), "{line}");
+    }
 
     // only the tower moved; the head is kept beside the checkpoint
     assert!(straight.checkpoint.join(HEAD_FILE).is_file());
