@@ -88,13 +88,15 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, spec: &FlashSpec) -> Result
     if t == 0 || s == 0 {
         return crate::error::invalid(format!("flash attention: {t} queries over {s} keys"));
     }
-    let op = FlashOp { spec: *spec };
+    let op = FlashOp { spec: *spec, decode: false };
     Ok(kernel_ready(q)?.apply_op3_no_bwd(&kernel_ready(k)?, &kernel_ready(v)?, &op)?)
 }
 
+/// The attention op: the tiled kernel (`decode` false) or the split-KV one for a single query row.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct FlashOp {
     spec: FlashSpec,
+    decode: bool,
 }
 
 /// Whether `GRIFFON_FLASH_STAGES=1` picked the single-stage prefill / vision kernels (those
@@ -127,44 +129,8 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, spec: &FlashSpec) -> Result<Te
     if !HEAD_DIMS.contains(&d) || s == 0 || spec.causal.is_none() {
         return crate::error::invalid(format!("decode attention: head size {d}, {s} keys, causal {:?}", spec.causal));
     }
-    let op = DecodeOp { spec: *spec };
+    let op = FlashOp { spec: *spec, decode: true };
     Ok(kernel_ready(q)?.apply_op3_no_bwd(&kernel_ready(k)?, &kernel_ready(v)?, &op)?)
-}
-
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-struct DecodeOp {
-    spec: FlashSpec,
-}
-
-impl candle_core::CustomOp3 for DecodeOp {
-    fn name(&self) -> &'static str {
-        "griffon-decode-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        candle_core::bail!("griffon-decode-attention runs on CUDA only (the CPU has its own fused kernel)")
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        q: &candle_core::CudaStorage,
-        ql: &candle_core::Layout,
-        k: &candle_core::CudaStorage,
-        kl: &candle_core::Layout,
-        v: &candle_core::CudaStorage,
-        vl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        cuda::decode(&self.spec, q, ql, k, kl, v, vl)
-    }
 }
 
 impl candle_core::CustomOp3 for FlashOp {
@@ -194,7 +160,11 @@ impl candle_core::CustomOp3 for FlashOp {
         v: &candle_core::CudaStorage,
         vl: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        cuda::forward(&self.spec, q, ql, k, kl, v, vl)
+        if self.decode {
+            cuda::decode(&self.spec, q, ql, k, kl, v, vl)
+        } else {
+            cuda::forward(&self.spec, q, ql, k, kl, v, vl)
+        }
     }
 }
 
