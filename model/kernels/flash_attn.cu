@@ -315,6 +315,25 @@ FLASH_KERNEL(flash_fwd_f16_d32, __half, 32, 64, 2)
 FLASH_KERNEL(flash_fwd_f16_d64, __half, 64, 64, 2)
 FLASH_KERNEL(flash_fwd_f16_d128, __half, 128, 32, 2)
 FLASH_KERNEL(flash_fwd_f16_d256, __half, 256, 32, 1)
+#define FLASH_KERNEL_MINB(NAME, TY, D, BN, STAGES, MINB)                                                 \
+  extern "C" __global__ void __launch_bounds__(WARPS * 32, MINB)                                         \
+      NAME(const TY *q, const TY *k, const TY *v, TY *out, const Params p) {                             \
+    flash_fwd<TY, D, BN, STAGES>(q, k, v, out, p);                                                       \
+  }
+
+// Variants for measurement (GRIFFON_FLASH_KERNEL, src/flash.rs), not the default until measured:
+// o4: at most 128 registers so that 4 blocks (16 warps) fit an SM (the default's 155 registers
+// allow 3: 18.75% occupancy, latency-bound in session 8's profile); n16: head size 256 with 16-key
+// tiles in two stages (the default's 32-key tiles do not fit two stages in 48 KB).
+FLASH_KERNEL_MINB(flash_fwd_bf16_d32_o4, __nv_bfloat16, 32, 64, 2, 4)
+FLASH_KERNEL_MINB(flash_fwd_bf16_d64_o4, __nv_bfloat16, 64, 64, 2, 4)
+FLASH_KERNEL_MINB(flash_fwd_bf16_d128_o4, __nv_bfloat16, 128, 32, 2, 4)
+FLASH_KERNEL_MINB(flash_fwd_f16_d32_o4, __half, 32, 64, 2, 4)
+FLASH_KERNEL_MINB(flash_fwd_f16_d64_o4, __half, 64, 64, 2, 4)
+FLASH_KERNEL_MINB(flash_fwd_f16_d128_o4, __half, 128, 32, 2, 4)
+FLASH_KERNEL(flash_fwd_bf16_d256_n16, __nv_bfloat16, 256, 16, 2)
+FLASH_KERNEL(flash_fwd_f16_d256_n16, __half, 256, 16, 2)
+
 // The single-stage variants session 8's second device call verified (GRIFFON_FLASH_STAGES=1).
 FLASH_KERNEL(flash_fwd_bf16_d32_s1, __nv_bfloat16, 32, 64, 1)
 FLASH_KERNEL(flash_fwd_bf16_d64_s1, __nv_bfloat16, 64, 64, 1)
@@ -334,12 +353,12 @@ FLASH_KERNEL(flash_fwd_f16_d128_s1, __half, 128, 64, 1)
 #define DECODE_THREADS 256
 #define DECODE_MAX_REP 8
 
-template <typename T, int D>
+template <typename T, int D, int CHUNK>
 __device__ void decode_partial(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
                                float *__restrict__ ws_o, float *__restrict__ ws_ml, const Params p, int nc) {
   constexpr int VEC = D / 32;  // elements of a key row per lane
   __shared__ float qs[DECODE_MAX_REP][D];
-  __shared__ float sc[DECODE_MAX_REP][DECODE_CHUNK];
+  __shared__ float sc[DECODE_MAX_REP][CHUNK];
   __shared__ float ml[DECODE_MAX_REP][2];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, nwarps = DECODE_THREADS / 32;
   const int b = blockIdx.x / p.KV, kvh = blockIdx.x % p.KV, c = blockIdx.y;
@@ -347,7 +366,7 @@ __device__ void decode_partial(const T *__restrict__ q, const T *__restrict__ k,
   const int pos = p.offset;
   const int lo = p.window > 0 ? max(0, pos - p.window + 1) : 0;
   const int hi = min(p.S, pos + 1);  // visible keys [lo, hi)
-  const int start = c * DECODE_CHUNK;
+  const int start = c * CHUNK;
   const T *kb = k + b * p.ksb + kvh * p.ksh;
   const T *vb = v + b * p.vsb + kvh * p.vsh;
   for (int i = tid; i < rep * D; i += DECODE_THREADS) {
@@ -356,7 +375,7 @@ __device__ void decode_partial(const T *__restrict__ q, const T *__restrict__ k,
   }
   __syncthreads();
   // scores: each warp a key at a time, each lane VEC channels
-  for (int jj = warp; jj < DECODE_CHUNK; jj += nwarps) {
+  for (int jj = warp; jj < CHUNK; jj += nwarps) {
     int j = start + jj;
     bool ok = j >= lo && j < hi;
     float kv[VEC];
@@ -382,10 +401,10 @@ __device__ void decode_partial(const T *__restrict__ q, const T *__restrict__ k,
   // per head: maximum, exponentials, sum (warp r for head r)
   for (int r = warp; r < rep; r += nwarps) {
     float m = -INFINITY;
-    for (int jj = lane; jj < DECODE_CHUNK; jj += 32) m = fmaxf(m, sc[r][jj]);
+    for (int jj = lane; jj < CHUNK; jj += 32) m = fmaxf(m, sc[r][jj]);
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
     float l = 0.f;
-    for (int jj = lane; jj < DECODE_CHUNK; jj += 32) {
+    for (int jj = lane; jj < CHUNK; jj += 32) {
       float e = m == -INFINITY ? 0.f : __expf(sc[r][jj] - m);
       sc[r][jj] = e;
       l += e;
@@ -397,7 +416,7 @@ __device__ void decode_partial(const T *__restrict__ q, const T *__restrict__ k,
     }
   }
   __syncthreads();
-  const int jend = min(DECODE_CHUNK, hi - start);
+  const int jend = min(CHUNK, hi - start);
   for (int i = tid; i < rep * D; i += DECODE_THREADS) {
     int r = i / D, d = i % D;
     float acc = 0.f;
@@ -432,12 +451,17 @@ __device__ void decode_combine(const float *__restrict__ ws_o, const float *__re
   }
 }
 
-#define DECODE_KERNELS(SUF, TY, D)                                                                       \
+#define DECODE_KERNEL(NAME, TY, D, CHUNK)                                                                \
   extern "C" __global__ void __launch_bounds__(DECODE_THREADS)                                           \
-      decode_partial_##SUF##_d##D(const TY *q, const TY *k, const TY *v, float *ws_o, float *ws_ml,       \
-                                  const Params p, int nc) {                                              \
-    decode_partial<TY, D>(q, k, v, ws_o, ws_ml, p, nc);                                                  \
+      NAME(const TY *q, const TY *k, const TY *v, float *ws_o, float *ws_ml, const Params p, int nc) {     \
+    decode_partial<TY, D, CHUNK>(q, k, v, ws_o, ws_ml, p, nc);                                           \
   }
+// the default chunk of 128 keys, and 32 / 64 for measurement (GRIFFON_DECODE_CHUNK): session 8's
+// profile gave 48 blocks of 128 keys to a 1429-key Gemma-2 layer, too few for 132 SMs
+#define DECODE_KERNELS(SUF, TY, D)                                                                       \
+  DECODE_KERNEL(decode_partial_##SUF##_d##D, TY, D, DECODE_CHUNK)                                        \
+  DECODE_KERNEL(decode_partial_##SUF##_d##D##_c32, TY, D, 32)                                            \
+  DECODE_KERNEL(decode_partial_##SUF##_d##D##_c64, TY, D, 64)
 
 DECODE_KERNELS(bf16, __nv_bfloat16, 32)
 DECODE_KERNELS(bf16, __nv_bfloat16, 64)

@@ -80,6 +80,49 @@ __device__ void norm_row(const T *__restrict__ x, long long xs, const float *__r
   }
 }
 
+// The same norm with the row held in registers (PER values per thread, C <= PER * blockDim.x):
+// one read of x instead of three. A variant for measurement (GRIFFON_NORM=regs, src/fused.rs):
+// session 8's profile found the single-row norms of a decode step latency-bound (9 us each).
+template <typename T, int PER>
+__device__ void norm_row_regs(const T *__restrict__ x, long long xs, const float *__restrict__ scale,
+                              const float *__restrict__ shift, const T *__restrict__ res, T *__restrict__ out, int C,
+                              float eps, int centered) {
+  __shared__ float red[32];
+  const long long row = blockIdx.x;
+  const T *xr = x + row * xs;
+  T *yr = out + row * (long long)C;
+  float v[PER];
+#pragma unroll
+  for (int e = 0; e < PER; ++e) {
+    int i = threadIdx.x + e * blockDim.x;
+    v[e] = i < C ? to_f(xr[i]) : 0.f;
+  }
+  float mean = 0.f;
+  if (centered) {
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < PER; ++e) s += v[e];
+    mean = block_sum(s, red) / C;
+  }
+  float q = 0.f;
+#pragma unroll
+  for (int e = 0; e < PER; ++e) {
+    int i = threadIdx.x + e * blockDim.x;
+    float d = i < C ? v[e] - mean : 0.f;
+    q += d * d;
+  }
+  const float rstd = rsqrtf(block_sum(q, red) / C + eps);
+#pragma unroll
+  for (int e = 0; e < PER; ++e) {
+    int i = threadIdx.x + e * blockDim.x;
+    if (i >= C) continue;
+    float y = (v[e] - mean) * rstd * scale[i];
+    if (shift) y += shift[i];
+    if (res) y = to_f(res[row * (long long)C + i]) + to_f(from_f<T>(y));
+    yr[i] = from_f<T>(y);
+  }
+}
+
 // gu [rows, 2I] contiguous (gate then up) -> out [rows, I]: round(act(gate)) * up, rounded, as
 // the reference's `act_fn(gate_proj(x)) * up_proj(x)` on bf16 tensors.
 // Elementwise kernels: grid (column blocks, row blocks); rows loop by gridDim.y (no 64-bit
@@ -150,6 +193,10 @@ __device__ void qkv_rope(const T *__restrict__ y, const T *__restrict__ cs, cons
   extern "C" __global__ void norm_##SUF(const TY *x, long long xs, const float *scale, const float *shift,      \
                                         const TY *res, TY *out, int C, float eps, int centered) {                \
     norm_row<TY>(x, xs, scale, shift, res, out, C, eps, centered);                                               \
+  }                                                                                                              \
+  extern "C" __global__ void norm_regs_##SUF(const TY *x, long long xs, const float *scale, const float *shift, \
+                                             const TY *res, TY *out, int C, float eps, int centered) {           \
+    norm_row_regs<TY, 8>(x, xs, scale, shift, res, out, C, eps, centered);                                       \
   }                                                                                                              \
   extern "C" __global__ void gated_act_##SUF(const TY *gu, TY *out, long long rows, int I, int act) {           \
     gated_act<TY>(gu, out, rows, I, act);                                                                        \

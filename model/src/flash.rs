@@ -99,12 +99,36 @@ struct FlashOp {
     decode: bool,
 }
 
-/// Whether `GRIFFON_FLASH_STAGES=1` picked the single-stage prefill / vision kernels (those
-/// without the asynchronous copy of the next key tile; read once).
+/// The tiled kernel's variant for head size `d` (read once from the environment), as the suffix
+/// of its name: `GRIFFON_FLASH_KERNEL=s1` the single-stage kernels (also `GRIFFON_FLASH_STAGES=1`;
+/// head sizes 32-128), `o4` at most 128 registers for 4 blocks per SM (32-128), `n16` 16-key tiles
+/// in two stages (256). Variants for measurement (docs/PERFORMANCE.md); unset, or a variant the
+/// head size lacks: the default kernel.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn single_stage() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("GRIFFON_FLASH_STAGES").map(|v| v.trim() == "1").unwrap_or(false))
+fn kernel_suffix(d: usize) -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let v = V.get_or_init(|| match std::env::var("GRIFFON_FLASH_KERNEL") {
+        Ok(v) => v.trim().to_string(),
+        Err(_) if std::env::var("GRIFFON_FLASH_STAGES").is_ok_and(|s| s.trim() == "1") => "s1".into(),
+        Err(_) => String::new(),
+    });
+    match (v.as_str(), d) {
+        ("s1", 32 | 64 | 128) => "_s1",
+        ("o4", 32 | 64 | 128) => "_o4",
+        ("n16", 256) => "_n16",
+        _ => "",
+    }
+}
+
+/// Keys per chunk of the decode kernel: `GRIFFON_DECODE_CHUNK=32|64` for measurement, else 128.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn decode_chunk() -> usize {
+    static C: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *C.get_or_init(|| match std::env::var("GRIFFON_DECODE_CHUNK").ok().as_deref().map(str::trim) {
+        Some("32") => 32,
+        Some("64") => 64,
+        _ => 128,
+    })
 }
 
 /// Query heads per key/value head the decode kernel handles (`DECODE_MAX_REP`).
@@ -292,8 +316,7 @@ mod cuda {
         params: &Params,
         cfg: LaunchConfig,
     ) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<T>> {
-        let stages = if super::single_stage() && d != 256 { "_s1" } else { "" };
-        let name = format!("flash_fwd_{ty}_d{d}{stages}");
+        let name = format!("flash_fwd_{ty}_d{d}{}", super::kernel_suffix(d));
         let func = dev.get_or_load_custom_func(&name, "griffon_flash_attn", PTX)?;
         let qv = q.as_cuda_slice::<T>()?.slice(ql.start_offset()..);
         let kv = k.as_cuda_slice::<T>()?.slice(kl.start_offset()..);
@@ -311,8 +334,7 @@ mod cuda {
         Ok(out)
     }
 
-    /// Keys per chunk of the decode kernel (`DECODE_CHUNK`) and its threads per block.
-    const DECODE_CHUNK: usize = 128;
+    /// Threads per block of the decode kernel (`DECODE_THREADS`).
     const DECODE_THREADS: u32 = 256;
 
     pub(super) fn decode(
@@ -327,7 +349,8 @@ mod cuda {
         let (b, h, t, d) = ql.shape().dims4()?;
         let (_, kvh, s, _) = kl.shape().dims4()?;
         let params = params(spec, ql, kl, vl)?;
-        let nc = s.div_ceil(DECODE_CHUNK);
+        let chunk = super::decode_chunk();
+        let nc = s.div_ceil(chunk);
         let dev = q.device().clone();
         let ty = match q.dtype() {
             DType::BF16 => "bf16",
@@ -338,7 +361,9 @@ mod cuda {
         let ws_o = unsafe { dev.alloc::<f32>(b * h * nc * d)? };
         let ws_ml = unsafe { dev.alloc::<f32>(b * h * nc * 2)? };
         {
-            let func = dev.get_or_load_custom_func(&format!("decode_partial_{ty}_d{d}"), "griffon_flash_attn", PTX)?;
+            let variant = if chunk == 128 { String::new() } else { format!("_c{chunk}") };
+            let func =
+                dev.get_or_load_custom_func(&format!("decode_partial_{ty}_d{d}{variant}"), "griffon_flash_attn", PTX)?;
             let cfg = LaunchConfig {
                 grid_dim: ((b * kvh) as u32, nc as u32, 1),
                 block_dim: (DECODE_THREADS, 1, 1),

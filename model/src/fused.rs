@@ -29,6 +29,14 @@ pub fn applies(x: &Tensor) -> bool {
         && enabled()
 }
 
+/// Whether `GRIFFON_NORM=regs` picked the norm kernel that holds a row in registers (a variant for
+/// measurement; read once).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn norm_in_registers() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GRIFFON_NORM").is_ok_and(|v| v.trim() == "regs"))
+}
+
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn act_code(act: Option<Act>) -> i32 {
     match act {
@@ -425,7 +433,9 @@ mod cuda {
             candle_core::bail!("fused norm: empty input {dims:?}");
         }
         let dev = x.device().clone();
-        let threads = (c / 8).next_multiple_of(32).clamp(32, 1024) as u32;
+        let threads = c.div_ceil(8).next_multiple_of(32).clamp(32, 1024) as u32;
+        // the register variant holds 8 values per thread: rows up to 8192
+        let kernel = if super::norm_in_registers() && c <= 8 * 1024 { "norm_regs" } else { "norm" };
         let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
         let (c32, eps, centered) = (int(c, "row length")?, op.eps, op.centered as i32);
         let sv = s.as_cuda_slice::<f32>()?.slice(sl.start_offset()..);
@@ -474,7 +484,7 @@ mod cuda {
             unsafe { builder.launch(cfg) }.w()?;
             Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
         }
-        let name = format!("norm_{}", suffix(x.dtype())?);
+        let name = format!("{kernel}_{}", suffix(x.dtype())?);
         let args = (row_stride, c32, eps, centered);
         let n = rows * c;
         let out = match x.dtype() {

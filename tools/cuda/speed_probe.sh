@@ -8,7 +8,9 @@
 #   tools/cuda/build.sh && xz -T2 -6 -kc target/cuda/release/griffon > target/cuda/griffon.xz
 # Device call: bash tools/cuda/speed_probe.sh; carry ["target/cuda/griffon.xz"]; timeout ~300.
 # Knobs: NCU=0 skips the profiles, NCU_PARTS picks them (prefill vision decode), NCU_DETAIL=0 the
-# detailed profile of one attention launch; CALL=1 / 2 / 3 the benches of session 8's calls;
+# detailed profile of one attention launch; CALL=1 / 2 / 3 the benches of session 8's calls, CALL=4
+# the kernel variants prepared for the next session (GRIFFON_FLASH_KERNEL, GRIFFON_DECODE_CHUNK,
+# GRIFFON_NORM: docs/PERFORMANCE.md);
 # REF_BENCH=1 runs the PyTorch reference (carry .device/torch_reference_bench.py); TRAIN_UNTIL=T
 # trains at 1022 px until T (carry runs/synth/init-1022).
 set -uo pipefail
@@ -39,6 +41,19 @@ elif [ "${CALL:-2}" = 2 ]; then
   ARGS="--config gemma2-9b --only vision" bench vision_unfused GRIFFON_FUSED=0
   ARGS="--config gemma2-9b --only prefill" bench prefill_unfused GRIFFON_FUSED=0
   ARGS="--config llama2-13b" bench llama2-13b GRIFFON_FUSED=1
+elif [ "${CALL:-2}" = 4 ]; then
+  # prepared in session 8 for the next session: the kernel variants (each checked first)
+  for env in "GRIFFON_FLASH_KERNEL=o4 GRIFFON_DECODE_CHUNK=32 GRIFFON_NORM=regs" "GRIFFON_FLASH_KERNEL=n16 GRIFFON_DECODE_CHUNK=64"; do
+    env $env timeout 90 "$G" selfcheck --device cuda --dtype bf16 > "$R/selfcheck_variants.txt" 2>&1
+    echo "selfcheck with $env: rc $?"; grep -E "FAIL|fixture cases failed|checks failed" "$R/selfcheck_variants.txt" | head -n 5
+  done
+  ARGS="--config gemma2-9b" bench gemma2-9b GRIFFON_FUSED=1
+  ARGS="--config gemma2-9b --only vision" bench vision_o4 GRIFFON_FLASH_KERNEL=o4
+  ARGS="--config gemma2-9b --only prefill" bench prefill_n16 GRIFFON_FLASH_KERNEL=n16
+  ARGS="--config gemma2-9b --only prefill" bench prefill_normregs GRIFFON_NORM=regs
+  ARGS="--config gemma2-9b --only decode" bench decode_c32 GRIFFON_DECODE_CHUNK=32
+  ARGS="--config gemma2-9b --only decode" bench decode_c64 GRIFFON_DECODE_CHUNK=64
+  ARGS="--config gemma2-9b --only decode" bench decode_normregs GRIFFON_NORM=regs
 else
   # call 3: the final figures (pipelined attention kernel, decode kernel, fused residuals) and
   # the single-stage attention kernel for comparison
