@@ -154,6 +154,60 @@ __device__ void bias_act(T *__restrict__ y, const T *__restrict__ bias, const T 
   }
 }
 
+// Two-wide forms of gated_act / bias_act (bf16x2 / half2 loads and stores; I, N even): variants
+// for measurement (GRIFFON_FUSED_VEC=1, src/fused.rs), the same arithmetic per element.
+template <typename T> struct Two;
+template <> struct Two<__nv_bfloat16> {
+  typedef __nv_bfloat162 V;
+  static __device__ __forceinline__ float2 get(V v) { return __bfloat1622float2(v); }
+  static __device__ __forceinline__ V make(float a, float b) { return __floats2bfloat162_rn(a, b); }
+};
+template <> struct Two<__half> {
+  typedef __half2 V;
+  static __device__ __forceinline__ float2 get(V v) { return __half22float2(v); }
+  static __device__ __forceinline__ V make(float a, float b) { return __floats2half2_rn(a, b); }
+};
+__device__ __forceinline__ float round_bf(float x, __nv_bfloat16 *) { return __bfloat162float(__float2bfloat16(x)); }
+__device__ __forceinline__ float round_bf(float x, __half *) { return __half2float(__float2half(x)); }
+
+template <typename T>
+__device__ void gated_act2(const T *__restrict__ gu, T *__restrict__ out, long long rows, int I, int act) {
+  typedef typename Two<T>::V V;
+  const int j2 = blockIdx.x * blockDim.x + threadIdx.x;  // pair index
+  if (2 * j2 >= I) return;
+  const V *g2 = reinterpret_cast<const V *>(gu);
+  V *o2 = reinterpret_cast<V *>(out);
+  const int half_row = I / 2;  // pairs per half row
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    float2 g = Two<T>::get(g2[r * 2 * half_row + j2]);
+    float2 u = Two<T>::get(g2[r * 2 * half_row + half_row + j2]);
+    float a0 = round_bf(act_f(g.x, act), (T *)0), a1 = round_bf(act_f(g.y, act), (T *)0);
+    o2[r * half_row + j2] = Two<T>::make(a0 * u.x, a1 * u.y);
+  }
+}
+
+template <typename T>
+__device__ void bias_act2(T *__restrict__ y, const T *__restrict__ bias, const T *__restrict__ res, long long rows,
+                          int N, int act) {
+  typedef typename Two<T>::V V;
+  const int j2 = blockIdx.x * blockDim.x + threadIdx.x;
+  if (2 * j2 >= N) return;
+  V *y2 = reinterpret_cast<V *>(y);
+  const V *r2 = reinterpret_cast<const V *>(res);
+  const float2 b = Two<T>::get(reinterpret_cast<const V *>(bias)[j2]);
+  const int n2 = N / 2;
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    float2 v = Two<T>::get(y2[r * n2 + j2]);
+    float v0 = act_f(v.x + b.x, act), v1 = act_f(v.y + b.y, act);
+    if (res) {
+      float2 rr = Two<T>::get(r2[r * n2 + j2]);
+      v0 = rr.x + round_bf(v0, (T *)0);
+      v1 = rr.y + round_bf(v1, (T *)0);
+    }
+    y2[r * n2 + j2] = Two<T>::make(v0, v1);
+  }
+}
+
 // The fused q / k / v projection's output y [B * T, (H + 2 KV) * D] -> one buffer holding
 // q [B, H, T, D], then k [B, KV, T, D], then v [B, KV, T, D], with the rotary embedding applied to
 // q and k (HF `rotate_half` form: out[i] = x[i] cos[i] - x[i + D/2] sin[i], out[i + D/2] =
@@ -204,6 +258,13 @@ __device__ void qkv_rope(const T *__restrict__ y, const T *__restrict__ cs, cons
   extern "C" __global__ void bias_act_##SUF(TY *y, const TY *bias, const TY *res, long long rows, int N,        \
                                             int act) {                                                           \
     bias_act<TY>(y, bias, res, rows, N, act);                                                                    \
+  }                                                                                                              \
+  extern "C" __global__ void gated_act2_##SUF(const TY *gu, TY *out, long long rows, int I, int act) {          \
+    gated_act2<TY>(gu, out, rows, I, act);                                                                       \
+  }                                                                                                              \
+  extern "C" __global__ void bias_act2_##SUF(TY *y, const TY *bias, const TY *res, long long rows, int N,       \
+                                             int act) {                                                          \
+    bias_act2<TY>(y, bias, res, rows, N, act);                                                                   \
   }                                                                                                              \
   extern "C" __global__ void qkv_rope_##SUF(const TY *y, const TY *cs, const TY *sn, TY *out, int Tn, int H,    \
                                             int KV, int D) {                                                     \

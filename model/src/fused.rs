@@ -29,6 +29,14 @@ pub fn applies(x: &Tensor) -> bool {
         && enabled()
 }
 
+/// Whether `GRIFFON_FUSED_VEC=1` picked the two-wide gated-activation and bias kernels (a variant
+/// for measurement; read once).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn two_wide() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GRIFFON_FUSED_VEC").is_ok_and(|v| v.trim() == "1"))
+}
+
 /// Whether `GRIFFON_NORM=regs` picked the norm kernel that holds a row in registers (a variant for
 /// measurement; read once).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -506,7 +514,9 @@ mod cuda {
         let rows = xl.shape().elem_count() / two_i.max(1);
         dims.push(i);
         let dev = x.device().clone();
-        let cfg = elementwise_cfg(rows, i);
+        // the two-wide variant: pairs of an even row, from an even offset
+        let two = super::two_wide() && i % 2 == 0 && xl.start_offset() % 2 == 0;
+        let cfg = elementwise_cfg(rows, if two { i / 2 } else { i });
         let (rows64, i32_, act) = (rows as i64, int(i, "width")?, act_code(Some(op.act)));
         fn go<T: CudaDType + DeviceRepr>(
             dev: &CudaDevice,
@@ -530,7 +540,7 @@ mod cuda {
             unsafe { builder.launch(cfg) }.w()?;
             Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
         }
-        let name = format!("gated_act_{}", suffix(x.dtype())?);
+        let name = format!("gated_act{}_{}", if two { "2" } else { "" }, suffix(x.dtype())?);
         let n = rows * i;
         let out = match x.dtype() {
             DType::BF16 => go::<bf16>(&dev, &name, (x, xl), n, (rows64, i32_, act), cfg)?,
@@ -611,8 +621,13 @@ mod cuda {
         let n = *yl.shape().dims().last().unwrap_or(&0);
         let rows = yl.shape().elem_count() / n.max(1);
         let dev = y.device().clone();
-        let cfg = elementwise_cfg(rows, n);
-        let name = format!("bias_act_{}", suffix(y.dtype())?);
+        let two = super::two_wide()
+            && n % 2 == 0
+            && yl.start_offset() % 2 == 0
+            && bl.start_offset() % 2 == 0
+            && residual.is_none_or(|(_, rl)| rl.start_offset() % 2 == 0);
+        let cfg = elementwise_cfg(rows, if two { n / 2 } else { n });
+        let name = format!("bias_act{}_{}", if two { "2" } else { "" }, suffix(y.dtype())?);
         let (rows64, n32, act) = (rows as i64, int(n, "width")?, act_code(op.act));
         fn go<T: CudaDType + DeviceRepr>(
             dev: &CudaDevice,
