@@ -67,6 +67,13 @@ __device__ __forceinline__ void mma16816<__half>(float *d, const uint32_t *a, ui
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ void ldmatrix_x4(uint32_t *r, const void *smem) {
+  uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t *r, const void *smem) {
   uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -102,7 +109,10 @@ struct Params {
 // conflicts); the Q tile is staged in the same space before the first key tile. Causal launches
 // take their row blocks from the last (most keys) to the first, so the longest blocks start
 // first and the short ones fill the tail.
-template <typename T, int D, int BN, int STAGES>
+// V2 (a variant for measurement, GRIFFON_FLASH_KERNEL=v2): K fragments by ldmatrix (one
+// instruction for four 8x8 blocks instead of eight 32-bit loads) and no mask arithmetic on key
+// tiles that lie wholly inside [0, S) of a non-causal call.
+template <typename T, int D, int BN, int STAGES, bool V2 = false>
 __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
                                           T *__restrict__ out, const Params p) {
   constexpr int LD = D + 8;
@@ -203,31 +213,48 @@ __device__ __forceinline__ void flash_fwd(const T *__restrict__ q, const T *__re
     for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) {
+      if constexpr (V2) {
+        // matrices: (keys nt*8.., d kk*16..), (keys nt*8.., d kk*16+8..), the same for nt + 1;
+        // lane l addresses row l % 8 of matrix l / 8 and receives b0, b1 of both key tiles
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const T *kr = Ks + (nt * 8 + g) * LD + kk * 16 + 2 * t;
-        uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr);
-        uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + 8);
-        mma16816<T>(s[nt], qf[kk], b0, b1);
+        for (int nt = 0; nt < NT; nt += 2) {
+          int mat = lane / 8, rr = lane % 8;
+          const T *src = Ks + ((nt + (mat >> 1)) * 8 + rr) * LD + kk * 16 + (mat & 1) * 8;
+          uint32_t bk[4];
+          ldmatrix_x4(bk, src);
+          mma16816<T>(s[nt], qf[kk], bk[0], bk[1]);
+          mma16816<T>(s[nt + 1], qf[kk], bk[2], bk[3]);
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const T *kr = Ks + (nt * 8 + g) * LD + kk * 16 + 2 * t;
+          uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr);
+          uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + 8);
+          mma16816<T>(s[nt], qf[kk], b0, b1);
+        }
       }
     }
 
     // scale, soft-cap, mask; the tile's row maxima
     float tmax[2] = {-INFINITY, -INFINITY};
+    const bool full = V2 && !p.causal && start + BN <= p.S;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         int r = e / 2;
-        int key = start + nt * 8 + 2 * t + (e & 1);
         float x = s[nt][e] * p.scale;
         if (p.softcap > 0.f) x = p.softcap * tanhf(x / p.softcap);
-        bool ok = key < p.S;
-        if (p.causal) {
-          int pos = p.offset + qrow[r];
-          ok = ok && key <= pos && (p.window <= 0 || pos - key < p.window);
+        if (!full) {
+          int key = start + nt * 8 + 2 * t + (e & 1);
+          bool ok = key < p.S;
+          if (p.causal) {
+            int pos = p.offset + qrow[r];
+            ok = ok && key <= pos && (p.window <= 0 || pos - key < p.window);
+          }
+          x = ok ? x : -INFINITY;
         }
-        x = ok ? x : -INFINITY;
         s[nt][e] = x;
         tmax[r] = fmaxf(tmax[r], x);
       }
@@ -331,6 +358,20 @@ FLASH_KERNEL_MINB(flash_fwd_bf16_d128_o4, __nv_bfloat16, 128, 32, 2, 4)
 FLASH_KERNEL_MINB(flash_fwd_f16_d32_o4, __half, 32, 64, 2, 4)
 FLASH_KERNEL_MINB(flash_fwd_f16_d64_o4, __half, 64, 64, 2, 4)
 FLASH_KERNEL_MINB(flash_fwd_f16_d128_o4, __half, 128, 32, 2, 4)
+#define FLASH_KERNEL_V2(NAME, TY, D, BN, STAGES)                                                         \
+  extern "C" __global__ void __launch_bounds__(WARPS * 32)                                               \
+      NAME(const TY *q, const TY *k, const TY *v, TY *out, const Params p) {                             \
+    flash_fwd<TY, D, BN, STAGES, true>(q, k, v, out, p);                                                 \
+  }
+// v2: K by ldmatrix and unmasked full tiles (see flash_fwd)
+FLASH_KERNEL_V2(flash_fwd_bf16_d32_v2, __nv_bfloat16, 32, 64, 2)
+FLASH_KERNEL_V2(flash_fwd_bf16_d64_v2, __nv_bfloat16, 64, 64, 2)
+FLASH_KERNEL_V2(flash_fwd_bf16_d128_v2, __nv_bfloat16, 128, 32, 2)
+FLASH_KERNEL_V2(flash_fwd_bf16_d256_v2, __nv_bfloat16, 256, 32, 1)
+FLASH_KERNEL_V2(flash_fwd_f16_d32_v2, __half, 32, 64, 2)
+FLASH_KERNEL_V2(flash_fwd_f16_d64_v2, __half, 64, 64, 2)
+FLASH_KERNEL_V2(flash_fwd_f16_d128_v2, __half, 128, 32, 2)
+FLASH_KERNEL_V2(flash_fwd_f16_d256_v2, __half, 256, 32, 1)
 FLASH_KERNEL(flash_fwd_bf16_d256_n16, __nv_bfloat16, 256, 16, 2)
 FLASH_KERNEL(flash_fwd_f16_d256_n16, __half, 256, 16, 2)
 

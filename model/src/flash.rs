@@ -102,7 +102,7 @@ struct FlashOp {
 /// The tiled kernel's variant for head size `d` (read once from the environment), as the suffix
 /// of its name: `GRIFFON_FLASH_KERNEL=s1` the single-stage kernels (also `GRIFFON_FLASH_STAGES=1`;
 /// head sizes 32-128), `o4` at most 128 registers for 4 blocks per SM (32-128), `n16` 16-key tiles
-/// in two stages (256). Variants for measurement (docs/PERFORMANCE.md); unset, or a variant the
+/// in two stages (256), `v2` K fragments by ldmatrix and unmasked full tiles (all). Variants for measurement (docs/PERFORMANCE.md); unset, or a variant the
 /// head size lacks: the default kernel.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn kernel_suffix(d: usize) -> &'static str {
@@ -116,6 +116,7 @@ fn kernel_suffix(d: usize) -> &'static str {
         ("s1", 32 | 64 | 128) => "_s1",
         ("o4", 32 | 64 | 128) => "_o4",
         ("n16", 256) => "_n16",
+        ("v2", _) => "_v2",
         _ => "",
     }
 }

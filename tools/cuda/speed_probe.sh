@@ -43,12 +43,14 @@ elif [ "${CALL:-2}" = 2 ]; then
   ARGS="--config llama2-13b" bench llama2-13b GRIFFON_FUSED=1
 elif [ "${CALL:-2}" = 4 ]; then
   # prepared in session 8 for the next session: the kernel variants (each checked first)
-  for env in "GRIFFON_FLASH_KERNEL=o4 GRIFFON_DECODE_CHUNK=32 GRIFFON_NORM=regs GRIFFON_FUSED_VEC=1" "GRIFFON_FLASH_KERNEL=n16 GRIFFON_DECODE_CHUNK=64"; do
+  for env in "GRIFFON_FLASH_KERNEL=o4 GRIFFON_DECODE_CHUNK=32 GRIFFON_NORM=regs GRIFFON_FUSED_VEC=1" "GRIFFON_FLASH_KERNEL=n16 GRIFFON_DECODE_CHUNK=64" "GRIFFON_FLASH_KERNEL=v2"; do
     env $env timeout 90 "$G" selfcheck --device cuda --dtype bf16 > "$R/selfcheck_variants.txt" 2>&1
     echo "selfcheck with $env: rc $?"; grep -E "FAIL|fixture cases failed|checks failed" "$R/selfcheck_variants.txt" | head -n 5
   done
   ARGS="--config gemma2-9b" bench gemma2-9b GRIFFON_FUSED=1
   ARGS="--config gemma2-9b --only vision" bench vision_o4 GRIFFON_FLASH_KERNEL=o4
+  ARGS="--config gemma2-9b --only vision" bench vision_v2 GRIFFON_FLASH_KERNEL=v2
+  ARGS="--config gemma2-9b --only prefill" bench prefill_v2 GRIFFON_FLASH_KERNEL=v2
   ARGS="--config gemma2-9b --only prefill" bench prefill_n16 GRIFFON_FLASH_KERNEL=n16
   ARGS="--config gemma2-9b --only prefill" bench prefill_normregs GRIFFON_NORM=regs
   ARGS="--config gemma2-9b --only prefill" bench prefill_vec GRIFFON_FUSED_VEC=1
