@@ -30,8 +30,8 @@ pub struct FlashSpec {
     pub causal: Option<Causal>,
 }
 
-/// Whether `GRIFFON_FLASH=0` turned the kernel off (read once): `griffon bench` runs the
-/// composed path in the same process with it for a side-by-side figure.
+/// Whether `GRIFFON_FLASH=0` turned the kernels off (read once per process): the composed path
+/// then runs, for a side-by-side figure (`tools/cuda/speed_probe.sh` times both in one call).
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("GRIFFON_FLASH").map(|v| v.trim() != "0").unwrap_or(true))
@@ -52,10 +52,8 @@ pub fn applies(q: &Tensor) -> bool {
 /// multiples of 8 elements (it reads rows in 16-byte pieces); anything else is copied first.
 fn kernel_ready(t: &Tensor) -> Result<Tensor> {
     let l = t.layout();
-    let ok = l.stride().last() == Some(&1)
-        && l.stride().iter().all(|s| s % 8 == 0 || *s == 1)
-        && l.start_offset() % 8 == 0
-        && l.stride()[..3].iter().all(|s| s % 8 == 0);
+    let st = l.stride();
+    let ok = st.len() == 4 && st[3] == 1 && st[..3].iter().all(|s| s % 8 == 0) && l.start_offset() % 8 == 0;
     Ok(if ok { t.clone() } else { t.contiguous()? })
 }
 

@@ -771,3 +771,36 @@ pub fn check_against_composed(device: &candle_core::Device) -> Result<Vec<FusedC
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Shapes and dtypes are checked before any kernel, with errors naming what is wrong; on the
+    /// CPU the ops refuse to run (never a silent result).
+    #[test]
+    fn bad_inputs_and_cpu_tensors_are_errors() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 8), DType::BF16, &dev).unwrap();
+        let e = norm(&x, &Tensor::zeros(7, DType::F32, &dev).unwrap(), None, 1e-6, false).unwrap_err().to_string();
+        assert!(e.contains("f32 parameters of [8]"), "{e}");
+        let e = norm(&x, &Tensor::zeros(8, DType::BF16, &dev).unwrap(), None, 1e-6, false).unwrap_err().to_string();
+        assert!(e.contains("f32 parameters"), "{e}");
+        let scale = Tensor::zeros(8, DType::F32, &dev).unwrap();
+        let e = rms_norm_add(&x, &scale, 1e-6, &Tensor::zeros((2, 4), DType::BF16, &dev).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("residual does not match"), "{e}");
+        let e = norm(&x, &scale, None, 1e-6, false).unwrap_err().to_string();
+        assert!(e.contains("CUDA only"), "{e}");
+        let e = gated_act(&Tensor::zeros((2, 7), DType::BF16, &dev).unwrap(), Act::Silu).unwrap_err().to_string();
+        assert!(e.contains("odd"), "{e}");
+        let e = bias_act(&x, &Tensor::zeros(8, DType::F32, &dev).unwrap(), None).unwrap_err().to_string();
+        assert!(e.contains("do not fit"), "{e}");
+        let y = Tensor::zeros((1, 3, 5 * 8), DType::BF16, &dev).unwrap();
+        let cs = Tensor::zeros((3, 4), DType::BF16, &dev).unwrap();
+        let e = qkv_rope(&y, &cs, &cs, 2, 2).unwrap_err().to_string();
+        assert!(e.contains("not 6 heads"), "{e}");
+        let e = qkv_rope(&y, &cs, &cs, 3, 1).unwrap_err().to_string();
+        assert!(e.contains("CUDA only"), "{e}");
+    }
+}
