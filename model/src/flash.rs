@@ -156,40 +156,11 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, spec: &FlashSpec) -> Result<Te
     Ok(kernel_ready(q)?.apply_op3_no_bwd(&kernel_ready(k)?, &kernel_ready(v)?, &op)?)
 }
 
-impl candle_core::CustomOp3 for FlashOp {
-    fn name(&self) -> &'static str {
-        "griffon-flash-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        candle_core::bail!("griffon-flash-attention runs on CUDA only (the CPU has its own fused kernel)")
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        q: &candle_core::CudaStorage,
-        ql: &candle_core::Layout,
-        k: &candle_core::CudaStorage,
-        kl: &candle_core::Layout,
-        v: &candle_core::CudaStorage,
-        vl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        if self.decode {
-            cuda::decode(&self.spec, q, ql, k, kl, v, vl)
-        } else {
-            cuda::forward(&self.spec, q, ql, k, kl, v, vl)
-        }
-    }
-}
+cuda_only_op3!(FlashOp, "griffon-flash-attention", |op, q, ql, k, kl, v, vl| if op.decode {
+    cuda::decode(&op.spec, q, ql, k, kl, v, vl)
+} else {
+    cuda::forward(&op.spec, q, ql, k, kl, v, vl)
+});
 
 #[cfg(feature = "cuda")]
 mod cuda {

@@ -201,34 +201,12 @@ struct QkvRopeOp {
     kv_heads: usize,
 }
 
-impl candle_core::CustomOp3 for QkvRopeOp {
-    fn name(&self) -> &'static str {
-        "griffon-fused-qkv-rope"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        candle_core::bail!("griffon-fused-qkv-rope {CUDA_ONLY}")
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        y: &candle_core::CudaStorage,
-        yl: &candle_core::Layout,
-        c: &candle_core::CudaStorage,
-        cl: &candle_core::Layout,
-        s: &candle_core::CudaStorage,
-        sl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        cuda::qkv_rope(self, (y, yl), (c, cl), (s, sl))
-    }
-}
+cuda_only_op3!(QkvRopeOp, "griffon-fused-qkv-rope", |op, y, yl, c, cl, s, sl| cuda::qkv_rope(
+    op,
+    (y, yl),
+    (c, cl),
+    (s, sl)
+));
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct NormOp {
@@ -274,34 +252,14 @@ impl candle_core::CustomOp2 for NormOp {
     }
 }
 
-impl candle_core::CustomOp3 for NormOp {
-    fn name(&self) -> &'static str {
-        "griffon-fused-layernorm"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        candle_core::bail!("griffon-fused-layernorm {CUDA_ONLY}")
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        xl: &candle_core::Layout,
-        s: &candle_core::CudaStorage,
-        sl: &candle_core::Layout,
-        b: &candle_core::CudaStorage,
-        bl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        cuda::norm(self, x, xl, s, sl, Some((b, bl)))
-    }
-}
+cuda_only_op3!(NormOp, "griffon-fused-layernorm", |op, x, xl, s, sl, b, bl| cuda::norm(
+    op,
+    x,
+    xl,
+    s,
+    sl,
+    Some((b, bl))
+));
 
 impl candle_core::CustomOp1 for GatedActOp {
     fn name(&self) -> &'static str {

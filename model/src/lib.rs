@@ -5,6 +5,43 @@
 //! [`loader`], [`config`] resolution, image [`resample`]/preprocessing, [`tokenize`]
 //! (prompt assembly) and [`generate`] (KV cache, samplers, stop rules). [`griffon`] ties them.
 
+/// `impl CustomOp3` for an op that runs on CUDA only (the GPU kernels of [`flash`] and
+/// [`fused`]): `name`, a CPU forward that refuses with an error naming the op, and the CUDA
+/// forward `$body` over `($a, $al), ($b, $bl), ($c, $cl)` (the three inputs and their layouts).
+macro_rules! cuda_only_op3 {
+    ($ty:ty, $name:literal, |$this:ident, $a:ident, $al:ident, $b:ident, $bl:ident, $c:ident, $cl:ident| $body:expr) => {
+        impl candle_core::CustomOp3 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                candle_core::bail!("{} runs on CUDA only (the CPU has its own path)", $name)
+            }
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                $a: &candle_core::CudaStorage,
+                $al: &candle_core::Layout,
+                $b: &candle_core::CudaStorage,
+                $bl: &candle_core::Layout,
+                $c: &candle_core::CudaStorage,
+                $cl: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                let $this = self;
+                $body
+            }
+        }
+    };
+}
+
 pub mod assemble;
 pub mod bench;
 pub mod clip;
