@@ -15,6 +15,7 @@ use candle_core::{DType, Tensor};
 
 use crate::cpu_kernels::Causal;
 use crate::error::Result;
+use crate::fused::EnvSwitch;
 
 /// Head sizes the kernel is compiled for.
 pub const HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
@@ -33,9 +34,16 @@ pub struct FlashSpec {
 /// Whether `GRIFFON_FLASH=0` turned the kernels off (read once per process): the composed path
 /// then runs, for a side-by-side figure (`tools/cuda/speed_probe.sh` times both in one call).
 pub fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("GRIFFON_FLASH").map(|v| v.trim() != "0").unwrap_or(true))
+    !FLASH.is("0")
 }
+
+static FLASH: EnvSwitch = EnvSwitch::new("GRIFFON_FLASH");
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+static FLASH_KERNEL: EnvSwitch = EnvSwitch::new("GRIFFON_FLASH_KERNEL");
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+static FLASH_STAGES: EnvSwitch = EnvSwitch::new("GRIFFON_FLASH_STAGES");
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+static DECODE_CHUNK: EnvSwitch = EnvSwitch::new("GRIFFON_DECODE_CHUNK");
 
 /// Whether attention over `q` ([B, H, T, D]) runs the fused kernel.
 pub fn applies(q: &Tensor) -> bool {
@@ -97,20 +105,15 @@ struct FlashOp {
     decode: bool,
 }
 
-/// The tiled kernel's variant for head size `d` (read once from the environment), as the suffix
+/// The tiled kernel's variant for head size `d` (from the environment), as the suffix
 /// of its name: `GRIFFON_FLASH_KERNEL=s1` the single-stage kernels (also `GRIFFON_FLASH_STAGES=1`;
 /// head sizes 32-128), `o4` at most 128 registers for 4 blocks per SM (32-128), `n16` 16-key tiles
-/// in two stages (256), `v2` K fragments by ldmatrix and unmasked full tiles (all). Variants for measurement (docs/PERFORMANCE.md); unset, or a variant the
-/// head size lacks: the default kernel.
+/// in two stages (256), `v2` K fragments by ldmatrix and unmasked full tiles (all). Variants for
+/// measurement (docs/PERFORMANCE.md); unset, or a variant the head size lacks: the default kernel.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn kernel_suffix(d: usize) -> &'static str {
-    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let v = V.get_or_init(|| match std::env::var("GRIFFON_FLASH_KERNEL") {
-        Ok(v) => v.trim().to_string(),
-        Err(_) if std::env::var("GRIFFON_FLASH_STAGES").is_ok_and(|s| s.trim() == "1") => "s1".into(),
-        Err(_) => String::new(),
-    });
-    match (v.as_str(), d) {
+    let v = FLASH_KERNEL.get().or(FLASH_STAGES.is("1").then_some("s1")).unwrap_or("");
+    match (v, d) {
         ("s1", 32 | 64 | 128) => "_s1",
         ("o4", 32 | 64 | 128) => "_o4",
         ("n16", 256) => "_n16",
@@ -122,12 +125,11 @@ fn kernel_suffix(d: usize) -> &'static str {
 /// Keys per chunk of the decode kernel: `GRIFFON_DECODE_CHUNK=32|64` for measurement, else 128.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn decode_chunk() -> usize {
-    static C: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *C.get_or_init(|| match std::env::var("GRIFFON_DECODE_CHUNK").ok().as_deref().map(str::trim) {
+    match DECODE_CHUNK.get() {
         Some("32") => 32,
         Some("64") => 64,
         _ => 128,
-    })
+    }
 }
 
 /// Query heads per key/value head the decode kernel handles (`DECODE_MAX_REP`).

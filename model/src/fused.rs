@@ -14,10 +14,37 @@ use candle_core::{DType, Tensor, D};
 use crate::error::Result;
 use crate::nn::Act;
 
-/// Whether `GRIFFON_FUSED=0` turned the kernels off (read once).
+/// A `GRIFFON_*` switch of the GPU kernels ([`crate::flash`] and this module), read from the
+/// environment once per process (the kernels ask at every launch).
+pub(crate) struct EnvSwitch {
+    name: &'static str,
+    value: std::sync::OnceLock<Option<String>>,
+}
+
+impl EnvSwitch {
+    pub(crate) const fn new(name: &'static str) -> Self {
+        Self { name, value: std::sync::OnceLock::new() }
+    }
+
+    /// The variable's value, trimmed; `None` when unset (or not unicode).
+    pub(crate) fn get(&self) -> Option<&str> {
+        self.value.get_or_init(|| std::env::var(self.name).ok().map(|v| v.trim().to_string())).as_deref()
+    }
+
+    pub(crate) fn is(&self, value: &str) -> bool {
+        self.get() == Some(value)
+    }
+}
+
+static FUSED: EnvSwitch = EnvSwitch::new("GRIFFON_FUSED");
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+static FUSED_VEC: EnvSwitch = EnvSwitch::new("GRIFFON_FUSED_VEC");
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+static NORM: EnvSwitch = EnvSwitch::new("GRIFFON_NORM");
+
+/// Whether `GRIFFON_FUSED=0` turned the kernels off.
 pub fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("GRIFFON_FUSED").map(|v| v.trim() != "0").unwrap_or(true))
+    !FUSED.is("0")
 }
 
 /// Whether `x` takes the fused kernels.
@@ -30,19 +57,17 @@ pub fn applies(x: &Tensor) -> bool {
 }
 
 /// Whether `GRIFFON_FUSED_VEC=1` picked the two-wide gated-activation and bias kernels (a variant
-/// for measurement; read once).
+/// for measurement).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn two_wide() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("GRIFFON_FUSED_VEC").is_ok_and(|v| v.trim() == "1"))
+    FUSED_VEC.is("1")
 }
 
 /// Whether `GRIFFON_NORM=regs` picked the norm kernel that holds a row in registers (a variant for
-/// measurement; read once).
+/// measurement).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn norm_in_registers() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("GRIFFON_NORM").is_ok_and(|v| v.trim() == "regs"))
+    NORM.is("regs")
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -99,13 +124,14 @@ fn norm_impl(
         ));
     }
     let x = x.contiguous()?;
-    let third = if residual.is_some() { Third::Residual } else { Third::Shift };
-    let op = NormOp { eps: eps as f32, centered, third };
-    Ok(match (shift, residual) {
-        (Some(b), _) => x.apply_op3_no_bwd(scale, b, &op)?,
-        (None, Some(r)) => x.apply_op3_no_bwd(scale, &r.contiguous()?, &op)?,
-        (None, None) => x.apply_op2_no_bwd(scale, &op)?,
-    })
+    // one op of three inputs: the shift, the residual, or (plain RMSNorm) the scale again, unread
+    let (third, kind) = match (shift, residual) {
+        (Some(b), _) => (b.clone(), Third::Shift),
+        (None, Some(r)) => (r.contiguous()?, Third::Residual),
+        (None, None) => (scale.clone(), Third::Nothing),
+    };
+    let op = NormOp { eps: eps as f32, centered, third: kind };
+    Ok(x.apply_op3_no_bwd(scale, &third, &op)?)
 }
 
 /// What the third input of a [`NormOp`] is.
@@ -113,6 +139,8 @@ fn norm_impl(
 enum Third {
     Shift,
     Residual,
+    /// none: the input is a placeholder the kernel does not read
+    Nothing,
 }
 
 /// `act(gate) * up` for `gu` [.., 2I] = gate then up (the fused projection's output) -> [.., I];
@@ -153,10 +181,13 @@ fn bias_act_impl(y: &Tensor, bias: &Tensor, act: Option<Act>, residual: Option<&
         ));
     }
     let y = if y.is_contiguous() && y.layout().start_offset() == 0 { y.clone() } else { y.contiguous()? };
-    match residual {
-        Some(r) => y.inplace_op3(bias, &r.contiguous()?, &BiasActOp { act })?,
-        None => y.inplace_op2(bias, &BiasActOp { act })?,
-    }
+    // one op of three inputs: without a residual the bias stands in as the third, unread
+    let op = BiasActOp { act, residual: residual.is_some() };
+    let third = match residual {
+        Some(r) => r.contiguous()?,
+        None => bias.clone(),
+    };
+    y.inplace_op3(bias, &third, &op)?;
     Ok(y)
 }
 
@@ -223,42 +254,19 @@ struct GatedActOp {
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct BiasActOp {
     act: Option<Act>,
+    /// whether the third input is a residual to add (else a placeholder)
+    residual: bool,
 }
 
 const CUDA_ONLY: &str = "runs on CUDA only (fused.rs)";
 
-impl candle_core::CustomOp2 for NormOp {
-    fn name(&self) -> &'static str {
-        "griffon-fused-rmsnorm"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        candle_core::bail!("griffon-fused-rmsnorm {CUDA_ONLY}")
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        xl: &candle_core::Layout,
-        s: &candle_core::CudaStorage,
-        sl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        cuda::norm(self, x, xl, s, sl, None)
-    }
-}
-
-cuda_only_op3!(NormOp, "griffon-fused-layernorm", |op, x, xl, s, sl, b, bl| cuda::norm(
+cuda_only_op3!(NormOp, "griffon-fused-norm", |op, x, xl, s, sl, b, bl| cuda::norm(
     op,
     x,
     xl,
     s,
     sl,
-    Some((b, bl))
+    (op.third != Third::Nothing).then_some((b, bl))
 ));
 
 impl candle_core::CustomOp1 for GatedActOp {
@@ -284,40 +292,13 @@ impl candle_core::CustomOp1 for GatedActOp {
 
 impl candle_core::InplaceOp3 for BiasActOp {
     fn name(&self) -> &'static str {
-        "griffon-fused-bias-add"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &mut candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-    ) -> candle_core::Result<()> {
-        candle_core::bail!("griffon-fused-bias-add {CUDA_ONLY}")
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        y: &mut candle_core::CudaStorage,
-        yl: &candle_core::Layout,
-        b: &candle_core::CudaStorage,
-        bl: &candle_core::Layout,
-        r: &candle_core::CudaStorage,
-        rl: &candle_core::Layout,
-    ) -> candle_core::Result<()> {
-        cuda::bias_act(self, y, yl, b, bl, Some((r, rl)))
-    }
-}
-
-impl candle_core::InplaceOp2 for BiasActOp {
-    fn name(&self) -> &'static str {
         "griffon-fused-bias-act"
     }
     fn cpu_fwd(
         &self,
         _: &mut candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
         _: &candle_core::Layout,
         _: &candle_core::CpuStorage,
         _: &candle_core::Layout,
@@ -331,8 +312,10 @@ impl candle_core::InplaceOp2 for BiasActOp {
         yl: &candle_core::Layout,
         b: &candle_core::CudaStorage,
         bl: &candle_core::Layout,
+        r: &candle_core::CudaStorage,
+        rl: &candle_core::Layout,
     ) -> candle_core::Result<()> {
-        cuda::bias_act(self, y, yl, b, bl, None)
+        cuda::bias_act(self, y, yl, b, bl, self.residual.then_some((r, rl)))
     }
 }
 
@@ -387,6 +370,7 @@ mod cuda {
         let (shift, residual) = match op.third {
             super::Third::Shift => (third, None),
             super::Third::Residual => (None, third),
+            super::Third::Nothing => (None, None),
         };
         if let Some((_, rl)) = residual {
             contiguous_from_zero(rl, "residual")?;
@@ -754,6 +738,9 @@ mod tests {
         assert!(e.contains("odd"), "{e}");
         let e = bias_act(&x, &Tensor::zeros(8, DType::F32, &dev).unwrap(), None).unwrap_err().to_string();
         assert!(e.contains("do not fit"), "{e}");
+        // through the in-place machinery with the bias as its own placeholder third input
+        let e = bias_act(&x.copy().unwrap(), &Tensor::zeros(8, DType::BF16, &dev).unwrap(), None).unwrap_err();
+        assert!(e.to_string().contains("CUDA only"), "{e}");
         let y = Tensor::zeros((1, 3, 5 * 8), DType::BF16, &dev).unwrap();
         let cs = Tensor::zeros((3, 4), DType::BF16, &dev).unwrap();
         let e = qkv_rope(&y, &cs, &cs, 2, 2).unwrap_err().to_string();
