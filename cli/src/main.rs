@@ -45,6 +45,9 @@ enum Command {
     Eval(EvalCommand),
     /// Build a Griffon checkpoint from public parts (an HF LLM + a vision tower + a fresh projector).
     Assemble(AssembleArgs),
+    /// Copy a Griffon checkpoint with its main tower resized to run natively at another input size
+    /// (position table resized and stored, trainable): e.g. a 224 px model as a 1022 px start.
+    ResizeTower(ResizeTowerArgs),
     /// Check the engine against the golden fixtures on a device / dtype (for machines without cargo).
     Selfcheck(SelfcheckArgs),
     /// Generate the synthetic high-resolution perception benchmark (images + every annotation format).
@@ -114,6 +117,22 @@ struct AssembleArgs {
     /// Seed of the projector's random initialisation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+#[derive(Args)]
+struct ResizeTowerArgs {
+    /// The Griffon checkpoint folder to copy.
+    #[arg(long)]
+    model: PathBuf,
+    /// The new square input size of the main tower (a multiple of its patch size).
+    #[arg(long)]
+    image_size: usize,
+    /// Output folder (new, or empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Interpolation of the position table: bilinear (the paper), bilinear-aa, bicubic, bicubic-aa (Griffon's tool).
+    #[arg(long, default_value = "bilinear")]
+    pos_interp: String,
 }
 
 #[derive(Subcommand)]
@@ -972,6 +991,22 @@ fn assemble_cmd(a: &AssembleArgs) -> Result<()> {
     Ok(())
 }
 
+fn resize_tower_cmd(a: &ResizeTowerArgs) -> Result<()> {
+    let interp = a.pos_interp.parse().map_err(|e: String| anyhow!(e))?;
+    let r = griffon_model::assemble::resize_main_tower(&a.model, &a.out, a.image_size, interp)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "wrote {}: {} resized from {g0}x{g0} to {g1}x{g1} patches ({}), tower config {}",
+        r.out.display(),
+        r.table,
+        a.pos_interp,
+        r.tower_folder.display(),
+        g0 = r.grid_from,
+        g1 = r.grid_to
+    )?;
+    Ok(())
+}
+
 fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
     griffon_model::nn::set_low_precision_attention_on_cpu(a.low_precision_attention);
     let dtype = match a.dtype {
@@ -1077,6 +1112,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench_cmd(a),
         Command::Eval(c) => eval_cmd(c),
         Command::Assemble(a) => assemble_cmd(a),
+        Command::ResizeTower(a) => resize_tower_cmd(a),
         Command::Selfcheck(a) => selfcheck_cmd(a),
         Command::Synth(a) => synth_cmd(a),
     };

@@ -98,3 +98,35 @@ fn default_model_finds_an_object_of_the_bundled_scene() {
         "no detection matches an object of the scene (label and IoU >= 0.5): found {found:?}, truth {truth:?}"
     );
 }
+
+/// `griffon resize-tower` stores the table the engine's `--image-size` makes at load: the bundled
+/// model resized to 448 px answers exactly as the bundled model run with `--image-size 448`.
+#[test]
+fn resized_copy_answers_as_the_load_time_resize() {
+    let root = root();
+    let scene = root.join(format!("examples/synth/{SCENE}.png"));
+    let tmp = tempfile::tempdir().unwrap();
+    let resized = tmp.path().join("default-448");
+    let out = griffon()
+        .args(["resize-tower", "--model", root.join("models/default").to_str().unwrap()])
+        .args(["--image-size", "448", "--pos-interp", "bicubic", "--out", resized.to_str().unwrap()])
+        .output()
+        .expect("run griffon resize-tower");
+    assert!(out.status.success(), "griffon resize-tower: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from 16x16 to 32x32 patches"));
+    assert!(!resized.join("README.md").exists(), "the source's model card describes the source, not the copy");
+    let detect = |extra: &[&str]| {
+        let out = griffon()
+            .args(["detect", "--image", scene.to_str().unwrap(), "--categories", CATEGORIES, "--json"])
+            .args(extra)
+            .output()
+            .expect("run griffon detect");
+        assert!(out.status.success(), "griffon detect {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let native = detect(&["--model", resized.to_str().unwrap()]);
+    let at_load = detect(&["--image-size", "448", "--pos-interp", "bicubic"]);
+    assert_eq!(native, at_load);
+    // its answer is not the 224 px one (the size took effect)
+    assert_ne!(native, detect(&[]));
+}

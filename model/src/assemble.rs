@@ -122,19 +122,8 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
                 if size % patch != 0 {
                     return invalid(format!("image size {size} is not a multiple of the patch size {patch}"));
                 }
-                let g2 = size / patch;
-                if g2 != g {
-                    let dt = t.dtype();
-                    let flat = t.to_dtype(DType::F32)?.reshape((rows, h))?;
-                    let cls = flat.narrow(0, 0, 1)?;
-                    let grid: Vec<f32> = flat.narrow(0, 1, g * g)?.flatten_all()?.to_vec1()?;
-                    let resized =
-                        Tensor::from_vec(resize_grid(&grid, g, h, g2, o.pos_interp), (g2 * g2, h), &Device::Cpu)?;
-                    let table = Tensor::cat(&[&cls, &resized], 0)?;
-                    let mut shape = dims.clone();
-                    let last = shape.len() - 2;
-                    shape[last] = g2 * g2 + 1;
-                    t = table.reshape(shape)?.to_dtype(dt)?;
+                if size / patch != g {
+                    t = resize_position_table(&t, size / patch, o.pos_interp)?;
                 }
                 for key in ["image_size", "img_size"] {
                     if sec.get(key).is_some() || (key == "image_size" && !eva) || (key == "img_size" && eva) {
@@ -187,4 +176,171 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
     let file = o.out.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &file).map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?;
     Ok(o.out.clone())
+}
+
+/// A position table (`[..., 1 + g*g, h]`, CLS row first) with its patch grid resized to
+/// `grid_out` x `grid_out` by `interp` ([`resize_grid`]: PyTorch's `F.interpolate` on the grid),
+/// the CLS row kept: how the released `clip-vit-large-patch14-336_to_1022` tower was made
+/// (shared/GRIFFON_FORMAT.md, "Architecture" 3). Same dtype and leading dims as `t`.
+pub fn resize_position_table(t: &Tensor, grid_out: usize, interp: Interp) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    if dims.len() < 2 || dims[..dims.len() - 2].iter().any(|&d| d != 1) {
+        return invalid(format!("a position table must be [1 + g*g, hidden] (leading dims of 1), got {dims:?}"));
+    }
+    let (rows, h) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let g = ((rows.max(1) - 1) as f64).sqrt().round() as usize;
+    if g == 0 || g * g + 1 != rows {
+        return invalid(format!("a position table of {rows} rows is not 1 + a square grid"));
+    }
+    if grid_out == 0 {
+        return invalid("the resized grid must have at least one patch".to_string());
+    }
+    let dt = t.dtype();
+    let flat = t.to_dtype(DType::F32)?.reshape((rows, h))?;
+    let cls = flat.narrow(0, 0, 1)?;
+    let grid: Vec<f32> = flat.narrow(0, 1, g * g)?.flatten_all()?.to_vec1()?;
+    let resized = Tensor::from_vec(resize_grid(&grid, g, h, grid_out, interp), (grid_out * grid_out, h), t.device())?;
+    let mut shape = dims;
+    let last = shape.len() - 2;
+    shape[last] = grid_out * grid_out + 1;
+    Ok(Tensor::cat(&[&cls, &resized], 0)?.reshape(shape)?.to_dtype(dt)?)
+}
+
+/// What [`resize_main_tower`] wrote.
+#[derive(Debug, Clone)]
+pub struct Resized {
+    pub out: PathBuf,
+    /// The position table's name and its grid before / after.
+    pub table: String,
+    pub grid_from: usize,
+    pub grid_to: usize,
+    /// The tower config folder written (named in the new config's `mm_vision_tower`).
+    pub tower_folder: PathBuf,
+}
+
+/// Writes a copy of the Griffon checkpoint `model` whose main vision tower runs natively at
+/// `image_size`: its position table resized and stored ([`resize_position_table`]), its config's
+/// `image_size` set, the tower folder renamed `<name>_to_<size>` (as the released
+/// `clip-vit-large-patch14-336_to_1022`) and `mm_vision_tower` pointing at it. Every other tensor
+/// is copied unchanged in its stored dtype (into one `model.safetensors`), the other files and
+/// folders too (the source's model card `README.md` is not: it describes the source). This is
+/// how a model trained at one resolution starts training at another with a trainable table; the
+/// engine's `--image-size` resizes at load instead (the same table, not trainable).
+pub fn resize_main_tower(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    image_size: usize,
+    interp: Interp,
+) -> Result<Resized> {
+    use crate::config::{find_tower_config, TowerSource};
+    let cfg_path = model.join("config.json");
+    let mut cfg = read_json(&cfg_path)?;
+    if out.exists() && std::fs::read_dir(out).map_err(io_err(out))?.next().is_some() {
+        return invalid(format!("{}: the output folder exists and is not empty", out.display()));
+    }
+    let ck = Checkpoint::open(model, &Device::Cpu, DType::F32)?;
+    let written = cfg.get("mm_vision_tower").and_then(Value::as_str).map(str::to_string);
+    let tower_dir = match find_tower_config(&ck, written.as_deref(), None) {
+        Some((_, TowerSource::Folder(d))) => d,
+        _ => {
+            return invalid(format!(
+                "{}: the main tower's config folder (mm_vision_tower = {written:?}) was not found; resizing needs its config.json",
+                model.display()
+            ))
+        }
+    };
+    let tower_cfg_path = tower_dir.join("config.json");
+    let mut tower_cfg = read_json(&tower_cfg_path)?;
+    let eva = crate::eva02::is_eva_config(&tower_cfg);
+    let sec = tower_section(&mut tower_cfg);
+    let patch = sec
+        .get("patch_size")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| Error::Invalid(format!("{}: missing key `patch_size`", tower_cfg_path.display())))?
+        as usize;
+    if image_size == 0 || patch == 0 || image_size % patch != 0 {
+        return invalid(format!("image size {image_size} is not a positive multiple of the patch size {patch}"));
+    }
+    for key in ["image_size", "img_size"] {
+        if sec.get(key).is_some() || (key == "image_size" && !eva) || (key == "img_size" && eva) {
+            sec[key] = Value::from(image_size);
+        }
+    }
+    let prefix = if eva { crate::griffon::EVA02_TOWER_PREFIX } else { crate::griffon::MAIN_TOWER_PREFIX };
+    let tables: Vec<String> = ck
+        .names_with_prefix(&format!("{prefix}."))
+        .into_iter()
+        .filter(|n| n.ends_with("position_embedding.weight") || n.ends_with("pos_embed"))
+        .map(str::to_string)
+        .collect();
+    let table = match tables.as_slice() {
+        [one] => one.clone(),
+        [] => return invalid(format!("{}: no main-tower position table under {prefix}", model.display())),
+        more => return invalid(format!("{}: several main-tower position tables: {more:?}", model.display())),
+    };
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for n in ck.names() {
+        tensors.insert(n.to_string(), ck.get_stored(n)?);
+    }
+    let old = &tensors[&table];
+    let rows = old.dims().iter().rev().nth(1).copied().unwrap_or(0);
+    let grid_from = ((rows.max(1) - 1) as f64).sqrt().round() as usize;
+    let grid_to = image_size / patch;
+    let resized = resize_position_table(old, grid_to, interp)?;
+    tensors.insert(table.clone(), resized);
+
+    // the tower folder under its new name, and the config naming it
+    let base = tower_dir.file_name().and_then(|s| s.to_str()).unwrap_or("vision_tower");
+    let base = match base.rfind("_to_") {
+        Some(i) if base[i + 4..].chars().all(|c| c.is_ascii_digit()) && i + 4 < base.len() => &base[..i],
+        _ => base,
+    };
+    let folder = format!("{base}_to_{image_size}");
+    let new_written = match written.as_deref().and_then(|w| w.rfind('/').map(|i| &w[..=i])) {
+        Some(parent) => format!("{parent}{folder}"),
+        None => folder.clone(),
+    };
+    cfg.as_object_mut()
+        .ok_or_else(|| Error::Invalid(format!("{}: not a JSON object", cfg_path.display())))?
+        .insert("mm_vision_tower".into(), Value::from(new_written));
+
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let skip = |name: &str| {
+        name == "README.md"
+            || name == "config.json"
+            || name.ends_with(".safetensors")
+            || name.ends_with(".safetensors.index.json")
+    };
+    for entry in std::fs::read_dir(model).map_err(io_err(model))? {
+        let entry = entry.map_err(io_err(model))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if skip(&name) || entry.path() == tower_dir {
+            continue;
+        }
+        copy_tree(&entry.path(), &out.join(&name))?;
+    }
+    let tower_out = out.join(&folder);
+    copy_tree(&tower_dir, &tower_out)?;
+    let write_json = |path: PathBuf, v: &Value| {
+        std::fs::write(&path, serde_json::to_string_pretty(v).expect("json")).map_err(io_err(&path))
+    };
+    write_json(tower_out.join("config.json"), &tower_cfg)?;
+    write_json(out.join("config.json"), &cfg)?;
+    let file = out.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &file).map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?;
+    Ok(Resized { out: out.to_path_buf(), table, grid_from, grid_to, tower_folder: tower_out })
+}
+
+/// Copies a file, or a folder with everything in it.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).map_err(io_err(to))?;
+        for entry in std::fs::read_dir(from).map_err(io_err(from))? {
+            let entry = entry.map_err(io_err(from))?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(from, to).map(|_| ()).map_err(io_err(from))
+    }
 }

@@ -28,6 +28,10 @@ fn case_dir(case: &str) -> PathBuf {
 
 struct Case {
     dir: PathBuf,
+    /// The checkpoint folder: the fixture's `ckpt/`, or a copy resized to the golden's size
+    /// (then loaded without a size override).
+    ckpt: PathBuf,
+    resized: bool,
     meta: serde_json::Value,
     golden: HashMap<String, Tensor>,
 }
@@ -37,7 +41,7 @@ fn load_case(case: &str) -> Case {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     let golden = candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
-    Case { dir, meta, golden }
+    Case { ckpt: dir.join("ckpt"), resized: false, dir, meta, golden }
 }
 
 impl Case {
@@ -54,17 +58,25 @@ impl Case {
         self.meta[key].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
     }
     fn model(&self) -> Griffon {
-        let opts = LoadOptions {
-            image_size: Some(self.usize("image_size")),
-            pos_interp: self.str("pos_interp").parse::<Interp>().unwrap(),
-            ..Default::default()
+        let opts = if self.resized {
+            LoadOptions::default()
+        } else {
+            LoadOptions {
+                image_size: Some(self.usize("image_size")),
+                pos_interp: self.str("pos_interp").parse::<Interp>().unwrap(),
+                ..Default::default()
+            }
         };
-        Griffon::load(&self.dir.join("ckpt"), &opts).unwrap()
+        Griffon::load(&self.ckpt, &opts).unwrap()
     }
 }
 
 fn check_case(case: &str) {
-    let c = load_case(case);
+    check_loaded(&load_case(case));
+}
+
+fn check_loaded(c: &Case) {
+    let case = c.dir.file_name().unwrap().to_str().unwrap();
     let m = c.model();
 
     // Preprocessing: our PIL-bilinear resize + normalisation of the same file.
@@ -76,7 +88,7 @@ fn check_case(case: &str) {
     let want_hs = c.g("vision_hidden_states");
     let n_states = want_hs.dim(0).unwrap();
     // the model loads only the layers it runs (up to select_layer); check every layer with a full tower
-    let ck = Checkpoint::open(&c.dir.join("ckpt"), &Device::Cpu, DType::F32).unwrap();
+    let ck = Checkpoint::open(&c.ckpt, &Device::Cpu, DType::F32).unwrap();
     let full = griffon_model::clip::ClipVision::load(
         &ck.scope(MAIN_TOWER_PREFIX),
         &m.tower.cfg,
@@ -119,7 +131,7 @@ fn check_case(case: &str) {
 
     // Greedy continuation: identical ids and text; token probabilities close.
     let stop: Vec<u32> = c.ids("stop_ids").iter().map(|&x| x as u32).collect();
-    assert_eq!(m.stop_ids(m.template, Some(&c.dir.join("ckpt"))).unwrap(), stop, "{case}: stop ids");
+    assert_eq!(m.stop_ids(m.template, Some(&c.ckpt)).unwrap(), stop, "{case}: stop ids");
     let opts = SamplingOptions { max_new_tokens: c.usize("max_new_tokens"), ..Default::default() };
     let gen = generate(&m.llm, &prepared.embeds, &stop, &opts, |_| {}).unwrap();
     let want_ids: Vec<u32> = c.ids("greedy_ids").iter().map(|&x| x as u32).collect();
@@ -156,6 +168,50 @@ fn gemma2_with_region_sliding_window_and_sharded_checkpoint() {
 #[test]
 fn gemma2_at_interpolated_resolution() {
     check_case("gemma2_interp72");
+}
+
+/// `griffon resize-tower`: the fixture's checkpoint resized to the golden's size and stored loads
+/// without a size override and matches the reference, which resized the table at load (every
+/// hidden state, projector, logits, greedy answer); the copy names its new tower folder.
+#[test]
+fn resized_tower_checkpoint_matches_the_reference_natively() {
+    let mut c = load_case("gemma2_interp72");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("resized");
+    let interp = c.str("pos_interp").parse::<Interp>().unwrap();
+    let r = griffon_model::assemble::resize_main_tower(&c.ckpt, &out, c.usize("image_size"), interp).unwrap();
+    assert_eq!((r.grid_from, r.grid_to), (7, 9));
+    assert_eq!(r.table, format!("{MAIN_TOWER_PREFIX}.embeddings.position_embedding.weight"));
+    assert_eq!(r.tower_folder, out.join("clip-vit-tiny-patch8-to-56_to_72"));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert!(cfg["mm_vision_tower"].as_str().unwrap().ends_with("clip-vit-tiny-patch8-to-56_to_72"), "{cfg}");
+    let tcfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.tower_folder.join("config.json")).unwrap()).unwrap();
+    assert_eq!(tcfg["image_size"], 72);
+    // every other tensor is the source's, bit for bit
+    let before = candle_core::safetensors::load(c.ckpt.join("model.safetensors"), &Device::Cpu).unwrap();
+    let after = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(before.len(), after.len());
+    for (name, t) in &before {
+        if name != &r.table {
+            let d = (t - &after[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(d, 0.0, "{name} changed");
+        }
+    }
+    assert_eq!(after[&r.table].dims(), &[82, before[&r.table].dim(1).unwrap()]);
+    c.ckpt = out.clone();
+    c.resized = true;
+    assert_eq!(c.model().image_size(), 72);
+    check_loaded(&c);
+    // a second resize of the copy: the folder suffix is replaced, not stacked; bad sizes are errors
+    let again = tmp.path().join("again");
+    let r2 = griffon_model::assemble::resize_main_tower(&out, &again, 56, interp).unwrap();
+    assert_eq!(r2.tower_folder, again.join("clip-vit-tiny-patch8-to-56_to_56"));
+    let e = griffon_model::assemble::resize_main_tower(&out, &tmp.path().join("bad"), 60, interp).unwrap_err();
+    assert!(e.to_string().contains("not a positive multiple of the patch size 8"), "{e}");
+    let e = griffon_model::assemble::resize_main_tower(&out, &again, 64, interp).unwrap_err();
+    assert!(e.to_string().contains("exists and is not empty"), "{e}");
 }
 
 #[test]
