@@ -246,17 +246,32 @@ fn profiled(part: BenchPart, device: &Device, f: &mut dyn FnMut() -> Result<()>)
     if profile_part() != Some(part) || !device.is_cuda() {
         return Ok(());
     }
-    sync(device)?;
-    #[cfg(feature = "cuda")]
-    candle_core::cuda_backend::cudarc::driver::profiler_start()
-        .map_err(|e| crate::error::Error::Invalid(format!("cuProfilerStart: {e}")))?;
+    profiler_range(device, true)?;
     let r = f();
-    sync(device)?;
-    #[cfg(feature = "cuda")]
-    candle_core::cuda_backend::cudarc::driver::profiler_stop()
-        .map_err(|e| crate::error::Error::Invalid(format!("cuProfilerStop: {e}")))?;
+    profiler_range(device, false)?;
     eprintln!("bench: one {part:?} run inside the profiler's capture range");
     r
+}
+
+/// Opens (`start`) or closes the profiler's capture range (`cuProfilerStart` / `cuProfilerStop`)
+/// after waiting for the device, so the range holds exactly the work issued in between. A no-op
+/// off CUDA devices (and in builds without the `cuda` feature).
+pub fn profiler_range(device: &Device, start: bool) -> Result<()> {
+    if !device.is_cuda() {
+        return Ok(());
+    }
+    sync(device)?;
+    #[cfg(not(feature = "cuda"))]
+    let _ = start;
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::{profiler_start, profiler_stop};
+        let r = if start { profiler_start() } else { profiler_stop() };
+        r.map_err(|e| {
+            crate::error::Error::Invalid(format!("cuProfiler{}: {e}", if start { "Start" } else { "Stop" }))
+        })?;
+    }
+    Ok(())
 }
 
 fn sync(device: &Device) -> Result<()> {

@@ -149,11 +149,13 @@ pub struct Objective<'a> {
 }
 
 /// A micro-batch's loss (graph kept), its supervised count (answer tokens, or patches when only
-/// the dense loss is trained) and the unweighted dense loss when it is on.
+/// the dense loss is trained) and the unweighted dense loss when it is on (a detached scalar:
+/// read after the backward pass, so reading it does not make the host wait for the device
+/// between the forward and the backward pass).
 pub struct BatchLoss {
     pub loss: Tensor,
     pub tokens: usize,
-    pub dense: Option<f64>,
+    pub dense: Option<Tensor>,
 }
 
 /// [`batch_loss`] for an [`Objective`]; the vision tower runs once for both losses.
@@ -185,7 +187,7 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
                 .collect::<Result<Vec<_>, _>>()?;
             let feats = m.tower.patch_features(&px, m.config.mm.select_layer, m.config.mm.keep_cls).map_err(ge)?;
             let dl = head.loss(&feats, &targets)?;
-            let value = dl.to_scalar::<f32>().map_err(e)? as f64;
+            let value = dl.detach();
             if !obj.answers {
                 let patches = feats.dim(0).map_err(e)? * feats.dim(1).map_err(e)?;
                 return Ok(BatchLoss { loss: (dl * weight).map_err(e)?, tokens: patches, dense: Some(value) });
@@ -413,6 +415,14 @@ pub struct StepLog {
     /// Seconds of the step spent waiting for the data loader (image decoding / scene rendering):
     /// close to the step's time means the loader, not the device, bounds training.
     pub data_wait_s: f64,
+    /// Seconds of the step in the forward passes (graph building; on a GPU the host enqueues
+    /// kernels and runs ahead unless `GRIFFON_TRAIN_SYNC=1` waits for the device after each),
+    /// in the backward passes (until the loss is read, which waits for the device; gradient
+    /// accumulation included) and in clipping + the optimizer update (its norm is read on the
+    /// host, so it waits too). With the data wait they account for the step's time.
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optim_s: f64,
     /// Mean unweighted dense perception loss of the step, when it is trained.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dense: Option<f64>,
@@ -448,9 +458,33 @@ pub struct Trainer {
     segment_start: Option<Instant>,
     /// Time the current step has waited for the data loader (reset at each step).
     data_wait: std::time::Duration,
+    /// Time the current step has spent in forward / backward passes (reset at each step).
+    phases: Phases,
     /// The dense perception head (stage 0 or `dense_weight` > 0); its parameters are the
     /// optimizer's [`HEAD_WEIGHT`] and [`HEAD_BIAS`].
     dense: Option<DenseHead>,
+}
+
+/// Time of a step's forward and backward passes, summed over its micro-batches.
+#[derive(Default, Clone, Copy)]
+struct Phases {
+    forward: std::time::Duration,
+    backward: std::time::Duration,
+}
+
+/// `GRIFFON_TRAIN_SYNC=1`: wait for the device after each forward pass, so `forward_s` /
+/// `backward_s` split the device's time (costs the overlap of host and device at that point).
+fn sync_phases() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("GRIFFON_TRAIN_SYNC").is_ok_and(|v| v.trim() == "1"))
+}
+
+/// `GRIFFON_PROFILE_STEP=N`: the N-th step of this run (1-based) runs inside the profiler's
+/// capture range (`ncu` / `nsys` with `--profile-from-start off` / `--capture-range=cudaProfilerApi`),
+/// so a profile holds exactly one optimizer step, after N - 1 warm-up steps. CUDA only.
+fn profile_step() -> Option<usize> {
+    static N: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::env::var("GRIFFON_PROFILE_STEP").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0))
 }
 
 const STATE_FILE: &str = "trainer_state.json";
@@ -624,6 +658,7 @@ impl Trainer {
             group_lrs: groups,
             prefetch: None,
             data_wait: std::time::Duration::ZERO,
+            phases: Phases::default(),
             elapsed_before: 0.0,
             segment_start: None,
             dense,
@@ -740,6 +775,7 @@ impl Trainer {
                 continue;
             }
             let obj = Objective { answers, dense: self.dense.as_ref().map(|h| (h, dense_weight)) };
+            let t_fwd = Instant::now();
             let BatchLoss { loss, tokens: n, dense } = match batch_objective(&self.model, &batch, obj) {
                 Ok(x) => x,
                 Err(reason) => {
@@ -748,12 +784,17 @@ impl Trainer {
                     continue;
                 }
             };
+            if sync_phases() {
+                self.model.device.synchronize().map_err(|e| e.to_string())?;
+            }
+            let t_bwd = Instant::now();
+            self.phases.forward += t_bwd - t_fwd;
             let l = (loss / accum as f64).map_err(|e| e.to_string())?;
             let gs = l.backward().map_err(|e| e.to_string())?;
             loss_sum += l.to_scalar::<f32>().map_err(|e| e.to_string())? as f64;
             tokens += n;
             if let Some(d) = dense {
-                *dense_sum.get_or_insert(0.0) += d / accum as f64;
+                *dense_sum.get_or_insert(0.0) += d.to_scalar::<f32>().map_err(|e| e.to_string())? as f64 / accum as f64;
             }
             for (g, p) in grads.iter_mut().zip(&self.opt.params) {
                 if let Some(pg) = gs.get(p.var.as_tensor()) {
@@ -762,6 +803,7 @@ impl Trainer {
                         .map_err(|e| e.to_string())?;
                 }
             }
+            self.phases.backward += t_bwd.elapsed();
         }
         if tokens == 0 {
             // every micro-batch was skipped: report why instead of taking an empty step
@@ -816,10 +858,25 @@ impl Trainer {
             let step = self.opt.step;
             let t0 = Instant::now();
             self.data_wait = std::time::Duration::ZERO;
+            self.phases = Phases::default();
+            let profiled = profile_step() == Some(done + 1);
+            if profiled {
+                griffon_model::bench::profiler_range(&self.model.device, true).map_err(|e| e.to_string())?;
+            }
             let (mut grads, loss, tokens, dense) = self.step_gradients(step)?;
+            let t_opt = Instant::now();
             let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.max_grad_norm).map_err(|e| e.to_string())?;
             let lrs = self.lrs_at(step);
             self.opt.step(&grads, &lrs).map_err(|e| e.to_string())?;
+            if profiled {
+                griffon_model::bench::profiler_range(&self.model.device, false).map_err(|e| e.to_string())?;
+                eprintln!(
+                    "train: step {} (the segment's step {}) inside the profiler's capture range",
+                    step + 1,
+                    done + 1
+                );
+            }
+            let optim_s = t_opt.elapsed().as_secs_f64();
             done += 1;
             losses.push(loss);
             let entry = StepLog {
@@ -833,6 +890,9 @@ impl Trainer {
                 tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                 elapsed_s: self.elapsed_s(),
                 data_wait_s: self.data_wait.as_secs_f64(),
+                forward_s: self.phases.forward.as_secs_f64(),
+                backward_s: self.phases.backward.as_secs_f64(),
+                optim_s,
                 dense,
             };
             writeln!(log, "{}", serde_json::to_string(&entry).expect("serializable")).map_err(|e| e.to_string())?;
