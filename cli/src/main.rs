@@ -1028,6 +1028,12 @@ fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
             kernel_checks.push(("fused kernel", c.case.clone(), c.rel_err, c.tolerance, c.passed()));
         }
     }
+    if device.is_cuda() {
+        // training's attention op (its forward is the kernel above in bf16) against autograd
+        for c in griffon_model::attn_grad::check_against_composed(&device)? {
+            kernel_checks.push(("attention grad", c.case.clone(), c.rel_err, c.tolerance, c.passed()));
+        }
+    }
     for (kind, case, rel, tol, passed) in &kernel_checks {
         let line =
             format!("{kind}: {case:70} rel {rel:.2e} (tol {tol:.0e})  {}", if *passed { "PASS" } else { "FAIL" });

@@ -106,6 +106,10 @@ pub const ATTN_QUERY_CHUNK: usize = 1024;
 /// [`crate::cpu_kernels`] (q, k, v may be strided views), bf16 / f16 inference on a GPU the one of
 /// [`crate::flash`]; elsewhere [`blocked_attention`].
 pub fn full_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if crate::nn::differentiable() && crate::attn_grad::enabled() {
+        let spec = crate::attn_grad::GradSpec { scale: 1.0, softcap: None, causal: None };
+        return crate::attn_grad::attention(q, k, v, &spec);
+    }
     if crate::nn::cpu_kernels_apply(q) {
         let a = crate::cpu_kernels::Attention { scale: 1.0, softcap: None, causal: None };
         return Ok(q.apply_op3_no_bwd(k, v, &a)?);

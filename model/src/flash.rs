@@ -47,10 +47,15 @@ static DECODE_CHUNK: EnvSwitch = EnvSwitch::new("GRIFFON_DECODE_CHUNK");
 
 /// Whether attention over `q` ([B, H, T, D]) runs the fused kernel.
 pub fn applies(q: &Tensor) -> bool {
+    !crate::nn::differentiable() && kernel_applies(q)
+}
+
+/// Whether the kernel can compute attention over `q` (training included: [`crate::attn_grad`]
+/// runs it as the forward pass of its op, whose backward is its own).
+pub fn kernel_applies(q: &Tensor) -> bool {
     cfg!(feature = "cuda")
         && q.device().is_cuda()
         && matches!(q.dtype(), DType::BF16 | DType::F16)
-        && !crate::nn::differentiable()
         && q.rank() == 4
         && HEAD_DIMS.contains(&q.dims()[3])
         && enabled()

@@ -43,6 +43,7 @@ macro_rules! cuda_only_op3 {
 }
 
 pub mod assemble;
+pub mod attn_grad;
 pub mod bench;
 pub mod clip;
 pub mod config;

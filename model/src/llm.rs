@@ -266,6 +266,15 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, spec: &A
     if h % kvh != 0 {
         return invalid(format!("{h} attention heads are not a multiple of {kvh} key/value heads"));
     }
+    if crate::nn::differentiable() && crate::attn_grad::enabled() {
+        // training: one node with its own backward pass, no score tensors kept for it
+        let spec = crate::attn_grad::GradSpec {
+            scale: spec.scale as f32,
+            softcap: spec.softcap.map(|c| c as f32),
+            causal: Some(mask.causal),
+        };
+        return crate::attn_grad::attention(q, k, v, &spec);
+    }
     if mask.cpu_kernel {
         // the mask has no dense form here: a q of another kind is an error, never an unmasked pass
         let a =

@@ -234,7 +234,7 @@ pub fn cpu_kernels_apply(t: &Tensor) -> bool {
 
 /// candle's fused softmax over the last dimension of a contiguous f32 tensor, or ours on the CPU
 /// (a vectorised exp: candle's CPU kernel calls the scalar `expf` per element).
-fn fused_softmax_last(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn fused_softmax_last(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         Ok(x.apply_op1_no_bwd(&crate::cpu_kernels::SoftmaxLast)?)
     } else {
