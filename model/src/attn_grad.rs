@@ -131,13 +131,14 @@ fn group_rows(g: &Tensor, t0: usize, c: usize) -> Result<Tensor> {
 fn probs(qc: &Tensor, k: &Tensor, spec: &GradSpec, t0: usize, c: usize) -> Result<(Tensor, Option<Tensor>)> {
     let (b, kvh, rc, _) = qc.dims4()?;
     let s = k.dim(2)?;
-    let mut scores = (qc.matmul(&k.t()?)? * spec.scale as f64)?;
-    let mut th = None;
-    if let Some(cap) = spec.softcap {
-        let t = (scores / cap as f64)?.tanh()?;
-        scores = (&t * cap as f64)?;
-        th = Some(t);
-    }
+    // the factors go on the query rows (rows x d), not on the scores (rows x S)
+    let (mut scores, th) = match spec.softcap {
+        Some(cap) => {
+            let t = (qc * (spec.scale / cap) as f64)?.matmul(&k.t()?)?.tanh()?;
+            ((&t * cap as f64)?, Some(t))
+        }
+        None => ((qc * spec.scale as f64)?.matmul(&k.t()?)?, None),
+    };
     if let Some(causal) = spec.causal {
         let mut m = vec![0f32; c * s];
         for i in 0..c {
@@ -257,9 +258,10 @@ fn backward(
         if let Some(th) = th {
             ds = (ds * (1.0 - th.sqr()?)?)?;
         }
-        let ds = (ds * spec.scale as f64)?;
-        dqs.push(ds.matmul(&kf)?.reshape((b, kvh, rep, c, d))?);
-        dk = (dk + ds.t()?.matmul(&qc)?)?;
+        // the score scale goes on the products (rows x d), not on dS (rows x S)
+        let scale = spec.scale as f64;
+        dqs.push((ds.matmul(&kf)? * scale)?.reshape((b, kvh, rep, c, d))?);
+        dk = (dk + (ds.t()?.matmul(&qc)? * scale)?)?;
     }
     let dq = Tensor::cat(&dqs, 3)?.reshape((b, h, t, d))?;
     let dt = q.dtype();
