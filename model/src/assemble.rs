@@ -223,7 +223,9 @@ pub struct Resized {
 /// `image_size` set, the tower folder renamed `<name>_to_<size>` (as the released
 /// `clip-vit-large-patch14-336_to_1022`) and `mm_vision_tower` pointing at it. Every other tensor
 /// is copied unchanged in its stored dtype (into one `model.safetensors`), the other files and
-/// folders too (the source's model card `README.md` is not: it describes the source). This is
+/// folders too (a trainer's dense head included), except what describes the source's own
+/// training: its model card `README.md`, `trainer_state.json`, `optimizer.safetensors`,
+/// `metrics/` and `train_log.txt`. This is
 /// how a model trained at one resolution starts training at another with a trainable table; the
 /// engine's `--image-size` resizes at load instead (the same table, not trainable).
 pub fn resize_main_tower(
@@ -305,11 +307,19 @@ pub fn resize_main_tower(
         .insert("mm_vision_tower".into(), Value::from(new_written));
 
     std::fs::create_dir_all(out).map_err(io_err(out))?;
+    // the weights (rewritten below) and what describes the source's own training
     let skip = |name: &str| {
-        name == "README.md"
-            || name == "config.json"
-            || name.ends_with(".safetensors")
-            || name.ends_with(".safetensors.index.json")
+        matches!(
+            name,
+            "config.json"
+                | "model.safetensors"
+                | "model.safetensors.index.json"
+                | "README.md"
+                | "trainer_state.json"
+                | "optimizer.safetensors"
+                | "metrics"
+                | "train_log.txt"
+        ) || (name.starts_with("model-") && name.ends_with(".safetensors"))
     };
     for entry in std::fs::read_dir(model).map_err(io_err(model))? {
         let entry = entry.map_err(io_err(model))?;

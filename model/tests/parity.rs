@@ -204,10 +204,20 @@ fn resized_tower_checkpoint_matches_the_reference_natively() {
     c.resized = true;
     assert_eq!(c.model().image_size(), 72);
     check_loaded(&c);
-    // a second resize of the copy: the folder suffix is replaced, not stacked; bad sizes are errors
+    // a second resize of the copy: the folder suffix is replaced, not stacked; a trainer's dense
+    // head comes along, the records of the source's training do not; bad sizes are errors
+    std::fs::write(out.join("dense_head.safetensors"), b"head").unwrap();
+    std::fs::write(out.join("trainer_state.json"), b"{}").unwrap();
+    std::fs::write(out.join("optimizer.safetensors"), b"state").unwrap();
+    std::fs::create_dir(out.join("metrics")).unwrap();
+    std::fs::write(out.join("metrics/stage2.jsonl"), b"{}").unwrap();
     let again = tmp.path().join("again");
     let r2 = griffon_model::assemble::resize_main_tower(&out, &again, 56, interp).unwrap();
     assert_eq!(r2.tower_folder, again.join("clip-vit-tiny-patch8-to-56_to_56"));
+    assert_eq!(std::fs::read(again.join("dense_head.safetensors")).unwrap(), b"head");
+    for gone in ["trainer_state.json", "optimizer.safetensors", "metrics", "clip-vit-tiny-patch8-to-56_to_72"] {
+        assert!(!again.join(gone).exists(), "{gone} was copied");
+    }
     let e = griffon_model::assemble::resize_main_tower(&out, &tmp.path().join("bad"), 60, interp).unwrap_err();
     assert!(e.to_string().contains("not a positive multiple of the patch size 8"), "{e}");
     let e = griffon_model::assemble::resize_main_tower(&out, &again, 64, interp).unwrap_err();

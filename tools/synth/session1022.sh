@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# One device call for the 1022 px model (docs/SYNTH.md "Session 9"), in three parts:
+#   1. the kernels and training's attention op checked on the card (griffon selfcheck, bf16);
+#   2. a throughput probe: PROBE_STEPS optimizer steps of the training config under each setting
+#      of SETTINGS (f32 with TF32 or bf16, micro-batch x accumulation, GRIFFON_ATTN_GRAD), the
+#      samples per second of each from its metrics (first steps dropped), into $OUT/probe.tsv;
+#   3. training with the fastest setting for what is left of BUDGET seconds (a wall-clock cosine
+#      schedule), then the weights and metrics packed into $OUT (tools/synth/pack.sh).
+# Prepared here:
+#   tools/cuda/build.sh && xz -T2 -6 -kfc target/cuda/release/griffon > target/cuda/griffon.xz
+#   griffon resize-tower --model runs/synth/probe224-gpu --image-size 1022 --out runs/synth/default224-to1022
+# Device call: bash tools/synth/session1022.sh; carry ["target/cuda/griffon.xz",
+# "runs/synth/default224-to1022"] (or INIT= a folder brought back by an earlier session, unpacked
+# with tools/synth/unpack.sh); timeout_s = BUDGET + 40. Back here: tools/synth/unpack.sh
+# <files_at> runs/synth/NAME, then `griffon eval synth` on the CPU.
+# Dry run on the CPU: DEVICE=cpu GRIFFON_BIN=target/release/griffon BUDGET=150 PROBE_STEPS=2 \
+#   SETTINGS="f32:1x1:1 f32:2x1:1" SELFCHECK=0 MIN_TRAIN=10 OUT=/tmp/dry bash tools/synth/session1022.sh
+set -uo pipefail
+START=$(date +%s)
+BUDGET=${BUDGET:-540}
+OUT=${OUT:-/tmp/griffon-out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/session_log.txt") 2>&1
+DEVICE=${DEVICE:-cuda}
+source tools/cuda/device_env.sh
+date -u
+INIT=${INIT:-runs/synth/default224-to1022}
+CONFIG=${CONFIG:-configs/synth/from224.toml}
+NAME=${NAME:-from224}
+[ -f "$INIT/config.json" ] || { echo "missing $INIT (carry it)"; exit 1; }
+elapsed() { echo $(($(date +%s) - START)); }
+
+# 1. checks (kernels, training attention, then the fixtures in bf16)
+if [ "${SELFCHECK:-1}" = 1 ]; then
+  timeout 120 "$G" selfcheck --device "$DEVICE" --dtype bf16 > "$OUT/selfcheck_bf16.txt" 2>&1
+  echo "selfcheck bf16: rc $? at $(elapsed) s"
+  grep -E "attention grad|FAIL|failed" "$OUT/selfcheck_bf16.txt" | head -n 12
+fi
+
+# 2. throughput probe. A setting is DTYPE:MICROxACCUM:ATTN_GRAD (the same samples per step for a fair comparison).
+SETTINGS=${SETTINGS:-"f32:4x4:0 f32:4x4:1 f32:16x1:1 bf16:16x1:1"}
+PROBE_STEPS=${PROBE_STEPS:-10}
+common=(--device "$DEVICE" --quiet --set "model.init=$INIT" --set train.save_every=0)
+echo -e "setting\tsamples_per_s\tforward_s\tbackward_s\toptim_s\tdata_wait_s\tfinal_loss" > "$OUT/probe.tsv"
+for s in $SETTINGS; do
+  IFS=: read -r dtype mb ag <<< "$s"
+  micro=${mb%x*} accum=${mb#*x}
+  out=/tmp/probe-$dtype-$mb-$ag
+  rm -rf "$out"
+  GRIFFON_ATTN_GRAD=$ag timeout 150 "$G" train --config "$CONFIG" "${common[@]}" --set train.schedule=steps \
+    --set "train.max_steps=$PROBE_STEPS" --set "train.dtype=$dtype" --set "train.batch_size=$micro" \
+    --set "train.grad_accum=$accum" --set "train.out=$out" > "$out.log" 2>&1
+  rc=$?
+  python3 - "$s" "$out/metrics.jsonl" "$rc" >> "$OUT/probe.tsv" <<'PY'
+import json, sys
+setting, path, rc = sys.argv[1], sys.argv[2], sys.argv[3]
+micro, accum = setting.split(":")[1].split("x")
+try:
+    rows = [json.loads(l) for l in open(path)]
+except OSError:
+    rows = []
+# drop the first steps (CUDA start, allocator warm-up): time from the end of step k to the last
+k = 2 if len(rows) > 3 else 1
+if rc != "0" or len(rows) <= k:
+    print(f"{setting}\tfailed(rc {rc})\t\t\t\t\t")
+    sys.exit()
+use = rows[k:]
+span = use[-1]["elapsed_s"] - rows[k - 1]["elapsed_s"]
+rate = len(use) * int(micro) * int(accum) / span
+mean = lambda key: sum(r[key] for r in use) / len(use)
+cols = [f"{rate:.2f}"] + [f"{mean(c):.3f}" for c in ("forward_s", "backward_s", "optim_s", "data_wait_s")]
+print("\t".join([setting] + cols + [f"{rows[-1]['loss']:.4f}"]))
+PY
+  tail -n 1 "$OUT/probe.tsv"
+  [ "$rc" = 0 ] || tail -n 5 "$out.log"
+done
+echo "probe done at $(elapsed) s"
+cat "$OUT/probe.tsv"
+best=$(python3 - "$OUT/probe.tsv" <<'PY'
+import sys
+best, rate = "", 0.0
+for line in open(sys.argv[1]).read().splitlines()[1:]:
+    f = line.split("\t")
+    try:
+        r = float(f[1])
+    except ValueError:
+        continue
+    if r > rate:
+        best, rate = f[0], r
+print(best)
+PY
+)
+[ -n "$best" ] || { echo "no setting trained: nothing to pack"; exit 1; }
+BEST=${FORCE_SETTING:-$best}
+echo "== training with $BEST"
+
+# 3. training for the rest of the budget (20 s kept for packing)
+left=$((BUDGET - $(elapsed) - 20))
+[ "$left" -ge "${MIN_TRAIN:-60}" ] || { echo "only $left s left: no training"; exit 0; }
+IFS=: read -r dtype mb ag <<< "$BEST"
+RUN=runs/synth/$NAME
+GRIFFON_ATTN_GRAD=$ag "$G" train --config "$CONFIG" "${common[@]}" --set train.schedule=time \
+  --set "train.max_time_s=$left" --set "train.dtype=$dtype" --set "train.batch_size=${mb%x*}" \
+  --set "train.grad_accum=${mb#*x}" --set "train.out=$RUN" --set train.save_every=100
+echo "training rc $? at $(elapsed) s"
+tail -n 2 "$RUN/metrics.jsonl"
+last=$RUN/$(cat "$RUN/latest" 2>/dev/null)
+[ -d "$last" ] || { echo "no checkpoint written"; exit 1; }
+OUT=$OUT bash tools/synth/pack.sh "$last" stage2="$RUN/metrics.jsonl"
+date -u
