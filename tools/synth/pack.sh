@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packs a trained checkpoint (without its optimizer state) and the metrics of its run(s) into
-# $OUT/pack.tar.part-NN, 15 MiB each (the device tool returns at most 8 files of 16 MiB).
+# $OUT/$PACK.tar.part-NN (PACK=pack unless set: several runs can share one $OUT), 15 MiB each
+# (the device tool returns at most 8 files of 16 MiB, 64 MiB in all).
 # Used by train_gpu.sh and probe_gpu.sh on the GPU machine; tools/synth/unpack.sh reverses it.
 #   pack.sh CHECKPOINT_DIR METRICS_NAME=FILE...   e.g. pack.sh runs/x/stage3/checkpoint-9 stage3=runs/x/stage3/metrics.jsonl
 set -uo pipefail
@@ -13,5 +14,5 @@ for m in "$@"; do
 done
 tar -C /tmp/pack -cf /tmp/pack.tar metrics
 tar -C "$ckpt" -rf /tmp/pack.tar --exclude='optimizer.safetensors' .
-split -b 15M -d /tmp/pack.tar "$OUT/pack.tar.part-"
+split -b 15M -d /tmp/pack.tar "$OUT/${PACK:-pack}.tar.part-"
 ls -la "$OUT"

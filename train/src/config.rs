@@ -3,8 +3,8 @@
 //! ```toml
 //! [model]
 //! init = "path/to/checkpoint"     # the engine's checkpoint layout
-//! # image_size = 512              # run the tower at another size (position table interpolated)
-//! # tiles = 2                     # or cut each image into 2 x 2 tiles
+//! # image_size = 512              # must be the stored tower's size (another: `griffon resize-tower` first)
+//! # tiles = 2                     # cut each image into 2 x 2 tiles (saved as the checkpoint's mm_tiles)
 //! [data]
 //! tasks = "data/tasks.txt"        # released task list: `DET & det.jsonl & images/`
 //! # or, instead of `tasks`, scenes of `griffon synth` rendered on the fly (nothing on disk):

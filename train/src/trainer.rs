@@ -576,6 +576,19 @@ impl Trainer {
             Box::new(move |name: &str| pred_modules.contains(&Module::of(name))),
         )
         .map_err(|e| e.to_string())?;
+        if let Some(size) = cfg.model.image_size {
+            let stored = model.tower.cfg.image_size;
+            if size != stored {
+                // a table resized at load is a constant: it would not train, and the checkpoint
+                // (stored table, stored config) would not remember the size it was trained at
+                return Err(format!(
+                    "model.image_size = {size} differs from the checkpoint's {stored}: training needs the \
+                     position table stored at that size (griffon resize-tower --model {} --image-size {size} --out DIR, \
+                     then model.init = DIR)",
+                    source_dir.display()
+                ));
+            }
+        }
         if vars.is_empty() {
             return Err(format!("no trainable tensors for modules {modules:?} in {}", source_dir.display()));
         }
@@ -932,6 +945,16 @@ impl Trainer {
         let io = |e: std::io::Error| e.to_string();
         // non-weight files (config, tokenizer, tower config folders) as they were
         copy_support_files(&self.source_dir, &tmp).map_err(io)?;
+        if let Some(tiles) = self.cfg.model.tiles {
+            // the checkpoint runs as it was trained: tiled input is a config key (`mm_tiles`)
+            let path = tmp.join("config.json");
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let obj = v.as_object_mut().ok_or_else(|| format!("{}: not a JSON object", path.display()))?;
+            obj.insert("mm_tiles".into(), serde_json::Value::from(tiles));
+            std::fs::write(&path, serde_json::to_string_pretty(&v).expect("json")).map_err(io)?;
+        }
         // weights: trainable from the variables (stored dtype), frozen as stored
         let src = Checkpoint::open(&self.source_dir, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
         // trained tensors from the optimizer's f32 masters (in mixed precision the variables

@@ -177,10 +177,19 @@ fn trains_with_tiled_input() {
     let data = dataset(&[]);
     let mut cfg = config(data.path(), "tiled", "stage = 1\nlr = 1e-2\nmax_steps = 2\nwarmup_ratio = 0.0");
     cfg.model.tiles = Some(2);
-    let mut t = Trainer::new(cfg, &Device::Cpu).unwrap();
+    let mut t = Trainer::new(cfg.clone(), &Device::Cpu).unwrap();
     assert_eq!(t.model.image_size(), 112);
     let r = t.run(None, false).unwrap();
     assert!(r.losses.iter().all(|l| l.is_finite()));
+    // the checkpoint remembers the tiles: the engine runs it as it was trained
+    let m = Griffon::load(&r.checkpoint, &LoadOptions::default()).unwrap();
+    assert_eq!((m.tiles, m.image_size()), (2, 112));
+    // a size that differs from the stored table's is refused (it would not train), naming the tool
+    cfg.model.tiles = None;
+    cfg.model.image_size = Some(72);
+    cfg.train.out = data.path().join("resized");
+    let e = Trainer::new(cfg, &Device::Cpu).err().expect("refused");
+    assert!(e.contains("model.image_size = 72 differs from the checkpoint's 56") && e.contains("resize-tower"), "{e}");
 }
 
 /// Synthetic scenes rendered on the fly, in padded micro-batches: the run trains, is

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The resolution study's training runs (docs/SYNTH.md "The resolution study") in one device call:
+# for each run NAME:PX:TILES of RUNS, the bundled 224 px model (SRC, carried) with its main tower
+# resized to PX on the machine (griffon resize-tower), then STEPS optimizer steps of
+# configs/synth/from224.toml on the same scene stream (16 samples per step: SETTING's micro-batch
+# x accumulation), the input at PX (TILES x TILES tiles of PX when TILES > 1: the patch-partition
+# baseline), the dense loss off for every run (it needs untiled input), then its weights packed as
+# $OUT/NAME.tar.part-NN. Three runs fit one call's return (8 files, 64 MiB: about 19 MB each).
+# Same samples for every run, so a run at a lower resolution takes less device time.
+# Prepared here: tools/cuda/build.sh && xz -T2 -6 -kfc target/cuda/release/griffon > target/cuda/griffon.xz
+# Device call: RUNS="r252:252:1 r1022:1022:1 t504:504:2" STEPS=N bash tools/synth/study.sh;
+#   carry ["target/cuda/griffon.xz", "runs/synth/probe224-gpu"]; timeout_s: the runs' time + 60.
+# Back here, per run: PACK=NAME tools/synth/unpack.sh <files_at> runs/synth/study-NAME, then
+#   griffon eval synth --model runs/synth/study-NAME --data data/synth --images data/synth \
+#     --out runs/synth/study-NAME-eval --max-new-tokens 1024
+#   and tools/synth/resolution_table.py over the eval folders.
+# Dry run on the CPU: DEVICE=cpu GRIFFON_BIN=target/release/griffon RUNS="r112:112:1 t56:56:2" STEPS=2 \
+#   SETTING=f32:1x1:1 OUT=/tmp/dry-study bash tools/synth/study.sh
+set -uo pipefail
+START=$(date +%s)
+OUT=${OUT:-/tmp/griffon-out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/study_log.txt") 2>&1
+DEVICE=${DEVICE:-cuda}
+source tools/cuda/device_env.sh
+date -u
+SRC=${SRC:-runs/synth/probe224-gpu}
+RUNS=${RUNS:-"r252:252:1 r1022:1022:1 t504:504:2"}
+STEPS=${STEPS:-150}
+SETTING=${SETTING:-f32:16x1:1}
+[ -f "$SRC/config.json" ] || { echo "missing $SRC (carry it)"; exit 1; }
+IFS=: read -r dtype mb ag <<< "$SETTING"
+for r in $RUNS; do
+  IFS=: read -r name px tiles <<< "$r"
+  init=/tmp/study-init-$name
+  rm -rf "$init"
+  "$G" resize-tower --model "$SRC" --image-size "$px" --out "$init" || { echo "$name: resize failed"; continue; }
+  run=runs/synth/study-$name
+  rm -rf "$run"
+  echo "== $name: $px px, $tiles x $tiles tiles, $STEPS steps ($SETTING) at $(($(date +%s) - START)) s"
+  GRIFFON_ATTN_GRAD=$ag "$G" train --config configs/synth/from224.toml --device "$DEVICE" --quiet \
+    --set "model.init=$init" --set "model.tiles=$tiles" --set train.dense_weight=0 \
+    --set train.schedule=steps --set "train.max_steps=$STEPS" --set "train.dtype=$dtype" \
+    --set "train.batch_size=${mb%x*}" --set "train.grad_accum=${mb#*x}" --set "train.out=$run" \
+    --set train.save_every=0 || { echo "$name: training failed"; continue; }
+  tail -n 1 "$run/metrics.jsonl"
+  PACK=$name OUT=$OUT bash tools/synth/pack.sh "$run/$(cat "$run/latest")" stage2="$run/metrics.jsonl"
+done
+echo "done at $(($(date +%s) - START)) s"
+date -u
