@@ -202,6 +202,9 @@ pub struct Griffon {
     pub dtype: DType,
     /// Tiles per side of the main image (1 = direct input).
     pub tiles: usize,
+    /// Image tokens of recently seen image files ([`crate::tasks`]: a file asked about again —
+    /// the next referring expression, region or task on the same image — is not encoded again).
+    pub image_cache: crate::tasks::ImageTokenCache,
 }
 
 /// A prompt ready for the LLM.
@@ -312,6 +315,7 @@ impl Griffon {
             device: opts.device.clone(),
             dtype: opts.dtype,
             tiles: 0,
+            image_cache: crate::tasks::ImageTokenCache::from_env(),
         };
         let tiles = opts.tiles.unwrap_or(model.config.mm.tiles);
         if tiles == 0 {

@@ -155,8 +155,18 @@ impl Griffon {
         let main = load_rgb(&req.image)?;
         let (w, h) = (main.width(), main.height());
         let turns = req.turns(w, h, opts.chunk).map_err(Error::Invalid)?;
-        let pixels = preprocess(&main, self.image_size(), &self.device)?;
-        let image_tokens = self.encode_image(&pixels.unsqueeze(0)?)?.squeeze(0)?;
+        let key = ImageKey::of(&req.image);
+        let image_tokens = match key.as_ref().and_then(|k| self.image_cache.get(k)) {
+            Some(t) => t,
+            None => {
+                let pixels = preprocess(&main, self.image_size(), &self.device)?;
+                let t = self.encode_image(&pixels.unsqueeze(0)?)?.squeeze(0)?;
+                if let Some(k) = key {
+                    self.image_cache.put(k, &t);
+                }
+                t
+            }
+        };
         let mut out = TaskOutput {
             image: ImageInfo { width: w, height: h },
             detections: vec![],
@@ -231,5 +241,72 @@ impl Griffon {
         }
         out.text = texts.join("\n");
         Ok(out)
+    }
+}
+
+/// What identifies an image file's content for [`ImageTokenCache`]: its canonical path, size and
+/// modification time (a rewritten file is a new key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageKey {
+    path: std::path::PathBuf,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl ImageKey {
+    /// None when the file cannot be inspected (then it is not cached; loading reports the error).
+    pub fn of(path: &std::path::Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self { path: std::fs::canonicalize(path).ok()?, len: meta.len(), modified: meta.modified().ok() })
+    }
+}
+
+/// The image tokens (projector output) of the most recently used image files of one model, up
+/// to a byte budget (least recently used first out): an evaluation asks several questions about
+/// each image (the 1022 px synthetic test split: 1548 prompts on 200 images), and encoding the
+/// image is most of a prompt's cost. The tokens are exactly those an uncached call computes.
+/// `GRIFFON_IMAGE_CACHE_MB` sets the budget (default 256; 0 turns it off).
+pub struct ImageTokenCache {
+    budget: usize,
+    entries: std::sync::Mutex<Vec<(ImageKey, Tensor)>>,
+    hits: std::sync::atomic::AtomicUsize,
+}
+
+impl ImageTokenCache {
+    pub fn new(budget_bytes: usize) -> Self {
+        Self { budget: budget_bytes, entries: std::sync::Mutex::new(Vec::new()), hits: Default::default() }
+    }
+
+    pub fn from_env() -> Self {
+        let mb = std::env::var("GRIFFON_IMAGE_CACHE_MB").ok().and_then(|v| v.trim().parse::<usize>().ok());
+        Self::new(mb.unwrap_or(256) << 20)
+    }
+
+    /// How many lookups found their tokens.
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn get(&self, key: &ImageKey) -> Option<Tensor> {
+        let mut e = self.entries.lock().ok()?;
+        let i = e.iter().position(|(k, _)| k == key)?;
+        let entry = e.remove(i);
+        let t = entry.1.clone();
+        e.push(entry); // most recent last
+        self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(t)
+    }
+
+    pub fn put(&self, key: ImageKey, tokens: &Tensor) {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        if bytes(tokens) > self.budget {
+            return;
+        }
+        let Ok(mut e) = self.entries.lock() else { return };
+        e.retain(|(k, _)| k != &key);
+        e.push((key, tokens.clone()));
+        while e.iter().map(|(_, t)| bytes(t)).sum::<usize>() > self.budget {
+            e.remove(0);
+        }
     }
 }

@@ -336,3 +336,42 @@ fn tiled_input_is_tiles_encoded_separately() {
     let text_tokens = p.input_ids.iter().filter(|&&i| i >= 0).count();
     assert_eq!(p.embeds.dim(1).unwrap(), text_tokens + tiled.image_tokens() + 1);
 }
+
+/// The image-token cache: a second request on the same file reuses its tokens (same answer as
+/// the first, which encoded), a rewritten file is encoded again, and a zero budget never caches.
+#[test]
+fn image_tokens_are_reused_for_the_same_file_only() {
+    use griffon_core::{Request, Task};
+    use griffon_model::tasks::{ImageTokenCache, RunOptions};
+    let c = load_case("gemma2_interp72");
+    let mut m = c.model();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("a.png");
+    std::fs::copy(c.dir.join("image.png"), &img).unwrap();
+    let opts = RunOptions {
+        sampling: griffon_model::generate::SamplingOptions { max_new_tokens: 6, ..Default::default() },
+        ..Default::default()
+    };
+    let detect = Request { image: img.clone(), task: Task::Detect { categories: vec!["cat".into(), "dog".into()] } };
+    let ground = Request { image: img.clone(), task: Task::Ground { expression: "the cat".into() } };
+    let first = m.run(&detect, &opts).unwrap();
+    assert_eq!(m.image_cache.hits(), 0);
+    let again = m.run(&detect, &opts).unwrap();
+    let other_task = m.run(&ground, &opts).unwrap();
+    assert_eq!(m.image_cache.hits(), 2);
+    assert_eq!((first.text.as_str(), first.prompts.len()), (again.text.as_str(), again.prompts.len()));
+    // the same answer as a model without a cache
+    m.image_cache = ImageTokenCache::new(0);
+    assert_eq!(m.run(&ground, &opts).unwrap().text, other_task.text);
+    assert_eq!(m.image_cache.hits(), 0);
+    // a rewritten file is a new key
+    m.image_cache = ImageTokenCache::new(64 << 20);
+    m.run(&detect, &opts).unwrap();
+    let rgb = image::open(&img).unwrap().fliph();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    rgb.save(&img).unwrap();
+    m.run(&detect, &opts).unwrap();
+    assert_eq!(m.image_cache.hits(), 0);
+    m.run(&detect, &opts).unwrap();
+    assert_eq!(m.image_cache.hits(), 1);
+}
