@@ -47,10 +47,12 @@ for s in $SETTINGS; do
   micro=${mb%x*} accum=${mb#*x}
   out=/tmp/probe-$dtype-$mb-$ag
   rm -rf "$out"
+  t0=$(date +%s)
   GRIFFON_ATTN_GRAD=$ag timeout 150 "$G" train --config "$CONFIG" "${common[@]}" --set train.schedule=steps \
     --set "train.max_steps=$PROBE_STEPS" --set "train.dtype=$dtype" --set "train.batch_size=$micro" \
     --set "train.grad_accum=$accum" --set "train.out=$out" > "$out.log" 2>&1
   rc=$?
+  echo "$s: process $(($(date +%s) - t0)) s (start-up + $PROBE_STEPS steps)"
   python3 - "$s" "$out/metrics.jsonl" "$rc" >> "$OUT/probe.tsv" <<'PY'
 import json, sys
 setting, path, rc = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -92,6 +94,17 @@ PY
 )
 [ -n "$best" ] || { echo "no setting trained: nothing to pack"; exit 1; }
 BEST=${FORCE_SETTING:-$best}
+if [ "${SYNC_PROBE:-1}" = 1 ]; then
+  # the winner once more with the device synchronised after each forward pass: the true split
+  # of its step between forward and backward (the unsynchronised rows time the host's enqueueing)
+  IFS=: read -r dtype mb ag <<< "$BEST"
+  rm -rf /tmp/probe-sync
+  GRIFFON_TRAIN_SYNC=1 GRIFFON_ATTN_GRAD=$ag timeout 150 "$G" train --config "$CONFIG" "${common[@]}" \
+    --set train.schedule=steps --set "train.max_steps=$PROBE_STEPS" --set "train.dtype=$dtype" \
+    --set "train.batch_size=${mb%x*}" --set "train.grad_accum=${mb#*x}" --set train.out=/tmp/probe-sync \
+    > /tmp/probe-sync.log 2>&1 && cp /tmp/probe-sync/metrics.jsonl "$OUT/probe_sync_metrics.jsonl"
+  echo "synchronised probe of $BEST: rc $? at $(elapsed) s"; tail -n 2 /tmp/probe-sync/metrics.jsonl
+fi
 echo "== training with $BEST"
 
 # 3. training for the rest of the budget (20 s kept for packing)
