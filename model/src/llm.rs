@@ -234,7 +234,9 @@ pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, like: &Tensor
     let causal = Causal { offset, window };
     let s = offset + t;
     let cpu_kernel = cpu_kernels_apply(like);
-    if cpu_kernel || (t == 1 && window.is_none_or(|w| s <= w)) {
+    // training's attention op masks by key ranges itself ([`attention`] takes it first)
+    let op = crate::nn::differentiable() && crate::attn_grad::enabled();
+    if cpu_kernel || op || (t == 1 && window.is_none_or(|w| s <= w)) {
         return Ok(CausalMask { causal, cpu_kernel, dense: None });
     }
     let mut m = vec![0f32; t * s];
