@@ -31,9 +31,27 @@ pub const QUERY_BLOCK: usize = 1024;
 
 static ATTN_GRAD: EnvSwitch = EnvSwitch::new("GRIFFON_ATTN_GRAD");
 
+/// 0: as `GRIFFON_ATTN_GRAD` says; 1: on; 2: off ([`set_enabled`]).
+static FORCED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 /// Whether training attention takes this path (`GRIFFON_ATTN_GRAD=0`: the composed graph).
 pub fn enabled() -> bool {
-    !ATTN_GRAD.is("0")
+    match FORCED.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => !ATTN_GRAD.is("0"),
+    }
+}
+
+/// Picks the path for this process regardless of the environment (`None`: the environment's
+/// choice again); for comparing both paths in one process.
+pub fn set_enabled(on: Option<bool>) {
+    let v = match on {
+        None => 0,
+        Some(true) => 1,
+        Some(false) => 2,
+    };
+    FORCED.store(v, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// What the scores are: `scale * q k^T`, soft-capped as `cap * tanh(s / cap)`, masked by
