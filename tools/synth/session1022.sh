@@ -39,11 +39,14 @@ fi
 
 # 2. throughput probe. A setting is DTYPE:MICROxACCUM:ATTN_GRAD (the same samples per step for a fair comparison).
 SETTINGS=${SETTINGS:-"f32:4x4:0 f32:4x4:1 f32:16x1:1 bf16:16x1:1"}
-# a dtype whose attention-op check failed on the card trains only on the composed path
+# a dtype whose attention-op checks did not all pass on the card (or did not run) trains only on
+# the composed path
 for dt in F32 BF16; do
-  if grep -q "attention grad: training $dt.*FAIL" "$OUT/selfcheck_bf16.txt" 2>/dev/null; then
+  [ "${SELFCHECK:-1}" = 1 ] || break
+  f=$OUT/selfcheck_bf16.txt
+  if ! grep -q "attention grad: training $dt.*PASS" "$f" || grep -q "attention grad: training $dt.*FAIL" "$f"; then
     low=$(echo "$dt" | tr 'A-Z' 'a-z')
-    echo "the attention op failed its $dt check: dropping its $low:*:1 settings"
+    echo "the attention op did not pass its $dt checks: dropping its $low:*:1 settings"
     SETTINGS=$(for x in $SETTINGS; do case $x in "$low":*:1) ;; *) echo "$x" ;; esac; done | xargs)
   fi
 done
