@@ -345,33 +345,42 @@ impl Griffon {
     /// tower size; each tile is encoded on its own and the tokens are concatenated tile by tile
     /// (row-major).
     pub fn encode_image(&self, pixels: &Tensor) -> Result<Tensor> {
+        let feats = self.tower.patch_features(
+            &self.tile_pixels(pixels)?,
+            self.config.mm.select_layer,
+            self.config.mm.keep_cls,
+        )?;
+        self.merge_tiles(&self.projector.forward(&feats)?)
+    }
+
+    /// Main-image pixels [B, 3, S, S] as the tower's inputs: unchanged without tiles, else the
+    /// tiles of each image [B * tiles^2, 3, s, s] (image-major, tiles row-major).
+    pub fn tile_pixels(&self, pixels: &Tensor) -> Result<Tensor> {
         let t = self.tiles;
-        let pixels = if t > 1 {
-            let (b, c, h, w) = pixels.dims4()?;
-            let s = self.tower.run_size();
-            if h != s * t || w != s * t {
-                return invalid(format!(
-                    "tiled input expects [B, 3, {n}, {n}] pixels, got {:?}",
-                    pixels.dims(),
-                    n = s * t
-                ));
-            }
-            pixels
-                .reshape((b, c, t, s, t, s))?
-                .permute((0, 2, 4, 1, 3, 5))?
-                .reshape((b * t * t, c, s, s))?
-                .contiguous()?
-        } else {
-            pixels.clone()
-        };
-        let feats = self.tower.patch_features(&pixels, self.config.mm.select_layer, self.config.mm.keep_cls)?;
-        let tokens = self.projector.forward(&feats)?;
-        if t > 1 {
-            let (bt, n, h) = tokens.dims3()?;
-            Ok(tokens.reshape((bt / (t * t), t * t * n, h))?)
-        } else {
-            Ok(tokens)
+        if t == 1 {
+            return Ok(pixels.clone());
         }
+        let (b, c, h, w) = pixels.dims4()?;
+        let s = self.tower.run_size();
+        if h != s * t || w != s * t {
+            return invalid(format!("tiled input expects [B, 3, {n}, {n}] pixels, got {:?}", pixels.dims(), n = s * t));
+        }
+        Ok(pixels
+            .reshape((b, c, t, s, t, s))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b * t * t, c, s, s))?
+            .contiguous()?)
+    }
+
+    /// Per-tile tokens [B * tiles^2, n, H] (from [`Self::tile_pixels`]' order) -> per image
+    /// [B, tiles^2 * n, H]; unchanged without tiles.
+    pub fn merge_tiles(&self, tokens: &Tensor) -> Result<Tensor> {
+        let t = self.tiles;
+        if t == 1 {
+            return Ok(tokens.clone());
+        }
+        let (bt, n, h) = tokens.dims3()?;
+        Ok(tokens.reshape((bt / (t * t), t * t * n, h))?)
     }
 
     /// Region-image pixels [B, 3, s, s] -> one token each [B, 1, H]. Without a region encoder the

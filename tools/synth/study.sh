@@ -4,7 +4,7 @@
 # resized to PX on the machine (griffon resize-tower), then STEPS optimizer steps of
 # configs/synth/from224.toml on the same scene stream (16 samples per step: SETTING's micro-batch
 # x accumulation), the input at PX (TILES x TILES tiles of PX when TILES > 1: the patch-partition
-# baseline), the dense loss off for every run (it needs untiled input), then its weights packed as
+# baseline; the dense loss then takes each tile's own targets), then its weights packed as
 # $OUT/NAME.tar.part-NN. Three runs fit one call's return (8 files, 64 MiB: about 19 MB each).
 # Same samples for every run, so a run at a lower resolution takes less device time.
 # Prepared here: tools/cuda/build.sh && xz -T2 -6 -kfc target/cuda/release/griffon > target/cuda/griffon.xz
@@ -39,7 +39,7 @@ for r in $RUNS; do
   rm -rf "$run"
   echo "== $name: $px px, $tiles x $tiles tiles, $STEPS steps ($SETTING) at $(($(date +%s) - START)) s"
   GRIFFON_ATTN_GRAD=$ag "$G" train --config configs/synth/from224.toml --device "$DEVICE" --quiet \
-    --set "model.init=$init" --set "model.tiles=$tiles" --set train.dense_weight=0 \
+    --set "model.init=$init" --set "model.tiles=$tiles" \
     --set train.schedule=steps --set "train.max_steps=$STEPS" --set "train.dtype=$dtype" \
     --set "train.batch_size=${mb%x*}" --set "train.grad_accum=${mb#*x}" --set "train.out=$run" \
     --set train.save_every=0 || { echo "$name: training failed"; continue; }

@@ -33,6 +33,13 @@ pub const HEAD_FILE: &str = "dense_head.safetensors";
 pub const HEAD_WEIGHT: &str = "dense_head.weight";
 pub const HEAD_BIAS: &str = "dense_head.bias";
 
+/// An object's shape, colour and box (scene or tile pixels) for [`DenseTargets`].
+struct Owned {
+    shape: usize,
+    colour: usize,
+    bbox: [f64; 4],
+}
+
 /// Per-patch targets of one scene on a `grid` x `grid` patch grid, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DenseTargets {
@@ -50,27 +57,63 @@ impl DenseTargets {
     /// object whose box holds its centre; every object also owns the patch holding its own
     /// centre (smaller objects win ties), so objects under a patch in size are not lost.
     pub fn new(objs: &[Object], size: u32, grid: usize) -> Result<Self, String> {
-        if grid == 0 || size == 0 {
+        let boxes: Vec<Owned> =
+            objs.iter().map(|o| Owned { shape: o.shape, colour: o.colour, bbox: o.bbox.map(|v| v as f64) }).collect();
+        Self::of_boxes(&boxes, size as f64, grid)
+    }
+
+    /// The targets of each tile when the scene is cut into `tiles` x `tiles` squares (the tiled
+    /// input of [`griffon_model::griffon::Griffon::encode_image`], row-major): each tile's own
+    /// grid, the objects clipped to the tile and their boxes normalized to it. One tile: [`Self::new`].
+    pub fn tiled(objs: &[Object], size: u32, grid: usize, tiles: usize) -> Result<Vec<Self>, String> {
+        if tiles == 0 {
+            return Err("dense targets need at least one tile".into());
+        }
+        let ts = size as f64 / tiles as f64;
+        let mut out = Vec::with_capacity(tiles * tiles);
+        for ty in 0..tiles {
+            for tx in 0..tiles {
+                let (x0, y0) = (tx as f64 * ts, ty as f64 * ts);
+                let clipped: Vec<Owned> = objs
+                    .iter()
+                    .filter_map(|o| {
+                        let b = o.bbox.map(|v| v as f64);
+                        let c = [
+                            (b[0] - x0).clamp(0.0, ts),
+                            (b[1] - y0).clamp(0.0, ts),
+                            (b[2] - x0).clamp(0.0, ts),
+                            (b[3] - y0).clamp(0.0, ts),
+                        ];
+                        (c[2] > c[0] && c[3] > c[1]).then_some(Owned { shape: o.shape, colour: o.colour, bbox: c })
+                    })
+                    .collect();
+                out.push(Self::of_boxes(&clipped, ts, grid)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn of_boxes(objs: &[Owned], size: f64, grid: usize) -> Result<Self, String> {
+        if grid == 0 || size <= 0.0 {
             return Err(format!("dense targets need a non-empty grid and scene (grid {grid}, size {size})"));
         }
         let n = grid * grid;
         let mut owner: Vec<Option<usize>> = vec![None; n];
         let mut order: Vec<usize> = (0..objs.len()).collect();
-        let area = |o: &Object| (o.bbox[2] - o.bbox[0]) as u64 * (o.bbox[3] - o.bbox[1]) as u64;
-        // largest first, so smaller objects overwrite
-        order.sort_by_key(|&i| std::cmp::Reverse(area(&objs[i])));
-        let s = size as f64;
-        let cell = s / grid as f64;
+        let area = |o: &Owned| (o.bbox[2] - o.bbox[0]) * (o.bbox[3] - o.bbox[1]);
+        // largest first, so smaller objects overwrite (stable: equal areas keep their order)
+        order.sort_by(|&i, &j| area(&objs[j]).total_cmp(&area(&objs[i])));
+        let cell = size / grid as f64;
         for &i in &order {
             let b = objs[i].bbox;
             for gy in 0..grid {
                 let cy = (gy as f64 + 0.5) * cell;
-                if cy < b[1] as f64 || cy >= b[3] as f64 {
+                if cy < b[1] || cy >= b[3] {
                     continue;
                 }
                 for gx in 0..grid {
                     let cx = (gx as f64 + 0.5) * cell;
-                    if cx >= b[0] as f64 && cx < b[2] as f64 {
+                    if cx >= b[0] && cx < b[2] {
                         owner[gy * grid + gx] = Some(i);
                     }
                 }
@@ -78,7 +121,7 @@ impl DenseTargets {
         }
         for &i in &order {
             let b = objs[i].bbox;
-            let at = |lo: u32, hi: u32| ((((lo + hi) as f64 / 2.0) / cell) as usize).min(grid - 1);
+            let at = |lo: f64, hi: f64| ((((lo + hi) / 2.0) / cell) as usize).min(grid - 1);
             owner[at(b[1], b[3]) * grid + at(b[0], b[2])] = Some(i);
         }
         let mut t = Self { grid, shape: vec![0; n], colour: vec![0; n], boxes: vec![[0.0; 4]; n] };
@@ -87,7 +130,7 @@ impl DenseTargets {
                 let ob = &objs[i];
                 t.shape[p] = 1 + ob.shape as u32;
                 t.colour[p] = 1 + ob.colour as u32;
-                t.boxes[p] = ob.bbox.map(|v| (v as f64 / s).clamp(0.0, 1.0) as f32);
+                t.boxes[p] = ob.bbox.map(|v| (v / size).clamp(0.0, 1.0) as f32);
             }
         }
         Ok(t)

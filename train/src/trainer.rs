@@ -105,7 +105,8 @@ pub struct Loaded {
     /// [3, r, r] per region exemplar, in placeholder order.
     pub regions: Vec<Tensor>,
     /// Per-patch targets of the dense perception loss (synthetic scenes, when it is on).
-    pub dense: Option<DenseTargets>,
+    /// Dense perception targets (synthetic scenes, when trained): one per tile of the input.
+    pub dense: Option<Vec<DenseTargets>>,
 }
 
 /// Preprocesses a sample's main image (read from disk unless given) and its exemplar crops.
@@ -174,9 +175,7 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
     let (image_tokens, dense) = match obj.dense {
         None => (m.encode_image(&px).map_err(ge)?, None),
         Some((head, weight)) => {
-            if m.tiles != 1 {
-                return Err("the dense perception loss needs direct (untiled) image input".into());
-            }
+            // one target per tile, in the order of the tower's inputs
             let targets = batch
                 .iter()
                 .map(|l| {
@@ -185,14 +184,17 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
                         .ok_or_else(|| format!("{}: no dense targets (synthetic scenes only)", l.sample.source))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let feats = m.tower.patch_features(&px, m.config.mm.select_layer, m.config.mm.keep_cls).map_err(ge)?;
+            let targets: Vec<&DenseTargets> = targets.into_iter().flatten().collect();
+            let tiles = m.tile_pixels(&px).map_err(ge)?;
+            let feats = m.tower.patch_features(&tiles, m.config.mm.select_layer, m.config.mm.keep_cls).map_err(ge)?;
             let dl = head.loss(&feats, &targets)?;
             let value = dl.detach();
             if !obj.answers {
                 let patches = feats.dim(0).map_err(e)? * feats.dim(1).map_err(e)?;
                 return Ok(BatchLoss { loss: (dl * weight).map_err(e)?, tokens: patches, dense: Some(value) });
             }
-            (m.projector.forward(&feats).map_err(ge)?, Some(((dl * weight).map_err(e)?, value)))
+            let tokens = m.merge_tiles(&m.projector.forward(&feats).map_err(ge)?).map_err(ge)?;
+            (tokens, Some(((dl * weight).map_err(e)?, value)))
         }
     };
     let all_regions: Vec<&Tensor> = batch.iter().flat_map(|l| l.regions.iter()).collect();
@@ -298,8 +300,10 @@ struct Loader {
     region_size: usize,
     max_len: usize,
     seed: u64,
-    /// Patch grid of the dense targets (None: dense loss off).
+    /// Patch grid of the dense targets (None: dense loss off), per tile.
     dense_grid: Option<usize>,
+    /// Tiles per side of the main image (dense targets per tile).
+    tiles: usize,
 }
 
 impl Loader {
@@ -325,7 +329,7 @@ impl Loader {
                 let (s, img, objs) = stream.sample(k).map_err(|reason| Skipped { source: source.clone(), reason })?;
                 let dense = match self.dense_grid {
                     Some(g) => Some(
-                        DenseTargets::new(&objs, stream.size, g)
+                        DenseTargets::tiled(&objs, stream.size, g, self.tiles)
                             .map_err(|reason| Skipped { source: source.clone(), reason })?,
                     ),
                     None => None,
@@ -629,9 +633,6 @@ impl Trainer {
             return Err(format!("no usable training samples ({} skipped)", skipped.len()));
         }
         let dense = if cfg.train.stage == 0 || cfg.train.dense_weight > 0.0 {
-            if model.tiles != 1 {
-                return Err("the dense perception loss needs direct (untiled) image input (model.tiles = 1)".into());
-            }
             let c = model.tower.cfg.hidden_size;
             let head = match DenseHead::load(&source_dir, c, model.dtype, device)? {
                 Some(h) => h,
@@ -726,6 +727,7 @@ impl Trainer {
                 max_len: self.cfg.data.max_len,
                 seed: self.cfg.train.seed,
                 dense_grid: self.dense.as_ref().map(|_| crate::dense::patch_grid(&self.model)),
+                tiles: self.model.tiles,
             };
             let workers = match self.cfg.train.workers {
                 0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
