@@ -106,29 +106,12 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
         }
         let mut t = vis.get_stored(n)?;
         if n == pos_name {
-            let dims = t.dims().to_vec();
-            let (rows, h) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+            let (g, h) = table_grid(&t, n)?;
             vision_width = h;
-            let g = ((rows - 1) as f64).sqrt().round() as usize;
-            if g * g + 1 != rows {
-                return invalid(format!("{n} has {rows} rows, not 1 + a square grid"));
-            }
             if let Some(size) = o.image_size {
-                let sec = tower_section(&mut vis_cfg);
-                let patch =
-                    sec.get("patch_size").and_then(Value::as_u64).ok_or_else(|| {
-                        Error::Invalid(format!("{}: missing key `patch_size`", vis_cfg_path.display()))
-                    })? as usize;
-                if size % patch != 0 {
-                    return invalid(format!("image size {size} is not a multiple of the patch size {patch}"));
-                }
+                let patch = set_tower_size(&mut vis_cfg, &vis_cfg_path, size, eva)?;
                 if size / patch != g {
                     t = resize_position_table(&t, size / patch, o.pos_interp)?;
-                }
-                for key in ["image_size", "img_size"] {
-                    if sec.get(key).is_some() || (key == "image_size" && !eva) || (key == "img_size" && eva) {
-                        sec[key] = Value::from(size);
-                    }
                 }
             }
         }
@@ -183,15 +166,8 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
 /// the CLS row kept: how the released `clip-vit-large-patch14-336_to_1022` tower was made
 /// (shared/GRIFFON_FORMAT.md, "Architecture" 3). Same dtype and leading dims as `t`.
 pub fn resize_position_table(t: &Tensor, grid_out: usize, interp: Interp) -> Result<Tensor> {
-    let dims = t.dims().to_vec();
-    if dims.len() < 2 || dims[..dims.len() - 2].iter().any(|&d| d != 1) {
-        return invalid(format!("a position table must be [1 + g*g, hidden] (leading dims of 1), got {dims:?}"));
-    }
-    let (rows, h) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-    let g = ((rows.max(1) - 1) as f64).sqrt().round() as usize;
-    if g == 0 || g * g + 1 != rows {
-        return invalid(format!("a position table of {rows} rows is not 1 + a square grid"));
-    }
+    let (g, h) = table_grid(t, "the position table")?;
+    let (dims, rows) = (t.dims().to_vec(), g * g + 1);
     if grid_out == 0 {
         return invalid("the resized grid must have at least one patch".to_string());
     }
@@ -204,6 +180,40 @@ pub fn resize_position_table(t: &Tensor, grid_out: usize, interp: Interp) -> Res
     let last = shape.len() - 2;
     shape[last] = grid_out * grid_out + 1;
     Ok(Tensor::cat(&[&cls, &resized], 0)?.reshape(shape)?.to_dtype(dt)?)
+}
+
+/// The patch grid side `g` and the width of a position table `[..., 1 + g*g, hidden]` (leading
+/// dims of 1) named `what`.
+fn table_grid(t: &Tensor, what: &str) -> Result<(usize, usize)> {
+    let dims = t.dims();
+    if dims.len() < 2 || dims[..dims.len() - 2].iter().any(|&d| d != 1) {
+        return invalid(format!("{what} must be [1 + g*g, hidden] (leading dims of 1), got {dims:?}"));
+    }
+    let (rows, h) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let g = ((rows.max(1) - 1) as f64).sqrt().round() as usize;
+    if g == 0 || g * g + 1 != rows {
+        return invalid(format!("{what} has {rows} rows, not 1 + a square grid"));
+    }
+    Ok((g, h))
+}
+
+/// Sets a tower config's input size (`image_size`; `img_size` for EVA configs, and either key it
+/// already has) to `size`, a positive multiple of its `patch_size`, which it returns.
+fn set_tower_size(cfg: &mut Value, path: &std::path::Path, size: usize, eva: bool) -> Result<usize> {
+    let sec = tower_section(cfg);
+    let patch =
+        sec.get("patch_size")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| Error::Invalid(format!("{}: missing key `patch_size`", path.display())))? as usize;
+    if size == 0 || patch == 0 || size % patch != 0 {
+        return invalid(format!("image size {size} is not a positive multiple of the patch size {patch}"));
+    }
+    for key in ["image_size", "img_size"] {
+        if sec.get(key).is_some() || (key == "image_size" && !eva) || (key == "img_size" && eva) {
+            sec[key] = Value::from(size);
+        }
+    }
+    Ok(patch)
 }
 
 /// What [`resize_main_tower`] wrote.
@@ -254,20 +264,7 @@ pub fn resize_main_tower(
     let tower_cfg_path = tower_dir.join("config.json");
     let mut tower_cfg = read_json(&tower_cfg_path)?;
     let eva = crate::eva02::is_eva_config(&tower_cfg);
-    let sec = tower_section(&mut tower_cfg);
-    let patch = sec
-        .get("patch_size")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| Error::Invalid(format!("{}: missing key `patch_size`", tower_cfg_path.display())))?
-        as usize;
-    if image_size == 0 || patch == 0 || image_size % patch != 0 {
-        return invalid(format!("image size {image_size} is not a positive multiple of the patch size {patch}"));
-    }
-    for key in ["image_size", "img_size"] {
-        if sec.get(key).is_some() || (key == "image_size" && !eva) || (key == "img_size" && eva) {
-            sec[key] = Value::from(image_size);
-        }
-    }
+    let patch = set_tower_size(&mut tower_cfg, &tower_cfg_path, image_size, eva)?;
     let prefix = if eva { crate::griffon::EVA02_TOWER_PREFIX } else { crate::griffon::MAIN_TOWER_PREFIX };
     let tables: Vec<String> = ck
         .names_with_prefix(&format!("{prefix}."))
@@ -285,8 +282,7 @@ pub fn resize_main_tower(
         tensors.insert(n.to_string(), ck.get_stored(n)?);
     }
     let old = &tensors[&table];
-    let rows = old.dims().iter().rev().nth(1).copied().unwrap_or(0);
-    let grid_from = ((rows.max(1) - 1) as f64).sqrt().round() as usize;
+    let (grid_from, _) = table_grid(old, &table)?;
     let grid_to = image_size / patch;
     let resized = resize_position_table(old, grid_to, interp)?;
     tensors.insert(table.clone(), resized);

@@ -158,16 +158,7 @@ fn probs(qc: &Tensor, k: &Tensor, spec: &GradSpec, t0: usize, c: usize) -> Resul
         None => ((qc * spec.scale as f64)?.matmul(&k.t()?)?, None),
     };
     if let Some(causal) = spec.causal {
-        let mut m = vec![0f32; c * s];
-        for i in 0..c {
-            let (lo, hi) = causal.range(t0 + i);
-            for (j, x) in m[i * s..(i + 1) * s].iter_mut().enumerate() {
-                if j < lo || j >= hi {
-                    *x = f32::NEG_INFINITY;
-                }
-            }
-        }
-        let mask = Tensor::from_vec(m, (c, s), qc.device())?;
+        let mask = Tensor::from_vec(causal.additive_mask(t0..t0 + c, s), (c, s), qc.device())?;
         scores = scores.reshape((b, kvh, rc / c, c, s))?.broadcast_add(&mask)?.reshape((b, kvh, rc, s))?;
     }
     Ok((crate::nn::fused_softmax_last(&scores.contiguous()?)?, th))
@@ -302,17 +293,8 @@ pub fn composed_reference(q: &Tensor, k: &Tensor, v: &Tensor, spec: &GradSpec) -
         sc = ((sc / cap as f64)?.tanh()? * cap as f64)?;
     }
     if let Some(c) = spec.causal {
-        let m: Vec<f32> = (0..t * s)
-            .map(|x| {
-                let (lo, hi) = c.range(x / s);
-                if (lo..hi).contains(&(x % s)) {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-            .collect();
-        sc = sc.broadcast_add(&Tensor::from_vec(m, (t, s), q.device())?.to_dtype(sc.dtype())?)?;
+        let m = Tensor::from_vec(c.additive_mask(0..t, s), (t, s), q.device())?;
+        sc = sc.broadcast_add(&m.to_dtype(sc.dtype())?)?;
     }
     let mx = sc.max_keepdim(D::Minus1)?.detach();
     let e = sc.broadcast_sub(&mx)?.exp()?;

@@ -256,6 +256,21 @@ impl Causal {
         let lo = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         (lo, pos + 1)
     }
+
+    /// The additive mask of query rows `rows` over `keys` keys, row-major: 0 where a key is
+    /// visible ([`Self::range`]), -inf elsewhere (for the composed forms that add it to scores).
+    pub fn additive_mask(&self, rows: std::ops::Range<usize>, keys: usize) -> Vec<f32> {
+        let mut m = vec![0f32; rows.len() * keys];
+        for (r, i) in rows.enumerate() {
+            let (lo, hi) = self.range(i);
+            for (j, x) in m[r * keys..(r + 1) * keys].iter_mut().enumerate() {
+                if j < lo || j >= hi {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+        m
+    }
 }
 
 /// Query rows per task.

@@ -395,35 +395,14 @@ mod cuda {
     }
 }
 
-/// The composed attention the kernel replaces, in f32: scores, scale, soft-cap, mask, softmax,
-/// product; [B, T, H, D] like [`attention`]. The reference of [`check_against_composed`].
+/// The composed attention the kernel replaces, in f32 ([`crate::attn_grad::composed_reference`]
+/// on f32 copies of the inputs); [B, T, H, D] like [`attention`]. The reference of
+/// [`check_against_composed`].
 pub fn composed_f32(q: &Tensor, k: &Tensor, v: &Tensor, spec: &FlashSpec) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
-    let (_, kvh, s, _) = k.dims4()?;
-    let rep = h / kvh;
-    let q = q.to_dtype(DType::F32)?;
-    let k = k.to_dtype(DType::F32)?;
-    let v = v.to_dtype(DType::F32)?;
-    let qg = q.contiguous()?.reshape((b, kvh, rep * t, d))?;
-    let mut sc = (qg.matmul(&k.t()?.contiguous()?)? * spec.scale as f64)?;
-    if let Some(cap) = spec.softcap {
-        sc = ((sc / cap as f64)?.tanh()? * cap as f64)?;
-    }
-    if let Some(c) = spec.causal {
-        let mut m = vec![0f32; t * s];
-        for i in 0..t {
-            for j in 0..s {
-                let (lo, hi) = c.range(i);
-                if j < lo || j >= hi {
-                    m[i * s + j] = f32::NEG_INFINITY;
-                }
-            }
-        }
-        let m = Tensor::from_vec(m, (t, s), q.device())?;
-        sc = sc.reshape((b, kvh, rep, t, s))?.broadcast_add(&m)?.reshape((b, kvh, rep * t, s))?;
-    }
-    let p = candle_nn::ops::softmax_last_dim(&sc)?;
-    Ok(p.matmul(&v.contiguous()?)?.reshape((b, h, t, d))?.transpose(1, 2)?.contiguous()?)
+    let f = |x: &Tensor| x.to_dtype(DType::F32);
+    let spec = crate::attn_grad::GradSpec { scale: spec.scale, softcap: spec.softcap, causal: spec.causal };
+    Ok(crate::attn_grad::composed_reference(&f(q)?, &f(k)?, &f(v)?, &spec)?.reshape((b, t, h, d))?)
 }
 
 /// The cases of [`check_against_composed`]: (heads, kv heads, queries, keys, head size, soft-cap,

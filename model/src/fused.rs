@@ -14,24 +14,25 @@ use candle_core::{DType, Tensor, D};
 use crate::error::Result;
 use crate::nn::Act;
 
-/// A `GRIFFON_*` switch of the GPU kernels ([`crate::flash`] and this module), read from the
-/// environment once per process (the kernels ask at every launch).
-pub(crate) struct EnvSwitch {
+/// A `GRIFFON_*` switch (the GPU kernels of [`crate::flash`] and this module, training's
+/// attention op, the trainer's profiling), read from the environment once per process (the
+/// kernels ask at every launch).
+pub struct EnvSwitch {
     name: &'static str,
     value: std::sync::OnceLock<Option<String>>,
 }
 
 impl EnvSwitch {
-    pub(crate) const fn new(name: &'static str) -> Self {
+    pub const fn new(name: &'static str) -> Self {
         Self { name, value: std::sync::OnceLock::new() }
     }
 
     /// The variable's value, trimmed; `None` when unset (or not unicode).
-    pub(crate) fn get(&self) -> Option<&str> {
+    pub fn get(&self) -> Option<&str> {
         self.value.get_or_init(|| std::env::var(self.name).ok().map(|v| v.trim().to_string())).as_deref()
     }
 
-    pub(crate) fn is(&self, value: &str) -> bool {
+    pub fn is(&self, value: &str) -> bool {
         self.get() == Some(value)
     }
 }

@@ -239,16 +239,7 @@ pub fn causal_mask(t: usize, offset: usize, window: Option<usize>, like: &Tensor
     if cpu_kernel || op || (t == 1 && window.is_none_or(|w| s <= w)) {
         return Ok(CausalMask { causal, cpu_kernel, dense: None });
     }
-    let mut m = vec![0f32; t * s];
-    for i in 0..t {
-        let pos = offset + i;
-        for j in 0..s {
-            let visible = j <= pos && window.is_none_or(|w| pos - j < w);
-            if !visible {
-                m[i * s + j] = f32::NEG_INFINITY;
-            }
-        }
-    }
+    let m = causal.additive_mask(0..t, s);
     let dtype = if low_precision_attention(like) { like.dtype() } else { DType::F32 };
     Ok(CausalMask { causal, cpu_kernel, dense: Some(Tensor::from_vec(m, (t, s), like.device())?.to_dtype(dtype)?) })
 }

@@ -155,7 +155,7 @@ impl Griffon {
         let main = load_rgb(&req.image)?;
         let (w, h) = (main.width(), main.height());
         let turns = req.turns(w, h, opts.chunk).map_err(Error::Invalid)?;
-        let key = ImageKey::of(&req.image);
+        let key = if self.image_cache.enabled() { ImageKey::of(&req.image) } else { None };
         let image_tokens = match key.as_ref().and_then(|k| self.image_cache.get(k)) {
             Some(t) => t,
             None => {
@@ -280,6 +280,11 @@ impl ImageTokenCache {
     pub fn from_env() -> Self {
         let mb = std::env::var("GRIFFON_IMAGE_CACHE_MB").ok().and_then(|v| v.trim().parse::<usize>().ok());
         Self::new(mb.unwrap_or(256) << 20)
+    }
+
+    /// Whether it keeps anything (a budget above zero).
+    pub fn enabled(&self) -> bool {
+        self.budget > 0
     }
 
     /// How many lookups found their tokens.

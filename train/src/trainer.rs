@@ -10,6 +10,7 @@ use crate::synth::SynthStream;
 use candle_core::{DType, Device, Tensor, D};
 use griffon_core::template::with_image_marker;
 use griffon_core::{check_visual_counts, Piece, Placeholder, Template};
+use griffon_model::fused::EnvSwitch;
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_model::loader::Checkpoint;
 use griffon_model::resample::{load_rgb, preprocess};
@@ -479,16 +480,16 @@ struct Phases {
 /// `GRIFFON_TRAIN_SYNC=1`: wait for the device after each forward pass, so `forward_s` /
 /// `backward_s` split the device's time (costs the overlap of host and device at that point).
 fn sync_phases() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("GRIFFON_TRAIN_SYNC").is_ok_and(|v| v.trim() == "1"))
+    static SYNC: EnvSwitch = EnvSwitch::new("GRIFFON_TRAIN_SYNC");
+    SYNC.is("1")
 }
 
 /// `GRIFFON_PROFILE_STEP=N`: the N-th step of this run (1-based) runs inside the profiler's
 /// capture range (`ncu` / `nsys` with `--profile-from-start off` / `--capture-range=cudaProfilerApi`),
 /// so a profile holds exactly one optimizer step, after N - 1 warm-up steps. CUDA only.
 fn profile_step() -> Option<usize> {
-    static N: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::env::var("GRIFFON_PROFILE_STEP").ok().and_then(|v| v.trim().parse().ok()).filter(|&n| n > 0))
+    static STEP: EnvSwitch = EnvSwitch::new("GRIFFON_PROFILE_STEP");
+    STEP.get().and_then(|v| v.parse().ok()).filter(|&n| n > 0)
 }
 
 const STATE_FILE: &str = "trainer_state.json";
