@@ -27,11 +27,20 @@ date -u
 INIT=${INIT:-runs/synth/default224-to1022}
 CONFIG=${CONFIG:-configs/synth/from224.toml}
 NAME=${NAME:-from224}
-[ -f "$INIT/config.json" ] || { echo "missing $INIT (carry it)"; exit 1; }
 elapsed() { echo $(($(date +%s) - START)); }
+if [ ! -f "$INIT/config.json" ] && [ -n "${RESIZE_FROM:-}" ]; then
+  # RESIZE_FROM: a 224 px checkpoint in the repo (models/default) resized here instead of carried
+  "$G" resize-tower --model "$RESIZE_FROM" --image-size 1022 --out "$INIT" > /dev/null || { echo "resize failed"; exit 1; }
+  echo "$INIT: $RESIZE_FROM resized to 1022 px at $(elapsed) s"
+fi
+[ -f "$INIT/config.json" ] || { echo "missing $INIT (carry it, or set RESIZE_FROM)"; exit 1; }
 
-# 1. checks (kernels, training attention, then the fixtures in bf16)
-if [ "${SELFCHECK:-1}" = 1 ]; then
+# 1. checks (kernels, training attention, then the fixtures in bf16); SELFCHECK_FROM: the output
+# of one that already ran in this call (tools/cuda/speed_probe.sh's)
+if [ -n "${SELFCHECK_FROM:-}" ] && [ -f "$SELFCHECK_FROM" ]; then
+  cp "$SELFCHECK_FROM" "$OUT/selfcheck_bf16.txt"
+  grep -E "attention grad|FAIL|failed" "$OUT/selfcheck_bf16.txt" | head -n 12
+elif [ "${SELFCHECK:-1}" = 1 ]; then
   timeout 120 "$G" selfcheck --device "$DEVICE" --dtype bf16 > "$OUT/selfcheck_bf16.txt" 2>&1
   echo "selfcheck bf16: rc $? at $(elapsed) s"
   grep -E "attention grad|FAIL|failed" "$OUT/selfcheck_bf16.txt" | head -n 12
