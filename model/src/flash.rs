@@ -110,30 +110,34 @@ struct FlashOp {
     decode: bool,
 }
 
-/// The tiled kernel's variant for head size `d` (from the environment), as the suffix
-/// of its name: `GRIFFON_FLASH_KERNEL=s1` the single-stage kernels (also `GRIFFON_FLASH_STAGES=1`;
-/// head sizes 32-128), `o4` at most 128 registers for 4 blocks per SM (32-128), `n16` 16-key tiles
-/// in two stages (256), `v2` K fragments by ldmatrix and unmasked full tiles (all). Variants for
-/// measurement (docs/PERFORMANCE.md); unset, or a variant the head size lacks: the default kernel.
+/// The tiled kernel's variant for head size `d`, as the suffix of its name. Default (measured on
+/// the H100 in session 10, docs/PERFORMANCE.md): `o4` for head sizes 32-128 (at most 128
+/// registers, 4 blocks per SM: the 1022 px vision encoder 27.9 -> 26.1 ms) and `n16` for 256
+/// (16-key tiles in two stages: Gemma-2-9B's prefill 75.7 -> 71.8 ms). `GRIFFON_FLASH_KERNEL`
+/// picks another: `base` the two-stage kernels of session 8, `s1` the single-stage ones (also
+/// `GRIFFON_FLASH_STAGES=1`; 32-128), `v2` K fragments by ldmatrix and unmasked full tiles (all
+/// sizes; slower: 28.9 ms). A variant the head size lacks: the base kernel.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn kernel_suffix(d: usize) -> &'static str {
-    let v = FLASH_KERNEL.get().or(FLASH_STAGES.is("1").then_some("s1")).unwrap_or("");
+    let v = FLASH_KERNEL.get().or(FLASH_STAGES.is("1").then_some("s1"));
     match (v, d) {
-        ("s1", 32 | 64 | 128) => "_s1",
-        ("o4", 32 | 64 | 128) => "_o4",
-        ("n16", 256) => "_n16",
-        ("v2", _) => "_v2",
+        (Some("s1"), 32 | 64 | 128) => "_s1",
+        (Some("o4") | None, 32 | 64 | 128) => "_o4",
+        (Some("n16") | None, 256) => "_n16",
+        (Some("v2"), _) => "_v2",
         _ => "",
     }
 }
 
-/// Keys per chunk of the decode kernel: `GRIFFON_DECODE_CHUNK=32|64` for measurement, else 128.
+/// Keys per chunk of the decode kernel: 64 (session 10 on the H100: 90.1 tokens/s against 86.7
+/// with 128 and 88.4 with 32, twice the blocks of 128 for the card); `GRIFFON_DECODE_CHUNK=32|128`
+/// for comparison.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn decode_chunk() -> usize {
     match DECODE_CHUNK.get() {
         Some("32") => 32,
-        Some("64") => 64,
-        _ => 128,
+        Some("128") => 128,
+        _ => 64,
     }
 }
 

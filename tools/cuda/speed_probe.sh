@@ -9,8 +9,9 @@
 # Device call: bash tools/cuda/speed_probe.sh; carry ["target/cuda/griffon.xz"]; timeout ~300.
 # Knobs: NCU=0 skips the profiles, NCU_PARTS picks them (prefill vision decode), NCU_DETAIL=0 the
 # detailed profile of one attention launch; CALL=1 / 2 / 3 the benches of session 8's calls, CALL=4
-# the kernel variants prepared for the next session (GRIFFON_FLASH_KERNEL, GRIFFON_DECODE_CHUNK,
-# GRIFFON_NORM: docs/PERFORMANCE.md);
+# the kernel variants prepared for session 10 (GRIFFON_FLASH_KERNEL, GRIFFON_DECODE_CHUNK,
+# GRIFFON_NORM, GRIFFON_FUSED_VEC: docs/PERFORMANCE.md; their winners are the defaults since), CALL=5
+# the defaults against session 8's kernels;
 # REF_BENCH=1 runs the PyTorch reference (carry .device/torch_reference_bench.py); TRAIN_UNTIL=T
 # trains at 1022 px until T (carry runs/synth/init-1022).
 set -uo pipefail
@@ -64,6 +65,12 @@ elif [ "${CALL:-2}" = 4 ]; then
   ARGS="--config gemma2-9b --only decode" bench decode_c32 GRIFFON_DECODE_CHUNK=32
   ARGS="--config gemma2-9b --only decode" bench decode_c64 GRIFFON_DECODE_CHUNK=64
   ARGS="--config gemma2-9b --only decode" bench decode_normregs GRIFFON_NORM=regs
+elif [ "${CALL:-2}" = 5 ]; then
+  # session 10's defaults (o4 / n16 attention, two-wide bias and gated kernels, norm rows in
+  # registers, 64-key decode chunks) against session 8's kernels in the same call
+  ARGS="--config gemma2-9b" bench gemma2-9b GRIFFON_FUSED=1
+  ARGS="--config gemma2-9b" bench gemma2-9b_s8kernels GRIFFON_FLASH_KERNEL=base GRIFFON_FUSED_VEC=0 GRIFFON_NORM=loop GRIFFON_DECODE_CHUNK=128
+  ARGS="--config llama2-13b" bench llama2-13b GRIFFON_FUSED=1
 else
   # call 3: the final figures (pipelined attention kernel, decode kernel, fused residuals) and
   # the single-stage attention kernel for comparison

@@ -4,14 +4,14 @@
 #   2. a throughput probe: PROBE_STEPS optimizer steps of the training config under each setting
 #      of SETTINGS (f32 with TF32 or bf16, micro-batch x accumulation, GRIFFON_ATTN_GRAD), the
 #      samples per second of each from its metrics (first steps dropped), into $OUT/probe.tsv;
+#      (SYNC_PROBE=1: the winner once more synchronised; PROFILE_TRAIN=1: one step of it under ncu)
 #   3. training with the fastest setting for what is left of BUDGET seconds (a wall-clock cosine
 #      schedule), then the weights and metrics packed into $OUT (tools/synth/pack.sh).
 # Prepared here:
 #   tools/cuda/build.sh && xz -T2 -6 -kfc target/cuda/release/griffon > target/cuda/griffon.xz
-#   griffon resize-tower --model runs/synth/probe224-gpu --image-size 1022 --out runs/synth/default224-to1022
-# Device call: bash tools/synth/session1022.sh; carry ["target/cuda/griffon.xz",
-# "runs/synth/default224-to1022"] (or INIT= a folder brought back by an earlier session, unpacked
-# with tools/synth/unpack.sh); timeout_s = BUDGET + 40. Back here: tools/synth/unpack.sh
+# Device call: RESIZE_FROM=models/default bash tools/synth/session1022.sh; carry
+# ["target/cuda/griffon.xz"] (the bundled model resized on the machine), or INIT= a folder brought
+# back by an earlier session (unpacked with tools/synth/unpack.sh, carried); timeout_s = BUDGET + 40. Back here: tools/synth/unpack.sh
 # <files_at> runs/synth/NAME, then `griffon eval synth` on the CPU.
 # Dry run on the CPU: DEVICE=cpu GRIFFON_BIN=target/release/griffon BUDGET=150 PROBE_STEPS=2 \
 #   SETTINGS="f32:1x1:1 f32:2x1:1" SELFCHECK=0 MIN_TRAIN=10 OUT=/tmp/dry bash tools/synth/session1022.sh
@@ -127,6 +127,18 @@ if [ "${SYNC_PROBE:-1}" = 1 ]; then
   GRIFFON_TRAIN_SYNC=1 timeout 150 "${cmd[@]}" --set train.schedule=steps --set "train.max_steps=$PROBE_STEPS" \
     > /tmp/probe-sync.log 2>&1 && cp /tmp/probe-sync/metrics.jsonl "$OUT/probe_sync_metrics.jsonl"
   echo "synchronised probe of $BEST: rc $? at $(elapsed) s"; tail -n 2 /tmp/probe-sync/metrics.jsonl
+fi
+if [ "${PROFILE_TRAIN:-0}" = 1 ] && command -v ncu > /dev/null; then
+  # the kernels of one optimizer step of the winner (the third: two warm-up steps), per kernel
+  # name (tools/cuda/ncu_top.py): where the training step's device time goes
+  rm -rf /tmp/probe-ncu
+  train_cmd "$BEST" /tmp/probe-ncu
+  GRIFFON_PROFILE_STEP=3 timeout "${PROFILE_TIMEOUT:-150}" ncu --clock-control none --profile-from-start off --csv \
+    --metrics gpu__time_duration.sum "${cmd[@]}" --set train.schedule=steps --set train.max_steps=3 \
+    > "$OUT/ncu_train_step.csv" 2> /tmp/probe-ncu.err
+  echo "ncu of one training step: rc $? at $(elapsed) s"
+  python3 tools/cuda/ncu_top.py "$OUT/ncu_train_step.csv" 30 || tail -n 5 /tmp/probe-ncu.err
+  gzip -f "$OUT/ncu_train_step.csv"
 fi
 echo "== training with $BEST"
 

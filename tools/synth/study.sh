@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The resolution study's training runs (docs/SYNTH.md "The resolution study") in one device call:
-# for each run NAME:PX:TILES of RUNS, the bundled 224 px model (SRC, carried) with its main tower
+# for each run NAME:PX:TILES of RUNS, the bundled 224 px model (SRC, default models/default: in the
+# repo, nothing to carry; its dense head starts fresh, the same for every run) with its main tower
 # resized to PX on the machine (griffon resize-tower), then STEPS optimizer steps of
 # configs/synth/from224.toml on the same scene stream (16 samples per step: SETTING's micro-batch
 # x accumulation), the input at PX (TILES x TILES tiles of PX when TILES > 1: the patch-partition
@@ -9,7 +10,7 @@
 # Same samples for every run, so a run at a lower resolution takes less device time.
 # Prepared here: tools/cuda/build.sh && xz -T2 -6 -kfc target/cuda/release/griffon > target/cuda/griffon.xz
 # Device call: RUNS="r252:252:1 r1022:1022:1 t504:504:2" STEPS=N bash tools/synth/study.sh;
-#   carry ["target/cuda/griffon.xz", "runs/synth/probe224-gpu"]; timeout_s: the runs' time + 60.
+#   carry ["target/cuda/griffon.xz"]; timeout_s: the runs' time + 60.
 # Back here, per run: PACK=NAME tools/synth/unpack.sh <files_at> runs/synth/study-NAME, then
 #   griffon eval synth --model runs/synth/study-NAME --data data/synth --images data/synth \
 #     --out runs/synth/study-NAME-eval --max-new-tokens 1024
@@ -24,7 +25,7 @@ exec > >(tee "$OUT/study_log.txt") 2>&1
 DEVICE=${DEVICE:-cuda}
 source tools/cuda/device_env.sh
 date -u
-SRC=${SRC:-runs/synth/probe224-gpu}
+SRC=${SRC:-models/default}
 RUNS=${RUNS:-"r252:252:1 r1022:1022:1 t504:504:2"}
 STEPS=${STEPS:-150}
 SETTING=${SETTING:-f32:16x1:1}
