@@ -1034,6 +1034,12 @@ fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
             kernel_checks.push(("attention grad", c.case.clone(), c.rel_err, c.tolerance, c.passed()));
         }
     }
+    if griffon_model::fused::applies(&probe) {
+        // last: the newest kernel (a fault there would spoil the device for the checks above)
+        for c in griffon_model::fused::check_norm_matmul(&device) {
+            kernel_checks.push(("fused kernel", c.case.clone(), c.rel_err, c.tolerance, c.passed()));
+        }
+    }
     for (kind, case, rel, tol, passed) in &kernel_checks {
         let line =
             format!("{kind}: {case:70} rel {rel:.2e} (tol {tol:.0e})  {}", if *passed { "PASS" } else { "FAIL" });

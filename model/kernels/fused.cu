@@ -243,6 +243,120 @@ __device__ void qkv_rope(const T *__restrict__ y, const T *__restrict__ cs, cons
   dst[i + half] = from_f<T>(a2 + b2);
 }
 
+// Eight T values of a 16-byte load as f32.
+__device__ __forceinline__ void unpack8(uint4 v, float *f, __nv_bfloat16 *) {
+  const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    f[2 * j] = __uint_as_float(u[j] << 16);  // the lower half is the earlier element
+    f[2 * j + 1] = __uint_as_float(u[j] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void unpack8(uint4 v, float *f, __half *) {
+  const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    __half2 h;
+    memcpy(&h, &u[j], 4);
+    const float2 p = __half22float2(h);
+    f[2 * j] = p.x;
+    f[2 * j + 1] = p.y;
+  }
+}
+
+// A decode step's RMSNorm folded into the matmul that reads it (GRIFFON_NORM_GEMV=1, src/fused.rs):
+// y [rows, N] = a W^T with W [N, K] contiguous and a = round(rmsnorm(h; s2, eps2)), where
+//   res == null: h = x (the residual stream itself; h_out unused);
+//   res != null: h = round(res + round(rmsnorm(x; s1, eps1))) (Gemma-2's post-norm and residual
+//                add), or h = round(res + x) when s1 == null (Llama's residual add); block 0 also
+//                writes h to h_out [rows, K] (the stream the next residual add reads).
+// Each rounding is the reference's bf16 tensor op (the same arithmetic as norm_row); the products
+// are exact in f32 and summed in f32, as cuBLAS does, in another order. rows <= 4, K % 8 == 0,
+// rows * K floats of dynamic shared memory. Every block recomputes the norm of the (L2-resident)
+// input rows, then each warp computes OPW outputs with 16-byte loads of W: the norm kernels of a
+// decode step were 169 single-row launches of about 9 us each (docs/PERFORMANCE.md).
+#define NG_OPW 4
+template <typename T>
+__device__ void norm_gemv(const T *__restrict__ x, const T *__restrict__ res, const float *__restrict__ s1, float eps1,
+                          const float *__restrict__ s2, float eps2, const T *__restrict__ w, T *__restrict__ h_out,
+                          T *__restrict__ y, int rows, int K, int N) {
+  extern __shared__ float4 a_shared[];
+  float *a = reinterpret_cast<float *>(a_shared);
+  __shared__ float red[32];
+  for (int r = 0; r < rows; ++r) {
+    const T *xr = x + (long long)r * K;
+    float *ar = a + (long long)r * K;
+    if (res) {
+      const T *rr = res + (long long)r * K;
+      float rstd1 = 1.f;
+      if (s1) {
+        float q = 0.f;
+        for (int i = threadIdx.x; i < K; i += blockDim.x) {
+          const float v = to_f(xr[i]);
+          q += v * v;
+        }
+        rstd1 = rsqrtf(block_sum(q, red) / K + eps1);
+      }
+      for (int i = threadIdx.x; i < K; i += blockDim.x) {
+        const float v = to_f(xr[i]);
+        const float p = s1 ? to_f(from_f<T>(v * rstd1 * s1[i])) : v;
+        const T h = from_f<T>(to_f(rr[i]) + p);
+        ar[i] = to_f(h);
+        if (blockIdx.x == 0) h_out[(long long)r * K + i] = h;
+      }
+    } else {
+      for (int i = threadIdx.x; i < K; i += blockDim.x) ar[i] = to_f(xr[i]);
+    }
+    // each thread reads back only the entries it wrote until the barrier before the products
+    float q = 0.f;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) q += ar[i] * ar[i];
+    const float rstd = rsqrtf(block_sum(q, red) / K + eps2);
+    for (int i = threadIdx.x; i < K; i += blockDim.x) ar[i] = to_f(from_f<T>(ar[i] * rstd * s2[i]));
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  const int k8 = K / 8;
+  for (long long n0 = ((long long)blockIdx.x * nw + warp) * NG_OPW; n0 < N; n0 += (long long)gridDim.x * nw * NG_OPW) {
+    float acc[NG_OPW][4];
+#pragma unroll
+    for (int o = 0; o < NG_OPW; ++o)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[o][r] = 0.f;
+    for (int c = lane; c < k8; c += 32) {
+      uint4 wv[NG_OPW];
+#pragma unroll
+      for (int o = 0; o < NG_OPW; ++o) {
+        const long long n = n0 + o;
+        wv[o] = n < N ? __ldg(reinterpret_cast<const uint4 *>(w + n * K) + c) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        if (r >= rows) break;
+        const float4 lo = a_shared[((long long)r * K) / 4 + 2 * c];
+        const float4 hi = a_shared[((long long)r * K) / 4 + 2 * c + 1];
+        const float av[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+        for (int o = 0; o < NG_OPW; ++o) {
+          float wf[8];
+          unpack8(wv[o], wf, (T *)0);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[o][r] += av[j] * wf[j];
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 0; o < NG_OPW; ++o) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        float v = acc[o][r];
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffff, v, off);
+        const long long n = n0 + o;
+        if (lane == 0 && r < rows && n < N) y[(long long)r * N + n] = from_f<T>(v);
+      }
+    }
+  }
+}
+
 #define FUSED_KERNELS(SUF, TY)                                                                                   \
   extern "C" __global__ void norm_##SUF(const TY *x, long long xs, const float *scale, const float *shift,      \
                                         const TY *res, TY *out, int C, float eps, int centered) {                \
@@ -269,6 +383,11 @@ __device__ void qkv_rope(const T *__restrict__ y, const T *__restrict__ cs, cons
   extern "C" __global__ void qkv_rope_##SUF(const TY *y, const TY *cs, const TY *sn, TY *out, int Tn, int H,    \
                                             int KV, int D) {                                                     \
     qkv_rope<TY>(y, cs, sn, out, Tn, H, KV, D);                                                                  \
+  }                                                                                                              \
+  extern "C" __global__ void norm_gemv_##SUF(const TY *x, const TY *res, const float *s1, float eps1,            \
+                                             const float *s2, float eps2, const TY *w, TY *h_out, TY *y,        \
+                                             int rows, int K, int N) {                                           \
+    norm_gemv<TY>(x, res, s1, eps1, s2, eps2, w, h_out, y, rows, K, N);                                          \
   }
 
 FUSED_KERNELS(bf16, __nv_bfloat16)

@@ -42,6 +42,7 @@ static FUSED: EnvSwitch = EnvSwitch::new("GRIFFON_FUSED");
 static FUSED_VEC: EnvSwitch = EnvSwitch::new("GRIFFON_FUSED_VEC");
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 static NORM: EnvSwitch = EnvSwitch::new("GRIFFON_NORM");
+static NORM_GEMV: EnvSwitch = EnvSwitch::new("GRIFFON_NORM_GEMV");
 
 /// Whether `GRIFFON_FUSED=0` turned the kernels off.
 pub fn enabled() -> bool {
@@ -229,6 +230,122 @@ pub fn qkv_rope(
     Ok((q, k, v))
 }
 
+/// Most rows [`norm_matmul`] takes (a decode step of a batch of up to 4).
+pub const NORM_MATMUL_MAX_ROWS: usize = 4;
+/// Most rows x K of [`norm_matmul`]: its normalized rows live in the 48 KB of shared memory a block
+/// gets without opting in (f32, beside a small reduction buffer).
+const NORM_MATMUL_MAX_ELEMS: usize = 12_000;
+
+/// Whether a decode step's RMSNorms fold into the matmuls that read them ([`norm_matmul`]):
+/// `GRIFFON_NORM_GEMV=1` (a variant for measurement, off by default until measured on a card),
+/// `x` [.., K] taking the fused kernels with at most [`NORM_MATMUL_MAX_ROWS`] rows and K a multiple
+/// of 8.
+pub fn norm_matmul_applies(x: &Tensor) -> bool {
+    let k = x.dim(D::Minus1).unwrap_or(0);
+    let rows = x.elem_count() / k.max(1);
+    NORM_GEMV.is("1")
+        && applies(x)
+        && k > 0
+        && k % 8 == 0
+        && (1..=NORM_MATMUL_MAX_ROWS).contains(&rows)
+        && rows * k <= NORM_MATMUL_MAX_ELEMS
+}
+
+/// What [`norm_matmul`]'s pre-norm reads.
+pub enum NormInput<'a> {
+    /// x is the residual stream itself.
+    Stream,
+    /// x is a sublayer's output: the stream is `residual + post(x)`, with `post` an RMSNorm (f32
+    /// scale, eps) as Gemma-2's post-norms, or nothing (Llama's plain residual add).
+    Add { residual: &'a Tensor, post: Option<(&'a Tensor, f64)> },
+}
+
+/// `rmsnorm(h) W^T` for `weight` W [N, K] (no bias) in one kernel, with h the stream of `input`
+/// (x, or `residual + post(x)`), each step rounded to x's dtype as the reference's bf16 tensors
+/// are: y [.., N], and for [`NormInput::Add`] the stream h [.., K] too (the next residual add
+/// reads it). RMSNorm with the f32 `scale` ((1 + w) for Gemma) and `eps`. Replaces the separate
+/// norm launches of a decode step (docs/PERFORMANCE.md). Where [`norm_matmul_applies`] holds.
+pub fn norm_matmul(
+    x: &Tensor,
+    input: NormInput,
+    scale: &Tensor,
+    eps: f64,
+    weight: &Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let k = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / k.max(1);
+    let n = weight.dim(0)?;
+    let bad_scale = |t: &Tensor| t.dims() != [k] || t.dtype() != DType::F32;
+    if k == 0 || k % 8 != 0 || !(1..=NORM_MATMUL_MAX_ROWS).contains(&rows) || rows * k > NORM_MATMUL_MAX_ELEMS {
+        return crate::error::invalid(format!(
+            "fused norm + matmul: x {:?} needs 1-{NORM_MATMUL_MAX_ROWS} rows of a multiple of 8, at most \
+             {NORM_MATMUL_MAX_ELEMS} values in all",
+            x.dims()
+        ));
+    }
+    if weight.dims() != [n, k] || weight.dtype() != x.dtype() {
+        return crate::error::invalid(format!(
+            "fused norm + matmul: weight {:?} {:?} does not fit x {:?} {:?} (needs [N, {k}])",
+            weight.dims(),
+            weight.dtype(),
+            x.dims(),
+            x.dtype()
+        ));
+    }
+    let post = match &input {
+        NormInput::Add { post: Some((p, e)), .. } => Some(((*p).clone(), *e as f32)),
+        _ => None,
+    };
+    if bad_scale(scale) || post.as_ref().is_some_and(|(p, _)| bad_scale(p)) {
+        return crate::error::invalid(format!("fused norm + matmul: x {:?} needs f32 norm scales of [{k}]", x.dims()));
+    }
+    let x = x.contiguous()?;
+    // the residual, or x again as an unread placeholder
+    let (second, add) = match input {
+        NormInput::Add { residual, .. } => {
+            if residual.dims() != x.dims() || residual.dtype() != x.dtype() {
+                return crate::error::invalid(format!(
+                    "fused norm + matmul: the residual {:?} does not match x {:?}",
+                    residual.dims(),
+                    x.dims()
+                ));
+            }
+            (residual.contiguous()?, true)
+        }
+        NormInput::Stream => (x.clone(), false),
+    };
+    let op = NormGemvOp { scale: scale.clone(), eps: eps as f32, post, add };
+    let flat = x.apply_op3_no_bwd(&second, &weight.contiguous()?, &op)?;
+    let mut y_dims = x.dims().to_vec();
+    if let Some(last) = y_dims.last_mut() {
+        *last = n;
+    }
+    if add {
+        let h = flat.narrow(0, 0, rows * k)?.reshape(x.dims())?;
+        let y = flat.narrow(0, rows * k, rows * n)?.reshape(y_dims)?;
+        Ok((y, Some(h)))
+    } else {
+        Ok((flat.reshape(y_dims)?, None))
+    }
+}
+
+/// [`norm_matmul`]'s op: inputs x, the residual (or x as a placeholder), W; the norm scales ride
+/// along. Output: the stream h [rows * K] (with a residual), then y [rows * N], flat.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct NormGemvOp {
+    scale: Tensor,
+    eps: f32,
+    post: Option<(Tensor, f32)>,
+    add: bool,
+}
+
+cuda_only_op3!(NormGemvOp, "griffon-fused-norm-gemv", |op, x, xl, r, rl, w, wl| cuda::norm_gemv(
+    op,
+    (x, xl),
+    (r, rl),
+    (w, wl)
+));
+
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct QkvRopeOp {
     heads: usize,
@@ -324,7 +441,7 @@ impl candle_core::InplaceOp3 for BiasActOp {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::{act_code, BiasActOp, GatedActOp, NormOp, QkvRopeOp};
+    use super::{act_code, BiasActOp, GatedActOp, NormGemvOp, NormOp, QkvRopeOp};
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
@@ -445,6 +562,127 @@ mod cuda {
             _ => go::<f16>(&dev, &name, (x, xl), &sv, shift, residual, n, args, cfg)?,
         };
         Ok((out, xl.shape().clone()))
+    }
+
+    /// The f32 contents of a parameter tensor on the device (its storage guard and start offset).
+    fn f32_param(
+        t: &candle_core::Tensor,
+    ) -> candle_core::Result<(impl std::ops::Deref<Target = candle_core::Storage> + '_, usize)> {
+        let (st, l) = t.storage_and_layout();
+        if !l.is_contiguous() || t.dtype() != DType::F32 {
+            candle_core::bail!("fused norm + matmul: a norm scale must be a contiguous f32 tensor on the GPU");
+        }
+        let off = l.start_offset();
+        Ok((st, off))
+    }
+
+    fn cuda_of(st: &candle_core::Storage) -> candle_core::Result<&CudaStorage> {
+        match st {
+            candle_core::Storage::Cuda(c) => Ok(c),
+            _ => candle_core::bail!("fused norm + matmul: a norm scale is not on the GPU"),
+        }
+    }
+
+    pub(super) fn norm_gemv(
+        op: &NormGemvOp,
+        (x, xl): (&CudaStorage, &Layout),
+        (r, rl): (&CudaStorage, &Layout),
+        (w, wl): (&CudaStorage, &Layout),
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        contiguous_from_zero(xl, "x")?;
+        contiguous_from_zero(rl, "residual")?;
+        contiguous_from_zero(wl, "weight")?;
+        let k = *xl.shape().dims().last().unwrap_or(&0);
+        let rows = xl.shape().elem_count() / k.max(1);
+        let n = wl.shape().dims().first().copied().unwrap_or(0);
+        if k == 0 || k % 8 != 0 || wl.shape().dims() != [n, k] || wl.start_offset() % 8 != 0 || rows == 0 || rows > 4 {
+            candle_core::bail!(
+                "fused norm + matmul: x {:?} and weight {:?} (offset {}) do not fit the kernel",
+                xl.shape().dims(),
+                wl.shape().dims(),
+                wl.start_offset()
+            );
+        }
+        let dev = x.device().clone();
+        let (scale, scale_off) = f32_param(&op.scale)?;
+        let post = match &op.post {
+            Some((p, e)) => Some((f32_param(p)?, *e)),
+            None => None,
+        };
+        let total = if op.add { rows * k + rows * n } else { rows * n };
+        let blocks = n.div_ceil(8 * 4).clamp(1, 4096) as u32;
+        let cfg =
+            LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: (rows * k * 4) as u32 };
+        let dims = (int(rows, "rows")?, int(k, "K")?, int(n, "N")?);
+        #[allow(clippy::too_many_arguments)]
+        fn go<T: CudaDType + DeviceRepr>(
+            dev: &CudaDevice,
+            name: &str,
+            (x, xl): (&CudaStorage, &Layout),
+            (r, rl): (&CudaStorage, &Layout),
+            (w, wl): (&CudaStorage, &Layout),
+            (scale, scale_off): (&CudaStorage, usize),
+            post: Option<((&CudaStorage, usize), f32)>,
+            (eps, add, total, rows, k): (f32, bool, usize, usize, usize),
+            dims: (i32, i32, i32),
+            cfg: LaunchConfig,
+        ) -> candle_core::Result<CudaStorage> {
+            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let xv = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
+            let rv = r.as_cuda_slice::<T>()?.slice(rl.start_offset()..);
+            let wv = w.as_cuda_slice::<T>()?.slice(wl.start_offset()..);
+            let sv = scale.as_cuda_slice::<f32>()?.slice(scale_off..);
+            let pv = match post {
+                Some(((p, off), _)) => Some(p.as_cuda_slice::<f32>()?.slice(off..)),
+                None => None,
+            };
+            let post_eps = post.map_or(0f32, |(_, e)| e);
+            // SAFETY: the kernel writes all of y, and (with a residual) all of h.
+            let out = unsafe { dev.alloc::<T>(total)? };
+            let null: u64 = 0;
+            let (hv, yv) =
+                if add { (Some(out.slice(..rows * k)), out.slice(rows * k..)) } else { (None, out.slice(..)) };
+            {
+                let mut builder = func.builder();
+                builder.arg(&xv);
+                match add {
+                    true => builder.arg(&rv),
+                    false => builder.arg(&null),
+                };
+                match &pv {
+                    Some(pv) => builder.arg(pv),
+                    None => builder.arg(&null),
+                };
+                builder.arg(&post_eps);
+                builder.arg(&sv);
+                builder.arg(&eps);
+                builder.arg(&wv);
+                match &hv {
+                    Some(hv) => builder.arg(hv),
+                    None => builder.arg(&null),
+                };
+                builder.arg(&yv);
+                builder.arg(&dims.0);
+                builder.arg(&dims.1);
+                builder.arg(&dims.2);
+                // SAFETY: the arguments match the kernel's signature.
+                unsafe { builder.launch(cfg) }.w()?;
+            }
+            drop((hv, yv));
+            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+        }
+        let name = format!("norm_gemv_{}", suffix(x.dtype())?);
+        let post_arg = match &post {
+            Some(((g, off), e)) => Some(((cuda_of(g)?, *off), *e)),
+            None => None,
+        };
+        let scale_arg = (cuda_of(&scale)?, scale_off);
+        let args = (op.eps, op.add, total, rows, k);
+        let out = match x.dtype() {
+            DType::BF16 => go::<bf16>(&dev, &name, (x, xl), (r, rl), (w, wl), scale_arg, post_arg, args, dims, cfg)?,
+            _ => go::<f16>(&dev, &name, (x, xl), (r, rl), (w, wl), scale_arg, post_arg, args, dims, cfg)?,
+        };
+        Ok((out, Shape::from(total)))
     }
 
     pub(super) fn gated_act(
@@ -632,22 +870,7 @@ impl FusedCheck {
 /// view), the gated activation for tanh-GELU and SiLU, bias plus each activation. Tolerance
 /// 1e-2 of the largest output (one bf16 rounding of the result, two for the gated activation).
 pub fn check_against_composed(device: &candle_core::Device) -> Result<Vec<FusedCheck>> {
-    let pattern = |n: usize, shape: &[usize]| -> Result<Tensor> {
-        let len: usize = shape.iter().product();
-        let vals: Vec<f32> = (0..len)
-            .map(|j| {
-                let x = ((j as u64 + 7) * 2654435761 + n as u64 * 40503) % 10007;
-                (x as f32 / 10007.0 - 0.5) * 6.0
-            })
-            .collect();
-        Ok(Tensor::from_vec(vals, shape, device)?.to_dtype(DType::BF16)?)
-    };
-    let rel = |got: &Tensor, want: &Tensor| -> Result<f64> {
-        let got = got.to_dtype(DType::F32)?;
-        let err = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
-        let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
-        Ok(err / scale.max(1e-12))
-    };
+    let (pattern, rel) = (check_pattern(device), check_rel);
     let mut out = Vec::new();
     let mut push = |case: String, rel_err: f64| out.push(FusedCheck { case, rel_err, tolerance: 1e-2 });
     // norms of a narrowed view (made contiguous first), rows of 1000, 3584 and 64
@@ -717,6 +940,99 @@ pub fn check_against_composed(device: &candle_core::Device) -> Result<Vec<FusedC
     Ok(out)
 }
 
+/// [`norm_matmul`] (whether or not `GRIFFON_NORM_GEMV` selects it) against the f32 composed norm
+/// and matmul on pseudo-random bf16 inputs: the stream itself (the first layer, the lm_head),
+/// Gemma-2's post-norm + residual, Llama's plain residual on 3 rows; N not a multiple of the 32
+/// outputs of a block. Tolerance 1e-2 of the largest output. A case that fails to run is reported
+/// as failed with its error (selfcheck runs these last: a kernel fault spoils the device).
+pub fn check_norm_matmul(device: &candle_core::Device) -> Vec<FusedCheck> {
+    let mut out = Vec::new();
+    for (rows, k, n, mode) in [(1usize, 3584usize, 1000usize, 0usize), (1, 3584, 2085, 1), (3, 1024, 4100, 2)] {
+        let what = ["stream", "post-norm + residual", "residual, 3 rows"][mode];
+        match norm_matmul_case(device, rows, k, n, mode) {
+            Ok((y, h)) => {
+                out.push(FusedCheck {
+                    case: format!("RMSNorm folded into the matmul ({what}): y"),
+                    rel_err: y,
+                    tolerance: 1e-2,
+                });
+                if let Some(h) = h {
+                    out.push(FusedCheck {
+                        case: format!("RMSNorm folded into the matmul ({what}): stream"),
+                        rel_err: h,
+                        tolerance: 1e-2,
+                    });
+                }
+            }
+            Err(e) => out.push(FusedCheck {
+                case: format!("RMSNorm folded into the matmul ({what}): {e}"),
+                rel_err: f64::NAN,
+                tolerance: 1e-2,
+            }),
+        }
+    }
+    out
+}
+
+/// Relative errors of y (and the stream) of one [`check_norm_matmul`] case.
+fn norm_matmul_case(
+    device: &candle_core::Device,
+    rows: usize,
+    k: usize,
+    n: usize,
+    mode: usize,
+) -> Result<(f64, Option<f64>)> {
+    let (pattern, rel) = (check_pattern(device), check_rel);
+    {
+        let x = (pattern(12, &[rows, 1, k])?.to_dtype(DType::F32)? * 0.5)?.to_dtype(DType::BF16)?;
+        let r = pattern(13, &[rows, 1, k])?;
+        let s2 = pattern(14, &[k])?.to_dtype(DType::F32)?.affine(0.1, 1.0)?;
+        let s1 = pattern(15, &[k])?.to_dtype(DType::F32)?.affine(0.1, 1.0)?;
+        let w = (pattern(16, &[n, k])?.to_dtype(DType::F32)? * 0.02)?.to_dtype(DType::BF16)?;
+        let input = match mode {
+            0 => NormInput::Stream,
+            1 => NormInput::Add { residual: &r, post: Some((&s1, 1e-6)) },
+            _ => NormInput::Add { residual: &r, post: None },
+        };
+        let (y, h) = norm_matmul(&x, input, &s2, 1e-6, &w)?;
+        let xf = x.to_dtype(DType::F32)?;
+        let want_h = match mode {
+            0 => xf,
+            1 => (r.to_dtype(DType::F32)? + candle_nn::ops::rms_norm(&xf, &s1, 1e-6)?)?,
+            _ => (r.to_dtype(DType::F32)? + xf)?,
+        };
+        let a = candle_nn::ops::rms_norm(&want_h, &s2, 1e-6)?;
+        let want_y = a.reshape((rows, k))?.matmul(&w.to_dtype(DType::F32)?.t()?)?.reshape((rows, 1, n))?;
+        let h_err = match h {
+            Some(h) => Some(rel(&h, &want_h)?),
+            None => None,
+        };
+        Ok((rel(&y, &want_y)?, h_err))
+    }
+}
+
+/// The deterministic pseudo-random bf16 inputs of the checks: values in [-3, 3).
+fn check_pattern(device: &candle_core::Device) -> impl Fn(usize, &[usize]) -> Result<Tensor> + '_ {
+    move |n, shape| {
+        let len: usize = shape.iter().product();
+        let vals: Vec<f32> = (0..len)
+            .map(|j| {
+                let x = ((j as u64 + 7) * 2654435761 + n as u64 * 40503) % 10007;
+                (x as f32 / 10007.0 - 0.5) * 6.0
+            })
+            .collect();
+        Ok(Tensor::from_vec(vals, shape, device)?.to_dtype(DType::BF16)?)
+    }
+}
+
+/// max |got - want| / max |want| (got in any dtype, want f32).
+fn check_rel(got: &Tensor, want: &Tensor) -> Result<f64> {
+    let got = got.to_dtype(DType::F32)?;
+    let err = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+    Ok(err / scale.max(1e-12))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,5 +1066,23 @@ mod tests {
         assert!(e.contains("not 6 heads"), "{e}");
         let e = qkv_rope(&y, &cs, &cs, 3, 1).unwrap_err().to_string();
         assert!(e.contains("CUDA only"), "{e}");
+        // the decode step's norm folded into the matmul
+        let (x, w) =
+            (Tensor::zeros((1, 1, 16), DType::BF16, &dev).unwrap(), Tensor::zeros((5, 16), DType::BF16, &dev).unwrap());
+        let s16 = Tensor::zeros(16, DType::F32, &dev).unwrap();
+        let e = norm_matmul(&Tensor::zeros((1, 12), DType::BF16, &dev).unwrap(), NormInput::Stream, &s16, 1e-6, &w);
+        assert!(e.unwrap_err().to_string().contains("multiple of 8"));
+        let e = norm_matmul(&Tensor::zeros((5, 16), DType::BF16, &dev).unwrap(), NormInput::Stream, &s16, 1e-6, &w);
+        assert!(e.unwrap_err().to_string().contains("1-4 rows"));
+        let e = norm_matmul(&x, NormInput::Stream, &s16, 1e-6, &Tensor::zeros((5, 8), DType::BF16, &dev).unwrap());
+        assert!(e.unwrap_err().to_string().contains("does not fit x"));
+        let e = norm_matmul(&x, NormInput::Stream, &Tensor::zeros(8, DType::F32, &dev).unwrap(), 1e-6, &w);
+        assert!(e.unwrap_err().to_string().contains("f32 norm scales of [16]"));
+        let r = Tensor::zeros((1, 2, 16), DType::BF16, &dev).unwrap();
+        let e = norm_matmul(&x, NormInput::Add { residual: &r, post: None }, &s16, 1e-6, &w).unwrap_err();
+        assert!(e.to_string().contains("residual"), "{e}");
+        let e = norm_matmul(&x, NormInput::Add { residual: &x, post: Some((&s16, 1e-6)) }, &s16, 1e-6, &w).unwrap_err();
+        assert!(e.to_string().contains("CUDA only"), "{e}");
+        assert!(!norm_matmul_applies(&x), "never on the CPU");
     }
 }

@@ -182,6 +182,15 @@ impl Projections {
         Ok((act.apply(&gu[0])? * &gu[1])?)
     }
 
+    /// The fused projection's weight [sum of outputs, in] when it has no bias (what
+    /// [`crate::fused::norm_matmul`] multiplies by), else None.
+    pub fn fused_weight(&self) -> Option<&Tensor> {
+        match self {
+            Projections::Fused { linear, .. } if linear.bias.is_none() => Some(&linear.weight),
+            _ => None,
+        }
+    }
+
     /// The fused projection's whole output (the projections side by side on the last
     /// dimension), `None` when the projections are separate.
     pub fn joined(&self, x: &Tensor) -> Result<Option<Tensor>> {
@@ -325,6 +334,31 @@ pub struct DecoderSpec {
     pub vocab_size: usize,
 }
 
+/// `norm(stream) W^T` through [`crate::fused::norm_matmul`]: the stream is x, or (a `pending`
+/// sublayer output f) x + post(f); returns the product and the new stream (None when it is x).
+fn fold_norm(
+    x: &Tensor,
+    pending: Option<(Tensor, Option<&RmsNorm>)>,
+    norm: &RmsNorm,
+    w: &Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let no_scale = || invalid("a folded RMSNorm needs its fused f32 scale (inference only)");
+    let Some((scale, eps)) = norm.fused_scale() else { return no_scale() };
+    match pending {
+        None => crate::fused::norm_matmul(x, crate::fused::NormInput::Stream, scale, eps, w),
+        Some((f, post)) => {
+            let post = match post {
+                Some(n) => match n.fused_scale() {
+                    Some(p) => Some(p),
+                    None => return no_scale(),
+                },
+                None => None,
+            };
+            crate::fused::norm_matmul(&f, crate::fused::NormInput::Add { residual: x, post }, scale, eps, w)
+        }
+    }
+}
+
 /// One pre-norm decoder layer: `x + [post_attn_ln](o(attention(input_ln(x))))`, then
 /// `x + [post_ff_ln](down(act(gate(h)) * up(h)))` with `h = pre_ff_ln(x)`. The bracketed norms are
 /// Gemma-2's; Llama's `post_attention_layernorm` is the `pre_ff_ln` here.
@@ -431,14 +465,36 @@ impl Llm {
             Some(k) => (x * k)?,
             None => x.clone(),
         };
+        // a decode step on a GPU may fold each RMSNorm into the matmul that reads it
+        // (`GRIFFON_NORM_GEMV=1`, [`Self::norms_fold`]): a sublayer's output not yet added to the
+        // stream waits in `pending` for the next pre-norm's kernel
+        let fold = self.norms_fold(&x);
+        let mut pending: Option<(Tensor, Option<&RmsNorm>)> = None;
         for (i, l) in self.layers.iter().enumerate() {
-            let hn = l.input_ln.forward(&x)?;
-            let joined = if crate::fused::applies(&hn) { l.qkv.joined(&hn)? } else { None };
+            let folded = match (fold, l.qkv.fused_weight()) {
+                (true, Some(w)) => {
+                    let (y, h) = fold_norm(&x, pending.take(), &l.input_ln, w)?;
+                    if let Some(h) = h {
+                        x = h;
+                    }
+                    Some(y)
+                }
+                _ => None,
+            };
+            let hn = if folded.is_some() { None } else { Some(l.input_ln.forward(&x)?) };
+            let joined = match (folded, &hn) {
+                (Some(y), _) => Some(y),
+                (None, Some(hn)) if crate::fused::applies(hn) => l.qkv.joined(hn)?,
+                _ => None,
+            };
             let (q, k, v) = match joined {
                 // one kernel splits the heads and applies the rotary embedding (GPU, bf16 / f16)
                 Some(y) => crate::fused::qkv_rope(&y, &rope.0, &rope.1, nh, nkv)?,
                 None => {
-                    let qkv = l.qkv.forward(&hn)?;
+                    let Some(hn) = &hn else {
+                        return invalid("decoder layer: no normalized input for the q/k/v projections");
+                    };
+                    let qkv = l.qkv.forward(hn)?;
                     let q = qkv[0].reshape((b, t, nh, hd))?.transpose(1, 2)?;
                     let k = qkv[1].reshape((b, t, nkv, hd))?.transpose(1, 2)?;
                     let v = qkv[2].reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -451,6 +507,16 @@ impl Llm {
                 _ => &full_mask,
             };
             let a = l.o.forward(&attention(&q, &k, &v, mask, &s.attn)?)?;
+            if let (true, Some(w)) = (fold, l.gate_up.fused_weight()) {
+                let (gu, h) = fold_norm(&x, Some((a, l.post_attn_ln.as_ref())), &l.pre_ff_ln, w)?;
+                let Some(h) = h else {
+                    return invalid("decoder layer: the folded norm returned no residual stream");
+                };
+                x = h;
+                let f = l.down.forward(&crate::fused::gated_act(&gu, s.act)?)?;
+                pending = Some((f, l.post_ff_ln.as_ref()));
+                continue;
+            }
             x = match &l.post_attn_ln {
                 Some(n) => n.forward_add(&a, &x)?,
                 None => (x + a)?,
@@ -461,14 +527,44 @@ impl Llm {
                 None => (x + f)?,
             };
         }
+        if let Some((f, post)) = pending {
+            x = match post {
+                Some(n) => n.forward_add(&f, &x)?,
+                None => (x + f)?,
+            };
+        }
         Ok(x)
+    }
+
+    /// Whether [`Self::hidden`] folds every RMSNorm into the matmul after it
+    /// ([`crate::fused::norm_matmul`]): where [`crate::fused::norm_matmul_applies`] to the
+    /// embeddings (a decode step of at most 4 rows on a GPU, `GRIFFON_NORM_GEMV=1`) and every
+    /// layer has bias-free fused q/k/v and gate/up projections (an equal pair) and fused norms.
+    fn norms_fold(&self, x: &Tensor) -> bool {
+        let fused = |n: &RmsNorm| n.fused_scale().is_some();
+        crate::fused::norm_matmul_applies(x)
+            && self.layers.iter().all(|l| {
+                l.qkv.fused_weight().is_some()
+                    && matches!(&l.gate_up, Projections::Fused { linear, sizes }
+                        if linear.bias.is_none() && sizes.len() == 2 && sizes[0] == sizes[1])
+                    && fused(&l.input_ln)
+                    && fused(&l.pre_ff_ln)
+                    && l.post_attn_ln.as_ref().is_none_or(fused)
+                    && l.post_ff_ln.as_ref().is_none_or(fused)
+            })
     }
 
     /// Final norm, lm_head (and soft-capping) of hidden states [.., H] -> logits [.., V]; the
     /// trainer applies it to the supervised rows only (a 256k vocabulary over every position of
     /// a 1429-token sequence would be 1.4 GB of logits).
     pub fn head(&self, h: &Tensor) -> Result<Tensor> {
-        let logits = self.lm_head.forward(&self.norm.forward(h)?)?;
+        let logits = match self.norm.fused_scale() {
+            // a decode step on a GPU: the final norm folded into the lm_head's matmul
+            Some((scale, eps)) if self.lm_head.bias.is_none() && crate::fused::norm_matmul_applies(h) => {
+                crate::fused::norm_matmul(h, crate::fused::NormInput::Stream, scale, eps, &self.lm_head.weight)?.0
+            }
+            _ => self.lm_head.forward(&self.norm.forward(h)?)?,
+        };
         Ok(match self.spec.final_softcap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,

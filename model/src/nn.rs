@@ -169,6 +169,11 @@ impl RmsNorm {
         Ok(Self { weight, one_plus, eps, scale_f32 })
     }
 
+    /// The f32 factor and eps the fused kernels take (inference only: None while training).
+    pub fn fused_scale(&self) -> Option<(&Tensor, f64)> {
+        self.scale_f32.as_ref().map(|s| (s, self.eps))
+    }
+
     /// `residual + self(x)`: one kernel on a GPU in bf16 / f16 inference
     /// ([`crate::fused::rms_norm_add`]), else the norm and an add.
     pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {

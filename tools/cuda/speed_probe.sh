@@ -11,7 +11,7 @@
 # detailed profile of one attention launch; CALL=1 / 2 / 3 the benches of session 8's calls, CALL=4
 # the kernel variants prepared for session 10 (GRIFFON_FLASH_KERNEL, GRIFFON_DECODE_CHUNK,
 # GRIFFON_NORM, GRIFFON_FUSED_VEC: docs/PERFORMANCE.md; their winners are the defaults since), CALL=5
-# the defaults against session 8's kernels;
+# the defaults against session 8's kernels and the decode step's norms folded into its matmuls;
 # REF_BENCH=1 runs the PyTorch reference (carry .device/torch_reference_bench.py); TRAIN_UNTIL=T
 # trains at 1022 px until T (carry runs/synth/init-1022).
 set -uo pipefail
@@ -68,9 +68,17 @@ elif [ "${CALL:-2}" = 4 ]; then
 elif [ "${CALL:-2}" = 5 ]; then
   # session 10's defaults (o4 / n16 attention, two-wide bias and gated kernels, norm rows in
   # registers, 64-key decode chunks) against session 8's kernels in the same call
+  # and the decode step with its RMSNorms folded into the matmuls (GRIFFON_NORM_GEMV=1: the
+  # fixtures' greedy answers take that path in their decode steps)
   ARGS="--config gemma2-9b" bench gemma2-9b GRIFFON_FUSED=1
+  if ! late "selfcheck with GRIFFON_NORM_GEMV=1"; then
+    GRIFFON_NORM_GEMV=1 timeout 90 "$G" selfcheck --device cuda --dtype bf16 > "$R/selfcheck_normgemv.txt" 2>&1
+    echo "selfcheck with GRIFFON_NORM_GEMV=1: rc $?"; grep -E "folded|FAIL|failed|greedy" "$R/selfcheck_normgemv.txt" | head -n 12
+  fi
+  ARGS="--config gemma2-9b --only decode" bench decode_normgemv GRIFFON_NORM_GEMV=1
   ARGS="--config gemma2-9b" bench gemma2-9b_s8kernels GRIFFON_FLASH_KERNEL=base GRIFFON_FUSED_VEC=0 GRIFFON_NORM=loop GRIFFON_DECODE_CHUNK=128
   ARGS="--config llama2-13b" bench llama2-13b GRIFFON_FUSED=1
+  ARGS="--config llama2-13b --only decode" bench llama_decode_normgemv GRIFFON_NORM_GEMV=1
 else
   # call 3: the final figures (pipelined attention kernel, decode kernel, fused residuals) and
   # the single-stage attention kernel for comparison
