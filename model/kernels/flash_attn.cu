@@ -518,3 +518,356 @@ extern "C" __global__ void decode_combine_bf16(const float *ws_o, const float *w
 extern "C" __global__ void decode_combine_f16(const float *ws_o, const float *ws_ml, __half *out, int nc, int D) {
   decode_combine<__half>(ws_o, ws_ml, out, nc, D);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backward pass for training's attention op (src/attn_grad.rs; GRIFFON_ATTN_BWD=flash, off until
+// checked and measured on a card): FlashAttention-2's backward (Dao, 2023, arXiv 2307.08691,
+// Algorithm 2) with the fragment layouts above. Two kernels:
+//   flash_bwd_prep: per query row, lse = log sum_j exp(x_j) over the visible keys (x the scaled,
+//     soft-capped scores, formed as flash_fwd forms them) and dd = sum_c dO[c] O[c];
+//   flash_bwd: block (64 keys, kv head, batch), each warp 16 keys. For every query head of the
+//     kv head and every block of 64 query rows that can see those keys:
+//       dP^T = V dO^T and S^T = K Q^T (tensor cores, f32), P^T = exp(x - lse) (0 where masked),
+//       dS^T = P^T (dP^T - dd) [(1 - tanh^2) with a soft-cap], dV += P^T dO, dK += dS^T Q,
+//       dQ += dS K (dS^T staged in shared memory, each warp 16 query rows), added into an f32
+//       buffer with atomics.
+//   dK and dQ come out as gradients of q k^T before the scale: the caller multiplies by it.
+// P and dS are rounded to the input type for their products (as FlashAttention does); all sums
+// are f32. Outputs: lse and dd [B, H, T] f32; dq [B, H, T, D] f32 (zeroed by the caller), dk and
+// dv [B, KV, S, D] f32. Head sizes 32 and 64 (the shared tiles of larger ones pass 48 KB).
+struct BwdIo {
+  long long osb, osh, osr;  // the forward's output O [B, T, H, D]: strides of batch, head, row
+  long long gsb, gsh, gsr;  // dO, the same layout
+};
+
+#define BWD_BR 64  // query rows per step
+#define BWD_BC 64  // keys per block (WARPS x 16)
+
+template <typename T, int D>
+__device__ void flash_bwd_prep(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ o,
+                               const T *__restrict__ go, float *__restrict__ lse, float *__restrict__ dd,
+                               const Params p, const BwdIo io) {
+  constexpr int LD = D + 8, BN = 64, KS = D / 16, NT = BN / 8, CH = D / 8;
+  __shared__ __align__(16) T smem[BN * LD];  // the Q tile, then each K tile (BM == BN rows)
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int b = blockIdx.z, h = blockIdx.y, kvh = h / (p.H / p.KV);
+  const int row0 = blockIdx.x * BM;
+  const long long bh = (long long)b * p.H + h;
+  // dd of this warp's 16 rows: each lane a part of the channels
+  for (int rr = 0; rr < 16; ++rr) {
+    const int row = row0 + warp * 16 + rr;
+    float acc = 0.f;
+    if (row < p.T) {
+      const T *gr = go + b * io.gsb + h * io.gsh + row * io.gsr;
+      const T *orow = o + b * io.osb + h * io.osh + row * io.osr;
+      for (int c = lane; c < D; c += 32) acc += to_float(gr[c]) * to_float(orow[c]);
+    }
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, off);
+    if (lane == 0 && row < p.T) dd[bh * p.T + row] = acc;
+  }
+  const T *qb = q + b * p.qsb + h * p.qsh;
+  const T *kb = k + b * p.ksb + kvh * p.ksh;
+  for (int c = tid; c < BM * CH; c += WARPS * 32) {
+    int r = c / CH, col = (c % CH) * 8;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (row0 + r < p.T) val = *reinterpret_cast<const uint4 *>(qb + (long long)(row0 + r) * p.qsr + col);
+    *reinterpret_cast<uint4 *>(smem + r * LD + col) = val;
+  }
+  __syncthreads();
+  uint32_t qf[KS][4];
+  {
+    const T *qs = smem + (warp * 16) * LD;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+      qf[kk][0] = *reinterpret_cast<const uint32_t *>(qs + g * LD + kk * 16 + 2 * t);
+      qf[kk][1] = *reinterpret_cast<const uint32_t *>(qs + (g + 8) * LD + kk * 16 + 2 * t);
+      qf[kk][2] = *reinterpret_cast<const uint32_t *>(qs + g * LD + kk * 16 + 2 * t + 8);
+      qf[kk][3] = *reinterpret_cast<const uint32_t *>(qs + (g + 8) * LD + kk * 16 + 2 * t + 8);
+    }
+  }
+  __syncthreads();
+  int kv_begin = 0, kv_end = p.S;
+  if (p.causal) {
+    int last_row = min(p.T, row0 + BM) - 1;
+    kv_end = min(p.S, p.offset + last_row + 1);
+    if (p.window > 0) kv_begin = max(0, p.offset + row0 - p.window + 1);
+  }
+  kv_begin = (kv_begin / BN) * BN;
+  const float LOG2E = 1.4426950408889634f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const int qrow[2] = {row0 + warp * 16 + g, row0 + warp * 16 + g + 8};
+  for (int start = kv_begin; start < kv_end; start += BN) {
+    for (int c = tid; c < BN * CH; c += WARPS * 32) {
+      int r = c / CH, col = (c % CH) * 8;
+      uint4 val = make_uint4(0, 0, 0, 0);
+      if (start + r < p.S) val = *reinterpret_cast<const uint4 *>(kb + (long long)(start + r) * p.ksr + col);
+      *reinterpret_cast<uint4 *>(smem + r * LD + col) = val;
+    }
+    __syncthreads();
+    float s[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const T *kr = smem + (nt * 8 + g) * LD + kk * 16 + 2 * t;
+        mma16816<T>(s[nt], qf[kk], *reinterpret_cast<const uint32_t *>(kr), *reinterpret_cast<const uint32_t *>(kr + 8));
+      }
+    }
+    float tmax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int r = e / 2;
+        float x = s[nt][e] * p.scale;
+        if (p.softcap > 0.f) x = p.softcap * tanhf(x / p.softcap);
+        int key = start + nt * 8 + 2 * t + (e & 1);
+        bool ok = key < p.S;
+        if (p.causal) {
+          int pos = p.offset + qrow[r];
+          ok = ok && key <= pos && (p.window <= 0 || pos - key < p.window);
+        }
+        x = ok ? x : -INFINITY;
+        s[nt][e] = x;
+        tmax[r] = fmaxf(tmax[r], x);
+      }
+    }
+    float mneg[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffff, tmax[r], 1));
+      tmax[r] = fmaxf(tmax[r], __shfl_xor_sync(0xffffffff, tmax[r], 2));
+      float mnew = fmaxf(m[r], tmax[r]);
+      float alpha = (mnew == -INFINITY) ? 1.f : exp2f((m[r] - mnew) * LOG2E);
+      mneg[r] = (mnew == -INFINITY) ? 0.f : -mnew * LOG2E;
+      m[r] = mnew;
+      l[r] *= alpha;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) l[e / 2] += exp2f(fmaf(s[nt][e], LOG2E, mneg[e / 2]));
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
+    if (t == 0 && qrow[r] < p.T) lse[bh * p.T + qrow[r]] = l[r] > 0.f ? m[r] + logf(l[r]) : -INFINITY;
+  }
+}
+
+template <typename T, int D>
+__device__ void flash_bwd(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
+                          const T *__restrict__ go, const float *__restrict__ lse, const float *__restrict__ dd,
+                          float *__restrict__ dq, float *__restrict__ dk, float *__restrict__ dv, const Params p,
+                          const BwdIo io) {
+  constexpr int LD = D + 8, LDS = BWD_BR + 8, KS = D / 16, NQ = BWD_BR / 8, OT = D / 8, CH = D / 8;
+  __shared__ __align__(16) T Ks[BWD_BC * LD];
+  __shared__ __align__(16) T Vs[BWD_BC * LD];
+  __shared__ __align__(16) T Qs[BWD_BR * LD];
+  __shared__ __align__(16) T Gs[BWD_BR * LD];
+  __shared__ __align__(16) T St[BWD_BC * LDS];  // dS^T: [key][query]
+  __shared__ float lse_s[BWD_BR], dd_s[BWD_BR];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int mat = lane / 8, rr = lane % 8;  // ldmatrix addressing
+  const int b = blockIdx.z, kvh = blockIdx.y, key0 = blockIdx.x * BWD_BC;
+  const int rep = p.H / p.KV;
+  const T *kb = k + b * p.ksb + kvh * p.ksh;
+  const T *vb = v + b * p.vsb + kvh * p.vsh;
+  for (int c = tid; c < BWD_BC * CH; c += WARPS * 32) {
+    int r = c / CH, col = (c % CH) * 8;
+    uint4 kx = make_uint4(0, 0, 0, 0), vx = make_uint4(0, 0, 0, 0);
+    if (key0 + r < p.S) {
+      kx = *reinterpret_cast<const uint4 *>(kb + (long long)(key0 + r) * p.ksr + col);
+      vx = *reinterpret_cast<const uint4 *>(vb + (long long)(key0 + r) * p.vsr + col);
+    }
+    *reinterpret_cast<uint4 *>(Ks + r * LD + col) = kx;
+    *reinterpret_cast<uint4 *>(Vs + r * LD + col) = vx;
+  }
+  const int krow[2] = {key0 + warp * 16 + g, key0 + warp * 16 + g + 8};
+  float dka[OT][4], dva[OT][4];
+#pragma unroll
+  for (int i = 0; i < OT; ++i) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dka[i][e] = dva[i][e] = 0.f;
+  }
+  // the query rows that see any key of this block
+  int q_begin = 0, q_end = p.T;
+  if (p.causal) {
+    q_begin = max(0, key0 - p.offset);
+    if (p.window > 0) q_end = min(p.T, key0 + BWD_BC - 1 + p.window - p.offset);
+  }
+  q_begin = (q_begin / BWD_BR) * BWD_BR;
+  for (int hq = 0; hq < rep; ++hq) {
+    const int h = kvh * rep + hq;
+    const long long bh = (long long)b * p.H + h;
+    const T *qb = q + b * p.qsb + h * p.qsh;
+    const T *gb = go + b * io.gsb + h * io.gsh;
+    for (int i0 = q_begin; i0 < q_end; i0 += BWD_BR) {
+      __syncthreads();  // the previous step's tiles are no longer read (and K / V are in place)
+      for (int c = tid; c < BWD_BR * CH; c += WARPS * 32) {
+        int r = c / CH, col = (c % CH) * 8;
+        uint4 qx = make_uint4(0, 0, 0, 0), gx = make_uint4(0, 0, 0, 0);
+        if (i0 + r < p.T) {
+          qx = *reinterpret_cast<const uint4 *>(qb + (long long)(i0 + r) * p.qsr + col);
+          gx = *reinterpret_cast<const uint4 *>(gb + (long long)(i0 + r) * io.gsr + col);
+        }
+        *reinterpret_cast<uint4 *>(Qs + r * LD + col) = qx;
+        *reinterpret_cast<uint4 *>(Gs + r * LD + col) = gx;
+      }
+      for (int c = tid; c < BWD_BR; c += WARPS * 32) {
+        bool in = i0 + c < p.T;
+        lse_s[c] = in ? lse[bh * p.T + i0 + c] : -INFINITY;
+        dd_s[c] = in ? dd[bh * p.T + i0 + c] : 0.f;
+      }
+      __syncthreads();
+      // dP^T = V dO^T and S^T = K Q^T for this warp's 16 keys x 64 queries
+      float dp[NQ][4], s[NQ][4];
+#pragma unroll
+      for (int nq = 0; nq < NQ; ++nq) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dp[nq][e] = s[nq][e] = 0.f;
+      }
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) {
+        uint32_t av[4], ak[4];
+        const T *vs = Vs + (warp * 16) * LD + kk * 16 + 2 * t;
+        const T *ks = Ks + (warp * 16) * LD + kk * 16 + 2 * t;
+        av[0] = *reinterpret_cast<const uint32_t *>(vs + g * LD);
+        av[1] = *reinterpret_cast<const uint32_t *>(vs + (g + 8) * LD);
+        av[2] = *reinterpret_cast<const uint32_t *>(vs + g * LD + 8);
+        av[3] = *reinterpret_cast<const uint32_t *>(vs + (g + 8) * LD + 8);
+        ak[0] = *reinterpret_cast<const uint32_t *>(ks + g * LD);
+        ak[1] = *reinterpret_cast<const uint32_t *>(ks + (g + 8) * LD);
+        ak[2] = *reinterpret_cast<const uint32_t *>(ks + g * LD + 8);
+        ak[3] = *reinterpret_cast<const uint32_t *>(ks + (g + 8) * LD + 8);
+#pragma unroll
+        for (int nq = 0; nq < NQ; ++nq) {
+          const T *gr = Gs + (nq * 8 + g) * LD + kk * 16 + 2 * t;
+          const T *qr = Qs + (nq * 8 + g) * LD + kk * 16 + 2 * t;
+          mma16816<T>(dp[nq], av, *reinterpret_cast<const uint32_t *>(gr), *reinterpret_cast<const uint32_t *>(gr + 8));
+          mma16816<T>(s[nq], ak, *reinterpret_cast<const uint32_t *>(qr), *reinterpret_cast<const uint32_t *>(qr + 8));
+        }
+      }
+      // P^T and dS^T; element (key krow[e / 2], query i0 + nq * 8 + 2t + (e & 1))
+#pragma unroll
+      for (int nq = 0; nq < NQ; ++nq) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = krow[e / 2], c = nq * 8 + 2 * t + (e & 1), qi = i0 + c;
+          float x = s[nq][e] * p.scale, dcap = 1.f;
+          if (p.softcap > 0.f) {
+            const float th = tanhf(x / p.softcap);
+            x = p.softcap * th;
+            dcap = 1.f - th * th;
+          }
+          bool ok = key < p.S && qi < p.T;
+          if (p.causal) {
+            int pos = p.offset + qi;
+            ok = ok && key <= pos && (p.window <= 0 || pos - key < p.window);
+          }
+          const float lv = lse_s[c];
+          const float pr = (ok && lv != -INFINITY) ? expf(x - lv) : 0.f;
+          s[nq][e] = pr;
+          dp[nq][e] = pr * (dp[nq][e] - dd_s[c]) * dcap;
+        }
+      }
+      // dV += P^T dO, dK += dS^T Q: A from the registers (two 8-query tiles = one 16-query step),
+      // B = dO / Q rows by ldmatrix.trans (as V in flash_fwd)
+#pragma unroll
+      for (int kk = 0; kk < BWD_BR / 16; ++kk) {
+        uint32_t ap[4], as[4];
+        ap[0] = Pack<T>::two(s[2 * kk][0], s[2 * kk][1]);
+        ap[1] = Pack<T>::two(s[2 * kk][2], s[2 * kk][3]);
+        ap[2] = Pack<T>::two(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        ap[3] = Pack<T>::two(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        as[0] = Pack<T>::two(dp[2 * kk][0], dp[2 * kk][1]);
+        as[1] = Pack<T>::two(dp[2 * kk][2], dp[2 * kk][3]);
+        as[2] = Pack<T>::two(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+        as[3] = Pack<T>::two(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+#pragma unroll
+        for (int ot = 0; ot < OT; ot += 2) {
+          const int off = (kk * 16 + (mat & 1) * 8 + rr) * LD + (ot + (mat >> 1)) * 8;
+          uint32_t bg[4], bq[4];
+          ldmatrix_x4_trans(bg, Gs + off);
+          ldmatrix_x4_trans(bq, Qs + off);
+          mma16816<T>(dva[ot], ap, bg[0], bg[1]);
+          mma16816<T>(dva[ot + 1], ap, bg[2], bg[3]);
+          mma16816<T>(dka[ot], as, bq[0], bq[1]);
+          mma16816<T>(dka[ot + 1], as, bq[2], bq[3]);
+        }
+      }
+      // dS^T to shared: rows key (local), columns query (local)
+#pragma unroll
+      for (int nq = 0; nq < NQ; ++nq) {
+        *reinterpret_cast<uint32_t *>(St + (warp * 16 + g) * LDS + nq * 8 + 2 * t) = Pack<T>::two(dp[nq][0], dp[nq][1]);
+        *reinterpret_cast<uint32_t *>(St + (warp * 16 + g + 8) * LDS + nq * 8 + 2 * t) =
+            Pack<T>::two(dp[nq][2], dp[nq][3]);
+      }
+      __syncthreads();
+      // dQ of query rows i0 + warp * 16 .. + 16: A = dS (query x key) by ldmatrix.trans from dS^T,
+      // B = K rows by ldmatrix.trans
+      float dqa[OT][4];
+#pragma unroll
+      for (int i = 0; i < OT; ++i) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < BWD_BC / 16; ++kk) {
+        uint32_t a[4];
+        // matrices a0 (query 0-7, key 0-7), a1 (query 8-15, key 0-7), a2 (query 0-7, key 8-15),
+        // a3 (query 8-15, key 8-15) of this warp's rows; lane l: key row l % 8 of matrix l / 8
+        ldmatrix_x4_trans(a, St + (kk * 16 + (mat >> 1) * 8 + rr) * LDS + warp * 16 + (mat & 1) * 8);
+#pragma unroll
+        for (int ot = 0; ot < OT; ot += 2) {
+          uint32_t bk[4];
+          ldmatrix_x4_trans(bk, Ks + (kk * 16 + (mat & 1) * 8 + rr) * LD + (ot + (mat >> 1)) * 8);
+          mma16816<T>(dqa[ot], a, bk[0], bk[1]);
+          mma16816<T>(dqa[ot + 1], a, bk[2], bk[3]);
+        }
+      }
+      float *dqh = dq + bh * (long long)p.T * D;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int qi = i0 + warp * 16 + g + 8 * r;
+        if (qi >= p.T) continue;
+#pragma unroll
+        for (int ot = 0; ot < OT; ++ot) {
+          atomicAdd(dqh + (long long)qi * D + ot * 8 + 2 * t, dqa[ot][2 * r]);
+          atomicAdd(dqh + (long long)qi * D + ot * 8 + 2 * t + 1, dqa[ot][2 * r + 1]);
+        }
+      }
+    }
+  }
+  const long long kvbase = ((long long)b * p.KV + kvh) * p.S;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (krow[r] >= p.S) continue;
+#pragma unroll
+    for (int ot = 0; ot < OT; ++ot) {
+      const long long at = (kvbase + krow[r]) * D + ot * 8 + 2 * t;
+      dk[at] = dka[ot][2 * r];
+      dk[at + 1] = dka[ot][2 * r + 1];
+      dv[at] = dva[ot][2 * r];
+      dv[at + 1] = dva[ot][2 * r + 1];
+    }
+  }
+}
+
+#define FLASH_BWD_KERNELS(SUF, TY, D)                                                                   \
+  extern "C" __global__ void __launch_bounds__(WARPS * 32) flash_bwd_prep_##SUF##_d##D(                 \
+      const TY *q, const TY *k, const TY *o, const TY *go, float *lse, float *dd, const Params p,       \
+      const BwdIo io) {                                                                                  \
+    flash_bwd_prep<TY, D>(q, k, o, go, lse, dd, p, io);                                                  \
+  }                                                                                                      \
+  extern "C" __global__ void __launch_bounds__(WARPS * 32) flash_bwd_##SUF##_d##D(                      \
+      const TY *q, const TY *k, const TY *v, const TY *go, const float *lse, const float *dd, float *dq, \
+      float *dk, float *dv, const Params p, const BwdIo io) {                                            \
+    flash_bwd<TY, D>(q, k, v, go, lse, dd, dq, dk, dv, p, io);                                           \
+  }
+FLASH_BWD_KERNELS(bf16, __nv_bfloat16, 32)
+FLASH_BWD_KERNELS(bf16, __nv_bfloat16, 64)
+FLASH_BWD_KERNELS(f16, __half, 32)
+FLASH_BWD_KERNELS(f16, __half, 64)

@@ -167,6 +167,129 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, spec: &FlashSpec) -> Result<Te
     Ok(kernel_ready(q)?.apply_op3_no_bwd(&kernel_ready(k)?, &kernel_ready(v)?, &op)?)
 }
 
+/// Head sizes of the backward kernels (the shared tiles of larger heads exceed 48 KB).
+pub const BWD_HEAD_DIMS: [usize; 2] = [32, 64];
+
+static ATTN_BWD: EnvSwitch = EnvSwitch::new("GRIFFON_ATTN_BWD");
+
+/// Whether `GRIFFON_ATTN_BWD=flash` asks training's attention op for the backward kernels
+/// ([`attention_backward`]; off by default until checked and measured on a card).
+pub fn backward_requested() -> bool {
+    ATTN_BWD.is("flash")
+}
+
+/// Whether [`attention_backward`] can take q (a GPU build, q bf16 / f16 on the GPU, [B, H, T, D]
+/// with D in [`BWD_HEAD_DIMS`]).
+pub fn backward_fits(q: &Tensor) -> bool {
+    cfg!(feature = "cuda")
+        && q.device().is_cuda()
+        && matches!(q.dtype(), DType::BF16 | DType::F16)
+        && q.rank() == 4
+        && BWD_HEAD_DIMS.contains(&q.dims()[3])
+}
+
+/// The gradients of [`attention`] for the output gradient `grad` given the forward's output
+/// `out` (both [B, T, H * D], heads merged): (dq, dk, dv) in q's dtype, by the kernels
+/// `flash_bwd_prep` / `flash_bwd` (FlashAttention-2's backward; kernels/flash_attn.cu) without
+/// any score-sized tensor. Where [`backward_fits`] holds.
+pub fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    grad: &Tensor,
+    spec: &FlashSpec,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, h, t, d) = q.dims4()?;
+    let (kb, kvh, s, kd) = k.dims4()?;
+    if v.dims() != k.dims() || kb != b || kd != d || kvh == 0 || h % kvh != 0 || !BWD_HEAD_DIMS.contains(&d) {
+        return crate::error::invalid(format!(
+            "flash attention backward: q {:?}, k {:?}, v {:?} (head size {BWD_HEAD_DIMS:?}, H a multiple of KV)",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        ));
+    }
+    if out.elem_count() != b * t * h * d || grad.elem_count() != b * t * h * d {
+        return crate::error::invalid(format!(
+            "flash attention backward: output {:?} / gradient {:?} are not [{b}, {t}, {}]",
+            out.dims(),
+            grad.dims(),
+            h * d
+        ));
+    }
+    if let Some(c) = spec.causal {
+        if c.offset + t > s {
+            return crate::error::invalid(format!(
+                "flash attention backward: {t} queries at offset {} over {s} keys",
+                c.offset
+            ));
+        }
+    }
+    let (q, k, v) = (kernel_ready(q)?, kernel_ready(k)?, kernel_ready(v)?);
+    let out = out.reshape((b, t, h * d))?.contiguous()?;
+    let grad = grad.reshape((b, t, h * d))?.contiguous()?;
+    let stats = q.apply_op2_no_bwd(&k, &BwdPrepOp { spec: *spec, out, grad: grad.clone() })?;
+    let acc = q.apply_op3_no_bwd(&k, &v, &BwdOp { spec: *spec, grad, stats })?;
+    let (nq, nk) = (b * h * t * d, b * kvh * s * d);
+    let scale = spec.scale as f64;
+    let dt = q.dtype();
+    let dq = (acc.narrow(0, 0, nq)?.reshape((b, h, t, d))? * scale)?.to_dtype(dt)?;
+    let dk = (acc.narrow(0, nq, nk)?.reshape((b, kvh, s, d))? * scale)?.to_dtype(dt)?;
+    let dv = acc.narrow(0, nq + nk, nk)?.reshape((b, kvh, s, d))?.to_dtype(dt)?;
+    Ok((dq, dk, dv))
+}
+
+/// The backward's first kernel: inputs q, k; the forward's output and its gradient ride along.
+/// Output: lse then dd, f32 [2 * B * H * T].
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct BwdPrepOp {
+    spec: FlashSpec,
+    out: Tensor,
+    grad: Tensor,
+}
+
+impl candle_core::CustomOp2 for BwdPrepOp {
+    fn name(&self) -> &'static str {
+        "griffon-flash-attention-bwd-prep"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("griffon-flash-attention-bwd-prep runs on CUDA only (the CPU has its own path)")
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        ql: &candle_core::Layout,
+        k: &candle_core::CudaStorage,
+        kl: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        cuda::backward_prep(self, (q, ql), (k, kl))
+    }
+}
+
+/// The backward's main kernel: inputs q, k, v; the output gradient and the prepared statistics
+/// ride along. Output: dq, dk, dv (before the scale for dq / dk), f32, flat.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct BwdOp {
+    spec: FlashSpec,
+    grad: Tensor,
+    stats: Tensor,
+}
+
+cuda_only_op3!(BwdOp, "griffon-flash-attention-bwd", |op, q, ql, k, kl, v, vl| cuda::backward(
+    op,
+    (q, ql),
+    (k, kl),
+    (v, vl)
+));
+
 cuda_only_op3!(FlashOp, "griffon-flash-attention", |op, q, ql, k, kl, v, vl| if op.decode {
     cuda::decode(&op.spec, q, ql, k, kl, v, vl)
 } else {
@@ -175,7 +298,7 @@ cuda_only_op3!(FlashOp, "griffon-flash-attention", |op, q, ql, k, kl, v, vl| if 
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::FlashSpec;
+    use super::{BwdOp, BwdPrepOp, FlashSpec};
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDType, WrapErr};
@@ -313,6 +436,185 @@ mod cuda {
         // SAFETY: the arguments match the kernel's signature; shapes checked by the caller.
         unsafe { builder.launch(cfg) }.w()?;
         Ok(out)
+    }
+
+    /// `BwdIo` of the backward kernels: strides (batch, head, row) of O and dO, [B, T, H, D].
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct BwdIo {
+        osb: i64,
+        osh: i64,
+        osr: i64,
+        gsb: i64,
+        gsh: i64,
+        gsr: i64,
+    }
+    // SAFETY: plain old data with the kernel's C layout.
+    unsafe impl DeviceRepr for BwdIo {}
+
+    /// Strides of a contiguous [B, T, H * D] tensor viewed as [B, T, H, D] (both O and dO).
+    fn bwd_io(t: usize, h: usize, d: usize) -> BwdIo {
+        let (b, hh, r) = ((t * h * d) as i64, d as i64, (h * d) as i64);
+        BwdIo { osb: b, osh: hh, osr: r, gsb: b, gsh: hh, gsr: r }
+    }
+
+    /// The CUDA storage of a tensor the op carries, and its start offset.
+    fn carried(
+        t: &candle_core::Tensor,
+    ) -> candle_core::Result<(impl std::ops::Deref<Target = candle_core::Storage> + '_, usize)> {
+        let (st, l) = t.storage_and_layout();
+        if !l.is_contiguous() || !matches!(&*st, candle_core::Storage::Cuda(_)) {
+            candle_core::bail!("flash attention backward: a carried tensor is not contiguous on the GPU");
+        }
+        let off = l.start_offset();
+        Ok((st, off))
+    }
+
+    fn cuda_of(st: &candle_core::Storage) -> candle_core::Result<&CudaStorage> {
+        match st {
+            candle_core::Storage::Cuda(c) => Ok(c),
+            _ => candle_core::bail!("flash attention backward: a carried tensor is not on the GPU"),
+        }
+    }
+
+    fn type_name(dt: DType) -> candle_core::Result<&'static str> {
+        match dt {
+            DType::BF16 => Ok("bf16"),
+            DType::F16 => Ok("f16"),
+            other => candle_core::bail!("flash attention backward: dtype {other:?} (bf16 or f16 only)"),
+        }
+    }
+
+    pub(super) fn backward_prep(
+        op: &BwdPrepOp,
+        (q, ql): (&CudaStorage, &Layout),
+        (k, kl): (&CudaStorage, &Layout),
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (b, h, t, d) = ql.shape().dims4()?;
+        let params = params(&op.spec, ql, kl, kl)?;
+        let io = bwd_io(t, h, d);
+        let (og, ooff) = carried(&op.out)?;
+        let (gg, goff) = carried(&op.grad)?;
+        let dev = q.device().clone();
+        let n = b * h * t;
+        let cfg = LaunchConfig {
+            grid_dim: (t.div_ceil(BLOCK_ROWS) as u32, h as u32, b as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let ty = type_name(q.dtype())?;
+        fn go<T: CudaDType + DeviceRepr>(
+            dev: &candle_core::CudaDevice,
+            name: &str,
+            (q, ql): (&CudaStorage, &Layout),
+            (k, kl): (&CudaStorage, &Layout),
+            (o, ooff): (&CudaStorage, usize),
+            (g, goff): (&CudaStorage, usize),
+            n: usize,
+            (params, io): (&Params, &BwdIo),
+            cfg: LaunchConfig,
+        ) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>> {
+            let func = dev.get_or_load_custom_func(name, "griffon_flash_attn", PTX)?;
+            let qv = q.as_cuda_slice::<T>()?.slice(ql.start_offset()..);
+            let kv = k.as_cuda_slice::<T>()?.slice(kl.start_offset()..);
+            let ov = o.as_cuda_slice::<T>()?.slice(ooff..);
+            let gv = g.as_cuda_slice::<T>()?.slice(goff..);
+            let stats = dev.alloc_zeros::<f32>(2 * n)?;
+            {
+                let (lse, dd) = (stats.slice(..n), stats.slice(n..));
+                let mut builder = func.builder();
+                builder.arg(&qv);
+                builder.arg(&kv);
+                builder.arg(&ov);
+                builder.arg(&gv);
+                builder.arg(&lse);
+                builder.arg(&dd);
+                builder.arg(params);
+                builder.arg(io);
+                // SAFETY: the arguments match the kernel's signature; shapes checked by the caller.
+                unsafe { builder.launch(cfg) }.w()?;
+            }
+            Ok(stats)
+        }
+        let name = format!("flash_bwd_prep_{ty}_d{d}");
+        let (o, g) = ((cuda_of(&og)?, ooff), (cuda_of(&gg)?, goff));
+        let stats = match q.dtype() {
+            DType::BF16 => go::<bf16>(&dev, &name, (q, ql), (k, kl), o, g, n, (&params, &io), cfg)?,
+            _ => go::<f16>(&dev, &name, (q, ql), (k, kl), o, g, n, (&params, &io), cfg)?,
+        };
+        Ok((CudaStorage::wrap_cuda_slice(stats, dev), Shape::from(2 * n)))
+    }
+
+    pub(super) fn backward(
+        op: &BwdOp,
+        (q, ql): (&CudaStorage, &Layout),
+        (k, kl): (&CudaStorage, &Layout),
+        (v, vl): (&CudaStorage, &Layout),
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (b, h, t, d) = ql.shape().dims4()?;
+        let (_, kvh, s, _) = kl.shape().dims4()?;
+        let params = params(&op.spec, ql, kl, vl)?;
+        let io = bwd_io(t, h, d);
+        let (gg, goff) = carried(&op.grad)?;
+        let (sg, soff) = carried(&op.stats)?;
+        if op.stats.dtype() != DType::F32 || op.stats.elem_count() != 2 * b * h * t {
+            candle_core::bail!("flash attention backward: statistics {:?} {:?}", op.stats.dims(), op.stats.dtype());
+        }
+        let dev = q.device().clone();
+        let (n, nq, nk) = (b * h * t, b * h * t * d, b * kvh * s * d);
+        let cfg = LaunchConfig {
+            grid_dim: (s.div_ceil(BLOCK_ROWS) as u32, kvh as u32, b as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let ty = type_name(q.dtype())?;
+        type In<'a> = (&'a CudaStorage, &'a Layout);
+        fn go<T: CudaDType + DeviceRepr>(
+            dev: &candle_core::CudaDevice,
+            name: &str,
+            (q, k, v): (In<'_>, In<'_>, In<'_>),
+            (g, goff): (&CudaStorage, usize),
+            (st, soff): (&CudaStorage, usize),
+            (n, nq, nk): (usize, usize, usize),
+            (params, io): (&Params, &BwdIo),
+            cfg: LaunchConfig,
+        ) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>> {
+            let func = dev.get_or_load_custom_func(name, "griffon_flash_attn", PTX)?;
+            let qv = q.0.as_cuda_slice::<T>()?.slice(q.1.start_offset()..);
+            let kv = k.0.as_cuda_slice::<T>()?.slice(k.1.start_offset()..);
+            let vv = v.0.as_cuda_slice::<T>()?.slice(v.1.start_offset()..);
+            let gv = g.as_cuda_slice::<T>()?.slice(goff..);
+            let stats = st.as_cuda_slice::<f32>()?;
+            let (lse, dd) = (stats.slice(soff..soff + n), stats.slice(soff + n..soff + 2 * n));
+            // dq is summed over key blocks with atomics: zeroed first
+            let acc = dev.alloc_zeros::<f32>(nq + 2 * nk)?;
+            {
+                let (dq, dk, dv) = (acc.slice(..nq), acc.slice(nq..nq + nk), acc.slice(nq + nk..));
+                let mut builder = func.builder();
+                builder.arg(&qv);
+                builder.arg(&kv);
+                builder.arg(&vv);
+                builder.arg(&gv);
+                builder.arg(&lse);
+                builder.arg(&dd);
+                builder.arg(&dq);
+                builder.arg(&dk);
+                builder.arg(&dv);
+                builder.arg(params);
+                builder.arg(io);
+                // SAFETY: the arguments match the kernel's signature; shapes checked by the caller.
+                unsafe { builder.launch(cfg) }.w()?;
+            }
+            Ok(acc)
+        }
+        let name = format!("flash_bwd_{ty}_d{d}");
+        let (g, st) = ((cuda_of(&gg)?, goff), (cuda_of(&sg)?, soff));
+        let io3 = ((q, ql), (k, kl), (v, vl));
+        let acc = match q.dtype() {
+            DType::BF16 => go::<bf16>(&dev, &name, io3, g, st, (n, nq, nk), (&params, &io), cfg)?,
+            _ => go::<f16>(&dev, &name, io3, g, st, (n, nq, nk), (&params, &io), cfg)?,
+        };
+        Ok((CudaStorage::wrap_cuda_slice(acc, dev), Shape::from(nq + 2 * nk)))
     }
 
     /// Threads per block of the decode kernel (`DECODE_THREADS`).
@@ -489,6 +791,27 @@ pub fn check_against_composed(device: &candle_core::Device) -> Result<Vec<FlashC
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The backward kernels' entry checks shapes first, with errors naming them, and refuses the
+    /// CPU (its kernels run on the GPU only; the CPU's training attention has its own path).
+    #[test]
+    fn backward_kernel_inputs_are_checked() {
+        let dev = Device::Cpu;
+        let z = |shape: (usize, usize, usize, usize)| Tensor::zeros(shape, DType::BF16, &dev).unwrap();
+        let spec = FlashSpec { scale: 0.125, softcap: None, causal: None };
+        let (q, k) = (z((1, 2, 5, 64)), z((1, 2, 5, 64)));
+        let o = Tensor::zeros((1, 5, 128), DType::BF16, &dev).unwrap();
+        let e = attention_backward(&z((1, 2, 5, 128)), &z((1, 2, 5, 128)), &z((1, 2, 5, 128)), &o, &o, &spec);
+        assert!(e.unwrap_err().to_string().contains("head size"));
+        let e = attention_backward(&q, &k, &k, &o.narrow(1, 0, 4).unwrap(), &o, &spec).unwrap_err();
+        assert!(e.to_string().contains("are not [1, 5, 128]"), "{e}");
+        let late = FlashSpec { causal: Some(Causal { offset: 1, window: None }), ..spec };
+        let e = attention_backward(&q, &k, &k, &o, &o, &late).unwrap_err();
+        assert!(e.to_string().contains("at offset 1"), "{e}");
+        let e = attention_backward(&q, &k, &k, &o, &o, &spec).unwrap_err();
+        assert!(e.to_string().contains("CUDA only"), "{e}");
+        assert!(!backward_fits(&q), "never on the CPU");
+    }
 
     /// The reference of the GPU check, [`composed_f32`], against the CPU's fused attention kernel
     /// (itself held to the transformers fixtures by the parity tests) on every case of the check:
