@@ -34,51 +34,58 @@ pub const QUERY_BLOCK: usize = 1024;
 
 static ATTN_GRAD: EnvSwitch = EnvSwitch::new("GRIFFON_ATTN_GRAD");
 
-/// 0: as `GRIFFON_ATTN_GRAD` says; 1: on; 2: off ([`set_enabled`]).
-static FORCED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// A process-wide choice that overrides an environment switch when set (`None`: the
+/// environment decides).
+struct Override(std::sync::atomic::AtomicU8);
+
+impl Override {
+    const fn new() -> Self {
+        Self(std::sync::atomic::AtomicU8::new(0))
+    }
+
+    fn set(&self, on: Option<bool>) {
+        let v = match on {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        self.0.store(v, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn get(&self) -> Option<bool> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
+    }
+}
+
+/// [`set_enabled`]'s choice over `GRIFFON_ATTN_GRAD`.
+static FORCED: Override = Override::new();
 
 /// Whether training attention takes this path (`GRIFFON_ATTN_GRAD=0`: the composed graph).
 pub fn enabled() -> bool {
-    match FORCED.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => !ATTN_GRAD.is("0"),
-    }
+    FORCED.get().unwrap_or_else(|| !ATTN_GRAD.is("0"))
 }
 
 /// Picks the path for this process regardless of the environment (`None`: the environment's
 /// choice again); for comparing both paths in one process.
 pub fn set_enabled(on: Option<bool>) {
-    let v = match on {
-        None => 0,
-        Some(true) => 1,
-        Some(false) => 2,
-    };
-    FORCED.store(v, std::sync::atomic::Ordering::SeqCst);
+    FORCED.set(on);
 }
 
-/// 0: as `GRIFFON_ATTN_BWD` says; 1: the backward kernels where they fit; 2: never
-/// ([`set_backward_kernel`]).
-static BWD_FORCED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// [`set_backward_kernel`]'s choice over `GRIFFON_ATTN_BWD`.
+static BWD_FORCED: Override = Override::new();
 
 /// Picks whether the backward pass takes [`crate::flash::attention_backward`] (where it fits)
 /// regardless of `GRIFFON_ATTN_BWD` (`None`: the environment's choice again); for the checks.
 pub fn set_backward_kernel(on: Option<bool>) {
-    let v = match on {
-        None => 0,
-        Some(true) => 1,
-        Some(false) => 2,
-    };
-    BWD_FORCED.store(v, std::sync::atomic::Ordering::SeqCst);
+    BWD_FORCED.set(on);
 }
 
 fn backward_kernel(q: &Tensor) -> bool {
-    let wanted = match BWD_FORCED.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => crate::flash::backward_requested(),
-    };
-    wanted && crate::flash::backward_fits(q)
+    BWD_FORCED.get().unwrap_or_else(crate::flash::backward_requested) && crate::flash::backward_fits(q)
 }
 
 /// What the scores are: `scale * q k^T`, soft-capped as `cap * tanh(s / cap)`, masked by
