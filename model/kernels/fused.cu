@@ -264,28 +264,30 @@ __device__ __forceinline__ void unpack8(uint4 v, float *f, __half *) {
   }
 }
 
-// A decode step's RMSNorm folded into the matmul that reads it (GRIFFON_NORM_GEMV=1, src/fused.rs):
-// y [rows, N] = a W^T with W [N, K] contiguous and a = round(rmsnorm(h; s2, eps2)), where
+// A decode step's RMSNorm folded into the matmul that reads it (GRIFFON_NORM_GEMV, src/fused.rs):
+// y [rows, N] = a W^T with W [N, K] contiguous and a = round(rmsnorm(h; s2, eps2)) (s2 == null:
+// a = h, a plain product), where
 //   res == null: h = x (the residual stream itself; h_out unused);
 //   res != null: h = round(res + round(rmsnorm(x; s1, eps1))) (Gemma-2's post-norm and residual
 //                add), or h = round(res + x) when s1 == null (Llama's residual add); block 0 also
 //                writes h to h_out [rows, K] (the stream the next residual add reads).
 // Each rounding is the reference's bf16 tensor op (the same arithmetic as norm_row); the products
 // are exact in f32 and summed in f32, as cuBLAS does, in another order. rows <= 4, K % 8 == 0,
-// rows * K floats of dynamic shared memory. Every block recomputes the norm of the (L2-resident)
-// input rows, then each warp computes OPW outputs with 16-byte loads of W: the norm kernels of a
-// decode step were 169 single-row launches of about 9 us each (docs/PERFORMANCE.md).
+// rows * K values of T in dynamic shared memory (every value there is already rounded to T).
+// Every block recomputes the norm of the (L2-resident) input rows, then each warp computes NG_OPW
+// outputs with 16-byte loads of W: the norm kernels of a decode step were 169 single-row
+// launches of about 9 us each (docs/PERFORMANCE.md).
 #define NG_OPW 4
 template <typename T>
 __device__ void norm_gemv(const T *__restrict__ x, const T *__restrict__ res, const float *__restrict__ s1, float eps1,
                           const float *__restrict__ s2, float eps2, const T *__restrict__ w, T *__restrict__ h_out,
                           T *__restrict__ y, int rows, int K, int N) {
-  extern __shared__ float4 a_shared[];
-  float *a = reinterpret_cast<float *>(a_shared);
+  extern __shared__ uint4 a_shared[];
+  T *a = reinterpret_cast<T *>(a_shared);
   __shared__ float red[32];
   for (int r = 0; r < rows; ++r) {
     const T *xr = x + (long long)r * K;
-    float *ar = a + (long long)r * K;
+    T *ar = a + (long long)r * K;
     if (res) {
       const T *rr = res + (long long)r * K;
       float rstd1 = 1.f;
@@ -301,17 +303,22 @@ __device__ void norm_gemv(const T *__restrict__ x, const T *__restrict__ res, co
         const float v = to_f(xr[i]);
         const float p = s1 ? to_f(from_f<T>(v * rstd1 * s1[i])) : v;
         const T h = from_f<T>(to_f(rr[i]) + p);
-        ar[i] = to_f(h);
+        ar[i] = h;
         if (blockIdx.x == 0) h_out[(long long)r * K + i] = h;
       }
     } else {
-      for (int i = threadIdx.x; i < K; i += blockDim.x) ar[i] = to_f(xr[i]);
+      for (int i = threadIdx.x; i < K; i += blockDim.x) ar[i] = xr[i];
     }
-    // each thread reads back only the entries it wrote until the barrier before the products
-    float q = 0.f;
-    for (int i = threadIdx.x; i < K; i += blockDim.x) q += ar[i] * ar[i];
-    const float rstd = rsqrtf(block_sum(q, red) / K + eps2);
-    for (int i = threadIdx.x; i < K; i += blockDim.x) ar[i] = to_f(from_f<T>(ar[i] * rstd * s2[i]));
+    if (s2) {
+      // each thread reads back only the entries it wrote until the barrier before the products
+      float q = 0.f;
+      for (int i = threadIdx.x; i < K; i += blockDim.x) {
+        const float v = to_f(ar[i]);
+        q += v * v;
+      }
+      const float rstd = rsqrtf(block_sum(q, red) / K + eps2);
+      for (int i = threadIdx.x; i < K; i += blockDim.x) ar[i] = from_f<T>(to_f(ar[i]) * rstd * s2[i]);
+    }
   }
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
@@ -332,9 +339,8 @@ __device__ void norm_gemv(const T *__restrict__ x, const T *__restrict__ res, co
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         if (r >= rows) break;
-        const float4 lo = a_shared[((long long)r * K) / 4 + 2 * c];
-        const float4 hi = a_shared[((long long)r * K) / 4 + 2 * c + 1];
-        const float av[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+        float av[8];
+        unpack8(a_shared[((long long)r * K) / 8 + c], av, (T *)0);
 #pragma unroll
         for (int o = 0; o < NG_OPW; ++o) {
           float wf[8];

@@ -233,22 +233,28 @@ pub fn qkv_rope(
 /// Most rows [`norm_matmul`] takes (a decode step of a batch of up to 4).
 pub const NORM_MATMUL_MAX_ROWS: usize = 4;
 /// Most rows x K of [`norm_matmul`]: its normalized rows live in the 48 KB of shared memory a block
-/// gets without opting in (f32, beside a small reduction buffer).
-const NORM_MATMUL_MAX_ELEMS: usize = 12_000;
+/// gets without opting in (bf16 / f16, beside a small reduction buffer).
+const NORM_MATMUL_MAX_ELEMS: usize = 24_000;
 
 /// Whether a decode step's RMSNorms fold into the matmuls that read them ([`norm_matmul`]):
-/// `GRIFFON_NORM_GEMV=1` (a variant for measurement, off by default until measured on a card),
-/// `x` [.., K] taking the fused kernels with at most [`NORM_MATMUL_MAX_ROWS`] rows and K a multiple
-/// of 8.
+/// `GRIFFON_NORM_GEMV=1` or `all` (variants for measurement, off by default until measured on a
+/// card), `x` [.., K] taking the fused kernels with at most [`NORM_MATMUL_MAX_ROWS`] rows and K a
+/// multiple of 8.
 pub fn norm_matmul_applies(x: &Tensor) -> bool {
     let k = x.dim(D::Minus1).unwrap_or(0);
     let rows = x.elem_count() / k.max(1);
-    NORM_GEMV.is("1")
+    (NORM_GEMV.is("1") || gemv_everywhere())
         && applies(x)
         && k > 0
         && k % 8 == 0
         && (1..=NORM_MATMUL_MAX_ROWS).contains(&rows)
         && rows * k <= NORM_MATMUL_MAX_ELEMS
+}
+
+/// Whether `GRIFFON_NORM_GEMV=all` also gives a decode step's other matmuls (the attention output
+/// and down projections) to [`norm_matmul`]'s kernel without a norm, instead of cuBLAS.
+pub fn gemv_everywhere() -> bool {
+    NORM_GEMV.is("all")
 }
 
 /// What [`norm_matmul`]'s pre-norm reads.
@@ -263,13 +269,13 @@ pub enum NormInput<'a> {
 /// `rmsnorm(h) W^T` for `weight` W [N, K] (no bias) in one kernel, with h the stream of `input`
 /// (x, or `residual + post(x)`), each step rounded to x's dtype as the reference's bf16 tensors
 /// are: y [.., N], and for [`NormInput::Add`] the stream h [.., K] too (the next residual add
-/// reads it). RMSNorm with the f32 `scale` ((1 + w) for Gemma) and `eps`. Replaces the separate
-/// norm launches of a decode step (docs/PERFORMANCE.md). Where [`norm_matmul_applies`] holds.
+/// reads it). RMSNorm with the f32 scale ((1 + w) for Gemma) and eps of `norm`; `None`: `h W^T`.
+/// Replaces the separate norm launches of a decode step (docs/PERFORMANCE.md). Where
+/// [`norm_matmul_applies`] holds.
 pub fn norm_matmul(
     x: &Tensor,
     input: NormInput,
-    scale: &Tensor,
-    eps: f64,
+    norm: Option<(&Tensor, f64)>,
     weight: &Tensor,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let k = x.dim(D::Minus1)?;
@@ -296,7 +302,7 @@ pub fn norm_matmul(
         NormInput::Add { post: Some((p, e)), .. } => Some(((*p).clone(), *e as f32)),
         _ => None,
     };
-    if bad_scale(scale) || post.as_ref().is_some_and(|(p, _)| bad_scale(p)) {
+    if norm.is_some_and(|(s, _)| bad_scale(s)) || post.as_ref().is_some_and(|(p, _)| bad_scale(p)) {
         return crate::error::invalid(format!("fused norm + matmul: x {:?} needs f32 norm scales of [{k}]", x.dims()));
     }
     let x = x.contiguous()?;
@@ -314,7 +320,7 @@ pub fn norm_matmul(
         }
         NormInput::Stream => (x.clone(), false),
     };
-    let op = NormGemvOp { scale: scale.clone(), eps: eps as f32, post, add };
+    let op = NormGemvOp { norm: norm.map(|(s, e)| (s.clone(), e as f32)), post, add };
     let flat = x.apply_op3_no_bwd(&second, &weight.contiguous()?, &op)?;
     let mut y_dims = x.dims().to_vec();
     if let Some(last) = y_dims.last_mut() {
@@ -333,8 +339,7 @@ pub fn norm_matmul(
 /// along. Output: the stream h [rows * K] (with a residual), then y [rows * N], flat.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct NormGemvOp {
-    scale: Tensor,
-    eps: f32,
+    norm: Option<(Tensor, f32)>,
     post: Option<(Tensor, f32)>,
     add: bool,
 }
@@ -583,6 +588,19 @@ mod cuda {
         }
     }
 
+    /// An optional f32 norm scale on the device (storage, offset) and its eps.
+    type Param<'a> = Option<((&'a CudaStorage, usize), f32)>;
+
+    /// The device view of a [`Param`]'s scale.
+    fn param_view(
+        p: Param<'_>,
+    ) -> candle_core::Result<Option<candle_core::cuda_backend::cudarc::driver::CudaView<'_, f32>>> {
+        Ok(match p {
+            Some(((t, off), _)) => Some(t.as_cuda_slice::<f32>()?.slice(off..)),
+            None => None,
+        })
+    }
+
     pub(super) fn norm_gemv(
         op: &NormGemvOp,
         (x, xl): (&CudaStorage, &Layout),
@@ -604,15 +622,18 @@ mod cuda {
             );
         }
         let dev = x.device().clone();
-        let (scale, scale_off) = f32_param(&op.scale)?;
+        let norm = match &op.norm {
+            Some((t, e)) => Some((f32_param(t)?, *e)),
+            None => None,
+        };
         let post = match &op.post {
-            Some((p, e)) => Some((f32_param(p)?, *e)),
+            Some((t, e)) => Some((f32_param(t)?, *e)),
             None => None,
         };
         let total = if op.add { rows * k + rows * n } else { rows * n };
         let blocks = n.div_ceil(8 * 4).clamp(1, 4096) as u32;
         let cfg =
-            LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: (rows * k * 4) as u32 };
+            LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: (rows * k * 2) as u32 };
         let dims = (int(rows, "rows")?, int(k, "K")?, int(n, "N")?);
         #[allow(clippy::too_many_arguments)]
         fn go<T: CudaDType + DeviceRepr>(
@@ -621,9 +642,8 @@ mod cuda {
             (x, xl): (&CudaStorage, &Layout),
             (r, rl): (&CudaStorage, &Layout),
             (w, wl): (&CudaStorage, &Layout),
-            (scale, scale_off): (&CudaStorage, usize),
-            post: Option<((&CudaStorage, usize), f32)>,
-            (eps, add, total, rows, k): (f32, bool, usize, usize, usize),
+            (norm, post): (Param<'_>, Param<'_>),
+            (add, total, rows, k): (bool, usize, usize, usize),
             dims: (i32, i32, i32),
             cfg: LaunchConfig,
         ) -> candle_core::Result<CudaStorage> {
@@ -631,12 +651,8 @@ mod cuda {
             let xv = x.as_cuda_slice::<T>()?.slice(xl.start_offset()..);
             let rv = r.as_cuda_slice::<T>()?.slice(rl.start_offset()..);
             let wv = w.as_cuda_slice::<T>()?.slice(wl.start_offset()..);
-            let sv = scale.as_cuda_slice::<f32>()?.slice(scale_off..);
-            let pv = match post {
-                Some(((p, off), _)) => Some(p.as_cuda_slice::<f32>()?.slice(off..)),
-                None => None,
-            };
-            let post_eps = post.map_or(0f32, |(_, e)| e);
+            let (sv, pv) = (param_view(norm)?, param_view(post)?);
+            let (eps, post_eps) = (norm.map_or(0f32, |(_, e)| e), post.map_or(0f32, |(_, e)| e));
             // SAFETY: the kernel writes all of y, and (with a residual) all of h.
             let out = unsafe { dev.alloc::<T>(total)? };
             let null: u64 = 0;
@@ -654,7 +670,10 @@ mod cuda {
                     None => builder.arg(&null),
                 };
                 builder.arg(&post_eps);
-                builder.arg(&sv);
+                match &sv {
+                    Some(sv) => builder.arg(sv),
+                    None => builder.arg(&null),
+                };
                 builder.arg(&eps);
                 builder.arg(&wv);
                 match &hv {
@@ -672,15 +691,19 @@ mod cuda {
             Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
         }
         let name = format!("norm_gemv_{}", suffix(x.dtype())?);
-        let post_arg = match &post {
+        let norm_arg: Param<'_> = match &norm {
             Some(((g, off), e)) => Some(((cuda_of(g)?, *off), *e)),
             None => None,
         };
-        let scale_arg = (cuda_of(&scale)?, scale_off);
-        let args = (op.eps, op.add, total, rows, k);
+        let post_arg: Param<'_> = match &post {
+            Some(((g, off), e)) => Some(((cuda_of(g)?, *off), *e)),
+            None => None,
+        };
+        let params = (norm_arg, post_arg);
+        let args = (op.add, total, rows, k);
         let out = match x.dtype() {
-            DType::BF16 => go::<bf16>(&dev, &name, (x, xl), (r, rl), (w, wl), scale_arg, post_arg, args, dims, cfg)?,
-            _ => go::<f16>(&dev, &name, (x, xl), (r, rl), (w, wl), scale_arg, post_arg, args, dims, cfg)?,
+            DType::BF16 => go::<bf16>(&dev, &name, (x, xl), (r, rl), (w, wl), params, args, dims, cfg)?,
+            _ => go::<f16>(&dev, &name, (x, xl), (r, rl), (w, wl), params, args, dims, cfg)?,
         };
         Ok((out, Shape::from(total)))
     }
@@ -947,8 +970,10 @@ pub fn check_against_composed(device: &candle_core::Device) -> Result<Vec<FusedC
 /// as failed with its error (selfcheck runs these last: a kernel fault spoils the device).
 pub fn check_norm_matmul(device: &candle_core::Device) -> Vec<FusedCheck> {
     let mut out = Vec::new();
-    for (rows, k, n, mode) in [(1usize, 3584usize, 1000usize, 0usize), (1, 3584, 2085, 1), (3, 1024, 4100, 2)] {
-        let what = ["stream", "post-norm + residual", "residual, 3 rows"][mode];
+    for (rows, k, n, mode) in
+        [(1usize, 3584usize, 1000usize, 0usize), (1, 3584, 2085, 1), (3, 1024, 4100, 2), (1, 14336, 700, 3)]
+    {
+        let what = ["stream", "post-norm + residual", "residual, 3 rows", "no norm, K 14336"][mode];
         match norm_matmul_case(device, rows, k, n, mode) {
             Ok((y, h)) => {
                 out.push(FusedCheck {
@@ -990,18 +1015,19 @@ fn norm_matmul_case(
         let s1 = pattern(15, &[k])?.to_dtype(DType::F32)?.affine(0.1, 1.0)?;
         let w = (pattern(16, &[n, k])?.to_dtype(DType::F32)? * 0.02)?.to_dtype(DType::BF16)?;
         let input = match mode {
-            0 => NormInput::Stream,
+            0 | 3 => NormInput::Stream,
             1 => NormInput::Add { residual: &r, post: Some((&s1, 1e-6)) },
             _ => NormInput::Add { residual: &r, post: None },
         };
-        let (y, h) = norm_matmul(&x, input, &s2, 1e-6, &w)?;
+        let norm = if mode == 3 { None } else { Some((&s2, 1e-6)) };
+        let (y, h) = norm_matmul(&x, input, norm, &w)?;
         let xf = x.to_dtype(DType::F32)?;
         let want_h = match mode {
-            0 => xf,
+            0 | 3 => xf,
             1 => (r.to_dtype(DType::F32)? + candle_nn::ops::rms_norm(&xf, &s1, 1e-6)?)?,
             _ => (r.to_dtype(DType::F32)? + xf)?,
         };
-        let a = candle_nn::ops::rms_norm(&want_h, &s2, 1e-6)?;
+        let a = if mode == 3 { want_h.clone() } else { candle_nn::ops::rms_norm(&want_h, &s2, 1e-6)? };
         let want_y = a.reshape((rows, k))?.matmul(&w.to_dtype(DType::F32)?.t()?)?.reshape((rows, 1, n))?;
         let h_err = match h {
             Some(h) => Some(rel(&h, &want_h)?),
@@ -1070,18 +1096,21 @@ mod tests {
         let (x, w) =
             (Tensor::zeros((1, 1, 16), DType::BF16, &dev).unwrap(), Tensor::zeros((5, 16), DType::BF16, &dev).unwrap());
         let s16 = Tensor::zeros(16, DType::F32, &dev).unwrap();
-        let e = norm_matmul(&Tensor::zeros((1, 12), DType::BF16, &dev).unwrap(), NormInput::Stream, &s16, 1e-6, &w);
+        let e =
+            norm_matmul(&Tensor::zeros((1, 12), DType::BF16, &dev).unwrap(), NormInput::Stream, Some((&s16, 1e-6)), &w);
         assert!(e.unwrap_err().to_string().contains("multiple of 8"));
-        let e = norm_matmul(&Tensor::zeros((5, 16), DType::BF16, &dev).unwrap(), NormInput::Stream, &s16, 1e-6, &w);
+        let e =
+            norm_matmul(&Tensor::zeros((5, 16), DType::BF16, &dev).unwrap(), NormInput::Stream, Some((&s16, 1e-6)), &w);
         assert!(e.unwrap_err().to_string().contains("1-4 rows"));
-        let e = norm_matmul(&x, NormInput::Stream, &s16, 1e-6, &Tensor::zeros((5, 8), DType::BF16, &dev).unwrap());
+        let e =
+            norm_matmul(&x, NormInput::Stream, Some((&s16, 1e-6)), &Tensor::zeros((5, 8), DType::BF16, &dev).unwrap());
         assert!(e.unwrap_err().to_string().contains("does not fit x"));
-        let e = norm_matmul(&x, NormInput::Stream, &Tensor::zeros(8, DType::F32, &dev).unwrap(), 1e-6, &w);
+        let e = norm_matmul(&x, NormInput::Stream, Some((&Tensor::zeros(8, DType::F32, &dev).unwrap(), 1e-6)), &w);
         assert!(e.unwrap_err().to_string().contains("f32 norm scales of [16]"));
         let r = Tensor::zeros((1, 2, 16), DType::BF16, &dev).unwrap();
-        let e = norm_matmul(&x, NormInput::Add { residual: &r, post: None }, &s16, 1e-6, &w).unwrap_err();
+        let e = norm_matmul(&x, NormInput::Add { residual: &r, post: None }, Some((&s16, 1e-6)), &w).unwrap_err();
         assert!(e.to_string().contains("residual"), "{e}");
-        let e = norm_matmul(&x, NormInput::Add { residual: &x, post: Some((&s16, 1e-6)) }, &s16, 1e-6, &w).unwrap_err();
+        let e = norm_matmul(&x, NormInput::Add { residual: &x, post: Some((&s16, 1e-6)) }, None, &w).unwrap_err();
         assert!(e.to_string().contains("CUDA only"), "{e}");
         assert!(!norm_matmul_applies(&x), "never on the CPU");
     }

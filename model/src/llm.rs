@@ -343,9 +343,9 @@ fn fold_norm(
     w: &Tensor,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let no_scale = || invalid("a folded RMSNorm needs its fused f32 scale (inference only)");
-    let Some((scale, eps)) = norm.fused_scale() else { return no_scale() };
+    let Some(scale) = norm.fused_scale() else { return no_scale() };
     match pending {
-        None => crate::fused::norm_matmul(x, crate::fused::NormInput::Stream, scale, eps, w),
+        None => crate::fused::norm_matmul(x, crate::fused::NormInput::Stream, Some(scale), w),
         Some((f, post)) => {
             let post = match post {
                 Some(n) => match n.fused_scale() {
@@ -354,9 +354,19 @@ fn fold_norm(
                 },
                 None => None,
             };
-            crate::fused::norm_matmul(&f, crate::fused::NormInput::Add { residual: x, post }, scale, eps, w)
+            crate::fused::norm_matmul(&f, crate::fused::NormInput::Add { residual: x, post }, Some(scale), w)
         }
     }
+}
+
+/// `x W^T (+ b)` of a decode step: with `GRIFFON_NORM_GEMV=all` (and `fold`, the step's norms
+/// folded) [`crate::fused::norm_matmul`]'s kernel without a norm where x fits it, else the Linear
+/// (cuBLAS).
+fn decode_linear(fold: bool, l: &Linear, x: &Tensor) -> Result<Tensor> {
+    if fold && crate::fused::gemv_everywhere() && l.bias.is_none() && crate::fused::norm_matmul_applies(x) {
+        return Ok(crate::fused::norm_matmul(x, crate::fused::NormInput::Stream, None, &l.weight)?.0);
+    }
+    l.forward(x)
 }
 
 /// One pre-norm decoder layer: `x + [post_attn_ln](o(attention(input_ln(x))))`, then
@@ -506,14 +516,14 @@ impl Llm {
                 (Some(m), true) => m,
                 _ => &full_mask,
             };
-            let a = l.o.forward(&attention(&q, &k, &v, mask, &s.attn)?)?;
+            let a = decode_linear(fold, &l.o, &attention(&q, &k, &v, mask, &s.attn)?)?;
             if let (true, Some(w)) = (fold, l.gate_up.fused_weight()) {
                 let (gu, h) = fold_norm(&x, Some((a, l.post_attn_ln.as_ref())), &l.pre_ff_ln, w)?;
                 let Some(h) = h else {
                     return invalid("decoder layer: the folded norm returned no residual stream");
                 };
                 x = h;
-                let f = l.down.forward(&crate::fused::gated_act(&gu, s.act)?)?;
+                let f = decode_linear(fold, &l.down, &crate::fused::gated_act(&gu, s.act)?)?;
                 pending = Some((f, l.post_ff_ln.as_ref()));
                 continue;
             }
@@ -560,8 +570,8 @@ impl Llm {
     pub fn head(&self, h: &Tensor) -> Result<Tensor> {
         let logits = match self.norm.fused_scale() {
             // a decode step on a GPU: the final norm folded into the lm_head's matmul
-            Some((scale, eps)) if self.lm_head.bias.is_none() && crate::fused::norm_matmul_applies(h) => {
-                crate::fused::norm_matmul(h, crate::fused::NormInput::Stream, scale, eps, &self.lm_head.weight)?.0
+            Some(scale) if self.lm_head.bias.is_none() && crate::fused::norm_matmul_applies(h) => {
+                crate::fused::norm_matmul(h, crate::fused::NormInput::Stream, Some(scale), &self.lm_head.weight)?.0
             }
             _ => self.lm_head.forward(&self.norm.forward(h)?)?,
         };

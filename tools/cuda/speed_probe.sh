@@ -76,6 +76,7 @@ elif [ "${CALL:-2}" = 5 ]; then
     echo "selfcheck with GRIFFON_NORM_GEMV=1: rc $?"; grep -E "folded|FAIL|failed|greedy" "$R/selfcheck_normgemv.txt" | head -n 12
   fi
   ARGS="--config gemma2-9b --only decode" bench decode_normgemv GRIFFON_NORM_GEMV=1
+  ARGS="--config gemma2-9b --only decode" bench decode_gemvall GRIFFON_NORM_GEMV=all
   ARGS="--config gemma2-9b" bench gemma2-9b_s8kernels GRIFFON_FLASH_KERNEL=base GRIFFON_FUSED_VEC=0 GRIFFON_NORM=loop GRIFFON_DECODE_CHUNK=128
   ARGS="--config llama2-13b" bench llama2-13b GRIFFON_FUSED=1
   ARGS="--config llama2-13b --only decode" bench llama_decode_normgemv GRIFFON_NORM_GEMV=1
