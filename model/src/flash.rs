@@ -229,7 +229,7 @@ pub fn attention_backward(
     let (q, k, v) = (kernel_ready(q)?, kernel_ready(k)?, kernel_ready(v)?);
     let out = out.reshape((b, t, h * d))?.contiguous()?;
     let grad = grad.reshape((b, t, h * d))?.contiguous()?;
-    let stats = q.apply_op2_no_bwd(&k, &BwdPrepOp { spec: *spec, out, grad: grad.clone() })?;
+    let stats = q.apply_op3_no_bwd(&k, &k, &BwdPrepOp { spec: *spec, out, grad: grad.clone() })?;
     let acc = q.apply_op3_no_bwd(&k, &v, &BwdOp { spec: *spec, grad, stats })?;
     let (nq, nk) = (b * h * t * d, b * kvh * s * d);
     let scale = spec.scale as f64;
@@ -240,7 +240,8 @@ pub fn attention_backward(
     Ok((dq, dk, dv))
 }
 
-/// The backward's first kernel: inputs q, k; the forward's output and its gradient ride along.
+/// The backward's first kernel: inputs q, k (and k as an unread third); the forward's output and
+/// its gradient ride along.
 /// Output: lse then dd, f32 [2 * B * H * T].
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct BwdPrepOp {
@@ -249,30 +250,12 @@ struct BwdPrepOp {
     grad: Tensor,
 }
 
-impl candle_core::CustomOp2 for BwdPrepOp {
-    fn name(&self) -> &'static str {
-        "griffon-flash-attention-bwd-prep"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        candle_core::bail!("griffon-flash-attention-bwd-prep runs on CUDA only (the CPU has its own path)")
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        q: &candle_core::CudaStorage,
-        ql: &candle_core::Layout,
-        k: &candle_core::CudaStorage,
-        kl: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        cuda::backward_prep(self, (q, ql), (k, kl))
-    }
-}
+// the third input is k again, unread (one op shape for every CUDA-only op)
+cuda_only_op3!(BwdPrepOp, "griffon-flash-attention-bwd-prep", |op, q, ql, k, kl, _k2, _k2l| cuda::backward_prep(
+    op,
+    (q, ql),
+    (k, kl)
+));
 
 /// The backward's main kernel: inputs q, k, v; the output gradient and the prepared statistics
 /// ride along. Output: dq, dk, dv (before the scale for dq / dk), f32, flat.
