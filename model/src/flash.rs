@@ -441,32 +441,10 @@ mod cuda {
         BwdIo { osb: b, osh: hh, osr: r, gsb: b, gsh: hh, gsr: r }
     }
 
-    /// The CUDA storage of a tensor the op carries, and its start offset.
-    fn carried(
-        t: &candle_core::Tensor,
-    ) -> candle_core::Result<(impl std::ops::Deref<Target = candle_core::Storage> + '_, usize)> {
-        let (st, l) = t.storage_and_layout();
-        if !l.is_contiguous() || !matches!(&*st, candle_core::Storage::Cuda(_)) {
-            candle_core::bail!("flash attention backward: a carried tensor is not contiguous on the GPU");
-        }
-        let off = l.start_offset();
-        Ok((st, off))
-    }
+    use crate::fused::cuda::{carried, cuda_of, suffix as type_name};
 
-    fn cuda_of(st: &candle_core::Storage) -> candle_core::Result<&CudaStorage> {
-        match st {
-            candle_core::Storage::Cuda(c) => Ok(c),
-            _ => candle_core::bail!("flash attention backward: a carried tensor is not on the GPU"),
-        }
-    }
-
-    fn type_name(dt: DType) -> candle_core::Result<&'static str> {
-        match dt {
-            DType::BF16 => Ok("bf16"),
-            DType::F16 => Ok("f16"),
-            other => candle_core::bail!("flash attention backward: dtype {other:?} (bf16 or f16 only)"),
-        }
-    }
+    const GRAD: &str = "flash attention backward: the output gradient";
+    const STATS: &str = "flash attention backward: the statistics";
 
     pub(super) fn backward_prep(
         op: &BwdPrepOp,
@@ -476,8 +454,8 @@ mod cuda {
         let (b, h, t, d) = ql.shape().dims4()?;
         let params = params(&op.spec, ql, kl, kl)?;
         let io = bwd_io(t, h, d);
-        let (og, ooff) = carried(&op.out)?;
-        let (gg, goff) = carried(&op.grad)?;
+        let (og, ooff) = carried(&op.out, "flash attention backward: the forward's output")?;
+        let (gg, goff) = carried(&op.grad, GRAD)?;
         let dev = q.device().clone();
         let n = b * h * t;
         let cfg = LaunchConfig {
@@ -520,7 +498,8 @@ mod cuda {
             Ok(stats)
         }
         let name = format!("flash_bwd_prep_{ty}_d{d}");
-        let (o, g) = ((cuda_of(&og)?, ooff), (cuda_of(&gg)?, goff));
+        let (o, g) =
+            ((cuda_of(&og, "flash attention backward: the forward's output")?, ooff), (cuda_of(&gg, GRAD)?, goff));
         let stats = match q.dtype() {
             DType::BF16 => go::<bf16>(&dev, &name, (q, ql), (k, kl), o, g, n, (&params, &io), cfg)?,
             _ => go::<f16>(&dev, &name, (q, ql), (k, kl), o, g, n, (&params, &io), cfg)?,
@@ -538,8 +517,8 @@ mod cuda {
         let (_, kvh, s, _) = kl.shape().dims4()?;
         let params = params(&op.spec, ql, kl, vl)?;
         let io = bwd_io(t, h, d);
-        let (gg, goff) = carried(&op.grad)?;
-        let (sg, soff) = carried(&op.stats)?;
+        let (gg, goff) = carried(&op.grad, GRAD)?;
+        let (sg, soff) = carried(&op.stats, STATS)?;
         if op.stats.dtype() != DType::F32 || op.stats.elem_count() != 2 * b * h * t {
             candle_core::bail!("flash attention backward: statistics {:?} {:?}", op.stats.dims(), op.stats.dtype());
         }
@@ -591,7 +570,7 @@ mod cuda {
             Ok(acc)
         }
         let name = format!("flash_bwd_{ty}_d{d}");
-        let (g, st) = ((cuda_of(&gg)?, goff), (cuda_of(&sg)?, soff));
+        let (g, st) = ((cuda_of(&gg, GRAD)?, goff), (cuda_of(&sg, STATS)?, soff));
         let io3 = ((q, ql), (k, kl), (v, vl));
         let acc = match q.dtype() {
             DType::BF16 => go::<bf16>(&dev, &name, io3, g, st, (n, nq, nk), (&params, &io), cfg)?,

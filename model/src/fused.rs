@@ -445,7 +445,7 @@ impl candle_core::InplaceOp3 for BiasActOp {
 }
 
 #[cfg(feature = "cuda")]
-mod cuda {
+pub(crate) mod cuda {
     use super::{act_code, BiasActOp, GatedActOp, NormGemvOp, NormOp, QkvRopeOp};
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
@@ -456,7 +456,8 @@ mod cuda {
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
     const MODULE: &str = "griffon_fused";
 
-    fn suffix(dt: DType) -> candle_core::Result<&'static str> {
+    /// The kernels' name suffix of a dtype (bf16 / f16 only); also [`crate::flash`]'s.
+    pub(crate) fn suffix(dt: DType) -> candle_core::Result<&'static str> {
         match dt {
             DType::BF16 => Ok("bf16"),
             DType::F16 => Ok("f16"),
@@ -569,24 +570,39 @@ mod cuda {
         Ok((out, xl.shape().clone()))
     }
 
-    /// The f32 contents of a parameter tensor on the device (its storage guard and start offset).
-    fn f32_param(
-        t: &candle_core::Tensor,
-    ) -> candle_core::Result<(impl std::ops::Deref<Target = candle_core::Storage> + '_, usize)> {
+    /// A tensor an op carries beside its inputs (contiguous): its storage guard and start offset,
+    /// for reading on the GPU with [`cuda_of`]; `what` names it in errors. Also [`crate::flash`]'s.
+    pub(crate) fn carried<'a>(
+        t: &'a candle_core::Tensor,
+        what: &str,
+    ) -> candle_core::Result<(impl std::ops::Deref<Target = candle_core::Storage> + 'a, usize)> {
         let (st, l) = t.storage_and_layout();
-        if !l.is_contiguous() || t.dtype() != DType::F32 {
-            candle_core::bail!("fused norm + matmul: a norm scale must be a contiguous f32 tensor on the GPU");
+        if !l.is_contiguous() {
+            candle_core::bail!("{what} is not contiguous (strides {:?})", l.stride());
         }
         let off = l.start_offset();
         Ok((st, off))
     }
 
-    fn cuda_of(st: &candle_core::Storage) -> candle_core::Result<&CudaStorage> {
+    /// The CUDA storage of a [`carried`] tensor.
+    pub(crate) fn cuda_of<'a>(st: &'a candle_core::Storage, what: &str) -> candle_core::Result<&'a CudaStorage> {
         match st {
             candle_core::Storage::Cuda(c) => Ok(c),
-            _ => candle_core::bail!("fused norm + matmul: a norm scale is not on the GPU"),
+            _ => candle_core::bail!("{what} is not on the GPU"),
         }
     }
+
+    /// The f32 contents of a norm scale on the device (its storage guard and start offset).
+    fn f32_param(
+        t: &candle_core::Tensor,
+    ) -> candle_core::Result<(impl std::ops::Deref<Target = candle_core::Storage> + '_, usize)> {
+        if t.dtype() != DType::F32 {
+            candle_core::bail!("fused norm + matmul: a norm scale must be f32, got {:?}", t.dtype());
+        }
+        carried(t, SCALE)
+    }
+
+    const SCALE: &str = "fused norm + matmul: a norm scale";
 
     /// An optional f32 norm scale on the device (storage, offset) and its eps.
     type Param<'a> = Option<((&'a CudaStorage, usize), f32)>;
@@ -692,11 +708,11 @@ mod cuda {
         }
         let name = format!("norm_gemv_{}", suffix(x.dtype())?);
         let norm_arg: Param<'_> = match &norm {
-            Some(((g, off), e)) => Some(((cuda_of(g)?, *off), *e)),
+            Some(((g, off), e)) => Some(((cuda_of(g, SCALE)?, *off), *e)),
             None => None,
         };
         let post_arg: Param<'_> = match &post {
-            Some(((g, off), e)) => Some(((cuda_of(g)?, *off), *e)),
+            Some(((g, off), e)) => Some(((cuda_of(g, SCALE)?, *off), *e)),
             None => None,
         };
         let params = (norm_arg, post_arg);
