@@ -15,6 +15,10 @@
 #   griffon eval synth --model runs/synth/study-NAME --data data/synth --images data/synth \
 #     --out runs/synth/study-NAME-eval --max-new-tokens 1024
 #   and tools/synth/resolution_table.py over the eval folders.
+# CONFIG (default configs/synth/from224.toml) picks the scene distribution and optimizer settings;
+# the CPU pilot of session 11 (docs/SYNTH.md) ran
+#   DEVICE=cpu GRIFFON_BIN=target/release/griffon CONFIG=configs/synth/study-pilot.toml \
+#   RUNS="r224:224:1 r448:448:1 t224:224:2 r336:336:1" STEPS=560 SETTING=f32:8x1:1 OUT=/tmp/pilot-out
 # Dry run on the CPU: DEVICE=cpu GRIFFON_BIN=target/release/griffon RUNS="r112:112:1 t56:56:2" STEPS=2 \
 #   SETTING=f32:1x1:1 OUT=/tmp/dry-study bash tools/synth/study.sh
 set -uo pipefail
@@ -29,6 +33,7 @@ SRC=${SRC:-models/default}
 RUNS=${RUNS:-"r252:252:1 r1022:1022:1 t504:504:2"}
 STEPS=${STEPS:-150}
 SETTING=${SETTING:-f32:16x1:1}
+CONFIG=${CONFIG:-configs/synth/from224.toml}
 [ -f "$SRC/config.json" ] || { echo "missing $SRC (carry it)"; exit 1; }
 IFS=: read -r dtype mb ag <<< "$SETTING"
 for r in $RUNS; do
@@ -39,7 +44,7 @@ for r in $RUNS; do
   run=runs/synth/study-$name
   rm -rf "$run"
   echo "== $name: $px px, $tiles x $tiles tiles, $STEPS steps ($SETTING) at $(($(date +%s) - START)) s"
-  GRIFFON_ATTN_GRAD=$ag "$G" train --config configs/synth/from224.toml --device "$DEVICE" --quiet \
+  GRIFFON_ATTN_GRAD=$ag "$G" train --config "$CONFIG" --device "$DEVICE" --quiet \
     --set "model.init=$init" --set "model.tiles=$tiles" \
     --set train.schedule=steps --set "train.max_steps=$STEPS" --set "train.dtype=$dtype" \
     --set "train.batch_size=${mb%x*}" --set "train.grad_accum=${mb#*x}" --set "train.out=$run" \
