@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Detection recall by object size for `griffon eval synth --out DIR` output (docs/SYNTH.md): for
-each COCO size class of the ground truth (area < 32^2, < 96^2, larger: pycocotools' ranges), the
+each COCO size class of the ground truth (area < 32^2, < 96^2, larger; pycocotools puts an area
+of exactly 32^2 or 96^2 in both neighbouring classes, this script in the larger one), the
 share of true objects that some predicted box of the same category overlaps with IoU >= 0.5, and
 the share any predicted box (any category) overlaps with IoU >= 0.3 (found roughly where it is).
 A finer signal than AP while a model is weak: AP is 0 until boxes are good enough to rank, these
