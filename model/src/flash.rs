@@ -443,6 +443,7 @@ mod cuda {
 
     use crate::fused::cuda::{carried, cuda_of, suffix as type_name};
 
+    const OUT: &str = "flash attention backward: the forward's output";
     const GRAD: &str = "flash attention backward: the output gradient";
     const STATS: &str = "flash attention backward: the statistics";
 
@@ -454,7 +455,7 @@ mod cuda {
         let (b, h, t, d) = ql.shape().dims4()?;
         let params = params(&op.spec, ql, kl, kl)?;
         let io = bwd_io(t, h, d);
-        let (og, ooff) = carried(&op.out, "flash attention backward: the forward's output")?;
+        let (og, ooff) = carried(&op.out, OUT)?;
         let (gg, goff) = carried(&op.grad, GRAD)?;
         let dev = q.device().clone();
         let n = b * h * t;
@@ -498,8 +499,7 @@ mod cuda {
             Ok(stats)
         }
         let name = format!("flash_bwd_prep_{ty}_d{d}");
-        let (o, g) =
-            ((cuda_of(&og, "flash attention backward: the forward's output")?, ooff), (cuda_of(&gg, GRAD)?, goff));
+        let (o, g) = ((cuda_of(&og, OUT)?, ooff), (cuda_of(&gg, GRAD)?, goff));
         let stats = match q.dtype() {
             DType::BF16 => go::<bf16>(&dev, &name, (q, ql), (k, kl), o, g, n, (&params, &io), cfg)?,
             _ => go::<f16>(&dev, &name, (q, ql), (k, kl), o, g, n, (&params, &io), cfg)?,

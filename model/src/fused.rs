@@ -592,14 +592,27 @@ pub(crate) mod cuda {
         }
     }
 
-    /// The f32 contents of a norm scale on the device (its storage guard and start offset).
+    /// An optional f32 norm scale of the op on the device (its storage guard and start offset)
+    /// and its eps.
+    #[allow(clippy::type_complexity)]
     fn f32_param(
-        t: &candle_core::Tensor,
-    ) -> candle_core::Result<(impl std::ops::Deref<Target = candle_core::Storage> + '_, usize)> {
+        p: &Option<(candle_core::Tensor, f32)>,
+    ) -> candle_core::Result<Option<((impl std::ops::Deref<Target = candle_core::Storage> + '_, usize), f32)>> {
+        let Some((t, eps)) = p else { return Ok(None) };
         if t.dtype() != DType::F32 {
             candle_core::bail!("fused norm + matmul: a norm scale must be f32, got {:?}", t.dtype());
         }
-        carried(t, SCALE)
+        Ok(Some((carried(t, SCALE)?, *eps)))
+    }
+
+    /// The [`Param`] of an [`f32_param`].
+    fn on_device<G: std::ops::Deref<Target = candle_core::Storage>>(
+        p: &Option<((G, usize), f32)>,
+    ) -> candle_core::Result<Param<'_>> {
+        Ok(match p {
+            Some(((g, off), eps)) => Some(((cuda_of(g, SCALE)?, *off), *eps)),
+            None => None,
+        })
     }
 
     const SCALE: &str = "fused norm + matmul: a norm scale";
@@ -638,14 +651,7 @@ pub(crate) mod cuda {
             );
         }
         let dev = x.device().clone();
-        let norm = match &op.norm {
-            Some((t, e)) => Some((f32_param(t)?, *e)),
-            None => None,
-        };
-        let post = match &op.post {
-            Some((t, e)) => Some((f32_param(t)?, *e)),
-            None => None,
-        };
+        let (norm, post) = (f32_param(&op.norm)?, f32_param(&op.post)?);
         let total = if op.add { rows * k + rows * n } else { rows * n };
         let blocks = n.div_ceil(8 * 4).clamp(1, 4096) as u32;
         let cfg =
@@ -707,15 +713,7 @@ pub(crate) mod cuda {
             Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
         }
         let name = format!("norm_gemv_{}", suffix(x.dtype())?);
-        let norm_arg: Param<'_> = match &norm {
-            Some(((g, off), e)) => Some(((cuda_of(g, SCALE)?, *off), *e)),
-            None => None,
-        };
-        let post_arg: Param<'_> = match &post {
-            Some(((g, off), e)) => Some(((cuda_of(g, SCALE)?, *off), *e)),
-            None => None,
-        };
-        let params = (norm_arg, post_arg);
+        let params = (on_device(&norm)?, on_device(&post)?);
         let args = (op.add, total, rows, k);
         let out = match x.dtype() {
             DType::BF16 => go::<bf16>(&dev, &name, (x, xl), (r, rl), (w, wl), params, args, dims, cfg)?,
