@@ -204,7 +204,8 @@ enum EvalCommand {
         split: Option<String>,
     },
     /// The synthetic benchmark (griffon synth): detection mAP / AP50 / APsmall, REC Acc@0.5,
-    /// counting MAE, REG CIDEr on one split.
+    /// counting MAE, REG CIDEr on one split; where the split has count_any.jsonl, also exemplar
+    /// counting of every class (MAE, and the F1@0.5 of the answer's boxes against the class's).
     Synth {
         #[command(flatten)]
         run: EvalRunArgs,
@@ -906,6 +907,14 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str) -> Result<()
         eval_run_metrics(a, &a.out.join("count"), datasets::count(&d.join("count.jsonl"), &img, None)?, None)?
     {
         summary.insert("count_mae".into(), m["mae"].clone());
+    }
+    // every class of each scene with its own exemplar (splits written before it existed lack it)
+    let any = d.join("count_any.jsonl");
+    if any.is_file() {
+        if let Some(m) = eval_run_metrics(a, &a.out.join("count_any"), datasets::count(&any, &img, None)?, None)? {
+            summary.insert("exemplar_count_mae".into(), m["mae"].clone());
+            summary.insert("exemplar_box_f1@0.5".into(), m["box_f1@0.5"].clone());
+        }
     }
     if let Some(m) = eval_run_metrics(a, &a.out.join("reg"), datasets::reg(&d.join("reg_eval.jsonl"), &img)?, None)? {
         summary.insert("reg_cider".into(), m["cider"].clone());

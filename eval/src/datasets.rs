@@ -28,11 +28,25 @@ pub struct Item {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Truth {
-    Coco { image_id: u64 },
-    Rec { gt_box: [f64; 4] },
-    Phrases { phrases: Vec<PhraseTruth> },
-    Reg { refs: Vec<String> },
-    Count { count: f64 },
+    Coco {
+        image_id: u64,
+    },
+    Rec {
+        gt_box: [f64; 4],
+    },
+    Phrases {
+        phrases: Vec<PhraseTruth>,
+    },
+    Reg {
+        refs: Vec<String>,
+    },
+    /// `boxes`: every object of the exemplar's class, where the data gives them (the synthetic
+    /// benchmark's `count_any.jsonl`); then the run also reports how the answer's boxes match them.
+    Count {
+        count: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        boxes: Option<Vec<[f64; 4]>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,9 +84,17 @@ fn str_field<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a str> {
 }
 
 fn box_field(v: &Value, key: &str) -> Option<[f64; 4]> {
-    let a = v.get(key)?.as_array()?;
+    let a = v.get(key)?;
     // a flat box, or a list holding one box
-    let a = if a.len() == 1 { a[0].as_array()? } else { a };
+    match a.as_array()? {
+        one if one.len() == 1 => box_value(&one[0]),
+        _ => box_value(a),
+    }
+}
+
+/// A flat `[x1, y1, x2, y2]` of numbers.
+fn box_value(v: &Value) -> Option<[f64; 4]> {
+    let a = v.as_array()?;
     if a.len() != 4 {
         return None;
     }
@@ -308,13 +330,36 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
                     .get("count")
                     .and_then(Value::as_f64)
                     .ok_or_else(|| fmt_err(data, format!("line {line}: no numeric `count`")))?;
+                let boxes = match v.get("boxes") {
+                    None => None,
+                    Some(b) => {
+                        let list =
+                            b.as_array().ok_or_else(|| fmt_err(data, format!("line {line}: `boxes` is not a list")))?;
+                        let boxes = list
+                            .iter()
+                            .enumerate()
+                            .map(|(k, x)| {
+                                box_value(x).ok_or_else(|| {
+                                    fmt_err(data, format!("line {line}: `boxes`[{k}] is not [x1,y1,x2,y2]"))
+                                })
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        if boxes.len() as f64 != c {
+                            return Err(fmt_err(
+                                data,
+                                format!("line {line}: {} boxes for a count of {c}", boxes.len()),
+                            ));
+                        }
+                        Some(boxes)
+                    }
+                };
                 Ok(Item {
                     id: format!("{img}#{line}"),
                     request: Request {
                         image: images.join(img),
                         task: Task::Count { exemplar: Exemplar::BoxOnImage(PixelBox::new(e[0], e[1], e[2], e[3])) },
                     },
-                    truth: Truth::Count { count: c },
+                    truth: Truth::Count { count: c, boxes },
                 })
             })
             .collect();
@@ -364,7 +409,7 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
                     image: images.join(&name),
                     task: Task::Count { exemplar: Exemplar::BoxOnImage(PixelBox::new(x1, y1, x2, y2)) },
                 },
-                truth: Truth::Count { count: points.len() as f64 },
+                truth: Truth::Count { count: points.len() as f64, boxes: None },
             })
         })
         .collect()
@@ -422,7 +467,7 @@ fn fscd_count(data: &Path, v: &Value, images: &Path) -> Result<Vec<Item>, EvalEr
                 image: images.join(file),
                 task: Task::Count { exemplar: Exemplar::BoxOnImage(PixelBox::new(e[0], e[1], e[2], e[3])) },
             },
-            truth: Truth::Count { count: *counts.get(&id).unwrap_or(&0) as f64 },
+            truth: Truth::Count { count: *counts.get(&id).unwrap_or(&0) as f64, boxes: None },
         });
     }
     Ok(items)

@@ -298,12 +298,36 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
             let samples: Vec<(f64, f64)> = records
                 .iter()
                 .filter_map(|r| match r.truth {
-                    Truth::Count { count } => Some((r.detections.len() as f64, count)),
+                    Truth::Count { count, .. } => Some((r.detections.len() as f64, count)),
                     _ => None,
                 })
                 .collect();
             let e = crate::counting::counting_errors(&samples)?;
-            serde_json::json!({"task": "count", "mae": e.mae, "rmse": e.rmse, "nae": e.nae, "images": e.n})
+            let mut m = serde_json::json!({"task": "count", "mae": e.mae, "rmse": e.rmse, "nae": e.nae, "images": e.n});
+            // boxes of the exemplar's class given for every sample: how the answer's boxes match them
+            let boxed: Vec<(Vec<[f64; 4]>, Vec<[f64; 4]>)> = records
+                .iter()
+                .filter_map(|r| match &r.truth {
+                    Truth::Count { boxes: Some(b), .. } => {
+                        Some((r.detections.iter().map(|d| d.box_px).collect(), b.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !boxed.is_empty() {
+                if boxed.len() != records.len() {
+                    return Err(EvalError::Invalid(format!(
+                        "{} of {} counting samples carry true boxes: give them for all or none",
+                        boxed.len(),
+                        records.len()
+                    )));
+                }
+                let b = crate::counting::box_match(&boxed, 0.5)?;
+                m["box_precision@0.5"] = serde_json::json!(b.precision);
+                m["box_recall@0.5"] = serde_json::json!(b.recall);
+                m["box_f1@0.5"] = serde_json::json!(b.f1);
+            }
+            m
         }
     };
     let mut m = metrics;

@@ -44,7 +44,7 @@ fn counting_layouts() {
         "box_examples_coordinates": [[[10, 20], [30, 20], [30, 40], [10, 40]]]}});
     std::fs::write(tmp.path().join("fsc.json"), fsc.to_string()).unwrap();
     let items = count(&tmp.path().join("fsc.json"), Path::new("img"), None).unwrap();
-    assert_eq!(items[0].truth, Truth::Count { count: 3.0 });
+    assert_eq!(items[0].truth, Truth::Count { count: 3.0, boxes: None });
     match &items[0].request.task {
         Task::Count { exemplar: Exemplar::BoxOnImage(b) } => assert_eq!(b.as_array(), [10.0, 20.0, 30.0, 40.0]),
         t => panic!("{t:?}"),
@@ -56,9 +56,27 @@ fn counting_layouts() {
     std::fs::write(tmp.path().join("unseen_instances_test.json"), inst.to_string()).unwrap();
     std::fs::write(tmp.path().join("unseen_count_test.json"), cnt.to_string()).unwrap();
     let items = count(&tmp.path().join("unseen_instances_test.json"), Path::new("img"), None).unwrap();
-    assert_eq!(items[0].truth, Truth::Count { count: 2.0 });
+    assert_eq!(items[0].truth, Truth::Count { count: 2.0, boxes: None });
     match &items[0].request.task {
         Task::Count { exemplar: Exemplar::BoxOnImage(b) } => assert_eq!(b.as_array(), [2.0, 3.0, 12.0, 23.0]),
         t => panic!("{t:?}"),
     }
+    // jsonl (griffon synth's count.jsonl; count_any.jsonl adds the class's boxes)
+    let f = tmp.path().join("c.jsonl");
+    std::fs::write(&f, "{\"image\": \"a.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 1}\n{\"image\": \"b.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 2, \"boxes\": [[1, 2, 3, 4], [5, 6, 7, 8]]}\n").unwrap();
+    let items = count(&f, Path::new("img"), None).unwrap();
+    assert_eq!(items[0].truth, Truth::Count { count: 1.0, boxes: None });
+    assert_eq!(
+        items[1].truth,
+        Truth::Count { count: 2.0, boxes: Some(vec![[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]) }
+    );
+    // boxes that disagree with the count, or are not boxes: errors naming the line
+    std::fs::write(&f, "{\"image\": \"a.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 2, \"boxes\": [[1, 2, 3, 4]]}\n")
+        .unwrap();
+    let e = count(&f, Path::new("img"), None).unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("1 boxes for a count of 2"), "{e}");
+    std::fs::write(&f, "{\"image\": \"a.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 1, \"boxes\": [[1, 2, 3]]}\n")
+        .unwrap();
+    let e = count(&f, Path::new("img"), None).unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("`boxes`[0]"), "{e}");
 }

@@ -485,8 +485,8 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
         std::fs::create_dir_all(d.join("Sentences")).map_err(io(&d))?;
         std::fs::create_dir_all(d.join("Annotations")).map_err(io(&d))?;
         let (mut det, mut vg, mut reg, mut visj) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut rec_eval, mut reg_eval, mut count_eval, mut ids) =
-            (String::new(), String::new(), String::new(), String::new());
+        let (mut rec_eval, mut reg_eval, mut count_eval, mut count_any, mut ids) =
+            (String::new(), String::new(), String::new(), String::new(), String::new());
         let mut coco_images = Vec::new();
         let mut coco_anns = Vec::new();
         let mut s = SplitSummary::default();
@@ -526,6 +526,20 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
                 let n = objs.iter().filter(|q| q.shape == p.shape && q.colour == p.colour).count();
                 count_eval += &format!("{}\n", serde_json::json!({"image": file, "exemplar": p.fbox(), "count": n}));
             }
+            // exemplar counting of every class present, its first instance the exemplar, with the
+            // class's boxes: scores whether the answer follows the exemplar (count.jsonl's class is
+            // the most frequent one, which a model ignoring the exemplar could count as well)
+            for (i, p) in objs.iter().enumerate() {
+                if objs[..i].iter().any(|q| q.shape == p.shape && q.colour == p.colour) {
+                    continue;
+                }
+                let boxes: Vec<[f64; 4]> =
+                    objs.iter().filter(|q| q.shape == p.shape && q.colour == p.colour).map(|q| q.fbox()).collect();
+                count_any += &format!(
+                    "{}\n",
+                    serde_json::json!({"image": file, "exemplar": p.fbox(), "count": boxes.len(), "boxes": boxes})
+                );
+            }
             // phrase grounding: one sentence naming up to three kinds of object
             let kinds: Vec<(&String, &Vec<[f64; 4]>)> = by_name.iter().take(3).collect();
             let article = |n: &str| if n.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
@@ -561,6 +575,7 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
         write("refcoco.jsonl", rec_eval)?;
         write("reg_eval.jsonl", reg_eval)?;
         write("count.jsonl", count_eval)?;
+        write("count_any.jsonl", count_any)?;
         write("ids.txt", ids)?;
         let e = |x: crate::data::DataError| x.to_string();
         write_det_jsonl(&d.join("det.jsonl"), &det).map_err(e)?;

@@ -58,6 +58,27 @@ fn every_format_reads_back() {
     assert!(!griffon_eval::datasets::refcoco(&d.join("refcoco.jsonl"), &img).unwrap().is_empty());
     assert!(!griffon_eval::datasets::reg(&d.join("reg_eval.jsonl"), &img).unwrap().is_empty());
     assert!(!griffon_eval::datasets::count(&d.join("count.jsonl"), &img, None).unwrap().is_empty());
+    // count_any.jsonl: one line per class of each scene, the class's boxes matching the instances
+    let any = griffon_eval::datasets::count(&d.join("count_any.jsonl"), &img, None).unwrap();
+    let inst: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("instances.json")).unwrap()).unwrap();
+    let n_inst = inst["annotations"].as_array().unwrap().len();
+    let mut n_boxes = 0;
+    for it in &any {
+        match (&it.truth, &it.request.task) {
+            (
+                griffon_eval::datasets::Truth::Count { count, boxes: Some(b) },
+                griffon_core::request::Task::Count { exemplar: griffon_core::request::Exemplar::BoxOnImage(e) },
+            ) => {
+                assert_eq!(*count as usize, b.len());
+                assert_eq!(b[0], e.as_array(), "the exemplar is the class's first instance");
+                n_boxes += b.len();
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(n_boxes, n_inst, "every object belongs to exactly one class line");
+    assert!(any.len() > griffon_eval::datasets::count(&d.join("count.jsonl"), &img, None).unwrap().len());
     let fl =
         griffon_eval::datasets::flickr(&d.join("Sentences"), &d.join("Annotations"), &img, Some(&d.join("ids.txt")))
             .unwrap();
@@ -155,6 +176,7 @@ fn one_split_equals_that_split_of_the_full_benchmark() {
         "test/instances.json",
         "test/refcoco.jsonl",
         "test/count.jsonl",
+        "test/count_any.jsonl",
         "test/reg_eval.jsonl",
         "images/test/000018.png",
     ] {
