@@ -286,9 +286,47 @@ fn synth_benchmark_generates_and_evaluates() {
         "--quiet",
     ]))
     .unwrap();
-    for k in ["rec_acc@0.5", "count_mae", "reg_cider"] {
+    for k in ["rec_acc@0.5", "count_mae", "exemplar_count_mae", "exemplar_box_f1@0.5", "reg_cider"] {
         assert!(m[k].is_number(), "{k} missing in {m}");
     }
     assert!(m.get("detection_mAP").is_some(), "{m}");
     assert!(out.join("synth_metrics.json").is_file());
+    // --tasks runs only the named evaluations
+    let out2 = tmp.path().join("eval-some");
+    let m: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "synth",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        d,
+        "--images",
+        d,
+        "--out",
+        out2.to_str().unwrap(),
+        "--tasks",
+        "count,reg",
+        "--max-new-tokens",
+        "30",
+        "--quiet",
+    ]))
+    .unwrap();
+    let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["count_mae", "reg_cider"], "{m}");
+    assert!(!out2.join("detection").exists() && !out2.join("count_any").exists());
+    // a split written before count_any.jsonl existed: skipped by default, an error when asked for
+    std::fs::remove_file(data.join("test/count_any.jsonl")).unwrap();
+    let base = ["eval", "synth", "--model", model.to_str().unwrap(), "--data", d, "--images", d];
+    let o = griffon(
+        &[&base[..], &["--out", tmp.path().join("e3").to_str().unwrap(), "--tasks", "count_any", "--quiet"]].concat(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("count_any.jsonl") && err.contains("absent"), "{err}");
+    let m: Value = serde_json::from_str(&ok(&[
+        &base[..],
+        &["--out", tmp.path().join("e4").to_str().unwrap(), "--constrained", "--max-new-tokens", "30", "--quiet"],
+    ]
+    .concat()))
+    .unwrap();
+    assert!(m["count_mae"].is_number() && m["rec_acc@0.5"].is_number() && m.get("exemplar_count_mae").is_none(), "{m}");
 }

@@ -89,6 +89,13 @@ pub fn reg_prompt(region: NormBox) -> String {
     REG_PROMPT.replace("{box}", &region.format())
 }
 
+/// The REG prompt with a visual prompt (`<region>`: an exemplar through the region encoder) in
+/// place of the box's coordinates. Not a reference prompt: the synthetic stream's region naming
+/// (train::synth) uses it to teach a from-scratch region path.
+pub fn reg_region_prompt() -> String {
+    REG_PROMPT.replace("{box}", "<region>")
+}
+
 impl Request {
     /// Validates the request against the main image size and expands it into model turns.
     /// `chunk` bounds the categories per detection turn (long lists are split and merged).

@@ -12,7 +12,7 @@
 //! in every image, so the case never arises there). We follow it and return an error naming the
 //! sample rather than skipping the image or producing `inf`.
 
-use crate::grounding::{iou_xyxy, BoxXyxy};
+use crate::grounding::{check_box, iou_xyxy, BoxXyxy};
 use crate::numeric::py_pow;
 use crate::EvalError;
 
@@ -82,7 +82,8 @@ pub struct BoxMatch {
 }
 
 /// [`BoxMatch`] over `(predicted boxes, true boxes)` per sample. Errors: an empty list, a sample
-/// without true boxes, a non-finite coordinate (naming the sample).
+/// without true boxes, a non-finite true coordinate (naming the sample). A degenerate or
+/// non-finite predicted box has a NaN or 0 IoU and matches nothing.
 pub fn box_match(samples: &[(Vec<BoxXyxy>, Vec<BoxXyxy>)], thresh: f64) -> Result<BoxMatch, EvalError> {
     if samples.is_empty() {
         return Err(EvalError::Invalid("box matching of an empty sample list is undefined".into()));
@@ -92,8 +93,8 @@ pub fn box_match(samples: &[(Vec<BoxXyxy>, Vec<BoxXyxy>)], thresh: f64) -> Resul
         if gt.is_empty() {
             return Err(EvalError::Invalid(format!("counting sample {i}: no true boxes to match")));
         }
-        if pred.iter().chain(gt).flatten().any(|v| !v.is_finite()) {
-            return Err(EvalError::Invalid(format!("counting sample {i}: a box coordinate is not finite")));
+        for b in gt {
+            check_box(b, || format!("counting sample {i}"))?;
         }
         let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
         for (p, pb) in pred.iter().enumerate() {
@@ -154,12 +155,15 @@ mod tests {
         assert_eq!(m.precision, 1.0 / 3.0);
         assert_eq!(m.recall, 0.5);
         assert_eq!(m.f1, 2.0 * (1.0 / 3.0) * 0.5 / (1.0 / 3.0 + 0.5));
-        // greedy by IoU: the better pair is taken first even when listed second
-        let a = [0.0, 0.0, 10.0, 10.0];
-        let b = [5.0, 0.0, 15.0, 10.0];
-        let s = vec![(vec![[2.0, 0.0, 12.0, 10.0]], vec![a, b])];
+        // greedy by IoU: p0 takes g1 (IoU 9/11) before p1 can (8/12), and p0 -> g0 (7/13) is
+        // never used; matching in list order (p0 -> g0, p1 -> g1) would give 2
+        let row = |a: f64, b: f64| [a, 0.0, b, 10.0];
+        let s = vec![(vec![row(3.0, 13.0), row(6.0, 16.0)], vec![row(0.0, 10.0), row(4.0, 14.0)])];
         let m = box_match(&s, 0.5).unwrap();
-        assert_eq!(m.matched, 1);
+        assert_eq!((m.matched, m.predicted, m.truth), (1, 2, 2));
+        // a non-finite or inverted prediction matches nothing
+        let m = box_match(&[(vec![[0.0, f64::NAN, 10.0, 10.0], [10.0, 10.0, 0.0, 0.0]], vec![t])], 0.5).unwrap();
+        assert_eq!(m.matched, 0);
         // IoU exactly at the threshold counts (COCO's >=); nothing predicted is precision 0
         let s = vec![(vec![[0.0, 0.0, 10.0, 5.0]], vec![t]), (vec![], vec![u])];
         let m = box_match(&s, 0.5).unwrap();
@@ -174,7 +178,7 @@ mod tests {
         let t = [0.0, 0.0, 10.0, 10.0];
         let e = box_match(&[(vec![t], vec![t]), (vec![t], vec![])], 0.5).unwrap_err().to_string();
         assert!(e.contains("sample 1") && e.contains("no true boxes"), "{e}");
-        let e = box_match(&[(vec![[0.0, f64::NAN, 1.0, 1.0]], vec![t])], 0.5).unwrap_err().to_string();
-        assert!(e.contains("sample 0") && e.contains("not finite"), "{e}");
+        let e = box_match(&[(vec![t], vec![[0.0, f64::NAN, 1.0, 1.0]])], 0.5).unwrap_err().to_string();
+        assert!(e.contains("sample 0") && e.contains("non-finite"), "{e}");
     }
 }

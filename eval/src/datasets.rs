@@ -344,6 +344,12 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
                                 })
                             })
                             .collect::<Result<Vec<_>, _>>()?;
+                        if boxes.is_empty() {
+                            return Err(fmt_err(
+                                data,
+                                format!("line {line}: `boxes` is empty (an exemplar has a class)"),
+                            ));
+                        }
                         if boxes.len() as f64 != c {
                             return Err(fmt_err(
                                 data,

@@ -31,7 +31,7 @@ pub struct Accuracy {
     pub value: f64,
 }
 
-fn check_box(b: &BoxXyxy, what: impl Fn() -> String) -> Result<(), EvalError> {
+pub(crate) fn check_box(b: &BoxXyxy, what: impl Fn() -> String) -> Result<(), EvalError> {
     if b.iter().all(|v| v.is_finite()) {
         Ok(())
     } else {

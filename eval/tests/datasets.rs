@@ -79,4 +79,10 @@ fn counting_layouts() {
         .unwrap();
     let e = count(&f, Path::new("img"), None).unwrap_err().to_string();
     assert!(e.contains("line 1") && e.contains("`boxes`[0]"), "{e}");
+    std::fs::write(&f, "{\"image\": \"a.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 1, \"boxes\": 5}\n").unwrap();
+    let e = count(&f, Path::new("img"), None).unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("not a list"), "{e}");
+    std::fs::write(&f, "{\"image\": \"a.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 0, \"boxes\": []}\n").unwrap();
+    let e = count(&f, Path::new("img"), None).unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("empty"), "{e}");
 }

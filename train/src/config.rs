@@ -14,6 +14,8 @@
 //! # size = 1022
 //! # max_objects = 20
 //! # mix = { det = 0.4, vg = 0.25, reg = 0.15, visj = 0.2 }
+//! # visj_random = 0.5             # share of counting samples on a random class (else the most frequent)
+//! # region_naming = 0.0           # share of samples naming an object given as <region> (REG prompt)
 //! max_len = 2048                  # longer samples are skipped and reported
 //! max_categories = 80
 //! none_prob = 0.0
@@ -24,6 +26,7 @@
 //! dense_weight = 0.0              # synthetic data: add the dense perception loss (train::dense)
 //! lr = 2e-5
 //! vision_lr = 2e-6                # optional: train the vision tower at its own rate (Griffon-G stage 3)
+//! region_lr = 1e-3                # optional: the region encoder and its projector at their own rate
 //! epochs = 1
 //! grad_accum = 8
 //! warmup_ratio = 0.03
@@ -114,6 +117,17 @@ pub struct SynthSection {
     pub object_scale: f64,
     #[serde(default)]
     pub mix: SynthMix,
+    /// Share of exemplar-counting samples that count a random class of the scene instead of its
+    /// most frequent one (0.5, the reference's VISJ builder).
+    #[serde(default = "default_visj_random")]
+    pub visj_random: f64,
+    /// Share of samples naming an object given as a visual prompt (`SynthStream::with_region_naming`).
+    #[serde(default)]
+    pub region_naming: f64,
+}
+
+fn default_visj_random() -> f64 {
+    0.5
 }
 
 /// Task weights of the synthetic stream.
@@ -155,6 +169,10 @@ pub struct TrainSection {
     pub lr: f64,
     #[serde(default)]
     pub vision_lr: Option<f64>,
+    /// Learning rate of the region encoder and its projector (a from-scratch region path next
+    /// to a trained LLM learns faster at a higher rate); unset: `lr`.
+    #[serde(default)]
+    pub region_lr: Option<f64>,
     /// Explicit trainable modules (overrides the stage's): llm, projector, vision, region, region_projector.
     #[serde(default)]
     pub trainable: Option<Vec<String>>,
@@ -350,6 +368,11 @@ impl TrainConfig {
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return Err(format!("train.lr must be positive, got {}", t.lr));
         }
+        for (name, v) in [("vision_lr", t.vision_lr), ("region_lr", t.region_lr)] {
+            if let Some(v) = v.filter(|v| !(*v > 0.0 && v.is_finite())) {
+                return Err(format!("train.{name} must be positive, got {v}"));
+            }
+        }
         if t.grad_accum == 0 || t.epochs == 0 || t.batch_size == 0 {
             return Err("train.grad_accum, train.batch_size and train.epochs must be at least 1".into());
         }
@@ -364,6 +387,12 @@ impl TrainConfig {
             (None, None) => return Err("[data] needs `tasks` (a task list) or a [data.synth] section".into()),
             (Some(_), Some(_)) => return Err("[data] takes `tasks` or [data.synth], not both".into()),
             (None, Some(s)) if s.samples == 0 => return Err("data.synth.samples must be at least 1".into()),
+            (None, Some(s)) if !(0.0..=1.0).contains(&s.visj_random) => {
+                return Err(format!("data.synth.visj_random must be in [0, 1], got {}", s.visj_random))
+            }
+            (None, Some(s)) if !(0.0..1.0).contains(&s.region_naming) => {
+                return Err(format!("data.synth.region_naming must be in [0, 1), got {}", s.region_naming))
+            }
             _ => {}
         }
         self.data.build_options(t.seed).check().map_err(|m| format!("data.{m}"))?;
@@ -374,6 +403,10 @@ impl TrainConfig {
             for s in m {
                 Module::parse(s)?;
             }
+        }
+        let modules = self.trainable_modules();
+        if t.region_lr.is_some() && !modules.iter().any(|m| matches!(m, Module::Region | Module::RegionProjector)) {
+            return Err("train.region_lr is set but neither `region` nor `region_projector` is trainable".into());
         }
         Ok(())
     }
@@ -395,10 +428,11 @@ impl TrainConfig {
         v
     }
 
-    /// Learning rate for a module (the vision tower may have its own).
+    /// Learning rate for a module (the vision tower and the region path may have their own).
     pub fn lr_of(&self, m: Module) -> f64 {
-        match (m, self.train.vision_lr) {
-            (Module::Vision, Some(v)) => v,
+        match (m, self.train.vision_lr, self.train.region_lr) {
+            (Module::Vision, Some(v), _) => v,
+            (Module::Region | Module::RegionProjector, _, Some(r)) => r,
             _ => self.train.lr,
         }
     }

@@ -11,6 +11,8 @@ use crate::data::{
     record_samples, write_det_jsonl, write_reg_jsonl, write_vg_jsonl, BuildOptions, DetObject, DetRecord, GroundRecord,
     RecordRef, Sample, TaskKind,
 };
+use griffon_core::request::{reg_region_prompt, Exemplar};
+use griffon_core::PixelBox;
 use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -350,6 +352,13 @@ pub struct SynthStream {
     pub max_objects: usize,
     /// See [`scene_scaled`]; 1.0 unless set with [`SynthStream::with_object_scale`].
     pub object_scale: f64,
+    /// Share of exemplar-counting samples that count a random class of the scene (the others
+    /// count its most frequent class); 0.5, as the reference's VISJ builder, unless set with
+    /// [`SynthStream::with_visj_random`].
+    pub visj_random: f64,
+    /// Share of the samples that name an object given as a visual prompt
+    /// ([`SynthStream::with_region_naming`]); 0 unless set.
+    pub region_naming: f64,
     /// (task, weight): DET, VG (REC), REG and VISJ (exemplar counting).
     pub mix: Vec<(TaskKind, f64)>,
     pub opts: BuildOptions,
@@ -382,6 +391,8 @@ impl SynthStream {
             size,
             max_objects,
             object_scale: 1.0,
+            visj_random: 0.5,
+            region_naming: 0.0,
             mix,
             opts,
             vocab: SHAPES.iter().map(|s| s.to_string()).collect(),
@@ -395,10 +406,52 @@ impl SynthStream {
         Ok(self)
     }
 
+    /// A share `p` (0..=1) of the exemplar-counting samples counts a random class of the scene
+    /// instead of the most frequent one: 1 makes every such sample depend on the exemplar.
+    pub fn with_visj_random(mut self, p: f64) -> Result<Self, String> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(format!("visj_random {p} is outside 0..=1"));
+        }
+        self.visj_random = p;
+        Ok(self)
+    }
+
+    /// A share `p` (0..1) of the samples names one object of the scene given as a visual prompt:
+    /// the REG prompt with `<region>` in place of the box (the object's crop goes through the
+    /// region encoder), answered `the <colour> <shape>`. Not in the reference's mix (its region
+    /// encoder is a pretrained CLIP): a from-scratch region path next to a trained LLM otherwise
+    /// learns nothing from exemplar counting (docs/SYNTH.md, session 12). Drawn from its own
+    /// random stream, so the other samples stay those of the stream without it.
+    pub fn with_region_naming(mut self, p: f64) -> Result<Self, String> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(format!("region_naming {p} is outside 0..1"));
+        }
+        self.region_naming = p;
+        Ok(self)
+    }
+
     /// Sample `k`, its image and the scene's objects.
     pub fn sample(&self, k: usize) -> Result<(Sample, RgbImage, Vec<Object>), String> {
         let (img, objs) = scene_scaled(self.seed, k, self.size, self.max_objects, self.object_scale);
         let file = format!("{k:08}.png");
+        let images = PathBuf::from(format!("synth:{}", self.seed));
+        let source = format!("synth:{}/{k}", self.seed);
+        if self.region_naming > 0.0 {
+            let mut r =
+                StdRng::seed_from_u64(self.seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ (k as u64).wrapping_add(0x9A3F));
+            if r.random_bool(self.region_naming) {
+                let p = &objs[r.random_range(0..objs.len())];
+                let b = p.fbox();
+                let s = Sample {
+                    image: images.join(&file),
+                    regions: vec![Exemplar::BoxOnImage(PixelBox::new(b[0], b[1], b[2], b[3]))],
+                    turns: vec![(reg_region_prompt(), format!("the {}", p.name()))],
+                    task: TaskKind::Reg,
+                    source,
+                };
+                return Ok((s, img, objs));
+            }
+        }
         let ann = scene_annotations(self.seed, k, &objs, self.size, &file);
         let mut rng =
             StdRng::seed_from_u64(self.seed.wrapping_mul(0xD134_2543_DE82_EF95) ^ (k as u64).wrapping_add(0x5157));
@@ -413,16 +466,15 @@ impl SynthStream {
             x -= w;
         }
         let vocab = &self.vocab;
-        let images = PathBuf::from(format!("synth:{}", self.seed));
-        let source = format!("synth:{}/{k}", self.seed);
         let samples = match kind {
             TaskKind::Det => {
                 record_samples(kind, RecordRef::Det(&ann.det), &images, vocab, &self.opts, &source, &mut rng)?
             }
-            // half the counting samples count the most frequent class (the crowd when there is
-            // one), half a random class, as the reference's VISJ builder picks
+            // by default half the counting samples count the most frequent class (the crowd when
+            // there is one), half a random class, as the reference's VISJ builder picks (the same
+            // draw for every share, so the default stream is unchanged)
             TaskKind::Visj => {
-                let rec = if rng.random_bool(0.5) { &ann.visj_most } else { &ann.visj };
+                let rec = if rng.random_bool(1.0 - self.visj_random) { &ann.visj_most } else { &ann.visj };
                 record_samples(kind, RecordRef::Det(rec), &images, vocab, &self.opts, &source, &mut rng)?
             }
             TaskKind::Vg | TaskKind::Reg if !ann.vg.is_empty() => {

@@ -625,7 +625,9 @@ impl Trainer {
                     (TaskKind::Visj, sy.mix.visj),
                 ];
                 let stream = SynthStream::new(sy.seed, sy.size, sy.max_objects, mix, bopts.clone())?
-                    .with_object_scale(sy.object_scale)?;
+                    .with_object_scale(sy.object_scale)?
+                    .with_visj_random(sy.visj_random)?
+                    .with_region_naming(sy.region_naming)?;
                 Data::Synth { stream, len: sy.samples }
             }
             None => Data::Files(encoded),

@@ -23,3 +23,23 @@ fn shipped_configs_read_and_validate() {
     }
     assert!(n >= 9, "only {n} configs in {}", dir.display());
 }
+
+/// The region path's own learning rate and the share of counting samples on a random class:
+/// read, applied to the right modules, and checked.
+#[test]
+fn region_lr_and_visj_random() {
+    use griffon_train::config::Module;
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/synth/region224.toml");
+    let set = |o: &[&str]| TrainConfig::from_file_with(&p, &o.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let cfg = set(&["train.region_lr=1e-3", "data.synth.visj_random=1.0"]).unwrap();
+    assert_eq!(cfg.lr_of(Module::Region), 1e-3);
+    assert_eq!(cfg.lr_of(Module::RegionProjector), 1e-3);
+    assert_eq!(cfg.lr_of(Module::Llm), cfg.train.lr);
+    assert_eq!(cfg.data.synth.as_ref().unwrap().visj_random, 1.0);
+    let e = set(&["train.region_lr=-1"]).unwrap_err();
+    assert!(e.contains("region_lr must be positive"), "{e}");
+    let e = set(&["train.region_lr=1e-3", "train.trainable=[\"llm\"]"]).unwrap_err();
+    assert!(e.contains("region_lr is set but neither"), "{e}");
+    let e = set(&["data.synth.visj_random=1.5"]).unwrap_err();
+    assert!(e.contains("visj_random"), "{e}");
+}

@@ -145,6 +145,47 @@ fn stream_matches_the_written_benchmark() {
     assert!(SynthStream::new(4, 96, 6, vec![(TaskKind::Det, 0.0)], BuildOptions::default()).is_err());
 }
 
+/// Region naming (a visual prompt answered with the object's name) and the share of counting
+/// samples on a random class: the naming samples name the object under the exemplar box, the
+/// other samples are those of the stream without naming, and the default share leaves the stream
+/// as it was.
+#[test]
+fn stream_region_naming_and_visj_share() {
+    use griffon_core::request::{reg_region_prompt, Exemplar};
+    use griffon_train::data::TaskKind;
+    use griffon_train::synth::SynthStream;
+    let mix = vec![(TaskKind::Det, 1.0), (TaskKind::Vg, 1.0), (TaskKind::Reg, 1.0), (TaskKind::Visj, 1.0)];
+    let plain = SynthStream::new(5, 96, 4, mix.clone(), BuildOptions::default()).unwrap();
+    let named =
+        SynthStream::new(5, 96, 4, mix.clone(), BuildOptions::default()).unwrap().with_region_naming(0.5).unwrap();
+    let (mut n_named, mut n_other) = (0, 0);
+    for k in 0..60 {
+        let (a, _, objs) = plain.sample(k).unwrap();
+        let (b, _, _) = named.sample(k).unwrap();
+        if b.turns[0].0 == reg_region_prompt() {
+            n_named += 1;
+            assert_eq!(b.task, TaskKind::Reg);
+            assert_eq!(b.regions.len(), 1);
+            let Exemplar::BoxOnImage(e) = &b.regions[0] else { panic!("{:?}", b.regions) };
+            // the answer names an object whose box is the exemplar
+            let hit = objs.iter().any(|p| {
+                let (f, n) = (p.bbox.map(|v| v as f64), format!("the {}", p.name()));
+                e.as_array() == f && b.turns[0].1 == n
+            });
+            assert!(hit, "scene {k}: {:?} -> {:?}", e, b.turns[0].1);
+        } else {
+            n_other += 1;
+            assert_eq!(a, b, "scene {k}: a sample without naming changed");
+        }
+    }
+    assert!(n_named > 15 && n_other > 15, "{n_named} named, {n_other} other");
+    let half = SynthStream::new(5, 96, 4, mix, BuildOptions::default()).unwrap().with_visj_random(0.5).unwrap();
+    for k in 0..30 {
+        assert_eq!(plain.sample(k).unwrap().0, half.sample(k).unwrap().0, "scene {k}");
+    }
+    assert!(plain.clone().with_region_naming(1.0).is_err() && plain.clone().with_visj_random(-0.1).is_err());
+}
+
 /// `--split test` writes exactly the test split of the full benchmark, nothing else.
 #[test]
 fn one_split_equals_that_split_of_the_full_benchmark() {
