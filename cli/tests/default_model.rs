@@ -51,6 +51,21 @@ fn ground_truth(dir: &Path) -> Vec<(String, [f64; 4])> {
         .collect()
 }
 
+/// The probe's test split written by `griffon synth` into a temporary folder (docs/SYNTH.md),
+/// after checking that the bundled scene is the generator's (so annotations come from it).
+fn generated_split(scene: &Path) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = griffon()
+        .args(["synth", "--out", tmp.path().to_str().unwrap(), "--n", "2000", "--seed", "0", "--split", "test"])
+        .args(["--size", "224", "--object-scale", "4", "--max-objects", "3"])
+        .output()
+        .expect("run griffon synth");
+    assert!(out.status.success(), "griffon synth: {}", String::from_utf8_lossy(&out.stderr));
+    let generated = std::fs::read(tmp.path().join(format!("images/test/{SCENE}.png"))).unwrap();
+    assert!(generated == std::fs::read(scene).unwrap(), "{} is not the scene griffon synth writes", scene.display());
+    tmp
+}
+
 #[test]
 fn default_model_finds_an_object_of_the_bundled_scene() {
     let root = root();
@@ -64,15 +79,7 @@ fn default_model_finds_an_object_of_the_bundled_scene() {
     assert!(scene.is_file(), "the bundled sample scene {} is missing", scene.display());
 
     // the sample scene is the generator's: the probe's test split (docs/SYNTH.md)
-    let tmp = tempfile::tempdir().unwrap();
-    let out = griffon()
-        .args(["synth", "--out", tmp.path().to_str().unwrap(), "--n", "2000", "--seed", "0", "--split", "test"])
-        .args(["--size", "224", "--object-scale", "4", "--max-objects", "3"])
-        .output()
-        .expect("run griffon synth");
-    assert!(out.status.success(), "griffon synth: {}", String::from_utf8_lossy(&out.stderr));
-    let generated = std::fs::read(tmp.path().join(format!("images/test/{SCENE}.png"))).unwrap();
-    assert!(generated == std::fs::read(&scene).unwrap(), "{} is not the scene griffon synth writes", scene.display());
+    let tmp = generated_split(&scene);
     let truth = ground_truth(tmp.path());
     assert!(truth.len() >= 2, "{truth:?}");
 
@@ -129,4 +136,44 @@ fn resized_copy_answers_as_the_load_time_resize() {
     assert_eq!(native, at_load);
     // its answer is not the 224 px one (the size took effect)
     assert_ne!(native, detect(&[]));
+}
+
+/// The bundled model's region path is trained (docs/SYNTH.md, session 12): asked to describe an
+/// exemplar crop given as a visual prompt (the REG prompt with `<region>`), it names the colour of
+/// each object of the bundled scene, and the two answers differ. The model bundled before, whose
+/// region encoder was never trained, answered "a large white circle" for both.
+#[test]
+fn default_model_names_the_colour_of_an_exemplar() {
+    let root = root();
+    let scene = root.join(format!("examples/synth/{SCENE}.png"));
+    let tmp = generated_split(&scene);
+    // the scene's objects with their colour + shape names, from the generator's VISJ records
+    let visj = std::fs::read_to_string(tmp.path().join("test/visj.jsonl")).unwrap();
+    let rec: Value = visj
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["image_path"] == format!("{SCENE}.png").as_str())
+        .expect("the scene's VISJ record");
+    let img = image::open(&scene).unwrap().to_rgb8();
+    let prompt = griffon_core::request::reg_region_prompt();
+    let mut answers = Vec::new();
+    for (k, o) in rec["objects"].as_array().unwrap().iter().enumerate() {
+        let name = o["category_name"].as_str().unwrap();
+        let b: Vec<u32> = o["bboxes"][0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as u32).collect();
+        let crop = image::imageops::crop_imm(&img, b[0], b[1], b[2] - b[0], b[3] - b[1]).to_image();
+        let path = tmp.path().join(format!("exemplar{k}.png"));
+        crop.save(&path).unwrap();
+        let out = griffon()
+            .args(["chat", "--image", scene.to_str().unwrap(), "--prompt", &prompt])
+            .args(["--region", path.to_str().unwrap(), "--max-new-tokens", "12", "--json"])
+            .output()
+            .expect("run griffon chat");
+        assert!(out.status.success(), "griffon chat: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+        let text = v["text"].as_str().unwrap().to_string();
+        let colour = name.split(' ').next().unwrap();
+        assert!(text.split(' ').any(|w| w == colour), "exemplar {name}: answered {text:?}");
+        answers.push(text);
+    }
+    assert!(answers.len() >= 2 && answers[0] != answers[1], "{answers:?}");
 }

@@ -268,24 +268,15 @@ fn synth_benchmark_generates_and_evaluates() {
         serde_json::from_str(&ok(&["synth", "--out", d, "--n", "3", "--size", "112", "--max-objects", "5"])).unwrap();
     assert_eq!(summary["test"]["images"], 1);
     let model = fixture().join("ckpt");
+    let base = ["eval", "synth", "--model", model.to_str().unwrap(), "--data", d, "--images", d, "--quiet"];
+    let run = |out: &Path, extra: &[&str]| griffon(&[&base[..], &["--out", out.to_str().unwrap()], extra].concat());
+    let eval_summary = |out: &Path, extra: &[&str]| -> Value {
+        let o = run(out, extra);
+        assert!(o.status.success(), "eval synth {extra:?}: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
     let out = tmp.path().join("eval");
-    let m: Value = serde_json::from_str(&ok(&[
-        "eval",
-        "synth",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        d,
-        "--images",
-        d,
-        "--out",
-        out.to_str().unwrap(),
-        "--constrained",
-        "--max-new-tokens",
-        "30",
-        "--quiet",
-    ]))
-    .unwrap();
+    let m = eval_summary(&out, &["--constrained", "--max-new-tokens", "30"]);
     for k in ["rec_acc@0.5", "count_mae", "exemplar_count_mae", "exemplar_box_f1@0.5", "reg_cider"] {
         assert!(m[k].is_number(), "{k} missing in {m}");
     }
@@ -293,40 +284,15 @@ fn synth_benchmark_generates_and_evaluates() {
     assert!(out.join("synth_metrics.json").is_file());
     // --tasks runs only the named evaluations
     let out2 = tmp.path().join("eval-some");
-    let m: Value = serde_json::from_str(&ok(&[
-        "eval",
-        "synth",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        d,
-        "--images",
-        d,
-        "--out",
-        out2.to_str().unwrap(),
-        "--tasks",
-        "count,reg",
-        "--max-new-tokens",
-        "30",
-        "--quiet",
-    ]))
-    .unwrap();
+    let m = eval_summary(&out2, &["--tasks", "count,reg", "--max-new-tokens", "30"]);
     let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["count_mae", "reg_cider"], "{m}");
     assert!(!out2.join("detection").exists() && !out2.join("count_any").exists());
     // a split written before count_any.jsonl existed: skipped by default, an error when asked for
     std::fs::remove_file(data.join("test/count_any.jsonl")).unwrap();
-    let base = ["eval", "synth", "--model", model.to_str().unwrap(), "--data", d, "--images", d];
-    let o = griffon(
-        &[&base[..], &["--out", tmp.path().join("e3").to_str().unwrap(), "--tasks", "count_any", "--quiet"]].concat(),
-    );
+    let o = run(&tmp.path().join("e3"), &["--tasks", "count_any"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("count_any.jsonl") && err.contains("absent"), "{err}");
-    let m: Value = serde_json::from_str(&ok(&[
-        &base[..],
-        &["--out", tmp.path().join("e4").to_str().unwrap(), "--constrained", "--max-new-tokens", "30", "--quiet"],
-    ]
-    .concat()))
-    .unwrap();
+    let m = eval_summary(&tmp.path().join("e4"), &["--constrained", "--max-new-tokens", "30"]);
     assert!(m["count_mae"].is_number() && m["rec_acc@0.5"].is_number() && m.get("exemplar_count_mae").is_none(), "{m}");
 }
