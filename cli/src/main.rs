@@ -216,7 +216,8 @@ enum EvalCommand {
         split: String,
         /// Which evaluations to run (comma-separated): detection, rec, count, count_any, reg.
         /// Default: all (count_any skipped, with a note, on a split written before it existed;
-        /// named here, its absence is an error).
+        /// named here, its absence is an error). With this option the summary adds to the
+        /// synth_metrics.json of an earlier run into the same --out.
         #[arg(long, value_delimiter = ',')]
         tasks: Option<Vec<SynthTask>>,
     },
@@ -897,9 +898,29 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     if !d.join("instances.json").is_file() {
         bail!("{}: no instances.json (run griffon synth --out {} first)", d.display(), data.display());
     }
-    let mut summary = serde_json::Map::new();
-    let ann = d.join("instances.json");
     let on = |t: SynthTask| tasks.is_none_or(|ts| ts.contains(&t));
+    // every class of each scene with its own exemplar (splits written before it existed lack it):
+    // asked for by name, its absence is an error before anything runs
+    let any = d.join("count_any.jsonl");
+    if tasks.is_some() && on(SynthTask::CountAny) && !any.is_file() {
+        bail!("{}: absent (a split written before it existed)", any.display());
+    }
+    // a run of some tasks adds to the summary of earlier runs into the same --out (whose
+    // per-task folders it resumes anyway)
+    let f = a.out.join("synth_metrics.json");
+    let mut summary = match (tasks.is_some(), f.is_file()) {
+        (true, true) => {
+            let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            match serde_json::from_str::<serde_json::Value>(&text)
+                .with_context(|| format!("reading {}", f.display()))?
+            {
+                serde_json::Value::Object(m) => m,
+                _ => bail!("{}: not a JSON object", f.display()),
+            }
+        }
+        _ => serde_json::Map::new(),
+    };
+    let ann = d.join("instances.json");
     let detection = match on(SynthTask::Detection) {
         true => eval_run_metrics(a, &a.out.join("detection"), datasets::coco(&ann, &img)?, Some(&ann))?,
         false => None,
@@ -934,11 +955,8 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     if let Some(m) = count {
         summary.insert("count_mae".into(), m["mae"].clone());
     }
-    // every class of each scene with its own exemplar (splits written before it existed lack it)
-    let any = d.join("count_any.jsonl");
     let count_any = match (on(SynthTask::CountAny), any.is_file()) {
         (true, true) => eval_run_metrics(a, &a.out.join("count_any"), datasets::count(&any, &img, None)?, None)?,
-        (true, false) if tasks.is_some() => bail!("{}: absent (a split written before it existed)", any.display()),
         (true, false) => {
             eprintln!(
                 "{}: absent (a split written before it existed): exemplar counting of every class skipped",
@@ -960,7 +978,6 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
         summary.insert("reg_cider".into(), m["cider"].clone());
     }
     let v = serde_json::Value::Object(summary);
-    let f = a.out.join("synth_metrics.json");
     std::fs::write(&f, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", f.display()))?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&v)?)?;
     Ok(())

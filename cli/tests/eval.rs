@@ -288,11 +288,19 @@ fn synth_benchmark_generates_and_evaluates() {
     let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["count_mae", "reg_cider"], "{m}");
     assert!(!out2.join("detection").exists() && !out2.join("count_any").exists());
+    // a later run of another task into the same --out adds to its summary
+    let m = eval_summary(&out2, &["--tasks", "rec", "--max-new-tokens", "30"]);
+    let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["count_mae", "rec_acc@0.5", "reg_cider"], "{m}");
+    let written: Value = serde_json::from_slice(&std::fs::read(out2.join("synth_metrics.json")).unwrap()).unwrap();
+    assert_eq!(written, m);
     // a split written before count_any.jsonl existed: skipped by default, an error when asked for
     std::fs::remove_file(data.join("test/count_any.jsonl")).unwrap();
-    let o = run(&tmp.path().join("e3"), &["--tasks", "count_any"]);
+    let e3 = tmp.path().join("e3");
+    let o = run(&e3, &["--tasks", "detection,count_any"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("count_any.jsonl") && err.contains("absent"), "{err}");
+    assert!(!e3.join("detection").exists(), "detection ran before the missing file was reported");
     let m = eval_summary(&tmp.path().join("e4"), &["--constrained", "--max-new-tokens", "30"]);
     assert!(m["count_mae"].is_number() && m["rec_acc@0.5"].is_number() && m.get("exemplar_count_mae").is_none(), "{m}");
 }

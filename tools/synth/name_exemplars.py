@@ -15,6 +15,7 @@ import tempfile
 
 from PIL import Image
 
+# core::request::reg_region_prompt() (REG_PROMPT with <region> for the box): keep them equal
 PROMPT = "Please generate a distinguishing description for the region <region> in the image."
 
 

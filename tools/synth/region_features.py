@@ -8,7 +8,8 @@ most frequent class's share). Needs numpy and pillow (/work/venv).
 
     region_features.py SPLIT_DIR N CHECKPOINT...   # e.g. data/synth224/test 150 models/default
 
-Crops are resized with PIL's bicubic filter (the engine's resize matches PIL's); the first N lines
+Crops are resized with PIL's bilinear filter, as the engine's `preprocess` does for region crops
+(model/src/resample.rs, which matches PIL); the first N lines
 of SPLIT_DIR/count_any.jsonl give the exemplars, SPLIT_DIR/visj.jsonl their names."""
 import json
 import os
@@ -49,7 +50,7 @@ def ln(x, w, b, eps):
 def encode(W, cfg, img):
     s, p, d, heads = cfg["image_size"], cfg["patch_size"], cfg["hidden_size"], cfg["num_attention_heads"]
     eps, hd = cfg["layer_norm_eps"], d // heads
-    x = ((np.asarray(img.resize((s, s), Image.BICUBIC), dtype=np.float64) / 255.0 - MEAN) / STD).transpose(2, 0, 1)
+    x = ((np.asarray(img.resize((s, s), Image.BILINEAR), dtype=np.float64) / 255.0 - MEAN) / STD).transpose(2, 0, 1)
     g = s // p
     patches = x.reshape(3, g, p, g, p).transpose(1, 3, 0, 2, 4).reshape(g * g, -1)
     t = patches @ W[P + "embeddings.patch_embedding.weight"].reshape(d, -1).T

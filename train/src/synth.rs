@@ -471,8 +471,9 @@ impl SynthStream {
                 record_samples(kind, RecordRef::Det(&ann.det), &images, vocab, &self.opts, &source, &mut rng)?
             }
             // by default half the counting samples count the most frequent class (the crowd when
-            // there is one), half a random class, as the reference's VISJ builder picks (the same
-            // draw for every share, so the default stream is unchanged)
+            // there is one), half a random class, as the reference's VISJ builder picks (at 0.5
+            // the draw is the one made before the share was configurable; at 0 or 1 rand makes
+            // no draw, which shifts the sample's later draws)
             TaskKind::Visj => {
                 let rec = if rng.random_bool(1.0 - self.visj_random) { &ann.visj_most } else { &ann.visj };
                 record_samples(kind, RecordRef::Det(rec), &images, vocab, &self.opts, &source, &mut rng)?

@@ -42,4 +42,8 @@ fn region_lr_and_visj_random() {
     assert!(e.contains("region_lr is set but neither"), "{e}");
     let e = set(&["data.synth.visj_random=1.5"]).unwrap_err();
     assert!(e.contains("visj_random"), "{e}");
+    for bad in ["1.0", "-0.1"] {
+        let e = set(&[&format!("data.synth.region_naming={bad}")]).unwrap_err();
+        assert!(e.contains("region_naming must be in [0, 1)"), "{e}");
+    }
 }

@@ -179,10 +179,23 @@ fn stream_region_naming_and_visj_share() {
         }
     }
     assert!(n_named > 15 && n_other > 15, "{n_named} named, {n_other} other");
-    let half = SynthStream::new(5, 96, 4, mix, BuildOptions::default()).unwrap().with_visj_random(0.5).unwrap();
-    for k in 0..30 {
-        assert_eq!(plain.sample(k).unwrap().0, half.sample(k).unwrap().0, "scene {k}");
+    // visj_random 0: every counting sample counts the scene's most frequent class; 1: a random
+    // class, so some answers hold fewer boxes than the most frequent class has
+    let visj = vec![(TaskKind::Visj, 1.0)];
+    let share =
+        |p: f64| SynthStream::new(6, 96, 12, visj.clone(), BuildOptions::default()).unwrap().with_visj_random(p);
+    let (most, random) = (share(0.0).unwrap(), share(1.0).unwrap());
+    let mut fewer = 0;
+    for k in 0..60 {
+        let (a, _, objs) = most.sample(k).unwrap();
+        let max = objs.iter().map(|p| objs.iter().filter(|q| (q.shape, q.colour) == (p.shape, p.colour)).count()).max();
+        let boxes = |s: &griffon_train::data::Sample| griffon_core::answer::parse_answer(&s.turns[0].1).instances.len();
+        assert_eq!(Some(boxes(&a)), max, "scene {k}: {}", a.turns[0].1);
+        let (b, _, _) = random.sample(k).unwrap();
+        assert!(Some(boxes(&b)) <= max, "scene {k}");
+        fewer += (Some(boxes(&b)) < max) as usize;
     }
+    assert!(fewer >= 5, "only {fewer} of 60 random-class samples count fewer than the most frequent class");
     assert!(plain.clone().with_region_naming(1.0).is_err() && plain.clone().with_visj_random(-0.1).is_err());
 }
 
