@@ -15,6 +15,9 @@ import tempfile
 
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from split_exemplars import exemplars  # noqa: E402
+
 # core::request::reg_region_prompt() (REG_PROMPT with <region> for the box): keep them equal
 PROMPT = "Please generate a distinguishing description for the region <region> in the image."
 
@@ -23,33 +26,25 @@ def main():
     if len(sys.argv) != 5:
         sys.exit(__doc__)
     binary, model, split, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    names = {}
-    for line in open(os.path.join(split, "visj.jsonl")):
-        r = json.loads(line)
-        for o in r["objects"]:
-            for b in o["bboxes"]:
-                names[(r["image_path"], tuple(b))] = o["category_name"]
-    images = os.path.join(os.path.dirname(os.path.normpath(split)), "images", os.path.basename(os.path.normpath(split)))
     hits = {"colour": 0, "shape": 0, "both": 0}
     answers = []
-    lines = [json.loads(l) for l in open(os.path.join(split, "count_any.jsonl"))][:n]
+    lines = exemplars(split, n)
     with tempfile.TemporaryDirectory() as tmp:
-        for i, r in enumerate(lines):
-            image = os.path.join(images, r["image"])
+        for i, (image, box, name) in enumerate(lines):
             crop = os.path.join(tmp, f"{i}.png")
-            Image.open(image).convert("RGB").crop(tuple(int(v) for v in r["exemplar"])).save(crop)
+            Image.open(image).convert("RGB").crop(tuple(int(v) for v in box)).save(crop)
             out = subprocess.run([binary, "chat", "--model", model, "--image", image, "--prompt", PROMPT,
                                   "--region", crop, "--max-new-tokens", "12", "--json"], capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(f"griffon chat on {image}: {out.stderr.strip()}")
             text = json.loads(out.stdout)["text"]
-            colour, shape = names[(r["image"], tuple(r["exemplar"]))].split(" ")
+            colour, shape = name.split(" ")
             words = text.replace("-", " ").split()
             c, s = colour in words, shape in words
             hits["colour"] += c
             hits["shape"] += s
             hits["both"] += c and s
-            answers.append({"image": r["image"], "exemplar": r["exemplar"], "true": f"{colour} {shape}", "answer": text})
+            answers.append({"image": os.path.basename(image), "exemplar": box, "true": name, "answer": text})
     print(json.dumps({"model": model, "exemplars": len(lines),
                       **{f"names_{k}": round(v / max(len(lines), 1), 3) for k, v in hits.items()},
                       "first_answers": answers[:5]}, indent=1))

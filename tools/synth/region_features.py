@@ -19,6 +19,9 @@ import sys
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from split_exemplars import exemplars  # noqa: E402
+
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
 P = "model.prompt_visual_encoder.vision_model."
@@ -94,17 +97,9 @@ def main():
     if len(sys.argv) < 4:
         sys.exit(__doc__)
     split, n, ckpts = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    names = {}
-    for line in open(os.path.join(split, "visj.jsonl")):
-        r = json.loads(line)
-        for o in r["objects"]:
-            for b in o["bboxes"]:
-                names[(r["image_path"], tuple(b))] = o["category_name"]
-    lines = [json.loads(l) for l in open(os.path.join(split, "count_any.jsonl"))][:n]
-    images = os.path.join(os.path.dirname(os.path.normpath(split)), "images", os.path.basename(os.path.normpath(split)))
-    crops = [Image.open(os.path.join(images, r["image"])).convert("RGB").crop(tuple(int(v) for v in r["exemplar"]))
-             for r in lines]
-    labels = [names[(r["image"], tuple(r["exemplar"]))].split(" ") for r in lines]
+    lines = exemplars(split, n)
+    crops = [Image.open(image).convert("RGB").crop(tuple(int(v) for v in box)) for image, box, _ in lines]
+    labels = [name.split(" ") for _, _, name in lines]
     result = {}
     for ckpt in ckpts:
         W, cfg = load(ckpt)
