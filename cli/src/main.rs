@@ -879,6 +879,9 @@ fn eval_merge(out: &std::path::Path, annotations: Option<&std::path::Path>) -> R
     Ok(())
 }
 
+/// A dataset reader's answer (built only for the evaluations that run).
+type ItemsResult = std::result::Result<Vec<griffon_eval::datasets::Item>, griffon_eval::EvalError>;
+
 /// One evaluation of `griffon eval synth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
@@ -921,10 +924,11 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
         _ => serde_json::Map::new(),
     };
     let ann = d.join("instances.json");
-    let detection = match on(SynthTask::Detection) {
-        true => eval_run_metrics(a, &a.out.join("detection"), datasets::coco(&ann, &img)?, Some(&ann))?,
-        false => None,
+    let run = |t: SynthTask, dir: &str, items: &dyn Fn() -> ItemsResult, ann: Option<&std::path::Path>| match on(t) {
+        true => eval_run_metrics(a, &a.out.join(dir), items()?, ann),
+        false => Ok(None),
     };
+    let detection = run(SynthTask::Detection, "detection", &|| datasets::coco(&ann, &img), Some(&ann))?;
     if let Some(m) = detection {
         let stats = m["stats"].as_array().cloned();
         // no detection at all: every AP is 0 by definition (pycocotools itself cannot load an
@@ -941,22 +945,16 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
         summary.insert("detection_APmedium".into(), stat(4));
         summary.insert("detection_APlarge".into(), stat(5));
     }
-    let rec = match on(SynthTask::Rec) {
-        true => eval_run_metrics(a, &a.out.join("rec"), datasets::refcoco(&d.join("refcoco.jsonl"), &img)?, None)?,
-        false => None,
-    };
+    let rec = run(SynthTask::Rec, "rec", &|| datasets::refcoco(&d.join("refcoco.jsonl"), &img), None)?;
     if let Some(m) = rec {
         summary.insert("rec_acc@0.5".into(), m["acc@0.5"].clone());
     }
-    let count = match on(SynthTask::Count) {
-        true => eval_run_metrics(a, &a.out.join("count"), datasets::count(&d.join("count.jsonl"), &img, None)?, None)?,
-        false => None,
-    };
+    let count = run(SynthTask::Count, "count", &|| datasets::count(&d.join("count.jsonl"), &img, None), None)?;
     if let Some(m) = count {
         summary.insert("count_mae".into(), m["mae"].clone());
     }
     let count_any = match (on(SynthTask::CountAny), any.is_file()) {
-        (true, true) => eval_run_metrics(a, &a.out.join("count_any"), datasets::count(&any, &img, None)?, None)?,
+        (true, true) => run(SynthTask::CountAny, "count_any", &|| datasets::count(&any, &img, None), None)?,
         (true, false) => {
             eprintln!(
                 "{}: absent (a split written before it existed): exemplar counting of every class skipped",
@@ -970,10 +968,7 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
         summary.insert("exemplar_count_mae".into(), m["mae"].clone());
         summary.insert("exemplar_box_f1@0.5".into(), m["box_f1@0.5"].clone());
     }
-    let reg = match on(SynthTask::Reg) {
-        true => eval_run_metrics(a, &a.out.join("reg"), datasets::reg(&d.join("reg_eval.jsonl"), &img)?, None)?,
-        false => None,
-    };
+    let reg = run(SynthTask::Reg, "reg", &|| datasets::reg(&d.join("reg_eval.jsonl"), &img), None)?;
     if let Some(m) = reg {
         summary.insert("reg_cider".into(), m["cider"].clone());
     }
