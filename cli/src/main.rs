@@ -656,6 +656,9 @@ fn run_task(a: &TaskArgs, task: Task, chunk: usize) -> Result<()> {
         chunk,
         constrained: a.constrained,
     };
+    if chunk == 0 {
+        bail!("--chunk must be at least 1 (categories per model call)");
+    }
     let m = a.model.load()?;
     let req = Request { image: a.image.clone(), task };
     let out = m.run(&req, &opts)?;
@@ -716,6 +719,7 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
         count: None,
         text_score: None,
         prompts: vec![],
+        truncated: false,
     };
     let mut v = output_json(&out, a.format);
     // a log carries no decoding probabilities: the boxes have no model confidence
@@ -843,6 +847,9 @@ fn eval_run_metrics(
     if items.is_empty() {
         bail!("the dataset has no samples");
     }
+    if a.chunk == 0 {
+        bail!("--chunk must be at least 1 (categories per detection call)");
+    }
     let m = a.model.load()?;
     let summary = runners::run(&m, &items, &opts)?;
     eprintln!(
@@ -924,16 +931,29 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
         _ => serde_json::Map::new(),
     };
     let ann = d.join("instances.json");
+    // samples that failed or whose answers were cut, over every evaluation of this call
+    let tally = std::cell::Cell::new((0u64, 0u64));
     let run = |t: SynthTask, dir: &str, items: &dyn Fn() -> ItemsResult, ann: Option<&std::path::Path>| match on(t) {
-        true => eval_run_metrics(a, &a.out.join(dir), items()?, ann),
+        true => {
+            let m = eval_run_metrics(a, &a.out.join(dir), items()?, ann)?;
+            if let Some(m) = &m {
+                let (f, c) = tally.get();
+                let n = |k: &str| m[k].as_u64().unwrap_or(0);
+                tally.set((f + n("failed_samples"), c + n("truncated_samples")));
+            }
+            anyhow::Ok(m)
+        }
         false => Ok(None),
     };
     let detection = run(SynthTask::Detection, "detection", &|| datasets::coco(&ann, &img), Some(&ann))?;
     if let Some(m) = detection {
         let stats = m["stats"].as_array().cloned();
         // no detection at all: every AP is 0 by definition (pycocotools itself cannot load an
-        // empty results list, so metrics.json carries null stats and a note)
-        let none = m["detections"].as_u64() == Some(0) && m["samples"].as_u64().is_some_and(|n| n > 0);
+        // empty results list, so metrics.json carries null stats and a note); not when samples
+        // failed to run (then the APs stay null: nothing was measured)
+        let none = m["detections"].as_u64() == Some(0)
+            && m["samples"].as_u64().is_some_and(|n| n > 0)
+            && m["failed_samples"].as_u64() == Some(0);
         let stat = |i: usize| match stats.as_ref().and_then(|s| s.get(i).cloned()) {
             Some(v) => v,
             None if none => serde_json::json!(0.0),
@@ -972,6 +992,16 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     if let Some(m) = reg {
         summary.insert("reg_cider".into(), m["cider"].clone());
     }
+    let (failed, cut) = tally.get();
+    if failed > 0 || cut > 0 {
+        eprintln!(
+            "{failed} samples failed to run (scored as misses) and {cut} answers were cut at --max-new-tokens \
+             (scored as they are): see the `error` / `truncated` records in each task's predictions"
+        );
+    }
+    // this call's evaluations (an earlier summary's keys it did not rerun are kept above)
+    summary.insert("failed_samples".into(), serde_json::json!(failed));
+    summary.insert("truncated_samples".into(), serde_json::json!(cut));
     let v = serde_json::Value::Object(summary);
     std::fs::write(&f, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", f.display()))?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&v)?)?;

@@ -257,6 +257,46 @@ fn runner_records_unreadable_images_as_failed() {
     assert_eq!(m["failed_samples"], 1, "{m}");
     let recs = records(&toy.dir.path().join("rcbad"));
     assert!(recs.iter().any(|r| r["error"].as_str().is_some_and(|e| e.contains("missing.png"))));
+    // once the image is there, a rerun runs the failed sample again and scores the new record
+    std::fs::copy(fixture().join("image.png"), toy.dir.path().join("images/missing.png")).unwrap();
+    let m = run_eval("refcoco", &toy, "rcbad", &["--data", &toy.p("rc.jsonl"), "--max-new-tokens", "8"]);
+    assert_eq!((m["failed_samples"].as_u64(), m["samples"].as_u64()), (Some(0), Some(2)), "{m}");
+}
+
+#[test]
+fn runner_rejects_duplicate_ids_and_zero_chunks() {
+    let toy = Toy::new();
+    std::fs::write(
+        toy.dir.path().join("dup.jsonl"),
+        "{\"id\": 5, \"img_path\": \"a.png\", \"expression\": \"x\", \"bbox\": [1, 1, 5, 5]}\n\
+         {\"id\": \"5\", \"img_path\": \"b.png\", \"expression\": \"y\", \"bbox\": [1, 1, 5, 5]}\n",
+    )
+    .unwrap();
+    let model = fixture().join("ckpt");
+    let base = ["eval", "refcoco", "--model", model.to_str().unwrap(), "--images", &toy.p("images"), "--quiet"];
+    let o = griffon(&[&base[..], &["--data", &toy.p("dup.jsonl"), "--out", &toy.p("dup")]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("\"5\" twice") && err.contains("items 1 and 2"), "{err}");
+    let o = griffon(&[&base[..], &["--data", &toy.p("refcoco.jsonl"), "--out", &toy.p("c0"), "--chunk", "0"]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--chunk must be at least 1"), "{err}");
+}
+
+/// An answer cut at --max-new-tokens is reported (a dropped entry, `truncated` in the record and
+/// the summary), not passed off as complete.
+#[test]
+fn cut_answers_are_reported() {
+    let toy = Toy::new();
+    let m = run_eval("refcoco", &toy, "cut", &["--data", &toy.p("refcoco.jsonl"), "--max-new-tokens", "2"]);
+    assert_eq!(m["truncated_samples"], 2, "{m}");
+    for r in records(&toy.dir.path().join("cut")) {
+        assert_eq!(r["truncated"], true, "{r}");
+        let reasons: Vec<&str> = r["dropped"].as_array().unwrap().iter().filter_map(|d| d["reason"].as_str()).collect();
+        assert!(reasons.iter().any(|x| x.contains("max_new_tokens (2)")), "{r}");
+    }
+    let m = run_eval("refcoco", &toy, "whole", &["--data", &toy.p("refcoco.jsonl"), "--max-new-tokens", "40"]);
+    let cut = records(&toy.dir.path().join("whole")).iter().filter(|r| r.get("truncated").is_some()).count();
+    assert_eq!(m["truncated_samples"].as_u64(), Some(cut as u64), "{m}");
 }
 
 #[test]
@@ -286,12 +326,12 @@ fn synth_benchmark_generates_and_evaluates() {
     let out2 = tmp.path().join("eval-some");
     let m = eval_summary(&out2, &["--tasks", "count,reg", "--max-new-tokens", "30"]);
     let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["count_mae", "reg_cider"], "{m}");
+    assert_eq!(keys, ["count_mae", "failed_samples", "reg_cider", "truncated_samples"], "{m}");
     assert!(!out2.join("detection").exists() && !out2.join("count_any").exists());
     // a later run of another task into the same --out adds to its summary
     let m = eval_summary(&out2, &["--tasks", "rec", "--max-new-tokens", "30"]);
     let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["count_mae", "rec_acc@0.5", "reg_cider"], "{m}");
+    assert_eq!(keys, ["count_mae", "failed_samples", "rec_acc@0.5", "reg_cider", "truncated_samples"], "{m}");
     let written: Value = serde_json::from_slice(&std::fs::read(out2.join("synth_metrics.json")).unwrap()).unwrap();
     assert_eq!(written, m);
     // a split written before count_any.jsonl existed: skipped by default, an error when asked for

@@ -178,6 +178,9 @@ fn bad_input_is_a_clear_error() {
         (vec!["count", "--exemplar", "/nonexistent/ex.png"], "/nonexistent/ex.png"),
         (vec!["count"], "give an exemplar"),
         (vec!["chat", "--prompt", "a <region> b <region>", "--region", img.to_str().unwrap()], "2 <region>"),
+        (vec!["detect", "--categories", "a", "--chunk", "0"], "--chunk must be at least 1"),
+        (vec!["detect", "--categories", "a", "--image-size", "1400000"], "exceeds 8192 px"),
+        (vec!["detect", "--categories", "a", "--tiles", "100000"], "exceeds 8192 px"),
     ];
     for (args, needle) in cases {
         let mut full = vec![args[0], "--model", m.to_str().unwrap(), "--image", img.to_str().unwrap()];
@@ -191,6 +194,54 @@ fn bad_input_is_a_clear_error() {
     let out =
         griffon(&["detect", "--model", m.to_str().unwrap(), "--image", "/nonexistent/x.jpg", "--categories", "a"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.jpg"));
+    // a cache budget that is not a number of megabytes is named, not replaced by the default
+    let out = Command::new(env!("CARGO_BIN_EXE_griffon"))
+        .args(["detect", "--model", m.to_str().unwrap(), "--image", img.to_str().unwrap(), "--categories", "a"])
+        .env("GRIFFON_IMAGE_CACHE_MB", "lots")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("GRIFFON_IMAGE_CACHE_MB=\"lots\""), "{err}");
+    // scenes too large for memory, and more objects than the COCO ids allow
+    let tmp = tempfile::tempdir().unwrap();
+    let o = tmp.path().join("s");
+    for (args, needle) in
+        [(["--size", "4000000000"], "outside 32..=8192"), (["--max-objects", "400"], "outside 1..=99")]
+    {
+        let out = griffon(&[&["synth", "--out", o.to_str().unwrap(), "--n", "1"][..], &args[..]].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{args:?}: {err}");
+    }
+    // resize-tower into a folder inside the model would copy the copy into itself
+    let model = tmp.path().join("m");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(&m).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+        }
+    }
+    let inside = model.join("r");
+    let out = griffon(&[
+        "resize-tower",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        inside.to_str().unwrap(),
+        "--image-size",
+        "28",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("inside the model folder"), "{err}");
+    assert!(!inside.join("r").exists());
+}
+
+/// A temperature too small for f32 samples the most likely token instead of NaN noise.
+#[test]
+fn tiny_temperature_samples_like_greedy() {
+    let greedy = task("describe", &["--box", "10,10,40,40", "--max-new-tokens", "8"]);
+    let tiny = task("describe", &["--box", "10,10,40,40", "--max-new-tokens", "8", "--temperature", "1e-50"]);
+    assert_eq!(tiny["text"], greedy["text"]);
 }
 
 #[test]

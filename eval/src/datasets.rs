@@ -185,15 +185,26 @@ pub fn reg(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no image path (img_path)")))?;
             let b = box_field(&v, "bbox")
                 .ok_or_else(|| fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2]")))?;
-            let refs: Vec<String> = ["expressions", "refs", "expression"]
-                .iter()
-                .find_map(|k| match v.get(*k)? {
-                    Value::String(s) => Some(vec![s.clone()]),
-                    Value::Array(a) => Some(a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()),
-                    _ => None,
-                })
-                .filter(|r: &Vec<String>| !r.is_empty())
-                .ok_or_else(|| fmt_err(data, format!("line {line}: no reference expressions")))?;
+            let refs: Vec<String> =
+                match ["expressions", "refs", "expression"].iter().find_map(|k| Some((*k, v.get(*k)?))) {
+                    Some((_, Value::String(s))) => vec![s.clone()],
+                    Some((k, Value::Array(a))) => a
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| {
+                            x.as_str().map(str::to_string).ok_or_else(|| {
+                                fmt_err(data, format!("line {line}: `{k}` entry {} is not a string: {x}", i + 1))
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                    Some((k, x)) => {
+                        return Err(fmt_err(data, format!("line {line}: `{k}` is neither a string nor a list: {x}")))
+                    }
+                    None => vec![],
+                };
+            if refs.is_empty() {
+                return Err(fmt_err(data, format!("line {line}: no reference expressions")));
+            }
             let id = v
                 .get("id")
                 .map(|x| x.to_string().trim_matches('"').to_string())
@@ -230,7 +241,9 @@ pub fn parse_flickr_sentence(line: &str) -> Vec<(String, String)> {
 
 /// Boxes per entity id in a Flickr30K Entities annotation xml (`<object><name>ID</name>...
 /// <bndbox><xmin>..</xmin><ymin>..</ymin><xmax>..</xmax><ymax>..</ymax></bndbox></object>`).
-pub fn parse_flickr_xml(xml: &str) -> std::collections::HashMap<String, Vec<[f64; 4]>> {
+/// An object whose `<bndbox>` coordinates do not parse is an error (not skipped: its phrases
+/// would silently leave the evaluation); objects without a `<bndbox>` (`<nobndbox>`) have no box.
+pub fn parse_flickr_xml(xml: &str) -> Result<std::collections::HashMap<String, Vec<[f64; 4]>>, String> {
     fn tag<'a>(s: &'a str, t: &str) -> Option<&'a str> {
         let open = format!("<{t}>");
         let close = format!("</{t}>");
@@ -244,7 +257,9 @@ pub fn parse_flickr_xml(xml: &str) -> std::collections::HashMap<String, Vec<[f64
         let Some(bb) = tag(obj, "bndbox") else { continue };
         let coords: Option<Vec<f64>> =
             ["xmin", "ymin", "xmax", "ymax"].iter().map(|t| tag(bb, t)?.parse().ok()).collect();
-        let Some(c) = coords else { continue };
+        let Some(c) = coords else {
+            return Err(format!("an object's <bndbox> lacks a numeric xmin/ymin/xmax/ymax: {}", bb.trim()));
+        };
         // an object may carry several <name> ids
         let mut rest = obj;
         while let Some(i) = rest.find("<name>") {
@@ -254,7 +269,7 @@ pub fn parse_flickr_xml(xml: &str) -> std::collections::HashMap<String, Vec<[f64
             rest = &rest[a + j..];
         }
     }
-    m
+    Ok(m)
 }
 
 /// Flickr30K Entities: one item per sentence with at least one boxed phrase. `ids` limits the
@@ -282,7 +297,8 @@ pub fn flickr(sentences: &Path, annotations: &Path, images: &Path, ids: Option<&
         let text = std::fs::read_to_string(&sf).map_err(|source| EvalError::Io { path: sf.clone(), source })?;
         let boxes = parse_flickr_xml(
             &std::fs::read_to_string(&af).map_err(|source| EvalError::Io { path: af.clone(), source })?,
-        );
+        )
+        .map_err(|m| fmt_err(&af, m))?;
         for (k, line) in text.lines().enumerate() {
             let phrases: Vec<PhraseTruth> = parse_flickr_sentence(line)
                 .into_iter()
@@ -381,8 +397,10 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
             .and_then(Value::as_array)
             .ok_or_else(|| fmt_err(f, format!("no split `{name}`")))?
             .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect(),
+            .map(|x| {
+                x.as_str().map(str::to_string).ok_or_else(|| fmt_err(f, format!("split `{name}`: {x} is not a name")))
+            })
+            .collect::<Result<_, _>>()?,
         None => obj.keys().cloned().collect(),
     };
     names.sort();
@@ -402,8 +420,13 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
                 .ok_or_else(|| fmt_err(data, format!("{name}: no `box_examples_coordinates`")))?;
             let pts: Vec<(f64, f64)> = ex
                 .iter()
-                .filter_map(|p| p.as_array().and_then(|p| Some((p.first()?.as_f64()?, p.get(1)?.as_f64()?))))
-                .collect();
+                .map(|p| {
+                    p.as_array()
+                        .filter(|p| p.len() == 2)
+                        .and_then(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+                        .ok_or_else(|| fmt_err(data, format!("{name}: exemplar corner {p} is not [x, y]")))
+                })
+                .collect::<Result<_, _>>()?;
             if pts.len() < 2 {
                 return Err(fmt_err(data, format!("{name}: the first exemplar has no corner points")));
             }

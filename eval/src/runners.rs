@@ -36,6 +36,10 @@ pub struct Record {
     /// Set when the sample could not be run (e.g. an unreadable image); it counts as a miss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The answer was cut before its end token (see `dropped`); scored as it is, counted in the
+    /// summary's `truncated_samples`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -100,9 +104,25 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     if count == 0 || index >= count {
         return Err(EvalError::Invalid(format!("shard {index}/{count}: need 0 <= i < N")));
     }
+    if opts.run.chunk == 0 {
+        return Err(EvalError::Invalid("chunk (categories per detection turn) must be at least 1".into()));
+    }
+    // records are keyed by id (resuming, merging): two items with one id would score as one
+    let mut first_at: HashMap<&str, usize> = HashMap::new();
+    for (k, it) in items.iter().enumerate() {
+        if let Some(j) = first_at.insert(it.id.as_str(), k) {
+            return Err(EvalError::Invalid(format!(
+                "the dataset holds id {:?} twice (items {} and {}): ids must be unique",
+                it.id,
+                j + 1,
+                k + 1
+            )));
+        }
+    }
     std::fs::create_dir_all(&opts.out).map_err(|source| EvalError::Io { path: opts.out.clone(), source })?;
     let file = shard_file(&opts.out, opts.shard);
-    let done: HashSet<String> = read_shard(&file)?.into_iter().map(|r| r.id).collect();
+    // a sample that failed (e.g. its image was missing) runs again; merge prefers the new record
+    let done: HashSet<String> = read_shard(&file)?.into_iter().filter(|r| r.error.is_none()).map(|r| r.id).collect();
     let mine: Vec<&Item> = items
         .iter()
         .take(opts.limit.unwrap_or(usize::MAX))
@@ -143,6 +163,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
                 dropped: out.dropped,
                 truth: it.truth.clone(),
                 error: None,
+                truncated: out.truncated,
             },
             Err(e) => {
                 errors += 1;
@@ -155,6 +176,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
                     dropped: vec![],
                     truth: it.truth.clone(),
                     error: Some(e.to_string()),
+                    truncated: false,
                 }
             }
         };
@@ -175,7 +197,8 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     })
 }
 
-/// Every record of every shard in `out`, deduplicated by id (first occurrence kept), in id order.
+/// Every record of every shard in `out`, deduplicated by id (the first that ran without error,
+/// else the first), in id order.
 pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(out)
         .map_err(|source| EvalError::Io { path: out.into(), source })?
@@ -186,12 +209,17 @@ pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
     if files.is_empty() {
         return Err(EvalError::Invalid(format!("{}: no predictions.shard-*.jsonl files", out.display())));
     }
-    let mut seen = HashSet::new();
-    let mut all = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut all: Vec<Record> = Vec::new();
     for f in files {
         for r in read_shard(&f)? {
-            if seen.insert(r.id.clone()) {
-                all.push(r);
+            match seen.get(&r.id) {
+                None => {
+                    seen.insert(r.id.clone(), all.len());
+                    all.push(r);
+                }
+                Some(&k) if all[k].error.is_some() && r.error.is_none() => all[k] = r,
+                Some(_) => {}
             }
         }
     }
@@ -262,12 +290,20 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
             let mut tops = Vec::new();
             for r in records {
                 if let Truth::Phrases { phrases } = &r.truth {
+                    // each phrase is one turn whose box carries the phrase as label; a phrase text
+                    // that occurs twice in a sentence takes the k-th box with that label (were the
+                    // first turn of the two boxless, the second's box would count for the first:
+                    // records keep no turn index)
+                    let mut seen: HashMap<&str, usize> = HashMap::new();
                     for p in phrases {
+                        let nth = seen.entry(p.phrase.as_str()).or_default();
                         let top = r
                             .detections
                             .iter()
-                            .find(|d| d.label.as_deref() == Some(p.phrase.as_str()))
+                            .filter(|d| d.label.as_deref() == Some(p.phrase.as_str()))
+                            .nth(*nth)
                             .map(|d| d.box_px);
+                        *nth += 1;
                         tops.push((top, p.boxes.clone()));
                     }
                 }
@@ -333,6 +369,7 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
     let mut m = metrics;
     m["samples"] = serde_json::json!(records.len());
     m["failed_samples"] = serde_json::json!(errors);
+    m["truncated_samples"] = serde_json::json!(records.iter().filter(|r| r.truncated).count());
     Ok(m)
 }
 

@@ -10,7 +10,7 @@ fn flickr_markup() {
     assert_eq!(p, vec![("18".to_string(), "A man".to_string()), ("19".to_string(), "an orange hat".to_string())]);
     let xml = "<annotation><object><name>18</name><name>20</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object>\
                <object><name>19</name><nobndbox>1</nobndbox></object></annotation>";
-    let m = parse_flickr_xml(xml);
+    let m = parse_flickr_xml(xml).unwrap();
     assert_eq!(m["18"], vec![[1.0, 2.0, 30.0, 40.0]]);
     assert_eq!(m["20"], vec![[1.0, 2.0, 30.0, 40.0]]);
     assert!(!m.contains_key("19"));
@@ -85,4 +85,28 @@ fn counting_layouts() {
     std::fs::write(&f, "{\"image\": \"a.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 0, \"boxes\": []}\n").unwrap();
     let e = count(&f, Path::new("img"), None).unwrap_err().to_string();
     assert!(e.contains("line 1") && e.contains("empty"), "{e}");
+}
+
+#[test]
+fn malformed_parts_of_a_record_are_errors_not_skipped() {
+    // a Flickr object whose box does not parse would silently drop its phrases
+    let bad = "<annotation><object><name>18</name><bndbox><xmin>1</xmin><ymin>two</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object></annotation>";
+    let e = parse_flickr_xml(bad).unwrap_err();
+    assert!(e.contains("<bndbox>") && e.contains("two"), "{e}");
+    let tmp = tempfile::tempdir().unwrap();
+    // a reference expression that is not a string
+    let f = tmp.path().join("reg.jsonl");
+    std::fs::write(&f, "{\"img_path\": \"a.jpg\", \"bbox\": [1, 2, 3, 4], \"expressions\": [\"a red cup\", 7]}\n")
+        .unwrap();
+    let e = griffon_eval::datasets::reg(&f, Path::new("img")).unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("entry 2"), "{e}");
+    // an FSC-147 exemplar corner that is not a point
+    let f = tmp.path().join("annotation_FSC147_384.json");
+    std::fs::write(
+        &f,
+        r#"{"1.jpg": {"points": [[1, 1]], "box_examples_coordinates": [[[0, 0], [0, "9"], [9, 9], [9, 0]]]}}"#,
+    )
+    .unwrap();
+    let e = count(&f, Path::new("img"), None).unwrap_err().to_string();
+    assert!(e.contains("1.jpg") && e.contains("corner"), "{e}");
 }

@@ -238,6 +238,25 @@ pub struct Resized {
 /// `metrics/` and `train_log.txt`. This is
 /// how a model trained at one resolution starts training at another with a trainable table; the
 /// engine's `--image-size` resizes at load instead (the same table, not trainable).
+/// `p` made absolute with its existing part's symlinks and `..` resolved (the rest need not exist).
+fn resolved(p: &std::path::Path) -> std::io::Result<PathBuf> {
+    let abs = std::path::absolute(p)?;
+    let mut rest = Vec::new();
+    let mut base = abs.as_path();
+    loop {
+        match base.canonicalize() {
+            Ok(c) => return Ok(rest.iter().rev().fold(c, |acc, n| acc.join(n))),
+            Err(_) => match (base.parent(), base.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    base = parent;
+                }
+                _ => return Ok(abs),
+            },
+        }
+    }
+}
+
 pub fn resize_main_tower(
     model: &std::path::Path,
     out: &std::path::Path,
@@ -249,6 +268,14 @@ pub fn resize_main_tower(
     let mut cfg = read_json(&cfg_path)?;
     if out.exists() && std::fs::read_dir(out).map_err(io_err(out))?.next().is_some() {
         return invalid(format!("{}: the output folder exists and is not empty", out.display()));
+    }
+    if image_size > crate::griffon::MAX_INPUT_SIZE {
+        return invalid(format!("image size {image_size} exceeds {} px", crate::griffon::MAX_INPUT_SIZE));
+    }
+    // the model folder is copied into `out`: inside it, the copy would contain itself
+    let model_abs = model.canonicalize().map_err(io_err(model))?;
+    if resolved(out).map_err(io_err(out))?.starts_with(&model_abs) {
+        return invalid(format!("{}: the output folder is inside the model folder {}", out.display(), model.display()));
     }
     let ck = Checkpoint::open(model, &Device::Cpu, DType::F32)?;
     let written = cfg.get("mm_vision_tower").and_then(Value::as_str).map(str::to_string);

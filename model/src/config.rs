@@ -66,10 +66,18 @@ impl<'a> Json<'a> {
             None => Ok(None),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| x.as_u64().map(|n| n as u32).ok_or_else(|| self.bad(key, "a list of token ids", x)))
+                .map(|x| {
+                    x.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| self.bad(key, "a list of token ids", x))
+                })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
-            Some(x) => x.as_u64().map(|n| Some(vec![n as u32])).ok_or_else(|| self.bad(key, "a token id", x)),
+            Some(x) => x
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|n| Some(vec![n]))
+                .ok_or_else(|| self.bad(key, "a token id", x)),
         }
     }
     /// True when the key is absent or null.

@@ -53,9 +53,11 @@ fn pick(logits: &[f32], opts: &SamplingOptions, rng: &mut StdRng) -> u32 {
         }
         return best as u32;
     }
-    let t = opts.temperature as f32;
+    // scaled in f64: a temperature below f32's range (1e-50) would be 0 in f32 and make NaNs
+    let t = opts.temperature;
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(usize, f32)> = logits.iter().enumerate().map(|(i, &l)| (i, ((l - max) / t).exp())).collect();
+    let mut probs: Vec<(usize, f32)> =
+        logits.iter().enumerate().map(|(i, &l)| (i, (((l - max) as f64) / t).exp() as f32)).collect();
     let z: f32 = probs.iter().map(|p| p.1).sum();
     probs.iter_mut().for_each(|p| p.1 /= z);
     probs.sort_by(|a, b| b.1.total_cmp(&a.1));

@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 /// Token id the reference uses for a visual placeholder in `input_ids` (IMAGE_TOKEN_INDEX).
 pub const IMAGE_TOKEN_INDEX: i64 = -200;
 
+/// Largest square input side (tower size x tiles per side): 8x the paper's 1022 px.
+pub const MAX_INPUT_SIZE: usize = 8192;
+
 pub const MAIN_TOWER_PREFIX: &str = "model.vision_tower.vision_tower.vision_model";
 /// Root of an EVA02 main tower: timm names (`...vision_tower.blocks.0...`), or EVA-CLIP /
 /// open_clip names under `visual.` / `visual.trunk.` (see [`crate::eva02`]).
@@ -265,6 +268,16 @@ impl Griffon {
             }
         }
         let run_size = opts.image_size.unwrap_or(tower_cfg.image_size);
+        let tiles = opts.tiles.unwrap_or(config.mm.tiles);
+        if tiles == 0 {
+            return invalid("tiles must be at least 1");
+        }
+        if run_size.saturating_mul(tiles) > MAX_INPUT_SIZE {
+            return invalid(format!(
+                "input of {run_size} px x {tiles} tiles per side exceeds {MAX_INPUT_SIZE} px (the tower's tables and \
+                 the resized image would not fit in memory)"
+            ));
+        }
         let needed = crate::clip::resolve_select_layer(config.mm.select_layer, tower_cfg.num_hidden_layers)?;
         let tower = match &main_cfg {
             MainTowerConfig::Clip(c) => VisionTower::Clip(ClipVision::load_upto(
@@ -315,12 +328,8 @@ impl Griffon {
             device: opts.device.clone(),
             dtype: opts.dtype,
             tiles: 0,
-            image_cache: crate::tasks::ImageTokenCache::from_env(),
+            image_cache: crate::tasks::ImageTokenCache::from_env()?,
         };
-        let tiles = opts.tiles.unwrap_or(model.config.mm.tiles);
-        if tiles == 0 {
-            return invalid("tiles must be at least 1");
-        }
         let model = Self { tiles, ..model };
         Ok((model, vars))
     }

@@ -67,9 +67,12 @@ impl Projector {
     pub fn out_tokens(&self, n: usize) -> usize {
         match self {
             Projector::ConvReduce { pad, .. } => {
+                // a 3x3 stride-2 conv; a grid under 3 - 2 * pad gives nothing (forward rejects it)
                 let g = (n as f64).sqrt() as usize;
-                let o = (g + 2 * pad - 3) / 2 + 1;
-                o * o
+                match (g + 2 * pad).checked_sub(3) {
+                    Some(k) => (k / 2 + 1).pow(2),
+                    None => 0,
+                }
             }
             _ => n,
         }

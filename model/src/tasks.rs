@@ -2,7 +2,7 @@
 //! more model turns, answer parsing, confidence per box, mapping to pixels.
 
 use crate::error::{Error, Result};
-use crate::generate::{generate_with, Generation, SamplingOptions};
+use crate::generate::{generate_with, Generation, SamplingOptions, StopReason};
 use crate::griffon::Griffon;
 use crate::resample::{load_rgb, preprocess};
 use candle_core::Tensor;
@@ -63,6 +63,30 @@ pub struct TaskOutput {
     pub text_score: Option<f64>,
     /// The user texts sent to the model, one per turn.
     pub prompts: Vec<String>,
+    /// A turn's answer ended without its end token (`max_new_tokens` reached, or the constrained
+    /// grammar allowed nothing more): objects after the cut are missing. Each such turn also has a
+    /// `dropped` entry saying why.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// Why an answer ended without its end token, or None when it ended normally.
+fn cut_reason(stop: StopReason, max_new_tokens: usize) -> Option<String> {
+    match stop {
+        StopReason::StopToken => None,
+        StopReason::MaxTokens => Some(format!(
+            "the answer reached max_new_tokens ({max_new_tokens}) before its end: anything after this is missing"
+        )),
+        StopReason::NoAllowedToken => {
+            Some("the answer grammar allowed no further token: anything after this is missing".into())
+        }
+    }
+}
+
+/// The last `n` characters of `s` (where a cut answer ended).
+fn tail_chars(s: &str, n: usize) -> String {
+    let k = s.chars().count().saturating_sub(n);
+    s.chars().skip(k).collect()
 }
 
 /// Crops a pixel box (xyxy, floats rounded outward to whole pixels) out of an image.
@@ -175,6 +199,7 @@ impl Griffon {
             count: None,
             text_score: None,
             prompts: turns.iter().map(|t| t.user_text.clone()).collect(),
+            truncated: false,
         };
         let mut texts = Vec::new();
         for turn in &turns {
@@ -195,6 +220,10 @@ impl Griffon {
                 None
             };
             let (text, gen, spans) = self.run_turn(&image_tokens, &turn.user_text, &regions, opts, grammar.as_ref())?;
+            if let Some(reason) = cut_reason(gen.stop, opts.sampling.max_new_tokens) {
+                out.truncated = true;
+                out.dropped.push(Dropped { text: tail_chars(&text, 40), reason });
+            }
             if let Task::Describe { region } = &req.task {
                 let n = gen.probs.len().max(1) as f64;
                 let score = (gen.probs.iter().map(|p| (*p as f64).max(1e-30).ln()).sum::<f64>() / n).exp();
@@ -277,9 +306,17 @@ impl ImageTokenCache {
         Self { budget: budget_bytes, entries: std::sync::Mutex::new(Vec::new()), hits: Default::default() }
     }
 
-    pub fn from_env() -> Self {
-        let mb = std::env::var("GRIFFON_IMAGE_CACHE_MB").ok().and_then(|v| v.trim().parse::<usize>().ok());
-        Self::new(mb.unwrap_or(256) << 20)
+    /// The budget from `GRIFFON_IMAGE_CACHE_MB`; a value that is not a number of megabytes is an
+    /// error naming it (not a silent default).
+    pub fn from_env() -> Result<Self> {
+        let mb =
+            match std::env::var("GRIFFON_IMAGE_CACHE_MB") {
+                Err(_) => 256,
+                Ok(v) => v.trim().parse::<usize>().ok().and_then(|mb| mb.checked_mul(1 << 20).map(|_| mb)).ok_or_else(
+                    || Error::Invalid(format!("GRIFFON_IMAGE_CACHE_MB={v:?} is not a number of megabytes")),
+                )?,
+            };
+        Ok(Self::new(mb << 20))
     }
 
     /// Whether it keeps anything (a budget above zero).

@@ -373,6 +373,15 @@ impl TrainConfig {
                 return Err(format!("train.{name} must be positive, got {v}"));
             }
         }
+        if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+            return Err(format!("train.weight_decay must be a non-negative number, got {}", t.weight_decay));
+        }
+        if !(t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite()) {
+            return Err(format!(
+                "train.max_grad_norm must be a non-negative number (0 = no clipping), got {}",
+                t.max_grad_norm
+            ));
+        }
         if t.grad_accum == 0 || t.epochs == 0 || t.batch_size == 0 {
             return Err("train.grad_accum, train.batch_size and train.epochs must be at least 1".into());
         }

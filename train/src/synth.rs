@@ -374,12 +374,7 @@ impl SynthStream {
         mix: Vec<(TaskKind, f64)>,
         opts: BuildOptions,
     ) -> Result<Self, String> {
-        if size < 32 {
-            return Err(format!("synthetic scene size {size} is too small (at least 32 px)"));
-        }
-        if max_objects == 0 {
-            return Err("synthetic max_objects must be at least 1".into());
-        }
+        check_scene_shape(size, max_objects).map_err(|e| format!("synthetic scenes: {e}"))?;
         if mix.is_empty() || mix.iter().any(|(_, w)| !w.is_finite() || *w < 0.0) || mix.iter().all(|(_, w)| *w == 0.0) {
             return Err(format!("synthetic task weights must be finite, non-negative and not all zero: {mix:?}"));
         }
@@ -506,11 +501,24 @@ fn check_object_scale(scale: f64) -> Result<(), String> {
     Ok(())
 }
 
+/// Largest scene side: 8x the benchmark's 1022 px (a scene is held in memory as RGB).
+pub const MAX_SCENE_SIZE: u32 = 8192;
+/// Most objects per scene: COCO annotation ids are `scene * 100 + object + 1`.
+pub const MAX_OBJECTS: usize = 99;
+
+fn check_scene_shape(size: u32, max_objects: usize) -> Result<(), String> {
+    if !(32..=MAX_SCENE_SIZE).contains(&size) {
+        return Err(format!("size {size} is outside 32..={MAX_SCENE_SIZE} px"));
+    }
+    if !(1..=MAX_OBJECTS).contains(&max_objects) {
+        return Err(format!("max objects {max_objects} is outside 1..={MAX_OBJECTS}"));
+    }
+    Ok(())
+}
+
 pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, String> {
     check_object_scale(o.object_scale)?;
-    if o.size < 32 {
-        return Err(format!("--size {} is too small (at least 32 px)", o.size));
-    }
+    check_scene_shape(o.size, o.max_objects).map_err(|e| format!("--size / --max-objects: {e}"))?;
     if o.n == 0 {
         return Err("--n must be at least 1".into());
     }

@@ -47,3 +47,18 @@ fn region_lr_and_visj_random() {
         assert!(e.contains("region_naming must be in [0, 1)"), "{e}");
     }
 }
+
+/// Optimizer settings that would silently ruin a run (a NaN decay writes NaN weights; a NaN or
+/// negative clip turns clipping off) are rejected by name.
+#[test]
+fn optimizer_settings_are_checked() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/synth/region224.toml");
+    let set = |o: &[&str]| TrainConfig::from_file_with(&p, &o.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    for bad in ["nan", "-0.1", "inf"] {
+        let e = set(&[&format!("train.weight_decay={bad}")]).unwrap_err();
+        assert!(e.contains("train.weight_decay must be"), "{e}");
+        let e = set(&[&format!("train.max_grad_norm={bad}")]).unwrap_err();
+        assert!(e.contains("train.max_grad_norm must be"), "{e}");
+    }
+    assert!(set(&["train.weight_decay=0.05", "train.max_grad_norm=0"]).is_ok());
+}
