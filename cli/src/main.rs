@@ -250,7 +250,7 @@ struct EvalRunArgs {
     #[arg(long)]
     limit: Option<usize>,
     /// Categories per detection call.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 80, value_parser = at_least_one)]
     chunk: usize,
     #[arg(long)]
     constrained: bool,
@@ -502,7 +502,7 @@ struct DetectArgs {
     #[arg(long, required = true, value_delimiter = ',')]
     categories: Vec<String>,
     /// Categories per model call; longer lists are split and the answers merged.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 80, value_parser = at_least_one)]
     chunk: usize,
 }
 
@@ -649,6 +649,15 @@ fn print_output(out: &TaskOutput, o: &OutputArgs, image: &std::path::Path) -> Re
     Ok(())
 }
 
+/// clap value parser for counts that must be positive.
+fn at_least_one(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn run_task(a: &TaskArgs, task: Task, chunk: usize) -> Result<()> {
     let opts = RunOptions {
         sampling: a.decode.sampling()?,
@@ -656,9 +665,6 @@ fn run_task(a: &TaskArgs, task: Task, chunk: usize) -> Result<()> {
         chunk,
         constrained: a.constrained,
     };
-    if chunk == 0 {
-        bail!("--chunk must be at least 1 (categories per model call)");
-    }
     let m = a.model.load()?;
     let req = Request { image: a.image.clone(), task };
     let out = m.run(&req, &opts)?;
@@ -678,7 +684,7 @@ fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     if a.stream {
         let mut out = std::io::stdout();
         let mut io_err = None;
-        m.answer_streaming(&prepared, &stop, &sampling, |piece| {
+        let ans = m.answer_streaming(&prepared, &stop, &sampling, |piece| {
             if io_err.is_none() {
                 io_err = out.write_all(piece.as_bytes()).and_then(|_| out.flush()).err();
             }
@@ -687,11 +693,20 @@ fn generate_cmd(a: &GenerateArgs) -> Result<()> {
             return Err(e.into());
         }
         writeln!(out)?;
+        warn_if_cut(&ans.generation, sampling.max_new_tokens);
     } else {
         let ans = m.answer(&prepared, &stop, &sampling)?;
         writeln!(std::io::stdout().lock(), "{}", ans.text)?;
+        warn_if_cut(&ans.generation, sampling.max_new_tokens);
     }
     Ok(())
+}
+
+/// `generate` prints the raw text: a cut answer is said so on stderr.
+fn warn_if_cut(g: &griffon_model::generate::Generation, max_new_tokens: usize) {
+    if g.stop == griffon_model::generate::StopReason::MaxTokens {
+        eprintln!("warning: the answer reached --max-new-tokens ({max_new_tokens}) before its end token");
+    }
 }
 
 fn parse_cmd(a: &ParseArgs) -> Result<()> {
@@ -847,9 +862,7 @@ fn eval_run_metrics(
     if items.is_empty() {
         bail!("the dataset has no samples");
     }
-    if a.chunk == 0 {
-        bail!("--chunk must be at least 1 (categories per detection call)");
-    }
+    runners::check_items(&items, &opts)?;
     let m = a.model.load()?;
     let summary = runners::run(&m, &items, &opts)?;
     eprintln!(
@@ -931,15 +944,21 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
         _ => serde_json::Map::new(),
     };
     let ann = d.join("instances.json");
-    // samples that failed or whose answers were cut, over every evaluation of this call
-    let tally = std::cell::Cell::new((0u64, 0u64));
+    // per evaluation: samples, and those that failed or whose answers were cut (kept beside an
+    // earlier summary's entries for evaluations this call does not rerun, as the metrics are)
+    let mut runs = match summary.remove("samples") {
+        Some(serde_json::Value::Object(o)) => o,
+        _ => serde_json::Map::new(),
+    };
+    let counted = std::cell::RefCell::new(Vec::new());
     let run = |t: SynthTask, dir: &str, items: &dyn Fn() -> ItemsResult, ann: Option<&std::path::Path>| match on(t) {
         true => {
             let m = eval_run_metrics(a, &a.out.join(dir), items()?, ann)?;
             if let Some(m) = &m {
-                let (f, c) = tally.get();
-                let n = |k: &str| m[k].as_u64().unwrap_or(0);
-                tally.set((f + n("failed_samples"), c + n("truncated_samples")));
+                let keys = ["samples", "failed_samples", "truncated_samples"];
+                let entry: serde_json::Map<String, serde_json::Value> =
+                    keys.iter().map(|k| (k.replace("_samples", ""), m[*k].clone())).collect();
+                counted.borrow_mut().push((dir.to_string(), entry));
             }
             anyhow::Ok(m)
         }
@@ -992,16 +1011,20 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     if let Some(m) = reg {
         summary.insert("reg_cider".into(), m["cider"].clone());
     }
-    let (failed, cut) = tally.get();
-    if failed > 0 || cut > 0 {
-        eprintln!(
-            "{failed} samples failed to run (scored as misses) and {cut} answers were cut at --max-new-tokens \
-             (scored as they are): see the `error` / `truncated` records in each task's predictions"
-        );
+    for (dir, entry) in counted.into_inner() {
+        let n = |k: &str| entry[k].as_u64().unwrap_or(0);
+        if n("failed") > 0 || n("truncated") > 0 {
+            eprintln!(
+                "{dir}: {} samples failed to run (scored as misses), {} answers were cut at --max-new-tokens \
+                 (scored as they are): see the `error` / `truncated` records in {}",
+                n("failed"),
+                n("truncated"),
+                a.out.join(&dir).display()
+            );
+        }
+        runs.insert(dir, serde_json::Value::Object(entry));
     }
-    // this call's evaluations (an earlier summary's keys it did not rerun are kept above)
-    summary.insert("failed_samples".into(), serde_json::json!(failed));
-    summary.insert("truncated_samples".into(), serde_json::json!(cut));
+    summary.insert("samples".into(), serde_json::Value::Object(runs));
     let v = serde_json::Value::Object(summary);
     std::fs::write(&f, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", f.display()))?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&v)?)?;

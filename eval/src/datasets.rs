@@ -142,9 +142,13 @@ pub fn coco(annotations: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
 pub fn coco_category_ids(annotations: &Path) -> Result<std::collections::HashMap<String, u64>, EvalError> {
     let v = read_json(annotations)?;
     let mut m = std::collections::HashMap::new();
-    for c in v.get("categories").and_then(Value::as_array).into_iter().flatten() {
-        if let (Some(n), Some(id)) = (c.get("name").and_then(Value::as_str), c.get("id").and_then(Value::as_u64)) {
-            m.insert(n.to_string(), id);
+    for (i, c) in v.get("categories").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        match (c.get("name").and_then(Value::as_str), c.get("id").and_then(Value::as_u64)) {
+            (Some(n), Some(id)) => {
+                m.insert(n.to_string(), id);
+            }
+            // its detections would silently count as unknown labels
+            _ => return Err(fmt_err(annotations, format!("categories[{i}] needs a `name` and an integer `id`: {c}"))),
         }
     }
     Ok(m)
@@ -185,23 +189,25 @@ pub fn reg(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no image path (img_path)")))?;
             let b = box_field(&v, "bbox")
                 .ok_or_else(|| fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2]")))?;
-            let refs: Vec<String> =
-                match ["expressions", "refs", "expression"].iter().find_map(|k| Some((*k, v.get(*k)?))) {
-                    Some((_, Value::String(s))) => vec![s.clone()],
-                    Some((k, Value::Array(a))) => a
-                        .iter()
-                        .enumerate()
-                        .map(|(i, x)| {
-                            x.as_str().map(str::to_string).ok_or_else(|| {
-                                fmt_err(data, format!("line {line}: `{k}` entry {} is not a string: {x}", i + 1))
-                            })
+            let refs: Vec<String> = match ["expressions", "refs", "expression"]
+                .iter()
+                .find_map(|k| Some((*k, v.get(*k).filter(|x| !x.is_null())?)))
+            {
+                Some((_, Value::String(s))) => vec![s.clone()],
+                Some((k, Value::Array(a))) => a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| {
+                        x.as_str().map(str::to_string).ok_or_else(|| {
+                            fmt_err(data, format!("line {line}: `{k}` entry {} is not a string: {x}", i + 1))
                         })
-                        .collect::<Result<_, _>>()?,
-                    Some((k, x)) => {
-                        return Err(fmt_err(data, format!("line {line}: `{k}` is neither a string nor a list: {x}")))
-                    }
-                    None => vec![],
-                };
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some((k, x)) => {
+                    return Err(fmt_err(data, format!("line {line}: `{k}` is neither a string nor a list: {x}")))
+                }
+                None => vec![],
+            };
             if refs.is_empty() {
                 return Err(fmt_err(data, format!("line {line}: no reference expressions")));
             }
@@ -472,11 +478,13 @@ fn fscd_count(data: &Path, v: &Value, images: &Path) -> Result<Vec<Item>, EvalEr
         exemplar.entry(id).or_insert([b[0], b[1], b[0] + b[2], b[1] + b[3]]);
     }
     let mut counts: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
-    for a in v.get("annotations").and_then(Value::as_array).into_iter().flatten() {
+    for (i, a) in v.get("annotations").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let id = a
+            .get("image_id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| fmt_err(data, format!("annotations[{i}]: no integer `image_id`")))?;
         if a.get("iscrowd").and_then(Value::as_u64).unwrap_or(0) == 0 {
-            if let Some(id) = a.get("image_id").and_then(Value::as_u64) {
-                *counts.entry(id).or_default() += 1;
-            }
+            *counts.entry(id).or_default() += 1;
         }
     }
     let mut items = Vec::new();

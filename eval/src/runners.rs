@@ -40,6 +40,41 @@ pub struct Record {
     /// summary's `truncated_samples`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// For a cut answer, the `max_new_tokens` it ran with: a rerun with a higher limit runs it
+    /// again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<usize>,
+}
+
+impl Record {
+    /// Whether a rerun with `max_new_tokens` keeps this record (it ran, and was not cut at a
+    /// lower limit).
+    fn settled(&self, max_new_tokens: usize) -> bool {
+        self.error.is_none() && !(self.truncated && self.max_new_tokens.is_some_and(|m| m < max_new_tokens))
+    }
+}
+
+/// Checks a dataset before a model is loaded: ids must be unique (records are keyed by id when
+/// resuming and merging: two items with one id would score as one) and the detection chunk at
+/// least 1.
+pub fn check_items(items: &[Item], opts: &RunnerOptions) -> Result<(), EvalError> {
+    if opts.run.chunk == 0 {
+        return Err(EvalError::Invalid("chunk (categories per detection turn) must be at least 1".into()));
+    }
+    let mut first_at: HashMap<&str, usize> = HashMap::new();
+    for (k, it) in items.iter().enumerate() {
+        if let Some(j) = first_at.insert(it.id.as_str(), k) {
+            return Err(EvalError::Invalid(format!(
+                "the dataset holds id {:?} twice (item {}, image {}, and item {}, image {}): ids must be unique",
+                it.id,
+                j + 1,
+                items[j].request.image.display(),
+                k + 1,
+                it.request.image.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -104,25 +139,13 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     if count == 0 || index >= count {
         return Err(EvalError::Invalid(format!("shard {index}/{count}: need 0 <= i < N")));
     }
-    if opts.run.chunk == 0 {
-        return Err(EvalError::Invalid("chunk (categories per detection turn) must be at least 1".into()));
-    }
-    // records are keyed by id (resuming, merging): two items with one id would score as one
-    let mut first_at: HashMap<&str, usize> = HashMap::new();
-    for (k, it) in items.iter().enumerate() {
-        if let Some(j) = first_at.insert(it.id.as_str(), k) {
-            return Err(EvalError::Invalid(format!(
-                "the dataset holds id {:?} twice (items {} and {}): ids must be unique",
-                it.id,
-                j + 1,
-                k + 1
-            )));
-        }
-    }
+    check_items(items, opts)?;
     std::fs::create_dir_all(&opts.out).map_err(|source| EvalError::Io { path: opts.out.clone(), source })?;
     let file = shard_file(&opts.out, opts.shard);
-    // a sample that failed (e.g. its image was missing) runs again; merge prefers the new record
-    let done: HashSet<String> = read_shard(&file)?.into_iter().filter(|r| r.error.is_none()).map(|r| r.id).collect();
+    // a sample that failed (e.g. its image was missing) or was cut at a lower max_new_tokens runs
+    // again; merge prefers the new record
+    let max_new = opts.run.sampling.max_new_tokens;
+    let done: HashSet<String> = read_shard(&file)?.into_iter().filter(|r| r.settled(max_new)).map(|r| r.id).collect();
     let mine: Vec<&Item> = items
         .iter()
         .take(opts.limit.unwrap_or(usize::MAX))
@@ -164,6 +187,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
                 truth: it.truth.clone(),
                 error: None,
                 truncated: out.truncated,
+                max_new_tokens: out.truncated.then_some(max_new),
             },
             Err(e) => {
                 errors += 1;
@@ -177,6 +201,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
                     truth: it.truth.clone(),
                     error: Some(e.to_string()),
                     truncated: false,
+                    max_new_tokens: None,
                 }
             }
         };
@@ -197,8 +222,8 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     })
 }
 
-/// Every record of every shard in `out`, deduplicated by id (the first that ran without error,
-/// else the first), in id order.
+/// Every record of every shard in `out`, deduplicated by id, in id order: a later record (a
+/// rerun, appended) replaces a failed or cut one unless it failed itself.
 pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(out)
         .map_err(|source| EvalError::Io { path: out.into(), source })?
@@ -218,7 +243,7 @@ pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
                     seen.insert(r.id.clone(), all.len());
                     all.push(r);
                 }
-                Some(&k) if all[k].error.is_some() && r.error.is_none() => all[k] = r,
+                Some(&k) if (all[k].error.is_some() || all[k].truncated) && r.error.is_none() => all[k] = r,
                 Some(_) => {}
             }
         }

@@ -59,3 +59,37 @@ fn counting_matches_fsc147_and_counting_detr() {
     assert_eq!(e.nae, c["nae"].as_f64().unwrap());
     assert_eq!(e.n, samples.len());
 }
+
+/// A phrase that occurs twice in a sentence is scored with the box of its own occurrence (the
+/// k-th box labelled with it), not both with the first.
+#[test]
+fn repeated_phrase_takes_its_own_box() {
+    use griffon_eval::datasets::{PhraseTruth, Truth};
+    use griffon_eval::runners::{score, Record, RecordBox};
+    let b = |x: f64, label: &str| RecordBox {
+        label: Some(label.into()),
+        box_px: [x, 0.0, x + 10.0, 10.0],
+        box_norm: [0.0; 4],
+        score: 1.0,
+    };
+    let rec = Record {
+        id: "s".into(),
+        image: "i.png".into(),
+        prompts: vec![],
+        answer: String::new(),
+        detections: vec![b(0.0, "a dog"), b(50.0, "a dog")],
+        dropped: vec![],
+        truth: Truth::Phrases {
+            phrases: vec![
+                PhraseTruth { phrase: "a dog".into(), boxes: vec![[0.0, 0.0, 10.0, 10.0]] },
+                PhraseTruth { phrase: "a dog".into(), boxes: vec![[50.0, 0.0, 60.0, 10.0]] },
+            ],
+        },
+        error: None,
+        truncated: false,
+        max_new_tokens: None,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = score(&[rec], None, tmp.path()).unwrap();
+    assert_eq!(m["any_box_r@1"], 1.0, "{m}");
+}

@@ -208,6 +208,9 @@ fn set_tower_size(cfg: &mut Value, path: &std::path::Path, size: usize, eva: boo
     if size == 0 || patch == 0 || size % patch != 0 {
         return invalid(format!("image size {size} is not a positive multiple of the patch size {patch}"));
     }
+    if size > crate::griffon::MAX_INPUT_SIZE {
+        return invalid(format!("image size {size} exceeds {} px", crate::griffon::MAX_INPUT_SIZE));
+    }
     for key in ["image_size", "img_size"] {
         if sec.get(key).is_some() || (key == "image_size" && !eva) || (key == "img_size" && eva) {
             sec[key] = Value::from(size);
@@ -228,6 +231,28 @@ pub struct Resized {
     pub tower_folder: PathBuf,
 }
 
+/// `p` made absolute, with symlinks and `..` resolved as the system would once the missing part
+/// of it is created: each existing prefix is canonicalized, `..` then goes to the real parent.
+fn resolved(p: &std::path::Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in std::path::absolute(p)?.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => {
+                out.push(other);
+                if let Ok(real) = out.canonicalize() {
+                    out = real;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Writes a copy of the Griffon checkpoint `model` whose main vision tower runs natively at
 /// `image_size`: its position table resized and stored ([`resize_position_table`]), its config's
 /// `image_size` set, the tower folder renamed `<name>_to_<size>` (as the released
@@ -238,25 +263,6 @@ pub struct Resized {
 /// `metrics/` and `train_log.txt`. This is
 /// how a model trained at one resolution starts training at another with a trainable table; the
 /// engine's `--image-size` resizes at load instead (the same table, not trainable).
-/// `p` made absolute with its existing part's symlinks and `..` resolved (the rest need not exist).
-fn resolved(p: &std::path::Path) -> std::io::Result<PathBuf> {
-    let abs = std::path::absolute(p)?;
-    let mut rest = Vec::new();
-    let mut base = abs.as_path();
-    loop {
-        match base.canonicalize() {
-            Ok(c) => return Ok(rest.iter().rev().fold(c, |acc, n| acc.join(n))),
-            Err(_) => match (base.parent(), base.file_name()) {
-                (Some(parent), Some(name)) => {
-                    rest.push(name.to_os_string());
-                    base = parent;
-                }
-                _ => return Ok(abs),
-            },
-        }
-    }
-}
-
 pub fn resize_main_tower(
     model: &std::path::Path,
     out: &std::path::Path,
@@ -269,14 +275,6 @@ pub fn resize_main_tower(
     if out.exists() && std::fs::read_dir(out).map_err(io_err(out))?.next().is_some() {
         return invalid(format!("{}: the output folder exists and is not empty", out.display()));
     }
-    if image_size > crate::griffon::MAX_INPUT_SIZE {
-        return invalid(format!("image size {image_size} exceeds {} px", crate::griffon::MAX_INPUT_SIZE));
-    }
-    // the model folder is copied into `out`: inside it, the copy would contain itself
-    let model_abs = model.canonicalize().map_err(io_err(model))?;
-    if resolved(out).map_err(io_err(out))?.starts_with(&model_abs) {
-        return invalid(format!("{}: the output folder is inside the model folder {}", out.display(), model.display()));
-    }
     let ck = Checkpoint::open(model, &Device::Cpu, DType::F32)?;
     let written = cfg.get("mm_vision_tower").and_then(Value::as_str).map(str::to_string);
     let tower_dir = match find_tower_config(&ck, written.as_deref(), None) {
@@ -288,6 +286,14 @@ pub fn resize_main_tower(
             ))
         }
     };
+    // the model folder and the tower's config folder are copied into `out`: inside either, the
+    // copy would contain itself
+    let out_abs = resolved(out).map_err(io_err(out))?;
+    for (dir, what) in [(model, "model folder"), (tower_dir.as_path(), "tower config folder")] {
+        if out_abs.starts_with(dir.canonicalize().map_err(io_err(dir))?) {
+            return invalid(format!("{}: the output folder is inside the {what} {}", out.display(), dir.display()));
+        }
+    }
     let tower_cfg_path = tower_dir.join("config.json");
     let mut tower_cfg = read_json(&tower_cfg_path)?;
     let eva = crate::eva02::is_eva_config(&tower_cfg);
@@ -375,5 +381,28 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
         Ok(())
     } else {
         std::fs::copy(from, to).map(|_| ()).map_err(io_err(from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolved;
+
+    /// `..` after an existing folder goes to its real parent; a missing tail is kept as written.
+    #[test]
+    fn resolved_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let model = root.join("m");
+        std::fs::create_dir_all(model.join("sub")).unwrap();
+        assert_eq!(resolved(&model.join("x/../../other")).unwrap(), root.join("other"));
+        assert_eq!(resolved(&root.join("nope/../m/r")).unwrap(), model.join("r"));
+        assert_eq!(resolved(&model.join("sub/./new/deeper")).unwrap(), model.join("sub/new/deeper"));
+        #[cfg(unix)]
+        {
+            // through a symlink to the model folder: inside it
+            std::os::unix::fs::symlink(&model, root.join("link")).unwrap();
+            assert!(resolved(&root.join("link/r")).unwrap().starts_with(&model));
+        }
     }
 }

@@ -309,14 +309,14 @@ impl ImageTokenCache {
     /// The budget from `GRIFFON_IMAGE_CACHE_MB`; a value that is not a number of megabytes is an
     /// error naming it (not a silent default).
     pub fn from_env() -> Result<Self> {
-        let mb =
+        let bytes =
             match std::env::var("GRIFFON_IMAGE_CACHE_MB") {
-                Err(_) => 256,
-                Ok(v) => v.trim().parse::<usize>().ok().and_then(|mb| mb.checked_mul(1 << 20).map(|_| mb)).ok_or_else(
-                    || Error::Invalid(format!("GRIFFON_IMAGE_CACHE_MB={v:?} is not a number of megabytes")),
-                )?,
+                Err(_) => 256 << 20,
+                Ok(v) => v.trim().parse::<usize>().ok().and_then(|mb| mb.checked_mul(1 << 20)).ok_or_else(|| {
+                    Error::Invalid(format!("GRIFFON_IMAGE_CACHE_MB={v:?} is not a number of megabytes"))
+                })?,
             };
-        Ok(Self::new(mb << 20))
+        Ok(Self::new(bytes))
     }
 
     /// Whether it keeps anything (a budget above zero).

@@ -501,10 +501,10 @@ fn check_object_scale(scale: f64) -> Result<(), String> {
     Ok(())
 }
 
-/// Largest scene side: 8x the benchmark's 1022 px (a scene is held in memory as RGB).
-pub const MAX_SCENE_SIZE: u32 = 8192;
+/// Largest scene side: the engine's largest input (a scene is held in memory as RGB).
+pub const MAX_SCENE_SIZE: u32 = griffon_model::griffon::MAX_INPUT_SIZE as u32;
 /// Most objects per scene: COCO annotation ids are `scene * 100 + object + 1`.
-pub const MAX_OBJECTS: usize = 99;
+pub const MAX_OBJECTS: usize = 100;
 
 fn check_scene_shape(size: u32, max_objects: usize) -> Result<(), String> {
     if !(32..=MAX_SCENE_SIZE).contains(&size) {
