@@ -32,7 +32,7 @@ use candle_core::{CustomOp3, DType, Layout, Shape, Tensor, D};
 /// score block to `B * H * 1024 * S` values.
 pub const QUERY_BLOCK: usize = 1024;
 
-static ATTN_GRAD: EnvSwitch = EnvSwitch::new("GRIFFON_ATTN_GRAD");
+static ATTN_GRAD: EnvSwitch = EnvSwitch::new("GRIFFON_ATTN_GRAD", &["0", "1"]);
 
 /// A process-wide choice that overrides an environment switch when set (`None`: the
 /// environment decides).

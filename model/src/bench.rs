@@ -237,8 +237,9 @@ fn median_ms(warm: usize, rep: usize, mut f: impl FnMut() -> Result<()>) -> Resu
 /// one vision forward, one prefill (last-position logits) or one decode step and nothing of the
 /// weights' making or the timing runs. CUDA builds only; elsewhere the variable is ignored.
 fn profile_part() -> Option<BenchPart> {
-    let v = std::env::var("GRIFFON_PROFILE_PART").ok()?;
-    BenchPart::parse(v.trim())
+    static PART: crate::fused::EnvSwitch =
+        crate::fused::EnvSwitch::new("GRIFFON_PROFILE_PART", &["vision", "projector", "prefill", "decode"]);
+    BenchPart::parse(PART.get()?)
 }
 
 /// Runs `f` once inside the profiler's capture range when `part` is the one to profile.

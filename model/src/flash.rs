@@ -37,13 +37,13 @@ pub fn enabled() -> bool {
     !FLASH.is("0")
 }
 
-static FLASH: EnvSwitch = EnvSwitch::new("GRIFFON_FLASH");
+static FLASH: EnvSwitch = EnvSwitch::new("GRIFFON_FLASH", &["0", "1"]);
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-static FLASH_KERNEL: EnvSwitch = EnvSwitch::new("GRIFFON_FLASH_KERNEL");
+static FLASH_KERNEL: EnvSwitch = EnvSwitch::new("GRIFFON_FLASH_KERNEL", &["base", "s1", "o4", "n16", "v2"]);
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-static FLASH_STAGES: EnvSwitch = EnvSwitch::new("GRIFFON_FLASH_STAGES");
+static FLASH_STAGES: EnvSwitch = EnvSwitch::new("GRIFFON_FLASH_STAGES", &["1", "2"]);
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-static DECODE_CHUNK: EnvSwitch = EnvSwitch::new("GRIFFON_DECODE_CHUNK");
+static DECODE_CHUNK: EnvSwitch = EnvSwitch::new("GRIFFON_DECODE_CHUNK", &["32", "64", "128"]);
 
 /// Whether attention over `q` ([B, H, T, D]) runs the fused kernel.
 pub fn applies(q: &Tensor) -> bool {
@@ -170,7 +170,7 @@ pub fn decode(q: &Tensor, k: &Tensor, v: &Tensor, spec: &FlashSpec) -> Result<Te
 /// Head sizes of the backward kernels (the shared tiles of larger heads exceed 48 KB).
 pub const BWD_HEAD_DIMS: [usize; 2] = [32, 64];
 
-static ATTN_BWD: EnvSwitch = EnvSwitch::new("GRIFFON_ATTN_BWD");
+static ATTN_BWD: EnvSwitch = EnvSwitch::new("GRIFFON_ATTN_BWD", &["composed", "flash"]);
 
 /// Whether `GRIFFON_ATTN_BWD=flash` asks training's attention op for the backward kernels
 /// ([`attention_backward`]; off by default until checked and measured on a card).

@@ -19,17 +19,40 @@ use crate::nn::Act;
 /// kernels ask at every launch).
 pub struct EnvSwitch {
     name: &'static str,
+    /// The values it knows; `None`: a positive integer.
+    accepted: Option<&'static [&'static str]>,
     value: std::sync::OnceLock<Option<String>>,
 }
 
 impl EnvSwitch {
-    pub const fn new(name: &'static str) -> Self {
-        Self { name, value: std::sync::OnceLock::new() }
+    pub const fn new(name: &'static str, accepted: &'static [&'static str]) -> Self {
+        Self { name, accepted: Some(accepted), value: std::sync::OnceLock::new() }
     }
 
-    /// The variable's value, trimmed; `None` when unset (or not unicode).
+    /// A switch whose value is a positive integer.
+    pub const fn number(name: &'static str) -> Self {
+        Self { name, accepted: None, value: std::sync::OnceLock::new() }
+    }
+
+    /// The variable's value, trimmed; `None` when unset (or not unicode), or when the value is
+    /// not one it knows: then a warning naming the variable and its values is printed once and
+    /// the default applies (a misspelt switch must not pass for a measured variant).
     pub fn get(&self) -> Option<&str> {
-        self.value.get_or_init(|| std::env::var(self.name).ok().map(|v| v.trim().to_string())).as_deref()
+        self.value
+            .get_or_init(|| {
+                let v = std::env::var(self.name).ok()?.trim().to_string();
+                let known = match self.accepted {
+                    Some(values) => values.contains(&v.as_str()),
+                    None => v.parse::<usize>().is_ok_and(|n| n > 0),
+                };
+                if !known {
+                    let want = self.accepted.map(|a| a.join(", ")).unwrap_or_else(|| "a positive integer".into());
+                    eprintln!("warning: {}={v:?} is not one of {want}: ignored, the default applies", self.name);
+                    return None;
+                }
+                Some(v)
+            })
+            .as_deref()
     }
 
     pub fn is(&self, value: &str) -> bool {
@@ -37,12 +60,12 @@ impl EnvSwitch {
     }
 }
 
-static FUSED: EnvSwitch = EnvSwitch::new("GRIFFON_FUSED");
+static FUSED: EnvSwitch = EnvSwitch::new("GRIFFON_FUSED", &["0", "1"]);
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-static FUSED_VEC: EnvSwitch = EnvSwitch::new("GRIFFON_FUSED_VEC");
+static FUSED_VEC: EnvSwitch = EnvSwitch::new("GRIFFON_FUSED_VEC", &["0", "1"]);
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-static NORM: EnvSwitch = EnvSwitch::new("GRIFFON_NORM");
-static NORM_GEMV: EnvSwitch = EnvSwitch::new("GRIFFON_NORM_GEMV");
+static NORM: EnvSwitch = EnvSwitch::new("GRIFFON_NORM", &["loop", "regs"]);
+static NORM_GEMV: EnvSwitch = EnvSwitch::new("GRIFFON_NORM_GEMV", &["0", "1", "all"]);
 
 /// Whether `GRIFFON_FUSED=0` turned the kernels off.
 pub fn enabled() -> bool {
@@ -1077,6 +1100,23 @@ fn check_rel(got: &Tensor, want: &Tensor) -> Result<f64> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// A switch reads the values it knows and ignores (with a warning) one it does not, so a
+    /// misspelt variant cannot pass for a measured one. Variables of this test only.
+    #[test]
+    fn env_switch_values_are_checked() {
+        std::env::set_var("GRIFFON_TEST_SWITCH_A", " loop ");
+        std::env::set_var("GRIFFON_TEST_SWITCH_B", "lopo");
+        std::env::set_var("GRIFFON_TEST_SWITCH_C", "0");
+        std::env::set_var("GRIFFON_TEST_SWITCH_D", "12");
+        let a = EnvSwitch::new("GRIFFON_TEST_SWITCH_A", &["loop", "regs"]);
+        let b = EnvSwitch::new("GRIFFON_TEST_SWITCH_B", &["loop", "regs"]);
+        let c = EnvSwitch::number("GRIFFON_TEST_SWITCH_C");
+        let d = EnvSwitch::number("GRIFFON_TEST_SWITCH_D");
+        let unset = EnvSwitch::new("GRIFFON_TEST_SWITCH_UNSET", &["1"]);
+        assert!(a.is("loop"));
+        assert_eq!((b.get(), c.get(), d.get(), unset.get()), (None, None, Some("12"), None));
+    }
 
     /// Shapes and dtypes are checked before any kernel, with errors naming what is wrong; on the
     /// CPU the ops refuse to run (never a silent result).

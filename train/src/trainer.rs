@@ -480,7 +480,7 @@ struct Phases {
 /// `GRIFFON_TRAIN_SYNC=1`: wait for the device after each forward pass, so `forward_s` /
 /// `backward_s` split the device's time (costs the overlap of host and device at that point).
 fn sync_phases() -> bool {
-    static SYNC: EnvSwitch = EnvSwitch::new("GRIFFON_TRAIN_SYNC");
+    static SYNC: EnvSwitch = EnvSwitch::new("GRIFFON_TRAIN_SYNC", &["0", "1"]);
     SYNC.is("1")
 }
 
@@ -488,8 +488,8 @@ fn sync_phases() -> bool {
 /// capture range (`ncu` / `nsys` with `--profile-from-start off` / `--capture-range=cudaProfilerApi`),
 /// so a profile holds exactly one optimizer step, after N - 1 warm-up steps. CUDA only.
 fn profile_step() -> Option<usize> {
-    static STEP: EnvSwitch = EnvSwitch::new("GRIFFON_PROFILE_STEP");
-    STEP.get().and_then(|v| v.parse().ok()).filter(|&n| n > 0)
+    static STEP: EnvSwitch = EnvSwitch::number("GRIFFON_PROFILE_STEP");
+    STEP.get().and_then(|v| v.parse().ok())
 }
 
 const STATE_FILE: &str = "trainer_state.json";
