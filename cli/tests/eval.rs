@@ -276,7 +276,10 @@ fn runner_rejects_duplicate_ids_and_zero_chunks() {
     let base = ["eval", "refcoco", "--model", model.to_str().unwrap(), "--images", &toy.p("images"), "--quiet"];
     let o = griffon(&[&base[..], &["--data", &toy.p("dup.jsonl"), "--out", &toy.p("dup")]].concat());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("\"5\" twice") && err.contains("item 1") && err.contains("b.png"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("\"5\" twice") && err.contains("item 1") && err.contains("b.png"),
+        "{err}"
+    );
     let o = griffon(&[&base[..], &["--data", &toy.p("refcoco.jsonl"), "--out", &toy.p("c0"), "--chunk", "0"]].concat());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--chunk") && err.contains("must be at least 1"), "{err}");

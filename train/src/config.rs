@@ -396,11 +396,10 @@ impl TrainConfig {
             (None, None) => return Err("[data] needs `tasks` (a task list) or a [data.synth] section".into()),
             (Some(_), Some(_)) => return Err("[data] takes `tasks` or [data.synth], not both".into()),
             (None, Some(s)) if s.samples == 0 => return Err("data.synth.samples must be at least 1".into()),
-            (None, Some(s)) if !(0.0..=1.0).contains(&s.visj_random) => {
-                return Err(format!("data.synth.visj_random must be in [0, 1], got {}", s.visj_random))
-            }
-            (None, Some(s)) if !(0.0..1.0).contains(&s.region_naming) => {
-                return Err(format!("data.synth.region_naming must be in [0, 1), got {}", s.region_naming))
+            // the stream's own checks, named by the config key before anything is built
+            (None, Some(s)) => {
+                crate::synth::check_visj_random(s.visj_random).map_err(|m| format!("data.synth.{m}"))?;
+                crate::synth::check_region_naming(s.region_naming).map_err(|m| format!("data.synth.{m}"))?;
             }
             _ => {}
         }

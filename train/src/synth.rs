@@ -404,9 +404,7 @@ impl SynthStream {
     /// A share `p` (0..=1) of the exemplar-counting samples counts a random class of the scene
     /// instead of the most frequent one: 1 makes every such sample depend on the exemplar.
     pub fn with_visj_random(mut self, p: f64) -> Result<Self, String> {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(format!("visj_random {p} is outside 0..=1"));
-        }
+        check_visj_random(p)?;
         self.visj_random = p;
         Ok(self)
     }
@@ -418,9 +416,7 @@ impl SynthStream {
     /// learns nothing from exemplar counting (docs/SYNTH.md, session 12). Drawn from its own
     /// random stream, so the other samples stay those of the stream without it.
     pub fn with_region_naming(mut self, p: f64) -> Result<Self, String> {
-        if !(0.0..1.0).contains(&p) {
-            return Err(format!("region_naming {p} is outside 0..1"));
-        }
+        check_region_naming(p)?;
         self.region_naming = p;
         Ok(self)
     }
@@ -494,6 +490,22 @@ impl SynthStream {
 }
 
 /// Writes the benchmark; returns a summary per split.
+/// [`SynthStream::with_visj_random`]'s range (the config checks it by the same function).
+pub fn check_visj_random(p: f64) -> Result<(), String> {
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!("visj_random {p} is outside 0..=1"));
+    }
+    Ok(())
+}
+
+/// [`SynthStream::with_region_naming`]'s range: below 1, so the mix's tasks still occur.
+pub fn check_region_naming(p: f64) -> Result<(), String> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(format!("region_naming {p} is outside 0..1"));
+    }
+    Ok(())
+}
+
 fn check_object_scale(scale: f64) -> Result<(), String> {
     if !(scale.is_finite() && (0.25..=20.0).contains(&scale)) {
         return Err(format!("object scale {scale} is outside 0.25..=20"));

@@ -44,7 +44,7 @@ fn region_lr_and_visj_random() {
     assert!(e.contains("visj_random"), "{e}");
     for bad in ["1.0", "-0.1"] {
         let e = set(&[&format!("data.synth.region_naming={bad}")]).unwrap_err();
-        assert!(e.contains("region_naming must be in [0, 1)"), "{e}");
+        assert!(e.contains("data.synth.region_naming") && e.contains("outside 0..1"), "{e}");
     }
 }
 
