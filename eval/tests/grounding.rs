@@ -93,3 +93,30 @@ fn repeated_phrase_takes_its_own_box() {
     let m = score(&[rec], None, tmp.path()).unwrap();
     assert_eq!(m["any_box_r@1"], 1.0, "{m}");
 }
+
+/// `merge` keeps, per id, a later settled record over a failed or cut one, and never replaces a
+/// settled record by a later failure (records as the runner writes them, old ones without the
+/// `truncated` field).
+#[test]
+fn merge_prefers_settled_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let line = |id: &str, extra: &str| {
+        format!(
+            r#"{{"id": "{id}", "image": "i.png", "prompts": [], "answer": "a", "detections": [], "dropped": [], "truth": {{"kind": "rec", "gt_box": [0, 0, 1, 1]}}{extra}}}"#
+        )
+    };
+    let shard = [
+        line("1", r#", "error": "missing image""#),
+        line("2", r#", "truncated": true, "max_new_tokens": 8"#),
+        line("3", ""),
+        line("1", ""),
+        line("2", r#", "truncated": true, "max_new_tokens": 64"#),
+        line("3", r#", "error": "later failure""#),
+    ]
+    .join("\n");
+    std::fs::write(tmp.path().join("predictions.shard-0-of-1.jsonl"), shard + "\n").unwrap();
+    let recs = griffon_eval::runners::merge(tmp.path()).unwrap();
+    let got: Vec<(&str, bool, bool, Option<usize>)> =
+        recs.iter().map(|r| (r.id.as_str(), r.error.is_some(), r.truncated, r.max_new_tokens)).collect();
+    assert_eq!(got, [("1", false, false, None), ("2", false, true, Some(64)), ("3", false, false, None)]);
+}

@@ -13,13 +13,16 @@ on its own in the second group.
 SPLIT_DIR is the split folder `griffon synth` wrote (its visj.jsonl lists every object); EVAL_OUT
 the `--out` of `griffon eval synth` (or of `griffon eval count` / `eval refcoco`: the predictions
 in the folder itself). Run it on complete runs (with --limit some questions are missing).
-Duplicate ids across shard files keep the first record and a torn last line is dropped, as
-`griffon eval merge` does."""
+Records are merged as `griffon eval merge` does (`eval_records.py`: a rerun replaces a failed
+or cut record; a torn last line is dropped)."""
 import collections
 import glob
 import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from eval_records import merged  # noqa: E402
 
 
 def iou(a, b):
@@ -31,21 +34,7 @@ def iou(a, b):
 
 
 def records(paths):
-    seen = set()
-    for path in paths:
-        lines = open(path).read().split("\n")
-        for k, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                if k == len(lines):
-                    continue
-                sys.exit(f"{path}:{k}: not JSON")
-            if r["id"] not in seen:
-                seen.add(r["id"])
-                yield path, k, r
+    return merged(paths)
 
 
 def main():

@@ -374,7 +374,7 @@ impl SynthStream {
         mix: Vec<(TaskKind, f64)>,
         opts: BuildOptions,
     ) -> Result<Self, String> {
-        check_scene_shape(size, max_objects).map_err(|e| format!("synthetic scenes: {e}"))?;
+        check_scene_shape(size, max_objects, usize::MAX).map_err(|e| format!("synthetic scenes: {e}"))?;
         if mix.is_empty() || mix.iter().any(|(_, w)| !w.is_finite() || *w < 0.0) || mix.iter().all(|(_, w)| *w == 0.0) {
             return Err(format!("synthetic task weights must be finite, non-negative and not all zero: {mix:?}"));
         }
@@ -489,7 +489,6 @@ impl SynthStream {
     }
 }
 
-/// Writes the benchmark; returns a summary per split.
 /// [`SynthStream::with_visj_random`]'s range (the config checks it by the same function).
 pub fn check_visj_random(p: f64) -> Result<(), String> {
     if !(0.0..=1.0).contains(&p) {
@@ -515,22 +514,24 @@ fn check_object_scale(scale: f64) -> Result<(), String> {
 
 /// Largest scene side: the engine's largest input (a scene is held in memory as RGB).
 pub const MAX_SCENE_SIZE: u32 = griffon_model::griffon::MAX_INPUT_SIZE as u32;
-/// Most objects per scene: COCO annotation ids are `scene * 100 + object + 1`.
+/// Most objects per written scene: COCO annotation ids are `scene * 100 + object + 1` (the
+/// training stream writes no ids and has no such bound).
 pub const MAX_OBJECTS: usize = 100;
 
-fn check_scene_shape(size: u32, max_objects: usize) -> Result<(), String> {
+fn check_scene_shape(size: u32, max_objects: usize, most: usize) -> Result<(), String> {
     if !(32..=MAX_SCENE_SIZE).contains(&size) {
         return Err(format!("size {size} is outside 32..={MAX_SCENE_SIZE} px"));
     }
-    if !(1..=MAX_OBJECTS).contains(&max_objects) {
-        return Err(format!("max objects {max_objects} is outside 1..={MAX_OBJECTS}"));
+    if !(1..=most).contains(&max_objects) {
+        return Err(format!("max objects {max_objects} is outside 1..={most}"));
     }
     Ok(())
 }
 
+/// Writes the benchmark; returns a summary per split.
 pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, String> {
     check_object_scale(o.object_scale)?;
-    check_scene_shape(o.size, o.max_objects).map_err(|e| format!("--size / --max-objects: {e}"))?;
+    check_scene_shape(o.size, o.max_objects, MAX_OBJECTS).map_err(|e| format!("--size / --max-objects: {e}"))?;
     if o.n == 0 {
         return Err("--n must be at least 1".into());
     }
