@@ -227,22 +227,26 @@ pub fn reg(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
         .collect()
 }
 
-/// Phrases of a Flickr30K Entities sentence line: `[/EN#123/people A man]` groups.
-pub fn parse_flickr_sentence(line: &str) -> Vec<(String, String)> {
+/// Phrases of a Flickr30K Entities sentence line: `[/EN#123/people A man]` groups. A group left
+/// open or without a phrase is an error (its phrase would silently leave the evaluation).
+pub fn parse_flickr_sentence(line: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     let mut rest = line;
     while let Some(start) = rest.find("[/EN#") {
         let after = &rest[start + 5..];
-        let Some(end) = after.find(']') else { break };
+        let end = after.find(']').ok_or_else(|| format!("an unclosed phrase group: {:?}", &rest[start..]))?;
         let inner = &after[..end];
         // "123/people/other A man in red"
-        if let Some((tag, phrase)) = inner.split_once(' ') {
-            let id = tag.split('/').next().unwrap_or("").to_string();
-            out.push((id, phrase.trim().to_string()));
+        match inner.split_once(' ') {
+            Some((tag, phrase)) if !phrase.trim().is_empty() => {
+                let id = tag.split('/').next().unwrap_or("").to_string();
+                out.push((id, phrase.trim().to_string()));
+            }
+            _ => return Err(format!("a phrase group without a phrase: {:?}", &rest[start..start + 5 + end + 1])),
         }
         rest = &after[end + 1..];
     }
-    out
+    Ok(out)
 }
 
 /// Boxes per entity id in a Flickr30K Entities annotation xml (`<object><name>ID</name>...
@@ -307,6 +311,7 @@ pub fn flickr(sentences: &Path, annotations: &Path, images: &Path, ids: Option<&
         .map_err(|m| fmt_err(&af, m))?;
         for (k, line) in text.lines().enumerate() {
             let phrases: Vec<PhraseTruth> = parse_flickr_sentence(line)
+                .map_err(|m| fmt_err(&sf, format!("line {}: {m}", k + 1)))?
                 .into_iter()
                 .filter_map(|(eid, phrase)| boxes.get(&eid).map(|b| PhraseTruth { phrase, boxes: b.clone() }))
                 .collect();

@@ -6,7 +6,8 @@ use std::path::Path;
 
 #[test]
 fn flickr_markup() {
-    let p = parse_flickr_sentence("[/EN#18/people A man] in [/EN#19/clothing an orange hat] starring at something .");
+    let p = parse_flickr_sentence("[/EN#18/people A man] in [/EN#19/clothing an orange hat] starring at something .")
+        .unwrap();
     assert_eq!(p, vec![("18".to_string(), "A man".to_string()), ("19".to_string(), "an orange hat".to_string())]);
     let xml = "<annotation><object><name>18</name><name>20</name><bndbox><xmin>1</xmin><ymin>2</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object>\
                <object><name>19</name><nobndbox>1</nobndbox></object></annotation>";
@@ -93,6 +94,11 @@ fn malformed_parts_of_a_record_are_errors_not_skipped() {
     let bad = "<annotation><object><name>18</name><bndbox><xmin>1</xmin><ymin>two</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object></annotation>";
     let e = parse_flickr_xml(bad).unwrap_err();
     assert!(e.contains("<bndbox>") && e.contains("two"), "{e}");
+    // a phrase group left open, or without its phrase
+    let e = parse_flickr_sentence("[/EN#18/people A man] in [/EN#19/clothing an orange hat").unwrap_err();
+    assert!(e.contains("unclosed") && e.contains("EN#19"), "{e}");
+    let e = parse_flickr_sentence("[/EN#18/people] runs").unwrap_err();
+    assert!(e.contains("without a phrase") && e.contains("EN#18"), "{e}");
     let tmp = tempfile::tempdir().unwrap();
     // a reference expression that is not a string
     let f = tmp.path().join("reg.jsonl");

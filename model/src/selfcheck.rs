@@ -68,15 +68,30 @@ pub fn check_case(dir: &Path, device: &Device, dtype: DType) -> Result<CaseRepor
     };
     let prompt = m.render_prompt(&s("user_prompt")?, None);
     let prepared = m.prepare(&prompt, &[px], &regions)?;
-    let want_ids: Vec<i64> = meta["input_ids"].as_array().into_iter().flatten().filter_map(|v| v.as_i64()).collect();
+    // the golden's id lists: an entry that is not a token id is an error naming the list
+    let ids = |key: &str| -> Result<Vec<u32>> {
+        let list = meta[key].as_array().ok_or_else(|| Error::Invalid(format!("{}: no `{key}` list", dir.display())))?;
+        list.iter()
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .ok_or_else(|| Error::Invalid(format!("{}: `{key}` holds {v}, not a token id", dir.display())))
+            })
+            .collect()
+    };
+    // input ids may hold the image placeholder (negative, as the reference's -200)
+    let want_ids: Vec<i64> = meta["input_ids"]
+        .as_array()
+        .ok_or_else(|| Error::Invalid(format!("{}: no `input_ids` list", dir.display())))?
+        .iter()
+        .map(|v| v.as_i64().ok_or_else(|| Error::Invalid(format!("{}: `input_ids` holds {v}", dir.display()))))
+        .collect::<Result<_>>()?;
     let input_ids_equal = prepared.input_ids == want_ids;
     let mut cache = m.llm.new_cache();
     let logits = m.llm.forward_embeds(&prepared.embeds, &mut cache, true)?.squeeze(0)?;
     let logits_rel_err = rel_err(&logits, g("prefill_logits")?)?;
-    let stop: Vec<u32> =
-        meta["stop_ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64().map(|x| x as u32)).collect();
-    let want: Vec<u32> =
-        meta["greedy_ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64().map(|x| x as u32)).collect();
+    let stop = ids("stop_ids")?;
+    let want = ids("greedy_ids")?;
     let n = meta["max_new_tokens"].as_u64().unwrap_or(want.len() as u64) as usize;
     let gen = generate(
         &m.llm,
