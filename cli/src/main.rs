@@ -704,8 +704,8 @@ fn generate_cmd(a: &GenerateArgs) -> Result<()> {
 
 /// `generate` prints the raw text: a cut answer is said so on stderr.
 fn warn_if_cut(g: &griffon_model::generate::Generation, max_new_tokens: usize) {
-    if g.stop == griffon_model::generate::StopReason::MaxTokens {
-        eprintln!("warning: the answer reached --max-new-tokens ({max_new_tokens}) before its end token");
+    if let Some(reason) = griffon_model::tasks::cut_reason(g.stop, max_new_tokens) {
+        eprintln!("warning: {reason}");
     }
 }
 
@@ -946,19 +946,25 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     let ann = d.join("instances.json");
     // per evaluation: samples, and those that failed or whose answers were cut (kept beside an
     // earlier summary's entries for evaluations this call does not rerun, as the metrics are)
-    let mut runs = match summary.remove("samples") {
+    let runs = std::cell::RefCell::new(match summary.remove("samples") {
         Some(serde_json::Value::Object(o)) => o,
         _ => serde_json::Map::new(),
-    };
-    let counted = std::cell::RefCell::new(Vec::new());
+    });
     let run = |t: SynthTask, dir: &str, items: &dyn Fn() -> ItemsResult, ann: Option<&std::path::Path>| match on(t) {
         true => {
             let m = eval_run_metrics(a, &a.out.join(dir), items()?, ann)?;
             if let Some(m) = &m {
-                let keys = ["samples", "failed_samples", "truncated_samples"];
-                let entry: serde_json::Map<String, serde_json::Value> =
-                    keys.iter().map(|k| (k.replace("_samples", ""), m[*k].clone())).collect();
-                counted.borrow_mut().push((dir.to_string(), entry));
+                let n = |k: &str| m[k].as_u64().unwrap_or(0);
+                let (failed, cut) = (n("failed_samples"), n("truncated_samples"));
+                if failed > 0 || cut > 0 {
+                    eprintln!(
+                        "{dir}: {failed} samples failed to run (scored as misses), {cut} answers were cut at \
+                         --max-new-tokens (scored as they are): see the `error` / `truncated` records in {}",
+                        a.out.join(dir).display()
+                    );
+                }
+                let entry = serde_json::json!({"samples": m["samples"], "failed": failed, "truncated": cut});
+                runs.borrow_mut().insert(dir.to_string(), entry);
             }
             anyhow::Ok(m)
         }
@@ -1011,20 +1017,7 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     if let Some(m) = reg {
         summary.insert("reg_cider".into(), m["cider"].clone());
     }
-    for (dir, entry) in counted.into_inner() {
-        let n = |k: &str| entry[k].as_u64().unwrap_or(0);
-        if n("failed") > 0 || n("truncated") > 0 {
-            eprintln!(
-                "{dir}: {} samples failed to run (scored as misses), {} answers were cut at --max-new-tokens \
-                 (scored as they are): see the `error` / `truncated` records in {}",
-                n("failed"),
-                n("truncated"),
-                a.out.join(&dir).display()
-            );
-        }
-        runs.insert(dir, serde_json::Value::Object(entry));
-    }
-    summary.insert("samples".into(), serde_json::Value::Object(runs));
+    summary.insert("samples".into(), serde_json::Value::Object(runs.into_inner()));
     let v = serde_json::Value::Object(summary);
     std::fs::write(&f, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", f.display()))?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&v)?)?;

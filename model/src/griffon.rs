@@ -327,10 +327,9 @@ impl Griffon {
             template,
             device: opts.device.clone(),
             dtype: opts.dtype,
-            tiles: 0,
+            tiles,
             image_cache: crate::tasks::ImageTokenCache::from_env()?,
         };
-        let model = Self { tiles, ..model };
         Ok((model, vars))
     }
 

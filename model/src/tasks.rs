@@ -71,7 +71,7 @@ pub struct TaskOutput {
 }
 
 /// Why an answer ended without its end token, or None when it ended normally.
-fn cut_reason(stop: StopReason, max_new_tokens: usize) -> Option<String> {
+pub fn cut_reason(stop: StopReason, max_new_tokens: usize) -> Option<String> {
     match stop {
         StopReason::StopToken => None,
         StopReason::MaxTokens => Some(format!(

@@ -33,10 +33,6 @@ def iou(a, b):
     return inter / union if union > 0 else 0.0
 
 
-def records(paths):
-    return merged(paths)
-
-
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -62,7 +58,7 @@ def main():
     result = {}
     for task, paths in runs.items():
         groups = {"alone": collections.Counter(), "with_others": collections.Counter()}
-        for path, k, r in records(paths):
+        for path, k, r in merged(paths):
             t = r.get("truth", {})
             if t.get("kind") == "count" and "boxes" in t:
                 own, dets = {tuple(b) for b in t["boxes"]}, r["detections"]
