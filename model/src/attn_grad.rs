@@ -19,9 +19,9 @@
 //! (with grouped-query attention, the query heads of a group add into their key / value head's
 //! gradients). The arithmetic is f32 whatever the input dtype; gradients come back in the input
 //! dtype. `GRIFFON_ATTN_GRAD=0` keeps the composed graph instead (a side-by-side figure).
-//! `GRIFFON_ATTN_BWD=flash` runs the same equations in the GPU's backward kernels where they fit
-//! ([`crate::flash::attention_backward`]: bf16 / f16, head sizes 32 and 64), without any
-//! score-sized tensor.
+//! Where they fit, the GPU's backward kernels run the same equations
+//! ([`crate::flash::attention_backward`]: bf16 / f16, head sizes 32 and 64) without any
+//! score-sized tensor; `GRIFFON_ATTN_BWD=composed` keeps the composed backward there.
 
 use crate::cpu_kernels::Causal;
 use crate::error::{invalid, Result};
@@ -285,7 +285,7 @@ fn backward(
     let heads = |x: &Tensor| -> Result<Tensor> { Ok(x.reshape((b, t, h, d))?.transpose(1, 2)?) };
     let (q, k, v) = (q.detach(), k.detach(), v.detach());
     if backward_kernel(&q) {
-        // the GPU's backward kernels: no score-sized tensor (GRIFFON_ATTN_BWD=flash)
+        // the GPU's backward kernels: no score-sized tensor (the default; GRIFFON_ATTN_BWD=composed: not)
         let f = crate::flash::FlashSpec { scale: spec.scale, softcap: spec.softcap, causal: spec.causal };
         return crate::flash::attention_backward(&q, &k, &v, out, &grad.detach(), &f);
     }

@@ -172,10 +172,12 @@ pub const BWD_HEAD_DIMS: [usize; 2] = [32, 64];
 
 static ATTN_BWD: EnvSwitch = EnvSwitch::new("GRIFFON_ATTN_BWD", &["composed", "flash"]);
 
-/// Whether `GRIFFON_ATTN_BWD=flash` asks training's attention op for the backward kernels
-/// ([`attention_backward`]; off by default until checked and measured on a card).
+/// Whether training's attention op takes the backward kernels ([`attention_backward`]) where
+/// they fit: the default since session 14 (checked on the H100 against autograd, bf16 rel
+/// <= 7.5e-3, and 54 against 40 samples/s of a 1022 px training step: docs/PERFORMANCE.md);
+/// `GRIFFON_ATTN_BWD=composed` keeps the op's composed backward.
 pub fn backward_requested() -> bool {
-    ATTN_BWD.is("flash")
+    !ATTN_BWD.is("composed")
 }
 
 /// Whether [`attention_backward`] can take q (a GPU build, q bf16 / f16 on the GPU, [B, H, T, D]

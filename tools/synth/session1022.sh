@@ -79,7 +79,7 @@ train_cmd() {
   cmd=(env "GRIFFON_ATTN_GRAD=$((ag > 0 ? 1 : 0))" "GRIFFON_ATTN_BWD=$bwd" "$G" train --config "$CONFIG" "${common[@]}" --set "train.dtype=$dtype"
     --set "train.batch_size=${mb%x*}" --set "train.grad_accum=${mb#*x}" --set "train.out=$2")
 }
-echo -e "setting\tsamples_per_s\tforward_s\tbackward_s\toptim_s\tdata_wait_s\tfinal_loss" > "$OUT/probe.tsv"
+echo -e "setting\tsamples_per_s\tforward_s\tbackward_s\toptim_s\tdata_wait_s\tupload_s\tvision_s\tlanguage_s\tfinal_loss" > "$OUT/probe.tsv"
 for s in $SETTINGS; do
   out=/tmp/probe-${s//:/-}
   rm -rf "$out"
@@ -99,13 +99,14 @@ except OSError:
 # drop the first steps (CUDA start, allocator warm-up): time from the end of step k to the last
 k = 2 if len(rows) > 3 else 1
 if rc != "0" or len(rows) <= k:
-    print(f"{setting}\tfailed(rc {rc})\t\t\t\t\t")
+    print(f"{setting}\tfailed(rc {rc})" + "\t" * 8)
     sys.exit()
 use = rows[k:]
 span = use[-1]["elapsed_s"] - rows[k - 1]["elapsed_s"]
 rate = len(use) * int(micro) * int(accum) / span
-mean = lambda key: sum(r[key] for r in use) / len(use)
-cols = [f"{rate:.2f}"] + [f"{mean(c):.3f}" for c in ("forward_s", "backward_s", "optim_s", "data_wait_s")]
+# (upload_s / vision_s / language_s: the forward pass's parts, logged since session 14)
+mean = lambda key: sum(r.get(key, float("nan")) for r in use) / len(use)
+cols = [f"{rate:.2f}"] + [f"{mean(c):.3f}" for c in ("forward_s", "backward_s", "optim_s", "data_wait_s", "upload_s", "vision_s", "language_s")]
 print("\t".join([setting] + cols + [f"{rows[-1]['loss']:.4f}"]))
 PY
   tail -n 1 "$OUT/probe.tsv"

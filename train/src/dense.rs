@@ -279,53 +279,43 @@ impl DenseHead {
         let out = self.outputs(feats).map_err(e)?;
         // balanced cross-entropy: the mean over covered patches plus the mean over background
         // ones (background is ~90% of the patches of a scene; a plain mean taught the colour but
-        // left the shape at chance on covered patches after 800 steps of the CPU probe)
-        let (mut fg, mut bg) = (Vec::new(), Vec::new());
-        for (i, t) in targets.iter().enumerate() {
-            for (p, &s) in t.shape.iter().enumerate() {
-                if s != 0 { &mut fg } else { &mut bg }.push((i * n + p) as u32);
-            }
-        }
-        let covered = !fg.is_empty();
-        // row sets as tensors (the covered one first, also used for the box term)
-        let sets: Vec<Tensor> = [fg, bg]
-            .into_iter()
-            .filter(|r| !r.is_empty())
-            .map(|r| {
-                let k = r.len();
-                Tensor::from_vec(r, k, dev)
-            })
-            .collect::<candle_core::Result<_>>()
-            .map_err(e)?;
+        // left the shape at chance on covered patches after 800 steps of the CPU probe). Written
+        // as a weighted sum (1/|covered| on covered patches, 1/|background| on the others), not
+        // as means of row selections: the backward of candle's index_select (index_add) runs
+        // on one GPU block looping over every selected row, 44 ms of a 1022 px step's 122 ms of
+        // kernels on the H100 (session 14's profile, docs/SYNTH.md)
+        let labels = |k: fn(&DenseTargets) -> &Vec<u32>| targets.iter().flat_map(|t| k(t).iter().copied()).collect();
+        let shapes: Vec<u32> = labels(|t| &t.shape);
+        let fg = shapes.iter().filter(|&&s| s != 0).count();
+        let bg = shapes.len() - fg;
+        let weights: Vec<f32> =
+            shapes.iter().map(|&s| if s != 0 { 1.0 / fg as f32 } else { 1.0 / bg as f32 }).collect();
+        let weights = Tensor::from_vec(weights, (b * n, 1), dev).map_err(e)?;
         let ce = |from: usize, len: usize, labels: Vec<u32>| -> Result<Tensor, String> {
             let logits = out.narrow(1, from, len).map_err(e)?;
             let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(e)?;
             let y = Tensor::from_vec(labels, (b * n, 1), dev).map_err(e)?;
             let nll = lsm.gather(&y, 1).and_then(|v| v.neg()).map_err(e)?;
-            let mut total: Option<Tensor> = None;
-            for rows in &sets {
-                let m = nll.index_select(rows, 0).and_then(|v| v.mean_all()).map_err(e)?;
-                total = Some(match total {
-                    None => m,
-                    Some(t) => (t + m).map_err(e)?,
-                });
-            }
-            total.ok_or_else(|| "dense loss: no patches".to_string())
+            (nll * &weights).and_then(|v| v.sum_all()).map_err(e)
         };
-        let shape = ce(0, SHAPE_CLASSES, targets.iter().flat_map(|t| t.shape.iter().copied()).collect())?;
-        let colour =
-            ce(SHAPE_CLASSES, COLOUR_CLASSES, targets.iter().flat_map(|t| t.colour.iter().copied()).collect())?;
+        let shape = ce(0, SHAPE_CLASSES, shapes.clone())?;
+        let colour = ce(SHAPE_CLASSES, COLOUR_CLASSES, labels(|t| &t.colour))?;
         let mut loss = (shape + colour).map_err(e)?;
-        if covered {
-            let rows = &sets[0];
+        if fg > 0 {
+            // mean L1 over the four coordinates of covered patches: background rows weigh 0
             let want: Vec<f32> = targets
                 .iter()
-                .flat_map(|t| t.shape.iter().zip(&t.boxes).filter(|(&s, _)| s != 0).flat_map(|(_, b)| *b))
+                .flat_map(|t| t.shape.iter().zip(&t.boxes).flat_map(|(&s, b)| if s != 0 { *b } else { [0.0; 4] }))
                 .collect();
-            let want = Tensor::from_vec(want, (rows.dim(0).map_err(e)?, 4), dev).map_err(e)?;
-            let got =
-                out.index_select(rows, 0).and_then(|y| y.narrow(1, SHAPE_CLASSES + COLOUR_CLASSES, 4)).map_err(e)?;
-            let l1 = (got - want).and_then(|d| d.abs()).and_then(|d| d.mean_all()).map_err(e)?;
+            let want = Tensor::from_vec(want, (b * n, 4), dev).map_err(e)?;
+            let mask: Vec<f32> = shapes.iter().map(|&s| if s != 0 { 1.0 / (4 * fg) as f32 } else { 0.0 }).collect();
+            let mask = Tensor::from_vec(mask, (b * n, 1), dev).map_err(e)?;
+            let got = out.narrow(1, SHAPE_CLASSES + COLOUR_CLASSES, 4).map_err(e)?;
+            let l1 = (got - want)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.broadcast_mul(&mask))
+                .and_then(|d| d.sum_all())
+                .map_err(e)?;
             loss = (loss + (l1 * BOX_WEIGHT).map_err(e)?).map_err(e)?;
         }
         Ok(loss)

@@ -158,6 +158,40 @@ pub struct BatchLoss {
     pub loss: Tensor,
     pub tokens: usize,
     pub dense: Option<Tensor>,
+    /// Where the forward pass spent its time.
+    pub parts: ForwardParts,
+}
+
+/// The host's time in the parts of a forward pass: stacking the pixels and region crops and
+/// copying them to the device; the vision tower with the dense loss, the projector and the
+/// region encoder; the language model with its loss. With `GRIFFON_TRAIN_SYNC=1` each part
+/// waits for the device at its end, so the parts split the device's time too; otherwise the
+/// host enqueues kernels and runs ahead (the copies to the device wait either way).
+#[derive(Default, Clone, Copy, Debug)]
+pub struct ForwardParts {
+    pub upload: std::time::Duration,
+    pub vision: std::time::Duration,
+    pub language: std::time::Duration,
+}
+
+impl std::ops::AddAssign for ForwardParts {
+    fn add_assign(&mut self, o: Self) {
+        self.upload += o.upload;
+        self.vision += o.vision;
+        self.language += o.language;
+    }
+}
+
+/// The time since `*mark` (after waiting for the device under `GRIFFON_TRAIN_SYNC=1`); moves
+/// the mark to now.
+fn lap(dev: &Device, mark: &mut Instant) -> Result<std::time::Duration, Error> {
+    if sync_phases() {
+        dev.synchronize().map_err(|e| e.to_string())?;
+    }
+    let now = Instant::now();
+    let d = now - *mark;
+    *mark = now;
+    Ok(d)
 }
 
 /// [`batch_loss`] for an [`Objective`]; the vision tower runs once for both losses.
@@ -171,8 +205,24 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
         return Err("nothing to train: neither answer tokens nor the dense loss".into());
     }
     let dev = &m.device;
-    let px: Vec<&Tensor> = batch.iter().map(|l| &l.pixels).collect();
-    let px = Tensor::stack(&px, 0).and_then(|t| t.to_device(dev)).map_err(e)?;
+    let mut mark = Instant::now();
+    let mut parts = ForwardParts::default();
+    // each sample's pixels are copied as they are and stacked on the device: stacking on the
+    // host first wrote a fresh buffer of the whole batch every step (200 MB at 16 x 1022 px,
+    // its pages faulted in anew each time) before the copy
+    let to_dev = |ts: Vec<&Tensor>| -> Result<Tensor, Error> {
+        let on: Vec<Tensor> =
+            ts.into_iter().map(|t| t.to_device(dev)).collect::<candle_core::Result<_>>().map_err(e)?;
+        Tensor::stack(&on, 0).map_err(e)
+    };
+    let px = to_dev(batch.iter().map(|l| &l.pixels).collect())?;
+    let all_regions: Vec<&Tensor> = batch.iter().flat_map(|l| l.regions.iter()).collect();
+    let regions = if all_regions.is_empty() || !obj.answers {
+        None // (the dense-only objective reads no region crops)
+    } else {
+        Some(to_dev(all_regions)?)
+    };
+    parts.upload = lap(dev, &mut mark)?;
     let (image_tokens, dense) = match obj.dense {
         None => (m.encode_image(&px).map_err(ge)?, None),
         Some((head, weight)) => {
@@ -192,19 +242,16 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
             let value = dl.detach();
             if !obj.answers {
                 let patches = feats.dim(0).map_err(e)? * feats.dim(1).map_err(e)?;
-                return Ok(BatchLoss { loss: (dl * weight).map_err(e)?, tokens: patches, dense: Some(value) });
+                let loss = (dl * weight).map_err(e)?;
+                parts.vision = lap(dev, &mut mark)?;
+                return Ok(BatchLoss { loss, tokens: patches, dense: Some(value), parts });
             }
             let tokens = m.merge_tiles(&m.projector.forward(&feats).map_err(ge)?).map_err(ge)?;
             (tokens, Some(((dl * weight).map_err(e)?, value)))
         }
     };
-    let all_regions: Vec<&Tensor> = batch.iter().flat_map(|l| l.regions.iter()).collect();
-    let region_tokens = if all_regions.is_empty() {
-        None
-    } else {
-        let r = Tensor::stack(&all_regions, 0).and_then(|t| t.to_device(dev)).map_err(e)?;
-        Some(m.encode_region(&r).map_err(ge)?)
-    };
+    let region_tokens = regions.map(|r| m.encode_region(&r)).transpose().map_err(ge)?;
+    parts.vision = lap(dev, &mut mark)?;
     let lens = VisualLens {
         image: image_tokens.dim(1).map_err(e)?,
         region: region_tokens.as_ref().map(|r| r.dim(1)).transpose().map_err(e)?.unwrap_or(1),
@@ -258,10 +305,12 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
     let logits = m.llm.head(&picked).map_err(ge)?;
     let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).map_err(e)?, D::Minus1).map_err(e)?;
     let nll = lsm.gather(&targets, 1).and_then(|x| x.neg()).and_then(|x| x.mean_all()).map_err(e)?;
-    match dense {
-        None => Ok(BatchLoss { loss: nll, tokens: n, dense: None }),
-        Some((dl, value)) => Ok(BatchLoss { loss: (nll + dl).map_err(e)?, tokens: n, dense: Some(value) }),
-    }
+    let (loss, dense) = match dense {
+        None => (nll, None),
+        Some((dl, value)) => ((nll + dl).map_err(e)?, Some(value)),
+    };
+    parts.language = lap(dev, &mut mark)?;
+    Ok(BatchLoss { loss, tokens: n, dense, parts })
 }
 
 /// Loss of one sample (graph kept for backward) and its supervised token count.
@@ -426,6 +475,11 @@ pub struct StepLog {
     /// accumulation included) and in clipping + the optimizer update (its norm is read on the
     /// host, so it waits too). With the data wait they account for the step's time.
     pub forward_s: f64,
+    /// The forward passes' parts ([`ForwardParts`]): pixels to the device, the vision side
+    /// (tower, dense loss, projector, region encoder), the language model and its loss.
+    pub upload_s: f64,
+    pub vision_s: f64,
+    pub language_s: f64,
     pub backward_s: f64,
     pub optim_s: f64,
     /// Mean unweighted dense perception loss of the step, when it is trained.
@@ -474,6 +528,7 @@ pub struct Trainer {
 #[derive(Default, Clone, Copy)]
 struct Phases {
     forward: std::time::Duration,
+    parts: ForwardParts,
     backward: std::time::Duration,
 }
 
@@ -794,7 +849,7 @@ impl Trainer {
             }
             let obj = Objective { answers, dense: self.dense.as_ref().map(|h| (h, dense_weight)) };
             let t_fwd = Instant::now();
-            let BatchLoss { loss, tokens: n, dense } = match batch_objective(&self.model, &batch, obj) {
+            let BatchLoss { loss, tokens: n, dense, parts } = match batch_objective(&self.model, &batch, obj) {
                 Ok(x) => x,
                 Err(reason) => {
                     let source = batch.iter().map(|l| l.sample.source.as_str()).collect::<Vec<_>>().join(", ");
@@ -807,6 +862,7 @@ impl Trainer {
             }
             let t_bwd = Instant::now();
             self.phases.forward += t_bwd - t_fwd;
+            self.phases.parts += parts;
             let l = (loss / accum as f64).map_err(|e| e.to_string())?;
             let gs = l.backward().map_err(|e| e.to_string())?;
             loss_sum += l.to_scalar::<f32>().map_err(|e| e.to_string())? as f64;
@@ -909,6 +965,9 @@ impl Trainer {
                 elapsed_s: self.elapsed_s(),
                 data_wait_s: self.data_wait.as_secs_f64(),
                 forward_s: self.phases.forward.as_secs_f64(),
+                upload_s: self.phases.parts.upload.as_secs_f64(),
+                vision_s: self.phases.parts.vision.as_secs_f64(),
+                language_s: self.phases.parts.language.as_secs_f64(),
                 backward_s: self.phases.backward.as_secs_f64(),
                 optim_s,
                 dense,

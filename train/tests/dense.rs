@@ -1,10 +1,10 @@
 //! Stage 0, the dense perception loss (train/src/dense.rs): per-patch targets, training of the
 //! vision tower alone, exact resume with the head, and the auxiliary form beside the answer loss.
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor, Var, D};
 use griffon_model::loader::Checkpoint;
 use griffon_train::config::TrainConfig;
-use griffon_train::dense::{DenseTargets, HEAD_FILE};
+use griffon_train::dense::{DenseHead, DenseTargets, BOX_WEIGHT, COLOUR_CLASSES, HEAD_FILE, SHAPE_CLASSES};
 use griffon_train::synth::Object;
 use griffon_train::trainer::Trainer;
 use std::path::{Path, PathBuf};
@@ -80,6 +80,9 @@ fn stage0_trains_the_tower_alone_falls_and_resumes_exactly() {
         assert!(wait >= 0.0 && fwd > 0.0 && bwd > 0.0 && opt >= 0.0, "{line}");
         let elapsed = r["elapsed_s"].as_f64().unwrap();
         assert!(wait + fwd + bwd + opt <= elapsed - before + 1e-6, "{line}");
+        // the forward pass's parts: stage 0 runs the vision side alone
+        let (up, vis, lang) = (phase("upload_s"), phase("vision_s"), phase("language_s"));
+        assert!(up > 0.0 && vis > 0.0 && lang == 0.0 && up + vis <= fwd + 1e-6, "{line}");
         before = elapsed;
     }
 
@@ -125,6 +128,10 @@ fn stage0_trains_the_tower_alone_falls_and_resumes_exactly() {
         // the head came from stage 0: its loss starts near where stage 0 ended, not at ~4 nats
         assert!(dense < 0.75 * first, "dense loss {dense} after stage 0 ended at {last}");
         assert!(loss > 0.5 * dense, "answer loss missing: total {loss}, dense {dense}");
+        // with answers the language model's part of the forward pass is timed too
+        let part = |k: &str| row[k].as_f64().unwrap_or_else(|| panic!("{k} in every row: {line}"));
+        let (up, vis, lang, fwd) = (part("upload_s"), part("vision_s"), part("language_s"), part("forward_s"));
+        assert!(up > 0.0 && vis > 0.0 && lang > 0.0 && up + vis + lang <= fwd + 1e-6, "{line}");
     }
     assert!(r.checkpoint.join(HEAD_FILE).is_file());
 }
@@ -225,4 +232,69 @@ fn score_counts_what_the_head_reads() {
     // |0.5 - 0| + |0.5 - 0| + |0.5 - 0.5| + |0.5 - 0.5| over 4, and the same for the second box
     assert!((s.box_l1 - 0.25).abs() < 1e-9, "{}", s.box_l1);
     assert!(head.score(&feats, &[&t, &t]).is_err());
+}
+
+/// The balanced loss as defined (the mean over covered patches plus the mean over background
+/// ones, of each cross-entropy; BOX_WEIGHT x the mean L1 over covered boxes), by row selection.
+fn loss_by_selection(head: &DenseHead, feats: &Tensor, targets: &[&DenseTargets]) -> Tensor {
+    let out = head.outputs(feats).unwrap();
+    let shapes: Vec<u32> = targets.iter().flat_map(|t| t.shape.clone()).collect();
+    let colours: Vec<u32> = targets.iter().flat_map(|t| t.colour.clone()).collect();
+    let pick = |fg: bool| -> Tensor {
+        let rows: Vec<u32> = (0..shapes.len() as u32).filter(|&i| (shapes[i as usize] != 0) == fg).collect();
+        Tensor::new(rows, &Device::Cpu).unwrap()
+    };
+    let (fg, bg) = (pick(true), pick(false));
+    let ce = |from: usize, len: usize, labels: &[u32]| -> Tensor {
+        let lsm = candle_nn::ops::log_softmax(&out.narrow(1, from, len).unwrap(), D::Minus1).unwrap();
+        let y = Tensor::new(labels, &Device::Cpu).unwrap().unsqueeze(1).unwrap();
+        let nll = lsm.gather(&y, 1).unwrap().neg().unwrap();
+        (nll.index_select(&fg, 0).unwrap().mean_all().unwrap() + nll.index_select(&bg, 0).unwrap().mean_all().unwrap())
+            .unwrap()
+    };
+    let want: Vec<f32> = targets
+        .iter()
+        .flat_map(|t| t.shape.iter().zip(&t.boxes).filter(|(&s, _)| s != 0).flat_map(|(_, b)| *b))
+        .collect();
+    let want = Tensor::from_vec(want, (fg.dim(0).unwrap(), 4), &Device::Cpu).unwrap();
+    let got = out.index_select(&fg, 0).unwrap().narrow(1, SHAPE_CLASSES + COLOUR_CLASSES, 4).unwrap();
+    let l1 = (got - want).unwrap().abs().unwrap().mean_all().unwrap();
+    ((ce(0, SHAPE_CLASSES, &shapes) + ce(SHAPE_CLASSES, COLOUR_CLASSES, &colours)).unwrap()
+        + (l1 * BOX_WEIGHT).unwrap())
+    .unwrap()
+}
+
+#[test]
+fn the_weighted_dense_loss_equals_the_means_of_row_selections() {
+    // two 80 px scenes on a 4 x 4 grid (some patches covered, most background), 12 channels
+    let a = DenseTargets::new(&[obj(1, 2, [0, 0, 60, 60]), obj(5, 7, [72, 2, 76, 6])], 80, 4).unwrap();
+    let b = DenseTargets::new(&[obj(3, 4, [20, 40, 45, 79])], 80, 4).unwrap();
+    let dev = Device::Cpu;
+    let head = DenseHead::init(12, 5, DType::F32, &dev).unwrap();
+    let x: Vec<f32> = (0..2 * 16 * 12).map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0).collect();
+    let feats = Var::from_tensor(&Tensor::from_vec(x, (2, 16, 12), &dev).unwrap()).unwrap();
+    let targets = [&a, &b];
+    let got = head.loss(feats.as_tensor(), &targets).unwrap();
+    let want = loss_by_selection(&head, feats.as_tensor(), &targets);
+    let (g, w) = (got.to_scalar::<f32>().unwrap(), want.to_scalar::<f32>().unwrap());
+    // stated tolerance: f32 sums in another order
+    assert!((g - w).abs() <= 1e-5 * w.abs(), "loss {g} against {w}");
+    let (gg, gw) = (got.backward().unwrap(), want.backward().unwrap());
+    for (name, v) in [("features", &feats), ("head weight", &head.weight), ("head bias", &head.bias)] {
+        let (x, y) = (gg.get(v.as_tensor()).unwrap(), gw.get(v.as_tensor()).unwrap());
+        let scale = y.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = x.sub(y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(scale > 0.0 && d <= 1e-5 * scale, "{name} gradient differs by {d} (scale {scale})");
+    }
+    // one image without any covered patch: the background mean alone, no box term
+    let empty = DenseTargets::new(&[], 80, 4).unwrap();
+    let feats1 = feats.as_tensor().narrow(0, 0, 1).unwrap();
+    let only_bg = head.loss(&feats1, &[&empty]).unwrap().to_scalar::<f32>().unwrap();
+    let out = head.outputs(&feats1).unwrap();
+    let mean_nll = |from: usize, len: usize| -> f32 {
+        let lsm = candle_nn::ops::log_softmax(&out.narrow(1, from, len).unwrap(), D::Minus1).unwrap();
+        lsm.narrow(1, 0, 1).unwrap().neg().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    let want = mean_nll(0, SHAPE_CLASSES) + mean_nll(SHAPE_CLASSES, COLOUR_CLASSES);
+    assert!((only_bg - want).abs() <= 1e-5 * want, "background-only loss {only_bg} against {want}");
 }
