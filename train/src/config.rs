@@ -16,6 +16,7 @@
 //! # mix = { det = 0.4, vg = 0.25, reg = 0.15, visj = 0.2 }
 //! # visj_random = 0.5             # share of counting samples on a random class (else the most frequent)
 //! # region_naming = 0.0           # share of samples naming an object given as <region> (REG prompt)
+//! # rec_not_largest = 0.0         # share of REC samples referring to an object other than the largest
 //! max_len = 2048                  # longer samples are skipped and reported
 //! max_categories = 80
 //! none_prob = 0.0
@@ -124,6 +125,10 @@ pub struct SynthSection {
     /// Share of samples naming an object given as a visual prompt (`SynthStream::with_region_naming`).
     #[serde(default)]
     pub region_naming: f64,
+    /// Share of REC samples referring to an object other than the scene's largest
+    /// (`SynthStream::with_rec_not_largest`).
+    #[serde(default)]
+    pub rec_not_largest: f64,
 }
 
 fn default_visj_random() -> f64 {
@@ -400,6 +405,7 @@ impl TrainConfig {
             (None, Some(s)) => {
                 crate::synth::check_visj_random(s.visj_random).map_err(|m| format!("data.synth.{m}"))?;
                 crate::synth::check_region_naming(s.region_naming).map_err(|m| format!("data.synth.{m}"))?;
+                crate::synth::check_rec_not_largest(s.rec_not_largest).map_err(|m| format!("data.synth.{m}"))?;
             }
             _ => {}
         }

@@ -682,7 +682,8 @@ impl Trainer {
                 let stream = SynthStream::new(sy.seed, sy.size, sy.max_objects, mix, bopts.clone())?
                     .with_object_scale(sy.object_scale)?
                     .with_visj_random(sy.visj_random)?
-                    .with_region_naming(sy.region_naming)?;
+                    .with_region_naming(sy.region_naming)?
+                    .with_rec_not_largest(sy.rec_not_largest)?;
                 Data::Synth { stream, len: sy.samples }
             }
             None => Data::Files(encoded),

@@ -199,6 +199,58 @@ fn stream_region_naming_and_visj_share() {
     assert!(plain.clone().with_region_naming(1.0).is_err() && plain.clone().with_visj_random(-0.1).is_err());
 }
 
+/// `rec_not_largest`: at 1, every REC sample of a scene with a referable object other than its
+/// largest refers to one of those; the other samples are those of the stream without it, and
+/// at 0 the stream is unchanged.
+#[test]
+fn stream_rec_not_largest() {
+    use griffon_train::data::TaskKind;
+    use griffon_train::synth::SynthStream;
+    let mix = vec![(TaskKind::Det, 1.0), (TaskKind::Vg, 2.0), (TaskKind::Reg, 1.0)];
+    let stream =
+        |p: f64| SynthStream::new(7, 96, 3, mix.clone(), BuildOptions::default()).unwrap().with_rec_not_largest(p);
+    let (plain, zero, away) = (stream(0.0).unwrap(), stream(0.0).unwrap(), stream(1.0).unwrap());
+    let (mut moved, mut on_largest_before, mut rec) = (0, 0, 0);
+    for k in 0..120 {
+        let (a, _, objs) = plain.sample(k).unwrap();
+        assert_eq!(a, zero.sample(k).unwrap().0, "scene {k}: a share of 0 changed the stream");
+        let (b, _, _) = away.sample(k).unwrap();
+        if a.task != TaskKind::Vg || objs.len() < 2 {
+            assert_eq!(a, b, "scene {k}: a sample other than REC in a scene of several objects changed");
+            continue;
+        }
+        rec += 1;
+        let area = |o: &griffon_train::synth::Object| (o.bbox[2] - o.bbox[0]) * (o.bbox[3] - o.bbox[1]);
+        let largest = objs.iter().rev().max_by_key(|o| area(o)).unwrap();
+        let target = |s: &griffon_train::data::Sample| {
+            let found = griffon_core::answer::parse_answer(&s.turns[0].1).instances;
+            assert_eq!(found.len(), 1, "scene {k}: {:?}", s.turns[0].1);
+            found[0].norm
+        };
+        // boxes in the answer are normalised: compare with the largest object's box the same way
+        let norm = |o: &griffon_train::synth::Object| o.bbox.map(|v| v as f64 / 96.0);
+        let is_largest = |s: &griffon_train::data::Sample| {
+            let t = target(s).as_array();
+            t.iter().zip(norm(largest)).all(|(x, y)| (x - y).abs() < 0.006)
+        };
+        on_largest_before += is_largest(&a) as usize;
+        if is_largest(&b) {
+            // only when no other object has a unique expression
+            let others = objs
+                .iter()
+                .enumerate()
+                .filter(|(i, o)| !std::ptr::eq(*o, largest) && griffon_train::synth::refer(&objs, *i, 96).is_some());
+            assert_eq!(others.count(), 0, "scene {k}: REC still refers to the largest object: {:?}", b.turns[0].1);
+        }
+        moved += (a != b) as usize;
+    }
+    assert!(
+        rec >= 30 && on_largest_before >= 8 && moved >= on_largest_before / 2,
+        "{rec} REC, {on_largest_before} on the largest, {moved} moved"
+    );
+    assert!(stream(1.5).is_err() && stream(-0.1).is_err());
+}
+
 /// `--split test` writes exactly the test split of the full benchmark, nothing else.
 #[test]
 fn one_split_equals_that_split_of_the_full_benchmark() {
