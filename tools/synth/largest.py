@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Does a model answer a referring expression with the scene's largest object? For the REC
+questions of a `griffon eval synth` run whose scene holds two or more objects: how many first
+boxes hit an object (IoU >= 0.5 with it), how many of those hit the largest object (by box area),
+the referred one, the leftmost (smallest x1) and the topmost, and the same for the scenes whose
+largest object is not the leftmost (detection answers list boxes left to right, so the first box
+of an answer is the leftmost: which bias is it?); and how often the referred object
+is itself the largest, over the hits and over all such questions (the share a model that boxes
+the largest object whatever it is asked gets right). docs/SYNTH.md, session 14.
+
+    tools/synth/largest.py SPLIT_DIR EVAL_OUT [EVAL_OUT ...]   # e.g. data/synth224/test runs/eval224/select224
+
+Records are merged as `griffon eval merge` does (`eval_records.py`). One JSON line per EVAL_OUT."""
+import collections
+import glob
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from eval_records import merged  # noqa: E402
+from selection import iou  # noqa: E402
+
+
+def area(b):
+    return (b[2] - b[0]) * (b[3] - b[1])
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    split = sys.argv[1]
+    visj = os.path.join(split, "visj.jsonl")
+    if not os.path.isfile(visj):
+        sys.exit(f"{visj}: absent (SPLIT_DIR must be a split folder written by griffon synth)")
+    scene = collections.defaultdict(list)
+    for line in open(visj):
+        r = json.loads(line)
+        for o in r["objects"]:
+            scene[r["image_path"]] += [tuple(b) for b in o["bboxes"]]
+    for out in sys.argv[2:]:
+        paths = sorted(glob.glob(f"{out}/rec/predictions.shard-*.jsonl"))
+        if not paths:
+            sys.exit(f"no REC predictions under {out}/rec")
+        c = collections.Counter()
+        for path, k, r in merged(paths):
+            t = r.get("truth", {})
+            if t.get("kind") != "rec":
+                sys.exit(f"{path}:{k}: not a REC record")
+            objects = scene.get(os.path.basename(r["image"]))
+            if not objects:
+                sys.exit(f"{path}:{k}: image {r['image']} is not in {visj}")
+            if len(objects) < 2:
+                continue
+            own = tuple(t["gt_box"])
+            largest = max(objects, key=area)
+            c["questions"] += 1
+            c["referred_is_largest"] += own == largest
+            if not r["detections"]:
+                continue
+            box = r["detections"][0]["box"]
+            best = max(objects, key=lambda o: iou(box, o))
+            if iou(box, best) < 0.5:
+                continue
+            c["hits"] += 1
+            c["hit_largest"] += best == largest
+            c["hit_referred"] += best == own
+            c["hit_leftmost"] += best == min(objects, key=lambda o: o[0])
+            c["hit_topmost"] += best == min(objects, key=lambda o: o[1])
+            c["hits_whose_referred_is_largest"] += own == largest
+            # the two orders apart: is it size, or the detection answers' left-to-right order?
+            leftmost = min(objects, key=lambda o: o[0])
+            if largest != leftmost:
+                c["hits_largest_not_leftmost"] += 1
+                c["of_those_on_largest"] += best == largest
+                c["of_those_on_leftmost"] += best == leftmost
+        print(json.dumps({"eval": out, **c}))
+
+
+if __name__ == "__main__":
+    main()
