@@ -520,8 +520,8 @@ extern "C" __global__ void decode_combine_f16(const float *ws_o, const float *ws
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward pass for training's attention op (src/attn_grad.rs; GRIFFON_ATTN_BWD=flash, off until
-// checked and measured on a card): FlashAttention-2's backward (Dao, 2023, arXiv 2307.08691,
+// Backward pass for training's attention op (src/attn_grad.rs; the default since it was checked
+// and measured on the H100 in session 14, GRIFFON_ATTN_BWD=composed: not): FlashAttention-2's backward (Dao, 2023, arXiv 2307.08691,
 // Algorithm 2) with the fragment layouts above. Two kernels:
 //   flash_bwd_prep: per query row, lse = log sum_j exp(x_j) over the visible keys (x the scaled,
 //     soft-capped scores, formed as flash_fwd forms them) and dd = sum_c dO[c] O[c];

@@ -174,7 +174,7 @@ static ATTN_BWD: EnvSwitch = EnvSwitch::new("GRIFFON_ATTN_BWD", &["composed", "f
 
 /// Whether training's attention op takes the backward kernels ([`attention_backward`]) where
 /// they fit: the default since session 14 (checked on the H100 against autograd, bf16 rel
-/// <= 7.5e-3, and 54 against 40 samples/s of a 1022 px training step: docs/PERFORMANCE.md);
+/// 7.52e-3 at most, and 54 against 40 samples/s of a 1022 px training step: docs/PERFORMANCE.md);
 /// `GRIFFON_ATTN_BWD=composed` keeps the op's composed backward.
 pub fn backward_requested() -> bool {
     !ATTN_BWD.is("composed")

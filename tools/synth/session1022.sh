@@ -72,7 +72,8 @@ PROBE_STEPS=${PROBE_STEPS:-10}
 common=(--device "$DEVICE" --quiet --set "model.init=$INIT" --set train.save_every=0)
 # SETS: more config overrides for every run of this call, KEY=VALUE words (e.g.
 # SETS="data.synth.seed=15 train.warmup_ratio=0.01": a continued run on fresh scenes)
-for kv in ${SETS:-}; do common+=(--set "$kv"); done
+read -ra sets <<< "${SETS:-}"
+for kv in "${sets[@]}"; do common+=(--set "$kv"); done
 # cmd=(the training command of SETTING $1 writing to $2); callers add the schedule
 train_cmd() {
   local dtype mb ag

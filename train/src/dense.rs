@@ -283,9 +283,12 @@ impl DenseHead {
         // as a weighted sum (1/|covered| on covered patches, 1/|background| on the others), not
         // as means of row selections: the backward of candle's index_select (index_add) runs
         // on one GPU block looping over every selected row, 44 ms of a 1022 px step's 122 ms of
-        // kernels on the H100 (session 14's profile, docs/SYNTH.md)
+        // kernels on the H100 (session 14's profile, docs/PERFORMANCE.md)
         let labels = |k: fn(&DenseTargets) -> &Vec<u32>| targets.iter().flat_map(|t| k(t).iter().copied()).collect();
         let shapes: Vec<u32> = labels(|t| &t.shape);
+        if shapes.is_empty() {
+            return Err("dense loss: no patches".to_string());
+        }
         let fg = shapes.iter().filter(|&&s| s != 0).count();
         let bg = shapes.len() - fg;
         let weights: Vec<f32> =

@@ -426,7 +426,8 @@ impl SynthStream {
     }
 
     /// A share `p` (0..=1) of the REC samples refers to an object other than the scene's largest
-    /// (by box area; when one of the referable objects is another). With the referred object
+    /// (by box area, the first of equal ones: an object as large as it counts as another; when
+    /// one of the referable objects is another). With the referred object
     /// drawn uniformly, boxing the largest object whatever the expression answers 41% of the
     /// REC questions in scenes of two or three objects right (the 224 px model's training
     /// distribution; 14% in the benchmark's scenes of up to 20), and the models learn that

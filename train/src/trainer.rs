@@ -475,10 +475,11 @@ pub struct StepLog {
     /// accumulation included) and in clipping + the optimizer update (its norm is read on the
     /// host, so it waits too). With the data wait they account for the step's time.
     pub forward_s: f64,
-    /// The forward passes' parts ([`ForwardParts`]): pixels to the device, the vision side
-    /// (tower, dense loss, projector, region encoder), the language model and its loss.
+    /// The forward passes' parts ([`ForwardParts`]): pixels (and region crops) to the device,
     pub upload_s: f64,
+    /// the vision side (tower, dense loss, projector, region encoder),
     pub vision_s: f64,
+    /// the language model with its loss.
     pub language_s: f64,
     pub backward_s: f64,
     pub optim_s: f64,

@@ -249,8 +249,13 @@ fn loss_by_selection(head: &DenseHead, feats: &Tensor, targets: &[&DenseTargets]
         let lsm = candle_nn::ops::log_softmax(&out.narrow(1, from, len).unwrap(), D::Minus1).unwrap();
         let y = Tensor::new(labels, &Device::Cpu).unwrap().unsqueeze(1).unwrap();
         let nll = lsm.gather(&y, 1).unwrap().neg().unwrap();
-        (nll.index_select(&fg, 0).unwrap().mean_all().unwrap() + nll.index_select(&bg, 0).unwrap().mean_all().unwrap())
-            .unwrap()
+        // the mean of each non-empty set
+        let means: Vec<Tensor> = [&fg, &bg]
+            .into_iter()
+            .filter(|rows| rows.dim(0).unwrap() > 0)
+            .map(|rows| nll.index_select(rows, 0).unwrap().mean_all().unwrap())
+            .collect();
+        means.into_iter().reduce(|a, b| (a + b).unwrap()).unwrap()
     };
     let want: Vec<f32> = targets
         .iter()
@@ -266,7 +271,7 @@ fn loss_by_selection(head: &DenseHead, feats: &Tensor, targets: &[&DenseTargets]
 
 #[test]
 fn the_weighted_dense_loss_equals_the_means_of_row_selections() {
-    // two 80 px scenes on a 4 x 4 grid (some patches covered, most background), 12 channels
+    // two 80 px scenes on a 4 x 4 grid (20 of the 32 patches background), 12 channels
     let a = DenseTargets::new(&[obj(1, 2, [0, 0, 60, 60]), obj(5, 7, [72, 2, 76, 6])], 80, 4).unwrap();
     let b = DenseTargets::new(&[obj(3, 4, [20, 40, 45, 79])], 80, 4).unwrap();
     let dev = Device::Cpu;
@@ -286,6 +291,13 @@ fn the_weighted_dense_loss_equals_the_means_of_row_selections() {
         let d = x.sub(y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(scale > 0.0 && d <= 1e-5 * scale, "{name} gradient differs by {d} (scale {scale})");
     }
+    // one image covered everywhere (no background patch): the covered means alone
+    let full = DenseTargets::new(&[obj(2, 5, [0, 0, 80, 80])], 80, 4).unwrap();
+    assert_eq!(full.foreground(), 16);
+    let feats1 = feats.as_tensor().narrow(0, 1, 1).unwrap();
+    let (g, w) = (head.loss(&feats1, &[&full]).unwrap(), loss_by_selection(&head, &feats1, &[&full]));
+    let (g, w) = (g.to_scalar::<f32>().unwrap(), w.to_scalar::<f32>().unwrap());
+    assert!(g.is_finite() && (g - w).abs() <= 1e-5 * w.abs(), "all-covered loss {g} against {w}");
     // one image without any covered patch: the background mean alone, no box term
     let empty = DenseTargets::new(&[], 80, 4).unwrap();
     let feats1 = feats.as_tensor().narrow(0, 0, 1).unwrap();
