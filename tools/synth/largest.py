@@ -6,7 +6,8 @@ the referred one, the leftmost (smallest x1) and the topmost, and the same for t
 largest object is not the leftmost (detection answers list boxes left to right, so the first box
 of an answer is the leftmost: which bias is it?); and how often the referred object
 is itself the largest, over the hits and over all such questions (the share a model that boxes
-the largest object whatever it is asked gets right). docs/SYNTH.md, session 14.
+the largest object whatever it is asked gets right). Equal areas: the first in visj.jsonl's order
+(the stream's `rec_not_largest` takes the first in the scene's order). docs/SYNTH.md, session 14.
 
     tools/synth/largest.py SPLIT_DIR EVAL_OUT [EVAL_OUT ...]   # e.g. data/synth224/test runs/eval224/select224
 
