@@ -291,7 +291,8 @@ struct TrainArgs {
     #[arg(long)]
     config: PathBuf,
     /// Override a config entry, e.g. `--set train.max_time_s=300 --set model.init=runs/x`
-    /// (repeatable; relative paths are relative to the working directory).
+    /// (repeatable; relative paths are relative to the working directory; `--set KEY=` removes
+    /// the entry, so its default applies).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Hide the progress bar.

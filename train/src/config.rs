@@ -316,7 +316,9 @@ impl TrainConfig {
     }
 
     /// Reads a config, then applies `key.path=value` overrides (`griffon train --set`): the value
-    /// is read as a TOML value (a bare word that is not one is taken as a string). Relative paths
+    /// is read as a TOML value (a bare word that is not one is taken as a string); an empty value
+    /// (`key.path=`) removes the entry, so its default applies (e.g. `train.region_lr=`: the
+    /// region path back on the main learning rate). Relative paths
     /// in the file are relative to the file; relative paths given as overrides are relative to the
     /// working directory.
     pub fn from_file_with(path: &Path, overrides: &[String]) -> Result<Self, String> {
@@ -326,9 +328,13 @@ impl TrainConfig {
         for o in overrides {
             let (key, value) = o.split_once('=').ok_or_else(|| format!("--set {o:?}: expected key.path=value"))?;
             let key = key.trim();
-            let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
-                Ok(mut t) => t.remove("v").expect("parsed key"),
-                Err(_) => toml::Value::String(value.to_string()),
+            let value: Option<toml::Value> = if value.trim().is_empty() {
+                None
+            } else {
+                Some(match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+                    Ok(mut t) => t.remove("v").expect("parsed key"),
+                    Err(_) => toml::Value::String(value.to_string()),
+                })
             };
             let parts: Vec<&str> = key.split('.').collect();
             if parts.iter().any(|p| p.is_empty()) {
@@ -339,7 +345,15 @@ impl TrainConfig {
                 let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 table = entry.as_table_mut().ok_or_else(|| format!("--set {o:?}: `{p}` is not a table"))?;
             }
-            table.insert(parts[parts.len() - 1].to_string(), value);
+            let last = parts[parts.len() - 1].to_string();
+            match value {
+                Some(v) => {
+                    table.insert(last, v);
+                }
+                None => {
+                    table.remove(&last);
+                }
+            }
             overridden.push(key.to_string());
         }
         let mut cfg: TrainConfig = doc.try_into().map_err(|e: toml::de::Error| format!("{}: {e}", path.display()))?;

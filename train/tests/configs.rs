@@ -36,6 +36,11 @@ fn region_lr_and_visj_random() {
     assert_eq!(cfg.lr_of(Module::RegionProjector), 1e-3);
     assert_eq!(cfg.lr_of(Module::Llm), cfg.train.lr);
     assert_eq!(cfg.data.synth.as_ref().unwrap().visj_random, 1.0);
+    // an empty value removes the entry: region224.toml's own region_lr gives way to the main rate
+    assert_eq!(set(&[]).unwrap().lr_of(Module::Region), 5e-4);
+    let unset = set(&["train.region_lr="]).unwrap();
+    assert_eq!(unset.train.region_lr, None);
+    assert_eq!(unset.lr_of(Module::Region), unset.train.lr);
     let e = set(&["train.region_lr=-1"]).unwrap_err();
     assert!(e.contains("region_lr must be positive"), "{e}");
     let e = set(&["train.region_lr=1e-3", "train.trainable=[\"llm\"]"]).unwrap_err();
