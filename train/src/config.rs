@@ -317,7 +317,7 @@ impl TrainConfig {
 
     /// Reads a config, then applies `key.path=value` overrides (`griffon train --set`): the value
     /// is read as a TOML value (a bare word that is not one is taken as a string); an empty value
-    /// (`key.path=`) removes the entry, so its default applies (e.g. `train.region_lr=`: the
+    /// (`key.path=`) removes the entry (an error when the file has none), so its default applies (e.g. `train.region_lr=`: the
     /// region path back on the main learning rate). Relative paths
     /// in the file are relative to the file; relative paths given as overrides are relative to the
     /// working directory.
@@ -340,19 +340,24 @@ impl TrainConfig {
             if parts.iter().any(|p| p.is_empty()) {
                 return Err(format!("--set {o:?}: empty key component"));
             }
+            let last = parts[parts.len() - 1];
             let mut table = &mut doc;
             for p in &parts[..parts.len() - 1] {
+                if value.is_none() && !table.contains_key(*p) {
+                    return Err(format!("--set {o:?}: the config has no entry {key} to remove"));
+                }
                 let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 table = entry.as_table_mut().ok_or_else(|| format!("--set {o:?}: `{p}` is not a table"))?;
             }
-            let last = parts[parts.len() - 1].to_string();
             match value {
                 Some(v) => {
-                    table.insert(last, v);
+                    table.insert(last.to_string(), v);
                 }
-                None => {
-                    table.remove(&last);
+                // removing what is not there is a typo or a misunderstanding, not a no-op
+                None if table.remove(last).is_none() => {
+                    return Err(format!("--set {o:?}: the config has no entry {key} to remove"));
                 }
+                None => {}
             }
             overridden.push(key.to_string());
         }

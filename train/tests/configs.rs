@@ -41,6 +41,11 @@ fn region_lr_and_visj_random() {
     let unset = set(&["train.region_lr="]).unwrap();
     assert_eq!(unset.train.region_lr, None);
     assert_eq!(unset.lr_of(Module::Region), unset.train.lr);
+    // removing an entry the file does not have is an error naming it (a typo would pass silently)
+    for absent in ["train.regoin_lr=", "data.synth.mix.absent=", "nothing.here="] {
+        let e = set(&[absent]).unwrap_err();
+        assert!(e.contains("no entry") && e.contains(absent.trim_end_matches('=')), "{absent}: {e}");
+    }
     let e = set(&["train.region_lr=-1"]).unwrap_err();
     assert!(e.contains("region_lr must be positive"), "{e}");
     let e = set(&["train.region_lr=1e-3", "train.trainable=[\"llm\"]"]).unwrap_err();
