@@ -317,8 +317,8 @@ impl TrainConfig {
 
     /// Reads a config, then applies `key.path=value` overrides (`griffon train --set`): the value
     /// is read as a TOML value (a bare word that is not one is taken as a string); an empty value
-    /// (`key.path=`) removes the entry (an error when the file has none), so its default applies (e.g. `train.region_lr=`: the
-    /// region path back on the main learning rate). Relative paths
+    /// (`key.path=`) removes the entry (an error when the file has none), so its default applies
+    /// (e.g. `train.region_lr=`: the region path back on the main learning rate). Relative paths
     /// in the file are relative to the file; relative paths given as overrides are relative to the
     /// working directory.
     pub fn from_file_with(path: &Path, overrides: &[String]) -> Result<Self, String> {
