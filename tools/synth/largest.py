@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from eval_records import merged  # noqa: E402
-from selection import iou  # noqa: E402
+from selection import iou, scene_boxes  # noqa: E402
 
 
 def area(b):
@@ -30,15 +30,7 @@ def area(b):
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
-    split = sys.argv[1]
-    visj = os.path.join(split, "visj.jsonl")
-    if not os.path.isfile(visj):
-        sys.exit(f"{visj}: absent (SPLIT_DIR must be a split folder written by griffon synth)")
-    scene = collections.defaultdict(list)
-    for line in open(visj):
-        r = json.loads(line)
-        for o in r["objects"]:
-            scene[r["image_path"]] += [tuple(b) for b in o["bboxes"]]
+    scene, visj = scene_boxes(sys.argv[1])
     for out in sys.argv[2:]:
         paths = sorted(glob.glob(f"{out}/rec/predictions.shard-*.jsonl"))
         if not paths:

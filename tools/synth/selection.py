@@ -33,11 +33,10 @@ def iou(a, b):
     return inter / union if union > 0 else 0.0
 
 
-def main():
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
-    split, out = sys.argv[1], sys.argv[2]
-    scene = collections.defaultdict(list)  # image file name -> every object box
+def scene_boxes(split):
+    """Image file name -> every object box of the scene, from the split's visj.jsonl (and that
+    file's path, for messages)."""
+    scene = collections.defaultdict(list)
     visj = os.path.join(split, "visj.jsonl")
     if not os.path.isfile(visj):
         sys.exit(f"{visj}: absent (SPLIT_DIR must be a split folder written by griffon synth)")
@@ -45,6 +44,14 @@ def main():
         r = json.loads(line)
         for o in r["objects"]:
             scene[r["image_path"]] += [tuple(b) for b in o["bboxes"]]
+    return scene, visj
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    split, out = sys.argv[1], sys.argv[2]
+    scene, visj = scene_boxes(split)
     runs = {}
     for task in ("count_any", "rec"):
         paths = sorted(glob.glob(f"{out}/{task}/predictions.shard-*.jsonl"))

@@ -294,15 +294,15 @@ impl DenseHead {
         let weights: Vec<f32> =
             shapes.iter().map(|&s| if s != 0 { 1.0 / fg as f32 } else { 1.0 / bg as f32 }).collect();
         let weights = Tensor::from_vec(weights, (b * n, 1), dev).map_err(e)?;
-        let ce = |from: usize, len: usize, labels: Vec<u32>| -> Result<Tensor, String> {
+        let ce = |from: usize, len: usize, labels: &[u32]| -> Result<Tensor, String> {
             let logits = out.narrow(1, from, len).map_err(e)?;
             let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(e)?;
-            let y = Tensor::from_vec(labels, (b * n, 1), dev).map_err(e)?;
+            let y = Tensor::new(labels, dev).and_then(|y| y.reshape((b * n, 1))).map_err(e)?;
             let nll = lsm.gather(&y, 1).and_then(|v| v.neg()).map_err(e)?;
             (nll * &weights).and_then(|v| v.sum_all()).map_err(e)
         };
-        let shape = ce(0, SHAPE_CLASSES, shapes.clone())?;
-        let colour = ce(SHAPE_CLASSES, COLOUR_CLASSES, labels(|t| &t.colour))?;
+        let shape = ce(0, SHAPE_CLASSES, &shapes)?;
+        let colour = ce(SHAPE_CLASSES, COLOUR_CLASSES, &labels(|t| &t.colour))?;
         let mut loss = (shape + colour).map_err(e)?;
         if fg > 0 {
             // mean L1 over the four coordinates of covered patches: background rows weigh 0
