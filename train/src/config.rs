@@ -17,6 +17,7 @@
 //! # visj_random = 0.5             # share of counting samples on a random class (else the most frequent)
 //! # region_naming = 0.0           # share of samples naming an object given as <region> (REG prompt)
 //! # rec_not_largest = 0.0         # share of REC samples referring to an object other than the largest
+//! # rec_turns = 1                 # REC samples ask for up to this many of the scene's objects, a turn each
 //! max_len = 2048                  # longer samples are skipped and reported
 //! max_categories = 80
 //! none_prob = 0.0
@@ -129,6 +130,13 @@ pub struct SynthSection {
     /// (`SynthStream::with_rec_not_largest`).
     #[serde(default)]
     pub rec_not_largest: f64,
+    /// Most REC turns per REC sample, one per referable object (`SynthStream::with_rec_turns`).
+    #[serde(default = "default_rec_turns")]
+    pub rec_turns: usize,
+}
+
+fn default_rec_turns() -> usize {
+    1
 }
 
 fn default_visj_random() -> f64 {
@@ -425,6 +433,7 @@ impl TrainConfig {
                 crate::synth::check_visj_random(s.visj_random).map_err(|m| format!("data.synth.{m}"))?;
                 crate::synth::check_region_naming(s.region_naming).map_err(|m| format!("data.synth.{m}"))?;
                 crate::synth::check_rec_not_largest(s.rec_not_largest).map_err(|m| format!("data.synth.{m}"))?;
+                crate::synth::check_rec_turns(s.rec_turns).map_err(|m| format!("data.synth.{m}"))?;
             }
             _ => {}
         }

@@ -362,6 +362,8 @@ pub struct SynthStream {
     /// Share of REC samples whose referred object is drawn among those other than the scene's
     /// largest ([`SynthStream::with_rec_not_largest`]); 0 unless set.
     pub rec_not_largest: f64,
+    /// Most REC turns in one REC sample ([`SynthStream::with_rec_turns`]); 1 unless set.
+    pub rec_turns: usize,
     /// (task, weight): DET, VG (REC), REG and VISJ (exemplar counting).
     pub mix: Vec<(TaskKind, f64)>,
     pub opts: BuildOptions,
@@ -392,6 +394,7 @@ impl SynthStream {
             visj_random: 0.5,
             region_naming: 0.0,
             rec_not_largest: 0.0,
+            rec_turns: 1,
             mix,
             opts,
             vocab: SHAPES.iter().map(|s| s.to_string()).collect(),
@@ -437,6 +440,19 @@ impl SynthStream {
     pub fn with_rec_not_largest(mut self, p: f64) -> Result<Self, String> {
         check_rec_not_largest(p)?;
         self.rec_not_largest = p;
+        Ok(self)
+    }
+
+    /// A REC sample asks for up to `n` (>= 1) of the scene's referable objects (at most 3), one
+    /// turn each: the referred object of the one-turn sample first, then the others in the
+    /// scene's drawn order. In one turn a model can answer every expression of a scene with the
+    /// same box (its largest object) and lose only that turn; with several turns on one image,
+    /// each answer is trained against the others in the same sequence. Phrase grounding asks in
+    /// the same form (`griffon_core::request`, one turn per phrase). The samples' random draws
+    /// are unchanged, so at 1 the stream is the stream without it.
+    pub fn with_rec_turns(mut self, n: usize) -> Result<Self, String> {
+        check_rec_turns(n)?;
+        self.rec_turns = n;
         Ok(self)
     }
 
@@ -513,7 +529,19 @@ impl SynthStream {
                     pick = self.away_from_largest(k, &objs, &ann).unwrap_or(pick);
                 }
                 let r = &recs[pick];
-                record_samples(kind, RecordRef::Ground(r), &images, vocab, &self.opts, &source, &mut rng)?
+                let mut first =
+                    record_samples(kind, RecordRef::Ground(r), &images, vocab, &self.opts, &source, &mut rng)?;
+                if kind == TaskKind::Vg && self.rec_turns > 1 {
+                    // the scene's other referable objects as later turns (VG builds one sample
+                    // per record and draws nothing from rng)
+                    for r in (0..recs.len()).filter(|&i| i != pick).take(self.rec_turns - 1).map(|i| &recs[i]) {
+                        let more =
+                            record_samples(kind, RecordRef::Ground(r), &images, vocab, &self.opts, &source, &mut rng)?;
+                        let s = first.first_mut().ok_or_else(|| format!("{source}: no REC sample built"))?;
+                        s.turns.extend(more.into_iter().flat_map(|m| m.turns));
+                    }
+                }
+                first
             }
             // no object of the scene has a unique expression: a detection sample instead
             TaskKind::Vg | TaskKind::Reg => {
@@ -534,6 +562,14 @@ impl SynthStream {
 pub fn check_visj_random(p: f64) -> Result<(), String> {
     if !(0.0..=1.0).contains(&p) {
         return Err(format!("visj_random {p} is outside 0..=1"));
+    }
+    Ok(())
+}
+
+/// [`SynthStream::with_rec_turns`]'s range.
+pub fn check_rec_turns(n: usize) -> Result<(), String> {
+    if n == 0 {
+        return Err("rec_turns must be at least 1".into());
     }
     Ok(())
 }

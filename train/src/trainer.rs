@@ -684,7 +684,8 @@ impl Trainer {
                     .with_object_scale(sy.object_scale)?
                     .with_visj_random(sy.visj_random)?
                     .with_region_naming(sy.region_naming)?
-                    .with_rec_not_largest(sy.rec_not_largest)?;
+                    .with_rec_not_largest(sy.rec_not_largest)?
+                    .with_rec_turns(sy.rec_turns)?;
                 Data::Synth { stream, len: sy.samples }
             }
             None => Data::Files(encoded),

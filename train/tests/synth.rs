@@ -251,6 +251,48 @@ fn stream_rec_not_largest() {
     assert!(stream(1.5).is_err() && stream(-0.1).is_err());
 }
 
+/// `rec_turns`: REC samples ask for the scene's other referable objects in later turns (the
+/// one-turn sample's question first, each object once, every turn a REC question); the other
+/// samples are those of the stream without it, and at 1 the stream is unchanged.
+#[test]
+fn stream_rec_turns() {
+    use griffon_train::data::TaskKind;
+    use griffon_train::synth::SynthStream;
+    let mix = vec![(TaskKind::Det, 1.0), (TaskKind::Vg, 2.0), (TaskKind::Reg, 1.0)];
+    let stream = |n: usize| SynthStream::new(7, 96, 3, mix.clone(), BuildOptions::default()).unwrap().with_rec_turns(n);
+    let (plain, one, three) = (
+        stream(1).unwrap(),
+        SynthStream::new(7, 96, 3, mix.clone(), BuildOptions::default()).unwrap(),
+        stream(3).unwrap(),
+    );
+    let (mut multi, mut rec) = (0, 0);
+    for k in 0..120 {
+        let (a, _, objs) = plain.sample(k).unwrap();
+        assert_eq!(a, one.sample(k).unwrap().0, "scene {k}: rec_turns = 1 changed the stream");
+        let (b, _, _) = three.sample(k).unwrap();
+        if a.task != TaskKind::Vg {
+            assert_eq!(a, b, "scene {k}: a sample other than REC changed");
+            continue;
+        }
+        rec += 1;
+        assert_eq!(a.turns[0], b.turns[0], "scene {k}: the first turn changed");
+        let referable = (0..objs.len()).filter(|&i| griffon_train::synth::refer(&objs, i, 96).is_some()).count();
+        assert_eq!(b.turns.len(), referable.min(3), "scene {k}: {:?}", b.turns);
+        let mut answers: Vec<&String> = b.turns.iter().map(|(_, ans)| ans).collect();
+        for (q, ans) in &b.turns {
+            let expr = ans.split("-[").next().unwrap();
+            assert_eq!(q, &griffon_core::request::rec_prompt(expr), "scene {k}");
+            assert_eq!(griffon_core::answer::parse_answer(ans).instances.len(), 1, "scene {k}: {ans}");
+        }
+        answers.sort();
+        answers.dedup();
+        assert_eq!(answers.len(), b.turns.len(), "scene {k}: an object asked for twice: {:?}", b.turns);
+        multi += (b.turns.len() > 1) as usize;
+    }
+    assert!(rec >= 30 && multi >= 10, "{rec} REC samples, {multi} with several turns");
+    assert!(stream(0).is_err());
+}
+
 /// `--split test` writes exactly the test split of the full benchmark, nothing else.
 #[test]
 fn one_split_equals_that_split_of_the_full_benchmark() {

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Appends fresh decoder layers to a Griffon-Gemma-2 checkpoint's LLM without changing what it
+computes: each new layer's attention and MLP outputs go through Gemma-2's post-norms, whose
+scale is (1 + weight); those weights start at -1, so the new layers add exactly zero to the
+residual stream until training moves them (a zero-initialised output projection would not do:
+the post-norm rescales any non-zero output to full size after the first step). The other new
+weights are drawn as the checkpoint's initializer would (normal, std = initializer_range), the
+pre-norm weights 0 (scale 1). Used by docs/SYNTH.md (session 15) to ask whether the 4-layer LLM's
+heads limit selection by the question. Needs numpy (/work/venv).
+
+    grow_llm.py CHECKPOINT OUT N_NEW [SEED]     # e.g. runs/synth/region224/checkpoint-4254 runs/synth/grow6 2
+
+OUT gets a copy of CHECKPOINT's files (config.json with num_hidden_layers and layer_types
+extended, alternating sliding / full as the existing list does; model.safetensors with the new
+layers; F32 checkpoints only). Optimizer and trainer state are not copied (a fresh start)."""
+import json
+import os
+import shutil
+import struct
+import sys
+
+import numpy as np
+
+
+def read(path):
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    meta = header.pop("__metadata__", None)
+    tensors = {}
+    for k, v in header.items():
+        if v["dtype"] != "F32":
+            sys.exit(f"{path}: {k} is {v['dtype']}; only F32 checkpoints are grown")
+        a, b = v["data_offsets"]
+        tensors[k] = np.frombuffer(data[a:b], dtype="<f4").reshape(v["shape"])
+    return tensors, meta
+
+
+def write(path, tensors, meta):
+    header, offset, blobs = {}, 0, []
+    if meta is not None:
+        header["__metadata__"] = meta
+    for k in sorted(tensors):
+        b = np.ascontiguousarray(tensors[k], dtype="<f4").tobytes()
+        header[k] = {"dtype": "F32", "shape": list(tensors[k].shape), "data_offsets": [offset, offset + len(b)]}
+        offset += len(b)
+        blobs.append(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def main():
+    if len(sys.argv) not in (4, 5):
+        sys.exit(__doc__)
+    src, out, n_new = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    seed = int(sys.argv[4]) if len(sys.argv) == 5 else 0
+    if n_new < 1:
+        sys.exit("N_NEW must be at least 1")
+    if os.path.exists(out):
+        sys.exit(f"{out} exists; choose a new folder")
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    if "gemma2" not in cfg.get("model_type", ""):
+        sys.exit(f"{src}: model_type {cfg.get('model_type')!r}: only Gemma-2 LLMs are grown")
+    tensors, meta = read(os.path.join(src, "model.safetensors"))
+    n = cfg["num_hidden_layers"]
+    last = f"model.layers.{n - 1}."
+    template = {k[len(last):]: v for k, v in tensors.items() if k.startswith(last)}
+    if not template or f"model.layers.{n}.input_layernorm.weight" in tensors:
+        sys.exit(f"{src}: layers do not match num_hidden_layers = {n}")
+    rng = np.random.default_rng(seed)
+    std = cfg.get("initializer_range", 0.02)
+    for i in range(n, n + n_new):
+        for name, t in template.items():
+            if name.endswith(("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")):
+                w = np.full(t.shape, -1.0, dtype=np.float32)
+            elif name.endswith("layernorm.weight"):
+                w = np.zeros(t.shape, dtype=np.float32)
+            else:
+                w = rng.normal(0.0, std, size=t.shape).astype(np.float32)
+            tensors[f"model.layers.{i}.{name}"] = w
+    types = cfg.get("layer_types")
+    if types is not None:
+        if len(types) != n:
+            sys.exit(f"{src}: layer_types has {len(types)} entries for {n} layers")
+        for i in range(n, n + n_new):
+            types.append(types[i % 2] if n >= 2 else types[0])
+    cfg["num_hidden_layers"] = n + n_new
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("model.safetensors", "optimizer.safetensors",
+                                                            "trainer_state.json", "dense_head.safetensors",
+                                                            "README.md"))
+    write(os.path.join(out, "model.safetensors"), tensors, meta)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    print(f"{out}: {n} -> {n + n_new} layers ({sum(t.size for t in template.values()) * n_new} new parameters)")
+
+
+if __name__ == "__main__":
+    main()
