@@ -4,8 +4,9 @@ more shape classes, asks `griffon detect` for each class of the scene alone (`--
 and assigns each returned box to the scene object it overlaps most (IoU >= 0.5): `own` (an object
 of the asked class), `other` (an object of another class) or `none` (no object). A model that
 looks the name up puts its boxes on `own`; one that lists the scene's objects whatever the prompt
-names puts them on `other` about as often as the scene's share of other classes (docs/SYNTH.md,
-session 15).
+names puts them on `other` about as often as the scene's share of other classes: `own_of_hits`
+(the asked class's share of the boxes that hit an object) is then `own_of_hits_if_blind` (the
+asked class's share of the scene's objects, over the questions) (docs/SYNTH.md, session 15).
 
     tools/synth/one_class.py MODEL SPLIT_DIR IMAGES_DIR [MAX_QUESTIONS]
     # e.g. models/default data/synth224/test data/synth224/images/test 400
@@ -37,6 +38,7 @@ def main():
     if not os.path.isfile(det):
         sys.exit(f"{det}: absent (SPLIT_DIR must be a split folder written by griffon synth)")
     counts = {"questions": 0, "empty_answers": 0, "own": 0, "other": 0, "none": 0}
+    objects_asked = objects_seen = 0
     for n, line in enumerate(open(det), 1):
         if counts["questions"] >= limit:
             break
@@ -50,6 +52,8 @@ def main():
             continue
         image = os.path.join(images, r["image_path"])
         for cat in classes:
+            objects_asked += sum(c == cat for c, _ in objs)
+            objects_seen += len(objs)
             cmd = [binary, "detect", "--model", model, "--image", image, "--categories", cat, "--json"]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
@@ -62,7 +66,12 @@ def main():
                 counts["none" if iou(best[1], d["box"]) < 0.5 else "own" if best[0] == cat else "other"] += 1
     boxes = counts["own"] + counts["other"] + counts["none"]
     shares = {f"on_{k}": round(counts[k] / max(boxes, 1), 3) for k in ("own", "other", "none")}
-    print(json.dumps({"model": model, **counts, "boxes": boxes, **shares}))
+    # what boxing every object of the scene, whatever is asked, would put on the asked class
+    # (of the boxes that hit an object)
+    blind = round(objects_asked / max(objects_seen, 1), 3)
+    hits = counts["own"] + counts["other"]
+    print(json.dumps({"model": model, **counts, "boxes": boxes, **shares,
+                      "own_of_hits": round(counts["own"] / max(hits, 1), 3), "own_of_hits_if_blind": blind}))
 
 
 if __name__ == "__main__":
