@@ -12,13 +12,8 @@ import json
 import os
 import sys
 
-
-def iou_xywh(a, b):
-    w = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from size_recall import iou as iou_xywh  # noqa: E402
 
 
 def main():

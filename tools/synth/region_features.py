@@ -50,17 +50,20 @@ def ln(x, w, b, eps):
     return (x - m) / np.sqrt(v + eps) * w + b
 
 
-def encode(W, cfg, img):
-    s, p, d, heads = cfg["image_size"], cfg["patch_size"], cfg["hidden_size"], cfg["num_attention_heads"]
+def clip_forward(W, prefix, cfg, x, layers):
+    """A CLIP vision tower (HF layout under `prefix`) on normalised pixels x [3, S, S] at its own
+    size: embeddings, pre_layrnorm and the first `layers` encoder layers (= `hidden_states[layers]`,
+    CLS row first), as model/src/clip.rs."""
+    p, d, heads = cfg["patch_size"], cfg["hidden_size"], cfg["num_attention_heads"]
     eps, hd = cfg["layer_norm_eps"], d // heads
-    x = ((np.asarray(img.resize((s, s), Image.BILINEAR), dtype=np.float64) / 255.0 - MEAN) / STD).transpose(2, 0, 1)
-    g = s // p
+    g = x.shape[1] // p
     patches = x.reshape(3, g, p, g, p).transpose(1, 3, 0, 2, 4).reshape(g * g, -1)
-    t = patches @ W[P + "embeddings.patch_embedding.weight"].reshape(d, -1).T
-    t = np.concatenate([W[P + "embeddings.class_embedding"][None], t], 0) + W[P + "embeddings.position_embedding.weight"]
-    t = ln(t, W[P + "pre_layrnorm.weight"], W[P + "pre_layrnorm.bias"], eps)
-    for layer in range(cfg["num_hidden_layers"]):
-        w = lambda n: W[f"{P}encoder.layers.{layer}.{n}"]
+    t = patches @ W[prefix + "embeddings.patch_embedding.weight"].reshape(d, -1).T
+    t = np.concatenate([W[prefix + "embeddings.class_embedding"][None], t], 0)
+    t = t + W[prefix + "embeddings.position_embedding.weight"]
+    t = ln(t, W[prefix + "pre_layrnorm.weight"], W[prefix + "pre_layrnorm.bias"], eps)
+    for layer in range(layers):
+        w = lambda n: W[f"{prefix}encoder.layers.{layer}.{n}"]
         h = ln(t, w("layer_norm1.weight"), w("layer_norm1.bias"), eps)
         q, k, v = (h @ w(f"self_attn.{n}_proj.weight").T + w(f"self_attn.{n}_proj.bias") for n in "qkv")
         o = np.zeros_like(q)
@@ -74,6 +77,13 @@ def encode(W, cfg, img):
         h = h @ w("mlp.fc1.weight").T + w("mlp.fc1.bias")
         h = h / (1 + np.exp(-1.702 * h))  # quick_gelu
         t = t + h @ w("mlp.fc2.weight").T + w("mlp.fc2.bias")
+    return t
+
+
+def encode(W, cfg, img):
+    s = cfg["image_size"]
+    x = ((np.asarray(img.resize((s, s), Image.BILINEAR), dtype=np.float64) / 255.0 - MEAN) / STD).transpose(2, 0, 1)
+    t = clip_forward(W, P, cfg, x, cfg["num_hidden_layers"])
     cls = t[0]
     y = np.maximum(cls @ W["model.prompt_projector.0.weight"].T + W["model.prompt_projector.0.bias"], 0)
     return cls, y @ W["model.prompt_projector.2.weight"].T + W["model.prompt_projector.2.bias"]

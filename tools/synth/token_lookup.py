@@ -33,8 +33,9 @@ import sys
 import numpy as np
 from PIL import Image
 
-MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
-STD = np.array([0.26862954, 0.26130258, 0.27577711])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from region_features import MEAN, STD, clip_forward  # noqa: E402
+
 V = "model.vision_tower.vision_tower.vision_model."
 
 
@@ -69,12 +70,6 @@ def load(ckpt):
     return out, cfg, json.load(open(tower))
 
 
-def ln(x, w, b, eps):
-    m = x.mean(-1, keepdims=True)
-    v = ((x - m) ** 2).mean(-1, keepdims=True)
-    return (x - m) / np.sqrt(v + eps) * w + b
-
-
 def erf(x):
     # Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7), enough for a diagnostic
     s = np.sign(x)
@@ -97,30 +92,9 @@ def tokens(W, cfg, tc, img):
 
 def project(W, cfg, tc, x):
     """Projector output [tokens, hidden] for normalised pixels x [3, S, S], and its grid side."""
-    s, p, d, heads = tc["image_size"], tc["patch_size"], tc["hidden_size"], tc["num_attention_heads"]
-    eps, hd = tc["layer_norm_eps"], d // heads
-    g = s // p
-    patches = x.reshape(3, g, p, g, p).transpose(1, 3, 0, 2, 4).reshape(g * g, -1)
-    t = patches @ W[V + "embeddings.patch_embedding.weight"].reshape(d, -1).T
-    t = np.concatenate([W[V + "embeddings.class_embedding"][None], t], 0) + W[V + "embeddings.position_embedding.weight"]
-    t = ln(t, W[V + "pre_layrnorm.weight"], W[V + "pre_layrnorm.bias"], eps)
+    g, d = tc["image_size"] // tc["patch_size"], tc["hidden_size"]
     sel = cfg.get("mm_vision_select_layer", -2)
-    upto = sel if sel >= 0 else tc["num_hidden_layers"] + 1 + sel
-    for layer in range(upto):
-        w = lambda n: W[f"{V}encoder.layers.{layer}.{n}"]
-        h = ln(t, w("layer_norm1.weight"), w("layer_norm1.bias"), eps)
-        q, k, v = (h @ w(f"self_attn.{n}_proj.weight").T + w(f"self_attn.{n}_proj.bias") for n in "qkv")
-        o = np.zeros_like(q)
-        for i in range(heads):
-            c = slice(i * hd, (i + 1) * hd)
-            a = q[:, c] @ k[:, c].T / np.sqrt(hd)
-            a = np.exp(a - a.max(-1, keepdims=True))
-            o[:, c] = (a / a.sum(-1, keepdims=True)) @ v[:, c]
-        t = t + o @ w("self_attn.out_proj.weight").T + w("self_attn.out_proj.bias")
-        h = ln(t, w("layer_norm2.weight"), w("layer_norm2.bias"), eps)
-        h = h @ w("mlp.fc1.weight").T + w("mlp.fc1.bias")
-        h = h / (1 + np.exp(-1.702 * h))  # quick_gelu
-        t = t + h @ w("mlp.fc2.weight").T + w("mlp.fc2.bias")
+    t = clip_forward(W, V, tc, x, sel if sel >= 0 else tc["num_hidden_layers"] + 1 + sel)
     f = t[1:].reshape(g, g, d)
     cw, cb = W["model.mm_projector.conv.weight"], W["model.mm_projector.conv.bias"]
     go = (g + 1) // 2
