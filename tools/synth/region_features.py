@@ -27,19 +27,25 @@ STD = np.array([0.26862954, 0.26130258, 0.27577711])
 P = "model.prompt_visual_encoder.vision_model."
 
 
-def load(ckpt):
-    with open(os.path.join(ckpt, "model.safetensors"), "rb") as f:
+def read_safetensors(path, keep):
+    """The F32 tensors of a safetensors file whose names satisfy `keep`, as float64 arrays."""
+    with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         h = json.loads(f.read(n))
         h.pop("__metadata__", None)
         data = f.read()
     out = {}
     for k, v in h.items():
-        if "prompt" in k:
+        if keep(k):
             if v["dtype"] != "F32":
-                sys.exit(f"{ckpt}: {k} is {v['dtype']}; only F32 checkpoints are read")
+                sys.exit(f"{path}: {k} is {v['dtype']}; only F32 checkpoints are read")
             a, b = v["data_offsets"]
             out[k] = np.frombuffer(data[a:b], dtype=np.float32).reshape(v["shape"]).astype(np.float64)
+    return out
+
+
+def load(ckpt):
+    out = read_safetensors(os.path.join(ckpt, "model.safetensors"), lambda k: "prompt" in k)
     cfg = json.load(open(os.path.join(ckpt, "clip-vit-large-patch14", "config.json")))
     return out, cfg
 

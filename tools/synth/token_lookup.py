@@ -27,32 +27,15 @@ tower's size (the synthetic splits are). Needs numpy and pillow (/work/venv). Pr
 object."""
 import json
 import os
-import struct
 import sys
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from region_features import MEAN, STD, clip_forward  # noqa: E402
+from region_features import MEAN, STD, clip_forward, read_safetensors  # noqa: E402
 
 V = "model.vision_tower.vision_tower.vision_model."
-
-
-def read_safetensors(path, keep, dtype="F32"):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        h = json.loads(f.read(n))
-        h.pop("__metadata__", None)
-        data = f.read()
-    out = {}
-    for k, v in h.items():
-        if keep(k):
-            if v["dtype"] != dtype:
-                sys.exit(f"{path}: {k} is {v['dtype']}; only {dtype} is read")
-            a, b = v["data_offsets"]
-            out[k] = np.frombuffer(data[a:b], dtype=np.float32).reshape(v["shape"]).astype(np.float64)
-    return out
 
 
 def load(ckpt):
