@@ -58,12 +58,19 @@ def write(path, tensors, meta):
 def main():
     if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
-    src, out, n_new = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    seed = int(sys.argv[4]) if len(sys.argv) == 5 else 0
+    src, out = sys.argv[1], sys.argv[2]
+    try:
+        n_new = int(sys.argv[3])
+        seed = int(sys.argv[4]) if len(sys.argv) == 5 else 0
+    except ValueError:
+        sys.exit(f"N_NEW and SEED must be integers, got {sys.argv[3:]}")
     if n_new < 1:
         sys.exit("N_NEW must be at least 1")
     if os.path.exists(out):
         sys.exit(f"{out} exists; choose a new folder")
+    for f in ("config.json", "model.safetensors"):
+        if not os.path.isfile(os.path.join(src, f)):
+            sys.exit(f"{src}: no {f} (CHECKPOINT must be a checkpoint folder)")
     cfg = json.load(open(os.path.join(src, "config.json")))
     if "gemma2" not in cfg.get("model_type", ""):
         sys.exit(f"{src}: model_type {cfg.get('model_type')!r}: only Gemma-2 LLMs are grown")

@@ -27,8 +27,13 @@ def main():
     if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
     model, split, images = sys.argv[1:4]
-    limit = int(sys.argv[4]) if len(sys.argv) == 5 else 10**9
+    try:
+        limit = int(sys.argv[4]) if len(sys.argv) == 5 else 10**9
+    except ValueError:
+        sys.exit(f"MAX_QUESTIONS must be an integer, got {sys.argv[4]!r}")
     binary = os.environ.get("GRIFFON_BIN", "target/release/griffon")
+    if not os.path.isfile(binary):
+        sys.exit(f"{binary}: no griffon binary (build it, or set GRIFFON_BIN)")
     det = os.path.join(split, "det.jsonl")
     if not os.path.isfile(det):
         sys.exit(f"{det}: absent (SPLIT_DIR must be a split folder written by griffon synth)")
@@ -53,7 +58,10 @@ def main():
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()}")
-            dets = json.loads(out.stdout)["detections"]
+            try:
+                dets = json.loads(out.stdout)["detections"]
+            except (ValueError, KeyError, TypeError) as e:
+                sys.exit(f"{' '.join(cmd)}: output is not detect's JSON ({e}): {out.stdout[:200]!r}")
             counts["questions"] += 1
             counts["empty_answers"] += not dets
             for d in dets:

@@ -28,7 +28,8 @@ P = "model.prompt_visual_encoder.vision_model."
 
 
 def read_safetensors(path, keep):
-    """The F32 tensors of a safetensors file whose names satisfy `keep`, as float64 arrays."""
+    """The F32 or BF16 tensors of a safetensors file whose names satisfy `keep`, as float64
+    arrays (BF16 widened exactly)."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         h = json.loads(f.read(n))
@@ -37,10 +38,14 @@ def read_safetensors(path, keep):
     out = {}
     for k, v in h.items():
         if keep(k):
-            if v["dtype"] != "F32":
-                sys.exit(f"{path}: {k} is {v['dtype']}; only F32 checkpoints are read")
             a, b = v["data_offsets"]
-            out[k] = np.frombuffer(data[a:b], dtype=np.float32).reshape(v["shape"]).astype(np.float64)
+            if v["dtype"] == "F32":
+                x = np.frombuffer(data[a:b], dtype="<f4")
+            elif v["dtype"] == "BF16":
+                x = (np.frombuffer(data[a:b], dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                sys.exit(f"{path}: {k} is {v['dtype']}; only F32 / BF16 checkpoints are read")
+            out[k] = x.reshape(v["shape"]).astype(np.float64)
     return out
 
 

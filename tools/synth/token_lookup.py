@@ -4,25 +4,27 @@ vision tower (CLIP ViT, `hidden_states[select_layer]` without CLS, as model/src/
 `conv_reduce` projector (conv 3x3 stride 2 pad 1, exact GELU, linear: model/src/projector.rs)
 and the first LLM layer's input norm (Gemma-2: x * sqrt(hidden) then RMSNorm with scale 1 + w)
 in numpy on the images of a synthetic test split, labels each image token with the object
-holding its centre (the smallest; else background) and reports:
+holding its centre (the smallest; else background; a token's centre is that of its receptive
+field, tower patch (2r, 2c)) and reports:
 
 - `linear_probe`: colour and shape of object tokens told by a least-squares linear classifier
   (trained on the first half of the scenes, scored on the second half);
-- `lookup`: for each object of a scene of several objects in the second half, the scene's
-  tokens are scored by its colour's and its shape's scores of two such probes fitted on every
-  token (background a class of its own), summed: one linear query per name against the token
-  itself; counted right when the best token belongs to that
-  object. This is what one attention head with a name-dependent query and a linear key would
+- `lookup`: for each name (colour + shape) of a scene of several objects in the second half,
+  the scene's tokens are scored by that colour's and that shape's scores of two such probes
+  fitted on every token (background a class of its own), summed: one linear query per name
+  against the token itself; counted right when the best token belongs to an object of that
+  name. Names whose objects hold no token centre (too small) are counted apart. This is what one attention head with a name-dependent query and a linear key would
   find without any training of the LLM: if it is high, the tokens support name-to-place lookup
   and what is missing is in the LLM (docs/SYNTH.md, session 15);
-- `position_share`: the share of the tokens' variance (object tokens) explained by their grid
-  position against that explained by their object's name.
+- `variance_explained_by_name` / `_by_position`: the share of the object tokens' variance
+  explained by their object's name and by their grid position (group means; not corrected for
+  the number of groups, so the position share, with more groups, is inflated by noise).
 
     token_lookup.py CHECKPOINT SPLIT_DIR IMAGES_DIR     # e.g. models/default data/synth224/test data/synth224/images/test
     token_lookup.py --check model/tests/fixtures/parity/gemma2_region   # this file's tower and projector
                                                                         # against the reference's output
 
-F32 checkpoints with a CLIP main tower and a conv_reduce projector; images must already be at the
+F32 or BF16 checkpoints with a CLIP main tower and a conv_reduce projector; images must already be at the
 tower's size (the synthetic splits are). Needs numpy and pillow (/work/venv). Prints one JSON
 object."""
 import json
@@ -39,6 +41,8 @@ V = "model.vision_tower.vision_tower.vision_model."
 
 
 def load(ckpt):
+    if not os.path.isfile(os.path.join(ckpt, "config.json")):
+        sys.exit(f"{ckpt}: no config.json (CHECKPOINT must be a checkpoint folder)")
     keep = lambda k: k.startswith((V, "model.mm_projector.", "model.layers.0.input_layernorm"))
     files = sorted(f for f in os.listdir(ckpt) if f.startswith("model") and f.endswith(".safetensors"))
     if not files:
@@ -49,7 +53,9 @@ def load(ckpt):
     cfg = json.load(open(os.path.join(ckpt, "config.json")))
     if cfg.get("mm_projector_type") != "conv_reduce":
         sys.exit(f"{ckpt}: projector {cfg.get('mm_projector_type')!r}; only conv_reduce is read")
-    tower = os.path.join(ckpt, os.path.basename(cfg["mm_vision_tower"]), "config.json")
+    tower = os.path.join(ckpt, os.path.basename(cfg.get("mm_vision_tower", "")), "config.json")
+    if not os.path.isfile(tower):
+        sys.exit(f"{tower}: absent (the checkpoint's main tower config)")
     return out, cfg, json.load(open(tower))
 
 
@@ -91,13 +97,14 @@ def project(W, cfg, tc, x):
     return y.reshape(go * go, -1) @ W["model.mm_projector.linear.weight"].T + W["model.mm_projector.linear.bias"], go
 
 
-def labels(objs, go, s):
-    """Per token (row-major): index of the smallest object holding its centre, or -1."""
-    cell = s / go
+def labels(objs, go, patch):
+    """Per token (row-major): index of the smallest object holding its centre, or -1. Token (r, c)
+    of the stride-2 3x3 conv is centred on tower patch (2r, 2c): pixel ((2c + 0.5) patch,
+    (2r + 0.5) patch)."""
     out = []
     for r in range(go):
         for c in range(go):
-            cx, cy = (c + 0.5) * cell, (r + 0.5) * cell
+            cx, cy = (2 * c + 0.5) * patch, (2 * r + 0.5) * patch
             best = None
             for k, (_, b) in enumerate(objs):
                 if b[0] <= cx < b[2] and b[1] <= cy < b[3]:
@@ -142,11 +149,14 @@ def main():
     ckpt, split, images = sys.argv[1:4]
     W, cfg, tc = load(ckpt)
     scenes = []
-    for line in open(os.path.join(split, "visj.jsonl")):
+    visj = os.path.join(split, "visj.jsonl")
+    if not os.path.isfile(visj):
+        sys.exit(f"{visj}: absent (SPLIT_DIR must be a split folder written by griffon synth)")
+    for line in open(visj):
         r = json.loads(line)
         objs = [(o["category_name"], b) for o in r["objects"] for b in o["bboxes"]]
         X, go, s = tokens(W, cfg, tc, Image.open(os.path.join(images, r["image_path"])).convert("RGB"))
-        scenes.append((objs, X, labels(objs, go, s), go))
+        scenes.append((objs, X, labels(objs, go, tc["patch_size"]), go))
     half = len(scenes) // 2
     train, test = scenes[:half], scenes[half:]
 
@@ -188,20 +198,27 @@ def main():
     # plus shape score (one bilinear form: query from the name, key = the token), the probes
     # fitted on every token of the first half (background a class of its own)
     fits = {part: lstsq_fit(Xall, [n.split(" ")[i] for n in nall]) for part, i in (("colour", 0), ("shape", 1))}
-    right = asked = 0
+    right = asked = tokenless = 0
     for objs, T, lab, go in test:
         if len(objs) < 2:
             continue
         sc = {part: scores(fits[part], T) for part in fits}
-        for k, (name, _) in enumerate(objs):
+        # one question per name of the scene; right when the best token belongs to an object of
+        # that name (look-alikes share a name, so any of them answers it)
+        for name in sorted({n for n, _ in objs}):
             colour, shape = name.split(" ")
-            if k not in lab or colour not in fits["colour"][0] or shape not in fits["shape"][0]:
+            owners = {k for k, (n, _) in enumerate(objs) if n == name}
+            if not owners & set(lab):
+                tokenless += 1  # too small to hold a token centre
+                continue
+            if colour not in fits["colour"][0] or shape not in fits["shape"][0]:
                 continue
             total_score = sc["colour"][:, fits["colour"][0].index(colour)] + sc["shape"][:, fits["shape"][0].index(shape)]
             asked += 1
-            right += lab[int(np.argmax(total_score))] == k
+            right += lab[int(np.argmax(total_score))] in owners
     result["lookup_questions"] = asked
     result["lookup_right"] = round(right / max(asked, 1), 3)
+    result["lookup_names_without_tokens"] = tokenless
     print(json.dumps(result))
 
 

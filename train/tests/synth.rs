@@ -291,6 +291,22 @@ fn stream_rec_turns() {
     }
     assert!(rec >= 30 && multi >= 10, "{rec} REC samples, {multi} with several turns");
     assert!(stream(0).is_err());
+    // fewer turns than referable objects: the first `n` of them
+    let crowd = |n: usize| SynthStream::new(7, 96, 6, mix.clone(), BuildOptions::default()).unwrap().with_rec_turns(n);
+    let (three, two) = (crowd(3).unwrap(), crowd(2).unwrap());
+    let mut cut = 0;
+    for k in 0..120 {
+        let (a, _, objs) = three.sample(k).unwrap();
+        if a.task != TaskKind::Vg {
+            continue;
+        }
+        let b = two.sample(k).unwrap().0;
+        let referable = (0..objs.len()).filter(|&i| griffon_train::synth::refer(&objs, i, 96).is_some()).count();
+        assert_eq!(b.turns.len(), referable.min(2), "scene {k}: {:?}", b.turns);
+        assert_eq!(b.turns[..], a.turns[..b.turns.len()], "scene {k}: two turns are not the first two of three");
+        cut += (a.turns.len() == 3) as usize;
+    }
+    assert!(cut >= 5, "only {cut} samples with three referable objects");
 }
 
 /// `--split test` writes exactly the test split of the full benchmark, nothing else.
