@@ -21,6 +21,9 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from keep_wip import write_safetensors  # noqa: E402
+
 
 def read(path):
     with open(path, "rb") as f:
@@ -35,24 +38,6 @@ def read(path):
         a, b = v["data_offsets"]
         tensors[k] = np.frombuffer(data[a:b], dtype="<f4").reshape(v["shape"])
     return tensors, meta
-
-
-def write(path, tensors, meta):
-    header, offset, blobs = {}, 0, []
-    if meta is not None:
-        header["__metadata__"] = meta
-    for k in sorted(tensors):
-        b = np.ascontiguousarray(tensors[k], dtype="<f4").tobytes()
-        header[k] = {"dtype": "F32", "shape": list(tensors[k].shape), "data_offsets": [offset, offset + len(b)]}
-        offset += len(b)
-        blobs.append(b)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
 
 
 def main():
@@ -101,7 +86,8 @@ def main():
     shutil.copytree(src, out, ignore=shutil.ignore_patterns("model.safetensors", "optimizer.safetensors",
                                                             "trainer_state.json", "dense_head.safetensors",
                                                             "README.md"))
-    write(os.path.join(out, "model.safetensors"), tensors, meta)
+    entries = [(k, "F32", tensors[k].shape, np.ascontiguousarray(tensors[k], dtype="<f4").tobytes()) for k in sorted(tensors)]
+    write_safetensors(os.path.join(out, "model.safetensors"), entries, meta)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
     print(f"{out}: {n} -> {n + n_new} layers ({sum(t.size for t in template.values()) * n_new} new parameters)")

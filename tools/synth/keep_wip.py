@@ -40,7 +40,7 @@ def convert(src: str, dst: str) -> None:
         header = json.loads(f.read(n))
         data = f.read()
     meta = header.pop("__metadata__", None)
-    new_header, chunks, offset = {}, [], 0
+    entries = []
     for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
         a, b = info["data_offsets"]
         raw = data[a:b]
@@ -49,18 +49,26 @@ def convert(src: str, dst: str) -> None:
             raw, dtype = f32_to_bf16(raw), "BF16"
         elif dtype != "BF16":
             raise SystemExit(f"{src}: tensor {name} is {dtype}; only F32 / BF16 are expected")
-        new_header[name] = {"dtype": dtype, "shape": info["shape"], "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
+        entries.append((name, dtype, info["shape"], raw))
+    write_safetensors(dst, entries, meta)
+
+
+def write_safetensors(dst: str, entries, meta=None) -> None:
+    """Writes (name, dtype, shape, raw little-endian bytes) tensors, in the given order, as a
+    safetensors file (header padded to 8 bytes; `meta` as its __metadata__)."""
+    header, offset = {}, 0
+    for name, dtype, shape, raw in entries:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(raw)]}
         offset += len(raw)
     if meta is not None:
-        new_header["__metadata__"] = meta
-    blob = json.dumps(new_header, separators=(",", ":")).encode()
+        header["__metadata__"] = meta
+    blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     with open(dst, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for c in chunks:
-            f.write(c)
+        for _, _, _, raw in entries:
+            f.write(raw)
 
 
 def main() -> None:

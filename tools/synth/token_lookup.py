@@ -186,11 +186,11 @@ def main():
     total = ((Xtr - Xtr.mean(0)) ** 2).sum()
 
     def explained(groups):
-        within = 0.0
-        for g in set(groups):
-            m = [j for j, v in enumerate(groups) if v == g]
-            within += ((Xtr[m] - Xtr[m].mean(0)) ** 2).sum()
-        return round(float(1 - within / total), 3)
+        _, idx = np.unique(np.array(groups), return_inverse=True)
+        means = np.zeros((idx.max() + 1, Xtr.shape[1]))
+        np.add.at(means, idx, Xtr)
+        means /= np.bincount(idx)[:, None]
+        return round(float(1 - ((Xtr - means[idx]) ** 2).sum() / total), 3)
 
     result["variance_explained_by_name"] = explained(ntr)
     result["variance_explained_by_position"] = explained(ptr)

@@ -534,10 +534,10 @@ impl SynthStream {
                 if kind == TaskKind::Vg && self.rec_turns > 1 {
                     // the scene's other referable objects as later turns (VG builds one sample
                     // per record and draws nothing from rng)
+                    let s = first.first_mut().ok_or_else(|| format!("{source}: no REC sample built"))?;
                     for r in (0..recs.len()).filter(|&i| i != pick).take(self.rec_turns - 1).map(|i| &recs[i]) {
                         let more =
                             record_samples(kind, RecordRef::Ground(r), &images, vocab, &self.opts, &source, &mut rng)?;
-                        let s = first.first_mut().ok_or_else(|| format!("{source}: no REC sample built"))?;
                         s.turns.extend(more.into_iter().flat_map(|m| m.turns));
                     }
                 }
