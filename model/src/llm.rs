@@ -459,6 +459,25 @@ impl Llm {
 
     /// The last decoder layer's output [B, T, H] (before the final norm).
     pub fn hidden(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Ok(self.hidden_tapped(x, cache, None)?.0)
+    }
+
+    /// [`Self::hidden`], also returning layer `tap`'s queries and keys after the rotary
+    /// embedding ([B, heads, T, d] and [B, kv heads, T, d], this pass's positions only): what
+    /// the trainer's grounding loss (train crate, `ground.rs`) scores a head's attention
+    /// from. `None` runs [`Self::hidden`]'s pass alone.
+    pub fn hidden_tapped(
+        &self,
+        x: &Tensor,
+        cache: &mut KvCache,
+        tap: Option<usize>,
+    ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+        if let Some(t) = tap {
+            if t >= self.layers.len() {
+                return invalid(format!("layer {t} tapped, the decoder has {} layers", self.layers.len()));
+            }
+        }
+        let mut tapped = None;
         let s = &self.spec;
         let (b, t, _) = x.dims3()?;
         let offset = cache.len();
@@ -511,6 +530,9 @@ impl Llm {
                     (self.rope.apply_tables(&q, &rope)?, self.rope.apply_tables(&k, &rope)?, v)
                 }
             };
+            if tap == Some(i) {
+                tapped = Some((q.clone(), k.clone()));
+            }
             let (k, v) = cache.append(i, k, v)?;
             let mask = match (&window_mask, l.sliding) {
                 (Some(m), true) => m,
@@ -543,7 +565,17 @@ impl Llm {
                 None => (x + f)?,
             };
         }
-        Ok(x)
+        Ok((x, tapped))
+    }
+
+    /// Attention heads, key/value heads and head size.
+    pub fn heads(&self) -> (usize, usize, usize) {
+        (self.spec.heads, self.spec.kv_heads, self.spec.head_dim)
+    }
+
+    /// The attention scores' scale and soft-capping.
+    pub fn attn_spec(&self) -> &AttnSpec {
+        &self.spec.attn
     }
 
     /// Whether [`Self::hidden`] folds every RMSNorm into the matmul after it

@@ -26,6 +26,9 @@
 //! stage = 2                       # 1 projector | 2 all but the region encoder | 3 LLM + projectors
 //!                                 # | 0 vision tower alone on the dense loss (synthetic data)
 //! dense_weight = 0.0              # synthetic data: add the dense perception loss (train::dense)
+//! ground_weight = 0.0             # add the grounding loss on REC answers (train::ground); 0 = off
+//! ground_layer = 1                # its supervised head: decoder layer (0-based) ...
+//! ground_head = 0                 # ... and query head
 //! lr = 2e-5
 //! vision_lr = 2e-6                # optional: train the vision tower at its own rate (Griffon-G stage 3)
 //! region_lr = 1e-3                # optional: the region encoder and its projector at their own rate
@@ -230,6 +233,15 @@ pub struct TrainSection {
     /// synthetic data (0 = off). Stage 0 trains on that loss alone.
     #[serde(default)]
     pub dense_weight: f64,
+    /// Weight of the grounding loss ([`crate::ground`]) on REC answers (0 = off): one head's
+    /// attention over the image tokens is supervised towards the referred object.
+    #[serde(default)]
+    pub ground_weight: f64,
+    /// The decoder layer (0-based) and query head the grounding loss supervises.
+    #[serde(default = "one")]
+    pub ground_layer: usize,
+    #[serde(default)]
+    pub ground_head: usize,
 }
 
 fn default_dtype() -> String {
@@ -393,6 +405,12 @@ impl TrainConfig {
         }
         if !(t.dense_weight >= 0.0 && t.dense_weight.is_finite()) {
             return Err(format!("train.dense_weight must be a non-negative number, got {}", t.dense_weight));
+        }
+        if !(t.ground_weight >= 0.0 && t.ground_weight.is_finite()) {
+            return Err(format!("train.ground_weight must be a non-negative number, got {}", t.ground_weight));
+        }
+        if t.ground_weight > 0.0 && t.stage == 0 {
+            return Err("train.ground_weight needs answers to supervise: stage 0 trains the dense loss alone".into());
         }
         if (t.stage == 0 || t.dense_weight > 0.0) && self.data.synth.is_none() {
             return Err("the dense perception loss (stage 0 or train.dense_weight) needs [data.synth]: it is built from the scenes' objects".into());

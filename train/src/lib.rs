@@ -6,12 +6,15 @@
 //!   released Griffon jsonl formats / task list (read and write).
 //! * [`config`]: the TOML run configuration and the stage presets (which modules train).
 //! * [`dense`]: stage 0, dense perception pre-training of the vision tower on synthetic scenes.
+//! * [`ground`]: an optional loss that supervises one attention head towards the referred object
+//!   while a REC box is written.
 //! * [`optim`]: AdamW with f32 master weights, cosine schedule with warmup, clipping.
 //! * [`trainer`]: the loop, the loss on answer tokens, checkpoints and resume.
 
 pub mod config;
 pub mod data;
 pub mod dense;
+pub mod ground;
 pub mod optim;
 pub mod synth;
 pub mod trainer;

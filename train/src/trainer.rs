@@ -5,6 +5,7 @@
 use crate::config::{Module, Schedule, TrainConfig};
 use crate::data::{build_all, read_task_list, Sample, Skipped, TaskKind};
 use crate::dense::{DenseHead, DenseTargets, HEAD_BIAS, HEAD_WEIGHT};
+use crate::ground::{GroundLoss, GroundSpec};
 use crate::optim::{clip_grad_norm, cosine_with_warmup, cosine_with_warmup_frac, warmup_steps, AdamW};
 use crate::synth::SynthStream;
 use candle_core::{DType, Device, Tensor, D};
@@ -108,6 +109,9 @@ pub struct Loaded {
     /// Per-patch targets of the dense perception loss (synthetic scenes, when it is on).
     /// Dense perception targets (synthetic scenes, when trained): one per tile of the input.
     pub dense: Option<Vec<DenseTargets>>,
+    /// Normalised xyxy boxes of the scene's objects (synthetic scenes; empty otherwise): the
+    /// grounding loss's diagnostics tell the referred object's attention from the others'.
+    pub objects: Vec<[f64; 4]>,
 }
 
 /// Preprocesses a sample's main image (read from disk unless given) and its exemplar crops.
@@ -139,15 +143,17 @@ pub fn load_pixels(
 /// position never attends to the padding after it, and padded rows carry no loss, so each
 /// sample's loss is what it would be alone. Logits are computed for the supervised rows only.
 pub fn batch_loss(m: &Griffon, batch: &[Loaded]) -> Result<(Tensor, usize), Error> {
-    batch_objective(m, batch, Objective { answers: true, dense: None }).map(|o| (o.loss, o.tokens))
+    batch_objective(m, batch, Objective { answers: true, dense: None, ground: None }).map(|o| (o.loss, o.tokens))
 }
 
 /// What a micro-batch is trained on: the answer tokens, the dense perception loss
-/// ([`crate::dense`]) with its weight, or both (summed).
+/// ([`crate::dense`]) with its weight, or both (summed); with the answers, optionally the
+/// grounding loss ([`crate::ground`]) with its weight.
 #[derive(Clone, Copy)]
 pub struct Objective<'a> {
     pub answers: bool,
     pub dense: Option<(&'a DenseHead, f64)>,
+    pub ground: Option<(&'a GroundSpec, f64)>,
 }
 
 /// A micro-batch's loss (graph kept), its supervised count (answer tokens, or patches when only
@@ -158,6 +164,9 @@ pub struct BatchLoss {
     pub loss: Tensor,
     pub tokens: usize,
     pub dense: Option<Tensor>,
+    /// The unweighted grounding loss (detached) and its attention masses when it is on and the
+    /// batch holds REC answers.
+    pub ground: Option<GroundLoss>,
     /// Where the forward pass spent its time.
     pub parts: ForwardParts,
 }
@@ -244,7 +253,7 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
                 let patches = feats.dim(0).map_err(e)? * feats.dim(1).map_err(e)?;
                 let loss = (dl * weight).map_err(e)?;
                 parts.vision = lap(dev, &mut mark)?;
-                return Ok(BatchLoss { loss, tokens: patches, dense: Some(value), parts });
+                return Ok(BatchLoss { loss, tokens: patches, dense: Some(value), ground: None, parts });
             }
             let tokens = m.merge_tiles(&m.projector.forward(&feats).map_err(ge)?).map_err(ge)?;
             (tokens, Some(((dl * weight).map_err(e)?, value)))
@@ -262,6 +271,16 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
     let mut rows: Vec<u32> = Vec::new();
     let mut targets: Vec<u32> = Vec::new();
     let mut region_at = 0;
+    let grounds = match obj.ground {
+        Some((g, _)) => batch
+            .iter()
+            .map(|l| {
+                g.sample(&m.tokenizer, &l.sample, &l.enc, lens, &l.objects)
+                    .map_err(|r| format!("{}: {r}", l.sample.source))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
     for (i, l) in batch.iter().enumerate() {
         let rt = match &region_tokens {
             Some(r) if !l.regions.is_empty() => Some(r.narrow(0, region_at, l.regions.len()).map_err(e)?),
@@ -296,7 +315,7 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
     }
     let x = Tensor::cat(&embeds, 0).map_err(e)?;
     let mut cache = m.llm.new_cache();
-    let hidden = m.llm.hidden(&x, &mut cache).map_err(ge)?;
+    let (hidden, tapped) = m.llm.hidden_tapped(&x, &mut cache, obj.ground.map(|(g, _)| g.layer)).map_err(ge)?;
     let (b, t, h) = hidden.dims3().map_err(e)?;
     let n = rows.len();
     let rows = Tensor::new(rows, dev).map_err(e)?;
@@ -309,14 +328,24 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
         None => (nll, None),
         Some((dl, value)) => ((nll + dl).map_err(e)?, Some(value)),
     };
+    let (loss, ground) = match (obj.ground, tapped) {
+        (Some((g, weight)), Some((q, k))) => match g.loss(&q, &k, &grounds)? {
+            Some(gl) => {
+                let total = (loss + (&gl.loss * weight).map_err(e)?).map_err(e)?;
+                (total, Some(GroundLoss { loss: gl.loss.detach(), ..gl }))
+            }
+            None => (loss, None),
+        },
+        _ => (loss, None),
+    };
     parts.language = lap(dev, &mut mark)?;
-    Ok(BatchLoss { loss, tokens: n, dense, parts })
+    Ok(BatchLoss { loss, tokens: n, dense, ground, parts })
 }
 
 /// Loss of one sample (graph kept for backward) and its supervised token count.
 pub fn sample_loss(m: &Griffon, s: &Sample, enc: &Encoded) -> Result<(Tensor, usize), Error> {
     let (pixels, regions) = load_pixels(s, None, m.image_size(), m.region_size())?;
-    batch_loss(m, &[Loaded { sample: s.clone(), enc: enc.clone(), pixels, regions, dense: None }])
+    batch_loss(m, &[Loaded { sample: s.clone(), enc: enc.clone(), pixels, regions, dense: None, objects: Vec::new() }])
 }
 
 /// Where training samples come from.
@@ -372,7 +401,7 @@ impl Loader {
                 let (s, enc) = &v[order.as_ref().expect("set above").1[k]];
                 let (pixels, regions) = load_pixels(s, None, self.image_size, self.region_size)
                     .map_err(|reason| Skipped { source: s.source.clone(), reason })?;
-                Ok(Loaded { sample: s.clone(), enc: enc.clone(), pixels, regions, dense: None })
+                Ok(Loaded { sample: s.clone(), enc: enc.clone(), pixels, regions, dense: None, objects: Vec::new() })
             }
             Data::Synth { stream, .. } => {
                 let source = format!("synth:{}/{k}", stream.seed);
@@ -394,7 +423,9 @@ impl Loader {
                 }
                 let (pixels, regions) = load_pixels(&s, Some(img), self.image_size, self.region_size)
                     .map_err(|reason| Skipped { source, reason })?;
-                Ok(Loaded { sample: s, enc, pixels, regions, dense })
+                let size = stream.size as f64;
+                let objects = objs.iter().map(|o| o.bbox.map(|v| v as f64 / size)).collect();
+                Ok(Loaded { sample: s, enc, pixels, regions, dense, objects })
             }
         }
     }
@@ -486,6 +517,29 @@ pub struct StepLog {
     /// Mean unweighted dense perception loss of the step, when it is trained.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dense: Option<f64>,
+    /// Mean unweighted grounding loss of the step's micro-batches that held REC answers, when
+    /// it is trained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ground: Option<f64>,
+    /// The supervised head's mean attention (over the image tokens) on the referred object's
+    /// tokens and on the other objects' tokens, at the answer positions of scenes holding other
+    /// objects (synthetic data): whether it finds the object asked for or just any object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ground_own: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ground_other: Option<f64>,
+}
+
+/// What [`Trainer::step_gradients`] returns.
+pub struct StepGradients {
+    pub grads: Vec<Tensor>,
+    pub loss: f64,
+    pub tokens: usize,
+    pub dense: Option<f64>,
+    pub ground: Option<f64>,
+    /// Mean attention of the supervised head on the referred object and on the scene's other
+    /// objects, over the answer positions of scenes with other objects.
+    pub ground_masses: Option<[f64; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -523,6 +577,8 @@ pub struct Trainer {
     /// The dense perception head (stage 0 or `dense_weight` > 0); its parameters are the
     /// optimizer's [`HEAD_WEIGHT`] and [`HEAD_BIAS`].
     dense: Option<DenseHead>,
+    /// The grounding loss's head and token grid (`ground_weight` > 0).
+    ground: Option<GroundSpec>,
 }
 
 /// Time of a step's forward and backward passes, summed over its micro-batches.
@@ -703,6 +759,11 @@ impl Trainer {
         } else {
             None
         };
+        let ground = if cfg.train.ground_weight > 0.0 {
+            Some(GroundSpec::new(&model, cfg.train.ground_layer, cfg.train.ground_head)?)
+        } else {
+            None
+        };
         let mut vars = vars;
         if let Some(h) = &dense {
             vars.push((HEAD_WEIGHT.to_string(), h.weight.clone()));
@@ -737,6 +798,7 @@ impl Trainer {
             elapsed_before: 0.0,
             segment_start: None,
             dense,
+            ground,
         };
         if let Some(dir) = resume {
             t.restore(&dir)?;
@@ -823,9 +885,9 @@ impl Trainer {
     }
 
     /// Summed (averaged over the accumulation) gradients of one optimizer step, its mean loss
-    /// and supervised token count (patches in stage 0), and the mean unweighted dense loss when
-    /// it is trained. Samples whose images fail are reported in `skipped`.
-    pub fn step_gradients(&mut self, step: usize) -> Result<(Vec<Tensor>, f64, usize, Option<f64>), Error> {
+    /// and supervised token count (patches in stage 0), and the mean unweighted dense and
+    /// grounding losses when they are trained. Samples whose images fail are reported in `skipped`.
+    pub fn step_gradients(&mut self, step: usize) -> Result<StepGradients, Error> {
         let accum = self.cfg.train.grad_accum;
         let mut grads: Vec<Tensor> = self
             .opt
@@ -837,6 +899,9 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         let mut dense_sum: Option<f64> = None;
+        // sums of the grounding loss and of its masses (on the referred object, on the others),
+        // and the micro-batches that gave each
+        let mut ground_sum: Option<([f64; 3], [usize; 2])> = None;
         let answers = self.cfg.train.stage != 0;
         let dense_weight = if answers { self.cfg.train.dense_weight } else { 1.0 };
         for j in 0..accum {
@@ -850,9 +915,13 @@ impl Trainer {
             if batch.is_empty() {
                 continue;
             }
-            let obj = Objective { answers, dense: self.dense.as_ref().map(|h| (h, dense_weight)) };
+            let obj = Objective {
+                answers,
+                dense: self.dense.as_ref().map(|h| (h, dense_weight)),
+                ground: self.ground.as_ref().map(|g| (g, self.cfg.train.ground_weight)),
+            };
             let t_fwd = Instant::now();
-            let BatchLoss { loss, tokens: n, dense, parts } = match batch_objective(&self.model, &batch, obj) {
+            let BatchLoss { loss, tokens: n, dense, ground, parts } = match batch_objective(&self.model, &batch, obj) {
                 Ok(x) => x,
                 Err(reason) => {
                     let source = batch.iter().map(|l| l.sample.source.as_str()).collect::<Vec<_>>().join(", ");
@@ -871,6 +940,17 @@ impl Trainer {
             if let Some(d) = dense {
                 *dense_sum.get_or_insert(0.0) += d.to_scalar::<f32>().map_err(|e| e.to_string())? as f64 / accum as f64;
             }
+            if let Some(g) = ground {
+                let read = |t: &Tensor| t.to_scalar::<f32>().map(|v| v as f64).map_err(|e| e.to_string());
+                let s = ground_sum.get_or_insert(([0.0; 3], [0; 2]));
+                s.0[0] += read(&g.loss)?;
+                s.1[0] += 1;
+                if let Some((own, other)) = &g.masses {
+                    s.0[1] += read(own)?;
+                    s.0[2] += read(other)?;
+                    s.1[1] += 1;
+                }
+            }
             for (g, p) in grads.iter_mut().zip(&self.opt.params) {
                 if let Some(pg) = gs.get(p.var.as_tensor()) {
                     // detached: a gradient's op records reach back into this step's graph
@@ -885,7 +965,14 @@ impl Trainer {
             let last = self.skipped.last().map(|s| format!(" (last: {}: {})", s.source, s.reason)).unwrap_or_default();
             return Err(format!("step {}: no micro-batch could be trained{last}", step + 1));
         }
-        Ok((grads, loss_sum, tokens, dense_sum))
+        Ok(StepGradients {
+            grads,
+            loss: loss_sum,
+            tokens,
+            dense: dense_sum,
+            ground: ground_sum.map(|(s, n)| s[0] / n[0] as f64),
+            ground_masses: ground_sum.filter(|(_, n)| n[1] > 0).map(|(s, n)| [s[1] / n[1] as f64, s[2] / n[1] as f64]),
+        })
     }
 
     /// Trains to the end (or `stop_after` more steps, for tests of interruption), logging to
@@ -938,7 +1025,7 @@ impl Trainer {
             if profiled {
                 griffon_model::bench::profiler_range(&self.model.device, true).map_err(|e| e.to_string())?;
             }
-            let (mut grads, loss, tokens, dense) = self.step_gradients(step)?;
+            let StepGradients { mut grads, loss, tokens, dense, ground, ground_masses } = self.step_gradients(step)?;
             let t_opt = Instant::now();
             let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.max_grad_norm).map_err(|e| e.to_string())?;
             let lrs = self.lrs_at(step);
@@ -972,6 +1059,9 @@ impl Trainer {
                 backward_s: self.phases.backward.as_secs_f64(),
                 optim_s,
                 dense,
+                ground,
+                ground_own: ground_masses.map(|m| m[0]),
+                ground_other: ground_masses.map(|m| m[1]),
             };
             writeln!(log, "{}", serde_json::to_string(&entry).expect("serializable")).map_err(|e| e.to_string())?;
             bar.set_position(self.opt.step as u64);

@@ -157,7 +157,7 @@ fn padded_batch_loss_equals_per_sample_losses() {
         .map(|s| {
             let enc = encode_sample(&m.tokenizer, m.template, s, lens).unwrap();
             let (pixels, regions) = load_pixels(s, None, m.image_size(), m.region_size()).unwrap();
-            Loaded { sample: s.clone(), enc, pixels, regions, dense: None }
+            Loaded { sample: s.clone(), enc, pixels, regions, dense: None, objects: Vec::new() }
         })
         .collect();
     let lens_of: Vec<usize> = loaded.iter().map(|l| l.enc.len).collect();

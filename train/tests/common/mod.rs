@@ -1,4 +1,5 @@
-//! Shared by the trainer tests (trainer.rs, dense.rs).
+//! Shared by the trainer tests (trainer.rs, dense.rs, ground.rs); each uses a part.
+#![allow(dead_code)]
 
 use candle_core::Tensor;
 use griffon_model::loader::Checkpoint;

@@ -1,0 +1,329 @@
+//! Grounding loss: one attention head of the LLM is told where to look while it writes a REC box.
+//!
+//! Every model of docs/SYNTH.md (sessions 12-15) boxes other objects as often as the referred
+//! one: it names an object at a place (88% of its detection labels are right) but does not find
+//! a place from a name, although a fixed linear query over its image tokens would (93% of the
+//! names, `tools/synth/token_lookup.py`). A lookup head needs its query (from the expression)
+//! and its key (from the image tokens) to change together before either helps the answer loss,
+//! which may be why the answer loss alone does not grow one. This loss supervises one head
+//! directly, as supervised attention does in grounding and alignment work: at every position of
+//! a REC answer whose next token lies inside the box (`[` up to the token before `]`), the
+//! head's attention over the image tokens (its own scores, scale and soft-capping, renormalised
+//! over the image tokens alone) should fall on the tokens of the referred object. The loss is
+//! the mean of `-log(sum of that attention on the object's tokens)`.
+//!
+//! An image token belongs to the box when its receptive field's centre lies inside it: token
+//! (r, c) of the stride-2 3x3 `conv_reduce` projector is centred on tower patch (2r, 2c) (padding
+//! 1; (2r + 1, 2c + 1) without padding), the other projectors keep one token per patch. An
+//! object too small to hold a centre is given the token nearest its box's centre. Boxes are the
+//! answer's normalised coordinates; the preprocessing squashes every image to the model's square
+//! input (`resample::preprocess`), so they map to the token grid directly. Off unless
+//! `train.ground_weight` > 0; only REC (`VG`) samples carry it; not part of the reference recipe.
+
+use crate::data::{Sample, TaskKind};
+use crate::trainer::{Encoded, VisualLens};
+use candle_core::{DType, IndexOp, Tensor, D};
+use griffon_core::answer::parse_answer;
+use griffon_core::{Piece, Placeholder};
+use griffon_model::config::ProjectorType;
+use griffon_model::griffon::Griffon;
+use griffon_model::tokenize::PromptTokenizer;
+
+/// What the grounding loss supervises, fixed for a model.
+pub struct GroundSpec {
+    /// Decoder layer (0-based) and query head whose attention is supervised.
+    pub layer: usize,
+    pub head: usize,
+    /// Key/value head of `head`.
+    kv_head: usize,
+    scale: f64,
+    softcap: Option<f64>,
+    /// Normalised (x, y) of each image token's receptive-field centre, row-major.
+    centres: Vec<(f64, f64)>,
+}
+
+/// One box of a REC answer: the positions (in the sample's sequence) that predict its tokens,
+/// the image tokens (0-based, row-major) the box holds, and those of the scene's other objects
+/// (not in `targets`; empty when the objects are not known): for the diagnostics only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroundQuery {
+    pub positions: Vec<usize>,
+    pub targets: Vec<usize>,
+    pub others: Vec<usize>,
+}
+
+/// The grounding loss of a batch, and the supervised head's mean attention on the referred
+/// object's tokens and on the other objects' tokens (detached; over the positions whose scene
+/// has other objects, when there are any).
+pub struct GroundLoss {
+    pub loss: Tensor,
+    pub masses: Option<(Tensor, Tensor)>,
+}
+
+fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
+/// A sample's grounding queries and where its image tokens start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleGround {
+    pub image_start: usize,
+    pub queries: Vec<GroundQuery>,
+}
+
+/// The normalised centres of a model's image tokens (one tile, no CLS token).
+pub fn token_centres(m: &Griffon) -> Result<Vec<(f64, f64)>, String> {
+    if m.config.mm.tiles != 1 {
+        return Err(format!(
+            "the grounding loss needs one tile per image, the model cuts it into {0}x{0}",
+            m.config.mm.tiles
+        ));
+    }
+    if m.config.mm.keep_cls {
+        return Err("the grounding loss needs patch tokens only, the model keeps the CLS token".into());
+    }
+    let patches = m.tower.run_size() / m.tower.cfg.patch_size;
+    let (grid, at): (usize, Box<dyn Fn(usize) -> usize>) = match m.config.mm.projector {
+        ProjectorType::ConvReduce { pad } => {
+            if pad > 1 {
+                return Err(format!("conv_reduce with padding {pad} is not supported by the grounding loss"));
+            }
+            ((patches + 2 * pad - 3) / 2 + 1, Box::new(move |o| 2 * o + 1 - pad))
+        }
+        ProjectorType::Linear | ProjectorType::Mlp(_) | ProjectorType::Identity => (patches, Box::new(|o| o)),
+    };
+    if grid * grid != m.image_tokens() {
+        return Err(format!(
+            "the grounding loss expected a {grid}x{grid} token grid, the model gives {} image tokens",
+            m.image_tokens()
+        ));
+    }
+    let mut out = Vec::with_capacity(grid * grid);
+    for r in 0..grid {
+        for c in 0..grid {
+            out.push(((at(c) as f64 + 0.5) / patches as f64, (at(r) as f64 + 0.5) / patches as f64));
+        }
+    }
+    Ok(out)
+}
+
+impl GroundSpec {
+    pub fn new(m: &Griffon, layer: usize, head: usize) -> Result<Self, String> {
+        let layers = m.llm.num_layers();
+        let (heads, kv_heads, _) = m.llm.heads();
+        if layer >= layers {
+            return Err(format!("train.ground_layer = {layer}, the LLM has {layers} layers (0-based)"));
+        }
+        if head >= heads {
+            return Err(format!("train.ground_head = {head}, the LLM has {heads} attention heads (0-based)"));
+        }
+        let spec = m.llm.attn_spec();
+        Ok(Self {
+            layer,
+            head,
+            kv_head: head / (heads / kv_heads),
+            scale: spec.scale,
+            softcap: spec.softcap,
+            centres: token_centres(m)?,
+        })
+    }
+
+    /// The image tokens a normalised box holds (the nearest to its centre when it holds none).
+    pub fn targets(&self, b: [f64; 4]) -> Vec<usize> {
+        let inside: Vec<usize> = (0..self.centres.len())
+            .filter(|&i| {
+                let (x, y) = self.centres[i];
+                b[0] <= x && x < b[2] && b[1] <= y && y < b[3]
+            })
+            .collect();
+        if !inside.is_empty() {
+            return inside;
+        }
+        let (cx, cy) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+        let d = |i: usize| (self.centres[i].0 - cx).powi(2) + (self.centres[i].1 - cy).powi(2);
+        vec![(0..self.centres.len()).min_by(|&a, &b| d(a).total_cmp(&d(b))).expect("at least one token")]
+    }
+
+    /// The grounding queries of a REC sample (`None` for other tasks): the k-th `[ ... ]` group
+    /// of its supervised text is the k-th box of its answers (`objects`: the scene's normalised
+    /// boxes when known, for [`GroundQuery::others`]). The queries are the positions
+    /// whose next token overlaps the group after its `[` (the coordinates and the `]`), found
+    /// from the tokens' text spans, so a tokenizer that merges `-[` or `[0` finds them too.
+    pub fn sample(
+        &self,
+        tok: &PromptTokenizer,
+        s: &Sample,
+        enc: &Encoded,
+        lens: VisualLens,
+        objects: &[[f64; 4]],
+    ) -> Result<Option<SampleGround>, String> {
+        if s.task != TaskKind::Vg {
+            return Ok(None);
+        }
+        let mut boxes = Vec::new();
+        for (_, answer) in &s.turns {
+            let parsed = parse_answer(answer);
+            if let Some(d) = parsed.dropped.first() {
+                return Err(format!("grounding loss: answer {answer:?}: {} ({:?})", d.reason, d.text));
+            }
+            boxes.extend(parsed.instances.iter().map(|i| [i.norm.x1, i.norm.y1, i.norm.x2, i.norm.y2]));
+        }
+        // the image's first position and the runs of supervised tokens (position, id)
+        let mut image_start = None;
+        let mut runs: Vec<Vec<(usize, u32)>> = vec![Vec::new()];
+        let mut pos = 0usize;
+        for (p, &sup) in enc.pieces.iter().zip(&enc.supervised) {
+            match p {
+                Piece::Token(t) if sup => runs.last_mut().expect("non-empty").push((pos, *t)),
+                _ => {
+                    if !runs.last().expect("non-empty").is_empty() {
+                        runs.push(Vec::new());
+                    }
+                    if let Piece::Visual(Placeholder::Image(_)) = p {
+                        if image_start.replace(pos).is_some() {
+                            return Err("grounding loss: the sample holds two images".into());
+                        }
+                    }
+                }
+            }
+            pos += match p {
+                Piece::Token(_) => 1,
+                Piece::Visual(Placeholder::Image(_)) => lens.image,
+                Piece::Visual(Placeholder::Region(_)) => lens.region,
+            };
+        }
+        let Some(image_start) = image_start else {
+            return Err("grounding loss: the sample has no image".into());
+        };
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for run in runs.iter().filter(|r| !r.is_empty()) {
+            let ids: Vec<u32> = run.iter().map(|x| x.1).collect();
+            let (text, spans) = tok.decode_spans(&ids).map_err(|e| format!("grounding loss: {e}"))?;
+            let mut from = 0;
+            while let Some(o) = text[from..].find('[').map(|k| from + k) {
+                let Some(c) = text[o..].find(']').map(|k| o + k) else {
+                    return Err(format!("grounding loss: unclosed '[' in the answer text {text:?}"));
+                };
+                if text[o + 1..c].contains('[') {
+                    return Err(format!("grounding loss: nested '[' in the answer text {text:?}"));
+                }
+                // tokens overlapping bytes o+1 ..= c, each predicted by the position before it
+                let positions: Vec<usize> = spans
+                    .iter()
+                    .zip(run)
+                    .filter(|((a, b), _)| a < b && *a <= c && *b > o + 1)
+                    .map(|(_, (p, _))| p - 1)
+                    .collect();
+                if positions.is_empty() {
+                    return Err(format!("grounding loss: no token spans the box in {text:?}"));
+                }
+                groups.push(positions);
+                from = c + 1;
+            }
+        }
+        if groups.len() != boxes.len() {
+            return Err(format!(
+                "grounding loss: {} boxes parsed from the answers but {} '[ ... ]' groups in their tokens ({:?})",
+                boxes.len(),
+                groups.len(),
+                s.turns
+            ));
+        }
+        let queries = groups
+            .into_iter()
+            .zip(boxes)
+            .map(|(positions, b)| {
+                let targets = self.targets(b);
+                // the referred object: the one the answer's (rounded) box overlaps most
+                let referred = (0..objects.len())
+                    .map(|i| (i, iou(objects[i], b)))
+                    .filter(|x| x.1 >= 0.5)
+                    .max_by(|x, y| x.1.total_cmp(&y.1))
+                    .map(|x| x.0);
+                let mut others: Vec<usize> = (0..objects.len())
+                    .filter(|&i| Some(i) != referred)
+                    .flat_map(|i| self.targets(objects[i]))
+                    .filter(|t| !targets.contains(t))
+                    .collect();
+                others.sort_unstable();
+                others.dedup();
+                GroundQuery { positions, targets, others }
+            })
+            .collect();
+        Ok(Some(SampleGround { image_start, queries }))
+    }
+
+    /// The mean grounding loss over every query position of the batch (`None` when no sample has
+    /// a query), from the tapped layer's queries [B, heads, T, d] and keys [B, kv heads, T, d].
+    pub fn loss(&self, q: &Tensor, k: &Tensor, samples: &[Option<SampleGround>]) -> Result<Option<GroundLoss>, String> {
+        let e = |x: candle_core::Error| format!("grounding loss: {x}");
+        let n_img = self.centres.len();
+        let mut scores = Vec::new();
+        let mut mask: Vec<f32> = Vec::new();
+        let mut other: Vec<f32> = Vec::new();
+        // 1 for the rows whose scene has other objects
+        let mut with_others: Vec<f32> = Vec::new();
+        for (b, sg) in samples.iter().enumerate() {
+            let Some(sg) = sg else { continue };
+            if sg.queries.is_empty() {
+                continue;
+            }
+            let keys = k.i((b, self.kv_head)).and_then(|x| x.narrow(0, sg.image_start, n_img)).map_err(e)?;
+            let rows: Vec<u32> = sg.queries.iter().flat_map(|g| g.positions.iter().map(|&p| p as u32)).collect();
+            let idx = Tensor::new(rows, q.device()).map_err(e)?;
+            let qs = q.i((b, self.head)).and_then(|x| x.index_select(&idx, 0)).map_err(e)?;
+            let s = qs.matmul(&keys.t().map_err(e)?).map_err(e)?;
+            scores.push(s);
+            for g in &sg.queries {
+                let mut row = vec![0f32; n_img];
+                for &t in &g.targets {
+                    row[t] = 1.0;
+                }
+                let mut orow = vec![0f32; n_img];
+                for &t in &g.others {
+                    orow[t] = 1.0;
+                }
+                for _ in &g.positions {
+                    mask.extend_from_slice(&row);
+                    other.extend_from_slice(&orow);
+                    with_others.push(if g.others.is_empty() { 0.0 } else { 1.0 });
+                }
+            }
+        }
+        if scores.is_empty() {
+            return Ok(None);
+        }
+        let mut s =
+            (Tensor::cat(&scores, 0).and_then(|s| s.to_dtype(DType::F32)).map_err(e)? * self.scale).map_err(e)?;
+        if let Some(cap) = self.softcap {
+            s = ((s / cap).and_then(|x| x.tanh()).map_err(e)? * cap).map_err(e)?;
+        }
+        let rows = s.dim(0).map_err(e)?;
+        let dev = s.device().clone();
+        let mask = Tensor::from_vec(mask, (rows, n_img), &dev).map_err(e)?;
+        let probs = candle_nn::ops::log_softmax(&s, D::Minus1).and_then(|l| l.exp()).map_err(e)?;
+        let p = (&probs * &mask).and_then(|x| x.sum(1)).map_err(e)?;
+        let loss = (&p + 1e-12).and_then(|p| p.log()).and_then(|l| l.mean_all()).and_then(|l| l.neg()).map_err(e)?;
+        let n_with = with_others.iter().filter(|&&w| w > 0.0).count();
+        let masses = if n_with == 0 {
+            None
+        } else {
+            let w = Tensor::from_vec(with_others, rows, &dev).map_err(e)?;
+            let other = Tensor::from_vec(other, (rows, n_img), &dev).map_err(e)?;
+            let probs = probs.detach();
+            let mean = |m: &Tensor| -> candle_core::Result<Tensor> {
+                (probs.mul(m)?.sum(1)? * &w)?.sum_all()? / n_with as f64
+            };
+            Some((mean(&mask).map_err(e)?, mean(&other).map_err(e)?))
+        };
+        Ok(Some(GroundLoss { loss, masses }))
+    }
+}
