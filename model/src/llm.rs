@@ -463,7 +463,8 @@ impl Llm {
     }
 
     /// [`Self::hidden`], also returning layer `tap`'s queries and keys after the rotary
-    /// embedding ([B, heads, T, d] and [B, kv heads, T, d], this pass's positions only): what
+    /// embedding and its values ([B, heads, T, d], [B, kv heads, T, d] twice, this pass's
+    /// positions only): what
     /// the trainer's grounding loss (train crate, `ground.rs`) scores a head's attention
     /// from. `None` runs [`Self::hidden`]'s pass alone.
     pub fn hidden_tapped(
@@ -471,7 +472,7 @@ impl Llm {
         x: &Tensor,
         cache: &mut KvCache,
         tap: Option<usize>,
-    ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    ) -> Result<(Tensor, Option<(Tensor, Tensor, Tensor)>)> {
         if let Some(t) = tap {
             if t >= self.layers.len() {
                 return invalid(format!("layer {t} tapped, the decoder has {} layers", self.layers.len()));
@@ -531,7 +532,7 @@ impl Llm {
                 }
             };
             if tap == Some(i) {
-                tapped = Some((q.clone(), k.clone()));
+                tapped = Some((q.clone(), k.clone(), v.clone()));
             }
             let (k, v) = cache.append(i, k, v)?;
             let mask = match (&window_mask, l.sliding) {

@@ -29,6 +29,7 @@
 //! ground_weight = 0.0             # add the grounding loss on REC answers (train::ground); 0 = off
 //! ground_layer = 1                # its supervised head: decoder layer (0-based) ...
 //! ground_head = 0                 # ... and query head
+//! ground_box_weight = 0.0         # with it: the head's attended values should hold the box (0 = off)
 //! lr = 2e-5
 //! vision_lr = 2e-6                # optional: train the vision tower at its own rate (Griffon-G stage 3)
 //! region_lr = 1e-3                # optional: the region encoder and its projector at their own rate
@@ -242,6 +243,11 @@ pub struct TrainSection {
     pub ground_layer: usize,
     #[serde(default)]
     pub ground_head: usize,
+    /// Weight of the grounding loss's box readout (0 = off): the first four value channels of
+    /// the supervised head, averaged under its attention over the image tokens, regress the
+    /// referred box (L1), so what the head finds carries where it is.
+    #[serde(default)]
+    pub ground_box_weight: f64,
 }
 
 fn default_dtype() -> String {
@@ -408,6 +414,14 @@ impl TrainConfig {
         }
         if !(t.ground_weight >= 0.0 && t.ground_weight.is_finite()) {
             return Err(format!("train.ground_weight must be a non-negative number, got {}", t.ground_weight));
+        }
+        if !(t.ground_box_weight >= 0.0 && t.ground_box_weight.is_finite()) {
+            return Err(format!("train.ground_box_weight must be a non-negative number, got {}", t.ground_box_weight));
+        }
+        if t.ground_box_weight > 0.0 && t.ground_weight == 0.0 {
+            return Err(
+                "train.ground_box_weight reads the grounding loss's head: set train.ground_weight > 0 too".into()
+            );
         }
         if t.ground_weight > 0.0 && t.stage == 0 {
             return Err("train.ground_weight needs answers to supervise: stage 0 trains the dense loss alone".into());

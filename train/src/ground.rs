@@ -10,7 +10,10 @@
 //! a REC answer whose next token lies inside the box (`[` up to the token before `]`), the
 //! head's attention over the image tokens (its own scores, scale and soft-capping, renormalised
 //! over the image tokens alone) should fall on the tokens of the referred object. The loss is
-//! the mean of `-log(sum of that attention on the object's tokens)`.
+//! the mean of `-log(sum of that attention on the object's tokens)`. With `ground_box_weight` > 0
+//! the head must also carry where it looked: the first four channels of its value vectors,
+//! averaged under that attention, regress the referred box (mean L1), a readout fixed in the
+//! value space (no new parameters; the output projection and later layers may use it or not).
 //!
 //! An image token belongs to the box when its receptive field's centre lies inside it: token
 //! (r, c) of the stride-2 3x3 `conv_reduce` projector is centred on tower patch (2r, 2c) (padding
@@ -34,6 +37,9 @@ pub struct GroundSpec {
     /// Decoder layer (0-based) and query head whose attention is supervised.
     pub layer: usize,
     pub head: usize,
+    /// Weight of the box readout term (0 = off): the first four channels of the head's value,
+    /// averaged under its attention over the image tokens, should be the referred box.
+    pub box_weight: f64,
     /// Key/value head of `head`.
     kv_head: usize,
     scale: f64,
@@ -50,6 +56,8 @@ pub struct GroundQuery {
     pub positions: Vec<usize>,
     pub targets: Vec<usize>,
     pub others: Vec<usize>,
+    /// The answer's normalised box.
+    pub bbox: [f64; 4],
 }
 
 /// The grounding loss of a batch, and the supervised head's mean attention on the referred
@@ -57,6 +65,8 @@ pub struct GroundQuery {
 /// has other objects, when there are any).
 pub struct GroundLoss {
     pub loss: Tensor,
+    /// The box readout's mean L1 (unweighted) when `box_weight` > 0.
+    pub box_l1: Option<Tensor>,
     pub masses: Option<(Tensor, Tensor)>,
 }
 
@@ -116,9 +126,12 @@ pub fn token_centres(m: &Griffon) -> Result<Vec<(f64, f64)>, String> {
 }
 
 impl GroundSpec {
-    pub fn new(m: &Griffon, layer: usize, head: usize) -> Result<Self, String> {
+    pub fn new(m: &Griffon, layer: usize, head: usize, box_weight: f64) -> Result<Self, String> {
         let layers = m.llm.num_layers();
-        let (heads, kv_heads, _) = m.llm.heads();
+        let (heads, kv_heads, head_dim) = m.llm.heads();
+        if box_weight > 0.0 && head_dim < 4 {
+            return Err(format!("the grounding loss's box readout needs 4 value channels, the heads have {head_dim}"));
+        }
         if layer >= layers {
             return Err(format!("train.ground_layer = {layer}, the LLM has {layers} layers (0-based)"));
         }
@@ -129,6 +142,7 @@ impl GroundSpec {
         Ok(Self {
             layer,
             head,
+            box_weight,
             kv_head: head / (heads / kv_heads),
             scale: spec.scale,
             softcap: spec.softcap,
@@ -255,18 +269,28 @@ impl GroundSpec {
                     .collect();
                 others.sort_unstable();
                 others.dedup();
-                GroundQuery { positions, targets, others }
+                GroundQuery { positions, targets, others, bbox: b }
             })
             .collect();
         Ok(Some(SampleGround { image_start, queries }))
     }
 
     /// The mean grounding loss over every query position of the batch (`None` when no sample has
-    /// a query), from the tapped layer's queries [B, heads, T, d] and keys [B, kv heads, T, d].
-    pub fn loss(&self, q: &Tensor, k: &Tensor, samples: &[Option<SampleGround>]) -> Result<Option<GroundLoss>, String> {
+    /// a query), from the tapped layer's queries [B, heads, T, d], keys and values [B, kv heads,
+    /// T, d].
+    pub fn loss(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        samples: &[Option<SampleGround>],
+    ) -> Result<Option<GroundLoss>, String> {
         let e = |x: candle_core::Error| format!("grounding loss: {x}");
         let n_img = self.centres.len();
         let mut scores = Vec::new();
+        // per sample: its image tokens' first four value channels and its rows' boxes
+        let mut values = Vec::new();
+        let mut boxes: Vec<f32> = Vec::new();
         let mut mask: Vec<f32> = Vec::new();
         let mut other: Vec<f32> = Vec::new();
         // 1 for the rows whose scene has other objects
@@ -282,7 +306,14 @@ impl GroundSpec {
             let qs = q.i((b, self.head)).and_then(|x| x.index_select(&idx, 0)).map_err(e)?;
             let s = qs.matmul(&keys.t().map_err(e)?).map_err(e)?;
             scores.push(s);
+            if self.box_weight > 0.0 {
+                let vals = v.i((b, self.kv_head)).and_then(|x| x.narrow(0, sg.image_start, n_img)?.narrow(1, 0, 4));
+                values.push(vals.and_then(|x| x.to_dtype(DType::F32)).map_err(e)?);
+            }
             for g in &sg.queries {
+                for _ in &g.positions {
+                    boxes.extend(g.bbox.iter().map(|&x| x as f32));
+                }
                 let mut row = vec![0f32; n_img];
                 for &t in &g.targets {
                     row[t] = 1.0;
@@ -312,6 +343,21 @@ impl GroundSpec {
         let probs = candle_nn::ops::log_softmax(&s, D::Minus1).and_then(|l| l.exp()).map_err(e)?;
         let p = (&probs * &mask).and_then(|x| x.sum(1)).map_err(e)?;
         let loss = (&p + 1e-12).and_then(|p| p.log()).and_then(|l| l.mean_all()).and_then(|l| l.neg()).map_err(e)?;
+        let box_l1 = if self.box_weight > 0.0 {
+            // each sample's rows read their own image's values
+            let mut read = Vec::with_capacity(values.len());
+            let mut at = 0;
+            for (vals, s) in values.iter().zip(&scores) {
+                let r = s.dim(0).map_err(e)?;
+                read.push(probs.narrow(0, at, r).and_then(|p| p.matmul(vals)).map_err(e)?);
+                at += r;
+            }
+            let pred = Tensor::cat(&read, 0).map_err(e)?;
+            let want = Tensor::from_vec(boxes, (rows, 4), &dev).map_err(e)?;
+            Some((pred - want).and_then(|d| d.abs()?.mean_all()).map_err(e)?)
+        } else {
+            None
+        };
         let n_with = with_others.iter().filter(|&&w| w > 0.0).count();
         let masses = if n_with == 0 {
             None
@@ -324,6 +370,6 @@ impl GroundSpec {
             };
             Some((mean(&mask).map_err(e)?, mean(&other).map_err(e)?))
         };
-        Ok(Some(GroundLoss { loss, masses }))
+        Ok(Some(GroundLoss { loss, box_l1, masses }))
     }
 }

@@ -329,10 +329,14 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
         Some((dl, value)) => ((nll + dl).map_err(e)?, Some(value)),
     };
     let (loss, ground) = match (obj.ground, tapped) {
-        (Some((g, weight)), Some((q, k))) => match g.loss(&q, &k, &grounds)? {
+        (Some((g, weight)), Some((q, k, v))) => match g.loss(&q, &k, &v, &grounds)? {
             Some(gl) => {
-                let total = (loss + (&gl.loss * weight).map_err(e)?).map_err(e)?;
-                (total, Some(GroundLoss { loss: gl.loss.detach(), ..gl }))
+                let mut total = (loss + (&gl.loss * weight).map_err(e)?).map_err(e)?;
+                if let Some(b) = &gl.box_l1 {
+                    total = (total + (b * g.box_weight).map_err(e)?).map_err(e)?;
+                }
+                let detached = GroundLoss { loss: gl.loss.detach(), box_l1: gl.box_l1.map(|b| b.detach()), ..gl };
+                (total, Some(detached))
             }
             None => (loss, None),
         },
@@ -528,6 +532,9 @@ pub struct StepLog {
     pub ground_own: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ground_other: Option<f64>,
+    /// Mean L1 of the grounding loss's box readout (`ground_box_weight` > 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ground_box: Option<f64>,
 }
 
 /// What [`Trainer::step_gradients`] returns.
@@ -540,6 +547,8 @@ pub struct StepGradients {
     /// Mean attention of the supervised head on the referred object and on the scene's other
     /// objects, over the answer positions of scenes with other objects.
     pub ground_masses: Option<[f64; 2]>,
+    /// Mean L1 of the grounding loss's box readout, when it is on.
+    pub ground_box: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -760,7 +769,7 @@ impl Trainer {
             None
         };
         let ground = if cfg.train.ground_weight > 0.0 {
-            Some(GroundSpec::new(&model, cfg.train.ground_layer, cfg.train.ground_head)?)
+            Some(GroundSpec::new(&model, cfg.train.ground_layer, cfg.train.ground_head, cfg.train.ground_box_weight)?)
         } else {
             None
         };
@@ -901,7 +910,7 @@ impl Trainer {
         let mut dense_sum: Option<f64> = None;
         // sums of the grounding loss and of its masses (on the referred object, on the others),
         // and the micro-batches that gave each
-        let mut ground_sum: Option<([f64; 3], [usize; 2])> = None;
+        let mut ground_sum: Option<([f64; 4], [usize; 3])> = None;
         let answers = self.cfg.train.stage != 0;
         let dense_weight = if answers { self.cfg.train.dense_weight } else { 1.0 };
         for j in 0..accum {
@@ -942,13 +951,17 @@ impl Trainer {
             }
             if let Some(g) = ground {
                 let read = |t: &Tensor| t.to_scalar::<f32>().map(|v| v as f64).map_err(|e| e.to_string());
-                let s = ground_sum.get_or_insert(([0.0; 3], [0; 2]));
+                let s = ground_sum.get_or_insert(([0.0; 4], [0; 3]));
                 s.0[0] += read(&g.loss)?;
                 s.1[0] += 1;
                 if let Some((own, other)) = &g.masses {
                     s.0[1] += read(own)?;
                     s.0[2] += read(other)?;
                     s.1[1] += 1;
+                }
+                if let Some(b) = &g.box_l1 {
+                    s.0[3] += read(b)?;
+                    s.1[2] += 1;
                 }
             }
             for (g, p) in grads.iter_mut().zip(&self.opt.params) {
@@ -972,6 +985,7 @@ impl Trainer {
             dense: dense_sum,
             ground: ground_sum.map(|(s, n)| s[0] / n[0] as f64),
             ground_masses: ground_sum.filter(|(_, n)| n[1] > 0).map(|(s, n)| [s[1] / n[1] as f64, s[2] / n[1] as f64]),
+            ground_box: ground_sum.filter(|(_, n)| n[2] > 0).map(|(s, n)| s[3] / n[2] as f64),
         })
     }
 
@@ -1025,7 +1039,8 @@ impl Trainer {
             if profiled {
                 griffon_model::bench::profiler_range(&self.model.device, true).map_err(|e| e.to_string())?;
             }
-            let StepGradients { mut grads, loss, tokens, dense, ground, ground_masses } = self.step_gradients(step)?;
+            let StepGradients { mut grads, loss, tokens, dense, ground, ground_masses, ground_box } =
+                self.step_gradients(step)?;
             let t_opt = Instant::now();
             let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.max_grad_norm).map_err(|e| e.to_string())?;
             let lrs = self.lrs_at(step);
@@ -1062,6 +1077,7 @@ impl Trainer {
                 ground,
                 ground_own: ground_masses.map(|m| m[0]),
                 ground_other: ground_masses.map(|m| m[1]),
+                ground_box,
             };
             writeln!(log, "{}", serde_json::to_string(&entry).expect("serializable")).map_err(|e| e.to_string())?;
             bar.set_position(self.opt.step as u64);

@@ -52,7 +52,7 @@ fn boxes_map_onto_the_projectors_token_grid() {
     assert_eq!(c[0], (at(0.0), at(0.0)));
     assert_eq!(c[1 * 4 + 2], (at(4.0), at(2.0)), "row-major: (x, y) of row 1, column 2");
     assert_eq!(c[15], (at(6.0), at(6.0)));
-    let g = GroundSpec::new(&t.model, 1, 3).unwrap();
+    let g = GroundSpec::new(&t.model, 1, 3, 0.0).unwrap();
     // x and y in [0.1, 0.5) hold the centre 2.5 / 7 = 0.357 only: token (1, 1)
     assert_eq!(g.targets([0.1, 0.2, 0.5, 0.6]), vec![5]);
     assert_eq!(g.targets([0.0, 0.0, 1.0, 1.0]), (0..16).collect::<Vec<_>>());
@@ -60,9 +60,9 @@ fn boxes_map_onto_the_projectors_token_grid() {
     // no centre inside: the token nearest the box's centre (0.525, 0.525) is (2, 2)
     assert_eq!(g.targets([0.5, 0.5, 0.55, 0.55]), vec![10]);
     // out of range settings are named
-    let e = GroundSpec::new(&t.model, 4, 0).err().unwrap();
+    let e = GroundSpec::new(&t.model, 4, 0, 0.0).err().unwrap();
     assert!(e.contains("train.ground_layer = 4") && e.contains("4 layers"), "{e}");
-    let e = GroundSpec::new(&t.model, 0, 4).err().unwrap();
+    let e = GroundSpec::new(&t.model, 0, 4, 0.0).err().unwrap();
     assert!(e.contains("train.ground_head = 4") && e.contains("4 attention heads"), "{e}");
 }
 
@@ -70,7 +70,7 @@ fn boxes_map_onto_the_projectors_token_grid() {
 fn queries_are_the_positions_that_predict_each_box() {
     let tmp = tempfile::tempdir().unwrap();
     let t = Trainer::new(config(tmp.path(), "a", "max_steps = 1\nlr = 1e-3"), &Device::Cpu).unwrap();
-    let g = GroundSpec::new(&t.model, 1, 0).unwrap();
+    let g = GroundSpec::new(&t.model, 1, 0, 0.0).unwrap();
     let lens = VisualLens::of(&t.model);
     let tok = &t.model.tokenizer;
     let s = rec(&[
@@ -131,10 +131,11 @@ fn tapping_a_layer_leaves_the_forward_pass_unchanged() {
     let plain = llm.hidden(&x, &mut llm.new_cache()).unwrap();
     let (tapped, qk) = llm.hidden_tapped(&x, &mut llm.new_cache(), Some(2)).unwrap();
     assert_eq!(max_abs(&plain, &tapped), 0.0);
-    let (q, k) = qk.expect("layer 2 tapped");
+    let (q, k, v) = qk.expect("layer 2 tapped");
     let (heads, kv, d) = llm.heads();
     assert_eq!(q.dims(), &[2, heads, 9, d]);
     assert_eq!(k.dims(), &[2, kv, 9, d]);
+    assert_eq!(v.dims(), &[2, kv, 9, d]);
     assert!(llm.hidden_tapped(&x, &mut llm.new_cache(), None).unwrap().1.is_none());
     assert!(llm.hidden_tapped(&x, &mut llm.new_cache(), Some(4)).is_err());
 }
@@ -165,6 +166,17 @@ fn the_supervised_head_learns_to_look_at_the_referred_object() {
     let (o0, x0, o1, x1) = (own[0].unwrap(), other[0].unwrap(), own[39].unwrap(), other[39].unwrap());
     eprintln!("attention on the referred object {o0:.3} -> {o1:.3}, on the others {x0:.3} -> {x1:.3}");
     assert!(o1 > 0.5 && o1 > 4.0 * x1, "{o0} -> {o1}, {x0} -> {x1}");
+    // with the box readout, the head's attended values learn to hold the referred box
+    let body =
+        "lr = 3e-3\nmax_steps = 40\nground_weight = 5.0\nground_layer = 1\nground_head = 2\nground_box_weight = 5.0";
+    Trainer::new(config(tmp.path(), "b", body), &Device::Cpu).unwrap().run(None, false).unwrap();
+    let b: Vec<f64> =
+        column(tmp.path(), "b", "ground_box").into_iter().map(|v| v.expect("ground_box in every row")).collect();
+    let (first, last) = (b[0], b[37..].iter().sum::<f64>() / 3.0);
+    eprintln!("box readout L1 {first:.4} -> {last:.4}");
+    // stated threshold: under a third of the start (boxes in [0, 1], values start near 0)
+    assert!(last < first / 3.0, "box readout L1 only went {first} -> {last}");
+    assert!(column(tmp.path(), "g", "ground_box").iter().all(|v| v.is_none()), "no readout column when it is off");
     // off by default: no grounding column
     Trainer::new(config(tmp.path(), "n", "max_steps = 2\nlr = 1e-3"), &Device::Cpu).unwrap().run(None, false).unwrap();
     assert!(column(tmp.path(), "n", "ground").iter().all(|v| v.is_none()));
@@ -179,6 +191,11 @@ fn grounding_settings_are_checked() {
     for (train, want) in [
         ("ground_weight = -1.0\nstage = 2\nlr = 1e-3", "train.ground_weight must be a non-negative number"),
         ("ground_weight = 1.0\nstage = 0\nlr = 1e-3", "train.ground_weight needs answers"),
+        ("ground_box_weight = 1.0\nstage = 2\nlr = 1e-3", "set train.ground_weight > 0 too"),
+        (
+            "ground_weight = 1.0\nground_box_weight = -2.0\nstage = 2\nlr = 1e-3",
+            "train.ground_box_weight must be a non-negative",
+        ),
     ] {
         let f = tmp.path().join("c.toml");
         std::fs::write(&f, text(train)).unwrap();
