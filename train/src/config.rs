@@ -30,6 +30,7 @@
 //! ground_layer = 1                # its supervised head: decoder layer (0-based) ...
 //! ground_head = 0                 # ... and query head
 //! ground_box_weight = 0.0         # with it: the head's attended values should hold the box (0 = off)
+//! ground_keys = "all"             # the head's whole causal row, or "image": renormalised over the image
 //! lr = 2e-5
 //! vision_lr = 2e-6                # optional: train the vision tower at its own rate (Griffon-G stage 3)
 //! region_lr = 1e-3                # optional: the region encoder and its projector at their own rate
@@ -248,6 +249,14 @@ pub struct TrainSection {
     /// referred box (L1), so what the head finds carries where it is.
     #[serde(default)]
     pub ground_box_weight: f64,
+    /// The grounding loss's attention: the head's whole causal row (`"all"`, default) or
+    /// renormalised over the image tokens alone (`"image"`).
+    #[serde(default = "default_ground_keys")]
+    pub ground_keys: String,
+}
+
+fn default_ground_keys() -> String {
+    "all".into()
 }
 
 fn default_dtype() -> String {
@@ -422,6 +431,9 @@ impl TrainConfig {
             return Err(
                 "train.ground_box_weight reads the grounding loss's head: set train.ground_weight > 0 too".into()
             );
+        }
+        if t.ground_keys != "all" && t.ground_keys != "image" {
+            return Err(format!("train.ground_keys must be \"all\" or \"image\", got {:?}", t.ground_keys));
         }
         if t.ground_weight > 0.0 && t.stage == 0 {
             return Err("train.ground_weight needs answers to supervise: stage 0 trains the dense loss alone".into());

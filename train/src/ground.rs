@@ -8,9 +8,11 @@
 //! which may be why the answer loss alone does not grow one. This loss supervises one head
 //! directly, as supervised attention does in grounding and alignment work: at every position of
 //! a REC answer whose next token lies inside the box (`[` up to the token before `]`), the
-//! head's attention over the image tokens (its own scores, scale and soft-capping, renormalised
-//! over the image tokens alone) should fall on the tokens of the referred object. The loss is
-//! the mean of `-log(sum of that attention on the object's tokens)`. With `ground_box_weight` > 0
+//! head's attention (its own scores, scale and soft-capping) should fall on the tokens of the
+//! referred object. The loss is the mean of `-log(sum of that attention on the object's
+//! tokens)`, the attention taken over the head's whole causal row (`ground_keys = "all"`, what
+//! the head really reads: text keys included) or renormalised over the image tokens alone
+//! (`"image"`: the head may then still look at text and pass little of the image on). With `ground_box_weight` > 0
 //! the head must also carry where it looked: the first four channels of its value vectors,
 //! averaged under that attention, regress the referred box (mean L1), a readout fixed in the
 //! value space (no new parameters; the output projection and later layers may use it or not).
@@ -40,6 +42,9 @@ pub struct GroundSpec {
     /// Weight of the box readout term (0 = off): the first four channels of the head's value,
     /// averaged under its attention over the image tokens, should be the referred box.
     pub box_weight: f64,
+    /// Whether the attention is the head's whole causal row (text keys included: what the head
+    /// really reads) or renormalised over the image tokens alone.
+    pub all_keys: bool,
     /// Key/value head of `head`.
     kv_head: usize,
     scale: f64,
@@ -126,7 +131,7 @@ pub fn token_centres(m: &Griffon) -> Result<Vec<(f64, f64)>, String> {
 }
 
 impl GroundSpec {
-    pub fn new(m: &Griffon, layer: usize, head: usize, box_weight: f64) -> Result<Self, String> {
+    pub fn new(m: &Griffon, layer: usize, head: usize, box_weight: f64, all_keys: bool) -> Result<Self, String> {
         let layers = m.llm.num_layers();
         let (heads, kv_heads, head_dim) = m.llm.heads();
         if box_weight > 0.0 && head_dim < 4 {
@@ -143,6 +148,7 @@ impl GroundSpec {
             layer,
             head,
             box_weight,
+            all_keys,
             kv_head: head / (heads / kv_heads),
             scale: spec.scale,
             softcap: spec.softcap,
@@ -287,6 +293,11 @@ impl GroundSpec {
     ) -> Result<Option<GroundLoss>, String> {
         let e = |x: candle_core::Error| format!("grounding loss: {x}");
         let n_img = self.centres.len();
+        let t_all = k.dim(2).map_err(e)?;
+        // the columns of a row: the image tokens alone, or every key of the sequence (the head's
+        // own causal row, later positions masked), and where the image starts among them
+        let cols = if self.all_keys { t_all } else { n_img };
+        let mut causal: Vec<f32> = Vec::new();
         let mut scores = Vec::new();
         // per sample: its image tokens' first four value channels and its rows' boxes
         let mut values = Vec::new();
@@ -300,29 +311,33 @@ impl GroundSpec {
             if sg.queries.is_empty() {
                 continue;
             }
-            let keys = k.i((b, self.kv_head)).and_then(|x| x.narrow(0, sg.image_start, n_img)).map_err(e)?;
+            let (first, at) = if self.all_keys { (0, sg.image_start) } else { (sg.image_start, 0) };
+            let keys = k.i((b, self.kv_head)).and_then(|x| x.narrow(0, first, cols)).map_err(e)?;
             let rows: Vec<u32> = sg.queries.iter().flat_map(|g| g.positions.iter().map(|&p| p as u32)).collect();
             let idx = Tensor::new(rows, q.device()).map_err(e)?;
             let qs = q.i((b, self.head)).and_then(|x| x.index_select(&idx, 0)).map_err(e)?;
             let s = qs.matmul(&keys.t().map_err(e)?).map_err(e)?;
             scores.push(s);
             if self.box_weight > 0.0 {
-                let vals = v.i((b, self.kv_head)).and_then(|x| x.narrow(0, sg.image_start, n_img)?.narrow(1, 0, 4));
+                let vals = v.i((b, self.kv_head)).and_then(|x| x.narrow(0, first, cols)?.narrow(1, 0, 4));
                 values.push(vals.and_then(|x| x.to_dtype(DType::F32)).map_err(e)?);
             }
             for g in &sg.queries {
                 for _ in &g.positions {
                     boxes.extend(g.bbox.iter().map(|&x| x as f32));
                 }
-                let mut row = vec![0f32; n_img];
+                let mut row = vec![0f32; cols];
                 for &t in &g.targets {
-                    row[t] = 1.0;
+                    row[at + t] = 1.0;
                 }
-                let mut orow = vec![0f32; n_img];
+                let mut orow = vec![0f32; cols];
                 for &t in &g.others {
-                    orow[t] = 1.0;
+                    orow[at + t] = 1.0;
                 }
-                for _ in &g.positions {
+                for &p in &g.positions {
+                    if self.all_keys {
+                        causal.extend((0..cols).map(|c| if c <= p { 0.0 } else { f32::NEG_INFINITY }));
+                    }
                     mask.extend_from_slice(&row);
                     other.extend_from_slice(&orow);
                     with_others.push(if g.others.is_empty() { 0.0 } else { 1.0 });
@@ -339,7 +354,10 @@ impl GroundSpec {
         }
         let rows = s.dim(0).map_err(e)?;
         let dev = s.device().clone();
-        let mask = Tensor::from_vec(mask, (rows, n_img), &dev).map_err(e)?;
+        if self.all_keys {
+            s = (s + Tensor::from_vec(causal, (rows, cols), &dev).map_err(e)?).map_err(e)?;
+        }
+        let mask = Tensor::from_vec(mask, (rows, cols), &dev).map_err(e)?;
         let probs = candle_nn::ops::log_softmax(&s, D::Minus1).and_then(|l| l.exp()).map_err(e)?;
         let p = (&probs * &mask).and_then(|x| x.sum(1)).map_err(e)?;
         let loss = (&p + 1e-12).and_then(|p| p.log()).and_then(|l| l.mean_all()).and_then(|l| l.neg()).map_err(e)?;
@@ -363,7 +381,7 @@ impl GroundSpec {
             None
         } else {
             let w = Tensor::from_vec(with_others, rows, &dev).map_err(e)?;
-            let other = Tensor::from_vec(other, (rows, n_img), &dev).map_err(e)?;
+            let other = Tensor::from_vec(other, (rows, cols), &dev).map_err(e)?;
             let probs = probs.detach();
             let mean = |m: &Tensor| -> candle_core::Result<Tensor> {
                 (probs.mul(m)?.sum(1)? * &w)?.sum_all()? / n_with as f64

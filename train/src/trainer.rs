@@ -769,7 +769,9 @@ impl Trainer {
             None
         };
         let ground = if cfg.train.ground_weight > 0.0 {
-            Some(GroundSpec::new(&model, cfg.train.ground_layer, cfg.train.ground_head, cfg.train.ground_box_weight)?)
+            let t = &cfg.train;
+            let all_keys = t.ground_keys == "all";
+            Some(GroundSpec::new(&model, t.ground_layer, t.ground_head, t.ground_box_weight, all_keys)?)
         } else {
             None
         };

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use griffon_core::Piece;
 use griffon_train::config::TrainConfig;
 use griffon_train::data::{Sample, TaskKind};
-use griffon_train::ground::{token_centres, GroundSpec};
+use griffon_train::ground::{token_centres, GroundQuery, GroundSpec, SampleGround};
 use griffon_train::trainer::{encode_sample, Trainer, VisualLens};
 use std::path::{Path, PathBuf};
 
@@ -52,7 +52,7 @@ fn boxes_map_onto_the_projectors_token_grid() {
     assert_eq!(c[0], (at(0.0), at(0.0)));
     assert_eq!(c[1 * 4 + 2], (at(4.0), at(2.0)), "row-major: (x, y) of row 1, column 2");
     assert_eq!(c[15], (at(6.0), at(6.0)));
-    let g = GroundSpec::new(&t.model, 1, 3, 0.0).unwrap();
+    let g = GroundSpec::new(&t.model, 1, 3, 0.0, true).unwrap();
     // x and y in [0.1, 0.5) hold the centre 2.5 / 7 = 0.357 only: token (1, 1)
     assert_eq!(g.targets([0.1, 0.2, 0.5, 0.6]), vec![5]);
     assert_eq!(g.targets([0.0, 0.0, 1.0, 1.0]), (0..16).collect::<Vec<_>>());
@@ -60,9 +60,9 @@ fn boxes_map_onto_the_projectors_token_grid() {
     // no centre inside: the token nearest the box's centre (0.525, 0.525) is (2, 2)
     assert_eq!(g.targets([0.5, 0.5, 0.55, 0.55]), vec![10]);
     // out of range settings are named
-    let e = GroundSpec::new(&t.model, 4, 0, 0.0).err().unwrap();
+    let e = GroundSpec::new(&t.model, 4, 0, 0.0, true).err().unwrap();
     assert!(e.contains("train.ground_layer = 4") && e.contains("4 layers"), "{e}");
-    let e = GroundSpec::new(&t.model, 0, 4, 0.0).err().unwrap();
+    let e = GroundSpec::new(&t.model, 0, 4, 0.0, true).err().unwrap();
     assert!(e.contains("train.ground_head = 4") && e.contains("4 attention heads"), "{e}");
 }
 
@@ -70,7 +70,7 @@ fn boxes_map_onto_the_projectors_token_grid() {
 fn queries_are_the_positions_that_predict_each_box() {
     let tmp = tempfile::tempdir().unwrap();
     let t = Trainer::new(config(tmp.path(), "a", "max_steps = 1\nlr = 1e-3"), &Device::Cpu).unwrap();
-    let g = GroundSpec::new(&t.model, 1, 0, 0.0).unwrap();
+    let g = GroundSpec::new(&t.model, 1, 0, 0.0, true).unwrap();
     let lens = VisualLens::of(&t.model);
     let tok = &t.model.tokenizer;
     let s = rec(&[
@@ -192,6 +192,7 @@ fn grounding_settings_are_checked() {
         ("ground_weight = -1.0\nstage = 2\nlr = 1e-3", "train.ground_weight must be a non-negative number"),
         ("ground_weight = 1.0\nstage = 0\nlr = 1e-3", "train.ground_weight needs answers"),
         ("ground_box_weight = 1.0\nstage = 2\nlr = 1e-3", "set train.ground_weight > 0 too"),
+        ("ground_keys = \"text\"\nstage = 2\nlr = 1e-3", "train.ground_keys must be"),
         (
             "ground_weight = 1.0\nground_box_weight = -2.0\nstage = 2\nlr = 1e-3",
             "train.ground_box_weight must be a non-negative",
@@ -209,4 +210,62 @@ fn grounding_settings_are_checked() {
     .err()
     .unwrap();
     assert!(e.contains("train.ground_layer = 9"), "{e}");
+}
+
+/// The loss from tapped tensors, against the same computed with plain loops: the head's scores
+/// (scale, soft-capping), its causal row or the image tokens alone, -log of the mass on the targets.
+#[test]
+fn the_loss_is_the_heads_attention_on_the_targets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Trainer::new(config(tmp.path(), "a", "max_steps = 1\nlr = 1e-3"), &Device::Cpu).unwrap();
+    let (heads, kv, d) = t.model.llm.heads();
+    let spec = t.model.llm.attn_spec();
+    let (start, n_img, len) = (3usize, 16usize, 26usize);
+    let dev = Device::Cpu;
+    let q = Tensor::randn(0f32, 1.0, (2, heads, len, d), &dev).unwrap();
+    let k = Tensor::randn(0f32, 1.0, (2, kv, len, d), &dev).unwrap();
+    let v = Tensor::randn(0f32, 1.0, (2, kv, len, d), &dev).unwrap();
+    let query = |positions: Vec<usize>, targets: Vec<usize>| GroundQuery {
+        positions,
+        targets,
+        others: vec![],
+        bbox: [0.1, 0.2, 0.5, 0.6],
+    };
+    // sample 0 has no queries (another task); sample 1 two boxes
+    let samples = vec![
+        None,
+        Some(SampleGround {
+            image_start: start,
+            queries: vec![query(vec![20, 21], vec![5]), query(vec![24], vec![0, 1, 4])],
+        }),
+    ];
+    let rows: Vec<(usize, Vec<usize>)> = vec![(20, vec![5]), (21, vec![5]), (24, vec![0, 1, 4])];
+    let head = 3usize;
+    let kvh = head / (heads / kv);
+    let qh: Vec<Vec<f32>> = q.get(1).unwrap().get(head).unwrap().to_vec2().unwrap();
+    let kh: Vec<Vec<f32>> = k.get(1).unwrap().get(kvh).unwrap().to_vec2().unwrap();
+    let score = |p: usize, c: usize| {
+        let x = qh[p].iter().zip(&kh[c]).map(|(a, b)| (a * b) as f64).sum::<f64>() * spec.scale;
+        match spec.softcap {
+            Some(cap) => (x / cap).tanh() * cap,
+            None => x,
+        }
+    };
+    for all in [true, false] {
+        let g = GroundSpec::new(&t.model, 1, head, 0.0, all).unwrap();
+        let got = g.loss(&q, &k, &v, &samples).unwrap().unwrap().loss.to_scalar::<f32>().unwrap() as f64;
+        let mut want = 0.0;
+        for (p, targets) in &rows {
+            let keys: Vec<usize> = if all { (0..=*p).collect() } else { (start..start + n_img).collect() };
+            let z: f64 = keys.iter().map(|&c| score(*p, c).exp()).sum();
+            let on: f64 = targets.iter().map(|&t| score(*p, start + t).exp()).sum();
+            want -= (on / z).ln();
+        }
+        want /= rows.len() as f64;
+        eprintln!("all keys {all}: loss {got:.6}, by loops {want:.6}");
+        assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "all keys {all}: {got} vs {want}");
+    }
+    // no sample with queries: no loss
+    let g = GroundSpec::new(&t.model, 1, head, 0.0, true).unwrap();
+    assert!(g.loss(&q, &k, &v, &[None, None]).unwrap().is_none());
 }
