@@ -574,6 +574,12 @@ impl Llm {
         (self.spec.heads, self.spec.kv_heads, self.spec.head_dim)
     }
 
+    /// The sliding window of layer `i` (keys at `pos - key_pos >= window` masked), `None` for a
+    /// full-attention layer or one past the end.
+    pub fn layer_window(&self, i: usize) -> Option<usize> {
+        self.layers.get(i).filter(|l| l.sliding).and(self.spec.sliding_window)
+    }
+
     /// The attention scores' scale and soft-capping.
     pub fn attn_spec(&self) -> &AttnSpec {
         &self.spec.attn

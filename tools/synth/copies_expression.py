@@ -5,14 +5,13 @@ question (`Can you point out the red cross in the image ...`). A model that wrot
 object's name would look that name up, whatever its attention can do (docs/SYNTH.md, session 16).
 
     tools/synth/copies_expression.py EVAL_OUT [EVAL_OUT ...]     # e.g. runs/eval224/model"""
-import glob
 import json
 import os
 import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from eval_records import merged  # noqa: E402
+from eval_records import rec_records  # noqa: E402
 
 QUESTION = re.compile(r"point out (.*) in the image")
 
@@ -21,11 +20,8 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     for out in sys.argv[1:]:
-        paths = sorted(glob.glob(f"{out}/rec/predictions.shard-*.jsonl"))
-        if not paths:
-            sys.exit(f"no REC predictions under {out}/rec/")
         questions = matched = same = 0
-        for _, _, r in merged(paths):
+        for _, _, r in rec_records(out):
             questions += 1
             m = QUESTION.search(r["prompts"][0])
             if not m:

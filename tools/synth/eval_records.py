@@ -2,6 +2,7 @@
 `merge`): one per id, a later record (a rerun, appended) replacing a failed or cut one unless it
 failed itself; a torn last line (a kill mid-write) is dropped. Shared by the tools/synth
 diagnostics so they count what the metrics count."""
+import glob
 import json
 import sys
 
@@ -27,3 +28,12 @@ def merged(paths):
             elif (old[2].get("error") or old[2].get("truncated")) and not r.get("error"):
                 best[r["id"]] = (path, k, r)
     return [best[i] for i in order]
+
+
+def rec_records(out):
+    """`merged` over the REC shards of a `griffon eval synth` --out folder (its rec/ folder), or
+    exit naming the folder when it holds none."""
+    paths = sorted(glob.glob(f"{out}/rec/predictions.shard-*.jsonl"))
+    if not paths:
+        sys.exit(f"no REC predictions under {out}/rec/")
+    return merged(paths)

@@ -13,13 +13,12 @@ the largest object whatever it is asked gets right). Equal areas: the first in v
 
 Records are merged as `griffon eval merge` does (`eval_records.py`). One JSON line per EVAL_OUT."""
 import collections
-import glob
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from eval_records import merged  # noqa: E402
+from eval_records import rec_records  # noqa: E402
 from selection import iou, scene_boxes  # noqa: E402
 
 
@@ -32,11 +31,8 @@ def main():
         sys.exit(__doc__)
     scene, visj = scene_boxes(sys.argv[1])
     for out in sys.argv[2:]:
-        paths = sorted(glob.glob(f"{out}/rec/predictions.shard-*.jsonl"))
-        if not paths:
-            sys.exit(f"no REC predictions under {out}/rec")
         c = collections.Counter()
-        for path, k, r in merged(paths):
+        for path, k, r in rec_records(out):
             t = r.get("truth", {})
             if t.get("kind") != "rec":
                 sys.exit(f"{path}:{k}: not a REC record")

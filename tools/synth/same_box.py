@@ -6,24 +6,20 @@ with one box whatever it is asked).
 
     tools/synth/same_box.py EVAL_OUT [EVAL_OUT ...]     # e.g. runs/eval224/model"""
 import collections
-import glob
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from eval_records import merged  # noqa: E402
+from eval_records import rec_records  # noqa: E402
 
 
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     for out in sys.argv[1:]:
-        paths = sorted(glob.glob(f"{out}/rec/predictions.shard-*.jsonl"))
-        if not paths:
-            sys.exit(f"no REC predictions under {out}/rec/")
         boxes = collections.defaultdict(list)
-        for _, _, r in merged(paths):
+        for _, _, r in rec_records(out):
             boxes[r["image"]].append(r["detections"][0]["box"] if r["detections"] else None)
         multi = [b for b in boxes.values() if len(b) >= 2]
         same = sum(all(x == b[0] for x in b) for b in multi)

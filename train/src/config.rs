@@ -236,7 +236,7 @@ pub struct TrainSection {
     #[serde(default)]
     pub dense_weight: f64,
     /// Weight of the grounding loss ([`crate::ground`]) on REC answers (0 = off): one head's
-    /// attention over the image tokens is supervised towards the referred object.
+    /// attention (see `ground_keys`) is supervised towards the referred object's image tokens.
     #[serde(default)]
     pub ground_weight: f64,
     /// The decoder layer (0-based) and query head the grounding loss supervises.
@@ -245,8 +245,8 @@ pub struct TrainSection {
     #[serde(default)]
     pub ground_head: usize,
     /// Weight of the grounding loss's box readout (0 = off): the first four value channels of
-    /// the supervised head, averaged under its attention over the image tokens, regress the
-    /// referred box (L1), so what the head finds carries where it is.
+    /// the supervised head's image tokens, averaged under its attention renormalised over them,
+    /// regress the referred box (L1), so what the head finds carries where it is.
     #[serde(default)]
     pub ground_box_weight: f64,
     /// The grounding loss's attention: the head's whole causal row (`"all"`, default) or

@@ -13,9 +13,11 @@
 //! tokens)`, the attention taken over the head's whole causal row (`ground_keys = "all"`, what
 //! the head really reads: text keys included) or renormalised over the image tokens alone
 //! (`"image"`: the head may then still look at text and pass little of the image on). With `ground_box_weight` > 0
-//! the head must also carry where it looked: the first four channels of its value vectors,
-//! averaged under that attention, regress the referred box (mean L1), a readout fixed in the
-//! value space (no new parameters; the output projection and later layers may use it or not).
+//! the head must also carry where it looked: the first four channels of its image tokens'
+//! values, averaged under its attention renormalised over the image tokens (what it reads from
+//! the image; the text's values, which hold the coordinates already written, are left out),
+//! regress the referred box (mean L1), a readout fixed in the value space (no new parameters;
+//! the output projection and later layers may use it or not).
 //!
 //! An image token belongs to the box when its receptive field's centre lies inside it: token
 //! (r, c) of the stride-2 3x3 `conv_reduce` projector is centred on tower patch (2r, 2c) (padding
@@ -29,6 +31,7 @@ use crate::data::{Sample, TaskKind};
 use crate::trainer::{Encoded, VisualLens};
 use candle_core::{DType, IndexOp, Tensor, D};
 use griffon_core::answer::parse_answer;
+use griffon_core::boxes::iou_xyxy;
 use griffon_core::{Piece, Placeholder};
 use griffon_model::config::ProjectorType;
 use griffon_model::griffon::Griffon;
@@ -39,14 +42,17 @@ pub struct GroundSpec {
     /// Decoder layer (0-based) and query head whose attention is supervised.
     pub layer: usize,
     pub head: usize,
-    /// Weight of the box readout term (0 = off): the first four channels of the head's value,
-    /// averaged under its attention over the image tokens, should be the referred box.
+    /// Weight of the box readout term (0 = off): the first four channels of the head's values
+    /// of the image tokens, averaged under its attention renormalised over them (what it reads
+    /// from the image, whichever attention the loss takes), should be the referred box.
     pub box_weight: f64,
     /// Whether the attention is the head's whole causal row (text keys included: what the head
     /// really reads) or renormalised over the image tokens alone.
     pub all_keys: bool,
     /// Key/value head of `head`.
     kv_head: usize,
+    /// The tapped layer's sliding window, when it has one.
+    window: Option<usize>,
     scale: f64,
     softcap: Option<f64>,
     /// Normalised (x, y) of each image token's receptive-field centre, row-major.
@@ -75,18 +81,6 @@ pub struct GroundLoss {
     pub masses: Option<(Tensor, Tensor)>,
 }
 
-fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    if union > 0.0 {
-        inter / union
-    } else {
-        0.0
-    }
-}
-
 /// A sample's grounding queries and where its image tokens start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleGround {
@@ -111,7 +105,10 @@ pub fn token_centres(m: &Griffon) -> Result<Vec<(f64, f64)>, String> {
             if pad > 1 {
                 return Err(format!("conv_reduce with padding {pad} is not supported by the grounding loss"));
             }
-            ((patches + 2 * pad - 3) / 2 + 1, Box::new(move |o| 2 * o + 1 - pad))
+            let Some(span) = (patches + 2 * pad).checked_sub(3) else {
+                return Err(format!("the grounding loss needs a patch grid of 3 or more, the tower gives {patches}"));
+            };
+            (span / 2 + 1, Box::new(move |o| 2 * o + 1 - pad))
         }
         ProjectorType::Linear | ProjectorType::Mlp(_) | ProjectorType::Identity => (patches, Box::new(|o| o)),
     };
@@ -134,6 +131,9 @@ impl GroundSpec {
     pub fn new(m: &Griffon, layer: usize, head: usize, box_weight: f64, all_keys: bool) -> Result<Self, String> {
         let layers = m.llm.num_layers();
         let (heads, kv_heads, head_dim) = m.llm.heads();
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(format!("{heads} attention heads are not a multiple of {kv_heads} key/value heads"));
+        }
         if box_weight > 0.0 && head_dim < 4 {
             return Err(format!("the grounding loss's box readout needs 4 value channels, the heads have {head_dim}"));
         }
@@ -150,6 +150,7 @@ impl GroundSpec {
             box_weight,
             all_keys,
             kv_head: head / (heads / kv_heads),
+            window: m.llm.layer_window(layer),
             scale: spec.scale,
             softcap: spec.softcap,
             centres: token_centres(m)?,
@@ -214,17 +215,16 @@ impl GroundSpec {
                     }
                 }
             }
-            pos += match p {
-                Piece::Token(_) => 1,
-                Piece::Visual(Placeholder::Image(_)) => lens.image,
-                Piece::Visual(Placeholder::Region(_)) => lens.region,
-            };
+            pos += lens.of_piece(p);
         }
         let Some(image_start) = image_start else {
             return Err("grounding loss: the sample has no image".into());
         };
         let mut groups: Vec<Vec<usize>> = Vec::new();
         for run in runs.iter().filter(|r| !r.is_empty()) {
+            if run[0].0 < image_start + lens.image {
+                return Err(format!("grounding loss: an answer starts before the image ends in {:?}", s.turns));
+            }
             let ids: Vec<u32> = run.iter().map(|x| x.1).collect();
             let (text, spans) = tok.decode_spans(&ids).map_err(|e| format!("grounding loss: {e}"))?;
             let mut from = 0;
@@ -240,7 +240,7 @@ impl GroundSpec {
                     .iter()
                     .zip(run)
                     .filter(|((a, b), _)| a < b && *a <= c && *b > o + 1)
-                    .map(|(_, (p, _))| p - 1)
+                    .map(|(_, (p, _))| *p - 1) // p > 0: the answer comes after the image (checked above)
                     .collect();
                 if positions.is_empty() {
                     return Err(format!("grounding loss: no token spans the box in {text:?}"));
@@ -264,7 +264,7 @@ impl GroundSpec {
                 let targets = self.targets(b);
                 // the referred object: the one the answer's (rounded) box overlaps most
                 let referred = (0..objects.len())
-                    .map(|i| (i, iou(objects[i], b)))
+                    .map(|i| (i, iou_xyxy(objects[i], b)))
                     .filter(|x| x.1 >= 0.5)
                     .max_by(|x, y| x.1.total_cmp(&y.1))
                     .map(|x| x.0);
@@ -299,7 +299,9 @@ impl GroundSpec {
         let cols = if self.all_keys { t_all } else { n_img };
         let mut causal: Vec<f32> = Vec::new();
         let mut scores = Vec::new();
-        // per sample: its image tokens' first four value channels and its rows' boxes
+        // per sample with queries: its rows' first index, count and image start among the columns
+        let mut blocks: Vec<(usize, usize, usize)> = Vec::new();
+        // per such sample: its image tokens' first four value channels (box readout)
         let mut values = Vec::new();
         let mut boxes: Vec<f32> = Vec::new();
         let mut mask: Vec<f32> = Vec::new();
@@ -311,15 +313,39 @@ impl GroundSpec {
             if sg.queries.is_empty() {
                 continue;
             }
+            let img_end = sg.image_start + n_img;
+            if img_end > t_all {
+                return Err(format!(
+                    "grounding loss: sample {b}'s image ends at position {img_end}, past the {t_all} tapped"
+                ));
+            }
+            for g in &sg.queries {
+                if let Some(p) = g.positions.iter().find(|&&p| p < img_end || p >= t_all) {
+                    return Err(format!("grounding loss: sample {b}: query position {p} is not between the image's end ({img_end}) and {t_all}"));
+                }
+                if let Some(t) = g.targets.iter().chain(&g.others).find(|&&t| t >= n_img) {
+                    return Err(format!("grounding loss: sample {b}: image token {t} of {n_img}"));
+                }
+                if let (Some(w), Some(&p)) = (self.window, g.positions.iter().max()) {
+                    if p - sg.image_start >= w {
+                        return Err(format!(
+                            "grounding loss: position {p} of sample {b} sees only the last {w} keys of the tapped layer, not all its image tokens"
+                        ));
+                    }
+                }
+            }
             let (first, at) = if self.all_keys { (0, sg.image_start) } else { (sg.image_start, 0) };
-            let keys = k.i((b, self.kv_head)).and_then(|x| x.narrow(0, first, cols)).map_err(e)?;
+            // scores in f32 from the start (bf16 / f16 models)
+            let keys =
+                k.i((b, self.kv_head)).and_then(|x| x.narrow(0, first, cols)?.to_dtype(DType::F32)).map_err(e)?;
             let rows: Vec<u32> = sg.queries.iter().flat_map(|g| g.positions.iter().map(|&p| p as u32)).collect();
             let idx = Tensor::new(rows, q.device()).map_err(e)?;
-            let qs = q.i((b, self.head)).and_then(|x| x.index_select(&idx, 0)).map_err(e)?;
+            let qs = q.i((b, self.head)).and_then(|x| x.index_select(&idx, 0)?.to_dtype(DType::F32)).map_err(e)?;
             let s = qs.matmul(&keys.t().map_err(e)?).map_err(e)?;
+            blocks.push((mask.len() / cols, s.dim(0).map_err(e)?, at));
             scores.push(s);
             if self.box_weight > 0.0 {
-                let vals = v.i((b, self.kv_head)).and_then(|x| x.narrow(0, first, cols)?.narrow(1, 0, 4));
+                let vals = v.i((b, self.kv_head)).and_then(|x| x.narrow(0, sg.image_start, n_img)?.narrow(1, 0, 4));
                 values.push(vals.and_then(|x| x.to_dtype(DType::F32)).map_err(e)?);
             }
             for g in &sg.queries {
@@ -336,7 +362,9 @@ impl GroundSpec {
                 }
                 for &p in &g.positions {
                     if self.all_keys {
-                        causal.extend((0..cols).map(|c| if c <= p { 0.0 } else { f32::NEG_INFINITY }));
+                        // causal, and within the layer's sliding window when it has one
+                        let seen = |c: usize| c <= p && self.window.is_none_or(|w| p - c < w);
+                        causal.extend((0..cols).map(|c| if seen(c) { 0.0 } else { f32::NEG_INFINITY }));
                     }
                     mask.extend_from_slice(&row);
                     other.extend_from_slice(&orow);
@@ -347,13 +375,13 @@ impl GroundSpec {
         if scores.is_empty() {
             return Ok(None);
         }
-        let mut s =
-            (Tensor::cat(&scores, 0).and_then(|s| s.to_dtype(DType::F32)).map_err(e)? * self.scale).map_err(e)?;
+        let mut s = (Tensor::cat(&scores, 0).map_err(e)? * self.scale).map_err(e)?;
         if let Some(cap) = self.softcap {
             s = ((s / cap).and_then(|x| x.tanh()).map_err(e)? * cap).map_err(e)?;
         }
         let rows = s.dim(0).map_err(e)?;
         let dev = s.device().clone();
+        let capped = s.clone();
         if self.all_keys {
             s = (s + Tensor::from_vec(causal, (rows, cols), &dev).map_err(e)?).map_err(e)?;
         }
@@ -362,13 +390,14 @@ impl GroundSpec {
         let p = (&probs * &mask).and_then(|x| x.sum(1)).map_err(e)?;
         let loss = (&p + 1e-12).and_then(|p| p.log()).and_then(|l| l.mean_all()).and_then(|l| l.neg()).map_err(e)?;
         let box_l1 = if self.box_weight > 0.0 {
-            // each sample's rows read their own image's values
+            // each sample's rows read their own image's values, under the attention renormalised
+            // over its image tokens (the text's values, which hold the coordinates already
+            // written, are not part of the readout)
             let mut read = Vec::with_capacity(values.len());
-            let mut at = 0;
-            for (vals, s) in values.iter().zip(&scores) {
-                let r = s.dim(0).map_err(e)?;
-                read.push(probs.narrow(0, at, r).and_then(|p| p.matmul(vals)).map_err(e)?);
-                at += r;
+            for (vals, &(row0, r, at)) in values.iter().zip(&blocks) {
+                let img = capped.narrow(0, row0, r).and_then(|x| x.narrow(1, at, n_img)).map_err(e)?;
+                let p_img = candle_nn::ops::log_softmax(&img, D::Minus1).and_then(|l| l.exp()).map_err(e)?;
+                read.push(p_img.matmul(vals).map_err(e)?);
             }
             let pred = Tensor::cat(&read, 0).map_err(e)?;
             let want = Tensor::from_vec(boxes, (rows, 4), &dev).map_err(e)?;

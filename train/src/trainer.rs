@@ -53,7 +53,8 @@ impl VisualLens {
         Self { image: m.image_tokens(), region: if m.region.is_some() { 1 } else { m.image_tokens() } }
     }
 
-    fn of_piece(&self, p: &Piece) -> usize {
+    /// Positions one piece takes.
+    pub fn of_piece(&self, p: &Piece) -> usize {
         match p {
             Piece::Token(_) => 1,
             Piece::Visual(Placeholder::Image(_)) => self.image,
@@ -525,8 +526,9 @@ pub struct StepLog {
     /// it is trained.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ground: Option<f64>,
-    /// The supervised head's mean attention (over the image tokens) on the referred object's
-    /// tokens and on the other objects' tokens, at the answer positions of scenes holding other
+    /// The supervised head's mean attention (over its whole causal row, or the image tokens with
+    /// `ground_keys = "image"`) on the referred object's tokens and on the other objects'
+    /// tokens, at the answer positions of scenes holding other
     /// objects (synthetic data): whether it finds the object asked for or just any object.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ground_own: Option<f64>,

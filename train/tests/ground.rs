@@ -88,7 +88,7 @@ fn queries_are_the_positions_that_predict_each_box() {
     }
     let sg = g.sample(tok, &s, &enc, lens, &[]).unwrap().expect("a REC sample has queries");
     assert_eq!(seq[sg.image_start], None);
-    assert!(sg.image_start == 0 || seq[sg.image_start - 1].is_some(), "the image starts at its first position");
+    assert!(seq[sg.image_start - 1].is_some(), "the image starts at its first position (a prompt token before it)");
     assert_eq!(seq[sg.image_start..].iter().take_while(|x| x.is_none()).count(), lens.image);
     assert_eq!(sg.queries.len(), 2);
     for (q, (text, targets)) in sg
@@ -163,7 +163,8 @@ fn the_supervised_head_learns_to_look_at_the_referred_object() {
     // its attention on the referred object and on the others, where a scene has others
     let own = column(tmp.path(), "g", "ground_own");
     let other = column(tmp.path(), "g", "ground_other");
-    let (o0, x0, o1, x1) = (own[0].unwrap(), other[0].unwrap(), own[39].unwrap(), other[39].unwrap());
+    let last3 = |c: &[Option<f64>]| c[37..].iter().map(|v| v.expect("in every row")).sum::<f64>() / 3.0;
+    let (o0, x0, o1, x1) = (own[0].unwrap(), other[0].unwrap(), last3(&own), last3(&other));
     eprintln!("attention on the referred object {o0:.3} -> {o1:.3}, on the others {x0:.3} -> {x1:.3}");
     assert!(o1 > 0.5 && o1 > 4.0 * x1, "{o0} -> {o1}, {x0} -> {x1}");
     // with the box readout, the head's attended values learn to hold the referred box
@@ -212,60 +213,120 @@ fn grounding_settings_are_checked() {
     assert!(e.contains("train.ground_layer = 9"), "{e}");
 }
 
-/// The loss from tapped tensors, against the same computed with plain loops: the head's scores
-/// (scale, soft-capping), its causal row or the image tokens alone, -log of the mass on the targets.
+/// The loss, its attention masses and its box readout from tapped tensors, against the same
+/// computed with plain loops: the head's scores (scale, soft-capping), its causal row (within
+/// the layer's sliding window) or the image tokens alone, two samples whose images start at
+/// different positions.
 #[test]
 fn the_loss_is_the_heads_attention_on_the_targets() {
     let tmp = tempfile::tempdir().unwrap();
     let t = Trainer::new(config(tmp.path(), "a", "max_steps = 1\nlr = 1e-3"), &Device::Cpu).unwrap();
     let (heads, kv, d) = t.model.llm.heads();
     let spec = t.model.llm.attn_spec();
-    let (start, n_img, len) = (3usize, 16usize, 26usize);
+    let (n_img, len, head) = (16usize, 26usize, 3usize);
+    // the fixture's layer 0 has a sliding window (8 keys, fewer than its 16 image tokens), layer 1 none
+    assert!(t.model.llm.layer_window(0).is_some() && t.model.llm.layer_window(1).is_none());
     let dev = Device::Cpu;
     let q = Tensor::randn(0f32, 1.0, (2, heads, len, d), &dev).unwrap();
     let k = Tensor::randn(0f32, 1.0, (2, kv, len, d), &dev).unwrap();
     let v = Tensor::randn(0f32, 1.0, (2, kv, len, d), &dev).unwrap();
-    let query = |positions: Vec<usize>, targets: Vec<usize>| GroundQuery {
-        positions,
-        targets,
-        others: vec![],
-        bbox: [0.1, 0.2, 0.5, 0.6],
-    };
-    // sample 0 has no queries (another task); sample 1 two boxes
-    let samples = vec![
-        None,
-        Some(SampleGround {
-            image_start: start,
-            queries: vec![query(vec![20, 21], vec![5]), query(vec![24], vec![0, 1, 4])],
-        }),
+    struct Q {
+        b: usize,
+        start: usize,
+        positions: Vec<usize>,
+        targets: Vec<usize>,
+        others: Vec<usize>,
+        bbox: [f64; 4],
+    }
+    let qs = [
+        Q { b: 0, start: 2, positions: vec![18, 19], targets: vec![3], others: vec![7, 8], bbox: [0.1, 0.2, 0.5, 0.6] },
+        Q { b: 1, start: 3, positions: vec![20, 21], targets: vec![5], others: vec![], bbox: [0.0, 0.0, 0.3, 0.3] },
+        Q { b: 1, start: 3, positions: vec![24], targets: vec![0, 1, 4], others: vec![9], bbox: [0.5, 0.4, 0.9, 1.0] },
     ];
-    let rows: Vec<(usize, Vec<usize>)> = vec![(20, vec![5]), (21, vec![5]), (24, vec![0, 1, 4])];
-    let head = 3usize;
+    let ground = |b: usize| {
+        let queries: Vec<GroundQuery> = qs
+            .iter()
+            .filter(|x| x.b == b)
+            .map(|x| GroundQuery {
+                positions: x.positions.clone(),
+                targets: x.targets.clone(),
+                others: x.others.clone(),
+                bbox: x.bbox,
+            })
+            .collect();
+        Some(SampleGround { image_start: qs.iter().find(|x| x.b == b).unwrap().start, queries })
+    };
+    let samples = vec![ground(0), ground(1)];
     let kvh = head / (heads / kv);
-    let qh: Vec<Vec<f32>> = q.get(1).unwrap().get(head).unwrap().to_vec2().unwrap();
-    let kh: Vec<Vec<f32>> = k.get(1).unwrap().get(kvh).unwrap().to_vec2().unwrap();
-    let score = |p: usize, c: usize| {
-        let x = qh[p].iter().zip(&kh[c]).map(|(a, b)| (a * b) as f64).sum::<f64>() * spec.scale;
+    let (qv, kv3, vv): (Vec<Vec<Vec<f32>>>, Vec<Vec<Vec<f32>>>, Vec<Vec<Vec<f32>>>) = (
+        (0..2).map(|b| q.get(b).unwrap().get(head).unwrap().to_vec2().unwrap()).collect(),
+        (0..2).map(|b| k.get(b).unwrap().get(kvh).unwrap().to_vec2().unwrap()).collect(),
+        (0..2).map(|b| v.get(b).unwrap().get(kvh).unwrap().to_vec2().unwrap()).collect(),
+    );
+    let score = |b: usize, p: usize, c: usize| {
+        let x = qv[b][p].iter().zip(&kv3[b][c]).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>() * spec.scale;
         match spec.softcap {
             Some(cap) => (x / cap).tanh() * cap,
             None => x,
         }
     };
-    for all in [true, false] {
-        let g = GroundSpec::new(&t.model, 1, head, 0.0, all).unwrap();
-        let got = g.loss(&q, &k, &v, &samples).unwrap().unwrap().loss.to_scalar::<f32>().unwrap() as f64;
-        let mut want = 0.0;
-        for (p, targets) in &rows {
-            let keys: Vec<usize> = if all { (0..=*p).collect() } else { (start..start + n_img).collect() };
-            let z: f64 = keys.iter().map(|&c| score(*p, c).exp()).sum();
-            let on: f64 = targets.iter().map(|&t| score(*p, start + t).exp()).sum();
-            want -= (on / z).ln();
+    for (layer, all) in [(1, true), (1, false)] {
+        let window = t.model.llm.layer_window(layer);
+        let g = GroundSpec::new(&t.model, layer, head, 1.0, all).unwrap();
+        let got = g.loss(&q, &k, &v, &samples).unwrap().unwrap();
+        let (mut loss, mut own, mut other, mut with, mut l1, mut rows) = (0.0, 0.0, 0.0, 0usize, 0.0, 0usize);
+        for x in &qs {
+            for &p in &x.positions {
+                let keys: Vec<usize> = if all {
+                    (0..=p).filter(|&c| window.is_none_or(|w| p - c < w)).collect()
+                } else {
+                    (x.start..x.start + n_img).collect()
+                };
+                let z: f64 = keys.iter().map(|&c| score(x.b, p, c).exp()).sum();
+                let mass = |ts: &[usize]| ts.iter().map(|&t| score(x.b, p, x.start + t).exp()).sum::<f64>() / z;
+                loss -= mass(&x.targets).ln();
+                if !x.others.is_empty() {
+                    own += mass(&x.targets);
+                    other += mass(&x.others);
+                    with += 1;
+                }
+                // the readout: the image tokens' values under the attention renormalised over them
+                let zi: f64 = (0..n_img).map(|t| score(x.b, p, x.start + t).exp()).sum();
+                for (j, want) in x.bbox.iter().enumerate() {
+                    let read: f64 = (0..n_img)
+                        .map(|t| score(x.b, p, x.start + t).exp() / zi * vv[x.b][x.start + t][j] as f64)
+                        .sum();
+                    l1 += (read - want).abs();
+                }
+                rows += 1;
+            }
         }
-        want /= rows.len() as f64;
-        eprintln!("all keys {all}: loss {got:.6}, by loops {want:.6}");
-        assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "all keys {all}: {got} vs {want}");
+        let want = [loss / rows as f64, l1 / (4 * rows) as f64, own / with as f64, other / with as f64];
+        let (m_own, m_other) = got.masses.unwrap();
+        let have = [&got.loss, &got.box_l1.unwrap(), &m_own, &m_other].map(|t| t.to_scalar::<f32>().unwrap() as f64);
+        eprintln!("all keys {all} (window {window:?}): loss, box L1, own, other {have:?}, by loops {want:?}");
+        for (h, w) in have.iter().zip(&want) {
+            assert!((h - w).abs() < 1e-4 * w.abs().max(1.0), "all keys {all}: {have:?} vs {want:?}");
+        }
     }
-    // no sample with queries: no loss
+    // a sliding window that hides image tokens from a query is refused (in both forms)
+    for all in [true, false] {
+        let err = GroundSpec::new(&t.model, 0, head, 1.0, all).unwrap().loss(&q, &k, &v, &samples).err().unwrap();
+        assert!(err.contains("sees only the last 8 keys"), "{err}");
+    }
+    // no sample with queries: no loss; positions that cannot see the whole image are refused
     let g = GroundSpec::new(&t.model, 1, head, 0.0, true).unwrap();
     assert!(g.loss(&q, &k, &v, &[None, None]).unwrap().is_none());
+    let early = vec![Some(SampleGround {
+        image_start: 3,
+        queries: vec![GroundQuery { positions: vec![10], targets: vec![0], others: vec![], bbox: [0.0; 4] }],
+    })];
+    let err = g.loss(&q, &k, &v, &early).err().unwrap();
+    assert!(err.contains("query position 10") && err.contains("image's end (19)"), "{err}");
+    let bad = vec![Some(SampleGround {
+        image_start: 3,
+        queries: vec![GroundQuery { positions: vec![20], targets: vec![16], others: vec![], bbox: [0.0; 4] }],
+    })];
+    let err = g.loss(&q, &k, &v, &bad).err().unwrap();
+    assert!(err.contains("image token 16 of 16"), "{err}");
 }
