@@ -107,7 +107,6 @@ pub struct Loaded {
     pub pixels: Tensor,
     /// [3, r, r] per region exemplar, in placeholder order.
     pub regions: Vec<Tensor>,
-    /// Per-patch targets of the dense perception loss (synthetic scenes, when it is on).
     /// Dense perception targets (synthetic scenes, when trained): one per tile of the input.
     pub dense: Option<Vec<DenseTargets>>,
     /// Normalised xyxy boxes of the scene's objects (synthetic scenes; empty otherwise): the
@@ -539,6 +538,26 @@ pub struct StepLog {
     pub ground_box: Option<f64>,
 }
 
+/// A running mean of scalar tensors (read on the host).
+#[derive(Default)]
+struct Mean {
+    sum: f64,
+    n: usize,
+}
+
+impl Mean {
+    fn add(&mut self, t: &Tensor) -> Result<(), Error> {
+        self.sum += t.to_scalar::<f32>().map_err(|e| e.to_string())? as f64;
+        self.n += 1;
+        Ok(())
+    }
+
+    /// The mean, `None` when nothing was added.
+    fn get(&self) -> Option<f64> {
+        (self.n > 0).then(|| self.sum / self.n as f64)
+    }
+}
+
 /// What [`Trainer::step_gradients`] returns.
 pub struct StepGradients {
     pub grads: Vec<Tensor>,
@@ -912,9 +931,10 @@ impl Trainer {
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         let mut dense_sum: Option<f64> = None;
-        // sums of the grounding loss and of its masses (on the referred object, on the others),
-        // and the micro-batches that gave each
-        let mut ground_sum: Option<([f64; 4], [usize; 3])> = None;
+        // the grounding loss, its masses (on the referred object, on the others) and its box
+        // readout, over the micro-batches that gave each
+        let (mut g_loss, mut g_own, mut g_other, mut g_box) =
+            (Mean::default(), Mean::default(), Mean::default(), Mean::default());
         let answers = self.cfg.train.stage != 0;
         let dense_weight = if answers { self.cfg.train.dense_weight } else { 1.0 };
         for j in 0..accum {
@@ -954,18 +974,13 @@ impl Trainer {
                 *dense_sum.get_or_insert(0.0) += d.to_scalar::<f32>().map_err(|e| e.to_string())? as f64 / accum as f64;
             }
             if let Some(g) = ground {
-                let read = |t: &Tensor| t.to_scalar::<f32>().map(|v| v as f64).map_err(|e| e.to_string());
-                let s = ground_sum.get_or_insert(([0.0; 4], [0; 3]));
-                s.0[0] += read(&g.loss)?;
-                s.1[0] += 1;
+                g_loss.add(&g.loss)?;
                 if let Some((own, other)) = &g.masses {
-                    s.0[1] += read(own)?;
-                    s.0[2] += read(other)?;
-                    s.1[1] += 1;
+                    g_own.add(own)?;
+                    g_other.add(other)?;
                 }
                 if let Some(b) = &g.box_l1 {
-                    s.0[3] += read(b)?;
-                    s.1[2] += 1;
+                    g_box.add(b)?;
                 }
             }
             for (g, p) in grads.iter_mut().zip(&self.opt.params) {
@@ -987,9 +1002,9 @@ impl Trainer {
             loss: loss_sum,
             tokens,
             dense: dense_sum,
-            ground: ground_sum.map(|(s, n)| s[0] / n[0] as f64),
-            ground_masses: ground_sum.filter(|(_, n)| n[1] > 0).map(|(s, n)| [s[1] / n[1] as f64, s[2] / n[1] as f64]),
-            ground_box: ground_sum.filter(|(_, n)| n[2] > 0).map(|(s, n)| s[3] / n[2] as f64),
+            ground: g_loss.get(),
+            ground_masses: g_own.get().zip(g_other.get()).map(|(o, x)| [o, x]),
+            ground_box: g_box.get(),
         })
     }
 
