@@ -17,6 +17,7 @@ not copied (a fresh start)."""
 import json
 import os
 import shutil
+import struct
 import sys
 
 import numpy as np
@@ -73,7 +74,7 @@ def main():
 
 
 def read_names(path):
-    import struct
+    """The tensor names in a safetensors file's header."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         return set(json.loads(f.read(n)))
