@@ -40,6 +40,19 @@ def read(path):
     return tensors, meta
 
 
+def gemma2_source(src, out, verb):
+    """The config of checkpoint folder SRC, which must hold a Gemma-2 LLM, when OUT is free."""
+    if os.path.exists(out):
+        sys.exit(f"{out} exists; choose a new folder")
+    for f in ("config.json", "model.safetensors"):
+        if not os.path.isfile(os.path.join(src, f)):
+            sys.exit(f"{src}: no {f} (CHECKPOINT must be a checkpoint folder)")
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    if "gemma2" not in cfg.get("model_type", ""):
+        sys.exit(f"{src}: model_type {cfg.get('model_type')!r}: only Gemma-2 LLMs are {verb}")
+    return cfg
+
+
 def main():
     if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
@@ -51,14 +64,7 @@ def main():
         sys.exit(f"N_NEW and SEED must be integers, got {sys.argv[3:]}")
     if n_new < 1:
         sys.exit("N_NEW must be at least 1")
-    if os.path.exists(out):
-        sys.exit(f"{out} exists; choose a new folder")
-    for f in ("config.json", "model.safetensors"):
-        if not os.path.isfile(os.path.join(src, f)):
-            sys.exit(f"{src}: no {f} (CHECKPOINT must be a checkpoint folder)")
-    cfg = json.load(open(os.path.join(src, "config.json")))
-    if "gemma2" not in cfg.get("model_type", ""):
-        sys.exit(f"{src}: model_type {cfg.get('model_type')!r}: only Gemma-2 LLMs are grown")
+    cfg = gemma2_source(src, out, "grown")
     tensors, meta = read(os.path.join(src, "model.safetensors"))
     n = cfg["num_hidden_layers"]
     last = f"model.layers.{n - 1}."

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from grow_llm import read  # noqa: E402
+from grow_llm import gemma2_source, read  # noqa: E402
 from keep_wip import write_safetensors  # noqa: E402
 
 LLM = ("model.embed_tokens.", "model.layers.", "model.norm.")
@@ -37,14 +37,7 @@ def main():
         seed = int(sys.argv[3]) if len(sys.argv) == 4 else 0
     except ValueError:
         sys.exit(f"SEED must be an integer, got {sys.argv[3]!r}")
-    if os.path.exists(out):
-        sys.exit(f"{out} exists; choose a new folder")
-    for f in ("config.json", "model.safetensors"):
-        if not os.path.isfile(os.path.join(src, f)):
-            sys.exit(f"{src}: no {f} (CHECKPOINT must be a checkpoint folder)")
-    cfg = json.load(open(os.path.join(src, "config.json")))
-    if "gemma2" not in cfg.get("model_type", ""):
-        sys.exit(f"{src}: model_type {cfg.get('model_type')!r}: only Gemma-2 LLMs are replaced")
+    cfg = gemma2_source(src, out, "replaced")
     if "lm_head.weight" in read_names(os.path.join(src, "model.safetensors")):
         sys.exit(f"{src}: an untied lm_head; only tied embeddings are handled")
     tensors, meta = read(os.path.join(src, "model.safetensors"))
