@@ -31,6 +31,7 @@
 //! ground_head = 0                 # ... and query head
 //! ground_box_weight = 0.0         # with it: the head's attended values should hold the box (0 = off)
 //! ground_keys = "all"             # the head's whole causal row, or "image": renormalised over the image
+//! choice_weight = 1.0             # answer-loss weight of each box's first decimal of x1 (1 = plain mean)
 //! lr = 2e-5
 //! vision_lr = 2e-6                # optional: train the vision tower at its own rate (Griffon-G stage 3)
 //! region_lr = 1e-3                # optional: the region encoder and its projector at their own rate
@@ -253,6 +254,11 @@ pub struct TrainSection {
     /// renormalised over the image tokens alone (`"image"`).
     #[serde(default = "default_ground_keys")]
     pub ground_keys: String,
+    /// Weight, in the answer loss, of the token that gives each box's first decimal of `x1`
+    /// (where a box's object is chosen under teacher forcing, docs/SYNTH.md session 17); the
+    /// loss stays a sum over the supervised tokens divided by their count. 1 = the plain mean.
+    #[serde(default = "one_f64")]
+    pub choice_weight: f64,
 }
 
 fn default_ground_keys() -> String {
@@ -431,6 +437,9 @@ impl TrainConfig {
             return Err(
                 "train.ground_box_weight reads the grounding loss's head: set train.ground_weight > 0 too".into()
             );
+        }
+        if !(t.choice_weight > 0.0 && t.choice_weight.is_finite()) {
+            return Err(format!("train.choice_weight must be a positive number, got {}", t.choice_weight));
         }
         if t.ground_keys != "all" && t.ground_keys != "image" {
             return Err(format!("train.ground_keys must be \"all\" or \"image\", got {:?}", t.ground_keys));

@@ -143,7 +143,8 @@ pub fn load_pixels(
 /// position never attends to the padding after it, and padded rows carry no loss, so each
 /// sample's loss is what it would be alone. Logits are computed for the supervised rows only.
 pub fn batch_loss(m: &Griffon, batch: &[Loaded]) -> Result<(Tensor, usize), Error> {
-    batch_objective(m, batch, Objective { answers: true, dense: None, ground: None }).map(|o| (o.loss, o.tokens))
+    batch_objective(m, batch, Objective { answers: true, dense: None, ground: None, choice: 1.0 })
+        .map(|o| (o.loss, o.tokens))
 }
 
 /// What a micro-batch is trained on: the answer tokens, the dense perception loss
@@ -154,6 +155,28 @@ pub struct Objective<'a> {
     pub answers: bool,
     pub dense: Option<(&'a DenseHead, f64)>,
     pub ground: Option<(&'a GroundSpec, f64)>,
+    /// Answer-loss weight of each box's first decimal of `x1` ([`choice_tokens`]; 1 = plain mean).
+    pub choice: f64,
+}
+
+/// Indices into `ids` (answer tokens) of the tokens that write each box's first decimal of
+/// `x1` (the `d` of `[0.d..`): under teacher forcing the token where the box's object is chosen
+/// (docs/SYNTH.md session 17). Found from the tokens' text spans, so merged tokens work; a
+/// bracket not followed by `0.` and a digit is not a box and is passed over.
+pub fn choice_tokens(tok: &PromptTokenizer, ids: &[u32]) -> Result<Vec<usize>, Error> {
+    let (text, spans) = tok.decode_spans(ids).map_err(|e| format!("choice weight: {e}"))?;
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    for (o, _) in text.match_indices('[') {
+        let d = o + 3;
+        if d < b.len() && b[o + 1].is_ascii_digit() && b[o + 2] == b'.' && b[d].is_ascii_digit() {
+            match spans.iter().position(|&(a, e)| a <= d && d < e) {
+                Some(j) => out.push(j),
+                None => return Err(format!("choice weight: no token spans byte {d} of {text:?}")),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A micro-batch's loss (graph kept), its supervised count (answer tokens, or patches when only
@@ -270,6 +293,7 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
     let mut embeds = Vec::with_capacity(batch.len());
     let mut rows: Vec<u32> = Vec::new();
     let mut targets: Vec<u32> = Vec::new();
+    let mut weights: Vec<f32> = Vec::new();
     let mut region_at = 0;
     let grounds = match obj.ground {
         Some((g, _)) => batch
@@ -290,13 +314,31 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
         let it = image_tokens.narrow(0, i, 1).map_err(e)?;
         let x = m.embed_pieces(&l.enc.pieces, Some(&it), rt.as_ref()).map_err(ge)?.embeds;
         let (_, t, h) = x.dims3().map_err(e)?;
+        let chosen = if obj.choice != 1.0 {
+            let ids: Vec<u32> = l
+                .enc
+                .pieces
+                .iter()
+                .zip(&l.enc.supervised)
+                .filter_map(|(p, &sup)| match (p, sup) {
+                    (Piece::Token(t), true) => Some(*t),
+                    _ => None,
+                })
+                .collect();
+            choice_tokens(&m.tokenizer, &ids).map_err(|r| format!("{}: {r}", l.sample.source))?
+        } else {
+            Vec::new()
+        };
         let mut pos = 0usize;
+        let mut k = 0usize; // index among the sample's supervised tokens
         for (p, &sup) in l.enc.pieces.iter().zip(&l.enc.supervised) {
             if let (Piece::Token(tok), true) = (p, sup) {
                 if pos > 0 {
                     rows.push((i * lmax + pos - 1) as u32);
                     targets.push(*tok);
+                    weights.push(if chosen.contains(&k) { obj.choice as f32 } else { 1.0 });
                 }
+                k += 1;
             }
             pos += lens.of_piece(p);
         }
@@ -323,7 +365,18 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
     let picked = hidden.reshape((b * t, h)).and_then(|x| x.index_select(&rows, 0)).map_err(e)?;
     let logits = m.llm.head(&picked).map_err(ge)?;
     let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).map_err(e)?, D::Minus1).map_err(e)?;
-    let nll = lsm.gather(&targets, 1).and_then(|x| x.neg()).and_then(|x| x.mean_all()).map_err(e)?;
+    let nll = if obj.choice == 1.0 {
+        lsm.gather(&targets, 1).and_then(|x| x.neg()).and_then(|x| x.mean_all()).map_err(e)?
+    } else {
+        // weighted sum over the count: the other tokens' gradients stay what the mean gives them
+        let w = Tensor::new(weights, dev).and_then(|w| w.unsqueeze(1)).map_err(e)?;
+        lsm.gather(&targets, 1)
+            .and_then(|x| x.neg())
+            .and_then(|x| x.mul(&w))
+            .and_then(|x| x.sum_all())
+            .and_then(|x| x / n as f64)
+            .map_err(e)?
+    };
     let (loss, dense) = match dense {
         None => (nll, None),
         Some((dl, value)) => ((nll + dl).map_err(e)?, Some(value)),
@@ -952,6 +1005,7 @@ impl Trainer {
                 answers,
                 dense: self.dense.as_ref().map(|h| (h, dense_weight)),
                 ground: self.ground.as_ref().map(|g| (g, self.cfg.train.ground_weight)),
+                choice: self.cfg.train.choice_weight,
             };
             let t_fwd = Instant::now();
             let BatchLoss { loss, tokens: n, dense, ground, parts } = match batch_objective(&self.model, &batch, obj) {

@@ -330,3 +330,47 @@ fn the_loss_is_the_heads_attention_on_the_targets() {
     let err = g.loss(&q, &k, &v, &bad).err().unwrap();
     assert!(err.contains("image token 16 of 16"), "{err}");
 }
+
+#[test]
+fn the_choice_weight_scales_the_first_decimal_of_each_boxs_x1() {
+    use griffon_train::data::BuildOptions;
+    use griffon_train::synth::SynthStream;
+    use griffon_train::trainer::{batch_objective, choice_tokens, load_pixels, Loaded, Objective};
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Trainer::new(config(tmp.path(), "c", "max_steps = 1\nlr = 1e-3"), &Device::Cpu).unwrap();
+    let m = &t.model;
+    // the token of each box's x1 first decimal, whatever the BPE merged around it
+    let answer = "red circle-[0.123,0.456,0.789,0.999]&blue square-[0.300,0.200,0.400,0.500]";
+    let ids = m.tokenizer.encode_plain(answer).unwrap();
+    let found = choice_tokens(&m.tokenizer, &ids).unwrap();
+    assert_eq!(found.len(), 2, "{found:?}");
+    let (text, spans) = m.tokenizer.decode_spans(&ids).unwrap();
+    let firsts: Vec<usize> = text.match_indices("[0.").map(|(o, _)| o + 3).collect();
+    for (j, d) in found.iter().zip(firsts) {
+        assert!(spans[*j].0 <= d && d < spans[*j].1, "token {j} {:?} does not hold byte {d} of {text:?}", spans[*j]);
+    }
+    assert!(choice_tokens(&m.tokenizer, &m.tokenizer.encode_plain("None").unwrap()).unwrap().is_empty());
+    // the loss: sum of the tokens' losses over their count, the chosen ones weighted, so linear
+    // in the weight, and the plain mean at 1
+    let stream = SynthStream::new(5, 64, 3, vec![(TaskKind::Vg, 1.0)], BuildOptions::default()).unwrap();
+    let (s, img, _) = stream.sample(0).unwrap();
+    let enc = encode_sample(&m.tokenizer, m.template, &s, VisualLens::of(m)).unwrap();
+    let (pixels, regions) = load_pixels(&s, Some(img), m.image_size(), m.region_size()).unwrap();
+    let batch = [Loaded { sample: s, enc, pixels, regions, dense: None, objects: vec![] }];
+    let loss = |w: f64| -> f64 {
+        let o = batch_objective(m, &batch, Objective { answers: true, dense: None, ground: None, choice: w }).unwrap();
+        o.loss.to_scalar::<f32>().unwrap() as f64
+    };
+    let (l1, l2, l5) = (loss(1.0), loss(2.0), loss(5.0));
+    assert!(l2 > l1 + 1e-4, "the chosen token adds its loss: {l1} -> {l2}");
+    assert!((l5 - l1 - 4.0 * (l2 - l1)).abs() < 1e-4, "linear in the weight: {l1} {l2} {l5}");
+    // a weight that is not positive is refused
+    config(tmp.path(), "ok", "max_steps = 1\nlr = 1e-3");
+    let text = std::fs::read_to_string(tmp.path().join("ok.toml")).unwrap();
+    for w in ["0.0", "-1.0", "nan"] {
+        let f = tmp.path().join("w.toml");
+        std::fs::write(&f, format!("{text}choice_weight = {w}\n")).unwrap();
+        let r = TrainConfig::from_file(&f).and_then(|c| c.validate());
+        assert!(matches!(&r, Err(e) if e.contains("choice_weight")), "choice_weight = {w}: {r:?}");
+    }
+}
