@@ -11,7 +11,6 @@
 
 use candle_core::{DType, Device, D};
 use griffon_core::boxes::iou_xyxy;
-use griffon_core::Piece;
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_train::data::{BuildOptions, TaskKind};
 use griffon_train::synth::SynthStream;
@@ -93,14 +92,7 @@ fn main() -> Result<(), String> {
             .and_then(|t| t.to_vec2::<f32>())
             .map_err(e)?;
         // the answer's tokens and their positions (one REC turn)
-        let mut answer: Vec<(usize, u32)> = Vec::new();
-        let mut pos = 0;
-        for (p, &sup) in enc.pieces.iter().zip(&enc.supervised) {
-            if let (Piece::Token(t), true) = (p, sup) {
-                answer.push((pos, *t));
-            }
-            pos += lens.of_piece(p);
-        }
+        let answer = enc.answer_tokens(lens);
         let ids: Vec<u32> = answer.iter().map(|a| a.1).collect();
         let (text, spans) = m.tokenizer.decode_spans(&ids).map_err(ge)?;
         let (Some(open), Some(close)) = (text.find("-["), text.find(']')) else {

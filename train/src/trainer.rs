@@ -40,6 +40,21 @@ pub struct Encoded {
     pub len: usize,
 }
 
+impl Encoded {
+    /// (position, id) of each supervised token, positions counted with `lens`.
+    pub fn answer_tokens(&self, lens: VisualLens) -> Vec<(usize, u32)> {
+        let mut out = Vec::new();
+        let mut pos = 0usize;
+        for (p, &sup) in self.pieces.iter().zip(&self.supervised) {
+            if let (Piece::Token(t), true) = (p, sup) {
+                out.push((pos, *t));
+            }
+            pos += lens.of_piece(p);
+        }
+        out
+    }
+}
+
 /// Positions a model gives each visual placeholder: (image tokens, tokens per region).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VisualLens {
@@ -314,36 +329,23 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
         let it = image_tokens.narrow(0, i, 1).map_err(e)?;
         let x = m.embed_pieces(&l.enc.pieces, Some(&it), rt.as_ref()).map_err(ge)?.embeds;
         let (_, t, h) = x.dims3().map_err(e)?;
+        let answer = l.enc.answer_tokens(lens);
         let chosen = if obj.choice != 1.0 {
-            let ids: Vec<u32> = l
-                .enc
-                .pieces
-                .iter()
-                .zip(&l.enc.supervised)
-                .filter_map(|(p, &sup)| match (p, sup) {
-                    (Piece::Token(t), true) => Some(*t),
-                    _ => None,
-                })
-                .collect();
+            let ids: Vec<u32> = answer.iter().map(|a| a.1).collect();
             choice_tokens(&m.tokenizer, &ids).map_err(|r| format!("{}: {r}", l.sample.source))?
         } else {
             Vec::new()
         };
-        let mut pos = 0usize;
-        let mut k = 0usize; // index among the sample's supervised tokens
-        for (p, &sup) in l.enc.pieces.iter().zip(&l.enc.supervised) {
-            if let (Piece::Token(tok), true) = (p, sup) {
-                if pos > 0 {
-                    rows.push((i * lmax + pos - 1) as u32);
-                    targets.push(*tok);
-                    weights.push(if chosen.contains(&k) { obj.choice as f32 } else { 1.0 });
-                }
-                k += 1;
+        for (k, &(pos, tok)) in answer.iter().enumerate() {
+            if pos > 0 {
+                rows.push((i * lmax + pos - 1) as u32);
+                targets.push(tok);
+                weights.push(if chosen.contains(&k) { obj.choice as f32 } else { 1.0 });
             }
-            pos += lens.of_piece(p);
         }
-        if pos != t {
-            return Err(format!("{}: embedded {t} positions, expected {pos}", l.sample.source));
+        let len = seq_len(&l.enc);
+        if len != t {
+            return Err(format!("{}: embedded {t} positions, expected {len}", l.sample.source));
         }
         let x = if t < lmax {
             Tensor::cat(&[&x, &Tensor::zeros((1, lmax - t, h), x.dtype(), dev).map_err(e)?], 1).map_err(e)?
