@@ -31,6 +31,7 @@
 //! ground_head = 0                 # ... and query head
 //! ground_box_weight = 0.0         # with it: the head's attended values should hold the box (0 = off)
 //! ground_keys = "all"             # the head's whole causal row, or "image": renormalised over the image
+//! ground_positions = "box"        # every box position, or "choice": those up to x1's first decimal
 //! choice_weight = 1.0             # answer-loss weight of each box's first decimal of x1 (1 = plain mean)
 //! lr = 2e-5
 //! vision_lr = 2e-6                # optional: train the vision tower at its own rate (Griffon-G stage 3)
@@ -254,6 +255,11 @@ pub struct TrainSection {
     /// renormalised over the image tokens alone (`"image"`).
     #[serde(default = "default_ground_keys")]
     pub ground_keys: String,
+    /// The grounding loss's positions: every one predicting a box token (`"box"`, default) or
+    /// only those up to x1's first decimal (`"choice"`: before a coordinate is written that
+    /// would let the head find the object by position).
+    #[serde(default = "default_ground_positions")]
+    pub ground_positions: String,
     /// Weight, in the answer loss, of the token that gives each box's first decimal of `x1`
     /// (where a box's object is chosen under teacher forcing, docs/SYNTH.md session 17); the
     /// loss stays a sum over the supervised tokens divided by their count. 1 = the plain mean.
@@ -263,6 +269,10 @@ pub struct TrainSection {
 
 fn default_ground_keys() -> String {
     "all".into()
+}
+
+fn default_ground_positions() -> String {
+    "box".into()
 }
 
 fn default_dtype() -> String {
@@ -443,6 +453,9 @@ impl TrainConfig {
         }
         if t.ground_keys != "all" && t.ground_keys != "image" {
             return Err(format!("train.ground_keys must be \"all\" or \"image\", got {:?}", t.ground_keys));
+        }
+        if t.ground_positions != "box" && t.ground_positions != "choice" {
+            return Err(format!("train.ground_positions must be \"box\" or \"choice\", got {:?}", t.ground_positions));
         }
         if t.ground_weight > 0.0 && t.stage == 0 {
             return Err("train.ground_weight needs answers to supervise: stage 0 trains the dense loss alone".into());

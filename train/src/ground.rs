@@ -49,6 +49,11 @@ pub struct GroundSpec {
     /// Whether the attention is the head's whole causal row (text keys included: what the head
     /// really reads) or renormalised over the image tokens alone.
     pub all_keys: bool,
+    /// Supervise only the positions up to the one that predicts the first decimal of `x1` (the
+    /// token that chooses the object, docs/SYNTH.md sessions 17-18), instead of every position
+    /// predicting the box's tokens: once `x1` is written, the head can find the object by that
+    /// coordinate rather than by the expression.
+    pub choice_only: bool,
     /// Key/value head of `head`.
     kv_head: usize,
     /// The tapped layer's sliding window, when it has one.
@@ -149,12 +154,19 @@ impl GroundSpec {
             head,
             box_weight,
             all_keys,
+            choice_only: false,
             kv_head: head / (heads / kv_heads),
             window: m.llm.layer_window(layer),
             scale: spec.scale,
             softcap: spec.softcap,
             centres: token_centres(m)?,
         })
+    }
+
+    /// [`Self::choice_only`] set to `on`.
+    pub fn with_choice_only(mut self, on: bool) -> Self {
+        self.choice_only = on;
+        self
     }
 
     /// The image tokens a normalised box holds (the nearest to its centre when it holds none).
@@ -235,11 +247,13 @@ impl GroundSpec {
                 if text[o + 1..c].contains('[') {
                     return Err(format!("grounding loss: nested '[' in the answer text {text:?}"));
                 }
-                // tokens overlapping bytes o+1 ..= c, each predicted by the position before it
+                // tokens overlapping bytes o+1 ..= c (with `choice_only`, o+1 ..= o+3: `0.d` of
+                // x1), each predicted by the position before it
+                let last = if self.choice_only { c.min(o + 3) } else { c };
                 let positions: Vec<usize> = spans
                     .iter()
                     .zip(run)
-                    .filter(|((a, b), _)| a < b && *a <= c && *b > o + 1)
+                    .filter(|((a, b), _)| a < b && *a <= last && *b > o + 1)
                     .map(|(_, (p, _))| *p - 1) // p > 0: the answer comes after the image (checked above)
                     .collect();
                 if positions.is_empty() {

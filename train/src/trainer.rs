@@ -847,7 +847,8 @@ impl Trainer {
         let ground = if cfg.train.ground_weight > 0.0 {
             let t = &cfg.train;
             let all_keys = t.ground_keys == "all";
-            Some(GroundSpec::new(&model, t.ground_layer, t.ground_head, t.ground_box_weight, all_keys)?)
+            let spec = GroundSpec::new(&model, t.ground_layer, t.ground_head, t.ground_box_weight, all_keys)?;
+            Some(spec.with_choice_only(t.ground_positions == "choice"))
         } else {
             None
         };

@@ -112,6 +112,20 @@ fn queries_are_the_positions_that_predict_each_box() {
     assert_eq!(sg.queries[0].others, vec![10, 11, 14, 15]);
     assert_eq!(sg.queries[1].others, vec![10, 11, 14, 15]);
     assert_eq!(sg.queries[0].positions, g.sample(tok, &s, &enc, lens, &[]).unwrap().unwrap().queries[0].positions);
+    // `choice_only` keeps each box's first positions, up to the one predicting x1's first decimal
+    let c = GroundSpec::new(&t.model, 1, 0, 0.0, true).unwrap().with_choice_only(true);
+    let sc = c.sample(tok, &s, &enc, lens, &objects).unwrap().unwrap();
+    // (the predicted text reaches x1's first decimal, and no further than a token merged with it)
+    for ((q, full), x1) in sc.queries.iter().zip(&sg.queries).zip(["0.100", "0.000"]) {
+        assert!(!q.positions.is_empty() && q.positions.len() < full.positions.len());
+        assert_eq!(q.positions[..], full.positions[..q.positions.len()]);
+        assert_eq!((&q.targets, &q.others), (&full.targets, &full.others));
+        let predicted: Vec<u32> = q.positions.iter().map(|&p| seq[p + 1].unwrap()).collect();
+        let text = tok.decode(&predicted, false).unwrap();
+        let before: Vec<u32> = predicted[..predicted.len() - 1].to_vec();
+        let before = tok.decode(&before, false).unwrap();
+        assert!(text.len() >= 3 && x1.starts_with(&text) && before.len() < 3, "{text:?} after {before:?}");
+    }
     // other tasks carry no queries; answers whose boxes the parser drops are refused by name
     let det = Sample { task: TaskKind::Det, ..s.clone() };
     assert_eq!(g.sample(tok, &det, &enc, lens, &[]).unwrap(), None);
@@ -194,6 +208,7 @@ fn grounding_settings_are_checked() {
         ("ground_weight = 1.0\nstage = 0\nlr = 1e-3", "train.ground_weight needs answers"),
         ("ground_box_weight = 1.0\nstage = 2\nlr = 1e-3", "set train.ground_weight > 0 too"),
         ("ground_keys = \"text\"\nstage = 2\nlr = 1e-3", "train.ground_keys must be"),
+        ("ground_positions = \"x1\"\nstage = 2\nlr = 1e-3", "train.ground_positions must be"),
         (
             "ground_weight = 1.0\nground_box_weight = -2.0\nstage = 2\nlr = 1e-3",
             "train.ground_box_weight must be a non-negative",
