@@ -14,7 +14,7 @@ use griffon_core::boxes::iou_xyxy;
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_train::data::{BuildOptions, TaskKind};
 use griffon_train::synth::SynthStream;
-use griffon_train::trainer::{encode_sample, load_pixels, VisualLens};
+use griffon_train::trainer::{digit_tokens, encode_sample, load_pixels, VisualLens};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,19 +62,7 @@ fn main() -> Result<(), String> {
     let stream = SynthStream::new(seed, size, max_objects, vec![(TaskKind::Vg, 1.0)], BuildOptions::default())?
         .with_object_scale(scale)?;
     // the id of each single-digit token
-    let mut digit = [None; 10];
-    for id in 0..m.llm.vocab_size() as u32 {
-        if let Ok(t) = m.tokenizer.decode(&[id], true) {
-            if t.len() == 1 && t.as_bytes()[0].is_ascii_digit() {
-                digit[(t.as_bytes()[0] - b'0') as usize].get_or_insert(id);
-            }
-        }
-    }
-    let digit: Vec<u32> = digit
-        .iter()
-        .enumerate()
-        .map(|(d, id)| id.ok_or(format!("the tokenizer has no single token for the digit {d}")))
-        .collect::<Result<_, _>>()?;
+    let digit = digit_tokens(&m.tokenizer, m.llm.vocab_size())?;
     let mut nll: BTreeMap<String, (f64, usize)> = BTreeMap::new();
     let mut choice = [Choice::default(), Choice::default()];
     let mut skipped: Vec<String> = Vec::new();

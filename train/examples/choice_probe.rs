@@ -21,7 +21,7 @@ use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_train::data::{BuildOptions, TaskKind};
 use griffon_train::ground::GroundSpec;
 use griffon_train::synth::SynthStream;
-use griffon_train::trainer::{encode_sample, load_pixels, VisualLens};
+use griffon_train::trainer::{digit_tokens, encode_sample, load_pixels, VisualLens};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -89,19 +89,7 @@ fn main() -> Result<(), String> {
     let (att_scale, softcap) = (attn.scale, attn.softcap);
     let stream = SynthStream::new(seed, size, max_objects, vec![(TaskKind::Vg, 1.0)], BuildOptions::default())?
         .with_object_scale(scale)?;
-    let mut digit = [None; 10];
-    for id in 0..full.llm.vocab_size() as u32 {
-        if let Ok(t) = full.tokenizer.decode(&[id], true) {
-            if t.len() == 1 && t.as_bytes()[0].is_ascii_digit() {
-                digit[(t.as_bytes()[0] - b'0') as usize].get_or_insert(id);
-            }
-        }
-    }
-    let digit: Vec<u32> = digit
-        .iter()
-        .enumerate()
-        .map(|(d, id)| id.ok_or(format!("the tokenizer has no single token for the digit {d}")))
-        .collect::<Result<_, _>>()?;
+    let digit = digit_tokens(&full.tokenizer, full.llm.vocab_size())?;
     let mut choice_out =
         std::io::BufWriter::new(std::fs::File::create(out.join("choice.f32")).map_err(|e| format!("choice.f32: {e}"))?);
     let mut image_out =

@@ -174,6 +174,24 @@ pub struct Objective<'a> {
     pub choice: f64,
 }
 
+/// The id of the first single-character token of each digit 0-9 among ids `0..vocab` (what the
+/// diagnostics read digit probabilities from; an error names a digit with no such token).
+pub fn digit_tokens(tok: &PromptTokenizer, vocab: usize) -> Result<[u32; 10], String> {
+    let mut digit = [None; 10];
+    for id in 0..vocab as u32 {
+        if let Ok(t) = tok.decode(&[id], true) {
+            if t.len() == 1 && t.as_bytes()[0].is_ascii_digit() {
+                digit[(t.as_bytes()[0] - b'0') as usize].get_or_insert(id);
+            }
+        }
+    }
+    let mut out = [0u32; 10];
+    for (d, id) in digit.iter().enumerate() {
+        out[d] = id.ok_or(format!("the tokenizer has no single token for the digit {d}"))?;
+    }
+    Ok(out)
+}
+
 /// Indices into `ids` (answer tokens) of the tokens that write each box's first decimal of
 /// `x1` (the `d` of `[0.d..`): under teacher forcing the token where the box's object is chosen
 /// (docs/SYNTH.md session 17). Found from the tokens' text spans, so merged tokens work; a
