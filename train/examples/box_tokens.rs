@@ -10,10 +10,9 @@
 //! [OBJECT_SCALE=4] [MAX_OBJECTS=3]`; prints JSON.
 
 use candle_core::{DType, Device, D};
-use griffon_core::boxes::iou_xyxy;
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_train::data::{BuildOptions, TaskKind};
-use griffon_train::synth::SynthStream;
+use griffon_train::synth::{best_match, SynthStream};
 use griffon_train::trainer::{digit_tokens, encode_sample, load_pixels, VisualLens};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -96,9 +95,7 @@ fn main() -> Result<(), String> {
         }
         let boxn = [coords[0], coords[1], coords[2], coords[3]];
         let norm = |o: &[u32; 4]| o.map(|v| v as f64 / size as f64);
-        let referred = (0..objs.len())
-            .max_by(|&a, &b| iou_xyxy(norm(&objs[a].bbox), boxn).total_cmp(&iou_xyxy(norm(&objs[b].bbox), boxn)))
-            .ok_or(format!("sample {k}: a scene without objects"))?;
+        let referred = best_match(&objs, size, boxn).ok_or(format!("sample {k}: a scene without objects"))?;
         for (j, &(a, b)) in spans.iter().enumerate() {
             if a >= b {
                 continue;

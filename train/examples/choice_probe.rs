@@ -15,12 +15,11 @@
 //! the model's probabilities of the ten digits there).
 
 use candle_core::{DType, Device, Tensor, D};
-use griffon_core::boxes::iou_xyxy;
 use griffon_core::{Piece, Placeholder};
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_train::data::{BuildOptions, TaskKind};
 use griffon_train::ground::GroundSpec;
-use griffon_train::synth::SynthStream;
+use griffon_train::synth::{best_match, SynthStream};
 use griffon_train::trainer::{digit_tokens, encode_sample, load_pixels, VisualLens};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -142,16 +141,16 @@ fn main() -> Result<(), String> {
         }
         let boxn = [coords[0], coords[1], coords[2], coords[3]];
         let norm = |o: &[u32; 4]| o.map(|v| v as f64 / size as f64);
-        let referred = (0..objs.len())
-            .max_by(|&a, &b| iou_xyxy(norm(&objs[a].bbox), boxn).total_cmp(&iou_xyxy(norm(&objs[b].bbox), boxn)))
-            .ok_or(format!("sample {k}: a scene without objects"))?;
+        let referred = best_match(&objs, size, boxn).ok_or(format!("sample {k}: a scene without objects"))?;
         // the residual after each layer: the input embeddings (Gemma-2's constant scale left
         // out: the probes standardise), then each truncated model's last hidden state
         let mut per_layer = vec![x.clone()];
         for m in &models {
             per_layer.push(m.llm.hidden(&x, &mut m.llm.new_cache()).map_err(ge)?);
         }
-        let h = full.llm.hidden(&x, &mut full.llm.new_cache()).map_err(ge)?;
+        // the full pass tapped at layer 0: its output is the last layer's, its q / k layer 0's
+        let (h, tap0) = full.llm.hidden_tapped(&x, &mut full.llm.new_cache(), Some(0)).map_err(ge)?;
+        let mut tap0 = Some(tap0);
         let logits = full.llm.head(&h.narrow(1, at, 1).map_err(e)?).map_err(ge)?;
         let probs =
             candle_nn::ops::softmax(&logits.to_dtype(DType::F32).map_err(e)?.flatten_all().map_err(e)?, D::Minus1)
@@ -176,7 +175,10 @@ fn main() -> Result<(), String> {
             if full.llm.layer_window(l).is_some_and(|w| w <= at) {
                 return Err(format!("layer {l}'s sliding window does not reach the image"));
             }
-            let (_, tapped) = full.llm.hidden_tapped(&x, &mut full.llm.new_cache(), Some(l)).map_err(ge)?;
+            let tapped = match tap0.take() {
+                Some(t) => t,
+                None => full.llm.hidden_tapped(&x, &mut full.llm.new_cache(), Some(l)).map_err(ge)?.1,
+            };
             let (q, k, _) = tapped.ok_or("no tapped layer")?;
             let q = q.to_dtype(DType::F32).and_then(|t| t.to_device(&Device::Cpu)).map_err(e)?;
             let k = k.to_dtype(DType::F32).and_then(|t| t.to_device(&Device::Cpu)).map_err(e)?;

@@ -55,6 +55,15 @@ pub struct Object {
     pub bbox: [u32; 4],
 }
 
+/// The object of a scene rendered at `size` px whose box overlaps the normalised box `b` most
+/// (IoU; the first of equals): which object an answer's box names. `None` for no objects.
+pub fn best_match(objs: &[Object], size: u32, b: [f64; 4]) -> Option<usize> {
+    let norm = |o: &Object| o.bbox.map(|v| v as f64 / size as f64);
+    (0..objs.len()).max_by(|&x, &y| {
+        griffon_core::boxes::iou_xyxy(norm(&objs[x]), b).total_cmp(&griffon_core::boxes::iou_xyxy(norm(&objs[y]), b))
+    })
+}
+
 impl Object {
     pub fn name(&self) -> String {
         format!("{} {}", COLOURS[self.colour].0, SHAPES[self.shape])
