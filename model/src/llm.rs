@@ -386,6 +386,18 @@ pub struct DecoderLayer {
     pub sliding: bool,
 }
 
+/// One decoder layer's tensors from [`Llm::hidden_tapped`], this pass's positions only.
+pub struct Tapped {
+    /// Queries after the rotary embedding [B, heads, T, d].
+    pub q: Tensor,
+    /// Keys after the rotary embedding and values [B, kv heads, T, d].
+    pub k: Tensor,
+    pub v: Tensor,
+    /// The residual stream the layer reads (before its input norm) [B, T, H]: the previous
+    /// layer's output, or the scaled embeddings for layer 0.
+    pub input: Tensor,
+}
+
 /// The decoder LLMs Griffon drives through inputs_embeds: Gemma-2, Llama-2 (and Qwen2), one
 /// forward pass for both, their differences in [`DecoderSpec`] and [`DecoderLayer`].
 pub struct Llm {
@@ -462,17 +474,15 @@ impl Llm {
         Ok(self.hidden_tapped(x, cache, None)?.0)
     }
 
-    /// [`Self::hidden`], also returning layer `tap`'s queries and keys after the rotary
-    /// embedding and its values ([B, heads, T, d], [B, kv heads, T, d] twice, this pass's
-    /// positions only): what
-    /// the trainer's grounding loss (train crate, `ground.rs`) scores a head's attention
-    /// from. `None` runs [`Self::hidden`]'s pass alone.
+    /// [`Self::hidden`], also returning layer `tap`'s queries, keys, values and input residual
+    /// ([`Tapped`]): what the trainer's grounding loss (train crate, `ground.rs`) scores a
+    /// head's attention from. `None` runs [`Self::hidden`]'s pass alone.
     pub fn hidden_tapped(
         &self,
         x: &Tensor,
         cache: &mut KvCache,
         tap: Option<usize>,
-    ) -> Result<(Tensor, Option<(Tensor, Tensor, Tensor)>)> {
+    ) -> Result<(Tensor, Option<Tapped>)> {
         if let Some(t) = tap {
             if t >= self.layers.len() {
                 return invalid(format!("layer {t} tapped, the decoder has {} layers", self.layers.len()));
@@ -532,7 +542,7 @@ impl Llm {
                 }
             };
             if tap == Some(i) {
-                tapped = Some((q.clone(), k.clone(), v.clone()));
+                tapped = Some(Tapped { q: q.clone(), k: k.clone(), v: v.clone(), input: x.clone() });
             }
             let (k, v) = cache.append(i, k, v)?;
             let mask = match (&window_mask, l.sliding) {

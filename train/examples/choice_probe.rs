@@ -11,8 +11,9 @@
 //! `cargo run --release -p griffon-train --example choice_probe -- CKPT OUT [N=1200] [SEED=99]
 //! [IMAGE_SAMPLES=150] [SIZE=224] [OBJECT_SCALE=4] [MAX_OBJECTS=3]`: writes `OUT/choice.f32`
 //! ([N, layers + 1, hidden], little-endian), `OUT/image.f32` ([IMAGE_SAMPLES, layers + 1, image
-//! tokens, hidden]) and `OUT/meta.json` (shapes, and per sample its objects, the referred one and
-//! the model's probabilities of the ten digits there).
+//! tokens, hidden]) and `OUT/meta.json` (shapes, and per sample its objects, the referred one,
+//! the model's probabilities of the ten digits there, the choosing position `at`, the image's
+//! first position and the grounding rule's image tokens of the referred object and of the others).
 
 use candle_core::{DType, Device, Tensor, D};
 use griffon_core::{Piece, Placeholder};
@@ -179,9 +180,9 @@ fn main() -> Result<(), String> {
                 Some(t) => t,
                 None => full.llm.hidden_tapped(&x, &mut full.llm.new_cache(), Some(l)).map_err(ge)?.1,
             };
-            let (q, k, _) = tapped.ok_or("no tapped layer")?;
-            let q = q.to_dtype(DType::F32).and_then(|t| t.to_device(&Device::Cpu)).map_err(e)?;
-            let k = k.to_dtype(DType::F32).and_then(|t| t.to_device(&Device::Cpu)).map_err(e)?;
+            let tap = tapped.ok_or("no tapped layer")?;
+            let q = tap.q.to_dtype(DType::F32).and_then(|t| t.to_device(&Device::Cpu)).map_err(e)?;
+            let k = tap.k.to_dtype(DType::F32).and_then(|t| t.to_device(&Device::Cpu)).map_err(e)?;
             let mut row = Vec::new();
             for hd in 0..heads {
                 let qv = q.get(0).and_then(|t| t.get(hd)).and_then(|t| t.get(at)).map_err(e)?;
@@ -223,6 +224,10 @@ fn main() -> Result<(), String> {
             "answer": text,
             "objects": objs.iter().map(|o| json!({"box": norm(&o.bbox), "shape": o.shape, "colour": o.colour})).collect::<Vec<_>>(),
             "referred": referred,
+            "image_start": image_start,
+            "at": at,
+            "own_tokens": own,
+            "other_tokens": others,
             "attention": attention,
             "digit_probs": digit.iter().map(|&d| probs[d as usize]).collect::<Vec<_>>(),
         }));

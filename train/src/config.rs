@@ -32,6 +32,7 @@
 //! ground_box_weight = 0.0         # with it: the head's attended values should hold the box (0 = off)
 //! ground_keys = "all"             # the head's whole causal row, or "image": renormalised over the image
 //! ground_positions = "box"        # every box position, or "choice": those up to x1's first decimal
+//! ground_name_weight = 0.0        # the name lens at the choosing position (0 = off; needs ground_layer >= 1)
 //! choice_weight = 1.0             # answer-loss weight of each box's first decimal of x1 (1 = plain mean)
 //! lr = 2e-5
 //! vision_lr = 2e-6                # optional: train the vision tower at its own rate (Griffon-G stage 3)
@@ -260,6 +261,12 @@ pub struct TrainSection {
     /// would let the head find the object by position).
     #[serde(default = "default_ground_positions")]
     pub ground_positions: String,
+    /// Weight of the name lens (0 = off; [`crate::ground::GroundSpec::name_loss`]): the residual
+    /// stream the grounding layer reads, at the position choosing each REC box's object, read
+    /// through the LLM's output head, should spell the object's name. Needs the grounding loss
+    /// (`ground_weight` > 0) on a layer above the first (`ground_layer` >= 1).
+    #[serde(default)]
+    pub ground_name_weight: f64,
     /// Weight, in the answer loss, of the token that gives each box's first decimal of `x1`
     /// (where a box's object is chosen under teacher forcing, docs/SYNTH.md session 17); the
     /// loss stays a sum over the supervised tokens divided by their count. 1 = the plain mean.
@@ -446,6 +453,22 @@ impl TrainConfig {
         if t.ground_box_weight > 0.0 && t.ground_weight == 0.0 {
             return Err(
                 "train.ground_box_weight reads the grounding loss's head: set train.ground_weight > 0 too".into()
+            );
+        }
+        if !(t.ground_name_weight >= 0.0 && t.ground_name_weight.is_finite()) {
+            return Err(format!(
+                "train.ground_name_weight must be a non-negative number, got {}",
+                t.ground_name_weight
+            ));
+        }
+        if t.ground_name_weight > 0.0 && t.ground_weight == 0.0 {
+            return Err(
+                "train.ground_name_weight reads the grounding loss's layer: set train.ground_weight > 0 too".into()
+            );
+        }
+        if t.ground_name_weight > 0.0 && t.ground_layer == 0 {
+            return Err(
+                "train.ground_name_weight needs train.ground_layer >= 1: layer 0 reads the embeddings alone".into()
             );
         }
         if !(t.choice_weight > 0.0 && t.choice_weight.is_finite()) {

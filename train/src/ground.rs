@@ -26,6 +26,13 @@
 //! answer's normalised coordinates; the preprocessing squashes every image to the model's square
 //! input (`resample::preprocess`), so they map to the token grid directly. Off unless
 //! `train.ground_weight` > 0; only REC (`VG`) samples carry it; not part of the reference recipe.
+//!
+//! The name lens (`train.ground_name_weight` > 0, on top of the grounding loss): at each box's
+//! choosing position (the one predicting x1's first decimal), the residual stream the supervised
+//! layer reads, put through the LLM's own output head, should predict the tokens of the
+//! object's name (the expression's last two words). Without it the name reached that position
+//! only in low-variance directions and no head learned to look the object up by name
+//! (docs/SYNTH.md, sessions 18-19); with it the supervised head and then the answers do.
 
 use crate::data::{Sample, TaskKind};
 use crate::trainer::{Encoded, VisualLens};
@@ -35,6 +42,7 @@ use griffon_core::boxes::iou_xyxy;
 use griffon_core::{Piece, Placeholder};
 use griffon_model::config::ProjectorType;
 use griffon_model::griffon::Griffon;
+use griffon_model::llm::Llm;
 use griffon_model::tokenize::PromptTokenizer;
 
 /// What the grounding loss supervises, fixed for a model.
@@ -54,6 +62,8 @@ pub struct GroundSpec {
     /// predicting the box's tokens: once `x1` is written, the head can find the object by that
     /// coordinate rather than by the expression.
     pub choice_only: bool,
+    /// Weight of the name lens ([`Self::name_loss`]; 0 = off).
+    pub name_weight: f64,
     /// Key/value head of `head`.
     kv_head: usize,
     /// The tapped layer's sliding window, when it has one.
@@ -74,6 +84,12 @@ pub struct GroundQuery {
     pub others: Vec<usize>,
     /// The answer's normalised box.
     pub bbox: [f64; 4],
+    /// The position that predicts x1's first decimal (the token that chooses the object).
+    pub choice: usize,
+    /// The token ids that spell the object's name (the expression's last two words before the
+    /// box, `colour shape` in the synthetic benchmark), for the name lens: the tokens
+    /// overlapping them; empty when the expression has fewer than two words.
+    pub name: Vec<u32>,
 }
 
 /// The grounding loss of a batch, and the supervised head's mean attention on the referred
@@ -84,6 +100,8 @@ pub struct GroundLoss {
     /// The box readout's mean L1 (unweighted) when `box_weight` > 0.
     pub box_l1: Option<Tensor>,
     pub masses: Option<(Tensor, Tensor)>,
+    /// The name lens's loss (unweighted) when `name_weight` > 0, set by the trainer.
+    pub name: Option<Tensor>,
 }
 
 /// A sample's grounding queries and where its image tokens start.
@@ -155,6 +173,7 @@ impl GroundSpec {
             box_weight,
             all_keys,
             choice_only: false,
+            name_weight: 0.0,
             kv_head: head / (heads / kv_heads),
             window: m.llm.layer_window(layer),
             scale: spec.scale,
@@ -167,6 +186,16 @@ impl GroundSpec {
     pub fn with_choice_only(mut self, on: bool) -> Self {
         self.choice_only = on;
         self
+    }
+
+    /// [`Self::name_weight`] set to `w` (the name lens reads the layer's input: layer 0 reads
+    /// the embeddings alone, refused).
+    pub fn with_name_weight(mut self, w: f64) -> Result<Self, String> {
+        if w > 0.0 && self.layer == 0 {
+            return Err("the name lens needs a grounding layer >= 1: layer 0 reads the embeddings alone".into());
+        }
+        self.name_weight = w;
+        Ok(self)
     }
 
     /// The image tokens a normalised box holds (the nearest to its centre when it holds none).
@@ -232,7 +261,7 @@ impl GroundSpec {
         let Some(image_start) = image_start else {
             return Err("grounding loss: the sample has no image".into());
         };
-        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut groups: Vec<(Vec<usize>, usize, Vec<u32>)> = Vec::new();
         for run in runs.iter().filter(|r| !r.is_empty()) {
             if run[0].0 < image_start + lens.image {
                 return Err(format!("grounding loss: an answer starts before the image ends in {:?}", s.turns));
@@ -259,7 +288,30 @@ impl GroundSpec {
                 if positions.is_empty() {
                     return Err(format!("grounding loss: no token spans the box in {text:?}"));
                 }
-                groups.push(positions);
+                // the position predicting x1's first decimal (`[0.d`: byte o + 3)
+                let Some(choice) =
+                    spans.iter().zip(run).find(|((a, b), _)| *a <= o + 3 && o + 3 < *b).map(|(_, (p, _))| *p - 1)
+                else {
+                    return Err(format!("grounding loss: no token holds x1's first decimal in {text:?}"));
+                };
+                // the name: the last two words before `-[` (or `[`), the tokens overlapping them
+                // (a BPE may merge a word's end with `-[`: that token still spells the name)
+                let head = text[from..o].trim_end_matches('-').trim_end();
+                let words: Vec<(usize, &str)> =
+                    head.split_whitespace().map(|w| (w.as_ptr() as usize - text.as_ptr() as usize, w)).collect();
+                let name = match words.len() {
+                    n if n >= 2 => {
+                        let (ns, ne) = (words[n - 2].0, words[n - 1].0 + words[n - 1].1.len());
+                        spans
+                            .iter()
+                            .zip(run)
+                            .filter(|((a, b), _)| a < b && *a < ne && *b > ns)
+                            .map(|(_, (_, id))| *id)
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                };
+                groups.push((positions, choice, name));
                 from = c + 1;
             }
         }
@@ -274,7 +326,7 @@ impl GroundSpec {
         let queries = groups
             .into_iter()
             .zip(boxes)
-            .map(|(positions, b)| {
+            .map(|((positions, choice, name), b)| {
                 let targets = self.targets(b);
                 // the referred object: the one the answer's (rounded) box overlaps most
                 let referred = (0..objects.len())
@@ -289,7 +341,7 @@ impl GroundSpec {
                     .collect();
                 others.sort_unstable();
                 others.dedup();
-                GroundQuery { positions, targets, others, bbox: b }
+                GroundQuery { positions, targets, others, bbox: b, choice, name }
             })
             .collect();
         Ok(Some(SampleGround { image_start, queries }))
@@ -431,6 +483,52 @@ impl GroundSpec {
             };
             Some((mean(&mask).map_err(e)?, mean(&other).map_err(e)?))
         };
-        Ok(Some(GroundLoss { loss, box_l1, masses }))
+        Ok(Some(GroundLoss { loss, box_l1, masses, name: None }))
+    }
+
+    /// The name lens (`train.ground_name_weight`): the residual stream the supervised layer
+    /// reads (`input`, [B, T, H]), at each query's choosing position, read through the LLM's
+    /// own output head (final norm, tied embeddings, soft-cap) as the next-token logits would
+    /// be, should spell the referred object's name: the mean over the batch's (query, name
+    /// token) pairs of `-log p(token)`. docs/SYNTH.md session 19: the image tokens' keys hold
+    /// the name (a query made from the name finds the object), but the choosing position holds
+    /// it only in low-variance directions, so a head there has nothing loud to match; this
+    /// loss asks the layers below to bring it there. `None` when no sample has a query.
+    pub fn name_loss(
+        &self,
+        llm: &Llm,
+        input: &Tensor,
+        samples: &[Option<SampleGround>],
+    ) -> Result<Option<Tensor>, String> {
+        let e = |x: candle_core::Error| format!("name lens: {x}");
+        let (b, t, h) = input.dims3().map_err(e)?;
+        let (mut rows, mut ids) = (Vec::new(), Vec::new());
+        for (i, sg) in samples.iter().enumerate() {
+            let Some(sg) = sg else { continue };
+            for g in &sg.queries {
+                if g.name.is_empty() {
+                    return Err(format!("name lens: sample {i}: no token spells the name before its box"));
+                }
+                if g.choice >= t {
+                    return Err(format!("name lens: sample {i}: choosing position {} past the {t} tapped", g.choice));
+                }
+                for &id in &g.name {
+                    rows.push((i * t + g.choice) as u32);
+                    ids.push(id);
+                }
+            }
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let dev = input.device();
+        let idx = Tensor::new(rows, dev).map_err(e)?;
+        let picked = input.reshape((b * t, h)).and_then(|x| x.index_select(&idx, 0)).map_err(e)?;
+        let logits = llm.head(&picked).map_err(|x| format!("name lens: {x}"))?;
+        let logits = logits.to_dtype(DType::F32).map_err(e)?;
+        let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(e)?;
+        let ids = Tensor::new(ids, dev).and_then(|t| t.unsqueeze(1)).map_err(e)?;
+        let nll = lsm.gather(&ids, 1).and_then(|x| x.neg()).and_then(|x| x.mean_all()).map_err(e)?;
+        Ok(Some(nll))
     }
 }

@@ -402,13 +402,22 @@ pub fn batch_objective(m: &Griffon, batch: &[Loaded], obj: Objective) -> Result<
         Some((dl, value)) => ((nll + dl).map_err(e)?, Some(value)),
     };
     let (loss, ground) = match (obj.ground, tapped) {
-        (Some((g, weight)), Some((q, k, v))) => match g.loss(&q, &k, &v, &grounds)? {
+        (Some((g, weight)), Some(tap)) => match g.loss(&tap.q, &tap.k, &tap.v, &grounds)? {
             Some(gl) => {
                 let mut total = (loss + (&gl.loss * weight).map_err(e)?).map_err(e)?;
                 if let Some(b) = &gl.box_l1 {
                     total = (total + (b * g.box_weight).map_err(e)?).map_err(e)?;
                 }
-                let detached = GroundLoss { loss: gl.loss.detach(), box_l1: gl.box_l1.map(|b| b.detach()), ..gl };
+                let name = if g.name_weight > 0.0 { g.name_loss(&m.llm, &tap.input, &grounds)? } else { None };
+                if let Some(nl) = &name {
+                    total = (total + (nl * g.name_weight).map_err(e)?).map_err(e)?;
+                }
+                let detached = GroundLoss {
+                    loss: gl.loss.detach(),
+                    box_l1: gl.box_l1.map(|b| b.detach()),
+                    name: name.map(|n| n.detach()),
+                    ..gl
+                };
                 (total, Some(detached))
             }
             None => (loss, None),
@@ -609,6 +618,9 @@ pub struct StepLog {
     /// Mean L1 of the grounding loss's box readout (`ground_box_weight` > 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ground_box: Option<f64>,
+    /// Mean unweighted name-lens loss (`ground_name_weight` > 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ground_name: Option<f64>,
 }
 
 /// A running mean of scalar tensors (read on the host).
@@ -643,6 +655,8 @@ pub struct StepGradients {
     pub ground_masses: Option<[f64; 2]>,
     /// Mean L1 of the grounding loss's box readout, when it is on.
     pub ground_box: Option<f64>,
+    /// Mean name-lens loss, when it is on.
+    pub ground_name: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -866,7 +880,7 @@ impl Trainer {
             let t = &cfg.train;
             let all_keys = t.ground_keys == "all";
             let spec = GroundSpec::new(&model, t.ground_layer, t.ground_head, t.ground_box_weight, all_keys)?;
-            Some(spec.with_choice_only(t.ground_positions == "choice"))
+            Some(spec.with_choice_only(t.ground_positions == "choice").with_name_weight(t.ground_name_weight)?)
         } else {
             None
         };
@@ -1007,8 +1021,8 @@ impl Trainer {
         let mut dense_sum: Option<f64> = None;
         // the grounding loss, its masses (on the referred object, on the others) and its box
         // readout, over the micro-batches that gave each
-        let (mut g_loss, mut g_own, mut g_other, mut g_box) =
-            (Mean::default(), Mean::default(), Mean::default(), Mean::default());
+        let (mut g_loss, mut g_own, mut g_other, mut g_box, mut g_name) =
+            (Mean::default(), Mean::default(), Mean::default(), Mean::default(), Mean::default());
         let answers = self.cfg.train.stage != 0;
         let dense_weight = if answers { self.cfg.train.dense_weight } else { 1.0 };
         for j in 0..accum {
@@ -1057,6 +1071,9 @@ impl Trainer {
                 if let Some(b) = &g.box_l1 {
                     g_box.add(b)?;
                 }
+                if let Some(nl) = &g.name {
+                    g_name.add(nl)?;
+                }
             }
             for (g, p) in grads.iter_mut().zip(&self.opt.params) {
                 if let Some(pg) = gs.get(p.var.as_tensor()) {
@@ -1080,6 +1097,7 @@ impl Trainer {
             ground: g_loss.get(),
             ground_masses: g_own.get().zip(g_other.get()).map(|(o, x)| [o, x]),
             ground_box: g_box.get(),
+            ground_name: g_name.get(),
         })
     }
 
@@ -1133,7 +1151,7 @@ impl Trainer {
             if profiled {
                 griffon_model::bench::profiler_range(&self.model.device, true).map_err(|e| e.to_string())?;
             }
-            let StepGradients { mut grads, loss, tokens, dense, ground, ground_masses, ground_box } =
+            let StepGradients { mut grads, loss, tokens, dense, ground, ground_masses, ground_box, ground_name } =
                 self.step_gradients(step)?;
             let t_opt = Instant::now();
             let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.max_grad_norm).map_err(|e| e.to_string())?;
@@ -1172,6 +1190,7 @@ impl Trainer {
                 ground_own: ground_masses.map(|m| m[0]),
                 ground_other: ground_masses.map(|m| m[1]),
                 ground_box,
+                ground_name,
             };
             writeln!(log, "{}", serde_json::to_string(&entry).expect("serializable")).map_err(|e| e.to_string())?;
             bar.set_position(self.opt.step as u64);

@@ -126,6 +126,34 @@ fn queries_are_the_positions_that_predict_each_box() {
         let before = tok.decode(&before, false).unwrap();
         assert!(text.len() >= 3 && x1.starts_with(&text) && before.len() < 3, "{text:?} after {before:?}");
     }
+    // every query knows the position predicting x1's first decimal (the choice-only run's last)
+    // and the tokens spelling the name before its box
+    for ((q, c), name) in sg.queries.iter().zip(&sc.queries).zip(["red circle", "blue cross"]) {
+        assert_eq!(q.choice, *c.positions.last().unwrap());
+        // (this BPE merges the name's end with "-[": that token spells the name too)
+        let spelt = tok.decode(&q.name, false).unwrap();
+        assert!(spelt.trim().starts_with(name) && spelt.len() <= name.len() + 3, "{spelt:?}");
+    }
+    // the name lens: the layer's input at each choosing position through the LLM's own head,
+    // -log p of each name token, averaged over the (query, token) pairs (against a plain loop)
+    let n = GroundSpec::new(&t.model, 1, 0, 0.0, true).unwrap().with_name_weight(1.0).unwrap();
+    let e = GroundSpec::new(&t.model, 0, 0, 0.0, true).unwrap().with_name_weight(1.0).err().unwrap();
+    assert!(e.contains("layer >= 1"), "{e}");
+    let t_len = seq.len() + 3;
+    let h = t.model.config.llm.hidden_size();
+    let input = Tensor::randn(0f32, 1.0, (2, t_len, h), &Device::Cpu).unwrap();
+    let both = [None, Some(sc.clone())];
+    let got = n.name_loss(&t.model.llm, &input, &both).unwrap().unwrap().to_scalar::<f32>().unwrap() as f64;
+    let mut want = Vec::new();
+    for q in &sc.queries {
+        let row = input.get(1).unwrap().get(q.choice).unwrap().unsqueeze(0).unwrap();
+        let lp = candle_nn::ops::log_softmax(&t.model.llm.head(&row).unwrap(), 1).unwrap().squeeze(0).unwrap();
+        let lp = lp.to_vec1::<f32>().unwrap();
+        want.extend(q.name.iter().map(|&id| -(lp[id as usize] as f64)));
+    }
+    let want = want.iter().sum::<f64>() / want.len() as f64;
+    assert!((got - want).abs() < 1e-4, "name lens {got} vs {want}");
+    assert!(n.name_loss(&t.model.llm, &input, &[None, None]).unwrap().is_none());
     // other tasks carry no queries; answers whose boxes the parser drops are refused by name
     let det = Sample { task: TaskKind::Det, ..s.clone() };
     assert_eq!(g.sample(tok, &det, &enc, lens, &[]).unwrap(), None);
@@ -145,11 +173,15 @@ fn tapping_a_layer_leaves_the_forward_pass_unchanged() {
     let plain = llm.hidden(&x, &mut llm.new_cache()).unwrap();
     let (tapped, qk) = llm.hidden_tapped(&x, &mut llm.new_cache(), Some(2)).unwrap();
     assert_eq!(max_abs(&plain, &tapped), 0.0);
-    let (q, k, v) = qk.expect("layer 2 tapped");
+    let tap = qk.expect("layer 2 tapped");
     let (heads, kv, d) = llm.heads();
-    assert_eq!(q.dims(), &[2, heads, 9, d]);
-    assert_eq!(k.dims(), &[2, kv, 9, d]);
-    assert_eq!(v.dims(), &[2, kv, 9, d]);
+    assert_eq!(tap.q.dims(), &[2, heads, 9, d]);
+    assert_eq!(tap.k.dims(), &[2, kv, 9, d]);
+    assert_eq!(tap.v.dims(), &[2, kv, 9, d]);
+    assert_eq!(tap.input.dims(), &[2, 9, h]);
+    // layer 0 reads the embeddings, scaled by Gemma-2's sqrt(hidden)
+    let tap0 = llm.hidden_tapped(&x, &mut llm.new_cache(), Some(0)).unwrap().1.unwrap();
+    assert!(max_abs(&tap0.input, &(&x * (h as f64).sqrt()).unwrap()) < 1e-5);
     assert!(llm.hidden_tapped(&x, &mut llm.new_cache(), None).unwrap().1.is_none());
     assert!(llm.hidden_tapped(&x, &mut llm.new_cache(), Some(4)).is_err());
 }
@@ -192,6 +224,18 @@ fn the_supervised_head_learns_to_look_at_the_referred_object() {
     // stated threshold: under a third of the start (boxes in [0, 1], values start near 0)
     assert!(last < first / 3.0, "box readout L1 only went {first} -> {last}");
     assert!(column(tmp.path(), "g", "ground_box").iter().all(|v| v.is_none()), "no readout column when it is off");
+    // with the name lens, the layer's input at the choosing position learns to spell the name
+    let body = "lr = 3e-3\nmax_steps = 40\nground_weight = 1.0\nground_layer = 1\nground_head = 2\n\
+                ground_positions = \"choice\"\nground_name_weight = 5.0";
+    Trainer::new(config(tmp.path(), "l", body), &Device::Cpu).unwrap().run(None, false).unwrap();
+    let l: Vec<f64> =
+        column(tmp.path(), "l", "ground_name").into_iter().map(|v| v.expect("ground_name in every row")).collect();
+    let (first, last) = (l[0], l[37..].iter().sum::<f64>() / 3.0);
+    eprintln!("name lens {first:.4} -> {last:.4}");
+    // stated threshold: from about the vocabulary's spread to under half of it (the floor is
+    // ln of the name's token count, 0.7-1.4, since one position spells every token of it)
+    assert!(first > 4.0 && last < first / 2.0, "name lens only went {first} -> {last}");
+    assert!(column(tmp.path(), "g", "ground_name").iter().all(|v| v.is_none()), "no name column when it is off");
     // off by default: no grounding column
     Trainer::new(config(tmp.path(), "n", "max_steps = 2\nlr = 1e-3"), &Device::Cpu).unwrap().run(None, false).unwrap();
     assert!(column(tmp.path(), "n", "ground").iter().all(|v| v.is_none()));
@@ -209,6 +253,9 @@ fn grounding_settings_are_checked() {
         ("ground_box_weight = 1.0\nstage = 2\nlr = 1e-3", "set train.ground_weight > 0 too"),
         ("ground_keys = \"text\"\nstage = 2\nlr = 1e-3", "train.ground_keys must be"),
         ("ground_positions = \"x1\"\nstage = 2\nlr = 1e-3", "train.ground_positions must be"),
+        ("ground_weight = 1.0\nground_name_weight = -1.0\nstage = 2\nlr = 1e-3", "train.ground_name_weight must be"),
+        ("ground_name_weight = 1.0\nstage = 2\nlr = 1e-3", "set train.ground_weight > 0 too"),
+        ("ground_weight = 1.0\nground_layer = 0\nground_name_weight = 1.0\nstage = 2\nlr = 1e-3", "ground_layer >= 1"),
         (
             "ground_weight = 1.0\nground_box_weight = -2.0\nstage = 2\nlr = 1e-3",
             "train.ground_box_weight must be a non-negative",
@@ -267,6 +314,8 @@ fn the_loss_is_the_heads_attention_on_the_targets() {
                 targets: x.targets.clone(),
                 others: x.others.clone(),
                 bbox: x.bbox,
+                choice: x.positions[0],
+                name: vec![],
             })
             .collect();
         Some(SampleGround { image_start: qs.iter().find(|x| x.b == b).unwrap().start, queries })
@@ -334,13 +383,27 @@ fn the_loss_is_the_heads_attention_on_the_targets() {
     assert!(g.loss(&q, &k, &v, &[None, None]).unwrap().is_none());
     let early = vec![Some(SampleGround {
         image_start: 3,
-        queries: vec![GroundQuery { positions: vec![10], targets: vec![0], others: vec![], bbox: [0.0; 4] }],
+        queries: vec![GroundQuery {
+            positions: vec![10],
+            targets: vec![0],
+            others: vec![],
+            bbox: [0.0; 4],
+            choice: 10,
+            name: vec![],
+        }],
     })];
     let err = g.loss(&q, &k, &v, &early).err().unwrap();
     assert!(err.contains("query position 10") && err.contains("image's end (19)"), "{err}");
     let bad = vec![Some(SampleGround {
         image_start: 3,
-        queries: vec![GroundQuery { positions: vec![20], targets: vec![16], others: vec![], bbox: [0.0; 4] }],
+        queries: vec![GroundQuery {
+            positions: vec![20],
+            targets: vec![16],
+            others: vec![],
+            bbox: [0.0; 4],
+            choice: 10,
+            name: vec![],
+        }],
     })];
     let err = g.loss(&q, &k, &v, &bad).err().unwrap();
     assert!(err.contains("image token 16 of 16"), "{err}");
