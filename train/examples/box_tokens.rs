@@ -13,7 +13,7 @@ use candle_core::{DType, Device, D};
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_train::data::{BuildOptions, TaskKind};
 use griffon_train::synth::{best_match, SynthStream};
-use griffon_train::trainer::{digit_tokens, encode_sample, load_pixels, VisualLens};
+use griffon_train::trainer::{digit_tokens, embed_sample, VisualLens};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -67,11 +67,7 @@ fn main() -> Result<(), String> {
     let mut skipped: Vec<String> = Vec::new();
     for k in 0..n {
         let (s, img, objs) = stream.sample(k)?;
-        let enc = encode_sample(&m.tokenizer, m.template, &s, lens)?;
-        let (px, _) = load_pixels(&s, Some(img), m.image_size(), m.region_size())?;
-        let px = px.unsqueeze(0).and_then(|p| p.to_device(&m.device)).map_err(e)?;
-        let it = m.encode_image(&px).map_err(ge)?;
-        let x = m.embed_pieces(&enc.pieces, Some(&it), None).map_err(ge)?.embeds;
+        let (enc, x) = embed_sample(&m, &s, Some(img))?;
         let (h, _) = m.llm.hidden_tapped(&x, &mut m.llm.new_cache(), None).map_err(ge)?;
         let logits = m.llm.head(&h.squeeze(0).map_err(e)?).map_err(ge)?;
         let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).map_err(e)?, D::Minus1)

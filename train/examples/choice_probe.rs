@@ -21,7 +21,7 @@ use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_train::data::{BuildOptions, TaskKind};
 use griffon_train::ground::GroundSpec;
 use griffon_train::synth::{best_match, SynthStream};
-use griffon_train::trainer::{digit_tokens, encode_sample, load_pixels, VisualLens};
+use griffon_train::trainer::{digit_tokens, embed_sample, VisualLens};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -104,11 +104,7 @@ fn main() -> Result<(), String> {
     let mut hidden = 0;
     for k in 0..n {
         let (s, img, objs) = stream.sample(k)?;
-        let enc = encode_sample(&full.tokenizer, full.template, &s, lens)?;
-        let (px, _) = load_pixels(&s, Some(img), full.image_size(), full.region_size())?;
-        let px = px.unsqueeze(0).and_then(|p| p.to_device(&full.device)).map_err(e)?;
-        let it = full.encode_image(&px).map_err(ge)?;
-        let x = full.embed_pieces(&enc.pieces, Some(&it), None).map_err(ge)?.embeds;
+        let (enc, x) = embed_sample(&full, &s, Some(img))?;
         // the image's first position
         let mut pos = 0usize;
         let mut image_start = None;

@@ -174,6 +174,20 @@ pub struct Objective<'a> {
     pub choice: f64,
 }
 
+/// One sample as the model's teacher-forced input: its encoding and its embedded sequence
+/// [1, T, H] (prompt, image tokens and answer), on the model's device; what the diagnostics
+/// (`box_tokens`, `choice_probe`) run one sample's forward pass from. `image`: the sample's
+/// main image when already in memory (a synthetic scene), else read from its path.
+pub fn embed_sample(m: &Griffon, s: &Sample, image: Option<RgbImage>) -> Result<(Encoded, Tensor), Error> {
+    let lens = VisualLens::of(m);
+    let enc = encode_sample(&m.tokenizer, m.template, s, lens)?;
+    let (px, _) = load_pixels(s, image, m.image_size(), m.region_size())?;
+    let px = px.unsqueeze(0).and_then(|p| p.to_device(&m.device)).map_err(|e| e.to_string())?;
+    let it = m.encode_image(&px).map_err(|e| e.to_string())?;
+    let x = m.embed_pieces(&enc.pieces, Some(&it), None).map_err(|e| e.to_string())?.embeds;
+    Ok((enc, x))
+}
+
 /// The id of the first single-character token of each digit 0-9 among ids `0..vocab` (what the
 /// diagnostics read digit probabilities from; an error names a digit with no such token).
 pub fn digit_tokens(tok: &PromptTokenizer, vocab: usize) -> Result<[u32; 10], String> {
