@@ -123,9 +123,9 @@ def report(att, samples, test, grid, patches):
         for i in idx:
             s = samples[i]
             a = att[i]
-            own_m.append(a[s["own_tokens"]].sum())
-            oth_m.append(a[s["other_tokens"]].sum() if s["other_tokens"] else 0.0)
             ref = a[s["own_tokens"]].sum()
+            own_m.append(ref)
+            oth_m.append(a[s["other_tokens"]].sum() if s["other_tokens"] else 0.0)
             rest = [a[[t for t in targets(o["box"], grid, patches) if t not in s["own_tokens"]]].sum()
                     for j, o in enumerate(s["objects"]) if j != s["referred"]]
             pick.append(all(ref > r for r in rest))
