@@ -10,7 +10,11 @@
 #   here: tools/synth/unpack.sh <files_at> runs/synth/probe224-gpu
 # INIT=runs/synth/probe224-gpu (weights brought back by an earlier session, carried) continues
 # stage 2 from them with a fresh optimizer; T0 is then ignored. CONFIG2 (default
-# configs/synth/probe224-dense.toml), SEED2 and LR2 choose stage 2's config, scene seed and rate.
+# configs/synth/probe224-dense.toml), SEED2 and LR2 choose stage 2's config, scene seed and rate;
+# SETS2="key=value key=value" adds settings to stage 2 (one --set each; values without spaces),
+# e.g. the grounding loss and name lens of docs/SYNTH.md sessions 16-20. Stage 2's schedule is
+# always the wall clock's (a config with a step schedule, select224.toml, would otherwise be cut
+# off part-way through its cosine at T2, or capped by its max_steps).
 # GRIFFON_BIN=target/release/griffon DEVICE=cpu: a dry run on the CPU.
 set -uo pipefail
 T0=${1:-90} T2=${2:-150} BATCH=${3:-32}
@@ -34,10 +38,13 @@ else
   tail -n 1 "$S0/metrics.jsonl"
   FROM=$S0
 fi
-echo "== stage 2 from $FROM: ${T2}s"
+extra2=()
+for kv in ${SETS2:-}; do extra2+=(--set "$kv"); done
+echo "== stage 2 from $FROM: ${T2}s ${SETS2:-}"
 $G train --config "${CONFIG2:-configs/synth/probe224-dense.toml}" "${common[@]}" --set "model.init=$FROM" \
-  --set "train.out=$S2" --set "train.max_time_s=$T2" --set "train.batch_size=$BATCH" --set data.det_format_prob=0.5 \
-  ${SEED2:+--set "data.synth.seed=$SEED2"} ${LR2:+--set "train.lr=$LR2"} \
+  --set "train.out=$S2" --set "train.max_time_s=$T2" --set 'train.schedule="time"' --set train.max_steps=0 --set "train.batch_size=$BATCH" \
+  --set data.det_format_prob=0.5 \
+  ${SEED2:+--set "data.synth.seed=$SEED2"} ${LR2:+--set "train.lr=$LR2"} "${extra2[@]}" \
   || { echo "stage 2 failed"; exit 1; }
 tail -n 2 "$S2/metrics.jsonl"
 bash tools/synth/pack.sh "$S2/$(cat "$S2/latest")" stage0=$S0/metrics.jsonl stage2=$S2/metrics.jsonl

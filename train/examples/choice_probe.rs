@@ -21,7 +21,7 @@ use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_train::data::{BuildOptions, TaskKind};
 use griffon_train::ground::GroundSpec;
 use griffon_train::synth::{best_match, SynthStream};
-use griffon_train::trainer::{digit_tokens, embed_sample, VisualLens};
+use griffon_train::trainer::{choosing_token, digit_tokens, embed_sample, VisualLens};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -123,9 +123,8 @@ fn main() -> Result<(), String> {
             skipped.push(format!("sample {k}: no box in {text:?}"));
             continue;
         };
-        let first_decimal = open + 4; // `-[0.d`
-        let Some(j) = spans.iter().position(|&(a, b)| a == first_decimal && b > a) else {
-            skipped.push(format!("sample {k}: no token starts x1's first decimal in {text:?}"));
+        let Some(j) = choosing_token(&spans, open + 1) else {
+            skipped.push(format!("sample {k}: no token holds x1's first decimal in {text:?}"));
             continue;
         };
         let at = answer[j].0 - 1; // the position whose output predicts that token

@@ -35,7 +35,7 @@
 //! (docs/SYNTH.md, sessions 18-19); with it the supervised head and then the answers do.
 
 use crate::data::{Sample, TaskKind};
-use crate::trainer::{Encoded, VisualLens};
+use crate::trainer::{choosing_token, Encoded, VisualLens};
 use candle_core::{DType, IndexOp, Tensor, D};
 use griffon_core::answer::parse_answer;
 use griffon_core::boxes::iou_xyxy;
@@ -289,9 +289,7 @@ impl GroundSpec {
                     return Err(format!("grounding loss: no token spans the box in {text:?}"));
                 }
                 // the position predicting x1's first decimal (`[0.d`: byte o + 3)
-                let Some(choice) =
-                    spans.iter().zip(run).find(|((a, b), _)| *a <= o + 3 && o + 3 < *b).map(|(_, (p, _))| *p - 1)
-                else {
+                let Some(choice) = choosing_token(&spans, o).map(|j| run[j].0 - 1) else {
                     return Err(format!("grounding loss: no token holds x1's first decimal in {text:?}"));
                 };
                 // the name: the last two words before `-[` (or `[`), the tokens overlapping them

@@ -217,13 +217,23 @@ pub fn choice_tokens(tok: &PromptTokenizer, ids: &[u32]) -> Result<Vec<usize>, E
     for (o, _) in text.match_indices('[') {
         let d = o + 3;
         if d < b.len() && b[o + 1].is_ascii_digit() && b[o + 2] == b'.' && b[d].is_ascii_digit() {
-            match spans.iter().position(|&(a, e)| a <= d && d < e) {
+            match choosing_token(&spans, o) {
                 Some(j) => out.push(j),
                 None => return Err(format!("choice weight: no token spans byte {d} of {text:?}")),
             }
         }
     }
     Ok(out)
+}
+
+/// The token where a box's object is chosen: the one holding the first decimal of `x1`, byte
+/// `open + 3` of `[0.d` (`open`: the byte of `[` in the decoded answer; `spans`: each token's
+/// byte range there, as `PromptTokenizer::decode_spans` gives them). One rule for the choice
+/// weight, the grounding loss's choosing position and the diagnostics (`choice_probe`); `None`
+/// when no token spans that byte.
+pub fn choosing_token(spans: &[(usize, usize)], open: usize) -> Option<usize> {
+    let d = open + 3;
+    spans.iter().position(|&(a, e)| a <= d && d < e)
 }
 
 /// A micro-batch's loss (graph kept), its supervised count (answer tokens, or patches when only
