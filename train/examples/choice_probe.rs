@@ -16,7 +16,6 @@
 //! first position and the grounding rule's image tokens of the referred object and of the others).
 
 use candle_core::{DType, Device, Tensor, D};
-use griffon_core::{Piece, Placeholder};
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_train::data::{BuildOptions, TaskKind};
 use griffon_train::ground::GroundSpec;
@@ -105,16 +104,7 @@ fn main() -> Result<(), String> {
     for k in 0..n {
         let (s, img, objs) = stream.sample(k)?;
         let (enc, x) = embed_sample(&full, &s, Some(img))?;
-        // the image's first position
-        let mut pos = 0usize;
-        let mut image_start = None;
-        for p in &enc.pieces {
-            if let Piece::Visual(Placeholder::Image(_)) = p {
-                image_start = Some(pos);
-            }
-            pos += lens.of_piece(p);
-        }
-        let image_start = image_start.ok_or(format!("sample {k}: no image"))?;
+        let image_start = enc.image_start(lens).map_err(|e| format!("sample {k}: {e}"))?;
         // the token that starts x1's first decimal
         let answer = enc.answer_tokens(lens);
         let ids: Vec<u32> = answer.iter().map(|a| a.1).collect();

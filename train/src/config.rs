@@ -254,13 +254,13 @@ pub struct TrainSection {
     pub ground_box_weight: f64,
     /// The grounding loss's attention: the head's whole causal row (`"all"`, default) or
     /// renormalised over the image tokens alone (`"image"`).
-    #[serde(default = "default_ground_keys")]
-    pub ground_keys: String,
+    #[serde(default)]
+    pub ground_keys: GroundKeys,
     /// The grounding loss's positions: every one predicting a box token (`"box"`, default) or
     /// only those up to x1's first decimal (`"choice"`: before a coordinate is written that
     /// would let the head find the object by position).
-    #[serde(default = "default_ground_positions")]
-    pub ground_positions: String,
+    #[serde(default)]
+    pub ground_positions: GroundPositions,
     /// Weight of the name lens (0 = off; [`crate::ground::GroundSpec::name_loss`]): the residual
     /// stream the grounding layer reads, at the position choosing each REC box's object, read
     /// through the LLM's output head, should spell the object's name. Needs the grounding loss
@@ -272,14 +272,6 @@ pub struct TrainSection {
     /// loss stays a sum over the supervised tokens divided by their count. 1 = the plain mean.
     #[serde(default = "one_f64")]
     pub choice_weight: f64,
-}
-
-fn default_ground_keys() -> String {
-    "all".into()
-}
-
-fn default_ground_positions() -> String {
-    "box".into()
 }
 
 fn default_dtype() -> String {
@@ -295,6 +287,28 @@ impl TrainSection {
             o => Err(format!("train.dtype must be f32, bf16 or f16, got {o:?}")),
         }
     }
+}
+
+/// The grounding loss's attention row (`train.ground_keys`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroundKeys {
+    /// The head's whole causal row: attention elsewhere counts against it.
+    #[default]
+    All,
+    /// Renormalised over the image tokens alone.
+    Image,
+}
+
+/// The answer positions the grounding loss supervises (`train.ground_positions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroundPositions {
+    /// Every position predicting a box token.
+    #[default]
+    Box,
+    /// Those up to x1's first decimal (where the object is chosen).
+    Choice,
 }
 
 /// What the learning-rate schedule runs over.
@@ -473,12 +487,6 @@ impl TrainConfig {
         }
         if !(t.choice_weight > 0.0 && t.choice_weight.is_finite()) {
             return Err(format!("train.choice_weight must be a positive number, got {}", t.choice_weight));
-        }
-        if t.ground_keys != "all" && t.ground_keys != "image" {
-            return Err(format!("train.ground_keys must be \"all\" or \"image\", got {:?}", t.ground_keys));
-        }
-        if t.ground_positions != "box" && t.ground_positions != "choice" {
-            return Err(format!("train.ground_positions must be \"box\" or \"choice\", got {:?}", t.ground_positions));
         }
         if t.ground_weight > 0.0 && t.stage == 0 {
             return Err("train.ground_weight needs answers to supervise: stage 0 trains the dense loss alone".into());

@@ -39,7 +39,7 @@ use crate::trainer::{choosing_token, Encoded, VisualLens};
 use candle_core::{DType, IndexOp, Tensor, D};
 use griffon_core::answer::parse_answer;
 use griffon_core::boxes::iou_xyxy;
-use griffon_core::{Piece, Placeholder};
+use griffon_core::Piece;
 use griffon_model::config::ProjectorType;
 use griffon_model::griffon::Griffon;
 use griffon_model::llm::Llm;
@@ -238,8 +238,8 @@ impl GroundSpec {
             }
             boxes.extend(parsed.instances.iter().map(|i| [i.norm.x1, i.norm.y1, i.norm.x2, i.norm.y2]));
         }
-        // the image's first position and the runs of supervised tokens (position, id)
-        let mut image_start = None;
+        let image_start = enc.image_start(lens).map_err(|e| format!("grounding loss: {e}"))?;
+        // the runs of supervised tokens (position, id)
         let mut runs: Vec<Vec<(usize, u32)>> = vec![Vec::new()];
         let mut pos = 0usize;
         for (p, &sup) in enc.pieces.iter().zip(&enc.supervised) {
@@ -249,18 +249,10 @@ impl GroundSpec {
                     if !runs.last().expect("non-empty").is_empty() {
                         runs.push(Vec::new());
                     }
-                    if let Piece::Visual(Placeholder::Image(_)) = p {
-                        if image_start.replace(pos).is_some() {
-                            return Err("grounding loss: the sample holds two images".into());
-                        }
-                    }
                 }
             }
             pos += lens.of_piece(p);
         }
-        let Some(image_start) = image_start else {
-            return Err("grounding loss: the sample has no image".into());
-        };
         let mut groups: Vec<(Vec<usize>, usize, Vec<u32>)> = Vec::new();
         for run in runs.iter().filter(|r| !r.is_empty()) {
             if run[0].0 < image_start + lens.image {

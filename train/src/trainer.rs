@@ -2,7 +2,7 @@
 //! schedule with warmup ratio; gradient accumulation and clipping; per-module freezing and
 //! learning rates; checkpoints in the engine's layout written atomically; exact resume.
 
-use crate::config::{Module, Schedule, TrainConfig};
+use crate::config::{GroundKeys, GroundPositions, Module, Schedule, TrainConfig};
 use crate::data::{build_all, read_task_list, Sample, Skipped, TaskKind};
 use crate::dense::{DenseHead, DenseTargets, HEAD_BIAS, HEAD_WEIGHT};
 use crate::ground::{GroundLoss, GroundSpec};
@@ -52,6 +52,23 @@ impl Encoded {
             pos += lens.of_piece(p);
         }
         out
+    }
+
+    /// The position of the sample's one main image (its first image token, positions counted
+    /// with `lens`); an error when the sample holds no image or two (what the grounding loss and
+    /// the diagnostics need: one image whose tokens the objects' boxes index).
+    pub fn image_start(&self, lens: VisualLens) -> Result<usize, String> {
+        let mut start = None;
+        let mut pos = 0usize;
+        for p in &self.pieces {
+            if let Piece::Visual(Placeholder::Image(_)) = p {
+                if start.replace(pos).is_some() {
+                    return Err("the sample holds two images".into());
+                }
+            }
+            pos += lens.of_piece(p);
+        }
+        start.ok_or_else(|| "the sample has no image".into())
     }
 }
 
@@ -902,9 +919,12 @@ impl Trainer {
         };
         let ground = if cfg.train.ground_weight > 0.0 {
             let t = &cfg.train;
-            let all_keys = t.ground_keys == "all";
+            let all_keys = t.ground_keys == GroundKeys::All;
             let spec = GroundSpec::new(&model, t.ground_layer, t.ground_head, t.ground_box_weight, all_keys)?;
-            Some(spec.with_choice_only(t.ground_positions == "choice").with_name_weight(t.ground_name_weight)?)
+            Some(
+                spec.with_choice_only(t.ground_positions == GroundPositions::Choice)
+                    .with_name_weight(t.ground_name_weight)?,
+            )
         } else {
             None
         };

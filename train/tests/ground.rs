@@ -87,6 +87,7 @@ fn queries_are_the_positions_that_predict_each_box() {
         }
     }
     let sg = g.sample(tok, &s, &enc, lens, &[]).unwrap().expect("a REC sample has queries");
+    assert_eq!(enc.image_start(lens).unwrap(), sg.image_start);
     assert_eq!(seq[sg.image_start], None);
     assert!(seq[sg.image_start - 1].is_some(), "the image starts at its first position (a prompt token before it)");
     assert_eq!(seq[sg.image_start..].iter().take_while(|x| x.is_none()).count(), lens.image);
@@ -251,8 +252,14 @@ fn grounding_settings_are_checked() {
         ("ground_weight = -1.0\nstage = 2\nlr = 1e-3", "train.ground_weight must be a non-negative number"),
         ("ground_weight = 1.0\nstage = 0\nlr = 1e-3", "train.ground_weight needs answers"),
         ("ground_box_weight = 1.0\nstage = 2\nlr = 1e-3", "set train.ground_weight > 0 too"),
-        ("ground_keys = \"text\"\nstage = 2\nlr = 1e-3", "train.ground_keys must be"),
-        ("ground_positions = \"x1\"\nstage = 2\nlr = 1e-3", "train.ground_positions must be"),
+        (
+            "ground_keys = \"text\"\nstage = 2\nlr = 1e-3",
+            "unknown variant `text`, expected `all` or `image`\nin `train.ground_keys`",
+        ),
+        (
+            "ground_positions = \"x1\"\nstage = 2\nlr = 1e-3",
+            "unknown variant `x1`, expected `box` or `choice`\nin `train.ground_positions`",
+        ),
         ("ground_weight = 1.0\nground_name_weight = -1.0\nstage = 2\nlr = 1e-3", "train.ground_name_weight must be"),
         ("ground_name_weight = 1.0\nstage = 2\nlr = 1e-3", "set train.ground_weight > 0 too"),
         ("ground_weight = 1.0\nground_layer = 0\nground_name_weight = 1.0\nstage = 2\nlr = 1e-3", "ground_layer >= 1"),
@@ -451,4 +458,38 @@ fn the_choice_weight_scales_the_first_decimal_of_each_boxs_x1() {
         let r = TrainConfig::from_file(&f).and_then(|c| c.validate());
         assert!(matches!(&r, Err(e) if e.contains("choice_weight")), "choice_weight = {w}: {r:?}");
     }
+}
+
+#[test]
+fn the_choosing_token_is_the_one_spanning_x1s_first_decimal() {
+    use griffon_train::trainer::choosing_token;
+    // "a-[0.25,..": '[' at byte 2, x1's first decimal '2' at byte 5
+    let spans = [(0, 1), (1, 3), (3, 5), (5, 6), (6, 7)];
+    assert_eq!(choosing_token(&spans, 2), Some(3));
+    // a token merging "0.2" holds the decimal: it is the choosing token
+    assert_eq!(choosing_token(&[(0, 1), (1, 3), (3, 6), (6, 7)], 2), Some(2));
+    // empty spans (special tokens decode to nothing) never hold it
+    assert_eq!(choosing_token(&[(0, 3), (3, 3), (5, 5), (5, 8)], 2), Some(3));
+    // the text ends before the decimal
+    assert_eq!(choosing_token(&[(0, 1), (1, 3), (3, 5)], 2), None);
+}
+
+#[test]
+fn the_image_start_needs_exactly_one_main_image() {
+    use griffon_core::Placeholder;
+    use griffon_train::trainer::Encoded;
+    let lens = VisualLens { image: 9, region: 1 };
+    let enc = |pieces: Vec<Piece>| Encoded { supervised: vec![false; pieces.len()], len: 0, pieces };
+    let one = enc(vec![
+        Piece::Token(1),
+        Piece::Visual(Placeholder::Region(0)),
+        Piece::Token(2),
+        Piece::Visual(Placeholder::Image(0)),
+        Piece::Token(3),
+    ]);
+    assert_eq!(one.image_start(lens).unwrap(), 3, "one token, one region token, one token before the image");
+    let none = enc(vec![Piece::Token(1), Piece::Visual(Placeholder::Region(0))]);
+    assert!(none.image_start(lens).unwrap_err().contains("no image"));
+    let two = enc(vec![Piece::Visual(Placeholder::Image(0)), Piece::Visual(Placeholder::Image(1))]);
+    assert!(two.image_start(lens).unwrap_err().contains("two images"));
 }
