@@ -256,7 +256,10 @@ fn resolved(p: &std::path::Path) -> std::io::Result<PathBuf> {
 /// Writes a copy of the Griffon checkpoint `model` whose main vision tower runs natively at
 /// `image_size`: its position table resized and stored ([`resize_position_table`]), its config's
 /// `image_size` set, the tower folder renamed `<name>_to_<size>` (as the released
-/// `clip-vit-large-patch14-336_to_1022`) and `mm_vision_tower` pointing at it. Every other tensor
+/// `clip-vit-large-patch14-336_to_1022`) and `mm_vision_tower` pointing at it. The resized table
+/// is stored in f32 whatever the source's dtype (it is computed in f32, as the load-time resize
+/// computes it: rounding it to a bf16 source's dtype would make the copy answer differently from
+/// `--image-size` on the source). Every other tensor
 /// is copied unchanged in its stored dtype (into one `model.safetensors`), the other files and
 /// folders too (a trainer's dense head included), except what describes the source's own
 /// training: its model card `README.md`, `trainer_state.json`, `optimizer.safetensors`,
@@ -317,7 +320,7 @@ pub fn resize_main_tower(
     let old = &tensors[&table];
     let (grid_from, _) = table_grid(old, &table)?;
     let grid_to = image_size / patch;
-    let resized = resize_position_table(old, grid_to, interp)?;
+    let resized = resize_position_table(&old.to_dtype(DType::F32)?, grid_to, interp)?;
     tensors.insert(table.clone(), resized);
 
     // the tower folder under its new name, and the config naming it
