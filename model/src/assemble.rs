@@ -4,8 +4,9 @@
 //! * the LLM: an HF folder (config.json, safetensors, tokenizer files) of Llama-2 or Gemma-2;
 //! * the vision tower: a folder with its config.json and safetensors, in timm / EVA-CLIP
 //!   (open_clip `visual.*`) / HF CLIP (`vision_model.*`) naming; text towers are dropped;
-//! * optionally the tower's position table resized to the run size and stored (as the released
-//!   `clip-vit-large-patch14-336_to_1022` tower was made), so every later stage runs natively;
+//! * optionally the tower's position table resized to the run size and stored in f32 (as the
+//!   released `clip-vit-large-patch14-336_to_1022` tower was made), so every later stage runs
+//!   natively;
 //! * a randomly initialised projector (N(0, 0.02) weights, zero biases).
 //!
 //! Layout written: shared/GRIFFON_FORMAT.md "Checkpoint layout" (`model.vision_tower.vision_tower.*`,
@@ -111,7 +112,10 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
             if let Some(size) = o.image_size {
                 let patch = set_tower_size(&mut vis_cfg, &vis_cfg_path, size, eva)?;
                 if size / patch != g {
-                    t = resize_position_table(&t, size / patch, o.pos_interp)?;
+                    // stored in f32 whatever the source's dtype, as [`resize_main_tower`] does:
+                    // the table is computed in f32, as the engine's load-time `--image-size`
+                    // resize, and rounding it to a bf16 source's dtype would answer differently
+                    t = resize_position_table(&t.to_dtype(DType::F32)?, size / patch, o.pos_interp)?;
                 }
             }
         }

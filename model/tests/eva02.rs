@@ -431,4 +431,33 @@ fn assemble_paper_configuration_from_parts() {
     let diff = (a.get_unchecked(n).unwrap() - b.get_unchecked(n).unwrap()).unwrap();
     let d: f32 = diff.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
     assert_eq!(d, 0.0);
+    // a bf16 tower: its other weights stay bf16, the resized table is stored in f32 (computed in
+    // f32 as the load-time resize; rounded to bf16 it would answer differently from
+    // `--image-size` on the source)
+    let vision16 = tmp.path().join("eva16");
+    std::fs::create_dir_all(&vision16).unwrap();
+    std::fs::write(vision16.join("config.json"), serde_json::to_string_pretty(&tiny_tower_config()).unwrap()).unwrap();
+    let bf: HashMap<String, Tensor> =
+        tensors("timm").into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap())).collect();
+    candle_core::safetensors::save(&bf, vision16.join("model.safetensors")).unwrap();
+    let out16 = tmp.path().join("griffon-v2-tiny-bf16");
+    assemble(&AssembleOptions {
+        llm,
+        vision: vision16,
+        out: out16.clone(),
+        projector: "conv_reduce".into(),
+        image_size: Some(72),
+        pos_interp: Interp::BicubicAa,
+        seed: 0,
+    })
+    .unwrap();
+    let stored = candle_core::safetensors::load(out16.join("model.safetensors"), &Device::Cpu).unwrap();
+    let tower: Vec<_> = stored.iter().filter(|(n, _)| n.starts_with("model.vision_tower.")).collect();
+    let (table, rest): (Vec<_>, Vec<_>) = tower.into_iter().partition(|(n, _)| n.ends_with("pos_embed"));
+    assert_eq!(table.len(), 1, "one position table");
+    assert_eq!(table[0].1.dtype(), DType::F32, "{} is stored in f32", table[0].0);
+    assert!(
+        !rest.is_empty() && rest.iter().all(|(_, t)| t.dtype() == DType::BF16),
+        "the other tower weights stay bf16"
+    );
 }

@@ -17,6 +17,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use griffon_model::griffon::{Griffon, LoadOptions};
+use griffon_train::config::GroundKeys;
 use griffon_train::data::{BuildOptions, TaskKind};
 use griffon_train::ground::GroundSpec;
 use griffon_train::synth::{best_match, SynthStream};
@@ -82,7 +83,7 @@ fn main() -> Result<(), String> {
     let (heads, kv_heads, _) = full.llm.heads();
     // each head's image tokens of a box (the grounding loss's rule) and its scores' scale
     let specs: Vec<Vec<GroundSpec>> = (0..layers)
-        .map(|l| (0..heads).map(|h| GroundSpec::new(&full, l, h, 0.0, true)).collect::<Result<Vec<_>, _>>())
+        .map(|l| (0..heads).map(|h| GroundSpec::new(&full, l, h, 0.0, GroundKeys::All)).collect::<Result<Vec<_>, _>>())
         .collect::<Result<_, _>>()?;
     let attn = full.llm.attn_spec();
     let (att_scale, softcap) = (attn.scale, attn.softcap);

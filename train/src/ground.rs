@@ -34,6 +34,7 @@
 //! only in low-variance directions and no head learned to look the object up by name
 //! (docs/SYNTH.md, sessions 18-19); with it the supervised head and then the answers do.
 
+use crate::config::{GroundKeys, GroundPositions};
 use crate::data::{Sample, TaskKind};
 use crate::trainer::{choosing_token, Encoded, VisualLens};
 use candle_core::{DType, IndexOp, Tensor, D};
@@ -56,12 +57,12 @@ pub struct GroundSpec {
     pub box_weight: f64,
     /// Whether the attention is the head's whole causal row (text keys included: what the head
     /// really reads) or renormalised over the image tokens alone.
-    pub all_keys: bool,
-    /// Supervise only the positions up to the one that predicts the first decimal of `x1` (the
-    /// token that chooses the object, docs/SYNTH.md sessions 17-18), instead of every position
-    /// predicting the box's tokens: once `x1` is written, the head can find the object by that
-    /// coordinate rather than by the expression.
-    pub choice_only: bool,
+    pub keys: GroundKeys,
+    /// [`GroundPositions::Choice`]: supervise only the positions up to the one that predicts the
+    /// first decimal of `x1` (the token that chooses the object, docs/SYNTH.md sessions 17-18),
+    /// instead of every position predicting the box's tokens: once `x1` is written, the head can
+    /// find the object by that coordinate rather than by the expression.
+    pub positions: GroundPositions,
     /// Weight of the name lens ([`Self::name_loss`]; 0 = off).
     pub name_weight: f64,
     /// Key/value head of `head`.
@@ -151,7 +152,7 @@ pub fn token_centres(m: &Griffon) -> Result<Vec<(f64, f64)>, String> {
 }
 
 impl GroundSpec {
-    pub fn new(m: &Griffon, layer: usize, head: usize, box_weight: f64, all_keys: bool) -> Result<Self, String> {
+    pub fn new(m: &Griffon, layer: usize, head: usize, box_weight: f64, keys: GroundKeys) -> Result<Self, String> {
         let layers = m.llm.num_layers();
         let (heads, kv_heads, head_dim) = m.llm.heads();
         if kv_heads == 0 || heads % kv_heads != 0 {
@@ -171,8 +172,8 @@ impl GroundSpec {
             layer,
             head,
             box_weight,
-            all_keys,
-            choice_only: false,
+            keys,
+            positions: GroundPositions::Box,
             name_weight: 0.0,
             kv_head: head / (heads / kv_heads),
             window: m.llm.layer_window(layer),
@@ -182,9 +183,9 @@ impl GroundSpec {
         })
     }
 
-    /// [`Self::choice_only`] set to `on`.
-    pub fn with_choice_only(mut self, on: bool) -> Self {
-        self.choice_only = on;
+    /// [`Self::positions`] set to `positions`.
+    pub fn with_positions(mut self, positions: GroundPositions) -> Self {
+        self.positions = positions;
         self
     }
 
@@ -268,9 +269,9 @@ impl GroundSpec {
                 if text[o + 1..c].contains('[') {
                     return Err(format!("grounding loss: nested '[' in the answer text {text:?}"));
                 }
-                // tokens overlapping bytes o+1 ..= c (with `choice_only`, o+1 ..= o+3: `0.d` of
+                // tokens overlapping bytes o+1 ..= c (with `GroundPositions::Choice`, o+1 ..= o+3: `0.d` of
                 // x1), each predicted by the position before it
-                let last = if self.choice_only { c.min(o + 3) } else { c };
+                let last = if self.positions == GroundPositions::Choice { c.min(o + 3) } else { c };
                 let positions: Vec<usize> = spans
                     .iter()
                     .zip(run)
@@ -352,7 +353,7 @@ impl GroundSpec {
         let t_all = k.dim(2).map_err(e)?;
         // the columns of a row: the image tokens alone, or every key of the sequence (the head's
         // own causal row, later positions masked), and where the image starts among them
-        let cols = if self.all_keys { t_all } else { n_img };
+        let cols = if self.keys == GroundKeys::All { t_all } else { n_img };
         let mut causal: Vec<f32> = Vec::new();
         let mut scores = Vec::new();
         // per sample with queries: its rows' first index, count and image start among the columns
@@ -390,7 +391,7 @@ impl GroundSpec {
                     }
                 }
             }
-            let (first, at) = if self.all_keys { (0, sg.image_start) } else { (sg.image_start, 0) };
+            let (first, at) = if self.keys == GroundKeys::All { (0, sg.image_start) } else { (sg.image_start, 0) };
             // scores in f32 from the start (bf16 / f16 models)
             let keys =
                 k.i((b, self.kv_head)).and_then(|x| x.narrow(0, first, cols)?.to_dtype(DType::F32)).map_err(e)?;
@@ -417,7 +418,7 @@ impl GroundSpec {
                     orow[at + t] = 1.0;
                 }
                 for &p in &g.positions {
-                    if self.all_keys {
+                    if self.keys == GroundKeys::All {
                         // causal, and within the layer's sliding window when it has one
                         let seen = |c: usize| c <= p && self.window.is_none_or(|w| p - c < w);
                         causal.extend((0..cols).map(|c| if seen(c) { 0.0 } else { f32::NEG_INFINITY }));
@@ -438,7 +439,7 @@ impl GroundSpec {
         let rows = s.dim(0).map_err(e)?;
         let dev = s.device().clone();
         let capped = s.clone();
-        if self.all_keys {
+        if self.keys == GroundKeys::All {
             s = (s + Tensor::from_vec(causal, (rows, cols), &dev).map_err(e)?).map_err(e)?;
         }
         let mask = Tensor::from_vec(mask, (rows, cols), &dev).map_err(e)?;

@@ -2,7 +2,7 @@
 //! schedule with warmup ratio; gradient accumulation and clipping; per-module freezing and
 //! learning rates; checkpoints in the engine's layout written atomically; exact resume.
 
-use crate::config::{GroundKeys, GroundPositions, Module, Schedule, TrainConfig};
+use crate::config::{Module, Schedule, TrainConfig};
 use crate::data::{build_all, read_task_list, Sample, Skipped, TaskKind};
 use crate::dense::{DenseHead, DenseTargets, HEAD_BIAS, HEAD_WEIGHT};
 use crate::ground::{GroundLoss, GroundSpec};
@@ -919,12 +919,8 @@ impl Trainer {
         };
         let ground = if cfg.train.ground_weight > 0.0 {
             let t = &cfg.train;
-            let all_keys = t.ground_keys == GroundKeys::All;
-            let spec = GroundSpec::new(&model, t.ground_layer, t.ground_head, t.ground_box_weight, all_keys)?;
-            Some(
-                spec.with_choice_only(t.ground_positions == GroundPositions::Choice)
-                    .with_name_weight(t.ground_name_weight)?,
-            )
+            let spec = GroundSpec::new(&model, t.ground_layer, t.ground_head, t.ground_box_weight, t.ground_keys)?;
+            Some(spec.with_positions(t.ground_positions).with_name_weight(t.ground_name_weight)?)
         } else {
             None
         };

@@ -4,7 +4,7 @@
 
 use candle_core::{Device, Tensor};
 use griffon_core::Piece;
-use griffon_train::config::TrainConfig;
+use griffon_train::config::{GroundKeys, GroundPositions, TrainConfig};
 use griffon_train::data::{Sample, TaskKind};
 use griffon_train::ground::{token_centres, GroundQuery, GroundSpec, SampleGround};
 use griffon_train::trainer::{encode_sample, Trainer, VisualLens};
@@ -52,7 +52,7 @@ fn boxes_map_onto_the_projectors_token_grid() {
     assert_eq!(c[0], (at(0.0), at(0.0)));
     assert_eq!(c[1 * 4 + 2], (at(4.0), at(2.0)), "row-major: (x, y) of row 1, column 2");
     assert_eq!(c[15], (at(6.0), at(6.0)));
-    let g = GroundSpec::new(&t.model, 1, 3, 0.0, true).unwrap();
+    let g = GroundSpec::new(&t.model, 1, 3, 0.0, GroundKeys::All).unwrap();
     // x and y in [0.1, 0.5) hold the centre 2.5 / 7 = 0.357 only: token (1, 1)
     assert_eq!(g.targets([0.1, 0.2, 0.5, 0.6]), vec![5]);
     assert_eq!(g.targets([0.0, 0.0, 1.0, 1.0]), (0..16).collect::<Vec<_>>());
@@ -60,9 +60,9 @@ fn boxes_map_onto_the_projectors_token_grid() {
     // no centre inside: the token nearest the box's centre (0.525, 0.525) is (2, 2)
     assert_eq!(g.targets([0.5, 0.5, 0.55, 0.55]), vec![10]);
     // out of range settings are named
-    let e = GroundSpec::new(&t.model, 4, 0, 0.0, true).err().unwrap();
+    let e = GroundSpec::new(&t.model, 4, 0, 0.0, GroundKeys::All).err().unwrap();
     assert!(e.contains("train.ground_layer = 4") && e.contains("4 layers"), "{e}");
-    let e = GroundSpec::new(&t.model, 0, 4, 0.0, true).err().unwrap();
+    let e = GroundSpec::new(&t.model, 0, 4, 0.0, GroundKeys::All).err().unwrap();
     assert!(e.contains("train.ground_head = 4") && e.contains("4 attention heads"), "{e}");
 }
 
@@ -70,7 +70,7 @@ fn boxes_map_onto_the_projectors_token_grid() {
 fn queries_are_the_positions_that_predict_each_box() {
     let tmp = tempfile::tempdir().unwrap();
     let t = Trainer::new(config(tmp.path(), "a", "max_steps = 1\nlr = 1e-3"), &Device::Cpu).unwrap();
-    let g = GroundSpec::new(&t.model, 1, 0, 0.0, true).unwrap();
+    let g = GroundSpec::new(&t.model, 1, 0, 0.0, GroundKeys::All).unwrap();
     let lens = VisualLens::of(&t.model);
     let tok = &t.model.tokenizer;
     let s = rec(&[
@@ -114,7 +114,7 @@ fn queries_are_the_positions_that_predict_each_box() {
     assert_eq!(sg.queries[1].others, vec![10, 11, 14, 15]);
     assert_eq!(sg.queries[0].positions, g.sample(tok, &s, &enc, lens, &[]).unwrap().unwrap().queries[0].positions);
     // `choice_only` keeps each box's first positions, up to the one predicting x1's first decimal
-    let c = GroundSpec::new(&t.model, 1, 0, 0.0, true).unwrap().with_choice_only(true);
+    let c = GroundSpec::new(&t.model, 1, 0, 0.0, GroundKeys::All).unwrap().with_positions(GroundPositions::Choice);
     let sc = c.sample(tok, &s, &enc, lens, &objects).unwrap().unwrap();
     // (the predicted text reaches x1's first decimal, and no further than a token merged with it)
     for ((q, full), x1) in sc.queries.iter().zip(&sg.queries).zip(["0.100", "0.000"]) {
@@ -137,8 +137,8 @@ fn queries_are_the_positions_that_predict_each_box() {
     }
     // the name lens: the layer's input at each choosing position through the LLM's own head,
     // -log p of each name token, averaged over the (query, token) pairs (against a plain loop)
-    let n = GroundSpec::new(&t.model, 1, 0, 0.0, true).unwrap().with_name_weight(1.0).unwrap();
-    let e = GroundSpec::new(&t.model, 0, 0, 0.0, true).unwrap().with_name_weight(1.0).err().unwrap();
+    let n = GroundSpec::new(&t.model, 1, 0, 0.0, GroundKeys::All).unwrap().with_name_weight(1.0).unwrap();
+    let e = GroundSpec::new(&t.model, 0, 0, 0.0, GroundKeys::All).unwrap().with_name_weight(1.0).err().unwrap();
     assert!(e.contains("layer >= 1"), "{e}");
     let t_len = seq.len() + 3;
     let h = t.model.config.llm.hidden_size();
@@ -341,9 +341,10 @@ fn the_loss_is_the_heads_attention_on_the_targets() {
             None => x,
         }
     };
-    for (layer, all) in [(1, true), (1, false)] {
+    for (layer, mode) in [(1, GroundKeys::All), (1, GroundKeys::Image)] {
+        let all = mode == GroundKeys::All;
         let window = t.model.llm.layer_window(layer);
-        let g = GroundSpec::new(&t.model, layer, head, 1.0, all).unwrap();
+        let g = GroundSpec::new(&t.model, layer, head, 1.0, mode).unwrap();
         let got = g.loss(&q, &k, &v, &samples).unwrap().unwrap();
         let (mut loss, mut own, mut other, mut with, mut l1, mut rows) = (0.0, 0.0, 0.0, 0usize, 0.0, 0usize);
         for x in &qs {
@@ -381,12 +382,12 @@ fn the_loss_is_the_heads_attention_on_the_targets() {
         }
     }
     // a sliding window that hides image tokens from a query is refused (in both forms)
-    for all in [true, false] {
-        let err = GroundSpec::new(&t.model, 0, head, 1.0, all).unwrap().loss(&q, &k, &v, &samples).err().unwrap();
+    for keys in [GroundKeys::All, GroundKeys::Image] {
+        let err = GroundSpec::new(&t.model, 0, head, 1.0, keys).unwrap().loss(&q, &k, &v, &samples).err().unwrap();
         assert!(err.contains("sees only the last 8 keys"), "{err}");
     }
     // no sample with queries: no loss; positions that cannot see the whole image are refused
-    let g = GroundSpec::new(&t.model, 1, head, 0.0, true).unwrap();
+    let g = GroundSpec::new(&t.model, 1, head, 0.0, GroundKeys::All).unwrap();
     assert!(g.loss(&q, &k, &v, &[None, None]).unwrap().is_none());
     let early = vec![Some(SampleGround {
         image_start: 3,
