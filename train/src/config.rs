@@ -207,6 +207,13 @@ pub struct TrainSection {
     pub weight_decay: f64,
     #[serde(default = "default_clip")]
     pub max_grad_norm: f64,
+    /// Decay of an exponential moving average of the trained weights (0 = off, the default;
+    /// e.g. 0.99 averages over about the last 100 steps; [`crate::optim::Ema`]). When on, each
+    /// checkpoint's `model.safetensors` (and dense head) holds the average, which is what the
+    /// engine loads; the raw weights stay in `optimizer.safetensors`, from which a resumed run
+    /// continues them exactly.
+    #[serde(default)]
+    pub ema_decay: f64,
     #[serde(default)]
     pub seed: u64,
     pub out: PathBuf,
@@ -510,6 +517,9 @@ impl TrainConfig {
                 "train.max_grad_norm must be a non-negative number (0 = no clipping), got {}",
                 t.max_grad_norm
             ));
+        }
+        if !(0.0..1.0).contains(&t.ema_decay) {
+            return Err(format!("train.ema_decay must be in [0, 1) (0 = no moving average), got {}", t.ema_decay));
         }
         if t.grad_accum == 0 || t.epochs == 0 || t.batch_size == 0 {
             return Err("train.grad_accum, train.batch_size and train.epochs must be at least 1".into());

@@ -6,7 +6,7 @@ use crate::config::{Module, Schedule, TrainConfig};
 use crate::data::{build_all, read_task_list, Sample, Skipped, TaskKind};
 use crate::dense::{DenseHead, DenseTargets, HEAD_BIAS, HEAD_WEIGHT};
 use crate::ground::{GroundLoss, GroundSpec};
-use crate::optim::{clip_grad_norm, cosine_with_warmup, cosine_with_warmup_frac, warmup_steps, AdamW};
+use crate::optim::{clip_grad_norm, cosine_with_warmup, cosine_with_warmup_frac, warmup_steps, AdamW, Ema};
 use crate::synth::SynthStream;
 use candle_core::{DType, Device, Tensor, D};
 use griffon_core::template::with_image_marker;
@@ -737,6 +737,8 @@ pub struct Trainer {
     dense: Option<DenseHead>,
     /// The grounding loss's head and token grid (`ground_weight` > 0).
     ground: Option<GroundSpec>,
+    /// The moving average of the trained weights (`ema_decay` > 0): what checkpoints store.
+    ema: Option<Ema>,
 }
 
 /// Time of a step's forward and backward passes, summed over its micro-batches.
@@ -940,6 +942,11 @@ impl Trainer {
             params.push((name, var, g));
         }
         let opt = AdamW::new(params, cfg.train.weight_decay).map_err(|e| e.to_string())?;
+        let ema = if cfg.train.ema_decay > 0.0 {
+            Some(Ema::new(cfg.train.ema_decay, &opt.params).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
         let per_epoch = data.len().div_ceil(cfg.train.grad_accum * cfg.train.batch_size);
         let total_steps = if cfg.train.max_steps > 0 { cfg.train.max_steps } else { per_epoch * cfg.train.epochs };
         let mut t = Self {
@@ -959,6 +966,7 @@ impl Trainer {
             segment_start: None,
             dense,
             ground,
+            ema,
         };
         if let Some(dir) = resume {
             t.restore(&dir)?;
@@ -986,6 +994,9 @@ impl Trainer {
         }
         let opt = candle_core::safetensors::load(dir.join(OPT_FILE), &self.model.device).map_err(|e| e.to_string())?;
         self.opt.load_state(&opt, state.step)?;
+        if let Some(ema) = &mut self.ema {
+            ema.load_state(&opt, &self.opt.params)?;
+        }
         self.elapsed_before = state.elapsed_s;
         Ok(())
     }
@@ -1197,6 +1208,9 @@ impl Trainer {
             let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.max_grad_norm).map_err(|e| e.to_string())?;
             let lrs = self.lrs_at(step);
             self.opt.step(&grads, &lrs).map_err(|e| e.to_string())?;
+            if let Some(ema) = &mut self.ema {
+                ema.update(&self.opt.params, self.opt.step).map_err(|e| e.to_string())?;
+            }
             if profiled {
                 griffon_model::bench::profiler_range(&self.model.device, false).map_err(|e| e.to_string())?;
                 eprintln!(
@@ -1282,8 +1296,12 @@ impl Trainer {
         // weights: trainable from the variables (stored dtype), frozen as stored
         let src = Checkpoint::open(&self.source_dir, &Device::Cpu, DType::F32).map_err(|e| e.to_string())?;
         // trained tensors from the optimizer's f32 masters (in mixed precision the variables
-        // hold a rounded copy)
-        let trained: HashMap<&str, &Tensor> = self.opt.params.iter().map(|p| (p.name.as_str(), &p.master)).collect();
+        // hold a rounded copy), or their moving average when there is one (the raw weights are
+        // the masters in the optimizer state)
+        let trained: HashMap<&str, &Tensor> = match &self.ema {
+            Some(ema) => self.opt.params.iter().zip(&ema.shadow).map(|(p, s)| (p.name.as_str(), s)).collect(),
+            None => self.opt.params.iter().map(|p| (p.name.as_str(), &p.master)).collect(),
+        };
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for n in src.names() {
             let stored = src.get_stored(n).map_err(|e| e.to_string())?;
@@ -1301,9 +1319,11 @@ impl Trainer {
             let (Some(w), Some(b)) = (w, b) else { return Err("the dense head is missing from the optimizer".into()) };
             DenseHead::save(&tmp, w, b)?;
         }
-        let opt: HashMap<String, Tensor> = self
-            .opt
-            .state_tensors()
+        let mut state = self.opt.state_tensors();
+        if let Some(ema) = &self.ema {
+            state.extend(ema.state_tensors(&self.opt.params));
+        }
+        let opt: HashMap<String, Tensor> = state
             .into_iter()
             .map(|(k, v)| v.to_device(&Device::Cpu).map(|v| (k, v)))
             .collect::<candle_core::Result<_>>()

@@ -75,4 +75,10 @@ fn optimizer_settings_are_checked() {
         assert!(e.contains("train.max_grad_norm must be"), "{e}");
     }
     assert!(set(&["train.weight_decay=0.05", "train.max_grad_norm=0"]).is_ok());
+    // a decay of 1 would never move the average, NaN would write NaN weights
+    for bad in ["nan", "-0.1", "1.0", "1.5"] {
+        let e = set(&[&format!("train.ema_decay={bad}")]).unwrap_err();
+        assert!(e.contains("train.ema_decay must be in [0, 1)"), "{e}");
+    }
+    assert!(set(&["train.ema_decay=0.99"]).is_ok());
 }

@@ -367,3 +367,57 @@ fn keeps_only_the_newest_checkpoints() {
     assert_eq!(left, ["checkpoint-4", "checkpoint-5"]);
     assert!(r.checkpoint.ends_with("checkpoint-5"));
 }
+
+/// `train.ema_decay`: checkpoints store the moving average of the weights (TensorFlow's rates,
+/// checked against the masters each checkpoint's optimizer state holds), the raw weights stay in
+/// the optimizer state, and a resumed run continues both exactly.
+#[test]
+fn moving_average_is_saved_and_resumes_exactly() {
+    use candle_core::DType;
+    let data = dataset(&[]);
+    let body = "stage = 2\nlr = 5e-3\nmax_steps = 3\nsave_every = 1\nwarmup_ratio = 0.0\nema_decay = 0.5";
+    let straight = Trainer::new(config(data.path(), "ema", body), &Device::Cpu).unwrap().run(None, false).unwrap();
+    let names = ["model.layers.0.self_attn.q_proj.weight", "model.mm_projector.conv.weight"];
+    let init = Checkpoint::open(&fixture().join("ckpt"), &Device::Cpu, DType::F32).unwrap();
+    let out = data.path().join("ema");
+    for name in names {
+        let mut want = init.get_unchecked(name).unwrap();
+        let mut last_master = want.clone();
+        for n in 1..=3usize {
+            let opt =
+                candle_core::safetensors::load(out.join(format!("checkpoint-{n}/optimizer.safetensors")), &Device::Cpu)
+                    .unwrap();
+            last_master = opt[&format!("{name}::master")].clone();
+            let r = 0.5f64.min((1.0 + n as f64) / (10.0 + n as f64));
+            want = ((want * r).unwrap() + (&last_master * (1.0 - r)).unwrap()).unwrap();
+            let saved = Checkpoint::open(&out.join(format!("checkpoint-{n}")), &Device::Cpu, DType::F32).unwrap();
+            let d = max_abs(&saved.get_unchecked(name).unwrap(), &want);
+            assert!(d <= 1e-6, "{name} at step {n}: the checkpoint is {d} from the moving average");
+            assert!(max_abs(&opt[&format!("{name}::ema")], &want) <= 1e-6, "{name}: the stored average");
+        }
+        let lag = max_abs(&want, &last_master);
+        assert!(lag > 1e-4, "{name}: the average ({lag} from the raw weights) should lag them");
+    }
+    // interrupted after one step and resumed: the same averages and raw weights
+    let cfg_b = config(data.path(), "ema_b", body);
+    Trainer::new(cfg_b.clone(), &Device::Cpu).unwrap().run(Some(1), false).unwrap();
+    let rest = Trainer::new(cfg_b, &Device::Cpu).unwrap().run(None, false).unwrap();
+    let (wa, wb) = (
+        Checkpoint::open(&straight.checkpoint, &Device::Cpu, DType::F32).unwrap(),
+        Checkpoint::open(&rest.checkpoint, &Device::Cpu, DType::F32).unwrap(),
+    );
+    let (oa, ob) = (
+        candle_core::safetensors::load(straight.checkpoint.join("optimizer.safetensors"), &Device::Cpu).unwrap(),
+        candle_core::safetensors::load(rest.checkpoint.join("optimizer.safetensors"), &Device::Cpu).unwrap(),
+    );
+    for name in names {
+        assert!(max_abs_diff(&wa, &wb, name) <= 1e-6, "{name}: averages differ after a resume");
+        let k = format!("{name}::master");
+        assert!(max_abs(&oa[&k], &ob[&k]) <= 1e-6, "{name}: raw weights differ after a resume");
+    }
+    // a checkpoint written without the average cannot be resumed with it
+    let plain = "stage = 2\nlr = 5e-3\nmax_steps = 3\nsave_every = 1\nwarmup_ratio = 0.0";
+    Trainer::new(config(data.path(), "ema_c", plain), &Device::Cpu).unwrap().run(Some(1), false).unwrap();
+    let err = Trainer::new(config(data.path(), "ema_c", body), &Device::Cpu).err().unwrap();
+    assert!(err.contains("train.ema_decay"), "{err}");
+}

@@ -1,0 +1,109 @@
+"""Averages the weights of checkpoints of one lineage (same tensors, names and shapes) into a new
+checkpoint folder: a cheap stand-in for an exponential moving average of the weights, to see
+whether points along one training path combine what each learnt better (docs/SYNTH.md
+"Session 22").
+
+    python tools/synth/average.py OUT CKPT[:WEIGHT] CKPT[:WEIGHT] ...
+
+Weights default to 1 and are normalised to sum 1. The sum is taken in float64 and stored in the
+first checkpoint's dtype per tensor (bf16 rounded to nearest even, as torch's
+`.to(torch.bfloat16)`); config, tokenizer, tower config folders and the dense head (if any) are
+copied from the first checkpoint. Tensors that differ in name, shape or dtype are refused.
+Needs numpy.
+"""
+import json
+import os
+import shutil
+import struct
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from keep_wip import write_safetensors  # noqa: E402
+
+
+def read(path):
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    meta = header.pop("__metadata__", None)
+    tensors = {}
+    for name, info in header.items():
+        a, b = info["data_offsets"]
+        tensors[name] = (info["dtype"], info["shape"], data[a:b], a)
+    return meta, tensors
+
+
+def to_f64(dtype, raw, src, name):
+    if dtype == "F32":
+        return np.frombuffer(raw, dtype="<f4").astype(np.float64)
+    if dtype == "BF16":
+        words = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+        return words.view(np.float32).astype(np.float64)
+    raise SystemExit(f"{src}: tensor {name} is {dtype}; only F32 / BF16 are averaged")
+
+
+def from_f64(dtype, values):
+    f32 = values.astype(np.float32)
+    if dtype == "F32":
+        return f32.astype("<f4").tobytes()
+    w = f32.view(np.uint32)
+    nan = np.isnan(f32)
+    rounded = ((w + np.uint32(0x7FFF) + ((w >> 16) & 1)) >> 16).astype(np.uint16)
+    rounded[nan] = ((w[nan] >> 16) | 0x0040).astype(np.uint16)
+    return rounded.astype("<u2").tobytes()
+
+
+def main():
+    if len(sys.argv) < 4:
+        raise SystemExit("usage: average.py OUT CKPT[:WEIGHT] CKPT[:WEIGHT] ...")
+    out, specs = sys.argv[1], sys.argv[2:]
+    ckpts, weights = [], []
+    for s in specs:
+        path, _, w = s.partition(":")
+        try:
+            weights.append(float(w) if w else 1.0)
+        except ValueError:
+            raise SystemExit(f"{s}: the weight after ':' is not a number")
+        if not os.path.isfile(os.path.join(path, "model.safetensors")):
+            raise SystemExit(f"{path}/model.safetensors is missing")
+        ckpts.append(path)
+    total = sum(weights)
+    if total <= 0 or any(w < 0 for w in weights):
+        raise SystemExit(f"weights {weights}: must be non-negative with a positive sum")
+    weights = [w / total for w in weights]
+    meta, first = read(os.path.join(ckpts[0], "model.safetensors"))
+    sums = {name: weights[0] * to_f64(d, raw, ckpts[0], name)
+            for name, (d, _, raw, _) in first.items()}
+    for path, w in zip(ckpts[1:], weights[1:]):
+        _, other = read(os.path.join(path, "model.safetensors"))
+        if set(other) != set(first):
+            diff = sorted(set(other) ^ set(first))[:5]
+            raise SystemExit(f"{path}: tensor names differ from {ckpts[0]} (e.g. {diff})")
+        for name, (d, shape, raw, _) in other.items():
+            if (d, shape) != first[name][:2]:
+                raise SystemExit(f"{path}: tensor {name} is {d} {shape}, {ckpts[0]} has "
+                                 f"{first[name][0]} {first[name][1]}")
+            sums[name] += w * to_f64(d, raw, path, name)
+    entries = [(name, d, shape, from_f64(d, sums[name]))
+               for name, (d, shape, _, _) in sorted(first.items(), key=lambda kv: kv[1][3])]
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    src = ckpts[0]
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "dense_head.safetensors"):
+        if os.path.isfile(os.path.join(src, f)):
+            shutil.copy(os.path.join(src, f), out)
+    for d in sorted(os.listdir(src)):
+        if os.path.isfile(os.path.join(src, d, "config.json")):
+            os.makedirs(os.path.join(out, d))
+            shutil.copy(os.path.join(src, d, "config.json"), os.path.join(out, d))
+    write_safetensors(os.path.join(out, "model.safetensors"), entries, meta)
+    print(f"{out}: {len(entries)} tensors, weights "
+          + ", ".join(f"{p} {w:.3f}" for p, w in zip(ckpts, weights)))
+
+
+if __name__ == "__main__":
+    main()
