@@ -11,29 +11,19 @@ first checkpoint's dtype per tensor (bf16 rounded to nearest even, as torch's
 copied from the first checkpoint. Tensors that differ in name, shape or dtype are refused.
 Needs numpy.
 """
-import json
 import os
-import shutil
-import struct
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from keep_wip import write_safetensors  # noqa: E402
+from keep_wip import copy_model_files, read_safetensors, write_safetensors  # noqa: E402
 
 
 def read(path):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        data = f.read()
-    meta = header.pop("__metadata__", None)
-    tensors = {}
-    for name, info in header.items():
-        a, b = info["data_offsets"]
-        tensors[name] = (info["dtype"], info["shape"], data[a:b], a)
-    return meta, tensors
+    """(metadata, {name: (dtype, shape, raw)}) with the names in file order."""
+    meta, entries = read_safetensors(path)
+    return meta, {name: (dtype, shape, raw) for name, dtype, shape, raw in entries}
 
 
 def to_f64(dtype, raw, src, name):
@@ -76,30 +66,19 @@ def main():
     weights = [w / total for w in weights]
     meta, first = read(os.path.join(ckpts[0], "model.safetensors"))
     sums = {name: weights[0] * to_f64(d, raw, ckpts[0], name)
-            for name, (d, _, raw, _) in first.items()}
+            for name, (d, _, raw) in first.items()}
     for path, w in zip(ckpts[1:], weights[1:]):
         _, other = read(os.path.join(path, "model.safetensors"))
         if set(other) != set(first):
             diff = sorted(set(other) ^ set(first))[:5]
             raise SystemExit(f"{path}: tensor names differ from {ckpts[0]} (e.g. {diff})")
-        for name, (d, shape, raw, _) in other.items():
+        for name, (d, shape, raw) in other.items():
             if (d, shape) != first[name][:2]:
                 raise SystemExit(f"{path}: tensor {name} is {d} {shape}, {ckpts[0]} has "
                                  f"{first[name][0]} {first[name][1]}")
             sums[name] += w * to_f64(d, raw, path, name)
-    entries = [(name, d, shape, from_f64(d, sums[name]))
-               for name, (d, shape, _, _) in sorted(first.items(), key=lambda kv: kv[1][3])]
-    if os.path.isdir(out):
-        shutil.rmtree(out)
-    os.makedirs(out)
-    src = ckpts[0]
-    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "dense_head.safetensors"):
-        if os.path.isfile(os.path.join(src, f)):
-            shutil.copy(os.path.join(src, f), out)
-    for d in sorted(os.listdir(src)):
-        if os.path.isfile(os.path.join(src, d, "config.json")):
-            os.makedirs(os.path.join(out, d))
-            shutil.copy(os.path.join(src, d, "config.json"), os.path.join(out, d))
+    entries = [(name, d, shape, from_f64(d, sums[name])) for name, (d, shape, _) in first.items()]
+    copy_model_files(ckpts[0], out, extra=("dense_head.safetensors",))
     write_safetensors(os.path.join(out, "model.safetensors"), entries, meta)
     print(f"{out}: {len(entries)} tensors, weights "
           + ", ".join(f"{p} {w:.3f}" for p, w in zip(ckpts, weights)))

@@ -16,27 +16,21 @@ layers; F32 checkpoints only). Optimizer and trainer state are not copied (a fre
 import json
 import os
 import shutil
-import struct
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from keep_wip import write_safetensors  # noqa: E402
+from keep_wip import read_safetensors, write_safetensors  # noqa: E402
 
 
 def read(path):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        data = f.read()
-    meta = header.pop("__metadata__", None)
+    meta, entries = read_safetensors(path)
     tensors = {}
-    for k, v in header.items():
-        if v["dtype"] != "F32":
-            sys.exit(f"{path}: {k} is {v['dtype']}; only F32 checkpoints are grown")
-        a, b = v["data_offsets"]
-        tensors[k] = np.frombuffer(data[a:b], dtype="<f4").reshape(v["shape"])
+    for k, dtype, shape, raw in entries:
+        if dtype != "F32":
+            sys.exit(f"{path}: {k} is {dtype}; only F32 checkpoints are grown")
+        tensors[k] = np.frombuffer(raw, dtype="<f4").reshape(shape)
     return tensors, meta
 
 

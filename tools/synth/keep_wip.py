@@ -34,8 +34,11 @@ def f32_to_bf16(raw: bytes) -> bytes:
     return out.tobytes()
 
 
-def convert(src: str, dst: str) -> None:
-    with open(src, "rb") as f:
+def read_safetensors(path: str):
+    """A safetensors file as (its __metadata__ or None, [(name, dtype, shape, raw little-endian
+    bytes)] in file order); shared by the tools that rewrite checkpoints (average.py,
+    raw_weights.py, grow_llm.py)."""
+    with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
         data = f.read()
@@ -43,14 +46,36 @@ def convert(src: str, dst: str) -> None:
     entries = []
     for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
         a, b = info["data_offsets"]
-        raw = data[a:b]
-        dtype = info["dtype"]
+        entries.append((name, info["dtype"], info["shape"], data[a:b]))
+    return meta, entries
+
+
+def copy_model_files(src: str, dst: str, extra=()) -> None:
+    """Makes DST afresh with what the engine reads besides the weights: config, tokenizer, the
+    towers' config folders, and the files named in `extra` when SRC has them."""
+    if os.path.isdir(dst):
+        shutil.rmtree(dst)
+    os.makedirs(dst)
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", *extra):
+        if os.path.isfile(os.path.join(src, f)):
+            shutil.copy(os.path.join(src, f), dst)
+    for d in sorted(os.listdir(src)):
+        cfg = os.path.join(src, d, "config.json")
+        if os.path.isfile(cfg):
+            os.makedirs(os.path.join(dst, d))
+            shutil.copy(cfg, os.path.join(dst, d))
+
+
+def convert(src: str, dst: str) -> None:
+    meta, entries = read_safetensors(src)
+    out = []
+    for name, dtype, shape, raw in entries:
         if dtype == "F32":
             raw, dtype = f32_to_bf16(raw), "BF16"
         elif dtype != "BF16":
             raise SystemExit(f"{src}: tensor {name} is {dtype}; only F32 / BF16 are expected")
-        entries.append((name, dtype, info["shape"], raw))
-    write_safetensors(dst, entries, meta)
+        out.append((name, dtype, shape, raw))
+    write_safetensors(dst, out, meta)
 
 
 def write_safetensors(dst: str, entries, meta=None) -> None:
@@ -78,17 +103,7 @@ def main() -> None:
     for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         if not os.path.isfile(os.path.join(src, f)):
             raise SystemExit(f"{src}/{f} is missing")
-    if os.path.isdir(dst):
-        shutil.rmtree(dst)
-    os.makedirs(dst)
-    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "dense_head.safetensors"):
-        if os.path.isfile(os.path.join(src, f)):
-            shutil.copy(os.path.join(src, f), dst)
-    for d in sorted(os.listdir(src)):
-        cfg = os.path.join(src, d, "config.json")
-        if os.path.isfile(cfg):
-            os.makedirs(os.path.join(dst, d))
-            shutil.copy(cfg, os.path.join(dst, d))
+    copy_model_files(src, dst, extra=("dense_head.safetensors",))
     convert(os.path.join(src, "model.safetensors"), os.path.join(dst, "model.safetensors"))
     print(f"{dst}: {os.path.getsize(os.path.join(dst, 'model.safetensors'))} bytes of bf16 weights")
 

@@ -10,14 +10,13 @@ the checkpoint's dtype (bf16 rounded to nearest even), so the two can be evaluat
 A dense head (`dense_head.safetensors`) is not rewritten: evaluation does not read it. Needs numpy.
 """
 import os
-import shutil
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from average import from_f64, read  # noqa: E402
-from keep_wip import write_safetensors  # noqa: E402
+from keep_wip import copy_model_files, write_safetensors  # noqa: E402
 
 
 def main():
@@ -34,9 +33,9 @@ def main():
         raise SystemExit(f"{src}: the optimizer state holds no moving average: model.safetensors "
                          "already holds the raw weights")
     entries, replaced = [], 0
-    for name, (dtype, shape, raw, offset) in sorted(model.items(), key=lambda kv: kv[1][3]):
+    for name, (dtype, shape, raw) in model.items():
         if name in masters:
-            mdt, mshape, mraw, _ = masters[name]
+            mdt, mshape, mraw = masters[name]
             if mdt != "F32" or mshape != shape:
                 raise SystemExit(f"{src}: master of {name} is {mdt} {mshape}, the model has {dtype} {shape}")
             raw = from_f64(dtype, np.frombuffer(mraw, dtype="<f4").astype(np.float64))
@@ -45,16 +44,7 @@ def main():
     missing = sorted(set(masters) - set(model))
     if missing and not all("dense" in m for m in missing):
         raise SystemExit(f"{src}: masters without a model tensor: {missing[:5]}")
-    if os.path.isdir(out):
-        shutil.rmtree(out)
-    os.makedirs(out)
-    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        if os.path.isfile(os.path.join(src, f)):
-            shutil.copy(os.path.join(src, f), out)
-    for d in sorted(os.listdir(src)):
-        if os.path.isfile(os.path.join(src, d, "config.json")):
-            os.makedirs(os.path.join(out, d))
-            shutil.copy(os.path.join(src, d, "config.json"), os.path.join(out, d))
+    copy_model_files(src, out)
     write_safetensors(os.path.join(out, "model.safetensors"), entries, meta)
     print(f"{out}: {replaced} trained tensors from the optimizer's masters, {len(entries) - replaced} as stored")
 
