@@ -7,8 +7,9 @@ whether points along one training path combine what each learnt better (docs/SYN
 
 Weights default to 1 and are normalised to sum 1. The sum is taken in float64 and stored in the
 first checkpoint's dtype per tensor (bf16 rounded to nearest even, as torch's
-`.to(torch.bfloat16)`); config, tokenizer, tower config folders and the dense head (if any) are
-copied from the first checkpoint. Tensors that differ in name, shape or dtype are refused.
+`.to(torch.bfloat16)`; the others may hold F32 or BF16); config, tokenizer, tower config folders
+and the dense head (if any) are copied from the first checkpoint. Tensors that differ in name or
+shape are refused.
 Needs numpy.
 """
 import os
@@ -73,9 +74,8 @@ def main():
             diff = sorted(set(other) ^ set(first))[:5]
             raise SystemExit(f"{path}: tensor names differ from {ckpts[0]} (e.g. {diff})")
         for name, (d, shape, raw) in other.items():
-            if (d, shape) != first[name][:2]:
-                raise SystemExit(f"{path}: tensor {name} is {d} {shape}, {ckpts[0]} has "
-                                 f"{first[name][0]} {first[name][1]}")
+            if shape != first[name][1]:
+                raise SystemExit(f"{path}: tensor {name} has shape {shape}, {ckpts[0]} has {first[name][1]}")
             sums[name] += w * to_f64(d, raw, path, name)
     entries = [(name, d, shape, from_f64(d, sums[name])) for name, (d, shape, _) in first.items()]
     copy_model_files(ckpts[0], out, extra=("dense_head.safetensors",))
