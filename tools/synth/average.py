@@ -12,6 +12,7 @@ and the dense head (if any) are copied from the first checkpoint. Tensors that d
 shape are refused.
 Needs numpy.
 """
+import math
 import os
 import sys
 
@@ -37,6 +38,8 @@ def to_f64(dtype, raw, src, name):
 
 
 def from_f64(dtype, values):
+    if dtype not in ("F32", "BF16"):
+        raise SystemExit(f"cannot store a {dtype} tensor: only F32 / BF16")
     f32 = values.astype(np.float32)
     if dtype == "F32":
         return f32.astype("<f4").tobytes()
@@ -62,8 +65,8 @@ def main():
             raise SystemExit(f"{path}/model.safetensors is missing")
         ckpts.append(path)
     total = sum(weights)
-    if total <= 0 or any(w < 0 for w in weights):
-        raise SystemExit(f"weights {weights}: must be non-negative with a positive sum")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or total <= 0:
+        raise SystemExit(f"weights {weights}: must be finite, non-negative, with a positive sum")
     weights = [w / total for w in weights]
     meta, first = read(os.path.join(ckpts[0], "model.safetensors"))
     sums = {name: weights[0] * to_f64(d, raw, ckpts[0], name)
@@ -78,7 +81,7 @@ def main():
                 raise SystemExit(f"{path}: tensor {name} has shape {shape}, {ckpts[0]} has {first[name][1]}")
             sums[name] += w * to_f64(d, raw, path, name)
     entries = [(name, d, shape, from_f64(d, sums[name])) for name, (d, shape, _) in first.items()]
-    copy_model_files(ckpts[0], out, extra=("dense_head.safetensors",))
+    copy_model_files(ckpts[0], out, extra=("dense_head.safetensors",), inputs=ckpts)
     write_safetensors(os.path.join(out, "model.safetensors"), entries, meta)
     print(f"{out}: {len(entries)} tensors, weights "
           + ", ".join(f"{p} {w:.3f}" for p, w in zip(ckpts, weights)))

@@ -50,9 +50,18 @@ def read_safetensors(path: str):
     return meta, entries
 
 
-def copy_model_files(src: str, dst: str, extra=()) -> None:
+def copy_model_files(src: str, dst: str, extra=(), inputs=()) -> None:
     """Makes DST afresh with what the engine reads besides the weights: config, tokenizer, the
-    towers' config folders, and the files named in `extra` when SRC has them."""
+    towers' config folders, and the files named in `extra` when SRC has them. Refuses a DST that
+    is, holds or lies inside SRC or one of `inputs` (it is deleted first), or that holds a
+    README.md (a model card, as models/default's)."""
+    d = os.path.realpath(dst)
+    for i in (src, *inputs):
+        r = os.path.realpath(i)
+        if d == r or r.startswith(d + os.sep) or d.startswith(r + os.sep):
+            raise SystemExit(f"{dst}: the output folder overlaps the input {i}; choose another")
+    if os.path.isfile(os.path.join(dst, "README.md")):
+        raise SystemExit(f"{dst} holds a README.md (a model card?); choose another output folder")
     if os.path.isdir(dst):
         shutil.rmtree(dst)
     os.makedirs(dst)
