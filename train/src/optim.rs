@@ -274,7 +274,7 @@ mod tests {
         other.load_state(&state, &opt.params).unwrap();
         assert_eq!(other.shadow[0].to_vec1::<f32>().unwrap(), got);
         let err = other.load_state(&HashMap::new(), &opt.params).err().unwrap();
-        assert!(err.contains("train.ema_decay") && err.contains("w"), "{err}");
+        assert!(err.contains("train.ema_decay") && err.contains("for w ("), "{err}");
     }
 
     #[test]
