@@ -112,10 +112,7 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
             if let Some(size) = o.image_size {
                 let patch = set_tower_size(&mut vis_cfg, &vis_cfg_path, size, eva)?;
                 if size / patch != g {
-                    // stored in f32 whatever the source's dtype, as [`resize_main_tower`] does:
-                    // the table is computed in f32, as the engine's load-time `--image-size`
-                    // resize, and rounding it to a bf16 source's dtype would answer differently
-                    t = resize_position_table(&t.to_dtype(DType::F32)?, size / patch, o.pos_interp)?;
+                    t = resize_position_table(&t, size / patch, o.pos_interp)?; // stored in f32
                 }
             }
         }
@@ -168,14 +165,16 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
 /// A position table (`[..., 1 + g*g, h]`, CLS row first) with its patch grid resized to
 /// `grid_out` x `grid_out` by `interp` ([`resize_grid`]: PyTorch's `F.interpolate` on the grid),
 /// the CLS row kept: how the released `clip-vit-large-patch14-336_to_1022` tower was made
-/// (shared/GRIFFON_FORMAT.md, "Architecture" 3). Same dtype and leading dims as `t`.
+/// (shared/GRIFFON_FORMAT.md, "Architecture" 3). Same leading dims as `t`, in f32 whatever its
+/// dtype: computed in f32 as the engine's load-time `--image-size` resize, a table rounded to a
+/// bf16 source's dtype would answer differently from it (so `assemble --image-size` and
+/// [`resize_main_tower`] store it in f32).
 pub fn resize_position_table(t: &Tensor, grid_out: usize, interp: Interp) -> Result<Tensor> {
     let (g, h) = table_grid(t, "the position table")?;
     let (dims, rows) = (t.dims().to_vec(), g * g + 1);
     if grid_out == 0 {
         return invalid("the resized grid must have at least one patch".to_string());
     }
-    let dt = t.dtype();
     let flat = t.to_dtype(DType::F32)?.reshape((rows, h))?;
     let cls = flat.narrow(0, 0, 1)?;
     let grid: Vec<f32> = flat.narrow(0, 1, g * g)?.flatten_all()?.to_vec1()?;
@@ -183,7 +182,7 @@ pub fn resize_position_table(t: &Tensor, grid_out: usize, interp: Interp) -> Res
     let mut shape = dims;
     let last = shape.len() - 2;
     shape[last] = grid_out * grid_out + 1;
-    Ok(Tensor::cat(&[&cls, &resized], 0)?.reshape(shape)?.to_dtype(dt)?)
+    Ok(Tensor::cat(&[&cls, &resized], 0)?.reshape(shape)?)
 }
 
 /// The patch grid side `g` and the width of a position table `[..., 1 + g*g, hidden]` (leading
@@ -324,7 +323,7 @@ pub fn resize_main_tower(
     let old = &tensors[&table];
     let (grid_from, _) = table_grid(old, &table)?;
     let grid_to = image_size / patch;
-    let resized = resize_position_table(&old.to_dtype(DType::F32)?, grid_to, interp)?;
+    let resized = resize_position_table(&old, grid_to, interp)?;
     tensors.insert(table.clone(), resized);
 
     // the tower folder under its new name, and the config naming it
