@@ -36,7 +36,7 @@
 
 use crate::config::{GroundKeys, GroundPositions};
 use crate::data::{Sample, TaskKind};
-use crate::trainer::{choosing_token, Encoded, VisualLens};
+use crate::trainer::{choosing_token, Encoded, VisualLens, CHOICE_BYTE};
 use candle_core::{DType, IndexOp, Tensor, D};
 use griffon_core::answer::parse_answer;
 use griffon_core::boxes::iou_xyxy;
@@ -271,7 +271,7 @@ impl GroundSpec {
                 }
                 // tokens overlapping bytes o+1 ..= c (with `GroundPositions::Choice`, o+1 ..= o+3: `0.d` of
                 // x1), each predicted by the position before it
-                let last = if self.positions == GroundPositions::Choice { c.min(o + 3) } else { c };
+                let last = if self.positions == GroundPositions::Choice { c.min(o + CHOICE_BYTE) } else { c };
                 let positions: Vec<usize> = spans
                     .iter()
                     .zip(run)
@@ -281,7 +281,7 @@ impl GroundSpec {
                 if positions.is_empty() {
                     return Err(format!("grounding loss: no token spans the box in {text:?}"));
                 }
-                // the position predicting x1's first decimal (`[0.d`: byte o + 3)
+                // the position predicting x1's first decimal (`[0.d`: byte o + CHOICE_BYTE)
                 let Some(choice) = choosing_token(&spans, o).map(|j| run[j].0 - 1) else {
                     return Err(format!("grounding loss: no token holds x1's first decimal in {text:?}"));
                 };

@@ -232,7 +232,7 @@ pub fn choice_tokens(tok: &PromptTokenizer, ids: &[u32]) -> Result<Vec<usize>, E
     let b = text.as_bytes();
     let mut out = Vec::new();
     for (o, _) in text.match_indices('[') {
-        let d = o + 3;
+        let d = o + CHOICE_BYTE;
         if d < b.len() && b[o + 1].is_ascii_digit() && b[o + 2] == b'.' && b[d].is_ascii_digit() {
             match choosing_token(&spans, o) {
                 Some(j) => out.push(j),
@@ -243,13 +243,16 @@ pub fn choice_tokens(tok: &PromptTokenizer, ids: &[u32]) -> Result<Vec<usize>, E
     Ok(out)
 }
 
+/// Where a box's object is chosen, in bytes after its `[`: the `d` of `[0.d`.
+pub const CHOICE_BYTE: usize = 3;
+
 /// The token where a box's object is chosen: the one holding the first decimal of `x1`, byte
-/// `open + 3` of `[0.d` (`open`: the byte of `[` in the decoded answer; `spans`: each token's
+/// `open + CHOICE_BYTE` of `[0.d` (`open`: the byte of `[` in the decoded answer; `spans`: each token's
 /// byte range there, as `PromptTokenizer::decode_spans` gives them). One rule for the choice
 /// weight, the grounding loss's choosing position and the diagnostics (`choice_probe`); `None`
 /// when no token spans that byte.
 pub fn choosing_token(spans: &[(usize, usize)], open: usize) -> Option<usize> {
-    let d = open + 3;
+    let d = open + CHOICE_BYTE;
     spans.iter().position(|&(a, e)| a <= d && d < e)
 }
 
@@ -777,6 +780,10 @@ struct TrainerState {
     /// Seconds of training so far, resumed segments included.
     #[serde(default)]
     elapsed_s: f64,
+    /// `train.ema_decay` of the run (0: no moving average); absent in checkpoints written before
+    /// the setting was recorded, which are then checked by their optimizer state alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ema_decay: Option<f64>,
 }
 
 impl TrainerState {
@@ -985,12 +992,24 @@ impl Trainer {
             samples: self.data.len(),
             seed: self.cfg.train.seed,
             elapsed_s: 0.0,
+            ema_decay: Some(self.cfg.train.ema_decay),
         };
         if !state.same_run(&want) {
             return Err(format!(
                 "{} was written by a different run (state {state:?}, this run {want:?}); use a new train.out",
                 dir.display()
             ));
+        }
+        // a different decay would silently change (or, at 0, drop) the average the run keeps
+        if let Some(d) = state.ema_decay {
+            if d != self.cfg.train.ema_decay {
+                return Err(format!(
+                    "{} was written with train.ema_decay = {d}, this run has {}: resume it with the \
+                     settings it was started with, or use a new train.out",
+                    dir.display(),
+                    self.cfg.train.ema_decay
+                ));
+            }
         }
         let opt = candle_core::safetensors::load(dir.join(OPT_FILE), &self.model.device).map_err(|e| e.to_string())?;
         self.opt.load_state(&opt, state.step)?;
@@ -1335,6 +1354,7 @@ impl Trainer {
             samples: self.data.len(),
             seed: self.cfg.train.seed,
             elapsed_s: self.elapsed_s(),
+            ema_decay: Some(self.cfg.train.ema_decay),
         };
         std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(&state).expect("serializable"))
             .map_err(io)?;

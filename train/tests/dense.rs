@@ -136,6 +136,30 @@ fn stage0_trains_the_tower_alone_falls_and_resumes_exactly() {
     assert!(r.checkpoint.join(HEAD_FILE).is_file());
 }
 
+/// With `train.ema_decay` the head kept beside a checkpoint is the moving average too (the
+/// optimizer state holds its raw weights), updated at TensorFlow's rates like the tower's.
+#[test]
+fn stage0_head_is_saved_as_its_moving_average() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = "stage = 0\nlr = 3e-3\nmax_steps = 2\nsave_every = 1\nema_decay = 0.2";
+    Trainer::new(config(tmp.path(), "ema", body), &Device::Cpu).unwrap().run(None, false).unwrap();
+    let load = |n: usize, file: &str| {
+        candle_core::safetensors::load(tmp.path().join(format!("ema/checkpoint-{n}/{file}")), &Device::Cpu).unwrap()
+    };
+    let max_abs = |a: &Tensor, b: &Tensor| {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    };
+    let (opt1, opt2, head) = (load(1, "optimizer.safetensors"), load(2, "optimizer.safetensors"), load(2, HEAD_FILE));
+    for name in ["dense_head.weight", "dense_head.bias"] {
+        // update 2 at rate min(0.2, 3 / 12) = 0.2
+        let (ema1, master2) = (&opt1[&format!("{name}::ema")], &opt2[&format!("{name}::master")]);
+        let want = ((ema1 * 0.2).unwrap() + (master2 * 0.8).unwrap()).unwrap();
+        let saved = head[name].to_dtype(DType::F32).unwrap();
+        assert!(max_abs(&saved, &want) <= 1e-6, "{name}: the saved head is not the moving average");
+        assert!(max_abs(&saved, master2) > 1e-6, "{name}: the saved head equals the raw weights");
+    }
+}
+
 #[test]
 fn the_dense_loss_needs_synthetic_scenes() {
     let tmp = tempfile::tempdir().unwrap();

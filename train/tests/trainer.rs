@@ -421,9 +421,21 @@ fn moving_average_is_saved_and_resumes_exactly() {
         let k = format!("{name}::master");
         assert!(max_abs(&oa[&k], &ob[&k]) <= 1e-6, "{name}: raw weights differ after a resume");
     }
-    // a checkpoint written without the average cannot be resumed with it
+    // a checkpoint written without the average cannot be resumed with it, nor one written with
+    // it without it or with another decay (each would change the average silently)
     let plain = "stage = 2\nlr = 5e-3\nmax_steps = 3\nsave_every = 1\nwarmup_ratio = 0.0";
     Trainer::new(config(data.path(), "ema_c", plain), &Device::Cpu).unwrap().run(Some(1), false).unwrap();
     let err = Trainer::new(config(data.path(), "ema_c", body), &Device::Cpu).err().unwrap();
-    assert!(err.contains("train.ema_decay"), "{err}");
+    assert!(err.contains("train.ema_decay = 0, this run has 0.2"), "{err}");
+    for other in [plain.to_string(), body.replace("ema_decay = 0.2", "ema_decay = 0.5")] {
+        let err = Trainer::new(config(data.path(), "ema_b", &other), &Device::Cpu).err().unwrap();
+        assert!(err.contains("train.ema_decay = 0.2, this run has"), "{err}");
+    }
+    // a checkpoint of before the decay was recorded: its optimizer state still tells
+    let state = data.path().join("ema_c/checkpoint-1/trainer_state.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert!(v.as_object_mut().unwrap().remove("ema_decay").is_some(), "the decay is recorded: {v}");
+    std::fs::write(&state, v.to_string()).unwrap();
+    let err = Trainer::new(config(data.path(), "ema_c", body), &Device::Cpu).err().unwrap();
+    assert!(err.contains("has no moving average for") && err.contains("train.ema_decay"), "{err}");
 }
