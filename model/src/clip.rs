@@ -266,25 +266,8 @@ impl ClipVision {
 
     /// Embeddings + pre_layrnorm (= `hidden_states[0]`) for pixels [B, 3, S, S].
     fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (b, c, hh, ww) = pixels.dims4()?;
-        if c != 3 || hh != self.run_size || ww != self.run_size {
-            return invalid(format!(
-                "vision tower expects pixels of shape [B, 3, {s}, {s}], got {:?}",
-                pixels.dims(),
-                s = self.run_size
-            ));
-        }
-        let p = self.cfg.patch_size;
-        let g = hh / p;
-        // Non-overlapping patch conv as one matmul: [B, 3, g, p, g, p] -> [B, g, g, 3, p, p].
-        let patches = pixels
-            .to_dtype(self.patch_w.dtype())?
-            .reshape((b, 3, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((b * g * g, 3 * p * p))?;
-        let x = patches.matmul(&self.patch_w.t()?)?.reshape((b, g * g, self.cfg.hidden_size))?;
-        let cls = self.class_emb.reshape((1, 1, self.cfg.hidden_size))?.repeat((b, 1, 1))?;
-        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.pos.unsqueeze(0)?)?;
+        let x =
+            embed_patches(pixels, self.run_size, self.cfg.patch_size, &self.patch_w, None, &self.class_emb, &self.pos)?;
         self.pre_ln.forward(&x)
     }
 
@@ -292,17 +275,12 @@ impl ClipVision {
     /// against the config's layer count, and checks the layer was loaded.
     pub fn resolve_layer(&self, select_layer: i64) -> Result<usize> {
         let idx = resolve_select_layer(select_layer, self.cfg.num_hidden_layers)?;
-        if idx > self.layers.len() {
-            return invalid(format!(
-                "hidden state {idx} needs layers that were not loaded ({} loaded)",
-                self.layers.len()
-            ));
-        }
-        Ok(idx)
+        check_loaded(idx, self.layers.len(), "layers")
     }
 
     /// `hidden_states[0..=upto]` (only the layers needed are run).
     pub fn hidden_states(&self, pixels: &Tensor, upto: usize) -> Result<Vec<Tensor>> {
+        check_loaded(upto, self.layers.len(), "layers")?;
         let mut states = vec![self.embed(pixels)?];
         for layer in self.layers.iter().take(upto) {
             let next = layer.forward(states.last().expect("non-empty"))?;
@@ -331,6 +309,52 @@ impl ClipVision {
     pub fn cls_feature(&self, pixels: &Tensor, select_layer: i64) -> Result<Tensor> {
         Ok(self.hidden_state(pixels, select_layer)?.narrow(1, 0, 1)?.squeeze(1)?)
     }
+}
+
+/// `hidden_states[0]` before the tower's first norm, shared by every vision tower: pixels
+/// [B, 3, S, S] (S the run size) cut into non-overlapping `p` x `p` patches embedded by one
+/// matmul with the conv weight `patch_w` [D, 3 * p * p] (and its bias when the tower has one),
+/// the CLS row in front, the position table [1 + (S / p)^2, D] added: [B, 1 + (S / p)^2, D].
+pub fn embed_patches(
+    pixels: &Tensor,
+    run_size: usize,
+    p: usize,
+    patch_w: &Tensor,
+    patch_b: Option<&Tensor>,
+    cls: &Tensor,
+    pos: &Tensor,
+) -> Result<Tensor> {
+    let (b, c, hh, ww) = pixels.dims4()?;
+    if c != 3 || hh != run_size || ww != run_size {
+        return invalid(format!(
+            "vision tower expects pixels of shape [B, 3, {run_size}, {run_size}], got {:?}",
+            pixels.dims()
+        ));
+    }
+    let g = hh / p;
+    let d = patch_w.dim(0)?;
+    // [B, 3, g, p, g, p] -> [B, g, g, 3, p, p]: the conv's input order of each patch
+    let patches = pixels
+        .to_dtype(patch_w.dtype())?
+        .reshape((b, 3, g, p, g, p))?
+        .permute((0, 2, 4, 1, 3, 5))?
+        .reshape((b * g * g, 3 * p * p))?;
+    let mut x = patches.matmul(&patch_w.t()?)?;
+    if let Some(bias) = patch_b {
+        x = x.broadcast_add(bias)?;
+    }
+    let x = x.reshape((b, g * g, d))?;
+    let cls = cls.reshape((1, 1, d))?.repeat((b, 1, 1))?;
+    Ok(Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&pos.unsqueeze(0)?)?)
+}
+
+/// Checks that hidden state `idx` can be computed from the `loaded` layers (a tower may be loaded
+/// only up to the layer Griffon selects): state `idx` needs layers `0..idx`.
+pub fn check_loaded(idx: usize, loaded: usize, what: &str) -> Result<usize> {
+    if idx > loaded {
+        return invalid(format!("hidden state {idx} needs {what} that were not loaded ({loaded} loaded)"));
+    }
+    Ok(idx)
 }
 
 /// `mm_vision_select_feature`: the whole hidden state (`cls_patch`) or its patch rows (`patch`,

@@ -41,8 +41,7 @@
 //! are recomputed, as timm does. Any tensor under the tower that maps to nothing is an error
 //! naming it.
 
-use crate::clip::resolve_select_layer;
-use crate::clip::select_feature;
+use crate::clip::{check_loaded, embed_patches, resolve_select_layer, select_feature};
 use crate::error::{invalid, Result};
 use crate::loader::Scope;
 use crate::nn::{LayerNorm, Linear};
@@ -539,29 +538,15 @@ impl Eva02Vision {
 
     /// `hidden_states[0]`: patch embedding, CLS, position table, `norm_pre` when present.
     fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (b, c, hh, ww) = pixels.dims4()?;
-        if c != 3 || hh != self.run_size || ww != self.run_size {
-            return invalid(format!(
-                "vision tower expects pixels of shape [B, 3, {s}, {s}], got {:?}",
-                pixels.dims(),
-                s = self.run_size
-            ));
-        }
-        let p = self.cfg.patch_size;
-        let g = hh / p;
-        let h = self.cfg.hidden_size;
-        let patches = pixels
-            .to_dtype(self.patch_w.dtype())?
-            .reshape((b, 3, g, p, g, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((b * g * g, 3 * p * p))?;
-        let mut x = patches.matmul(&self.patch_w.t()?)?;
-        if let Some(bias) = &self.patch_b {
-            x = x.broadcast_add(bias)?;
-        }
-        let x = x.reshape((b, g * g, h))?;
-        let cls = self.cls.reshape((1, 1, h))?.repeat((b, 1, 1))?;
-        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.pos.unsqueeze(0)?)?;
+        let x = embed_patches(
+            pixels,
+            self.run_size,
+            self.cfg.patch_size,
+            &self.patch_w,
+            self.patch_b.as_ref(),
+            &self.cls,
+            &self.pos,
+        )?;
         match &self.norm_pre {
             Some(n) => n.forward(&x),
             None => Ok(x),
@@ -571,23 +556,12 @@ impl Eva02Vision {
     /// Resolves an HF-style `hidden_states` index (negative from the end; L+1 states).
     pub fn resolve_layer(&self, select_layer: i64) -> Result<usize> {
         let idx = resolve_select_layer(select_layer, self.cfg.num_hidden_layers)?;
-        if idx > self.blocks.len() {
-            return invalid(format!(
-                "hidden state {idx} needs blocks that were not loaded ({} loaded)",
-                self.blocks.len()
-            ));
-        }
-        Ok(idx)
+        check_loaded(idx, self.blocks.len(), "blocks")
     }
 
     /// `hidden_states[0..=upto]`.
     pub fn hidden_states(&self, pixels: &Tensor, upto: usize) -> Result<Vec<Tensor>> {
-        if upto > self.blocks.len() {
-            return invalid(format!(
-                "hidden state {upto} needs blocks that were not loaded ({} loaded)",
-                self.blocks.len()
-            ));
-        }
+        check_loaded(upto, self.blocks.len(), "blocks")?;
         let mut states = vec![self.embed(pixels)?];
         for blk in self.blocks.iter().take(upto) {
             let next = blk.forward(states.last().expect("non-empty"), &self.rope_sin, &self.rope_cos)?;

@@ -101,6 +101,10 @@ fn check_loaded(c: &Case) {
     for (i, h) in hs.iter().enumerate() {
         assert_close(&format!("{case} hidden_states[{i}]"), h, &want_hs.get(i).unwrap());
     }
+    // the model's own tower stops at its select layer (-2 in every fixture): asking it for every
+    // state is an error, not a shorter list
+    let e = m.tower.hidden_states(&gpix, n_states - 1).unwrap_err().to_string();
+    assert!(e.contains("not loaded"), "{case}: {e}");
 
     // Projector output (select layer -2, CLS dropped).
     let proj = m.encode_image(&gpix).unwrap();
