@@ -116,24 +116,34 @@ pub fn coco(annotations: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
         .map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
         .collect::<Option<_>>()
         .ok_or_else(|| fmt_err(annotations, "a category has no `name`".into()))?;
-    let imgs =
-        v.get("images").and_then(Value::as_array).ok_or_else(|| fmt_err(annotations, "missing `images`".into()))?;
+    coco_images(&v, annotations)?
+        .into_iter()
+        .map(|(id, file)| {
+            Ok(Item {
+                id: id.to_string(),
+                request: Request { image: images.join(file), task: Task::Detect { categories: cats.clone() } },
+                truth: Truth::Coco { image_id: id },
+            })
+        })
+        .collect()
+}
+
+/// A COCO file's `images`: (`id`, `file_name`) of each, in file order; a missing list or an
+/// image without either field is an error naming it.
+fn coco_images<'a>(v: &'a Value, path: &Path) -> Result<Vec<(u64, &'a str)>, EvalError> {
+    let imgs = v.get("images").and_then(Value::as_array).ok_or_else(|| fmt_err(path, "missing `images`".into()))?;
     imgs.iter()
         .enumerate()
         .map(|(i, im)| {
             let id = im
                 .get("id")
                 .and_then(Value::as_u64)
-                .ok_or_else(|| fmt_err(annotations, format!("images[{i}] has no integer `id`")))?;
+                .ok_or_else(|| fmt_err(path, format!("images[{i}] has no integer `id`")))?;
             let file = im
                 .get("file_name")
                 .and_then(Value::as_str)
-                .ok_or_else(|| fmt_err(annotations, format!("images[{i}] has no `file_name`")))?;
-            Ok(Item {
-                id: id.to_string(),
-                request: Request { image: images.join(file), task: Task::Detect { categories: cats.clone() } },
-                truth: Truth::Coco { image_id: id },
-            })
+                .ok_or_else(|| fmt_err(path, format!("images[{i}] has no `file_name`")))?;
+            Ok((id, file))
         })
         .collect()
 }
@@ -493,15 +503,7 @@ fn fscd_count(data: &Path, v: &Value, images: &Path) -> Result<Vec<Item>, EvalEr
         }
     }
     let mut items = Vec::new();
-    for (i, im) in v["images"].as_array().into_iter().flatten().enumerate() {
-        let id = im
-            .get("id")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| fmt_err(data, format!("images[{i}] has no integer `id`")))?;
-        let file = im
-            .get("file_name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| fmt_err(data, format!("images[{i}] has no `file_name`")))?;
+    for (id, file) in coco_images(v, data)? {
         let e = exemplar.get(&id).ok_or_else(|| fmt_err(&ex_path, format!("no exemplar for image_id {id}")))?;
         items.push(Item {
             id: id.to_string(),

@@ -62,6 +62,15 @@ fn counting_layouts() {
         Task::Count { exemplar: Exemplar::BoxOnImage(b) } => assert_eq!(b.as_array(), [2.0, 3.0, 12.0, 23.0]),
         t => panic!("{t:?}"),
     }
+    // an `images` entry that is not a list, or an image without its file: errors, not no items
+    for (images, want) in
+        [(serde_json::json!(5), "missing `images`"), (serde_json::json!([{"id": 7}]), "images[0] has no `file_name`")]
+    {
+        let bad = serde_json::json!({"images": images, "annotations": []});
+        std::fs::write(tmp.path().join("unseen_instances_test.json"), bad.to_string()).unwrap();
+        let e = count(&tmp.path().join("unseen_instances_test.json"), Path::new("img"), None).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
     // jsonl (griffon synth's count.jsonl; count_any.jsonl adds the class's boxes)
     let f = tmp.path().join("c.jsonl");
     std::fs::write(&f, "{\"image\": \"a.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 1}\n{\"image\": \"b.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 2, \"boxes\": [[1, 2, 3, 4], [5, 6, 7, 8]]}\n").unwrap();
