@@ -3,9 +3,12 @@ checkpoint folder: a cheap stand-in for an exponential moving average of the wei
 whether points along one training path combine what each learnt better (docs/SYNTH.md
 "Session 22").
 
-    python tools/synth/average.py OUT CKPT[:WEIGHT] CKPT[:WEIGHT] ...
+    python tools/synth/average.py [--part PREFIX=W1,W2,...]... OUT CKPT[:WEIGHT] CKPT[:WEIGHT] ...
 
-Weights default to 1 and are normalised to sum 1. The sum is taken in float64 and stored in the
+Weights default to 1 and are normalised to sum 1. `--part PREFIX=W1,W2,...` gives the tensors whose
+name starts with PREFIX their own weights (one per checkpoint, in order; normalised the same way),
+e.g. `--part model.prompt_=1,0` keeps the first checkpoint's region path; the longest matching
+prefix wins. A checkpoint path may itself hold ':' (the weight is split off at the last one). The sum is taken in float64 and stored in the
 first checkpoint's dtype per tensor (bf16 rounded to nearest even, as torch's
 `.to(torch.bfloat16)`; the others may hold F32 or BF16); config, tokenizer, tower config folders
 and the dense head (if any) are copied from the first checkpoint. Tensors that differ in name or
@@ -50,13 +53,40 @@ def from_f64(dtype, values):
     return rounded.astype("<u2").tobytes()
 
 
-def main():
-    if len(sys.argv) < 4:
-        raise SystemExit("usage: average.py OUT CKPT[:WEIGHT] CKPT[:WEIGHT] ...")
-    out, specs = sys.argv[1], sys.argv[2:]
+def normalised(weights, what):
+    total = sum(weights)
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or total <= 0:
+        raise SystemExit(f"{what}: weights {weights} must be finite, non-negative, with a positive sum")
+    return [w / total for w in weights]
+
+
+def parse_args(argv):
+    """(out, checkpoints, weights, {prefix: weights})."""
+    parts, rest = {}, []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--part":
+            if i + 1 >= len(argv):
+                raise SystemExit("--part needs PREFIX=W1,W2,...")
+            prefix, eq, ws = argv[i + 1].partition("=")
+            if not eq or not prefix:
+                raise SystemExit(f"--part {argv[i + 1]}: expected PREFIX=W1,W2,...")
+            try:
+                parts[prefix] = [float(w) for w in ws.split(",")]
+            except ValueError:
+                raise SystemExit(f"--part {argv[i + 1]}: the weights are not numbers")
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    if len(rest) < 3:
+        raise SystemExit("usage: average.py [--part PREFIX=W1,W2,...]... OUT CKPT[:WEIGHT] CKPT[:WEIGHT] ...")
+    out, specs = rest[0], rest[1:]
     ckpts, weights = [], []
     for s in specs:
-        path, _, w = s.partition(":")
+        path, w = s, ""
+        if ":" in s and not os.path.isdir(s):
+            path, _, w = s.rpartition(":")
         try:
             weights.append(float(w) if w else 1.0)
         except ValueError:
@@ -64,14 +94,27 @@ def main():
         if not os.path.isfile(os.path.join(path, "model.safetensors")):
             raise SystemExit(f"{path}/model.safetensors is missing")
         ckpts.append(path)
-    total = sum(weights)
-    if not all(math.isfinite(w) and w >= 0 for w in weights) or total <= 0:
-        raise SystemExit(f"weights {weights}: must be finite, non-negative, with a positive sum")
-    weights = [w / total for w in weights]
+    for prefix, ws in parts.items():
+        if len(ws) != len(ckpts):
+            raise SystemExit(f"--part {prefix}: {len(ws)} weights for {len(ckpts)} checkpoints")
+        parts[prefix] = normalised(ws, f"--part {prefix}")
+    return out, ckpts, normalised(weights, "checkpoints"), parts
+
+
+def weights_for(name, weights, parts):
+    prefixes = [p for p in parts if name.startswith(p)]
+    return parts[max(prefixes, key=len)] if prefixes else weights
+
+
+def main():
+    out, ckpts, weights, parts = parse_args(sys.argv[1:])
     meta, first = read(os.path.join(ckpts[0], "model.safetensors"))
-    sums = {name: weights[0] * to_f64(d, raw, ckpts[0], name)
+    for prefix in parts:
+        if not any(name.startswith(prefix) for name in first):
+            raise SystemExit(f"--part {prefix}: no tensor of {ckpts[0]} starts with it")
+    sums = {name: weights_for(name, weights, parts)[0] * to_f64(d, raw, ckpts[0], name)
             for name, (d, _, raw) in first.items()}
-    for path, w in zip(ckpts[1:], weights[1:]):
+    for k, path in enumerate(ckpts[1:], start=1):
         _, other = read(os.path.join(path, "model.safetensors"))
         if set(other) != set(first):
             diff = sorted(set(other) ^ set(first))[:5]
@@ -79,12 +122,13 @@ def main():
         for name, (d, shape, raw) in other.items():
             if shape != first[name][1]:
                 raise SystemExit(f"{path}: tensor {name} has shape {shape}, {ckpts[0]} has {first[name][1]}")
-            sums[name] += w * to_f64(d, raw, path, name)
+            sums[name] += weights_for(name, weights, parts)[k] * to_f64(d, raw, path, name)
     entries = [(name, d, shape, from_f64(d, sums[name])) for name, (d, shape, _) in first.items()]
     copy_model_files(ckpts[0], out, extra=("dense_head.safetensors",), inputs=ckpts)
     write_safetensors(os.path.join(out, "model.safetensors"), entries, meta)
     print(f"{out}: {len(entries)} tensors, weights "
-          + ", ".join(f"{p} {w:.3f}" for p, w in zip(ckpts, weights)))
+          + ", ".join(f"{p} {w:.3f}" for p, w in zip(ckpts, weights))
+          + "".join(f"; {prefix}* " + ", ".join(f"{w:.3f}" for w in ws) for prefix, ws in parts.items()))
 
 
 if __name__ == "__main__":
