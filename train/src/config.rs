@@ -51,7 +51,8 @@
 //! max_time_s = 0                  # stop (and save) after this many seconds of training in
 //!                                 # total, resumed segments included; 0 = no limit
 //! schedule = "steps"              # or "time": warmup + cosine over max_time_s of wall clock
-//!                                 # (fixed-budget GPU sessions; not bit-reproducible)
+//!                                 # (fixed-budget GPU sessions; not bit-reproducible), or
+//!                                 # "constant": warmup, then the full rate (averaged runs)
 //! tf32 = false                    # CUDA: f32 matmuls on TF32 tensor cores
 //! dtype = "f32"                   # or "bf16" / "f16": mixed precision, f32 master weights
 //! keep_checkpoints = 0            # keep only the newest N checkpoint-* folders; 0 = all
@@ -327,6 +328,10 @@ pub enum Schedule {
     Steps,
     /// Wall-clock fraction of `max_time_s`.
     Time,
+    /// Optimizer steps: the same linear warmup, then the full rate to the end
+    /// (transformers' `get_constant_schedule_with_warmup`): for runs whose weights are averaged
+    /// (`ema_decay`, `tools/synth/average.py`), where a decay to zero would leave nothing to average.
+    Constant,
 }
 
 fn default_max_len() -> usize {

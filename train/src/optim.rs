@@ -187,6 +187,15 @@ pub fn cosine_with_warmup_frac(p: f64, warmup: f64) -> f64 {
     (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
 }
 
+/// transformers `get_constant_schedule_with_warmup` multiplier at `step` (0-based): linear from 0
+/// over `warmup` steps, then 1.
+pub fn constant_with_warmup(step: usize, warmup: usize) -> f64 {
+    if step < warmup {
+        return step as f64 / warmup.max(1) as f64;
+    }
+    1.0
+}
+
 /// Warmup steps for a ratio, as transformers' `get_warmup_steps`: ceil(total * ratio).
 pub fn warmup_steps(total: usize, ratio: f64) -> usize {
     (total as f64 * ratio).ceil() as usize
@@ -237,6 +246,12 @@ mod tests {
         assert!((cosine_with_warmup(2, 3, 10) - 2.0 / 3.0).abs() < 1e-12);
         assert!((cosine_with_warmup(3, 3, 10) - 1.0).abs() < 1e-12);
         assert!((cosine_with_warmup(10, 3, 10)).abs() < 1e-12);
+        // transformers' get_constant_schedule_with_warmup(num_warmup_steps=3): 0, 1/3, 2/3, 1, 1, ...
+        assert_eq!(super::constant_with_warmup(0, 3), 0.0);
+        assert!((super::constant_with_warmup(2, 3) - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(super::constant_with_warmup(3, 3), 1.0);
+        assert_eq!(super::constant_with_warmup(1000, 3), 1.0);
+        assert_eq!(super::constant_with_warmup(0, 0), 1.0);
         assert_eq!(warmup_steps(100, 0.03), 3);
     }
 

@@ -6,7 +6,9 @@ use crate::config::{Module, Schedule, TrainConfig};
 use crate::data::{build_all, read_task_list, Sample, Skipped, TaskKind};
 use crate::dense::{DenseHead, DenseTargets, HEAD_BIAS, HEAD_WEIGHT};
 use crate::ground::{GroundLoss, GroundSpec};
-use crate::optim::{clip_grad_norm, cosine_with_warmup, cosine_with_warmup_frac, warmup_steps, AdamW, Ema};
+use crate::optim::{
+    clip_grad_norm, constant_with_warmup, cosine_with_warmup, cosine_with_warmup_frac, warmup_steps, AdamW, Ema,
+};
 use crate::synth::SynthStream;
 use candle_core::{DType, Device, Tensor, D};
 use griffon_core::template::with_image_marker;
@@ -1069,6 +1071,9 @@ impl Trainer {
             }
             Schedule::Time => {
                 cosine_with_warmup_frac(self.elapsed_s() / self.cfg.train.max_time_s, self.cfg.train.warmup_ratio)
+            }
+            Schedule::Constant => {
+                constant_with_warmup(step, warmup_steps(self.total_steps, self.cfg.train.warmup_ratio))
             }
         };
         self.group_lrs.iter().map(|lr| lr * f).collect()

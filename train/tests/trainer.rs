@@ -261,6 +261,26 @@ fn config_overrides() {
     }
 }
 
+/// `schedule = "constant"`: the linear warmup of the step schedule, then the full rate to the
+/// last step (the rate logged with each step is the one it used).
+#[test]
+fn constant_schedule_keeps_the_rate() {
+    let data = dataset(&[]);
+    let body = "stage = 3\nlr = 1e-3\nmax_steps = 5\nwarmup_ratio = 0.4\nschedule = \"constant\"";
+    Trainer::new(config(data.path(), "constant", body), &Device::Cpu).unwrap().run(None, false).unwrap();
+    let metrics = std::fs::read_to_string(data.path().join("constant/metrics.jsonl")).unwrap();
+    let lrs: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
+        .collect();
+    // warmup ceil(5 * 0.4) = 2 steps: 0, 1/2, then 1, 1, 1
+    let want = [0.0, 0.5e-3, 1e-3, 1e-3, 1e-3];
+    assert_eq!(lrs.len(), want.len(), "{lrs:?}");
+    for (a, b) in lrs.iter().zip(want) {
+        assert!((a - b).abs() <= 1e-15, "{lrs:?}");
+    }
+}
+
 /// `schedule = "time"`: warmup and cosine over the wall-clock budget; the run stops at the budget
 /// with the rate decayed to near zero, and a resumed run whose budget is spent does nothing.
 #[test]
