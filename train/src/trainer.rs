@@ -1003,8 +1003,10 @@ impl Trainer {
             ));
         }
         // a different decay would silently change (or, at 0, drop) the average the run keeps
+        // (compared within 1e-12: serde_json without `float_roundtrip` may read the written
+        // decimal back one ulp off)
         if let Some(d) = state.ema_decay {
-            if d != self.cfg.train.ema_decay {
+            if (d - self.cfg.train.ema_decay).abs() > 1e-12 {
                 return Err(format!(
                     "{} was written with train.ema_decay = {d}, this run has {}: resume it with the \
                      settings it was started with, or use a new train.out",
