@@ -323,7 +323,7 @@ pub fn resize_main_tower(
     let old = &tensors[&table];
     let (grid_from, _) = table_grid(old, &table)?;
     let grid_to = image_size / patch;
-    let resized = resize_position_table(&old, grid_to, interp)?;
+    let resized = resize_position_table(old, grid_to, interp)?;
     tensors.insert(table.clone(), resized);
 
     // the tower folder under its new name, and the config naming it

@@ -112,8 +112,8 @@ def main():
     for prefix in parts:
         if not any(name.startswith(prefix) for name in first):
             raise SystemExit(f"--part {prefix}: no tensor of {ckpts[0]} starts with it")
-    sums = {name: weights_for(name, weights, parts)[0] * to_f64(d, raw, ckpts[0], name)
-            for name, (d, _, raw) in first.items()}
+    per_name = {name: weights_for(name, weights, parts) for name in first}
+    sums = {name: per_name[name][0] * to_f64(d, raw, ckpts[0], name) for name, (d, _, raw) in first.items()}
     for k, path in enumerate(ckpts[1:], start=1):
         _, other = read(os.path.join(path, "model.safetensors"))
         if set(other) != set(first):
@@ -122,7 +122,7 @@ def main():
         for name, (d, shape, raw) in other.items():
             if shape != first[name][1]:
                 raise SystemExit(f"{path}: tensor {name} has shape {shape}, {ckpts[0]} has {first[name][1]}")
-            sums[name] += weights_for(name, weights, parts)[k] * to_f64(d, raw, path, name)
+            sums[name] += per_name[name][k] * to_f64(d, raw, path, name)
     entries = [(name, d, shape, from_f64(d, sums[name])) for name, (d, shape, _) in first.items()]
     copy_model_files(ckpts[0], out, extra=("dense_head.safetensors",), inputs=ckpts)
     write_safetensors(os.path.join(out, "model.safetensors"), entries, meta)

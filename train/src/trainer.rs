@@ -789,8 +789,28 @@ struct TrainerState {
 }
 
 impl TrainerState {
-    fn same_run(&self, o: &TrainerState) -> bool {
-        (self.total_steps, self.samples, self.seed) == (o.total_steps, o.samples, o.seed)
+    /// Whether a checkpoint with this state can be resumed by a run whose state is `now`: the
+    /// same schedule, data and seed, and the same moving-average decay (a different one would
+    /// silently change, or at 0 drop, the average the run keeps; compared within 1e-12:
+    /// serde_json without `float_roundtrip` may read the written decimal back one ulp off).
+    /// States written before the decay was recorded are checked by their optimizer state alone.
+    fn check_resume(&self, now: &TrainerState, dir: &Path) -> Result<(), Error> {
+        if (self.total_steps, self.samples, self.seed) != (now.total_steps, now.samples, now.seed) {
+            return Err(format!(
+                "{} was written by a different run (state {self:?}, this run {now:?}); use a new train.out",
+                dir.display()
+            ));
+        }
+        if let (Some(d), Some(want)) = (self.ema_decay, now.ema_decay) {
+            if (d - want).abs() > 1e-12 {
+                return Err(format!(
+                    "{} was written with train.ema_decay = {d}, this run has {want}: resume it with the \
+                     settings it was started with, or use a new train.out",
+                    dir.display()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -988,33 +1008,7 @@ impl Trainer {
             &std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| format!("{}: {e}", dir.display()))?,
         )
         .map_err(|e| format!("{}: {e}", dir.join(STATE_FILE).display()))?;
-        let want = TrainerState {
-            step: state.step,
-            total_steps: self.total_steps,
-            samples: self.data.len(),
-            seed: self.cfg.train.seed,
-            elapsed_s: 0.0,
-            ema_decay: Some(self.cfg.train.ema_decay),
-        };
-        if !state.same_run(&want) {
-            return Err(format!(
-                "{} was written by a different run (state {state:?}, this run {want:?}); use a new train.out",
-                dir.display()
-            ));
-        }
-        // a different decay would silently change (or, at 0, drop) the average the run keeps
-        // (compared within 1e-12: serde_json without `float_roundtrip` may read the written
-        // decimal back one ulp off)
-        if let Some(d) = state.ema_decay {
-            if (d - self.cfg.train.ema_decay).abs() > 1e-12 {
-                return Err(format!(
-                    "{} was written with train.ema_decay = {d}, this run has {}: resume it with the \
-                     settings it was started with, or use a new train.out",
-                    dir.display(),
-                    self.cfg.train.ema_decay
-                ));
-            }
-        }
+        state.check_resume(&self.state_at(state.step, 0.0), dir)?;
         let opt = candle_core::safetensors::load(dir.join(OPT_FILE), &self.model.device).map_err(|e| e.to_string())?;
         self.opt.load_state(&opt, state.step)?;
         if let Some(ema) = &mut self.ema {
@@ -1022,6 +1016,18 @@ impl Trainer {
         }
         self.elapsed_before = state.elapsed_s;
         Ok(())
+    }
+
+    /// This run's [`TrainerState`] at optimizer step `step`.
+    fn state_at(&self, step: usize, elapsed_s: f64) -> TrainerState {
+        TrainerState {
+            step,
+            total_steps: self.total_steps,
+            samples: self.data.len(),
+            seed: self.cfg.train.seed,
+            elapsed_s,
+            ema_decay: Some(self.cfg.train.ema_decay),
+        }
     }
 
     /// Samples per epoch.
@@ -1355,14 +1361,7 @@ impl Trainer {
             .collect::<candle_core::Result<_>>()
             .map_err(|e| e.to_string())?;
         candle_core::safetensors::save(&opt, tmp.join(OPT_FILE)).map_err(|e| e.to_string())?;
-        let state = TrainerState {
-            step: self.opt.step,
-            total_steps: self.total_steps,
-            samples: self.data.len(),
-            seed: self.cfg.train.seed,
-            elapsed_s: self.elapsed_s(),
-            ema_decay: Some(self.cfg.train.ema_decay),
-        };
+        let state = self.state_at(self.opt.step, self.elapsed_s());
         std::fs::write(tmp.join(STATE_FILE), serde_json::to_string_pretty(&state).expect("serializable"))
             .map_err(io)?;
         sync_dir(&tmp).map_err(io)?;

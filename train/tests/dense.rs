@@ -10,7 +10,7 @@ use griffon_train::trainer::Trainer;
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::max_abs_diff;
+use common::{max_abs, max_abs_diff};
 
 fn fixture() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/parity/gemma2_region/ckpt");
@@ -145,9 +145,6 @@ fn stage0_head_is_saved_as_its_moving_average() {
     Trainer::new(config(tmp.path(), "ema", body), &Device::Cpu).unwrap().run(None, false).unwrap();
     let load = |n: usize, file: &str| {
         candle_core::safetensors::load(tmp.path().join(format!("ema/checkpoint-{n}/{file}")), &Device::Cpu).unwrap()
-    };
-    let max_abs = |a: &Tensor, b: &Tensor| {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     };
     let (opt1, opt2, head) = (load(1, "optimizer.safetensors"), load(2, "optimizer.safetensors"), load(2, HEAD_FILE));
     for name in ["dense_head.weight", "dense_head.bias"] {

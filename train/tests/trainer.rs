@@ -398,7 +398,7 @@ fn moving_average_is_saved_and_resumes_exactly() {
     // decay 0.2: TensorFlow's warm-up rate (1 + n) / (10 + n) is above it from update 2 on, so the
     // setting itself is what updates 2 and 3 use
     let body = "stage = 2\nlr = 5e-3\nmax_steps = 3\nsave_every = 1\nwarmup_ratio = 0.0\nema_decay = 0.2";
-    let straight = Trainer::new(config(data.path(), "ema", body), &Device::Cpu).unwrap().run(None, false).unwrap();
+    Trainer::new(config(data.path(), "ema", body), &Device::Cpu).unwrap().run(None, false).unwrap();
     let names = ["model.layers.0.self_attn.q_proj.weight", "model.mm_projector.conv.weight"];
     let init = Checkpoint::open(&fixture().join("ckpt"), &Device::Cpu, DType::F32).unwrap();
     let out = data.path().join("ema");
