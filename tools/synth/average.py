@@ -15,6 +15,7 @@ and the dense head (if any) are copied from the first checkpoint. Tensors that d
 shape are refused.
 Needs numpy.
 """
+import argparse
 import math
 import os
 import sys
@@ -62,26 +63,24 @@ def normalised(weights, what):
 
 def parse_args(argv):
     """(out, checkpoints, weights, {prefix: weights})."""
-    parts, rest = {}, []
-    i = 0
-    while i < len(argv):
-        if argv[i] == "--part":
-            if i + 1 >= len(argv):
-                raise SystemExit("--part needs PREFIX=W1,W2,...")
-            prefix, eq, ws = argv[i + 1].partition("=")
-            if not eq or not prefix:
-                raise SystemExit(f"--part {argv[i + 1]}: expected PREFIX=W1,W2,...")
-            try:
-                parts[prefix] = [float(w) for w in ws.split(",")]
-            except ValueError:
-                raise SystemExit(f"--part {argv[i + 1]}: the weights are not numbers")
-            i += 2
-        else:
-            rest.append(argv[i])
-            i += 1
-    if len(rest) < 3:
-        raise SystemExit("usage: average.py [--part PREFIX=W1,W2,...]... OUT CKPT[:WEIGHT] CKPT[:WEIGHT] ...")
-    out, specs = rest[0], rest[1:]
+    ap = argparse.ArgumentParser(description="Averages the weights of checkpoints of one lineage.")
+    ap.add_argument("--part", action="append", default=[], metavar="PREFIX=W1,W2,...",
+                    help="weights of the tensors whose name starts with PREFIX, one per checkpoint")
+    ap.add_argument("out")
+    ap.add_argument("specs", nargs="+", metavar="CKPT[:WEIGHT]")
+    a = ap.parse_args(argv)
+    if len(a.specs) < 2:
+        ap.error("give two checkpoints or more")
+    parts = {}
+    for spec in a.part:
+        prefix, eq, ws = spec.partition("=")
+        if not eq or not prefix:
+            raise SystemExit(f"--part {spec}: expected PREFIX=W1,W2,...")
+        try:
+            parts[prefix] = [float(w) for w in ws.split(",")]
+        except ValueError:
+            raise SystemExit(f"--part {spec}: the weights are not numbers")
+    out, specs = a.out, a.specs
     ckpts, weights = [], []
     for s in specs:
         path, w = s, ""
