@@ -41,11 +41,11 @@
 //! are recomputed, as timm does. Any tensor under the tower that maps to nothing is an error
 //! naming it.
 
-use crate::clip::{check_loaded, embed_patches, resolve_select_layer, select_feature};
 use crate::error::{invalid, Result};
 use crate::loader::Scope;
 use crate::nn::{LayerNorm, Linear};
 use crate::resample::{resize_grid, Interp};
+use crate::vision::{check_loaded, embed_patches, full_attention, resolve_select_layer, select_feature};
 use candle_core::{DType, Device, Tensor, D};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -285,7 +285,7 @@ impl Block {
         let k = apply_rope(&split(k)?, sin, cos)?;
         let v = split(v)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let mut y = crate::clip::full_attention(&(q * scale)?, &k, &v)?;
+        let mut y = full_attention(&(q * scale)?, &k, &v)?;
         if let Some(nm) = &self.attn_norm {
             y = nm.forward(&y)?;
         }

@@ -278,7 +278,7 @@ impl Griffon {
                  the resized image would not fit in memory)"
             ));
         }
-        let needed = crate::clip::resolve_select_layer(config.mm.select_layer, tower_cfg.num_hidden_layers)?;
+        let needed = crate::vision::resolve_select_layer(config.mm.select_layer, tower_cfg.num_hidden_layers)?;
         let tower = match &main_cfg {
             MainTowerConfig::Clip(c) => VisionTower::Clip(ClipVision::load_upto(
                 &ck.scope(MAIN_TOWER_PREFIX),

@@ -1,7 +1,8 @@
 //! Candle implementation of Griffon v2 / Griffon-G.
 //!
 //! One file per architecture piece: [`clip`] (high-resolution CLIP tower and the region
-//! encoder's tower), [`projector`], [`region`], [`gemma2`], [`llama`]; plus the checkpoint
+//! encoder's tower), [`eva02`] (Griffon-G's EVA02 tower), [`vision`] (what the towers share),
+//! [`projector`], [`region`], [`gemma2`], [`llama`]; plus the checkpoint
 //! [`loader`], [`config`] resolution, image [`resample`]/preprocessing, [`tokenize`]
 //! (prompt assembly) and [`generate`] (KV cache, samplers, stop rules). [`griffon`] ties them.
 
@@ -67,6 +68,7 @@ pub mod resample;
 pub mod selfcheck;
 pub mod tasks;
 pub mod tokenize;
+pub mod vision;
 
 pub use error::{Error, Result};
 
