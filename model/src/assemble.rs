@@ -17,7 +17,8 @@ use crate::config::{read_json, ProjectorType};
 use crate::error::{invalid, io_err, Error, Result};
 use crate::layout::projector_layout;
 use crate::loader::Checkpoint;
-use crate::resample::{resize_grid, Interp};
+use crate::resample::Interp;
+use crate::vision::{resize_position_table, table_grid};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -160,44 +161,6 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
     let file = o.out.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &file).map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?;
     Ok(o.out.clone())
-}
-
-/// A position table (`[..., 1 + g*g, h]`, CLS row first) with its patch grid resized to
-/// `grid_out` x `grid_out` by `interp` ([`resize_grid`]: PyTorch's `F.interpolate` on the grid),
-/// the CLS row kept: how the released `clip-vit-large-patch14-336_to_1022` tower was made
-/// (shared/GRIFFON_FORMAT.md, "Architecture" 3). Same leading dims as `t`, in f32 whatever its
-/// dtype: computed in f32 as the engine's load-time `--image-size` resize, a table rounded to a
-/// bf16 source's dtype would answer differently from it (so `assemble --image-size` and
-/// [`resize_main_tower`] store it in f32).
-pub fn resize_position_table(t: &Tensor, grid_out: usize, interp: Interp) -> Result<Tensor> {
-    let (g, h) = table_grid(t, "the position table")?;
-    let (dims, rows) = (t.dims().to_vec(), g * g + 1);
-    if grid_out == 0 {
-        return invalid("the resized grid must have at least one patch".to_string());
-    }
-    let flat = t.to_dtype(DType::F32)?.reshape((rows, h))?;
-    let cls = flat.narrow(0, 0, 1)?;
-    let grid: Vec<f32> = flat.narrow(0, 1, g * g)?.flatten_all()?.to_vec1()?;
-    let resized = Tensor::from_vec(resize_grid(&grid, g, h, grid_out, interp), (grid_out * grid_out, h), t.device())?;
-    let mut shape = dims;
-    let last = shape.len() - 2;
-    shape[last] = grid_out * grid_out + 1;
-    Ok(Tensor::cat(&[&cls, &resized], 0)?.reshape(shape)?)
-}
-
-/// The patch grid side `g` and the width of a position table `[..., 1 + g*g, hidden]` (leading
-/// dims of 1) named `what`.
-fn table_grid(t: &Tensor, what: &str) -> Result<(usize, usize)> {
-    let dims = t.dims();
-    if dims.len() < 2 || dims[..dims.len() - 2].iter().any(|&d| d != 1) {
-        return invalid(format!("{what} must be [1 + g*g, hidden] (leading dims of 1), got {dims:?}"));
-    }
-    let (rows, h) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-    let g = ((rows.max(1) - 1) as f64).sqrt().round() as usize;
-    if g == 0 || g * g + 1 != rows {
-        return invalid(format!("{what} has {rows} rows, not 1 + a square grid"));
-    }
-    Ok((g, h))
 }
 
 /// Sets a tower config's input size (`image_size`; `img_size` for EVA configs, and either key it

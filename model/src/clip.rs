@@ -12,9 +12,11 @@
 use crate::error::{invalid, Result};
 use crate::loader::Scope;
 use crate::nn::{Act, LayerNorm, Linear};
-use crate::resample::{resize_grid, Interp};
-use crate::vision::{check_loaded, embed_patches, full_attention, resolve_select_layer, select_feature};
-use candle_core::{DType, Tensor};
+use crate::resample::Interp;
+use crate::vision::{
+    check_loaded, embed_patches, full_attention, resize_position_table, resolve_select_layer, select_feature,
+};
+use candle_core::Tensor;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipVisionConfig {
@@ -173,14 +175,8 @@ impl ClipVision {
         let pos = if g_run == g_stored {
             table
         } else {
-            let dev = table.device().clone();
-            let dt = table.dtype();
-            let cls = table.narrow(0, 0, 1)?;
-            let grid: Vec<f32> =
-                table.narrow(0, 1, g_stored * g_stored)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            let resized = resize_grid(&grid, g_stored, h, g_run, interp);
-            let resized = Tensor::from_vec(resized, (g_run * g_run, h), &dev)?.to_dtype(dt)?;
-            Tensor::cat(&[&cls, &resized], 0)?
+            // computed in f32, stored back in the weights' dtype
+            resize_position_table(&table, g_run, interp)?.to_dtype(table.dtype())?
         };
         let pre_ln = LayerNorm::load(&s.pp("pre_layrnorm"), h, cfg.layer_norm_eps)?;
         if n_layers > cfg.num_hidden_layers {

@@ -44,8 +44,10 @@
 use crate::error::{invalid, Result};
 use crate::loader::Scope;
 use crate::nn::{LayerNorm, Linear};
-use crate::resample::{resize_grid, Interp};
-use crate::vision::{check_loaded, embed_patches, full_attention, resolve_select_layer, select_feature};
+use crate::resample::Interp;
+use crate::vision::{
+    check_loaded, embed_patches, full_attention, resize_position_table, resolve_select_layer, select_feature,
+};
 use candle_core::{DType, Device, Tensor, D};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -427,14 +429,7 @@ impl Eva02Vision {
         let pos = if g_run == g_stored {
             table
         } else {
-            let dev = table.device().clone();
-            let dt = table.dtype();
-            let cls_row = table.narrow(0, 0, 1)?;
-            let grid: Vec<f32> =
-                table.narrow(0, 1, g_stored * g_stored)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            let resized = resize_grid(&grid, g_stored, h, g_run, interp);
-            let resized = Tensor::from_vec(resized, (g_run * g_run, h), &dev)?.to_dtype(dt)?;
-            Tensor::cat(&[&cls_row, &resized], 0)?
+            resize_position_table(&table, g_run, interp)?.to_dtype(table.dtype())?
         };
         let eps = cfg.layer_norm_eps;
         let norm_pre =
