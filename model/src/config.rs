@@ -234,6 +234,16 @@ fn act(j: &Json, key: &str, default: &str, file: &Path) -> Result<Act> {
     Act::from_hf(&name).ok_or_else(|| Error::Invalid(format!("{}: unsupported {key} `{name}`", file.display())))
 }
 
+/// `value` of `key` when it is a positive finite number (an epsilon, scale, cap or base of 0 or
+/// below makes the model's logits NaN or meaningless without any error).
+fn positive(file: &Path, key: &str, value: f64) -> Result<f64> {
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        invalid(format!("{}: {key} must be a positive number, got {value}", file.display()))
+    }
+}
+
 fn parse_gemma2(j: &Json, file: &Path) -> Result<Gemma2Config> {
     let heads = j.req_usize("num_attention_heads")?;
     let layers = j.req_usize("num_hidden_layers")?;
@@ -273,12 +283,23 @@ fn parse_gemma2(j: &Json, file: &Path) -> Result<Gemma2Config> {
         num_attention_heads: heads,
         num_key_value_heads: j.opt_usize("num_key_value_heads")?.unwrap_or(heads),
         head_dim: j.req_usize("head_dim")?,
-        rms_norm_eps: j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-        rope_theta: rope_theta(j, file)?,
-        query_pre_attn_scalar: j.req("query_pre_attn_scalar", |k| j.opt_f64(k))?,
-        attn_logit_softcapping: softcap("attn_logit_softcapping", 50.0)?,
-        final_logit_softcapping: softcap("final_logit_softcapping", 30.0)?,
-        sliding_window: j.opt_usize("sliding_window")?,
+        rms_norm_eps: positive(file, "rms_norm_eps", j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6))?,
+        rope_theta: positive(file, "rope_theta", rope_theta(j, file)?)?,
+        query_pre_attn_scalar: positive(
+            file,
+            "query_pre_attn_scalar",
+            j.req("query_pre_attn_scalar", |k| j.opt_f64(k))?,
+        )?,
+        attn_logit_softcapping: softcap("attn_logit_softcapping", 50.0)?
+            .map(|v| positive(file, "attn_logit_softcapping", v))
+            .transpose()?,
+        final_logit_softcapping: softcap("final_logit_softcapping", 30.0)?
+            .map(|v| positive(file, "final_logit_softcapping", v))
+            .transpose()?,
+        sliding_window: match j.opt_usize("sliding_window")? {
+            Some(0) => return invalid(format!("{}: sliding_window must be at least 1 (or null)", file.display())),
+            w => w,
+        },
         sliding_layers,
         hidden_act: act(j, "hidden_activation", "gelu_pytorch_tanh", file)?,
         tie_word_embeddings: j.opt_bool("tie_word_embeddings")?.unwrap_or(true),
@@ -296,8 +317,8 @@ fn parse_llama(j: &Json, file: &Path) -> Result<LlamaConfig> {
         num_attention_heads: heads,
         num_key_value_heads: j.opt_usize("num_key_value_heads")?.unwrap_or(heads),
         head_dim: j.opt_usize("head_dim")?.unwrap_or(hidden / heads.max(1)),
-        rms_norm_eps: j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-        rope_theta: rope_theta(j, file)?,
+        rms_norm_eps: positive(file, "rms_norm_eps", j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6))?,
+        rope_theta: positive(file, "rope_theta", rope_theta(j, file)?)?,
         hidden_act: act(j, "hidden_act", "silu", file)?,
         attention_bias: j.opt_bool("attention_bias")?.unwrap_or(false),
         mlp_bias: j.opt_bool("mlp_bias")?.unwrap_or(false),

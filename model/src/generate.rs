@@ -97,6 +97,7 @@ fn choose_on_host(
     let mut row: Vec<f32> = logits.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
     let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let z: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    check_finite(z, Some(tokens.len()))?;
     let raw = row.clone();
     let prob_of = |t: u32| (((raw[t as usize] - max) as f64).exp() / z) as f32;
     let first = pick(&row, opts, rng);
@@ -143,7 +144,23 @@ pub fn greedy_on_device(logits: &Tensor) -> Result<(u32, f32)> {
     let z = row.broadcast_sub(&max)?.exp()?.sum_keepdim(0)?;
     let tok = row.argmax_keepdim(0)?.to_dtype(DType::F32)?;
     let both = Tensor::cat(&[&tok, &z], 0)?.to_vec1::<f32>()?;
+    check_finite(both[1] as f64, None)?;
     Ok((both[0] as u32, 1.0 / both[1]))
+}
+
+/// `z`, the softmax normaliser `sum(exp(l - max))` of a step's logits, is finite and >= 1 unless
+/// a logit is NaN or +inf (or every one is -inf): then no token can be chosen, and the decode
+/// stops with an error instead of an argmax over NaNs (token 0, or an empty answer that reads as
+/// "nothing found"). `step`, when known, counts the tokens generated before.
+fn check_finite(z: f64, step: Option<usize>) -> Result<()> {
+    if z.is_finite() && z >= 1.0 {
+        return Ok(());
+    }
+    let at = step.map(|s| format!(" at generated token {}", s + 1)).unwrap_or_default();
+    invalid(format!(
+        "the model's logits are not finite (NaN or +inf){at}: broken weights or config (norm \
+         epsilon, soft-capping, attention scale)"
+    ))
 }
 
 /// Decodes after the prompt embeddings `prefix` [1, T, H]. `on_token` is called with each
@@ -245,5 +262,30 @@ mod device_greedy_tests {
             let want = (((row[tok as usize] - max) as f64).exp() / z) as f32;
             assert!((p - want).abs() <= 1e-6 * want, "seed {seed}: {p} vs {want}");
         }
+    }
+
+    /// A NaN or +inf logit is an error on both pick paths, not token 0 or an empty answer;
+    /// -inf (a masked token) is not.
+    #[test]
+    fn non_finite_logits_are_an_error() {
+        let mut rng = StdRng::seed_from_u64(0);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut row = vec![0.5f32; 10];
+            row[3] = bad;
+            let t = Tensor::from_vec(row, (1, 1, 10), &Device::Cpu).unwrap();
+            let e = greedy_on_device(&t).unwrap_err().to_string();
+            assert!(e.contains("not finite"), "{e}");
+            let e = choose_on_host(&t, &[1, 2], &SamplingOptions::default(), &mut rng, &mut |_, _| true)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not finite (NaN or +inf) at generated token 3"), "{e}");
+        }
+        let mut row = vec![0.5f32; 10];
+        row[3] = f32::NEG_INFINITY;
+        row[7] = 2.0;
+        let t = Tensor::from_vec(row, (1, 1, 10), &Device::Cpu).unwrap();
+        assert_eq!(greedy_on_device(&t).unwrap().0, 7);
+        let got = choose_on_host(&t, &[], &SamplingOptions::default(), &mut rng, &mut |_, _| true).unwrap();
+        assert_eq!(got.map(|c| c.0), Some(7));
     }
 }

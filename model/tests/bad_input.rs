@@ -98,6 +98,33 @@ fn missing_config_key_is_named() {
     assert!(e.contains("hidden_size") && e.contains("integer"), "{e}");
 }
 
+/// Values that load but would make every logit NaN or the attention meaningless are refused by
+/// name (an epsilon, scale or cap of 0 or below, a window of 0).
+#[test]
+fn non_positive_config_values_are_refused() {
+    for (key, value) in [
+        ("rms_norm_eps", serde_json::json!(-1.0)),
+        ("query_pre_attn_scalar", serde_json::json!(0.0)),
+        ("final_logit_softcapping", serde_json::json!(0.0)),
+        ("attn_logit_softcapping", serde_json::json!(-5.0)),
+        ("rope_theta", serde_json::json!(0.0)),
+        ("sliding_window", serde_json::json!(0)),
+    ] {
+        let (_t, dir) = copy_ckpt("gemma2_region");
+        edit_config(&dir, |c| {
+            c.insert(key.into(), value.clone());
+        });
+        let e = load_err(&dir);
+        assert!(e.contains(key) && e.contains("config.json"), "{key} = {value}: {e}");
+    }
+    // null still turns a soft-cap off
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    edit_config(&dir, |c| {
+        c.insert("final_logit_softcapping".into(), serde_json::Value::Null);
+    });
+    Griffon::load(&dir, &LoadOptions::default()).unwrap();
+}
+
 #[test]
 fn malformed_config_and_checkpoint_files() {
     let (_t, dir) = copy_ckpt("llama2_bf16");
