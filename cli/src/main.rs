@@ -1239,10 +1239,25 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by ": ", each cause left out when the text so far already
+/// holds it: most of our errors write their cause into their own message (a path and then the
+/// OS's reason), and anyhow's `{:#}` would print it two or three times.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -1251,5 +1266,19 @@ mod tests {
     fn argument_definitions_are_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// An unreadable image is reported once (path, what failed, the OS's reason), and a context
+    /// added without the cause keeps it.
+    #[test]
+    fn error_causes_are_printed_once() {
+        let e = griffon_model::resample::load_rgb(std::path::Path::new("/nonexistent/x.png")).unwrap_err();
+        let e = anyhow::Error::from(griffon_model::error::Error::from(e));
+        let text = super::error_text(&e);
+        assert_eq!(text.matches("/nonexistent/x.png").count(), 1, "{text}");
+        assert_eq!(text.matches("No such file").count(), 1, "{text}");
+        let io = std::io::Error::new(std::io::ErrorKind::Other, "disk on fire");
+        let text = super::error_text(&anyhow::Error::from(io).context("writing out.json"));
+        assert_eq!(text, "writing out.json: disk on fire");
     }
 }
