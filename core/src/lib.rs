@@ -17,6 +17,8 @@ pub mod template;
 
 pub use answer::{format_boxes, format_instances, parse_answer, Dropped, Instance, ParsedAnswer};
 pub use boxes::{iou_xyxy, NormBox, PixelBox};
-pub use prompt::{assemble_ids, check_visual_counts, split_placeholders, Piece, Placeholder, PromptError};
+pub use prompt::{
+    assemble_ids, check_marker_order, check_visual_counts, split_placeholders, Piece, Placeholder, PromptError,
+};
 pub use request::{Exemplar, Request, Task, Turn};
 pub use template::Template;

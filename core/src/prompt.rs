@@ -50,6 +50,34 @@ pub fn split_placeholders(prompt: &str) -> (Vec<String>, Vec<Placeholder>) {
     (chunks, placeholders)
 }
 
+/// Checks that each placeholder is written as what the reference fills it with: the reference
+/// reads `<region>` as `<image>` and fills the placeholders by position alone (image, region,
+/// image, region, ...), so a `<region>` written where an image goes, or a second `<image>` where
+/// a region goes, would silently swap the pictures.
+pub fn check_marker_order(prompt: &str) -> Result<(), PromptError> {
+    let mut rest = prompt;
+    let mut k = 0;
+    loop {
+        let next = [(rest.find(IMAGE_TOKEN), IMAGE_TOKEN), (rest.find(REGION_TOKEN), REGION_TOKEN)]
+            .into_iter()
+            .filter_map(|(at, tok)| at.map(|a| (a, tok)))
+            .min_by_key(|(a, _)| *a);
+        let Some((at, written)) = next else { return Ok(()) };
+        let expected = if k % 2 == 0 { IMAGE_TOKEN } else { REGION_TOKEN };
+        if written != expected {
+            return Err(PromptError(format!(
+                "placeholder {} of the prompt is written {written} but the reference fills it with {}: \
+                 placeholders alternate {IMAGE_TOKEN}, {REGION_TOKEN}, {IMAGE_TOKEN}, ... (each image's \
+                 {IMAGE_TOKEN} before its {REGION_TOKEN})",
+                k + 1,
+                if expected == IMAGE_TOKEN { "a main image" } else { "a region" }
+            )));
+        }
+        rest = &rest[at + written.len()..];
+        k += 1;
+    }
+}
+
 /// Joins per-chunk token ids (each tokenized with special tokens) with the placeholders, keeping
 /// a single BOS exactly as `tokenizer_image_token` does.
 pub fn assemble_ids(chunk_ids: &[Vec<u32>], placeholders: &[Placeholder], bos: Option<u32>) -> Vec<Piece> {
@@ -97,6 +125,21 @@ pub fn check_visual_counts(placeholders: &[Placeholder], n_images: usize, n_regi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn marker_order_must_follow_the_alternation() {
+        for ok in
+            ["no markers", "<image>\nfind", "a<image>b<region>c", "<image><region><image><region>", "<image><image"]
+        {
+            assert!(check_marker_order(ok).is_ok(), "{ok}");
+        }
+        let e = check_marker_order("<region> first <image>").unwrap_err().0;
+        assert!(e.contains("placeholder 1 of the prompt is written <region>") && e.contains("a main image"), "{e}");
+        let e = check_marker_order("<image> and <image>").unwrap_err().0;
+        assert!(e.contains("placeholder 2 of the prompt is written <image>") && e.contains("a region"), "{e}");
+        let e = check_marker_order("<image><region><region>").unwrap_err().0;
+        assert!(e.contains("placeholder 3"), "{e}");
+    }
 
     #[test]
     fn alternating_placeholders() {

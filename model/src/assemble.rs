@@ -48,7 +48,16 @@ fn tower_section(v: &mut Value) -> &mut Value {
     v
 }
 
+/// An output folder that exists with files in it is refused (nothing is overwritten).
+fn refuse_non_empty(out: &std::path::Path) -> Result<()> {
+    if out.exists() && std::fs::read_dir(out).map_err(io_err(out))?.next().is_some() {
+        return invalid(format!("{}: the output folder exists and is not empty", out.display()));
+    }
+    Ok(())
+}
+
 pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
+    refuse_non_empty(&o.out)?;
     let llm_cfg_path = o.llm.join("config.json");
     let mut cfg = read_json(&llm_cfg_path)?;
     let mt = cfg.get("model_type").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
@@ -118,6 +127,14 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
             }
         }
         tensors.insert(format!("model.vision_tower.vision_tower.{n}"), t);
+    }
+    if vision_width == 0 {
+        // the table exists but is not a tower tensor: e.g. a Griffon checkpoint given as --vision
+        return invalid(format!(
+            "{}: its position table `{pos_name}` is not a vision-tower tensor (a CLIP tower's are under \
+             `vision_model.`): --vision must be an HF CLIP or EVA02 tower checkpoint",
+            o.vision.display()
+        ));
     }
     // a fresh projector
     let layout = projector_layout(&kind, vision_width, hidden);
@@ -241,9 +258,7 @@ pub fn resize_main_tower(
     use crate::config::{find_tower_config, TowerSource};
     let cfg_path = model.join("config.json");
     let mut cfg = read_json(&cfg_path)?;
-    if out.exists() && std::fs::read_dir(out).map_err(io_err(out))?.next().is_some() {
-        return invalid(format!("{}: the output folder exists and is not empty", out.display()));
-    }
+    refuse_non_empty(out)?;
     let ck = Checkpoint::open(model, &Device::Cpu, DType::F32)?;
     let written = cfg.get("mm_vision_tower").and_then(Value::as_str).map(str::to_string);
     let tower_dir = match find_tower_config(&ck, written.as_deref(), None) {

@@ -4,7 +4,7 @@
 
 use crate::config::read_json;
 use crate::error::{invalid, Error, Result};
-use griffon_core::{assemble_ids, split_placeholders, Piece, Placeholder};
+use griffon_core::{assemble_ids, check_marker_order, split_placeholders, Piece, Placeholder};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
@@ -83,6 +83,7 @@ impl PromptTokenizer {
 
     /// A rendered prompt -> token ids and visual placeholders.
     pub fn assemble(&self, prompt: &str) -> Result<(Vec<Piece>, Vec<Placeholder>)> {
+        check_marker_order(prompt).map_err(|e| Error::Invalid(e.0))?;
         let (chunks, placeholders) = split_placeholders(prompt);
         let ids = chunks.iter().map(|c| self.encode_chunk(c)).collect::<Result<Vec<_>>>()?;
         Ok((assemble_ids(&ids, &placeholders, self.bos), placeholders))

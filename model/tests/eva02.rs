@@ -460,4 +460,21 @@ fn assemble_paper_configuration_from_parts() {
         !rest.is_empty() && rest.iter().all(|(_, t)| t.dtype() == DType::BF16),
         "the other tower weights stay bf16"
     );
+    // refused: a non-empty output folder (nothing overwritten), and a Griffon checkpoint given as
+    // the tower (its table is found but is not a tower tensor: a model without a tower was written)
+    let opts = |vision: PathBuf, out: PathBuf| AssembleOptions {
+        llm: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/llama2_bf16/ckpt"),
+        vision,
+        out,
+        projector: "conv_reduce".into(),
+        image_size: None,
+        pos_interp: Interp::BicubicAa,
+        seed: 0,
+    };
+    let before = std::fs::read(out16.join("model.safetensors")).unwrap();
+    let e = assemble(&opts(tmp.path().join("eva16"), out16.clone())).unwrap_err().to_string();
+    assert!(e.contains("exists and is not empty"), "{e}");
+    assert_eq!(std::fs::read(out16.join("model.safetensors")).unwrap(), before);
+    let e = assemble(&opts(out16, tmp.path().join("from-griffon"))).unwrap_err().to_string();
+    assert!(e.contains("is not a vision-tower tensor"), "{e}");
 }

@@ -61,6 +61,9 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// The most data threads `train.workers` may ask for.
+pub const MAX_WORKERS: usize = 256;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -526,6 +529,13 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&t.ema_decay) {
             return Err(format!("train.ema_decay must be in [0, 1) (0 = no moving average), got {}", t.ema_decay));
         }
+        if t.workers > MAX_WORKERS {
+            // each loads its share of a round of micro-batches before any is delivered
+            return Err(format!(
+                "train.workers = {} is more data threads than this trainer runs (at most {MAX_WORKERS}; 0 = one per core)",
+                t.workers
+            ));
+        }
         if t.grad_accum == 0 || t.epochs == 0 || t.batch_size == 0 {
             return Err("train.grad_accum, train.batch_size and train.epochs must be at least 1".into());
         }
@@ -561,6 +571,9 @@ impl TrainConfig {
         let modules = self.trainable_modules();
         if t.region_lr.is_some() && !modules.iter().any(|m| matches!(m, Module::Region | Module::RegionProjector)) {
             return Err("train.region_lr is set but neither `region` nor `region_projector` is trainable".into());
+        }
+        if t.vision_lr.is_some() && !modules.contains(&Module::Vision) {
+            return Err("train.vision_lr is set but `vision` is not in train.trainable".into());
         }
         Ok(())
     }

@@ -50,6 +50,15 @@ fn region_lr_and_visj_random() {
     assert!(e.contains("region_lr must be positive"), "{e}");
     let e = set(&["train.region_lr=1e-3", "train.trainable=[\"llm\"]"]).unwrap_err();
     assert!(e.contains("region_lr is set but neither"), "{e}");
+    // the same for the tower's own rate with a trainable list that leaves the tower out
+    let e = set(&["train.vision_lr=1e-5"]).unwrap_err();
+    assert!(e.contains("vision_lr is set but `vision` is not in train.trainable"), "{e}");
+    let ok = set(&["train.vision_lr=1e-5", "train.trainable=[\"llm\", \"vision\", \"region\"]"]).unwrap();
+    assert_eq!(ok.lr_of(Module::Vision), 1e-5);
+    // a data-thread count past the trainer's limit (each would load its share of a round first)
+    let e = set(&["train.workers=100000"]).unwrap_err();
+    assert!(e.contains("train.workers = 100000") && e.contains("at most 256"), "{e}");
+    set(&["train.workers=256"]).unwrap();
     let e = set(&["data.synth.visj_random=1.5"]).unwrap_err();
     assert!(e.contains("visj_random"), "{e}");
     for bad in ["1.0", "-0.1"] {
