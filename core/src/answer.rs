@@ -9,7 +9,8 @@
 //! * finds every `[a,b,c,d]` group (spaces and any number of decimals allowed) in each `&` piece;
 //! * names a box by the text before its `[`, trimmed, without the joining `-` (hyphens inside the
 //!   name are kept); a box with no name text takes the previous box's name in the same piece, or none;
-//! * clamps coordinates to [0, 1]; drops inverted boxes and non-numeric groups;
+//! * clamps coordinates to [0, 1]; drops inverted boxes, boxes wholly outside [0, 1] (clamping
+//!   would collapse them to an edge) and non-numeric groups;
 //! * removes exact duplicates and near duplicates (same label, IoU >= [`NEAR_DUPLICATE_IOU`]);
 //! * reports everything it dropped, with the reason. It never panics.
 
@@ -149,6 +150,11 @@ pub fn parse_answer(text: &str) -> ParsedAnswer {
                             text: piece[open..=close].to_string(),
                             reason: "inverted box (x2 < x1 or y2 < y1)".into(),
                         });
+                    } else if b.x2 < 0.0 || b.x1 > 1.0 || b.y2 < 0.0 || b.y1 > 1.0 {
+                        out.dropped.push(Dropped {
+                            text: piece[open..=close].to_string(),
+                            reason: "box wholly outside the image (coordinates beyond [0, 1])".into(),
+                        });
                     } else {
                         out.instances.push(Instance {
                             label: label.as_ref().map(|l| l.0.clone()),
@@ -254,6 +260,18 @@ mod tests {
             reasons,
             vec!["3 coordinates instead of 4", "inverted box (x2 < x1 or y2 < y1)", "unclosed bracket"]
         );
+    }
+
+    /// A box wholly outside [0, 1] would clamp to a zero-area box on an edge: dropped with its
+    /// reason; one that overlaps the image is clamped, and an in-range point box is kept as written.
+    #[test]
+    fn boxes_outside_the_image_are_dropped() {
+        let p = parse_answer("cat-[1.5,0.2,2.0,0.4]&dog-[-0.5,-0.5,-0.1,-0.1]&cow-[0.9,0.9,1.4,1.2]&ant-[0,0,0,0]");
+        assert_eq!(labels(&p), vec![Some("cow"), Some("ant")]);
+        assert_eq!(p.instances[0].norm, NormBox::new(0.9, 0.9, 1.0, 1.0));
+        let reasons: Vec<&str> = p.dropped.iter().map(|d| d.reason.as_str()).collect();
+        assert_eq!(reasons, vec!["box wholly outside the image (coordinates beyond [0, 1])"; 2]);
+        assert_eq!(p.dropped[0].text, "[1.5,0.2,2.0,0.4]");
     }
 
     #[test]
