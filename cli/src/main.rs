@@ -877,25 +877,30 @@ fn eval_run_metrics(
         summary.shard_file.display()
     );
     if shard.1 == 1 {
-        Ok(Some(merge_metrics(out, annotations)?))
+        let records = runners::select(runners::merge(out)?, &items, a.limit);
+        Ok(Some(score_records(&records, out, annotations)?))
     } else {
         eprintln!("when every shard is done: griffon eval merge --out {}", out.display());
         Ok(None)
     }
 }
 
-fn merge_metrics(out: &std::path::Path, annotations: Option<&std::path::Path>) -> Result<serde_json::Value> {
+/// Scores `records` (one task) and writes `out/metrics.json`.
+fn score_records(
+    records: &[griffon_eval::runners::Record],
+    out: &std::path::Path,
+    annotations: Option<&std::path::Path>,
+) -> Result<serde_json::Value> {
     use griffon_eval::runners;
-    let records = runners::merge(out)?;
-    runners::check_single_task(&records)?;
-    let metrics = runners::score(&records, annotations, out)?;
+    runners::check_single_task(records)?;
+    let metrics = runners::score(records, annotations, out)?;
     let f = out.join("metrics.json");
     std::fs::write(&f, serde_json::to_string_pretty(&metrics)?).with_context(|| format!("writing {}", f.display()))?;
     Ok(metrics)
 }
 
 fn eval_merge(out: &std::path::Path, annotations: Option<&std::path::Path>) -> Result<()> {
-    let metrics = merge_metrics(out, annotations)?;
+    let metrics = score_records(&griffon_eval::runners::merge(out)?, out, annotations)?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&metrics)?)?;
     Ok(())
 }

@@ -231,6 +231,49 @@ fn grounding_description_and_counting_runners() {
     let m = run_eval("refcoco", &toy, "rec", &["--data", &toy.p("refcoco.jsonl")]);
     let acc = m["acc@0.5"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc) && m["total"] == 2, "{m}");
+    // a rerun into the same folder with a smaller --limit scores its own items only
+    let m = run_eval("refcoco", &toy, "rec", &["--data", &toy.p("refcoco.jsonl"), "--limit", "1"]);
+    assert_eq!(m["total"], 1, "{m}");
+    // records another evaluation wrote are refused, not mixed in: an edited ground truth, and
+    // another dataset into the same folder
+    let model = fixture().join("ckpt");
+    let rerun = |data: &str| {
+        griffon(&[
+            "eval",
+            "refcoco",
+            "--model",
+            model.to_str().unwrap(),
+            "--images",
+            &toy.p("images"),
+            "--out",
+            &toy.p("rec"),
+            "--quiet",
+            "--max-new-tokens",
+            "40",
+            "--data",
+            data,
+        ])
+    };
+    std::fs::write(
+        toy.p("edited.jsonl"),
+        "{\"id\": 7, \"img_path\": \"a.png\", \"expression\": \"the red square\", \"bbox\": [18, 17, 46, 35]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        toy.p("other.jsonl"),
+        "{\"id\": 9, \"img_path\": \"a.png\", \"expression\": \"the red square\", \"bbox\": [18, 17, 45, 35]}\n",
+    )
+    .unwrap();
+    for (data, why) in [("edited.jsonl", "ground truth differs"), ("other.jsonl", "this dataset has no such id")] {
+        let o = rerun(&toy.p(data));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("another evaluation wrote") && err.contains(why), "{data}: {err}");
+    }
+    // a merge with a shard missing is refused instead of scoring half the dataset
+    run_eval("refcoco", &toy, "rec2", &["--data", &toy.p("refcoco.jsonl"), "--shard", "0/2"]);
+    let o = griffon(&["eval", "merge", "--out", &toy.p("rec2")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("shard(s) 1/2 not run yet"), "{err}");
     let m = run_eval(
         "flickr",
         &toy,

@@ -132,6 +132,40 @@ fn read_shard(path: &Path) -> Result<Vec<Record>, EvalError> {
     Ok(out)
 }
 
+/// Refuses to resume from records that another evaluation wrote: every stored record must be
+/// one of this dataset's ids, made from the same image and scored against the same truth (a
+/// folder reused for another dataset or an edited annotation would otherwise mix old answers
+/// and old truths into the new scores).
+fn check_stored(file: &Path, stored: &[Record], items: &[Item]) -> Result<(), EvalError> {
+    let by_id: HashMap<&str, &Item> = items.iter().map(|it| (it.id.as_str(), it)).collect();
+    // the item's truth as it reads back from a record (serde_json may parse a written decimal
+    // one ulp off: comparing the item's own value would refuse a valid resume)
+    let as_stored = |t: &Truth| serde_json::to_string(t).ok().and_then(|j| serde_json::from_str::<Truth>(&j).ok());
+    for r in stored {
+        let problem = match by_id.get(r.id.as_str()) {
+            None => "this dataset has no such id",
+            Some(it) if it.request.image != r.image => "its image differs from this dataset's",
+            Some(it) if as_stored(&it.truth).as_ref() != Some(&r.truth) => {
+                "its ground truth differs from this dataset's"
+            }
+            Some(_) => continue,
+        };
+        return Err(EvalError::Invalid(format!(
+            "{}: holds a record for id {:?} that another evaluation wrote ({problem}): use a new --out",
+            file.display(),
+            r.id
+        )));
+    }
+    Ok(())
+}
+
+/// The records of this evaluation's items (the first `limit` of `items`), in id order: a run
+/// with a smaller `--limit` than an earlier one into the same folder scores its own items only.
+pub fn select(records: Vec<Record>, items: &[Item], limit: Option<usize>) -> Vec<Record> {
+    let wanted: HashSet<&str> = items.iter().take(limit.unwrap_or(usize::MAX)).map(|it| it.id.as_str()).collect();
+    records.into_iter().filter(|r| wanted.contains(r.id.as_str())).collect()
+}
+
 /// Runs the model over this shard's items, appending to the shard file and skipping ids it
 /// already holds.
 pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunSummary, EvalError> {
@@ -145,7 +179,9 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     // a sample that failed (e.g. its image was missing) or was cut at a lower max_new_tokens runs
     // again; merge prefers the new record
     let max_new = opts.run.sampling.max_new_tokens;
-    let done: HashSet<String> = read_shard(&file)?.into_iter().filter(|r| r.settled(max_new)).map(|r| r.id).collect();
+    let stored = read_shard(&file)?;
+    check_stored(&file, &stored, items)?;
+    let done: HashSet<String> = stored.into_iter().filter(|r| r.settled(max_new)).map(|r| r.id).collect();
     let mine: Vec<&Item> = items
         .iter()
         .take(opts.limit.unwrap_or(usize::MAX))
@@ -222,6 +258,48 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     })
 }
 
+/// The shard files `predictions.shard-I-of-N.jsonl` of one folder must all be of one split N
+/// and every I in 0..N present: a missing shard would score a part of the dataset as the whole.
+fn check_shards_complete(out: &Path, files: &[PathBuf]) -> Result<(), EvalError> {
+    let mut of: Option<usize> = None;
+    let mut have = HashSet::new();
+    for f in files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let parsed = name
+            .strip_prefix("predictions.shard-")
+            .and_then(|r| r.strip_suffix(".jsonl"))
+            .and_then(|r| r.split_once("-of-"))
+            .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+            .filter(|(i, n)| i < n);
+        let Some((i, n)) = parsed else {
+            return Err(EvalError::Invalid(format!(
+                "{}: not a shard file name (predictions.shard-I-of-N.jsonl with I < N)",
+                f.display()
+            )));
+        };
+        match of {
+            Some(m) if m != n => {
+                return Err(EvalError::Invalid(format!(
+                    "{}: holds shards of a {m}-way and a {n}-way split: use one --shard split per --out",
+                    out.display()
+                )))
+            }
+            _ => of = Some(n),
+        }
+        have.insert(i);
+    }
+    let n = of.unwrap_or(0);
+    let missing: Vec<String> = (0..n).filter(|i| !have.contains(i)).map(|i| format!("{i}/{n}")).collect();
+    if !missing.is_empty() {
+        return Err(EvalError::Invalid(format!(
+            "{}: shard(s) {} not run yet (run griffon eval ... --shard I/N for each, then merge)",
+            out.display(),
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Every record of every shard in `out`, deduplicated by id, in id order: a later record (a
 /// rerun, appended) replaces a failed or cut one unless it failed itself.
 pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
@@ -234,6 +312,7 @@ pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
     if files.is_empty() {
         return Err(EvalError::Invalid(format!("{}: no predictions.shard-*.jsonl files", out.display())));
     }
+    check_shards_complete(out, &files)?;
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut all: Vec<Record> = Vec::new();
     for f in files {
