@@ -498,7 +498,21 @@ fn fscd_count(data: &Path, v: &Value, images: &Path) -> Result<Vec<Item>, EvalEr
             .get("image_id")
             .and_then(Value::as_u64)
             .ok_or_else(|| fmt_err(data, format!("annotations[{i}]: no integer `image_id`")))?;
-        if a.get("iscrowd").and_then(Value::as_u64).unwrap_or(0) == 0 {
+        // pycocotools reads iscrowd as a truth value: 0 / 1, and false / true as JSON writes them
+        let crowd = match a.get("iscrowd") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => match v.as_u64() {
+                Some(n) => n != 0,
+                None => {
+                    return Err(fmt_err(
+                        data,
+                        format!("annotations[{i}]: `iscrowd` must be 0 / 1 or a boolean, got {v}"),
+                    ))
+                }
+            },
+        };
+        if !crowd {
             *counts.entry(id).or_default() += 1;
         }
     }

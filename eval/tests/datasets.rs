@@ -62,6 +62,19 @@ fn counting_layouts() {
         Task::Count { exemplar: Exemplar::BoxOnImage(b) } => assert_eq!(b.as_array(), [2.0, 3.0, 12.0, 23.0]),
         t => panic!("{t:?}"),
     }
+    // iscrowd as JSON booleans counts as 0 / 1 does; another type is an error naming it
+    for (crowd, want) in [(serde_json::json!(true), 2.0), (serde_json::json!(false), 3.0)] {
+        let inst = serde_json::json!({"images": [{"id": 7, "file_name": "7.jpg"}],
+            "annotations": [{"image_id": 7, "bbox": [0, 0, 5, 5]}, {"image_id": 7, "bbox": [5, 5, 5, 5]}, {"image_id": 7, "bbox": [1, 1, 2, 2], "iscrowd": crowd}]});
+        std::fs::write(tmp.path().join("unseen_instances_test.json"), inst.to_string()).unwrap();
+        let items = count(&tmp.path().join("unseen_instances_test.json"), Path::new("img"), None).unwrap();
+        assert_eq!(items[0].truth, Truth::Count { count: want, boxes: None }, "iscrowd {crowd}");
+    }
+    let inst = serde_json::json!({"images": [{"id": 7, "file_name": "7.jpg"}],
+        "annotations": [{"image_id": 7, "bbox": [0, 0, 5, 5], "iscrowd": "yes"}]});
+    std::fs::write(tmp.path().join("unseen_instances_test.json"), inst.to_string()).unwrap();
+    let e = count(&tmp.path().join("unseen_instances_test.json"), Path::new("img"), None).unwrap_err().to_string();
+    assert!(e.contains("annotations[0]: `iscrowd` must be 0 / 1 or a boolean"), "{e}");
     // an `images` entry that is not a list, or an image without its file: errors, not no items
     for (images, want) in
         [(serde_json::json!(5), "missing `images`"), (serde_json::json!([{"id": 7}]), "images[0] has no `file_name`")]
