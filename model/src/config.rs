@@ -392,13 +392,32 @@ impl GriffonConfig {
             LlmConfig::Gemma2(_) => (2, 1),
             LlmConfig::Llama(_) => (1, 2),
         };
-        Ok(Self {
-            model_type,
-            llm,
-            mm,
-            bos_token_id: Some(j.opt_usize("bos_token_id")?.map(|x| x as u32).unwrap_or(bos_default)),
-            eos_token_ids: j.opt_ids("eos_token_id")?.unwrap_or(vec![eos_default]),
-        })
+        // the engine resizes to a square without padding, as Griffon does (shared/GRIFFON_FORMAT.md,
+        // "Architecture" 1; the released configs say `square`): another value would be ignored
+        match j.opt_str("image_aspect_ratio")?.as_deref() {
+            None | Some("square") => {}
+            Some(other) => {
+                return invalid(format!(
+                    "{}: image_aspect_ratio `{other}` is not supported (Griffon squashes the image to a \
+                     square: `square`)",
+                    file.display()
+                ))
+            }
+        }
+        let bos_token_id = j.opt_usize("bos_token_id")?.map(|x| x as u32).unwrap_or(bos_default);
+        let eos_token_ids = j.opt_ids("eos_token_id")?.unwrap_or(vec![eos_default]);
+        let vocab = llm.vocab_size();
+        for (key, id) in
+            std::iter::once(("bos_token_id", bos_token_id)).chain(eos_token_ids.iter().map(|&e| ("eos_token_id", e)))
+        {
+            if id as usize >= vocab {
+                return invalid(format!(
+                    "{}: {key} {id} is outside the vocabulary (vocab_size {vocab})",
+                    file.display()
+                ));
+            }
+        }
+        Ok(Self { model_type, llm, mm, bos_token_id: Some(bos_token_id), eos_token_ids })
     }
 }
 

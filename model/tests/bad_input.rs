@@ -99,9 +99,10 @@ fn missing_config_key_is_named() {
 }
 
 /// Values that load but would make every logit NaN or the attention meaningless are refused by
-/// name (an epsilon, scale or cap of 0 or below, a window of 0).
+/// name (an epsilon, scale or cap of 0 or below, a window of 0), and so are values that would be
+/// ignored (token ids outside the vocabulary, a padded aspect ratio).
 #[test]
-fn non_positive_config_values_are_refused() {
+fn meaningless_config_values_are_refused() {
     for (key, value) in [
         ("rms_norm_eps", serde_json::json!(-1.0)),
         ("query_pre_attn_scalar", serde_json::json!(0.0)),
@@ -109,6 +110,10 @@ fn non_positive_config_values_are_refused() {
         ("attn_logit_softcapping", serde_json::json!(-5.0)),
         ("rope_theta", serde_json::json!(0.0)),
         ("sliding_window", serde_json::json!(0)),
+        // ids outside the vocabulary, and a preprocessing the engine does not do
+        ("eos_token_id", serde_json::json!([1, 5000000])),
+        ("bos_token_id", serde_json::json!(99999999)),
+        ("image_aspect_ratio", serde_json::json!("pad")),
     ] {
         let (_t, dir) = copy_ckpt("gemma2_region");
         edit_config(&dir, |c| {
