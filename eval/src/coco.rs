@@ -123,11 +123,38 @@ fn read_text(path: &Path) -> Result<String, EvalError> {
 fn load_gt(path: &Path) -> Result<COCO, EvalError> {
     // Read first so a missing file is an I/O error naming the path.
     std::fs::metadata(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
-    COCO::new(path).map_err(|e| match e {
+    let gt = COCO::new(path).map_err(|e| match e {
         hotcoco::Error::Json(source) => EvalError::Json { path: path.into(), source },
         hotcoco::Error::Io(source) => EvalError::Io { path: path.into(), source },
         other => EvalError::Coco(other),
-    })
+    })?;
+    check_gt(&gt.dataset, path)?;
+    Ok(gt)
+}
+
+/// What pycocotools accepts silently but cannot be meant: no categories (every stat is -1), an
+/// annotation of an image or category the file does not list (left out of the evaluation), a
+/// negative area (its size range is wrong).
+fn check_gt(d: &hotcoco::types::Dataset, path: &Path) -> Result<(), EvalError> {
+    let format = |message: String| EvalError::Format { path: path.into(), message };
+    if d.categories.is_empty() {
+        return Err(format("no `categories`: there is nothing to evaluate (every stat would be -1)".into()));
+    }
+    let images: HashSet<u64> = d.images.iter().map(|i| i.id).collect();
+    let cats: HashSet<u64> = d.categories.iter().map(|c| c.id).collect();
+    for (i, a) in d.annotations.iter().enumerate() {
+        let problem = if !images.contains(&a.image_id) {
+            format!("image_id {} is not one of `images`", a.image_id)
+        } else if !cats.contains(&a.category_id) {
+            format!("category_id {} is not one of `categories`", a.category_id)
+        } else if a.area.is_some_and(|v| !(v >= 0.0)) {
+            format!("area {} is negative or not a number", a.area.unwrap_or_default())
+        } else {
+            continue;
+        };
+        return Err(format(format!("annotations[{i}] (id {}): {problem}", a.id)));
+    }
+    Ok(())
 }
 
 /// Replace the non-standard JSON tokens `NaN`, `Infinity` and `-Infinity` (outside strings) by

@@ -93,6 +93,40 @@ fn unknown_image_ids_are_an_error() {
     assert!(err.to_string().contains("results[1] has image_id 777"), "{err}");
 }
 
+/// Ground truths pycocotools scores without a word although they cannot be meant: errors naming
+/// the annotation.
+#[test]
+fn inconsistent_ground_truth_is_an_error() {
+    let dt = scratch("one_det.json", r#"[{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}]"#);
+    let ann = |extra: &str| {
+        format!(
+            r#"{{"images": [{{"id": 1, "width": 100, "height": 100}}], "categories": [{{"id": 1, "name": "a"}}],
+               "annotations": [{{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "area": 2500, "iscrowd": 0}},
+                               {{"id": 2, "bbox": [1, 1, 5, 5], "iscrowd": 0, {extra}}}]}}"#
+        )
+    };
+    let ok = scratch("gt_ok.json", &ann(r#""image_id": 1, "category_id": 1, "area": 25"#));
+    coco_results_stats(&ok, &dt).unwrap();
+    for (name, extra, want) in [
+        (
+            "gt_img.json",
+            r#""image_id": 5, "category_id": 1, "area": 25"#,
+            "annotations[1] (id 2): image_id 5 is not one of `images`",
+        ),
+        ("gt_cat.json", r#""image_id": 1, "category_id": 9, "area": 25"#, "category_id 9 is not one of `categories`"),
+        ("gt_area.json", r#""image_id": 1, "category_id": 1, "area": -25"#, "area -25 is negative"),
+    ] {
+        let err = coco_results_stats(&scratch(name, &ann(extra)), &dt).unwrap_err().to_string();
+        assert!(err.contains(want) && err.contains(name), "{err}");
+    }
+    let no_cats = scratch(
+        "gt_nocats.json",
+        r#"{"images": [{"id": 1, "width": 100, "height": 100}], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "area": 2500, "iscrowd": 0}]}"#,
+    );
+    let err = coco_results_stats(&no_cats, &dt).unwrap_err().to_string();
+    assert!(err.contains("no `categories`"), "{err}");
+}
+
 #[test]
 fn empty_results_are_an_error() {
     let gt = fixture("coco/edge/gt.json");
