@@ -78,6 +78,10 @@ pub struct Sample {
     pub task: TaskKind,
     /// Where it came from: `file:line` (see the module docs for json lists and COCO files).
     pub source: String,
+    /// The image's width and height as its record declares them (the boxes were normalised by
+    /// them): checked against the decoded image when the sample is loaded. None: not declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -1032,6 +1036,7 @@ fn det_samples<R: Rng + ?Sized>(
         turns: vec![(detect_prompt(&set) + suffix, answer)],
         task: TaskKind::Det,
         source: source.to_string(),
+        size: Some((w, h)),
     };
 
     // Classes per sample: all present classes, split when there are more than max_categories.
@@ -1116,6 +1121,7 @@ fn reg_sample(b: &Builder, rec: &GroundRecord, source: &str) -> Result<Sample, S
         turns: vec![(user, expr.to_string())],
         task: TaskKind::Reg,
         source: source.to_string(),
+        size: Some((rec.width, rec.height)),
     })
 }
 
@@ -1149,6 +1155,7 @@ fn vg_sample(b: &Builder, rec: &GroundRecord, source: &str) -> Result<Sample, St
         turns: vec![(rec_prompt(expr), answer)],
         task: TaskKind::Vg,
         source: source.to_string(),
+        size: Some((rec.width, rec.height)),
     })
 }
 
@@ -1160,6 +1167,7 @@ fn count_sample(image: PathBuf, exemplar: PixelBox, boxes: &[PixelBox], w: u32, 
         turns: vec![(COUNT_PROMPT.to_string(), format_boxes(&norm))],
         task: TaskKind::Visj,
         source: source.to_string(),
+        size: Some((w, h)),
     }
 }
 
@@ -1239,7 +1247,7 @@ fn lazy_sample(b: &Builder, rec: &LazyRecord, source: &str) -> Result<Sample, St
         out.push((user, answer));
     }
     let image = b.image(rel)?;
-    Ok(Sample { image, regions: vec![], turns: out, task: TaskKind::Lazy, source: source.to_string() })
+    Ok(Sample { image, regions: vec![], turns: out, task: TaskKind::Lazy, source: source.to_string(), size: None })
 }
 
 type Boxes = Vec<[f64; 4]>;

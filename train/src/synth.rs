@@ -501,6 +501,7 @@ impl SynthStream {
                     turns: vec![(reg_region_prompt(), format!("the {}", p.name()))],
                     task: TaskKind::Reg,
                     source,
+                    size: Some(img.dimensions()),
                 };
                 return Ok((s, img, objs));
             }

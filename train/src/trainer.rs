@@ -159,6 +159,15 @@ pub fn load_pixels(
         Some(i) => i,
         None => load_rgb(&s.image).map_err(|e| e.to_string())?,
     };
+    if let Some((w, h)) = s.size.filter(|&d| d != main.dimensions()) {
+        return Err(format!(
+            "{}: the image is {}x{} but its record ({}) declares {w}x{h}, by which its boxes were normalised",
+            s.image.display(),
+            main.width(),
+            main.height(),
+            s.source
+        ));
+    }
     let cpu = Device::Cpu;
     let px = preprocess(&main, image_size, &cpu).map_err(|e| e.to_string())?;
     let regions = s

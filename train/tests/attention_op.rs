@@ -36,6 +36,7 @@ fn loss_and_grads(op: bool) -> (f32, HashMap<String, Tensor>) {
         ],
         task: TaskKind::Visj,
         source: "test:1".into(),
+        size: None,
     };
     let enc = encode_sample(&m.tokenizer, m.template, &s, VisualLens::of(&m)).unwrap();
     let (loss, n) = sample_loss(&m, &s, &enc).unwrap();

@@ -860,3 +860,19 @@ fn build_all_vocabulary_and_determinism() {
     let (prefix, _) = build_all(&sources[..2], &o).unwrap();
     assert_eq!(prefix[..], s[..4]);
 }
+
+/// A record whose declared size is not its image's: the sample fails to load, naming both sizes
+/// and the record (its boxes were normalised by the declared size), instead of training on
+/// boxes in the wrong place.
+#[test]
+fn declared_size_is_checked_when_the_image_loads() {
+    let img = images();
+    let vocab = names(&["bird", "cat", "dog", "horse", "person", "zebra"]);
+    let (s, _) = build(TaskKind::Det, fx("det.jsonl"), img.path(), &vocab, &opts(80), 1);
+    assert_eq!(s[0].size, Some((200, 100)));
+    let e = griffon_train::trainer::load_pixels(&s[0], None, 28, 28).unwrap_err();
+    assert!(e.contains("a.png: the image is 3x2 but its record") && e.contains("declares 200x100"), "{e}");
+    let fits = griffon_train::data::Sample { size: Some((3, 2)), ..s[0].clone() };
+    let (px, _) = griffon_train::trainer::load_pixels(&fits, None, 28, 28).unwrap();
+    assert_eq!(px.dims(), &[3, 28, 28]);
+}

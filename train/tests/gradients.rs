@@ -25,6 +25,7 @@ fn samples(d: &std::path::Path) -> Vec<Sample> {
             )],
             task: TaskKind::Visj,
             source: "test:1".into(),
+            size: None,
         },
         Sample {
             image: d.join("image.png"),
@@ -35,6 +36,7 @@ fn samples(d: &std::path::Path) -> Vec<Sample> {
             ],
             task: TaskKind::Lazy,
             source: "test:2".into(),
+            size: None,
         },
     ]
 }
@@ -151,6 +153,7 @@ fn padded_batch_loss_equals_per_sample_losses() {
         turns: vec![("Where is the square?".into(), "square-[0.1,0.2,0.3,0.4]".into())],
         task: TaskKind::Vg,
         source: "test:3".into(),
+        size: None,
     });
     let loaded: Vec<Loaded> = all
         .iter()

@@ -37,6 +37,7 @@ fn rec(turns: &[(&str, &str)]) -> Sample {
         turns: turns.iter().map(|(u, a)| (u.to_string(), a.to_string())).collect(),
         task: TaskKind::Vg,
         source: "test:1".into(),
+        size: None,
     }
 }
 
