@@ -945,7 +945,18 @@ impl Trainer {
             None => Data::Files(encoded),
         };
         if data.is_empty() {
-            return Err(format!("no usable training samples ({} skipped)", skipped.len()));
+            // why, from the first few skipped samples (an empty task list skips none)
+            let why: Vec<String> = skipped.iter().take(3).map(|k| format!("{}: {}", k.source, k.reason)).collect();
+            let more = skipped.len().saturating_sub(why.len());
+            return Err(match (why.is_empty(), more) {
+                (true, _) => "no training samples: the task list's sources hold no records".to_string(),
+                (false, 0) => format!("no usable training samples, all {} skipped: {}", skipped.len(), why.join("; ")),
+                (false, m) => format!(
+                    "no usable training samples, all {} skipped: {}; and {m} more",
+                    skipped.len(),
+                    why.join("; ")
+                ),
+            });
         }
         let dense = if cfg.train.stage == 0 || cfg.train.dense_weight > 0.0 {
             let c = model.tower.cfg.hidden_size;
