@@ -92,7 +92,7 @@ fn box_field(v: &Value, key: &str) -> Option<[f64; 4]> {
     }
 }
 
-/// A flat `[x1, y1, x2, y2]` of numbers.
+/// A flat `[x1, y1, x2, y2]` of numbers with x1 <= x2 and y1 <= y2.
 fn box_value(v: &Value) -> Option<[f64; 4]> {
     let a = v.as_array()?;
     if a.len() != 4 {
@@ -102,7 +102,8 @@ fn box_value(v: &Value) -> Option<[f64; 4]> {
     for (i, x) in a.iter().enumerate() {
         b[i] = x.as_f64()?;
     }
-    Some(b)
+    // an inverted box cannot be a ground truth (its IoU with anything is 0)
+    (b.iter().all(|x| x.is_finite()) && b[0] <= b[2] && b[1] <= b[3]).then_some(b)
 }
 
 /// COCO instances json: one detection item per image, over every category.
@@ -174,8 +175,9 @@ pub fn refcoco(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no image path (img_path)")))?;
             let expr = str_field(&v, &["expression", "sentence", "expr"])
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no `expression`")))?;
-            let gt = box_field(&v, "bbox")
-                .ok_or_else(|| fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2]")))?;
+            let gt = box_field(&v, "bbox").ok_or_else(|| {
+                fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2] with x1 <= x2 and y1 <= y2"))
+            })?;
             let id = v
                 .get("id")
                 .map(|x| x.to_string().trim_matches('"').to_string())
@@ -197,8 +199,9 @@ pub fn reg(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
         .map(|(line, v)| {
             let img = str_field(&v, &["img_path", "image", "image_path", "file_name"])
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no image path (img_path)")))?;
-            let b = box_field(&v, "bbox")
-                .ok_or_else(|| fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2]")))?;
+            let b = box_field(&v, "bbox").ok_or_else(|| {
+                fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2] with x1 <= x2 and y1 <= y2"))
+            })?;
             let refs: Vec<String> = match ["expressions", "refs", "expression"]
                 .iter()
                 .find_map(|k| Some((*k, v.get(*k).filter(|x| !x.is_null())?)))
@@ -280,6 +283,9 @@ pub fn parse_flickr_xml(xml: &str) -> Result<std::collections::HashMap<String, V
         let Some(c) = coords else {
             return Err(format!("an object's <bndbox> lacks a numeric xmin/ymin/xmax/ymax: {}", bb.trim()));
         };
+        if !(c.iter().all(|x| x.is_finite()) && c[0] <= c[2] && c[1] <= c[3]) {
+            return Err(format!("an object's <bndbox> is inverted (xmax < xmin or ymax < ymin): {}", bb.trim()));
+        }
         // an object may carry several <name> ids
         let mut rest = obj;
         while let Some(i) = rest.find("<name>") {
@@ -361,12 +367,16 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
             .map(|(line, v)| {
                 let img = str_field(&v, &["image", "img_path", "image_path", "file_name"])
                     .ok_or_else(|| fmt_err(data, format!("line {line}: no `image`")))?;
-                let e = box_field(&v, "exemplar")
-                    .ok_or_else(|| fmt_err(data, format!("line {line}: `exemplar` is not [x1,y1,x2,y2]")))?;
+                let e = box_field(&v, "exemplar").ok_or_else(|| {
+                    fmt_err(data, format!("line {line}: `exemplar` is not [x1,y1,x2,y2] with x1 <= x2 and y1 <= y2"))
+                })?;
                 let c = v
                     .get("count")
                     .and_then(Value::as_f64)
                     .ok_or_else(|| fmt_err(data, format!("line {line}: no numeric `count`")))?;
+                if !(c >= 1.0 && c.fract() == 0.0) {
+                    return Err(fmt_err(data, format!("line {line}: `count` must be a whole number >= 1, got {c}")));
+                }
                 let boxes = match v.get("boxes") {
                     None => None,
                     Some(b) => {
@@ -377,7 +387,12 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
                             .enumerate()
                             .map(|(k, x)| {
                                 box_value(x).ok_or_else(|| {
-                                    fmt_err(data, format!("line {line}: `boxes`[{k}] is not [x1,y1,x2,y2]"))
+                                    fmt_err(
+                                        data,
+                                        format!(
+                                            "line {line}: `boxes`[{k}] is not [x1,y1,x2,y2] with x1 <= x2 and y1 <= y2"
+                                        ),
+                                    )
                                 })
                             })
                             .collect::<Result<Vec<_>, _>>()?;

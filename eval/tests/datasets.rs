@@ -35,6 +35,13 @@ fn refcoco_errors_name_the_line() {
     std::fs::write(&f, "{\"img_path\": \"a.jpg\", \"expression\": \"x\", \"bbox\": [1, 2, 3, 4]}\n{\"img_path\": \"a.jpg\", \"bbox\": [1, 2, 3, 4]}\n").unwrap();
     let e = refcoco(&f, Path::new("img")).unwrap_err().to_string();
     assert!(e.contains("line 2") && e.contains("expression"), "{e}");
+    // an inverted ground-truth box is an error naming the line
+    std::fs::write(&f, "{\"img_path\": \"a.jpg\", \"expression\": \"x\", \"bbox\": [50, 50, 10, 10]}\n").unwrap();
+    let e = refcoco(&f, Path::new("img")).unwrap_err().to_string();
+    assert!(e.contains("line 1") && e.contains("x1 <= x2 and y1 <= y2"), "{e}");
+    let xml = "<annotation><object><name>1</name><bndbox><xmin>40</xmin><ymin>1</ymin><xmax>10</xmax><ymax>5</ymax></bndbox></object></annotation>";
+    let e = griffon_eval::datasets::parse_flickr_xml(xml).unwrap_err();
+    assert!(e.contains("inverted"), "{e}");
 }
 
 #[test]
@@ -105,7 +112,25 @@ fn counting_layouts() {
     std::fs::write(&f, "{\"image\": \"a.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 1, \"boxes\": 5}\n").unwrap();
     let e = count(&f, Path::new("img"), None).unwrap_err().to_string();
     assert!(e.contains("line 1") && e.contains("not a list"), "{e}");
-    std::fs::write(&f, "{\"image\": \"a.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 0, \"boxes\": []}\n").unwrap();
+    // inverted boxes and counts that are not whole numbers >= 1: errors when the file is read,
+    // not after the model has run
+    for (line, want) in [
+        (
+            r#"{"image": "a.png", "exemplar": [3, 2, 1, 4], "count": 1}"#,
+            "`exemplar` is not [x1,y1,x2,y2] with x1 <= x2",
+        ),
+        (
+            r#"{"image": "a.png", "exemplar": [1, 2, 3, 4], "count": 2.5}"#,
+            "`count` must be a whole number >= 1, got 2.5",
+        ),
+        (r#"{"image": "a.png", "exemplar": [1, 2, 3, 4], "count": 0}"#, "`count` must be a whole number >= 1, got 0"),
+        (r#"{"image": "a.png", "exemplar": [1, 2, 3, 4], "count": 1, "boxes": [[5, 6, 1, 8]]}"#, "`boxes`[0] is not"),
+    ] {
+        std::fs::write(&f, format!("{line}\n")).unwrap();
+        let e = count(&f, Path::new("img"), None).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains(want), "{line}: {e}");
+    }
+    std::fs::write(&f, "{\"image\": \"a.png\", \"exemplar\": [1, 2, 3, 4], \"count\": 1, \"boxes\": []}\n").unwrap();
     let e = count(&f, Path::new("img"), None).unwrap_err().to_string();
     assert!(e.contains("line 1") && e.contains("empty"), "{e}");
 }
