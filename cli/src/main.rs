@@ -375,6 +375,25 @@ impl ModelArgs {
         bail!("no model: give --model (or set $GRIFFON_MODEL); the bundled default model {} is not there", d.display())
     }
 
+    /// The model folder (canonical path) and the load options that change its answers: what an
+    /// evaluation's records are checked against on resume.
+    fn identity(&self) -> Result<String> {
+        let dir = self.dir()?;
+        let dir = dir.canonicalize().with_context(|| format!("model folder {}", dir.display()))?;
+        Ok(format!(
+            "{} (image size {}, tiles {}, position interpolation {}, dtype {})",
+            dir.display(),
+            self.image_size.map_or("stored".to_string(), |s| s.to_string()),
+            self.tiles.map_or("stored".to_string(), |t| t.to_string()),
+            self.pos_interp,
+            match self.dtype {
+                DtypeArg::F32 => "f32",
+                DtypeArg::Bf16 => "bf16",
+                DtypeArg::F16 => "f16",
+            }
+        ))
+    }
+
     fn load(&self) -> Result<Griffon> {
         let dir = self.dir()?;
         let pos_interp: Interp = self.pos_interp.parse().map_err(|e: String| anyhow!(e))?;
@@ -859,6 +878,7 @@ fn eval_run_metrics(
             constrained: a.constrained,
         },
         progress: !a.quiet,
+        model: Some(a.model.identity()?),
     };
     if items.is_empty() {
         bail!("the dataset has no samples");

@@ -269,6 +269,26 @@ fn grounding_description_and_counting_runners() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains("another evaluation wrote") && err.contains(why), "{data}: {err}");
     }
+    // another model (here the same folder at another input size) into the same folder: refused
+    let o = griffon(&[
+        "eval",
+        "refcoco",
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        &toy.p("images"),
+        "--out",
+        &toy.p("rec"),
+        "--quiet",
+        "--max-new-tokens",
+        "40",
+        "--data",
+        &toy.p("refcoco.jsonl"),
+        "--image-size",
+        "56",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("answered by another model") && err.contains("image size 56"), "{err}");
     // a merge with a shard missing is refused instead of scoring half the dataset
     run_eval("refcoco", &toy, "rec2", &["--data", &toy.p("refcoco.jsonl"), "--shard", "0/2"]);
     let o = griffon(&["eval", "merge", "--out", &toy.p("rec2")]);

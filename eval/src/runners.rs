@@ -44,6 +44,10 @@ pub struct Record {
     /// again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<usize>,
+    /// The model that answered ([`RunnerOptions::model`]): a resume with another model is
+    /// refused instead of mixing two models' answers. Absent in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl Record {
@@ -85,6 +89,9 @@ pub struct RunnerOptions {
     pub limit: Option<usize>,
     pub run: RunOptions,
     pub progress: bool,
+    /// Names the model and how it was loaded (folder, input size, dtype ...), stored in each
+    /// record and compared on resume; None: not recorded, not checked.
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,11 +139,22 @@ fn read_shard(path: &Path) -> Result<Vec<Record>, EvalError> {
     Ok(out)
 }
 
-/// Refuses to resume from records that another evaluation wrote: every stored record must be
-/// one of this dataset's ids, made from the same image and scored against the same truth (a
+/// Refuses to resume from records that another evaluation wrote: every stored record must come
+/// from this run's model (when both name one) and be one of this dataset's ids, made from the same image and scored against the same truth (a
 /// folder reused for another dataset or an edited annotation would otherwise mix old answers
 /// and old truths into the new scores).
-fn check_stored(file: &Path, stored: &[Record], items: &[Item]) -> Result<(), EvalError> {
+fn check_stored(file: &Path, stored: &[Record], items: &[Item], model: Option<&str>) -> Result<(), EvalError> {
+    if let Some(mine) = model {
+        let other = stored.iter().find(|r| r.model.as_deref().is_some_and(|m| m != mine));
+        if let Some(r) = other {
+            return Err(EvalError::Invalid(format!(
+                "{}: the record for id {:?} was answered by another model ({}; this run: {mine}): use a new --out",
+                file.display(),
+                r.id,
+                r.model.as_deref().unwrap_or_default()
+            )));
+        }
+    }
     let by_id: HashMap<&str, &Item> = items.iter().map(|it| (it.id.as_str(), it)).collect();
     // the item's truth as it reads back from a record (serde_json may parse a written decimal
     // one ulp off: comparing the item's own value would refuse a valid resume)
@@ -180,7 +198,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     // again; merge prefers the new record
     let max_new = opts.run.sampling.max_new_tokens;
     let stored = read_shard(&file)?;
-    check_stored(&file, &stored, items)?;
+    check_stored(&file, &stored, items, opts.model.as_deref())?;
     let done: HashSet<String> = stored.into_iter().filter(|r| r.settled(max_new)).map(|r| r.id).collect();
     let mine: Vec<&Item> = items
         .iter()
@@ -224,6 +242,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
                 error: None,
                 truncated: out.truncated,
                 max_new_tokens: out.truncated.then_some(max_new),
+                model: opts.model.clone(),
             },
             Err(e) => {
                 errors += 1;
@@ -238,6 +257,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
                     error: Some(e.to_string()),
                     truncated: false,
                     max_new_tokens: None,
+                    model: opts.model.clone(),
                 }
             }
         };

@@ -85,6 +85,7 @@ fn repeated_phrase_takes_its_own_box() {
                 PhraseTruth { phrase: "a dog".into(), boxes: vec![[50.0, 0.0, 60.0, 10.0]] },
             ],
         },
+        model: None,
         error: None,
         truncated: false,
         max_new_tokens: None,
