@@ -237,22 +237,25 @@ fn grounding_description_and_counting_runners() {
     // records another evaluation wrote are refused, not mixed in: an edited ground truth, and
     // another dataset into the same folder
     let model = fixture().join("ckpt");
-    let rerun = |data: &str| {
-        griffon(&[
+    let (images, rec) = (toy.p("images"), toy.p("rec"));
+    let rerun = |data: &str, extra: &[&str]| {
+        let mut args = vec![
             "eval",
             "refcoco",
             "--model",
             model.to_str().unwrap(),
             "--images",
-            &toy.p("images"),
+            &images,
             "--out",
-            &toy.p("rec"),
+            &rec,
             "--quiet",
             "--max-new-tokens",
             "40",
             "--data",
             data,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        griffon(&args)
     };
     std::fs::write(
         toy.p("edited.jsonl"),
@@ -265,28 +268,12 @@ fn grounding_description_and_counting_runners() {
     )
     .unwrap();
     for (data, why) in [("edited.jsonl", "ground truth differs"), ("other.jsonl", "this dataset has no such id")] {
-        let o = rerun(&toy.p(data));
+        let o = rerun(&toy.p(data), &[]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains("another evaluation wrote") && err.contains(why), "{data}: {err}");
     }
     // another model (here the same folder at another input size) into the same folder: refused
-    let o = griffon(&[
-        "eval",
-        "refcoco",
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        &toy.p("images"),
-        "--out",
-        &toy.p("rec"),
-        "--quiet",
-        "--max-new-tokens",
-        "40",
-        "--data",
-        &toy.p("refcoco.jsonl"),
-        "--image-size",
-        "56",
-    ]);
+    let o = rerun(&toy.p("refcoco.jsonl"), &["--image-size", "56"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("answered by another model") && err.contains("image size 56"), "{err}");
     // a merge with a shard missing is refused instead of scoring half the dataset
