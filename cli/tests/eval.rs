@@ -281,6 +281,42 @@ fn grounding_description_and_counting_runners() {
     let o = griffon(&["eval", "merge", "--out", &toy.p("rec2")]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("shard(s) 1/2 not run yet"), "{err}");
+    // a run of another split into that folder is refused before it runs anything
+    let o = griffon(&[
+        "eval",
+        "refcoco",
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        &images,
+        "--out",
+        &toy.p("rec2"),
+        "--quiet",
+        "--data",
+        &toy.p("refcoco.jsonl"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("2-way split and this run is 1-way"), "{err}");
+    // the same images named another way (./ in the path) are the same evaluation: resumed
+    let dotted = format!("{images}/./");
+    let o = griffon(&[
+        "eval",
+        "refcoco",
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        &dotted,
+        "--out",
+        &toy.p("rec"),
+        "--quiet",
+        "--max-new-tokens",
+        "40",
+        "--data",
+        &toy.p("refcoco.jsonl"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m["total"], 2, "{m}");
     let m = run_eval(
         "flickr",
         &toy,

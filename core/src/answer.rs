@@ -104,6 +104,13 @@ fn clean_name(raw: &str, offset: usize) -> Option<(String, Range<usize>)> {
     }
 }
 
+/// A span `lo..hi` (lo <= hi) that clamping to [0, 1] would collapse to an edge: wholly beyond
+/// it, or touching it from outside with a positive length (`[1.0, 1.4]`). A point span inside
+/// (`[0, 0]`) is kept as written.
+fn outside_unit(lo: f64, hi: f64) -> bool {
+    hi < 0.0 || lo > 1.0 || (hi > lo && (hi <= 0.0 || lo >= 1.0))
+}
+
 fn is_none_text(s: &str) -> bool {
     let t = s.trim().trim_end_matches(['.', '!']);
     t.eq_ignore_ascii_case(NONE_ANSWER)
@@ -150,7 +157,7 @@ pub fn parse_answer(text: &str) -> ParsedAnswer {
                             text: piece[open..=close].to_string(),
                             reason: "inverted box (x2 < x1 or y2 < y1)".into(),
                         });
-                    } else if b.x2 < 0.0 || b.x1 > 1.0 || b.y2 < 0.0 || b.y1 > 1.0 {
+                    } else if outside_unit(b.x1, b.x2) || outside_unit(b.y1, b.y2) {
                         out.dropped.push(Dropped {
                             text: piece[open..=close].to_string(),
                             reason: "box wholly outside the image (coordinates beyond [0, 1])".into(),
@@ -266,11 +273,13 @@ mod tests {
     /// reason; one that overlaps the image is clamped, and an in-range point box is kept as written.
     #[test]
     fn boxes_outside_the_image_are_dropped() {
-        let p = parse_answer("cat-[1.5,0.2,2.0,0.4]&dog-[-0.5,-0.5,-0.1,-0.1]&cow-[0.9,0.9,1.4,1.2]&ant-[0,0,0,0]");
+        let p = parse_answer(
+            "cat-[1.5,0.2,2.0,0.4]&dog-[-0.5,-0.5,-0.1,-0.1]&cow-[0.9,0.9,1.4,1.2]&ant-[0,0,0,0]&elk-[1.0,0.2,1.4,0.4]&fox-[0.2,-0.3,0.5,0.0]",
+        );
         assert_eq!(labels(&p), vec![Some("cow"), Some("ant")]);
         assert_eq!(p.instances[0].norm, NormBox::new(0.9, 0.9, 1.0, 1.0));
         let reasons: Vec<&str> = p.dropped.iter().map(|d| d.reason.as_str()).collect();
-        assert_eq!(reasons, vec!["box wholly outside the image (coordinates beyond [0, 1])"; 2]);
+        assert_eq!(reasons, vec!["box wholly outside the image (coordinates beyond [0, 1])"; 4]);
         assert_eq!(p.dropped[0].text, "[1.5,0.2,2.0,0.4]");
     }
 

@@ -78,7 +78,27 @@ pub fn check_items(items: &[Item], opts: &RunnerOptions) -> Result<(), EvalError
             )));
         }
     }
-    Ok(())
+    check_out_folder(items, opts)
+}
+
+/// The records already in `--out` (checked before a model is loaded): the folder's shards must be
+/// of this run's split, and this shard's records of this evaluation ([`check_stored`]).
+fn check_out_folder(items: &[Item], opts: &RunnerOptions) -> Result<(), EvalError> {
+    if !opts.out.is_dir() {
+        return Ok(());
+    }
+    for f in shard_files(&opts.out)? {
+        let (_, n) = shard_of(&f)?;
+        if n != opts.shard.1 {
+            return Err(EvalError::Invalid(format!(
+                "{}: holds shards of a {n}-way split and this run is {}-way: use one --shard split per --out",
+                opts.out.display(),
+                opts.shard.1
+            )));
+        }
+    }
+    let file = shard_file(&opts.out, opts.shard);
+    check_stored(&file, &read_shard(&file)?, items, opts.model.as_deref())
 }
 
 #[derive(Debug, Clone)]
@@ -162,7 +182,7 @@ fn check_stored(file: &Path, stored: &[Record], items: &[Item], model: Option<&s
     for r in stored {
         let problem = match by_id.get(r.id.as_str()) {
             None => "this dataset has no such id",
-            Some(it) if it.request.image != r.image => "its image differs from this dataset's",
+            Some(it) if !same_file(&it.request.image, &r.image) => "its image differs from this dataset's",
             Some(it) if as_stored(&it.truth).as_ref() != Some(&r.truth) => {
                 "its ground truth differs from this dataset's"
             }
@@ -175,6 +195,11 @@ fn check_stored(file: &Path, stored: &[Record], items: &[Item], model: Option<&s
         )));
     }
     Ok(())
+}
+
+/// Whether two paths name one file (as written, or once resolved: `--images ./imgs` and `imgs`).
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 /// The records of this evaluation's items (the first `limit` of `items`), in id order: a run
@@ -198,7 +223,6 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     // again; merge prefers the new record
     let max_new = opts.run.sampling.max_new_tokens;
     let stored = read_shard(&file)?;
-    check_stored(&file, &stored, items, opts.model.as_deref())?;
     let done: HashSet<String> = stored.into_iter().filter(|r| r.settled(max_new)).map(|r| r.id).collect();
     let mine: Vec<&Item> = items
         .iter()
@@ -278,25 +302,40 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     })
 }
 
+/// The `predictions.shard-*` files of a folder, sorted.
+fn shard_files(out: &Path) -> Result<Vec<PathBuf>, EvalError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out)
+        .map_err(|source| EvalError::Io { path: out.into(), source })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("predictions.shard-")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// (I, N) of a shard file `predictions.shard-I-of-N.jsonl` (I < N).
+fn shard_of(f: &Path) -> Result<(usize, usize), EvalError> {
+    let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.strip_prefix("predictions.shard-")
+        .and_then(|r| r.strip_suffix(".jsonl"))
+        .and_then(|r| r.split_once("-of-"))
+        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+        .filter(|(i, n)| i < n)
+        .ok_or_else(|| {
+            EvalError::Invalid(format!(
+                "{}: not a shard file name (predictions.shard-I-of-N.jsonl with I < N)",
+                f.display()
+            ))
+        })
+}
+
 /// The shard files `predictions.shard-I-of-N.jsonl` of one folder must all be of one split N
 /// and every I in 0..N present: a missing shard would score a part of the dataset as the whole.
 fn check_shards_complete(out: &Path, files: &[PathBuf]) -> Result<(), EvalError> {
     let mut of: Option<usize> = None;
     let mut have = HashSet::new();
     for f in files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let parsed = name
-            .strip_prefix("predictions.shard-")
-            .and_then(|r| r.strip_suffix(".jsonl"))
-            .and_then(|r| r.split_once("-of-"))
-            .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
-            .filter(|(i, n)| i < n);
-        let Some((i, n)) = parsed else {
-            return Err(EvalError::Invalid(format!(
-                "{}: not a shard file name (predictions.shard-I-of-N.jsonl with I < N)",
-                f.display()
-            )));
-        };
+        let (i, n) = shard_of(f)?;
         match of {
             Some(m) if m != n => {
                 return Err(EvalError::Invalid(format!(
@@ -323,12 +362,7 @@ fn check_shards_complete(out: &Path, files: &[PathBuf]) -> Result<(), EvalError>
 /// Every record of every shard in `out`, deduplicated by id, in id order: a later record (a
 /// rerun, appended) replaces a failed or cut one unless it failed itself.
 pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(out)
-        .map_err(|source| EvalError::Io { path: out.into(), source })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("predictions.shard-")))
-        .collect();
-    files.sort();
+    let files = shard_files(out)?;
     if files.is_empty() {
         return Err(EvalError::Invalid(format!("{}: no predictions.shard-*.jsonl files", out.display())));
     }

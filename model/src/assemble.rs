@@ -105,7 +105,9 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
     let pos_name = vis
         .names()
         .into_iter()
-        .find(|n| n.ends_with("position_embedding.weight") || *n == "pos_embed" || n.ends_with(".pos_embed"))
+        .find(|n| {
+            keep(n) && (n.ends_with("position_embedding.weight") || *n == "pos_embed" || n.ends_with(".pos_embed"))
+        })
         .map(str::to_string)
         .ok_or_else(|| {
             Error::Invalid(format!("{}: no position table (pos_embed / position_embedding.weight)", o.vision.display()))
