@@ -110,7 +110,11 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
         })
         .map(str::to_string)
         .ok_or_else(|| {
-            Error::Invalid(format!("{}: no position table (pos_embed / position_embedding.weight)", o.vision.display()))
+            Error::Invalid(format!(
+                "{}: no vision-tower position table (`vision_model.` ... `position_embedding.weight`, or \
+                 `pos_embed`): --vision must be an HF CLIP or EVA02 tower checkpoint",
+                o.vision.display()
+            ))
         })?;
     let mut vision_width = 0;
     for n in vis.names() {
@@ -129,14 +133,6 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
             }
         }
         tensors.insert(format!("model.vision_tower.vision_tower.{n}"), t);
-    }
-    if vision_width == 0 {
-        // the table exists but is not a tower tensor: e.g. a Griffon checkpoint given as --vision
-        return invalid(format!(
-            "{}: its position table `{pos_name}` is not a vision-tower tensor (a CLIP tower's are under \
-             `vision_model.`): --vision must be an HF CLIP or EVA02 tower checkpoint",
-            o.vision.display()
-        ));
     }
     // a fresh projector
     let layout = projector_layout(&kind, vision_width, hidden);

@@ -461,7 +461,7 @@ fn assemble_paper_configuration_from_parts() {
         "the other tower weights stay bf16"
     );
     // refused: a non-empty output folder (nothing overwritten), and a Griffon checkpoint given as
-    // the tower (its table is found but is not a tower tensor: a model without a tower was written)
+    // the tower (its table is not a tower tensor: a model without a tower was written)
     let opts = |vision: PathBuf, out: PathBuf| AssembleOptions {
         llm: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/llama2_bf16/ckpt"),
         vision,
@@ -476,5 +476,5 @@ fn assemble_paper_configuration_from_parts() {
     assert!(e.contains("exists and is not empty"), "{e}");
     assert_eq!(std::fs::read(out16.join("model.safetensors")).unwrap(), before);
     let e = assemble(&opts(out16, tmp.path().join("from-griffon"))).unwrap_err().to_string();
-    assert!(e.contains("is not a vision-tower tensor"), "{e}");
+    assert!(e.contains("no vision-tower position table") && e.contains("--vision must be"), "{e}");
 }
