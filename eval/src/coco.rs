@@ -132,6 +132,12 @@ fn load_gt(path: &Path) -> Result<COCO, EvalError> {
     Ok(gt)
 }
 
+/// The ground-truth checks of the scorer ([`check_gt`]) on an annotation file, for a dataset
+/// reader to run before a model does.
+pub(crate) fn check_annotations(path: &Path) -> Result<(), EvalError> {
+    load_gt(path).map(|_| ())
+}
+
 /// What pycocotools accepts silently but cannot be meant: no categories (every stat is -1), an
 /// annotation of an image or category the file does not list (left out of the evaluation), a
 /// negative area (its size range is wrong).

@@ -108,6 +108,8 @@ fn box_value(v: &Value) -> Option<[f64; 4]> {
 
 /// COCO instances json: one detection item per image, over every category.
 pub fn coco(annotations: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
+    // the scorer's ground-truth checks, before any model runs
+    crate::coco::check_annotations(annotations)?;
     let v = read_json(annotations)?;
     let cats: Vec<String> = v
         .get("categories")
@@ -448,6 +450,9 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
                 .get("points")
                 .and_then(Value::as_array)
                 .ok_or_else(|| fmt_err(data, format!("{name}: no `points`")))?;
+            if points.is_empty() {
+                return Err(fmt_err(data, format!("{name}: `points` is empty (a count of 0)")));
+            }
             let ex = a
                 .get("box_examples_coordinates")
                 .and_then(Value::as_array)
@@ -534,6 +539,12 @@ fn fscd_count(data: &Path, v: &Value, images: &Path) -> Result<Vec<Item>, EvalEr
     let mut items = Vec::new();
     for (id, file) in coco_images(v, data)? {
         let e = exemplar.get(&id).ok_or_else(|| fmt_err(&ex_path, format!("no exemplar for image_id {id}")))?;
+        if e[2] < e[0] || e[3] < e[1] {
+            return Err(fmt_err(&ex_path, format!("the exemplar of image_id {id} has a negative width or height")));
+        }
+        if !counts.contains_key(&id) {
+            return Err(fmt_err(data, format!("image_id {id} has no (non-crowd) annotation: a count of 0")));
+        }
         items.push(Item {
             id: id.to_string(),
             request: Request {

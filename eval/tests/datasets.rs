@@ -69,6 +69,22 @@ fn counting_layouts() {
         Task::Count { exemplar: Exemplar::BoxOnImage(b) } => assert_eq!(b.as_array(), [2.0, 3.0, 12.0, 23.0]),
         t => panic!("{t:?}"),
     }
+    // an image whose every annotation is a crowd region (a count of 0): an error when read
+    let inst = serde_json::json!({"images": [{"id": 7, "file_name": "7.jpg"}],
+        "annotations": [{"image_id": 7, "bbox": [1, 1, 2, 2], "iscrowd": 1}]});
+    std::fs::write(tmp.path().join("unseen_instances_test.json"), inst.to_string()).unwrap();
+    let e = count(&tmp.path().join("unseen_instances_test.json"), Path::new("img"), None).unwrap_err().to_string();
+    assert!(e.contains("image_id 7 has no (non-crowd) annotation"), "{e}");
+    // FSC-147 with no points
+    std::fs::write(
+        tmp.path().join("fsc0.json"),
+        serde_json::json!({"1.jpg": {"points": [],
+        "box_examples_coordinates": [[[10, 20], [30, 20], [30, 40], [10, 40]]]}})
+        .to_string(),
+    )
+    .unwrap();
+    let e = count(&tmp.path().join("fsc0.json"), Path::new("img"), None).unwrap_err().to_string();
+    assert!(e.contains("1.jpg: `points` is empty"), "{e}");
     // iscrowd as JSON booleans counts as 0 / 1 does; another type is an error naming it
     for (crowd, want) in [(serde_json::json!(true), 2.0), (serde_json::json!(false), 3.0)] {
         let inst = serde_json::json!({"images": [{"id": 7, "file_name": "7.jpg"}],
@@ -162,4 +178,17 @@ fn malformed_parts_of_a_record_are_errors_not_skipped() {
     .unwrap();
     let e = count(&f, Path::new("img"), None).unwrap_err().to_string();
     assert!(e.contains("1.jpg") && e.contains("corner"), "{e}");
+}
+
+/// The COCO reader runs the scorer's ground-truth checks before any model does.
+#[test]
+fn coco_ground_truth_is_checked_when_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("instances.json");
+    let gt = serde_json::json!({"images": [{"id": 1, "file_name": "a.png", "width": 10, "height": 10}],
+        "categories": [{"id": 1, "name": "x"}],
+        "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [1, 1, 2, 2], "area": 4, "iscrowd": 0}]});
+    std::fs::write(&f, gt.to_string()).unwrap();
+    let e = griffon_eval::datasets::coco(&f, Path::new("img")).unwrap_err().to_string();
+    assert!(e.contains("image_id 2 is not one of `images`"), "{e}");
 }

@@ -573,7 +573,7 @@ impl TrainConfig {
             return Err("train.region_lr is set but neither `region` nor `region_projector` is trainable".into());
         }
         if t.vision_lr.is_some() && !modules.contains(&Module::Vision) {
-            return Err("train.vision_lr is set but `vision` is not in train.trainable".into());
+            return Err("train.vision_lr is set but train.trainable does not list `vision` (without a list, vision_lr adds the tower)".into());
         }
         Ok(())
     }

@@ -52,7 +52,7 @@ fn region_lr_and_visj_random() {
     assert!(e.contains("region_lr is set but neither"), "{e}");
     // the same for the tower's own rate with a trainable list that leaves the tower out
     let e = set(&["train.vision_lr=1e-5"]).unwrap_err();
-    assert!(e.contains("vision_lr is set but `vision` is not in train.trainable"), "{e}");
+    assert!(e.contains("vision_lr is set but train.trainable does not list `vision`"), "{e}");
     let ok = set(&["train.vision_lr=1e-5", "train.trainable=[\"llm\", \"vision\", \"region\"]"]).unwrap();
     assert_eq!(ok.lr_of(Module::Vision), 1e-5);
     // a data-thread count past the trainer's limit (each would load its share of a round first)
