@@ -238,25 +238,15 @@ fn grounding_description_and_counting_runners() {
     // another dataset into the same folder
     let model = fixture().join("ckpt");
     let (images, rec) = (toy.p("images"), toy.p("rec"));
-    let rerun = |data: &str, extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "refcoco",
-            "--model",
-            model.to_str().unwrap(),
-            "--images",
-            &images,
-            "--out",
-            &rec,
-            "--quiet",
-            "--max-new-tokens",
-            "40",
-            "--data",
-            data,
-        ];
+    // a refcoco run of `data` with these images into `out`
+    let refcoco_run = |images: &str, out: &str, data: &str, extra: &[&str]| {
+        let model = model.to_str().unwrap();
+        let mut args = vec!["eval", "refcoco", "--model", model, "--images", images, "--out", out, "--quiet"];
+        args.extend_from_slice(&["--max-new-tokens", "40", "--data", data]);
         args.extend_from_slice(extra);
         griffon(&args)
     };
+    let rerun = |data: &str, extra: &[&str]| refcoco_run(&images, &rec, data, extra);
     std::fs::write(
         toy.p("edited.jsonl"),
         "{\"id\": 7, \"img_path\": \"a.png\", \"expression\": \"the red square\", \"bbox\": [18, 17, 46, 35]}\n",
@@ -282,38 +272,12 @@ fn grounding_description_and_counting_runners() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("shard(s) 1/2 not run yet"), "{err}");
     // a run of another split into that folder is refused before it runs anything
-    let o = griffon(&[
-        "eval",
-        "refcoco",
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        &images,
-        "--out",
-        &toy.p("rec2"),
-        "--quiet",
-        "--data",
-        &toy.p("refcoco.jsonl"),
-    ]);
+    let o = refcoco_run(&images, &toy.p("rec2"), &toy.p("refcoco.jsonl"), &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("2-way split and this run is 1-way"), "{err}");
     // the same images named another way (./ in the path) are the same evaluation: resumed
     let dotted = format!("{images}/./");
-    let o = griffon(&[
-        "eval",
-        "refcoco",
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        &dotted,
-        "--out",
-        &toy.p("rec"),
-        "--quiet",
-        "--max-new-tokens",
-        "40",
-        "--data",
-        &toy.p("refcoco.jsonl"),
-    ]);
+    let o = refcoco_run(&dotted, &rec, &toy.p("refcoco.jsonl"), &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let m: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(m["total"], 2, "{m}");
