@@ -160,9 +160,9 @@ fn read_shard(path: &Path) -> Result<Vec<Record>, EvalError> {
 }
 
 /// Refuses to resume from records that another evaluation wrote: every stored record must come
-/// from this run's model (when both name one) and be one of this dataset's ids, made from the same image and scored against the same truth (a
-/// folder reused for another dataset or an edited annotation would otherwise mix old answers
-/// and old truths into the new scores).
+/// from this run's model (when both name one) and be one of this dataset's ids, made from the
+/// same image and scored against the same truth (a folder reused for another dataset or an
+/// edited annotation would otherwise mix old answers and old truths into the new scores).
 fn check_stored(file: &Path, stored: &[Record], items: &[Item], model: Option<&str>) -> Result<(), EvalError> {
     if let Some(mine) = model {
         let other = stored.iter().find(|r| r.model.as_deref().is_some_and(|m| m != mine));
@@ -222,8 +222,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
     // a sample that failed (e.g. its image was missing) or was cut at a lower max_new_tokens runs
     // again; merge prefers the new record
     let max_new = opts.run.sampling.max_new_tokens;
-    let stored = read_shard(&file)?;
-    let done: HashSet<String> = stored.into_iter().filter(|r| r.settled(max_new)).map(|r| r.id).collect();
+    let done: HashSet<String> = read_shard(&file)?.into_iter().filter(|r| r.settled(max_new)).map(|r| r.id).collect();
     let mine: Vec<&Item> = items
         .iter()
         .take(opts.limit.unwrap_or(usize::MAX))
