@@ -678,7 +678,19 @@ fn at_least_one(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
+impl OutputArgs {
+    /// Checks --save before the model runs: a format the image encoder writes, in a folder that
+    /// exists (a bad path used to fail after the whole model run).
+    fn check(&self) -> Result<()> {
+        match &self.save {
+            Some(path) => griffon_model::draw::check_save_path(path).map_err(|e| anyhow!("--save {e}")),
+            None => Ok(()),
+        }
+    }
+}
+
 fn run_task(a: &TaskArgs, task: Task, chunk: usize) -> Result<()> {
+    a.output.check()?;
     let opts = RunOptions {
         sampling: a.decode.sampling()?,
         template: a.decode.template()?,

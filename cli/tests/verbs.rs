@@ -191,6 +191,22 @@ fn bad_input_is_a_clear_error() {
         assert!(err.contains(needle), "{args:?}: stderr {err:?} lacks {needle:?}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
+    // --save is checked before the model loads (a model that does not exist is not reached)
+    for (save, needle) in [("/nonexistent/dir/out.png", "/nonexistent/dir does not exist"), ("out.txt", "extension")] {
+        let out = griffon(&[
+            "detect",
+            "--model",
+            "/nonexistent/model",
+            "--image",
+            img.to_str().unwrap(),
+            "--categories",
+            "a",
+            "--save",
+            save,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "--save {save}: stderr {err:?} lacks {needle:?}");
+    }
     let out =
         griffon(&["detect", "--model", m.to_str().unwrap(), "--image", "/nonexistent/x.jpg", "--categories", "a"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.jpg"));

@@ -64,6 +64,11 @@ fn fmt_err(path: &Path, message: String) -> EvalError {
     EvalError::Format { path: path.into(), message }
 }
 
+/// The error for a field of line `line` that is not a ground-truth box (see [`box_value`]).
+fn not_a_box(path: &Path, line: usize, field: &str) -> EvalError {
+    fmt_err(path, format!("line {line}: {field} is not [x1,y1,x2,y2] with x1 <= x2 and y1 <= y2"))
+}
+
 /// Lines of a jsonl file as values, with 1-based line numbers; a bad line is an error naming it.
 fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>, EvalError> {
     let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
@@ -177,9 +182,7 @@ pub fn refcoco(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no image path (img_path)")))?;
             let expr = str_field(&v, &["expression", "sentence", "expr"])
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no `expression`")))?;
-            let gt = box_field(&v, "bbox").ok_or_else(|| {
-                fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2] with x1 <= x2 and y1 <= y2"))
-            })?;
+            let gt = box_field(&v, "bbox").ok_or_else(|| not_a_box(data, line, "`bbox`"))?;
             let id = v
                 .get("id")
                 .map(|x| x.to_string().trim_matches('"').to_string())
@@ -201,9 +204,7 @@ pub fn reg(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
         .map(|(line, v)| {
             let img = str_field(&v, &["img_path", "image", "image_path", "file_name"])
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no image path (img_path)")))?;
-            let b = box_field(&v, "bbox").ok_or_else(|| {
-                fmt_err(data, format!("line {line}: `bbox` is not [x1,y1,x2,y2] with x1 <= x2 and y1 <= y2"))
-            })?;
+            let b = box_field(&v, "bbox").ok_or_else(|| not_a_box(data, line, "`bbox`"))?;
             let refs: Vec<String> = match ["expressions", "refs", "expression"]
                 .iter()
                 .find_map(|k| Some((*k, v.get(*k).filter(|x| !x.is_null())?)))
@@ -369,9 +370,7 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
             .map(|(line, v)| {
                 let img = str_field(&v, &["image", "img_path", "image_path", "file_name"])
                     .ok_or_else(|| fmt_err(data, format!("line {line}: no `image`")))?;
-                let e = box_field(&v, "exemplar").ok_or_else(|| {
-                    fmt_err(data, format!("line {line}: `exemplar` is not [x1,y1,x2,y2] with x1 <= x2 and y1 <= y2"))
-                })?;
+                let e = box_field(&v, "exemplar").ok_or_else(|| not_a_box(data, line, "`exemplar`"))?;
                 let c = v
                     .get("count")
                     .and_then(Value::as_f64)
@@ -387,16 +386,7 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
                         let boxes = list
                             .iter()
                             .enumerate()
-                            .map(|(k, x)| {
-                                box_value(x).ok_or_else(|| {
-                                    fmt_err(
-                                        data,
-                                        format!(
-                                            "line {line}: `boxes`[{k}] is not [x1,y1,x2,y2] with x1 <= x2 and y1 <= y2"
-                                        ),
-                                    )
-                                })
-                            })
+                            .map(|(k, x)| box_value(x).ok_or_else(|| not_a_box(data, line, &format!("`boxes`[{k}]"))))
                             .collect::<Result<Vec<_>, _>>()?;
                         if boxes.is_empty() {
                             return Err(fmt_err(

@@ -17,6 +17,21 @@ const PALETTE: [[u8; 3]; 10] = [
     [250, 190, 212],
 ];
 
+/// Checks a path an annotated image is to be saved to, before the work that makes it: an
+/// extension naming a format this build writes, in a folder that exists.
+pub fn check_save_path(path: &std::path::Path) -> Result<(), String> {
+    let format = image::ImageFormat::from_path(path)
+        .map_err(|_| format!("{}: the extension names no image format (use .png or .jpg)", path.display()))?;
+    if !format.writing_enabled() {
+        return Err(format!("{}: this build cannot write {format:?} images (use .png or .jpg)", path.display()));
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        return Err(format!("{}: the folder {} does not exist", path.display(), dir.display()));
+    }
+    Ok(())
+}
+
 /// A stable colour per label.
 pub fn label_color(label: &str) -> Rgb<u8> {
     let h = label.bytes().fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));

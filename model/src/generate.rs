@@ -97,7 +97,7 @@ fn choose_on_host(
     let mut row: Vec<f32> = logits.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
     let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let z: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    check_finite(z, Some(tokens.len()))?;
+    check_finite(z, tokens.len())?;
     let raw = row.clone();
     let prob_of = |t: u32| (((raw[t as usize] - max) as f64).exp() / z) as f32;
     let first = pick(&row, opts, rng);
@@ -134,7 +134,8 @@ fn choose_on_host(
 /// CPU ties go to the lowest id (the CUDA argmax kernel's tie order is candle's). Not candle's
 /// fused softmax: it gives one warp to a row, and a 256k-wide vocabulary row took it about 4 ms
 /// per token on the H100 (docs/PERFORMANCE.md), a third of a Gemma-2-9B decode step.
-pub fn greedy_on_device(logits: &Tensor) -> Result<(u32, f32)> {
+/// `generated` counts the tokens generated before (named by the non-finite-logits error).
+pub fn greedy_on_device(logits: &Tensor, generated: usize) -> Result<(u32, f32)> {
     let row = logits.flatten_all()?.to_dtype(DType::F32)?;
     let vocab = row.dim(0)?;
     if vocab == 0 || vocab > 1 << 24 {
@@ -144,22 +145,22 @@ pub fn greedy_on_device(logits: &Tensor) -> Result<(u32, f32)> {
     let z = row.broadcast_sub(&max)?.exp()?.sum_keepdim(0)?;
     let tok = row.argmax_keepdim(0)?.to_dtype(DType::F32)?;
     let both = Tensor::cat(&[&tok, &z], 0)?.to_vec1::<f32>()?;
-    check_finite(both[1] as f64, None)?;
+    check_finite(both[1] as f64, generated)?;
     Ok((both[0] as u32, 1.0 / both[1]))
 }
 
 /// `z`, the softmax normaliser `sum(exp(l - max))` of a step's logits, is finite and >= 1 unless
 /// a logit is NaN or +inf (or every one is -inf): then no token can be chosen, and the decode
 /// stops with an error instead of an argmax over NaNs (token 0, or an empty answer that reads as
-/// "nothing found"). `step`, when known, counts the tokens generated before.
-fn check_finite(z: f64, step: Option<usize>) -> Result<()> {
+/// "nothing found"). `generated` counts the tokens generated before.
+fn check_finite(z: f64, generated: usize) -> Result<()> {
     if z.is_finite() && z >= 1.0 {
         return Ok(());
     }
-    let at = step.map(|s| format!(" at generated token {}", s + 1)).unwrap_or_default();
     invalid(format!(
-        "the model's logits are not finite (NaN or +inf){at}: broken weights or config (norm \
-         epsilon, soft-capping, attention scale)"
+        "the model's logits are not finite (NaN or +inf) at generated token {}: broken weights or config (norm \
+         epsilon, soft-capping, attention scale)",
+        generated + 1
     ))
 }
 
@@ -214,7 +215,7 @@ pub fn generate_streaming(
     let on_device = !prefix.device().is_cpu() && opts.temperature <= 0.0;
     for _ in 0..opts.max_new_tokens {
         let device_pick = match on_device {
-            true => Some(greedy_on_device(&logits)?).filter(|(t, _)| allow(&tokens, *t)),
+            true => Some(greedy_on_device(&logits, tokens.len())?).filter(|(t, _)| allow(&tokens, *t)),
             false => None,
         };
         let choice = match device_pick {
@@ -254,7 +255,7 @@ mod device_greedy_tests {
                 row[400] = 9.0;
             }
             let t = Tensor::from_vec(row.clone(), (1, 1, 1000), &Device::Cpu).unwrap();
-            let (tok, p) = greedy_on_device(&t).unwrap();
+            let (tok, p) = greedy_on_device(&t, 0).unwrap();
             let host = pick(&row, &SamplingOptions::default(), &mut rng);
             assert_eq!(tok, host, "seed {seed}");
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -273,8 +274,8 @@ mod device_greedy_tests {
             let mut row = vec![0.5f32; 10];
             row[3] = bad;
             let t = Tensor::from_vec(row, (1, 1, 10), &Device::Cpu).unwrap();
-            let e = greedy_on_device(&t).unwrap_err().to_string();
-            assert!(e.contains("not finite"), "{e}");
+            let e = greedy_on_device(&t, 4).unwrap_err().to_string();
+            assert!(e.contains("not finite (NaN or +inf) at generated token 5"), "{e}");
             let e = choose_on_host(&t, &[1, 2], &SamplingOptions::default(), &mut rng, &mut |_, _| true)
                 .unwrap_err()
                 .to_string();
@@ -284,7 +285,7 @@ mod device_greedy_tests {
         row[3] = f32::NEG_INFINITY;
         row[7] = 2.0;
         let t = Tensor::from_vec(row, (1, 1, 10), &Device::Cpu).unwrap();
-        assert_eq!(greedy_on_device(&t).unwrap().0, 7);
+        assert_eq!(greedy_on_device(&t, 0).unwrap().0, 7);
         let got = choose_on_host(&t, &[], &SamplingOptions::default(), &mut rng, &mut |_, _| true).unwrap();
         assert_eq!(got.map(|c| c.0), Some(7));
     }

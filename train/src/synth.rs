@@ -623,6 +623,53 @@ fn check_scene_shape(size: u32, max_objects: usize, most: usize) -> Result<(), S
     Ok(())
 }
 
+/// The file in a written benchmark's folder that records the options it was written with.
+pub const MANIFEST: &str = "synth.json";
+
+fn manifest(o: &SynthOptions) -> serde_json::Value {
+    serde_json::json!({"generator": "griffon synth", "n": o.n, "seed": o.seed, "size": o.size,
+        "max_objects": o.max_objects, "object_scale": o.object_scale})
+}
+
+/// A benchmark is written into an empty (or new) folder, or into one holding a benchmark written
+/// with the same options (another split of it, or the same split again: identical files). Writing
+/// other options over a benchmark left the earlier scenes' images beside the new annotations.
+fn check_out_folder(o: &SynthOptions) -> Result<(), String> {
+    let want = manifest(o);
+    let f = o.out.join(MANIFEST);
+    match std::fs::read_to_string(&f) {
+        Ok(text) => {
+            let have: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: not a benchmark manifest: {e}", f.display()))?;
+            if have != want {
+                return Err(format!(
+                    "{} holds a benchmark written with other options ({}; now {}): write into a new folder",
+                    o.out.display(),
+                    have,
+                    want
+                ));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let non_empty = match std::fs::read_dir(&o.out) {
+                Ok(mut entries) => entries.next().is_some(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(format!("{}: {e}", o.out.display())),
+            };
+            if non_empty {
+                return Err(format!(
+                    "{} is not empty and holds no {MANIFEST}: write the benchmark into a new or empty folder",
+                    o.out.display()
+                ));
+            }
+            std::fs::create_dir_all(&o.out).map_err(io(&o.out))?;
+            std::fs::write(&f, format!("{want}\n")).map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+        Err(e) => return Err(format!("{}: {e}", f.display())),
+    }
+    Ok(())
+}
+
 /// Writes the benchmark; returns a summary per split.
 pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, String> {
     check_object_scale(o.object_scale)?;
@@ -635,6 +682,7 @@ pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, Stri
             return Err(format!("--split must be train, val or test, got {s:?}"));
         }
     }
+    check_out_folder(o)?;
     let mut per: BTreeMap<&str, Vec<(usize, Vec<Object>)>> = BTreeMap::new();
     for k in 0..o.n {
         let split = split_of(k, o.n);

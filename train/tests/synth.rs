@@ -347,7 +347,7 @@ fn one_split_equals_that_split_of_the_full_benchmark() {
         assert_eq!(std::fs::read(full.join(f)).unwrap(), std::fs::read(part.join(f)).unwrap(), "{f}");
     }
     assert!(generate(&SynthOptions {
-        out: part,
+        out: part.clone(),
         n: 20,
         seed: 9,
         size: 96,
@@ -356,6 +356,29 @@ fn one_split_equals_that_split_of_the_full_benchmark() {
         only_split: Some("dev".into())
     })
     .is_err());
+    // another split of the same benchmark joins the folder; other options are refused (they left
+    // the earlier images beside the new annotations), and so is a non-empty folder of other files
+    let opts = |out: &std::path::Path, seed: u64, n: usize, split: &str| SynthOptions {
+        out: out.to_path_buf(),
+        n,
+        seed,
+        size: 96,
+        max_objects: 5,
+        object_scale: 1.0,
+        only_split: Some(split.into()),
+    };
+    assert_eq!(generate(&opts(&part, 9, 20, "val")).unwrap().keys().collect::<Vec<_>>(), vec!["val"]);
+    assert!(part.join("val/instances.json").exists());
+    for (seed, n) in [(10, 20), (9, 10)] {
+        let e = generate(&opts(&part, seed, n, "test")).unwrap_err();
+        assert!(e.contains("other options") && e.contains("new folder"), "{e}");
+    }
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "x").unwrap();
+    let e = generate(&opts(&other, 9, 20, "test")).unwrap_err();
+    assert!(e.contains("not empty") && e.contains("synth.json"), "{e}");
+    assert!(!other.join("images").exists());
 }
 
 /// Counting is not degenerate: about half the scenes hold a crowd of one colour and shape, the
