@@ -259,6 +259,21 @@ struct EvalRunArgs {
     quiet: bool,
 }
 
+impl EvalRunArgs {
+    /// The decoding settings that change an answer, stored beside the model's identity in each
+    /// record (a resume with other ones is refused). Not --max-new-tokens: a rerun with a higher
+    /// limit is how cut answers are run again.
+    fn decoding_identity(&self) -> String {
+        let d = &self.decode;
+        let pick = match d.temperature > 0.0 {
+            true => format!("temperature {}, top-p {}, seed {}", d.temperature, d.top_p, d.seed),
+            false => "greedy".to_string(),
+        };
+        let constrained = if self.constrained { "constrained" } else { "unconstrained" };
+        format!("decoding {pick}, template {}, chunk {}, {constrained}", d.template, self.chunk)
+    }
+}
+
 #[derive(Args)]
 struct BenchArgs {
     /// gemma2-9b, llama2-13b or tiny (the shapes of shared/bench/torch_reference_bench.py).
@@ -890,7 +905,7 @@ fn eval_run_metrics(
             constrained: a.constrained,
         },
         progress: !a.quiet,
-        model: Some(a.model.identity()?),
+        model: Some(format!("{}; {}", a.model.identity()?, a.decoding_identity())),
     };
     if items.is_empty() {
         bail!("the dataset has no samples");

@@ -266,6 +266,10 @@ fn grounding_description_and_counting_runners() {
     let o = rerun(&toy.p("refcoco.jsonl"), &["--image-size", "56"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("answered by another model") && err.contains("image size 56"), "{err}");
+    // so is another decoding (here the constraint; --max-new-tokens is not compared, above)
+    let o = rerun(&toy.p("refcoco.jsonl"), &["--constrained"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("or decoding") && err.contains(", constrained"), "{err}");
     // a merge with a shard missing is refused instead of scoring half the dataset
     run_eval("refcoco", &toy, "rec2", &["--data", &toy.p("refcoco.jsonl"), "--shard", "0/2"]);
     let o = griffon(&["eval", "merge", "--out", &toy.p("rec2")]);

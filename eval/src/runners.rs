@@ -109,8 +109,9 @@ pub struct RunnerOptions {
     pub limit: Option<usize>,
     pub run: RunOptions,
     pub progress: bool,
-    /// Names the model and how it was loaded (folder, input size, dtype ...), stored in each
-    /// record and compared on resume; None: not recorded, not checked.
+    /// Names the model, how it was loaded (folder, input size, dtype ...) and how it decodes
+    /// (the CLI adds the sampling, template, chunk and constraint), stored in each record and
+    /// compared on resume; None: not recorded, not checked.
     pub model: Option<String>,
 }
 
@@ -168,7 +169,7 @@ fn check_stored(file: &Path, stored: &[Record], items: &[Item], model: Option<&s
         let other = stored.iter().find(|r| r.model.as_deref().is_some_and(|m| m != mine));
         if let Some(r) = other {
             return Err(EvalError::Invalid(format!(
-                "{}: the record for id {:?} was answered by another model ({}; this run: {mine}): use a new --out",
+                "{}: the record for id {:?} was answered by another model or decoding ({}; this run: {mine}): use a new --out",
                 file.display(),
                 r.id,
                 r.model.as_deref().unwrap_or_default()
