@@ -802,6 +802,13 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
         t.opt.params.len(),
         t.opt.step
     );
+    // records refused while the data was built, said before the run (a source whose images are
+    // elsewhere used to show only at the end), with the first of each kind
+    for (reason, n) in griffon_train::data::skip_summary(&t.skipped) {
+        let first = t.skipped.iter().find(|k| k.reason.split(':').next().unwrap_or("").trim() == reason);
+        let example = first.map(|k| format!(" (first: {}: {})", k.source, k.reason)).unwrap_or_default();
+        eprintln!("skipped {n} records before training: {reason}{example}");
+    }
     let r = t.run(None, !a.quiet).map_err(|e| anyhow!(e))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "steps: {}/{}", r.steps, r.total_steps)?;

@@ -391,3 +391,34 @@ fn without_a_model_the_bundled_default_is_used_or_named() {
         assert!(err.contains("--model") && err.contains("models/default"), "{err}");
     }
 }
+
+/// `griffon train` says which records it refused before it trains (they used to show only in the
+/// end summary), with the first record of each kind by file and line.
+#[test]
+fn train_reports_refused_records_before_training() {
+    let d = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("images");
+    std::fs::create_dir_all(&img).unwrap();
+    std::fs::copy(d.join("image.png"), img.join("a.png")).unwrap();
+    let good = r#"{"image_path": "a.png", "height": 70, "width": 90, "dataset_name": "t", "objects": [{"category_name": "red square", "bboxes": [[18, 17, 45, 35]]}]}"#;
+    let lines = [good.to_string(), good.replace("a.png", "gone.png"), "{\"broken".to_string()];
+    std::fs::write(tmp.path().join("det.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(tmp.path().join("tasks.txt"), "DET & det.jsonl & images\n").unwrap();
+    let cfg = tmp.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\ninit = {:?}\n[data]\ntasks = \"tasks.txt\"\nmax_len = 512\n[train]\nout = \"out\"\nstage = 1\nlr = 1e-3\nmax_steps = 1\n",
+            d.join("ckpt")
+        ),
+    )
+    .unwrap();
+    let out = griffon(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let before = err.split("skipped 1 records before training").count() - 1;
+    assert_eq!(before, 2, "{err}");
+    assert!(err.contains("missing image (first: ") && err.contains("det.jsonl:2: missing image"), "{err}");
+    assert!(err.contains("det.jsonl:3: not JSON"), "{err}");
+}

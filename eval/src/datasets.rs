@@ -277,6 +277,14 @@ pub fn parse_flickr_xml(xml: &str) -> Result<std::collections::HashMap<String, V
         let b = s[a..].find(&close)? + a;
         Some(s[a..b].trim())
     }
+    // a truncated or empty file would read as an image without boxed phrases (its sentences
+    // silently left the evaluation)
+    let body = xml.trim();
+    if !(body.contains("<annotation") && body.ends_with("</annotation>"))
+        || body.matches("<object>").count() != body.matches("</object>").count()
+    {
+        return Err("not a complete annotation xml (<annotation> ... </annotation>, each <object> closed)".into());
+    }
     let mut m: std::collections::HashMap<String, Vec<[f64; 4]>> = std::collections::HashMap::new();
     for obj in xml.split("<object>").skip(1) {
         let obj = obj.split("</object>").next().unwrap_or("");
@@ -315,6 +323,8 @@ pub fn flickr(sentences: &Path, annotations: &Path, images: &Path, ids: Option<&
         None => std::fs::read_dir(sentences)
             .map_err(|source| EvalError::Io { path: sentences.into(), source })?
             .filter_map(|e| e.ok())
+            // the sentence files (not .DS_Store and the like)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "txt"))
             .filter_map(|e| e.path().file_stem().map(|s| s.to_string_lossy().to_string()))
             .collect(),
     };
@@ -364,7 +374,20 @@ pub fn flickr(sentences: &Path, annotations: &Path, images: &Path, ids: Option<&
 /// (`Train_Test_Val_FSC_147.json` + split name), or a jsonl of
 /// `{"image", "exemplar": [x1,y1,x2,y2], "count"}`.
 pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result<Vec<Item>, EvalError> {
+    // a split file selects FSC-147 images; the other layouts list their own (a split given with
+    // them was ignored and every sample scored)
+    let no_split = |layout: &str| match split {
+        Some((f, _)) => Err(fmt_err(
+            data,
+            format!(
+                "--split-file {} applies to FSC-147 annotations; this is {layout}, which has no splits",
+                f.display()
+            ),
+        )),
+        None => Ok(()),
+    };
     if data.extension().is_some_and(|e| e == "jsonl") {
+        no_split("a counting jsonl")?;
         return read_jsonl(data)?
             .into_iter()
             .map(|(line, v)| {
@@ -416,6 +439,7 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
     }
     let v = read_json(data)?;
     if v.get("images").is_some() && v.get("annotations").is_some() {
+        no_split("an FSCD-LVIS (COCO-style) file")?;
         return fscd_count(data, &v, images);
     }
     let obj = v.as_object().ok_or_else(|| fmt_err(data, "expected an object keyed by image file name".into()))?;

@@ -20,6 +20,7 @@ fn flickr_markup() {
     std::fs::create_dir_all(tmp.path().join("A")).unwrap();
     std::fs::write(tmp.path().join("S/5.txt"), "[/EN#18/people A man] in [/EN#19/clothing an orange hat] .\n").unwrap();
     std::fs::write(tmp.path().join("A/5.xml"), xml).unwrap();
+    std::fs::write(tmp.path().join("S/.DS_Store"), "not a sentence file").unwrap();
     let items = flickr(&tmp.path().join("S"), &tmp.path().join("A"), Path::new("img"), None).unwrap();
     assert_eq!(items.len(), 1);
     match &items[0].truth {
@@ -65,6 +66,15 @@ fn counting_layouts() {
     std::fs::write(tmp.path().join("unseen_count_test.json"), cnt.to_string()).unwrap();
     let items = count(&tmp.path().join("unseen_instances_test.json"), Path::new("img"), None).unwrap();
     assert_eq!(items[0].truth, Truth::Count { count: 2.0, boxes: None });
+    // a split file selects FSC-147 images only: with another layout it is an error, not ignored
+    let split = tmp.path().join("split.json");
+    std::fs::write(&split, r#"{"test": ["7.jpg"]}"#).unwrap();
+    std::fs::write(tmp.path().join("c.jsonl"), "{\"image\": \"7.jpg\", \"exemplar\": [0, 0, 5, 5], \"count\": 2}\n")
+        .unwrap();
+    for f in ["unseen_instances_test.json", "c.jsonl"] {
+        let e = count(&tmp.path().join(f), Path::new("img"), Some((&split, "test"))).unwrap_err().to_string();
+        assert!(e.contains("applies to FSC-147 annotations"), "{f}: {e}");
+    }
     match &items[0].request.task {
         Task::Count { exemplar: Exemplar::BoxOnImage(b) } => assert_eq!(b.as_array(), [2.0, 3.0, 12.0, 23.0]),
         t => panic!("{t:?}"),
@@ -157,6 +167,11 @@ fn malformed_parts_of_a_record_are_errors_not_skipped() {
     let bad = "<annotation><object><name>18</name><bndbox><xmin>1</xmin><ymin>two</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object></annotation>";
     let e = parse_flickr_xml(bad).unwrap_err();
     assert!(e.contains("<bndbox>") && e.contains("two"), "{e}");
+    // so would a truncated or empty annotation file
+    for cut in ["", "<annotation><object>", "<annotation><object><name>18</name>"] {
+        let e = parse_flickr_xml(cut).unwrap_err();
+        assert!(e.contains("not a complete annotation xml"), "{cut:?}: {e}");
+    }
     // a phrase group left open, or without its phrase
     let e = parse_flickr_sentence("[/EN#18/people A man] in [/EN#19/clothing an orange hat").unwrap_err();
     assert!(e.contains("unclosed") && e.contains("EN#19"), "{e}");

@@ -795,6 +795,44 @@ struct TrainerState {
     /// the setting was recorded, which are then checked by their optimizer state alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ema_decay: Option<f64>,
+    /// The settings a resume must keep ([`resume_settings`]); absent in checkpoints written
+    /// before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settings: Option<serde_json::Value>,
+}
+
+/// The `[train]` settings that change what a step does: a resume with another value would
+/// silently train another run under the checkpoint's name (another rate, batch, stage or set of
+/// trained modules). Not the budget (`max_time_s`), saving, logging or worker settings, which a
+/// resume may change.
+fn resume_settings(cfg: &TrainConfig) -> serde_json::Value {
+    let t = &cfg.train;
+    let modules: Vec<String> = cfg.trainable_modules().iter().map(|m| format!("{m:?}").to_lowercase()).collect();
+    serde_json::json!({
+        "stage": t.stage, "lr": t.lr, "vision_lr": t.vision_lr, "region_lr": t.region_lr,
+        "trainable": modules, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
+        "warmup_ratio": t.warmup_ratio, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
+        "schedule": format!("{:?}", t.schedule).to_lowercase(), "dtype": t.dtype,
+        "dense_weight": t.dense_weight, "ground_weight": t.ground_weight,
+        "ground_box_weight": t.ground_box_weight, "ground_name_weight": t.ground_name_weight,
+        "choice_weight": t.choice_weight,
+    })
+}
+
+/// The keys whose values differ between two [`resume_settings`] (numbers within 1e-12 relative:
+/// serde_json may read a written decimal back one ulp off), with both values.
+fn changed_settings(stored: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let (Some(a), Some(b)) = (stored.as_object(), now.as_object()) else { return Vec::new() };
+    let same = |x: &serde_json::Value, y: &serde_json::Value| match (x.as_f64(), y.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+        _ => x == y,
+    };
+    b.iter()
+        .filter_map(|(k, v)| {
+            let old = a.get(k)?; // a key added later: not compared
+            (!same(old, v)).then(|| format!("train.{k} {old} -> {v}"))
+        })
+        .collect()
 }
 
 impl TrainerState {
@@ -816,6 +854,17 @@ impl TrainerState {
                     "{} was written with train.ema_decay = {d}, this run has {want}: resume it with the \
                      settings it was started with, or use a new train.out",
                     dir.display()
+                ));
+            }
+        }
+        if let (Some(a), Some(b)) = (&self.settings, &now.settings) {
+            let changed = changed_settings(a, b);
+            if !changed.is_empty() {
+                return Err(format!(
+                    "{} was written with other settings ({}): resume it with the settings it was started \
+                     with, or use a new train.out (with model.init = that checkpoint to continue from it)",
+                    dir.display(),
+                    changed.join(", ")
                 ));
             }
         }
@@ -850,10 +899,33 @@ pub fn trim_metrics(path: &Path, step: usize) -> Result<usize, Error> {
     Ok(dropped)
 }
 
-fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
-    let name = std::fs::read_to_string(out.join(LATEST)).ok()?;
-    let dir = out.join(name.trim());
-    dir.join(STATE_FILE).is_file().then_some(dir)
+/// The checkpoint `out/latest` names; None when there is no `latest` (a new run). A `latest`
+/// that cannot be followed (unreadable, empty, naming a folder without its trainer state) is an
+/// error: starting over would overwrite the checkpoints and drop the metrics of the steps done.
+fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>, Error> {
+    let file = out.join(LATEST);
+    let name = match std::fs::read_to_string(&file) {
+        Ok(name) => name,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: cannot read the resume pointer: {e}", file.display())),
+    };
+    let broken = |why: String| {
+        Err(format!(
+            "{}: {why}; the run cannot resume (point it at a checkpoint folder of {}, or remove it to start over, \
+             which overwrites the checkpoints)",
+            file.display(),
+            out.display()
+        ))
+    };
+    let name = name.trim();
+    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return broken(format!("names no checkpoint folder ({name:?})"));
+    }
+    let dir = out.join(name);
+    if !dir.join(STATE_FILE).is_file() {
+        return broken(format!("names {}, which holds no {STATE_FILE}", dir.display()));
+    }
+    Ok(Some(dir))
 }
 
 impl Trainer {
@@ -872,9 +944,9 @@ impl Trainer {
             }
             None => (Vec::new(), Vec::new()),
         };
-        let resume = latest_checkpoint(&cfg.train.out);
+        let resume = latest_checkpoint(&cfg.train.out)?;
         // `init` may name a previous stage's output folder: follow its `latest` pointer
-        let init = latest_checkpoint(&cfg.model.init).unwrap_or_else(|| cfg.model.init.clone());
+        let init = latest_checkpoint(&cfg.model.init)?.unwrap_or_else(|| cfg.model.init.clone());
         let source_dir = resume.clone().unwrap_or(init);
         let modules = cfg.trainable_modules();
         let pred_modules = modules.clone();
@@ -1047,6 +1119,7 @@ impl Trainer {
             seed: self.cfg.train.seed,
             elapsed_s,
             ema_decay: Some(self.cfg.train.ema_decay),
+            settings: Some(resume_settings(&self.cfg)),
         }
     }
 

@@ -126,6 +126,35 @@ fn resumed_run_with_pruning_saves_again_and_again() {
     assert_eq!(m.image_size(), 56);
 }
 
+/// A resume keeps the settings its steps depend on, and a resume pointer that cannot be followed
+/// is an error that touches nothing (it used to start over: the checkpoints overwritten, the
+/// metrics of the steps done dropped).
+#[test]
+fn resume_refuses_other_settings_and_a_broken_pointer() {
+    let data = dataset(&[]);
+    let body = "stage = 1\nlr = 1e-3\nmax_steps = 3\nsave_every = 1\nwarmup_ratio = 0.0";
+    Trainer::new(config(data.path(), "r", body), &Device::Cpu).unwrap().run(Some(1), false).unwrap();
+    for (from, to, named) in [
+        ("lr = 1e-3", "lr = 2e-3", "train.lr 0.001 -> 0.002"),
+        ("stage = 1", "stage = 1\nbatch_size = 2", "train.batch_size"),
+        ("stage = 1", "stage = 1\ntrainable = [\"projector\", \"llm\"]", "train.trainable"),
+    ] {
+        let err = Trainer::new(config(data.path(), "r", &body.replace(from, to)), &Device::Cpu).err().unwrap();
+        assert!(err.contains("was written with other settings") && err.contains(named), "{to}: {err}");
+    }
+    let out = data.path().join("r");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    for (pointer, why) in [("checkpoint-9", "holds no trainer_state.json"), ("", "names no checkpoint folder")] {
+        std::fs::write(out.join("latest"), pointer).unwrap();
+        let err = Trainer::new(config(data.path(), "r", body), &Device::Cpu).err().unwrap();
+        assert!(err.contains("cannot resume") && err.contains(why), "{pointer:?}: {err}");
+        assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap(), metrics, "the log is kept");
+    }
+    std::fs::write(out.join("latest"), "checkpoint-1").unwrap();
+    let r = Trainer::new(config(data.path(), "r", body), &Device::Cpu).unwrap().run(None, false).unwrap();
+    assert_eq!(r.losses.len(), 2, "resumed after step 1");
+}
+
 #[test]
 fn checkpoint_loads_in_the_engine_with_frozen_parts_unchanged() {
     let data = dataset(&[]);
