@@ -278,6 +278,19 @@ impl Griffon {
                  the resized image would not fit in memory)"
             ));
         }
+        let tower_layers = match &main_cfg {
+            MainTowerConfig::Clip(_) => format!("{MAIN_TOWER_PREFIX}.encoder.layers."),
+            MainTowerConfig::Eva02(_) => {
+                let (root, _) = crate::eva02::resolve_eva02_scope(&ck.scope(EVA02_TOWER_PREFIX))?;
+                format!("{}.blocks.", root.prefix)
+            }
+        };
+        ck.check_no_layer_beyond(&tower_layers, tower_cfg.num_hidden_layers, "the vision tower")?;
+        let llm_layers = match &config.llm {
+            LlmConfig::Gemma2(c) => c.num_hidden_layers,
+            LlmConfig::Llama(c) => c.num_hidden_layers,
+        };
+        ck.check_no_layer_beyond("model.layers.", llm_layers, "the LLM")?;
         let needed = crate::vision::resolve_select_layer(config.mm.select_layer, tower_cfg.num_hidden_layers)?;
         let tower = match &main_cfg {
             MainTowerConfig::Clip(c) => VisionTower::Clip(ClipVision::load_upto(
@@ -302,6 +315,8 @@ impl Griffon {
         let region = if config.mm.unshared_visual_encoder {
             let (rcfg, _) =
                 resolve_tower(&ck, Some(REGION_TOWER_FOLDER), REGION_TOWER_PREFIX, opts.region_config.as_deref())?;
+            let region_layers = format!("{REGION_TOWER_PREFIX}.encoder.layers.");
+            ck.check_no_layer_beyond(&region_layers, rcfg.num_hidden_layers, "the region encoder")?;
             Some(RegionEncoder::load(&ck.scope(REGION_TOWER_PREFIX), &ck.scope("model.prompt_projector"), &rcfg, h)?)
         } else {
             None

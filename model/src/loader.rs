@@ -225,6 +225,26 @@ impl Checkpoint {
         Scope { ck: self, prefix: prefix.to_string() }
     }
 
+    /// Refuses a checkpoint holding an indexed sub-module `{prefix}{i}.` with `i >= n`, the
+    /// number of layers its config declares: loading the first `n` would silently run a
+    /// shallower model than the weights (a config edited or copied from another size).
+    pub fn check_no_layer_beyond(&self, prefix: &str, n: usize, what: &str) -> Result<()> {
+        let beyond = self
+            .index
+            .keys()
+            .filter_map(|k| k.strip_prefix(prefix)?.split_once('.')?.0.parse::<usize>().ok())
+            .filter(|&i| i >= n)
+            .max();
+        match beyond {
+            Some(i) => invalid(format!(
+                "{what}: the checkpoint holds {} layers ({prefix}{i}.*) but its config declares \
+                 num_hidden_layers = {n}: the config does not describe these weights",
+                i + 1
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Number of consecutive indexed sub-modules `{prefix}{i}.` present (e.g. layers).
     pub fn count_indexed(&self, prefix: &str) -> usize {
         let mut seen = BTreeMap::new();

@@ -224,3 +224,30 @@ fn bad_image_size_is_reported() {
     let e = Griffon::load(&fixture("llama2_bf16").join("ckpt"), &opts).err().expect("must fail").to_string();
     assert!(e.contains("50") && e.contains("patch size 8"), "{e}");
 }
+
+/// A config declaring fewer layers than the checkpoint holds (edited, or copied from another
+/// size) is refused for each stack, not run as a shallower model.
+#[test]
+fn config_with_fewer_layers_than_the_weights_is_refused() {
+    let cases: [(&str, &str, usize, &str); 3] = [
+        ("config.json", "the LLM", 3, "model.layers.3."),
+        ("clip-vit-tiny-patch8-to-56/config.json", "the vision tower", 2, "encoder.layers.2."),
+        ("clip-vit-large-patch14/config.json", "the region encoder", 1, "encoder.layers.1."),
+    ];
+    for (file, what, layers, named) in cases {
+        let (_t, dir) = copy_ckpt("gemma2_region");
+        let f = dir.join(file);
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.insert("num_hidden_layers".into(), layers.into());
+        if let Some(types) = o.get_mut("layer_types").and_then(|t| t.as_array_mut()) {
+            types.truncate(layers);
+        }
+        std::fs::write(&f, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        let e = load_err(&dir);
+        assert!(
+            e.contains(what) && e.contains(named) && e.contains(&format!("num_hidden_layers = {layers}")),
+            "{file}: {e}"
+        );
+    }
+}
