@@ -245,7 +245,9 @@ impl Griffon {
     ) -> Result<(Self, Vec<(String, Var)>)> {
         let config_path = dir.join("config.json");
         if !dir.is_dir() {
-            return invalid(format!("model folder {} does not exist", dir.display()));
+            let what =
+                if dir.exists() { "is not a folder (a model is a folder with config.json)" } else { "does not exist" };
+            return invalid(format!("model folder {} {what}", dir.display()));
         }
         let config = GriffonConfig::from_file(&config_path)?;
         let mut ck = Checkpoint::open(dir, &opts.device, opts.dtype)?;

@@ -448,7 +448,12 @@ impl TrainConfig {
             }
             overridden.push(key.to_string());
         }
-        let mut cfg: TrainConfig = doc.try_into().map_err(|e: toml::de::Error| format!("{}: {e}", path.display()))?;
+        // with overrides, an error may be theirs (a misspelt key, a value of the wrong type): say so
+        let source = match overridden.is_empty() {
+            true => path.display().to_string(),
+            false => format!("{} with --set {}", path.display(), overridden.join(", ")),
+        };
+        let mut cfg: TrainConfig = doc.try_into().map_err(|e: toml::de::Error| format!("{source}: {e}"))?;
         // relative paths are relative to the config file (overrides: to the working directory)
         let base = path.parent().unwrap_or(Path::new("."));
         let fix = |p: &mut PathBuf, key: &str| {
@@ -461,7 +466,7 @@ impl TrainConfig {
             fix(t, "data.tasks");
         }
         fix(&mut cfg.train.out, "train.out");
-        cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| format!("{source}: {e}"))?;
         Ok(cfg)
     }
 

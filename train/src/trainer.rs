@@ -944,6 +944,12 @@ impl Trainer {
             }
             None => (Vec::new(), Vec::new()),
         };
+        if cfg.train.out.exists() && !cfg.train.out.is_dir() {
+            return Err(format!(
+                "train.out {} is a file: it must be a folder (new, or a run's to resume)",
+                cfg.train.out.display()
+            ));
+        }
         let resume = latest_checkpoint(&cfg.train.out)?;
         // `init` may name a previous stage's output folder: follow its `latest` pointer
         let init = latest_checkpoint(&cfg.model.init)?.unwrap_or_else(|| cfg.model.init.clone());
@@ -1101,7 +1107,9 @@ impl Trainer {
         )
         .map_err(|e| format!("{}: {e}", dir.join(STATE_FILE).display()))?;
         state.check_resume(&self.state_at(state.step, 0.0), dir)?;
-        let opt = candle_core::safetensors::load(dir.join(OPT_FILE), &self.model.device).map_err(|e| e.to_string())?;
+        let opt_file = dir.join(OPT_FILE);
+        let opt = candle_core::safetensors::load(&opt_file, &self.model.device)
+            .map_err(|e| format!("{}: cannot read the optimizer state to resume from: {e}", opt_file.display()))?;
         self.opt.load_state(&opt, state.step)?;
         if let Some(ema) = &mut self.ema {
             ema.load_state(&opt, &self.opt.params)?;

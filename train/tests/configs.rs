@@ -90,4 +90,9 @@ fn optimizer_settings_are_checked() {
         assert!(e.contains("train.ema_decay must be in [0, 1)"), "{e}");
     }
     assert!(set(&["train.ema_decay=0.99"]).is_ok());
+    // an error of the overrides names them beside the file
+    let e = set(&["trian.lr=3"]).unwrap_err();
+    assert!(e.contains("with --set trian.lr") && e.contains("trian"), "{e}");
+    let e = set(&["train.lr=abc"]).unwrap_err();
+    assert!(e.contains("with --set train.lr"), "{e}");
 }

@@ -151,6 +151,17 @@ fn resume_refuses_other_settings_and_a_broken_pointer() {
         assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap(), metrics, "the log is kept");
     }
     std::fs::write(out.join("latest"), "checkpoint-1").unwrap();
+    // an output "folder" that is a file is named as the setting it is
+    std::fs::write(data.path().join("afile"), "x").unwrap();
+    let err = Trainer::new(config(data.path(), "afile", body), &Device::Cpu).err().unwrap();
+    assert!(err.contains("train.out") && err.contains("is a file"), "{err}");
+    // a damaged optimizer state is named
+    let opt = out.join("checkpoint-1/optimizer.safetensors");
+    let bytes = std::fs::read(&opt).unwrap();
+    std::fs::write(&opt, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Trainer::new(config(data.path(), "r", body), &Device::Cpu).err().unwrap();
+    assert!(err.contains("optimizer.safetensors: cannot read the optimizer state"), "{err}");
+    std::fs::write(&opt, bytes).unwrap();
     let r = Trainer::new(config(data.path(), "r", body), &Device::Cpu).unwrap().run(None, false).unwrap();
     assert_eq!(r.losses.len(), 2, "resumed after step 1");
 }
