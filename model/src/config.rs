@@ -203,6 +203,9 @@ pub struct GriffonConfig {
     pub mm: MmConfig,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// The positions the LLM was built for (`max_position_embeddings`); a longer prompt is
+    /// refused (transformers warns and runs on, past what the model was trained on).
+    pub max_position_embeddings: Option<usize>,
 }
 
 /// Reads `rope_theta` at the top level or in transformers 5's `rope_parameters`, and rejects
@@ -417,7 +420,11 @@ impl GriffonConfig {
                 ));
             }
         }
-        Ok(Self { model_type, llm, mm, bos_token_id: Some(bos_token_id), eos_token_ids })
+        let max_position_embeddings = j.opt_usize("max_position_embeddings")?;
+        if max_position_embeddings == Some(0) {
+            return invalid(format!("{}: max_position_embeddings must be at least 1", file.display()));
+        }
+        Ok(Self { model_type, llm, mm, bos_token_id: Some(bos_token_id), eos_token_ids, max_position_embeddings })
     }
 }
 

@@ -471,7 +471,15 @@ impl Griffon {
     ) -> Result<Prepared> {
         let (pieces, placeholders) = self.tokenizer.assemble(prompt)?;
         check_visual_counts(&placeholders, n_images, n_regions).map_err(|e| Error::Invalid(e.0))?;
-        self.embed_pieces(&pieces, image_tokens, region_tokens)
+        let prepared = self.embed_pieces(&pieces, image_tokens, region_tokens)?;
+        let len = prepared.embeds.dim(1)?;
+        if let Some(max) = self.config.max_position_embeddings.filter(|&m| len > m) {
+            return invalid(format!(
+                "the prompt takes {len} positions (image tokens included), more than the model's \
+                 max_position_embeddings {max}: shorten the text or use fewer images / tiles"
+            ));
+        }
+        Ok(prepared)
     }
 
     /// Embeds assembled pieces: token ids through the embedding table, placeholders replaced by

@@ -251,3 +251,21 @@ fn config_with_fewer_layers_than_the_weights_is_refused() {
         );
     }
 }
+
+/// A prompt longer than the model's max_position_embeddings is refused, naming both lengths
+/// (the fixture's 512 positions hold a short prompt and its 16 image tokens).
+#[test]
+fn prompt_longer_than_the_context_is_refused() {
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    let image = fixture("gemma2_region").join("image.png");
+    let m = Griffon::load(&dir, &LoadOptions::default()).unwrap();
+    let img = m.image_pixels(&image).unwrap();
+    assert!(m.prepare(&m.render_prompt("find the cat", None), &[img.clone()], &[]).is_ok());
+    let long = m.render_prompt(&"cat ".repeat(600), None);
+    let e = m.prepare(&long, &[img], &[]).err().expect("must fail").to_string();
+    assert!(e.contains("more than the model's max_position_embeddings 512"), "{e}");
+    edit_config(&dir, |c| {
+        c.insert("max_position_embeddings".into(), 0.into());
+    });
+    assert!(load_err(&dir).contains("max_position_embeddings must be at least 1"));
+}
