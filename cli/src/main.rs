@@ -874,7 +874,8 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
 
 fn parse_shard(s: &str) -> Result<(usize, usize)> {
     let (i, n) = s.split_once('/').ok_or_else(|| anyhow!("--shard {s:?}: expected i/N"))?;
-    let (i, n): (usize, usize) = (i.trim().parse()?, n.trim().parse()?);
+    let num = |x: &str| x.trim().parse::<usize>().map_err(|_| anyhow!("--shard {s:?}: {x:?} is not a whole number"));
+    let (i, n) = (num(i)?, num(n)?);
     if n == 0 || i >= n {
         bail!("--shard {s:?}: need 0 <= i < N");
     }
@@ -932,7 +933,18 @@ fn eval_run_metrics(
     );
     if shard.1 == 1 {
         let records = runners::select(runners::merge(out)?, &items, a.limit);
-        Ok(Some(score_records(&records, out, annotations)?))
+        let metrics = score_records(&records, out, annotations)?;
+        // every sample failing is a setup error (a wrong --images, say), not a score of zero
+        if let Some(first) = records.first().filter(|_| records.iter().all(|r| r.error.is_some())) {
+            bail!(
+                "all {} samples failed (first, id {}: {}); the zero scores are in {}",
+                records.len(),
+                first.id,
+                first.error.as_deref().unwrap_or_default(),
+                out.join("metrics.json").display()
+            );
+        }
+        Ok(Some(metrics))
     } else {
         eprintln!("when every shard is done: griffon eval merge --out {}", out.display());
         Ok(None)

@@ -315,6 +315,26 @@ fn runner_records_unreadable_images_as_failed() {
     std::fs::copy(fixture().join("image.png"), toy.dir.path().join("images/missing.png")).unwrap();
     let m = run_eval("refcoco", &toy, "rcbad", &["--data", &toy.p("rc.jsonl"), "--max-new-tokens", "8"]);
     assert_eq!((m["failed_samples"].as_u64(), m["samples"].as_u64()), (Some(0), Some(2)), "{m}");
+    // every sample failing (here a wrong --images) is an error, with the zero scores kept
+    let model = fixture().join("ckpt");
+    let o = griffon(&[
+        "eval",
+        "refcoco",
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        &toy.p("nowhere"),
+        "--out",
+        &toy.p("rcnone"),
+        "--quiet",
+        "--data",
+        &toy.p("rc.jsonl"),
+        "--max-new-tokens",
+        "8",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("all 2 samples failed") && err.contains("nowhere"), "{err}");
+    assert!(toy.dir.path().join("rcnone/metrics.json").is_file());
 }
 
 #[test]

@@ -72,6 +72,8 @@ fn not_a_box(path: &Path, line: usize, field: &str) -> EvalError {
 /// Lines of a jsonl file as values, with 1-based line numbers; a bad line is an error naming it.
 fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>, EvalError> {
     let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+    // a byte-order mark (some editors write one) is not part of the first record
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -79,6 +81,10 @@ fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>, EvalError> {
         }
         let v: Value =
             serde_json::from_str(line).map_err(|e| fmt_err(path, format!("line {}: malformed JSON: {e}", i + 1)))?;
+        if !v.is_object() {
+            let found = if v.is_array() { "a JSON array (a .json list, not jsonl?)" } else { "not a JSON object" };
+            return Err(fmt_err(path, format!("line {}: expected one JSON object per line, found {found}", i + 1)));
+        }
         out.push((i + 1, v));
     }
     Ok(out)

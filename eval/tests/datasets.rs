@@ -36,6 +36,12 @@ fn refcoco_errors_name_the_line() {
     std::fs::write(&f, "{\"img_path\": \"a.jpg\", \"expression\": \"x\", \"bbox\": [1, 2, 3, 4]}\n{\"img_path\": \"a.jpg\", \"bbox\": [1, 2, 3, 4]}\n").unwrap();
     let e = refcoco(&f, Path::new("img")).unwrap_err().to_string();
     assert!(e.contains("line 2") && e.contains("expression"), "{e}");
+    // a byte-order mark is skipped; a JSON list in place of jsonl is named
+    std::fs::write(&f, "\u{feff}{\"img_path\": \"a.jpg\", \"expression\": \"x\", \"bbox\": [1, 2, 3, 4]}\n").unwrap();
+    assert_eq!(refcoco(&f, Path::new("img")).unwrap().len(), 1);
+    std::fs::write(&f, "[{\"img_path\": \"a.jpg\", \"expression\": \"x\", \"bbox\": [1, 2, 3, 4]}]\n").unwrap();
+    let e = refcoco(&f, Path::new("img")).unwrap_err().to_string();
+    assert!(e.contains("line 1: expected one JSON object per line, found a JSON array"), "{e}");
     // an inverted ground-truth box is an error naming the line
     std::fs::write(&f, "{\"img_path\": \"a.jpg\", \"expression\": \"x\", \"bbox\": [50, 50, 10, 10]}\n").unwrap();
     let e = refcoco(&f, Path::new("img")).unwrap_err().to_string();
