@@ -450,15 +450,16 @@ pub fn count(data: &Path, images: &Path, split: Option<(&Path, &str)>) -> Result
     }
     let obj = v.as_object().ok_or_else(|| fmt_err(data, "expected an object keyed by image file name".into()))?;
     let mut names: Vec<String> = match split {
-        Some((f, name)) => read_json(f)?
-            .get(name)
-            .and_then(Value::as_array)
-            .ok_or_else(|| fmt_err(f, format!("no split `{name}`")))?
-            .iter()
-            .map(|x| {
-                x.as_str().map(str::to_string).ok_or_else(|| fmt_err(f, format!("split `{name}`: {x} is not a name")))
-            })
-            .collect::<Result<_, _>>()?,
+        Some((f, name)) => match read_json(f)?.get(name) {
+            None => return Err(fmt_err(f, format!("no split `{name}`"))),
+            Some(list) => list
+                .as_array()
+                .ok_or_else(|| fmt_err(f, format!("split `{name}` is not a list of image names")))?
+                .clone(),
+        }
+        .iter()
+        .map(|x| x.as_str().map(str::to_string).ok_or_else(|| fmt_err(f, format!("split `{name}`: {x} is not a name"))))
+        .collect::<Result<_, _>>()?,
         None => obj.keys().cloned().collect(),
     };
     names.sort();

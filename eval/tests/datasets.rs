@@ -77,6 +77,10 @@ fn counting_layouts() {
     std::fs::write(&split, r#"{"test": ["7.jpg"]}"#).unwrap();
     std::fs::write(tmp.path().join("c.jsonl"), "{\"image\": \"7.jpg\", \"exemplar\": [0, 0, 5, 5], \"count\": 2}\n")
         .unwrap();
+    // FSC-147 with a split whose entry is not a list: named as such (was "no split")
+    std::fs::write(&split, r#"{"test": "1.jpg"}"#).unwrap();
+    let e = count(&tmp.path().join("fsc.json"), Path::new("img"), Some((&split, "test"))).unwrap_err().to_string();
+    assert!(e.contains("split `test` is not a list of image names"), "{e}");
     for f in ["unseen_instances_test.json", "c.jsonl"] {
         let e = count(&tmp.path().join(f), Path::new("img"), Some((&split, "test"))).unwrap_err().to_string();
         assert!(e.contains("applies to FSC-147 annotations"), "{f}: {e}");
