@@ -887,10 +887,32 @@ fn eval_run(
     items: Vec<griffon_eval::datasets::Item>,
     annotations: Option<&std::path::Path>,
 ) -> Result<()> {
-    if let Some(m) = eval_run_metrics(a, &a.out, items, annotations)? {
-        writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&m)?)?;
+    if let Some(s) = eval_run_metrics(a, &a.out, items, annotations)? {
+        writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&s.metrics)?)?;
+        if let Some(e) = s.all_failed {
+            bail!(e);
+        }
     }
     Ok(())
+}
+
+/// A scored evaluation: its metrics, and a message when every sample failed.
+struct Scored {
+    metrics: serde_json::Value,
+    all_failed: Option<String>,
+}
+
+/// Every sample failing is a setup error (a wrong --images, say), not a score of zero: the
+/// message for it, naming the first failure.
+fn all_failed(records: &[griffon_eval::runners::Record], out: &std::path::Path) -> Option<String> {
+    let first = records.first().filter(|_| records.iter().all(|r| r.error.is_some()))?;
+    Some(format!(
+        "{}: all {} samples failed (first, id {}: {}); the zero scores are in its metrics.json",
+        out.display(),
+        records.len(),
+        first.id,
+        first.error.as_deref().unwrap_or_default()
+    ))
 }
 
 /// Runs a dataset into `out`; returns the metrics when the run is not sharded.
@@ -899,7 +921,7 @@ fn eval_run_metrics(
     out: &std::path::Path,
     items: Vec<griffon_eval::datasets::Item>,
     annotations: Option<&std::path::Path>,
-) -> Result<Option<serde_json::Value>> {
+) -> Result<Option<Scored>> {
     use griffon_eval::runners;
     let shard = parse_shard(&a.shard)?;
     let opts = runners::RunnerOptions {
@@ -934,17 +956,7 @@ fn eval_run_metrics(
     if shard.1 == 1 {
         let records = runners::select(runners::merge(out)?, &items, a.limit);
         let metrics = score_records(&records, out, annotations)?;
-        // every sample failing is a setup error (a wrong --images, say), not a score of zero
-        if let Some(first) = records.first().filter(|_| records.iter().all(|r| r.error.is_some())) {
-            bail!(
-                "all {} samples failed (first, id {}: {}); the zero scores are in {}",
-                records.len(),
-                first.id,
-                first.error.as_deref().unwrap_or_default(),
-                out.join("metrics.json").display()
-            );
-        }
-        Ok(Some(metrics))
+        Ok(Some(Scored { metrics, all_failed: all_failed(&records, out) }))
     } else {
         eprintln!("when every shard is done: griffon eval merge --out {}", out.display());
         Ok(None)
@@ -966,8 +978,12 @@ fn score_records(
 }
 
 fn eval_merge(out: &std::path::Path, annotations: Option<&std::path::Path>) -> Result<()> {
-    let metrics = score_records(&griffon_eval::runners::merge(out)?, out, annotations)?;
+    let records = griffon_eval::runners::merge(out)?;
+    let metrics = score_records(&records, out, annotations)?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&metrics)?)?;
+    if let Some(e) = all_failed(&records, out) {
+        bail!(e);
+    }
     Ok(())
 }
 
@@ -1022,9 +1038,15 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
         Some(serde_json::Value::Object(o)) => o,
         _ => serde_json::Map::new(),
     });
+    // evaluations whose every sample failed: reported after the summary is written
+    let failed_all = std::cell::RefCell::new(Vec::new());
     let run = |t: SynthTask, dir: &str, items: &dyn Fn() -> ItemsResult, ann: Option<&std::path::Path>| match on(t) {
         true => {
-            let m = eval_run_metrics(a, &a.out.join(dir), items()?, ann)?;
+            let scored = eval_run_metrics(a, &a.out.join(dir), items()?, ann)?;
+            let m = scored.map(|s| {
+                failed_all.borrow_mut().extend(s.all_failed);
+                s.metrics
+            });
             if let Some(m) = &m {
                 let n = |k: &str| m[k].as_u64().unwrap_or(0);
                 let (failed, cut) = (n("failed_samples"), n("truncated_samples"));
@@ -1093,6 +1115,10 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     let v = serde_json::Value::Object(summary);
     std::fs::write(&f, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", f.display()))?;
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&v)?)?;
+    let failed_all = failed_all.into_inner();
+    if !failed_all.is_empty() {
+        bail!(failed_all.join("\n"));
+    }
     Ok(())
 }
 

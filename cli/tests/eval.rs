@@ -270,6 +270,24 @@ fn grounding_description_and_counting_runners() {
     let o = rerun(&toy.p("refcoco.jsonl"), &["--constrained"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("or decoding") && err.contains(", constrained"), "{err}");
+    // records of before the decoding was stored (the model alone) resume with that model
+    let shard = toy.dir.path().join("rec/predictions.shard-0-of-1.jsonl");
+    let text = std::fs::read_to_string(&shard).unwrap();
+    let old: String = text
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            let m = v["model"].as_str().unwrap().split("; decoding").next().unwrap().to_string();
+            v["model"] = Value::String(m);
+            format!("{v}\n")
+        })
+        .collect();
+    assert_ne!(old, text);
+    std::fs::write(&shard, old).unwrap();
+    let o = rerun(&toy.p("refcoco.jsonl"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rerun(&toy.p("refcoco.jsonl"), &["--image-size", "56"]);
+    assert!(!o.status.success(), "another model is still refused");
     // a merge with a shard missing is refused instead of scoring half the dataset
     run_eval("refcoco", &toy, "rec2", &["--data", &toy.p("refcoco.jsonl"), "--shard", "0/2"]);
     let o = griffon(&["eval", "merge", "--out", &toy.p("rec2")]);
@@ -357,6 +375,10 @@ fn runner_rejects_duplicate_ids_and_zero_chunks() {
     let o = griffon(&[&base[..], &["--data", &toy.p("refcoco.jsonl"), "--out", &toy.p("c0"), "--chunk", "0"]].concat());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--chunk") && err.contains("must be at least 1"), "{err}");
+    let o =
+        griffon(&[&base[..], &["--data", &toy.p("refcoco.jsonl"), "--out", &toy.p("s0"), "--shard", "0/1x"]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--shard \"0/1x\": \"1x\" is not a whole number"), "{err}");
 }
 
 /// An answer cut at --max-new-tokens is reported (a dropped entry, `truncated` in the record and

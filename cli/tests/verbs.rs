@@ -191,6 +191,14 @@ fn bad_input_is_a_clear_error() {
         assert!(err.contains(needle), "{args:?}: stderr {err:?} lacks {needle:?}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
+    // a model path that is a file is named as such, not as missing
+    let out =
+        griffon(&["detect", "--model", img.to_str().unwrap(), "--image", img.to_str().unwrap(), "--categories", "a"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a folder"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // --save is checked before the model loads (a model that does not exist is not reached)
     for (save, needle) in [("/nonexistent/dir/out.png", "/nonexistent/dir does not exist"), ("out.txt", "extension")] {
         let out = griffon(&[

@@ -166,7 +166,10 @@ fn read_shard(path: &Path) -> Result<Vec<Record>, EvalError> {
 /// edited annotation would otherwise mix old answers and old truths into the new scores).
 fn check_stored(file: &Path, stored: &[Record], items: &[Item], model: Option<&str>) -> Result<(), EvalError> {
     if let Some(mine) = model {
-        let other = stored.iter().find(|r| r.model.as_deref().is_some_and(|m| m != mine));
+        // records written before the decoding was stored name the model alone: the same model
+        // resumes them (their decoding is unknown)
+        let same = |m: &str| m == mine || (!m.contains("; decoding") && mine.starts_with(&format!("{m}; decoding")));
+        let other = stored.iter().find(|r| r.model.as_deref().is_some_and(|m| !same(m)));
         if let Some(r) = other {
             return Err(EvalError::Invalid(format!(
                 "{}: the record for id {:?} was answered by another model or decoding ({}; this run: {mine}): use a new --out",

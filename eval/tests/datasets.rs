@@ -178,7 +178,8 @@ fn malformed_parts_of_a_record_are_errors_not_skipped() {
     let e = parse_flickr_xml(bad).unwrap_err();
     assert!(e.contains("<bndbox>") && e.contains("two"), "{e}");
     // so would a truncated or empty annotation file
-    for cut in ["", "<annotation><object>", "<annotation><object><name>18</name>"] {
+    for cut in ["", "<annotation><object>", "<annotation><object><name>18</name>", "<annotation><object></annotation>"]
+    {
         let e = parse_flickr_xml(cut).unwrap_err();
         assert!(e.contains("not a complete annotation xml"), "{cut:?}: {e}");
     }

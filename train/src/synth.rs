@@ -656,9 +656,10 @@ fn check_out_folder(o: &SynthOptions) -> Result<(), String> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
                 Err(e) => return Err(format!("{}: {e}", o.out.display())),
             };
-            if non_empty {
+            if non_empty && !written_with(o)? {
                 return Err(format!(
-                    "{} is not empty and holds no {MANIFEST}: write the benchmark into a new or empty folder",
+                    "{} is not empty and holds no {MANIFEST}, and its images are not those of these options: \
+                     write the benchmark into a new or empty folder",
                     o.out.display()
                 ));
             }
@@ -668,6 +669,42 @@ fn check_out_folder(o: &SynthOptions) -> Result<(), String> {
         Err(e) => return Err(format!("{}: {e}", f.display())),
     }
     Ok(())
+}
+
+/// Whether a folder without a manifest (written before [`MANIFEST`] existed) holds a benchmark
+/// of these options: each split's images are exactly that split's scene indices, and the first
+/// one is the scene these options render.
+fn written_with(o: &SynthOptions) -> Result<bool, String> {
+    let mut rendered = false;
+    for split in ["train", "val", "test"] {
+        let dir = o.out.join("images").join(split);
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut have = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let name = e.map_err(io(&dir))?.file_name().to_string_lossy().to_string();
+            match name.strip_suffix(".png").and_then(|k| k.parse::<usize>().ok()) {
+                Some(k) => have.push(k),
+                None => return Ok(false),
+            }
+        }
+        have.sort_unstable();
+        let want: Vec<usize> = (0..o.n).filter(|&k| split_of(k, o.n) == split).collect();
+        if have != want {
+            return Ok(false);
+        }
+        if let (false, Some(&k)) = (rendered, have.first()) {
+            let f = dir.join(format!("{k:06}.png"));
+            let written = image::open(&f).map_err(|e| format!("{}: {e}", f.display()))?.to_rgb8();
+            let (img, _) = scene_scaled(o.seed, k, o.size, o.max_objects, o.object_scale);
+            if img.as_raw() != written.as_raw() {
+                return Ok(false);
+            }
+            rendered = true;
+        }
+    }
+    Ok(rendered)
 }
 
 /// Writes the benchmark; returns a summary per split.

@@ -807,7 +807,9 @@ struct TrainerState {
 /// resume may change.
 fn resume_settings(cfg: &TrainConfig) -> serde_json::Value {
     let t = &cfg.train;
-    let modules: Vec<String> = cfg.trainable_modules().iter().map(|m| format!("{m:?}").to_lowercase()).collect();
+    // a set: the order the list was written in does not matter
+    let modules: std::collections::BTreeSet<String> =
+        cfg.trainable_modules().iter().map(|m| format!("{m:?}").to_lowercase()).collect();
     serde_json::json!({
         "stage": t.stage, "lr": t.lr, "vision_lr": t.vision_lr, "region_lr": t.region_lr,
         "trainable": modules, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
@@ -815,7 +817,9 @@ fn resume_settings(cfg: &TrainConfig) -> serde_json::Value {
         "schedule": format!("{:?}", t.schedule).to_lowercase(), "dtype": t.dtype,
         "dense_weight": t.dense_weight, "ground_weight": t.ground_weight,
         "ground_box_weight": t.ground_box_weight, "ground_name_weight": t.ground_name_weight,
-        "choice_weight": t.choice_weight,
+        "choice_weight": t.choice_weight, "ground_layer": t.ground_layer, "ground_head": t.ground_head,
+        "ground_keys": format!("{:?}", t.ground_keys).to_lowercase(),
+        "ground_positions": format!("{:?}", t.ground_positions).to_lowercase(),
     })
 }
 
@@ -899,23 +903,29 @@ pub fn trim_metrics(path: &Path, step: usize) -> Result<usize, Error> {
     Ok(dropped)
 }
 
-/// The checkpoint `out/latest` names; None when there is no `latest` (a new run). A `latest`
+/// The checkpoint `out/latest` names (`setting`: the config key `out` comes from, for the
+/// messages); None when there is no `latest` (a new run). A `latest`
 /// that cannot be followed (unreadable, empty, naming a folder without its trainer state) is an
 /// error: starting over would overwrite the checkpoints and drop the metrics of the steps done.
-fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>, Error> {
+fn latest_checkpoint(out: &Path, setting: &str) -> Result<Option<PathBuf>, Error> {
     let file = out.join(LATEST);
     let name = match std::fs::read_to_string(&file) {
         Ok(name) => name,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: cannot read the resume pointer: {e}", file.display())),
+        Err(e) => return Err(format!("{setting} {}: cannot read {}: {e}", out.display(), file.display())),
     };
     let broken = |why: String| {
-        Err(format!(
-            "{}: {why}; the run cannot resume (point it at a checkpoint folder of {}, or remove it to start over, \
-             which overwrites the checkpoints)",
-            file.display(),
-            out.display()
-        ))
+        let advice = match setting {
+            "train.out" => {
+                "the run cannot resume (point it at a checkpoint folder there, or remove it to start \
+                            over, which overwrites the checkpoints)"
+            }
+            _ => {
+                "the run cannot start from that folder's newest checkpoint (point it at a checkpoint \
+                  folder there, or give the checkpoint folder itself)"
+            }
+        };
+        Err(format!("{setting} {}: {} {why}; {advice}", out.display(), file.display()))
     };
     let name = name.trim();
     if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
@@ -936,6 +946,20 @@ impl Trainer {
         if device.is_cuda() {
             candle_core::cuda::set_gemm_reduced_precision_f32(cfg.train.tf32);
         }
+        // the checkpoints to start from, before the data is built (cheap checks first)
+        if cfg.train.out.exists() && !cfg.train.out.is_dir() {
+            return Err(format!(
+                "train.out {} is a file: it must be a folder (new, or a run's to resume)",
+                cfg.train.out.display()
+            ));
+        }
+        let resume = latest_checkpoint(&cfg.train.out, "train.out")?;
+        // `init` may name a previous stage's output folder: follow its `latest` pointer
+        let init = match cfg.model.init.is_dir() {
+            true => latest_checkpoint(&cfg.model.init, "model.init")?,
+            false => None,
+        }
+        .unwrap_or_else(|| cfg.model.init.clone());
         let bopts = cfg.data.build_options(cfg.train.seed);
         let (samples, mut skipped) = match &cfg.data.tasks {
             Some(tasks) => {
@@ -944,15 +968,6 @@ impl Trainer {
             }
             None => (Vec::new(), Vec::new()),
         };
-        if cfg.train.out.exists() && !cfg.train.out.is_dir() {
-            return Err(format!(
-                "train.out {} is a file: it must be a folder (new, or a run's to resume)",
-                cfg.train.out.display()
-            ));
-        }
-        let resume = latest_checkpoint(&cfg.train.out)?;
-        // `init` may name a previous stage's output folder: follow its `latest` pointer
-        let init = latest_checkpoint(&cfg.model.init)?.unwrap_or_else(|| cfg.model.init.clone());
         let source_dir = resume.clone().unwrap_or(init);
         let modules = cfg.trainable_modules();
         let pred_modules = modules.clone();

@@ -373,6 +373,15 @@ fn one_split_equals_that_split_of_the_full_benchmark() {
         let e = generate(&opts(&part, seed, n, "test")).unwrap_err();
         assert!(e.contains("other options") && e.contains("new folder"), "{e}");
     }
+    // a folder written before synth.json existed is recognised by its images (and gets one);
+    // other options over it are still refused
+    std::fs::remove_file(part.join("synth.json")).unwrap();
+    let e = generate(&opts(&part, 10, 20, "test")).unwrap_err();
+    assert!(e.contains("not those of these options"), "{e}");
+    let e = generate(&opts(&part, 9, 30, "test")).unwrap_err();
+    assert!(e.contains("not those of these options"), "{e}");
+    generate(&opts(&part, 9, 20, "test")).unwrap();
+    assert!(part.join("synth.json").is_file());
     let other = tmp.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("notes.txt"), "x").unwrap();

@@ -142,6 +142,14 @@ fn resume_refuses_other_settings_and_a_broken_pointer() {
         let err = Trainer::new(config(data.path(), "r", &body.replace(from, to)), &Device::Cpu).err().unwrap();
         assert!(err.contains("was written with other settings") && err.contains(named), "{to}: {err}");
     }
+    // the same settings written otherwise, and the budget, saving and workers, may change
+    for (from, to) in [
+        ("stage = 1", "stage = 1\ntrainable = [\"projector\"]"),
+        ("save_every = 1", "save_every = 2\nworkers = 1\nmax_time_s = 1000.0"),
+    ] {
+        let r = Trainer::new(config(data.path(), "r", &body.replace(from, to)), &Device::Cpu);
+        assert!(r.is_ok(), "{to}: {:?}", r.err());
+    }
     let out = data.path().join("r");
     let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     for (pointer, why) in [("checkpoint-9", "holds no trainer_state.json"), ("", "names no checkpoint folder")] {
