@@ -259,21 +259,6 @@ struct EvalRunArgs {
     quiet: bool,
 }
 
-impl EvalRunArgs {
-    /// The decoding settings that change an answer, stored beside the model's identity in each
-    /// record (a resume with other ones is refused). Not --max-new-tokens: a rerun with a higher
-    /// limit is how cut answers are run again.
-    fn decoding_identity(&self) -> String {
-        let d = &self.decode;
-        let pick = match d.temperature > 0.0 {
-            true => format!("temperature {}, top-p {}, seed {}", d.temperature, d.top_p, d.seed),
-            false => "greedy".to_string(),
-        };
-        let constrained = if self.constrained { "constrained" } else { "unconstrained" };
-        format!("decoding {pick}, template {}, chunk {}, {constrained}", d.template, self.chunk)
-    }
-}
-
 #[derive(Args)]
 struct BenchArgs {
     /// gemma2-9b, llama2-13b or tiny (the shapes of shared/bench/torch_reference_bench.py).
@@ -323,6 +308,16 @@ enum DtypeArg {
     F32,
     Bf16,
     F16,
+}
+
+impl DtypeArg {
+    fn dtype(self) -> DType {
+        match self {
+            DtypeArg::F32 => DType::F32,
+            DtypeArg::Bf16 => DType::BF16,
+            DtypeArg::F16 => DType::F16,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -401,22 +396,14 @@ impl ModelArgs {
             self.image_size.map_or("stored".to_string(), |s| s.to_string()),
             self.tiles.map_or("stored".to_string(), |t| t.to_string()),
             self.pos_interp,
-            match self.dtype {
-                DtypeArg::F32 => "f32",
-                DtypeArg::Bf16 => "bf16",
-                DtypeArg::F16 => "f16",
-            }
+            self.dtype.dtype().as_str()
         ))
     }
 
     fn load(&self) -> Result<Griffon> {
         let dir = self.dir()?;
         let pos_interp: Interp = self.pos_interp.parse().map_err(|e: String| anyhow!(e))?;
-        let dtype = match self.dtype {
-            DtypeArg::F32 => DType::F32,
-            DtypeArg::Bf16 => DType::BF16,
-            DtypeArg::F16 => DType::F16,
-        };
+        let dtype = self.dtype.dtype();
         let opts = LoadOptions {
             device: parse_device(&self.device)?,
             dtype,
@@ -805,7 +792,7 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     // records refused while the data was built, said before the run (a source whose images are
     // elsewhere used to show only at the end), with the first of each kind
     for (reason, n) in griffon_train::data::skip_summary(&t.skipped) {
-        let first = t.skipped.iter().find(|k| k.reason.split(':').next().unwrap_or("").trim() == reason);
+        let first = t.skipped.iter().find(|k| k.category() == reason);
         let example = first.map(|k| format!(" (first: {}: {})", k.source, k.reason)).unwrap_or_default();
         eprintln!("skipped {n} records before training: {reason}{example}");
     }
@@ -830,11 +817,7 @@ fn bench_cmd(a: &BenchArgs) -> Result<()> {
     let cfg = bench::preset(&a.config)
         .ok_or_else(|| anyhow!("unknown bench config `{}` (known: {})", a.config, bench::PRESETS.join(", ")))?;
     let device = parse_device(&a.device)?;
-    let dtype = match a.dtype {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::Bf16 => DType::BF16,
-        DtypeArg::F16 => DType::F16,
-    };
+    let dtype = a.dtype.dtype();
     let only = match &a.only {
         None => None,
         Some(p) => Some(
@@ -935,14 +918,14 @@ fn eval_run_metrics(
             constrained: a.constrained,
         },
         progress: !a.quiet,
-        model: Some(format!("{}; {}", a.model.identity()?, a.decoding_identity())),
+        model: Some(a.model.identity()?),
     };
     if items.is_empty() {
         bail!("the dataset has no samples");
     }
-    runners::check_items(&items, &opts)?;
+    let checked = runners::check_items(&items, &opts)?;
     let m = a.model.load()?;
-    let summary = runners::run(&m, &items, &opts)?;
+    let summary = runners::run(&m, &items, &opts, checked)?;
     eprintln!(
         "shard {}/{}: {} samples, {} already done, {} run, {} failed -> {}",
         shard.0,
@@ -1214,11 +1197,7 @@ fn resize_tower_cmd(a: &ResizeTowerArgs) -> Result<()> {
 
 fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
     griffon_model::nn::set_low_precision_attention_on_cpu(a.low_precision_attention);
-    let dtype = match a.dtype {
-        DtypeArg::F32 => DType::F32,
-        DtypeArg::Bf16 => DType::BF16,
-        DtypeArg::F16 => DType::F16,
-    };
+    let dtype = a.dtype.dtype();
     let device = parse_device(&a.device)?;
     // the GPU's own kernels against the composed forms they replace (random inputs)
     let probe = Tensor::zeros((1, 1, 1, 64), DType::BF16, &device)?;

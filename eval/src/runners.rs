@@ -48,6 +48,10 @@ pub struct Record {
     /// refused instead of mixing two models' answers. Absent in records of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// How it decoded ([`RunnerOptions::decoding`]); absent in records written before it was
+    /// stored, which then resume with their model whatever the decoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding: Option<String>,
 }
 
 impl Record {
@@ -61,7 +65,7 @@ impl Record {
 /// Checks a dataset before a model is loaded: ids must be unique (records are keyed by id when
 /// resuming and merging: two items with one id would score as one) and the detection chunk at
 /// least 1.
-pub fn check_items(items: &[Item], opts: &RunnerOptions) -> Result<(), EvalError> {
+pub fn check_items(items: &[Item], opts: &RunnerOptions) -> Result<Checked, EvalError> {
     if opts.run.chunk == 0 {
         return Err(EvalError::Invalid("chunk (categories per detection turn) must be at least 1".into()));
     }
@@ -78,14 +82,21 @@ pub fn check_items(items: &[Item], opts: &RunnerOptions) -> Result<(), EvalError
             )));
         }
     }
-    check_out_folder(items, opts)
+    Ok(Checked { stored: check_out_folder(items, opts)? })
+}
+
+/// A dataset checked against `--out` by [`check_items`] (before the model loads), with this
+/// shard's stored records, which [`run`] resumes from.
+pub struct Checked {
+    stored: Vec<Record>,
 }
 
 /// The records already in `--out` (checked before a model is loaded): the folder's shards must be
-/// of this run's split, and this shard's records of this evaluation ([`check_stored`]).
-fn check_out_folder(items: &[Item], opts: &RunnerOptions) -> Result<(), EvalError> {
+/// of this run's split, and this shard's records of this evaluation ([`check_stored`]). Returns
+/// this shard's records.
+fn check_out_folder(items: &[Item], opts: &RunnerOptions) -> Result<Vec<Record>, EvalError> {
     if !opts.out.is_dir() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     for f in shard_files(&opts.out)? {
         let (_, n) = shard_of(&f)?;
@@ -98,7 +109,9 @@ fn check_out_folder(items: &[Item], opts: &RunnerOptions) -> Result<(), EvalErro
         }
     }
     let file = shard_file(&opts.out, opts.shard);
-    check_stored(&file, &read_shard(&file)?, items, opts.model.as_deref())
+    let stored = read_shard(&file)?;
+    check_stored(&file, &stored, items, opts)?;
+    Ok(stored)
 }
 
 #[derive(Debug, Clone)]
@@ -109,9 +122,8 @@ pub struct RunnerOptions {
     pub limit: Option<usize>,
     pub run: RunOptions,
     pub progress: bool,
-    /// Names the model, how it was loaded (folder, input size, dtype ...) and how it decodes
-    /// (the CLI adds the sampling, template, chunk and constraint), stored in each record and
-    /// compared on resume; None: not recorded, not checked.
+    /// Names the model and how it was loaded (folder, input size, dtype ...), stored in each
+    /// record and compared on resume; None: not recorded, not checked.
     pub model: Option<String>,
 }
 
@@ -164,20 +176,24 @@ fn read_shard(path: &Path) -> Result<Vec<Record>, EvalError> {
 /// from this run's model (when both name one) and be one of this dataset's ids, made from the
 /// same image and scored against the same truth (a folder reused for another dataset or an
 /// edited annotation would otherwise mix old answers and old truths into the new scores).
-fn check_stored(file: &Path, stored: &[Record], items: &[Item], model: Option<&str>) -> Result<(), EvalError> {
-    if let Some(mine) = model {
-        // records written before the decoding was stored name the model alone: the same model
-        // resumes them (their decoding is unknown)
-        let same = |m: &str| m == mine || (!m.contains("; decoding") && mine.starts_with(&format!("{m}; decoding")));
-        let other = stored.iter().find(|r| r.model.as_deref().is_some_and(|m| !same(m)));
-        if let Some(r) = other {
-            return Err(EvalError::Invalid(format!(
-                "{}: the record for id {:?} was answered by another model or decoding ({}; this run: {mine}): use a new --out",
-                file.display(),
-                r.id,
-                r.model.as_deref().unwrap_or_default()
-            )));
-        }
+fn check_stored(file: &Path, stored: &[Record], items: &[Item], opts: &RunnerOptions) -> Result<(), EvalError> {
+    // each compared where both the record and this run name it (records written before the
+    // decoding was stored resume with their model, whatever the decoding)
+    let differs =
+        |theirs: &Option<String>, mine: &Option<String>| matches!((theirs, mine), (Some(a), Some(b)) if a != b);
+    let decoding = Some(decoding_of(&opts.run));
+    let other = stored.iter().find(|r| differs(&r.model, &opts.model) || differs(&r.decoding, &decoding));
+    if let Some(r) = other {
+        let show = |m: &Option<String>, d: &Option<String>| {
+            format!("{}; {}", m.as_deref().unwrap_or("?"), d.as_deref().unwrap_or("decoding not recorded"))
+        };
+        return Err(EvalError::Invalid(format!(
+            "{}: the record for id {:?} was answered by another model or decoding ({}; this run: {}): use a new --out",
+            file.display(),
+            r.id,
+            show(&r.model, &r.decoding),
+            show(&opts.model, &decoding)
+        )));
     }
     let by_id: HashMap<&str, &Item> = items.iter().map(|it| (it.id.as_str(), it)).collect();
     // the item's truth as it reads back from a record (serde_json may parse a written decimal
@@ -213,20 +229,34 @@ pub fn select(records: Vec<Record>, items: &[Item], limit: Option<usize>) -> Vec
     records.into_iter().filter(|r| wanted.contains(r.id.as_str())).collect()
 }
 
-/// Runs the model over this shard's items, appending to the shard file and skipping ids it
-/// already holds.
-pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunSummary, EvalError> {
+/// The decoding settings that change an answer, stored in each record and compared on resume:
+/// greedy or the sampling's temperature, top-p and seed, the template (`auto`: the model's), the
+/// detection chunk and the constraint. Not `max_new_tokens`: a rerun with a higher limit is how
+/// cut answers run again.
+fn decoding_of(run: &RunOptions) -> String {
+    let s = &run.sampling;
+    let pick = match s.temperature > 0.0 {
+        true => format!("temperature {}, top-p {}, seed {}", s.temperature, s.top_p, s.seed),
+        false => "greedy".to_string(),
+    };
+    let template = run.template.map_or("auto", |t| t.name());
+    let constrained = if run.constrained { "constrained" } else { "unconstrained" };
+    format!("decoding {pick}, template {template}, chunk {}, {constrained}", run.chunk)
+}
+
+/// Runs the model over this shard's items (checked by [`check_items`]), appending to the shard
+/// file and skipping ids it already holds.
+pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Checked) -> Result<RunSummary, EvalError> {
     let (index, count) = opts.shard;
     if count == 0 || index >= count {
         return Err(EvalError::Invalid(format!("shard {index}/{count}: need 0 <= i < N")));
     }
-    check_items(items, opts)?;
     std::fs::create_dir_all(&opts.out).map_err(|source| EvalError::Io { path: opts.out.clone(), source })?;
     let file = shard_file(&opts.out, opts.shard);
     // a sample that failed (e.g. its image was missing) or was cut at a lower max_new_tokens runs
     // again; merge prefers the new record
     let max_new = opts.run.sampling.max_new_tokens;
-    let done: HashSet<String> = read_shard(&file)?.into_iter().filter(|r| r.settled(max_new)).map(|r| r.id).collect();
+    let done: HashSet<String> = checked.stored.into_iter().filter(|r| r.settled(max_new)).map(|r| r.id).collect();
     let mine: Vec<&Item> = items
         .iter()
         .take(opts.limit.unwrap_or(usize::MAX))
@@ -270,6 +300,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
                 truncated: out.truncated,
                 max_new_tokens: out.truncated.then_some(max_new),
                 model: opts.model.clone(),
+                decoding: Some(decoding_of(&opts.run)),
             },
             Err(e) => {
                 errors += 1;
@@ -285,6 +316,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions) -> Result<RunS
                     truncated: false,
                     max_new_tokens: None,
                     model: opts.model.clone(),
+                    decoding: Some(decoding_of(&opts.run)),
                 }
             }
         };

@@ -86,6 +86,7 @@ fn repeated_phrase_takes_its_own_box() {
             ],
         },
         model: None,
+        decoding: None,
         error: None,
         truncated: false,
         max_new_tokens: None,

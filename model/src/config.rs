@@ -153,6 +153,12 @@ impl LlmConfig {
             LlmConfig::Llama(c) => c.vocab_size,
         }
     }
+    pub fn num_hidden_layers(&self) -> usize {
+        match self {
+            LlmConfig::Gemma2(c) => c.num_hidden_layers,
+            LlmConfig::Llama(c) => c.num_hidden_layers,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

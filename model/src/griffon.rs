@@ -285,11 +285,7 @@ impl Griffon {
             let layers = format!("{MAIN_TOWER_PREFIX}.encoder.layers.");
             ck.check_no_layer_beyond(&layers, c.num_hidden_layers, "the vision tower")?;
         }
-        let llm_layers = match &config.llm {
-            LlmConfig::Gemma2(c) => c.num_hidden_layers,
-            LlmConfig::Llama(c) => c.num_hidden_layers,
-        };
-        ck.check_no_layer_beyond("model.layers.", llm_layers, "the LLM")?;
+        ck.check_no_layer_beyond("model.layers.", config.llm.num_hidden_layers(), "the LLM")?;
         let needed = crate::vision::resolve_select_layer(config.mm.select_layer, tower_cfg.num_hidden_layers)?;
         let tower = match &main_cfg {
             MainTowerConfig::Clip(c) => VisionTower::Clip(ClipVision::load_upto(

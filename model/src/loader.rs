@@ -6,7 +6,7 @@ use crate::error::{invalid, io_err, Error, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, Var};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 pub struct Checkpoint {
@@ -229,12 +229,7 @@ impl Checkpoint {
     /// number of layers its config declares: loading the first `n` would silently run a
     /// shallower model than the weights (a config edited or copied from another size).
     pub fn check_no_layer_beyond(&self, prefix: &str, n: usize, what: &str) -> Result<()> {
-        let beyond = self
-            .index
-            .keys()
-            .filter_map(|k| k.strip_prefix(prefix)?.split_once('.')?.0.parse::<usize>().ok())
-            .filter(|&i| i >= n)
-            .max();
+        let beyond = self.indices(prefix).filter(|&i| i >= n).max();
         match beyond {
             Some(i) => invalid(format!(
                 "{what}: the checkpoint holds {} layers ({prefix}{i}.*) but its config declares \
@@ -245,23 +240,15 @@ impl Checkpoint {
         }
     }
 
+    /// The indices `i` of the stored tensors named `{prefix}{i}.*` (once per tensor).
+    fn indices<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = usize> + 'a {
+        self.index.keys().filter_map(move |k| k.strip_prefix(prefix)?.split_once('.')?.0.parse::<usize>().ok())
+    }
+
     /// Number of consecutive indexed sub-modules `{prefix}{i}.` present (e.g. layers).
     pub fn count_indexed(&self, prefix: &str) -> usize {
-        let mut seen = BTreeMap::new();
-        for k in self.index.keys() {
-            if let Some(rest) = k.strip_prefix(prefix) {
-                if let Some((num, _)) = rest.split_once('.') {
-                    if let Ok(i) = num.parse::<usize>() {
-                        seen.insert(i, ());
-                    }
-                }
-            }
-        }
-        let mut n = 0;
-        while seen.contains_key(&n) {
-            n += 1;
-        }
-        n
+        let seen: BTreeSet<usize> = self.indices(prefix).collect();
+        (0..).take_while(|i| seen.contains(i)).count()
     }
 }
 

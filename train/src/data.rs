@@ -158,6 +158,13 @@ pub struct Skipped {
     pub reason: String,
 }
 
+impl Skipped {
+    /// The kind of reason (its text before the first ':'), by which [`skip_summary`] counts.
+    pub fn category(&self) -> &str {
+        self.reason.split(':').next().unwrap_or("").trim()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{}: {source}", path.display())]
@@ -891,8 +898,7 @@ fn check_size(width: u32, height: u32) -> Result<(), String> {
 pub fn skip_summary(skipped: &[Skipped]) -> Vec<(String, usize)> {
     let mut m: BTreeMap<String, usize> = BTreeMap::new();
     for s in skipped {
-        let cat = s.reason.split(':').next().unwrap_or("").trim().to_string();
-        *m.entry(cat).or_default() += 1;
+        *m.entry(s.category().to_string()).or_default() += 1;
     }
     let mut v: Vec<(String, usize)> = m.into_iter().collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -654,7 +654,7 @@ fn check_out_folder(o: &SynthOptions) -> Result<(), String> {
             let non_empty = match std::fs::read_dir(&o.out) {
                 Ok(mut entries) => entries.next().is_some(),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                Err(e) => return Err(format!("{}: {e}", o.out.display())),
+                Err(e) => return Err(io(&o.out)(e)),
             };
             if non_empty && !written_with(o)? {
                 return Err(format!(
@@ -664,9 +664,9 @@ fn check_out_folder(o: &SynthOptions) -> Result<(), String> {
                 ));
             }
             std::fs::create_dir_all(&o.out).map_err(io(&o.out))?;
-            std::fs::write(&f, format!("{want}\n")).map_err(|e| format!("{}: {e}", f.display()))?;
+            std::fs::write(&f, format!("{want}\n")).map_err(io(&f))?;
         }
-        Err(e) => return Err(format!("{}: {e}", f.display())),
+        Err(e) => return Err(io(&f)(e)),
     }
     Ok(())
 }

@@ -915,15 +915,12 @@ fn latest_checkpoint(out: &Path, setting: &str) -> Result<Option<PathBuf>, Error
         Err(e) => return Err(format!("{setting} {}: cannot read {}: {e}", out.display(), file.display())),
     };
     let broken = |why: String| {
-        let advice = match setting {
-            "train.out" => {
-                "the run cannot resume (point it at a checkpoint folder there, or remove it to start \
-                            over, which overwrites the checkpoints)"
-            }
-            _ => {
-                "the run cannot start from that folder's newest checkpoint (point it at a checkpoint \
-                  folder there, or give the checkpoint folder itself)"
-            }
+        let advice = if setting == "train.out" {
+            "the run cannot resume (point it at a checkpoint folder there, or remove it to start over, which \
+             overwrites the checkpoints)"
+        } else {
+            "the run cannot start from that folder's newest checkpoint (point it at a checkpoint folder there, or \
+             give the checkpoint folder itself)"
         };
         Err(format!("{setting} {}: {} {why}; {advice}", out.display(), file.display()))
     };
