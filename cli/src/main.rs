@@ -70,7 +70,7 @@ struct SynthArgs {
     #[arg(long, default_value_t = 20)]
     max_objects: usize,
     /// Multiply every object's side (1.0: the benchmark; larger objects make an easier set).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     object_scale: f64,
     /// Write only this split (train, val or test) of the N-scene benchmark, e.g. the 200 test
     /// scenes of `--n 2000` without the 1800 others (2.4 MB per 1022 px image).
@@ -322,9 +322,10 @@ impl DtypeArg {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Checkpoint folder (config.json, safetensors, tokenizer.json); default: $GRIFFON_MODEL, else
-    /// the bundled default model (models/default of the source tree, docs/SYNTH.md).
-    #[arg(long, env = "GRIFFON_MODEL")]
+    /// Checkpoint folder (config.json, safetensors, tokenizer.json); default: $GRIFFON_MODEL (when
+    /// set and not empty), else the bundled default model (models/default of the source tree,
+    /// docs/SYNTH.md).
+    #[arg(long)]
     model: Option<PathBuf>,
     /// Run the vision tower at this square size instead of the checkpoint's (multiple of the patch size).
     #[arg(long)]
@@ -378,6 +379,11 @@ impl ModelArgs {
         if let Some(m) = &self.model {
             return Ok(m.clone());
         }
+        // read here rather than by clap's `env`: clap takes a variable set to "" as an empty
+        // --model ("a value is required for --model"); empty means unset, as in `${VAR:-default}`
+        if let Some(m) = std::env::var_os("GRIFFON_MODEL").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(m));
+        }
         let d = default_model();
         if d.join("config.json").is_file() {
             return Ok(d);
@@ -425,9 +431,9 @@ struct DecodeArgs {
     #[arg(long, default_value = "auto")]
     template: String,
     /// 0 = greedy (default, deterministic).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -509,7 +515,7 @@ struct GenerateArgs {
     #[arg(long)]
     region: Vec<PathBuf>,
     /// The user text; `<image>\n` is prepended when it has no <image>.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     prompt: String,
     /// Print the answer as it is generated.
     #[arg(long)]
@@ -533,10 +539,10 @@ struct GroundArgs {
     #[command(flatten)]
     task: TaskArgs,
     /// The referring expression (REC: the best box).
-    #[arg(long, conflicts_with = "phrase")]
+    #[arg(long, conflicts_with = "phrase", allow_hyphen_values = true)]
     expression: Option<String>,
     /// Phrases to ground (repeatable): boxes per phrase.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     phrase: Vec<String>,
 }
 
@@ -545,7 +551,7 @@ struct DescribeArgs {
     #[command(flatten)]
     task: TaskArgs,
     /// The region, pixels: x1,y1,x2,y2.
-    #[arg(long = "box")]
+    #[arg(long = "box", allow_hyphen_values = true)]
     region: String,
 }
 
@@ -555,7 +561,7 @@ struct ExemplarArgs {
     #[arg(long, conflicts_with = "exemplar_box")]
     exemplar: Option<PathBuf>,
     /// The exemplar as a box x1,y1,x2,y2 (pixels) on the main image, or on --exemplar-image.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     exemplar_box: Option<String>,
     /// The image --exemplar-box refers to (cross-image co-referring).
     #[arg(long, requires = "exemplar_box")]
@@ -586,7 +592,7 @@ struct ChatArgs {
     #[command(flatten)]
     task: TaskArgs,
     /// The prompt; each <region> takes the next --region image.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     prompt: String,
     /// Region / exemplar images, in the order of the prompt's <region> markers.
     #[arg(long)]
@@ -706,6 +712,9 @@ fn run_task(a: &TaskArgs, task: Task, chunk: usize) -> Result<()> {
 }
 
 fn generate_cmd(a: &GenerateArgs) -> Result<()> {
+    if a.prompt.trim().is_empty() {
+        bail!("--prompt is empty: give the user text (`<image>\\n` is prepended when it has none)");
+    }
     let sampling = a.decode.sampling()?;
     let template = a.decode.template()?;
     let m = a.model.load()?;

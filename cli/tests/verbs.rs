@@ -174,6 +174,11 @@ fn bad_input_is_a_clear_error() {
         (vec!["describe", "--box", "0,0,200,10"], "outside"),
         (vec!["describe", "--box", "5,5,5,9"], "zero"),
         (vec!["describe", "--box", "1,2,3"], "4 numbers"),
+        // a negative number is a value, not a flag: the box and the temperature are named
+        (vec!["describe", "--box", "-5,0,10,10"], "lies outside"),
+        (vec!["count", "--exemplar-box", "-5,0,10,10"], "lies outside"),
+        (vec!["detect", "--categories", "a", "--temperature", "-1"], "--temperature must be >= 0"),
+        (vec!["generate", "--prompt", " "], "--prompt is empty"),
         (vec!["detect", "--categories", " , "], "empty"),
         (vec!["count", "--exemplar", "/nonexistent/ex.png"], "/nonexistent/ex.png"),
         (vec!["count"], "give an exemplar"),
@@ -391,6 +396,14 @@ fn without_a_model_the_bundled_default_is_used_or_named() {
         .env_remove("GRIFFON_MODEL")
         .output()
         .expect("run griffon");
+    // $GRIFFON_MODEL set but empty is unset (clap read it as an empty --model)
+    let empty = Command::new(env!("CARGO_BIN_EXE_griffon"))
+        .args(["detect", "--image", d.join("image.png").to_str().unwrap(), "--categories", "circle", "--json"])
+        .env("GRIFFON_MODEL", "")
+        .output()
+        .expect("run griffon");
+    assert_eq!(empty.status.success(), out.status.success(), "{}", String::from_utf8_lossy(&empty.stderr));
+    assert_eq!(empty.stdout, out.stdout);
     if default.is_file() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     } else {

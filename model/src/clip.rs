@@ -155,6 +155,9 @@ impl ClipVision {
         if run_size == 0 || run_size % p != 0 {
             return invalid(format!("image size {run_size} is not a positive multiple of the patch size {p}"));
         }
+        // the config must describe every stored layer, also those after the selected one
+        let layers = format!("{}.", s.pp("encoder.layers").prefix);
+        s.ck.check_no_layer_beyond(&layers, cfg.num_hidden_layers, "the CLIP tower")?;
         let e = s.pp("embeddings");
         let patch_w = e.get("patch_embedding.weight", &[h, 3, p, p])?.reshape((h, 3 * p * p))?;
         let class_emb = e.get("class_embedding", &[h])?;

@@ -280,12 +280,8 @@ impl Griffon {
                  the resized image would not fit in memory)"
             ));
         }
-        // (an EVA02 tower checks its block count itself, both ways)
-        if let MainTowerConfig::Clip(c) = &main_cfg {
-            let layers = format!("{MAIN_TOWER_PREFIX}.encoder.layers.");
-            ck.check_no_layer_beyond(&layers, c.num_hidden_layers, "the vision tower")?;
-        }
-        ck.check_no_layer_beyond("model.layers.", config.llm.num_hidden_layers(), "the LLM")?;
+        // (each stack refuses a checkpoint with more layers than its config declares as it loads:
+        // ClipVision::load_upto, Eva02Vision::load_upto, Llm::load)
         let needed = crate::vision::resolve_select_layer(config.mm.select_layer, tower_cfg.num_hidden_layers)?;
         let tower = match &main_cfg {
             MainTowerConfig::Clip(c) => VisionTower::Clip(ClipVision::load_upto(
@@ -310,8 +306,6 @@ impl Griffon {
         let region = if config.mm.unshared_visual_encoder {
             let (rcfg, _) =
                 resolve_tower(&ck, Some(REGION_TOWER_FOLDER), REGION_TOWER_PREFIX, opts.region_config.as_deref())?;
-            let region_layers = format!("{REGION_TOWER_PREFIX}.encoder.layers.");
-            ck.check_no_layer_beyond(&region_layers, rcfg.num_hidden_layers, "the region encoder")?;
             Some(RegionEncoder::load(&ck.scope(REGION_TOWER_PREFIX), &ck.scope("model.prompt_projector"), &rcfg, h)?)
         } else {
             None

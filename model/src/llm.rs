@@ -411,6 +411,7 @@ pub struct Llm {
 
 impl Llm {
     pub fn load(ck: &Checkpoint, cfg: &LlmConfig) -> Result<Self> {
+        ck.check_no_layer_beyond("model.layers.", cfg.num_hidden_layers(), "the LLM")?;
         match cfg {
             LlmConfig::Gemma2(c) => crate::gemma2::load(ck, c),
             LlmConfig::Llama(c) => crate::llama::load(ck, c),

@@ -231,8 +231,13 @@ fn bad_image_size_is_reported() {
 fn config_with_fewer_layers_than_the_weights_is_refused() {
     let cases: [(&str, &str, usize, &str); 3] = [
         ("config.json", "the LLM", 3, "model.layers.3."),
-        ("clip-vit-tiny-patch8-to-56/config.json", "the vision tower", 2, "encoder.layers.2."),
-        ("clip-vit-large-patch14/config.json", "the region encoder", 1, "encoder.layers.1."),
+        ("clip-vit-tiny-patch8-to-56/config.json", "the CLIP tower", 2, "vision_tower.vision_model.encoder.layers.2."),
+        (
+            "clip-vit-large-patch14/config.json",
+            "the CLIP tower",
+            1,
+            "prompt_visual_encoder.vision_model.encoder.layers.1.",
+        ),
     ];
     for (file, what, layers, named) in cases {
         let (_t, dir) = copy_ckpt("gemma2_region");

@@ -823,12 +823,13 @@ fn resume_settings(cfg: &TrainConfig) -> serde_json::Value {
     })
 }
 
-/// The keys whose values differ between two [`resume_settings`] (numbers within 1e-12 relative:
-/// serde_json may read a written decimal back one ulp off), with both values.
+/// The keys whose values differ between two [`resume_settings`], with both values (numbers
+/// compared exactly: the workspace's serde_json reads back the very f64 it wrote, its
+/// `float_roundtrip` feature).
 fn changed_settings(stored: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
     let (Some(a), Some(b)) = (stored.as_object(), now.as_object()) else { return Vec::new() };
     let same = |x: &serde_json::Value, y: &serde_json::Value| match (x.as_f64(), y.as_f64()) {
-        (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+        (Some(x), Some(y)) => x == y, // 1 and 1.0 are the same setting
         _ => x == y,
     };
     b.iter()
@@ -840,20 +841,31 @@ fn changed_settings(stored: &serde_json::Value, now: &serde_json::Value) -> Vec<
 }
 
 impl TrainerState {
-    /// Whether a checkpoint with this state can be resumed by a run whose state is `now`: the
-    /// same schedule, data and seed, and the same moving-average decay (a different one would
-    /// silently change, or at 0 drop, the average the run keeps; compared within 1e-12:
-    /// serde_json without `float_roundtrip` may read the written decimal back one ulp off).
-    /// States written before the decay was recorded are checked by their optimizer state alone.
-    fn check_resume(&self, now: &TrainerState, dir: &Path) -> Result<(), Error> {
-        if (self.total_steps, self.samples, self.seed) != (now.total_steps, now.samples, now.seed) {
+    /// Reads the state a checkpoint folder holds.
+    fn read(dir: &Path) -> Result<Self, Error> {
+        let file = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))
+    }
+
+    /// Whether a run configured as `cfg` may resume this checkpoint's steps: the same seed, the
+    /// same moving-average decay (a different one would silently change, or at 0 drop, the
+    /// average the run keeps) and the same step settings ([`resume_settings`]).
+    /// Needs the config alone, so it runs before the data is built and the model loaded. States
+    /// written before the decay or the settings were recorded are not compared on them.
+    fn check_settings(&self, cfg: &TrainConfig, dir: &Path) -> Result<(), Error> {
+        if self.seed != cfg.train.seed {
             return Err(format!(
-                "{} was written by a different run (state {self:?}, this run {now:?}); use a new train.out",
-                dir.display()
+                "{} was written with train.seed = {}, this run has {}: resume it with the settings it was \
+                 started with, or use a new train.out",
+                dir.display(),
+                self.seed,
+                cfg.train.seed
             ));
         }
-        if let (Some(d), Some(want)) = (self.ema_decay, now.ema_decay) {
-            if (d - want).abs() > 1e-12 {
+        let want = cfg.train.ema_decay;
+        if let Some(d) = self.ema_decay {
+            if d != want {
                 return Err(format!(
                     "{} was written with train.ema_decay = {d}, this run has {want}: resume it with the \
                      settings it was started with, or use a new train.out",
@@ -861,8 +873,8 @@ impl TrainerState {
                 ));
             }
         }
-        if let (Some(a), Some(b)) = (&self.settings, &now.settings) {
-            let changed = changed_settings(a, b);
+        if let Some(stored) = &self.settings {
+            let changed = changed_settings(stored, &resume_settings(cfg));
             if !changed.is_empty() {
                 return Err(format!(
                     "{} was written with other settings ({}): resume it with the settings it was started \
@@ -871,6 +883,18 @@ impl TrainerState {
                     changed.join(", ")
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Whether a checkpoint with this state belongs to a run whose state is `now`: the same
+    /// schedule length and data (the settings were checked by [`Self::check_settings`]).
+    fn check_resume(&self, now: &TrainerState, dir: &Path) -> Result<(), Error> {
+        if (self.total_steps, self.samples, self.seed) != (now.total_steps, now.samples, now.seed) {
+            return Err(format!(
+                "{} was written by a different run (state {self:?}, this run {now:?}); use a new train.out",
+                dir.display()
+            ));
         }
         Ok(())
     }
@@ -951,6 +975,9 @@ impl Trainer {
             ));
         }
         let resume = latest_checkpoint(&cfg.train.out, "train.out")?;
+        if let Some(dir) = &resume {
+            TrainerState::read(dir)?.check_settings(&cfg, dir)?;
+        }
         // `init` may name a previous stage's output folder: follow its `latest` pointer
         let init = match cfg.model.init.is_dir() {
             true => latest_checkpoint(&cfg.model.init, "model.init")?,
@@ -1114,10 +1141,7 @@ impl Trainer {
     }
 
     fn restore(&mut self, dir: &Path) -> Result<(), Error> {
-        let state: TrainerState = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| format!("{}: {e}", dir.display()))?,
-        )
-        .map_err(|e| format!("{}: {e}", dir.join(STATE_FILE).display()))?;
+        let state = TrainerState::read(dir)?;
         state.check_resume(&self.state_at(state.step, 0.0), dir)?;
         let opt_file = dir.join(OPT_FILE);
         let opt = candle_core::safetensors::load(&opt_file, &self.model.device)

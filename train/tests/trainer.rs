@@ -142,6 +142,12 @@ fn resume_refuses_other_settings_and_a_broken_pointer() {
         let err = Trainer::new(config(data.path(), "r", &body.replace(from, to)), &Device::Cpu).err().unwrap();
         assert!(err.contains("was written with other settings") && err.contains(named), "{to}: {err}");
     }
+    // the settings are checked first: before the task list is read and the model loaded
+    let mut cfg = config(data.path(), "r", &body.replace("lr = 1e-3", "lr = 2e-3"));
+    cfg.data.tasks = Some(data.path().join("no-such-tasks.txt"));
+    cfg.model.init = data.path().join("no-such-model");
+    let err = Trainer::new(cfg, &Device::Cpu).err().unwrap();
+    assert!(err.contains("was written with other settings"), "{err}");
     // the same settings written otherwise, and the budget, saving and workers, may change
     for (from, to) in [
         ("stage = 1", "stage = 1\ntrainable = [\"projector\"]"),
