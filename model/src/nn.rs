@@ -390,13 +390,16 @@ impl Act {
     }
 
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        let sigmoid_scale = match self {
-            Act::QuickGelu => Some(1.702f32),
-            Act::Silu => Some(1.0),
+        use crate::cpu_kernels::{Gate, GateMul};
+        let gate = match self {
+            Act::QuickGelu => Some(Gate::Scaled(1.702)),
+            Act::Silu => Some(Gate::Scaled(1.0)),
+            Act::GeluTanh => Some(Gate::GeluTanh),
             _ => None,
         };
-        if let (Some(a), true) = (sigmoid_scale, cpu_kernels_apply(x)) {
-            return Ok(x.contiguous()?.apply_op1_no_bwd(&crate::cpu_kernels::SigmoidMul(a))?);
+        // f32 on the CPU, in inference and training alike (the op has its backward pass)
+        if let (Some(g), true) = (gate, x.device().is_cpu() && x.dtype() == DType::F32) {
+            return Ok(x.contiguous()?.apply_op1(GateMul(g))?);
         }
         Ok(match self {
             Act::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
