@@ -256,6 +256,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
     // a sample that failed (e.g. its image was missing) or was cut at a lower max_new_tokens runs
     // again; merge prefers the new record
     let max_new = opts.run.sampling.max_new_tokens;
+    let decoding = Some(decoding_of(&opts.run)); // stored in each record
     let done: HashSet<String> = checked.stored.into_iter().filter(|r| r.settled(max_new)).map(|r| r.id).collect();
     let mine: Vec<&Item> = items
         .iter()
@@ -300,7 +301,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
                 truncated: out.truncated,
                 max_new_tokens: out.truncated.then_some(max_new),
                 model: opts.model.clone(),
-                decoding: Some(decoding_of(&opts.run)),
+                decoding: decoding.clone(),
             },
             Err(e) => {
                 errors += 1;
@@ -316,7 +317,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
                     truncated: false,
                     max_new_tokens: None,
                     model: opts.model.clone(),
-                    decoding: Some(decoding_of(&opts.run)),
+                    decoding: decoding.clone(),
                 }
             }
         };

@@ -258,6 +258,19 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result
     }
 }
 
+/// A new `len`-long buffer filled by `f(range, out)` for consecutive ranges of the elements: in
+/// parallel chunks from [`PARALLEL_MIN`] elements, else in one call.
+fn elementwise(len: usize, f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync) -> Vec<f32> {
+    const CHUNK: usize = PARALLEL_MIN / 4;
+    let mut out = vec![0f32; len];
+    if len >= PARALLEL_MIN {
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, o)| f(i * CHUNK..i * CHUNK + o.len(), o));
+    } else {
+        f(0..len, &mut out);
+    }
+    out
+}
+
 /// Softmax over the last dimension of a contiguous f32 CPU tensor.
 pub struct SoftmaxLast;
 
@@ -291,14 +304,7 @@ impl CustomOp1 for GateMul {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        if x.len() >= PARALLEL_MIN {
-            out.par_chunks_mut(PARALLEL_MIN / 4)
-                .zip(x.par_chunks(PARALLEL_MIN / 4))
-                .for_each(|(o, x)| gate_mul(x, self.0, o));
-        } else {
-            gate_mul(x, self.0, &mut out);
-        }
+        let out = elementwise(x.len(), |r, o| gate_mul(&x[r], self.0, o));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -333,14 +339,7 @@ impl candle_core::CustomOp2 for GateMulGrad {
         }
         let x = f32_slice(s, l, self.name())?;
         let dy = f32_slice(gs, gl, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        if x.len() >= PARALLEL_MIN {
-            out.par_chunks_mut(PARALLEL_MIN / 4)
-                .zip(x.par_chunks(PARALLEL_MIN / 4).zip(dy.par_chunks(PARALLEL_MIN / 4)))
-                .for_each(|(o, (x, dy))| gate_mul_grad(x, dy, self.0, o));
-        } else {
-            gate_mul_grad(x, dy, self.0, &mut out);
-        }
+        let out = elementwise(x.len(), |r, o| gate_mul_grad(&x[r.clone()], &dy[r], self.0, o));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }

@@ -888,9 +888,9 @@ impl TrainerState {
     }
 
     /// Whether a checkpoint with this state belongs to a run whose state is `now`: the same
-    /// schedule length and data (the settings were checked by [`Self::check_settings`]).
+    /// schedule length and data (the seed and settings were checked by [`Self::check_settings`]).
     fn check_resume(&self, now: &TrainerState, dir: &Path) -> Result<(), Error> {
-        if (self.total_steps, self.samples, self.seed) != (now.total_steps, now.samples, now.seed) {
+        if (self.total_steps, self.samples) != (now.total_steps, now.samples) {
             return Err(format!(
                 "{} was written by a different run (state {self:?}, this run {now:?}); use a new train.out",
                 dir.display()
@@ -974,10 +974,16 @@ impl Trainer {
                 cfg.train.out.display()
             ));
         }
-        let resume = latest_checkpoint(&cfg.train.out, "train.out")?;
-        if let Some(dir) = &resume {
-            TrainerState::read(dir)?.check_settings(&cfg, dir)?;
-        }
+        // the checkpoint to resume and its state, read once: its settings are checked here, its
+        // run identity (schedule length, data) once the data is built, in `restore`
+        let resume = match latest_checkpoint(&cfg.train.out, "train.out")? {
+            Some(dir) => {
+                let state = TrainerState::read(&dir)?;
+                state.check_settings(&cfg, &dir)?;
+                Some((dir, state))
+            }
+            None => None,
+        };
         // `init` may name a previous stage's output folder: follow its `latest` pointer
         let init = match cfg.model.init.is_dir() {
             true => latest_checkpoint(&cfg.model.init, "model.init")?,
@@ -992,7 +998,7 @@ impl Trainer {
             }
             None => (Vec::new(), Vec::new()),
         };
-        let source_dir = resume.clone().unwrap_or(init);
+        let source_dir = resume.as_ref().map_or(init, |(dir, _)| dir.clone());
         let modules = cfg.trainable_modules();
         let pred_modules = modules.clone();
         let opts = LoadOptions {
@@ -1134,14 +1140,13 @@ impl Trainer {
             ground,
             ema,
         };
-        if let Some(dir) = resume {
-            t.restore(&dir)?;
+        if let Some((dir, state)) = resume {
+            t.restore(&dir, state)?;
         }
         Ok(t)
     }
 
-    fn restore(&mut self, dir: &Path) -> Result<(), Error> {
-        let state = TrainerState::read(dir)?;
+    fn restore(&mut self, dir: &Path, state: TrainerState) -> Result<(), Error> {
         state.check_resume(&self.state_at(state.step, 0.0), dir)?;
         let opt_file = dir.join(OPT_FILE);
         let opt = candle_core::safetensors::load(&opt_file, &self.model.device)
