@@ -179,23 +179,34 @@ fn group_rows(g: &Tensor, t0: usize, c: usize) -> Result<Tensor> {
 }
 
 /// The probabilities of query rows `t0..t0 + c` (grouped, f32 [B, KV, rep * c, d]) over f32 keys
-/// [B, KV, S, d]: [B, KV, rep * c, S], and `tanh(s / cap)` of the scaled scores when soft-capped.
+/// [B, KV, S, d]: [B, KV, rep * c, S], and the soft-capped scores `cap tanh(s / cap)` (before the
+/// mask) when soft-capped.
 fn probs(qc: &Tensor, k: &Tensor, spec: &GradSpec, t0: usize, c: usize) -> Result<(Tensor, Option<Tensor>)> {
     let (b, kvh, rc, _) = qc.dims4()?;
     let s = k.dim(2)?;
-    // the factors go on the query rows (rows x d), not on the scores (rows x S)
-    let (mut scores, th) = match spec.softcap {
+    // the scale goes on the query rows (rows x d), not on the scores (rows x S)
+    let mut scores = (qc * spec.scale as f64)?.matmul(&k.t()?)?;
+    let capped = match spec.softcap {
         Some(cap) => {
-            let t = (qc * (spec.scale / cap) as f64)?.matmul(&k.t()?)?.tanh()?;
-            ((&t * cap as f64)?, Some(t))
+            scores = crate::nn::softcap(&scores, cap as f64)?;
+            Some(scores.clone())
         }
-        None => ((qc * spec.scale as f64)?.matmul(&k.t()?)?, None),
+        None => None,
     };
     if let Some(causal) = spec.causal {
         let mask = Tensor::from_vec(causal.additive_mask(t0..t0 + c, s), (c, s), qc.device())?;
         scores = scores.reshape((b, kvh, rc / c, c, s))?.broadcast_add(&mask)?.reshape((b, kvh, rc, s))?;
     }
-    Ok((crate::nn::fused_softmax_last(&scores.contiguous()?)?, th))
+    Ok((crate::nn::fused_softmax_last(&scores.contiguous()?)?, capped))
+}
+
+/// `ds (1 - (y / cap)^2)`: the gradient through the soft-cap from its output `y`.
+fn softcap_backward(y: &Tensor, ds: &Tensor, cap: f32) -> Result<Tensor> {
+    if y.device().is_cpu() && y.dtype() == DType::F32 {
+        Ok(y.contiguous()?.apply_op2_no_bwd(&ds.contiguous()?, &crate::cpu_kernels::SoftCapGrad(cap))?)
+    } else {
+        Ok((ds * (1.0 - (y / cap as f64)?.sqr()?)?)?)
+    }
 }
 
 /// The op: its forward returns the output computed before (a copy of `out`), its backward the
@@ -299,12 +310,12 @@ fn backward(
     let mut dqs = Vec::with_capacity(t.div_ceil(block));
     for (t0, c) in blocks(t, block) {
         let (qc, doc, dc) = (group_rows(&qg, t0, c)?, group_rows(&dog, t0, c)?, group_rows(&dg, t0, c)?);
-        let (p, th) = probs(&qc, &kf, spec, t0, c)?;
+        let (p, capped) = probs(&qc, &kf, spec, t0, c)?;
         dv = (dv + p.t()?.matmul(&doc)?)?;
         let dp = doc.matmul(&vf.t()?)?;
         let mut ds = (&p * dp.broadcast_sub(&dc)?)?;
-        if let Some(th) = th {
-            ds = (ds * (1.0 - th.sqr()?)?)?;
+        if let (Some(y), Some(cap)) = (capped, spec.softcap) {
+            ds = softcap_backward(&y, &ds, cap)?;
         }
         // the score scale goes on the products (rows x d), not on dS (rows x S)
         let scale = spec.scale as f64;

@@ -304,7 +304,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, spec: &A
         scores = scores.to_dtype(DType::F32)?;
     }
     if let Some(cap) = spec.softcap {
-        scores = ((scores / cap)?.tanh()? * cap)?;
+        scores = crate::nn::softcap(&scores, cap)?;
     }
     if let Some(mask) = &mask.dense {
         // [B, KV, rep, T, S] + [T, S]: the same mask for every head of the group
@@ -626,7 +626,7 @@ impl Llm {
             _ => self.lm_head.forward(&self.norm.forward(h)?)?,
         };
         Ok(match self.spec.final_softcap {
-            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            Some(cap) => crate::nn::softcap(&logits, cap)?,
             None => logits,
         })
     }

@@ -247,6 +247,16 @@ pub(crate) fn fused_softmax_last(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Gemma-2's soft-cap `cap * tanh(x / cap)`, differentiable: our vectorised op on f32 CPU
+/// tensors ([`crate::cpu_kernels::SoftCap`], with its backward), candle's composed ops elsewhere.
+pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        Ok(x.contiguous()?.apply_op1(crate::cpu_kernels::SoftCap(cap as f32))?)
+    } else {
+        Ok(((x / cap)?.tanh()? * cap)?)
+    }
+}
+
 /// Softmax over the last dimension, in f32.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let dt = x.dtype();

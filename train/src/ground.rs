@@ -434,7 +434,7 @@ impl GroundSpec {
         }
         let mut s = (Tensor::cat(&scores, 0).map_err(e)? * self.scale).map_err(e)?;
         if let Some(cap) = self.softcap {
-            s = ((s / cap).and_then(|x| x.tanh()).map_err(e)? * cap).map_err(e)?;
+            s = griffon_model::nn::softcap(&s, cap).map_err(|x| format!("grounding loss: {x}"))?;
         }
         let rows = s.dim(0).map_err(e)?;
         let dev = s.device().clone();
