@@ -41,14 +41,8 @@ impl Rope {
     /// x: [B, heads, T, head_dim] -> rotated, with the tables from [`Rope::tables`] for x's
     /// positions.
     pub fn apply_tables(&self, x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
-        let d = x.dim(3)?;
         if differentiable() {
-            let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
-            let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
-            let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-            let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-            let rot = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-            Ok((x.broadcast_mul(&cos)? + rot.broadcast_mul(&sin)?)?)
+            crate::nn::rope_with_grad(x, cos, sin)
         } else {
             Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
         }
