@@ -203,7 +203,10 @@ fn probs(qc: &Tensor, k: &Tensor, spec: &GradSpec, t0: usize, c: usize) -> Resul
 /// `ds (1 - (y / cap)^2)`: the gradient through the soft-cap from its output `y`.
 fn softcap_backward(y: &Tensor, ds: &Tensor, cap: f32) -> Result<Tensor> {
     if y.device().is_cpu() && y.dtype() == DType::F32 {
-        Ok(y.contiguous()?.apply_op2_no_bwd(&ds.contiguous()?, &crate::cpu_kernels::SoftCapGrad(cap))?)
+        Ok(y.contiguous()?.apply_op2_no_bwd(
+            &ds.contiguous()?,
+            &crate::cpu_kernels::PointwiseGrad(crate::cpu_kernels::Pointwise::SoftCap(cap)),
+        )?)
     } else {
         Ok((ds * (1.0 - (y / cap as f64)?.sqr()?)?)?)
     }

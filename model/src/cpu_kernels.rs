@@ -10,7 +10,7 @@
 //!   split in two so that results down to the subnormals and up to overflow come out right.
 //! - [`SoftmaxLast`]: softmax over the last dimension (max, exp, sum, multiply by the
 //!   reciprocal), rows in parallel.
-//! - [`GateMul`]: `x * sigmoid(g(x))`: SiLU (`g = x`), CLIP's quick-GELU (`g = 1.702 x`) and
+//! - [`Pointwise::GateMul`]: `x * sigmoid(g(x))`: SiLU (`g = x`), CLIP's quick-GELU (`g = 1.702 x`) and
 //!   GELU's tanh form (`gelu_pytorch_tanh`, Gemma), written as
 //!   `0.5 x (1 + tanh(u)) = x sigmoid(2u)`, `u = sqrt(2/pi) (x + 0.044715 x^3)` (since
 //!   `1 + tanh(u) = 2 sigmoid(2u)`; candle's CPU kernel calls libm's scalar `tanhf`, about half
@@ -25,10 +25,10 @@
 //!   at most 64 rows of keys, so no full score matrix exists (at 1022 px one head's would be
 //!   113 MB).
 //!
-//! - [`SoftCap`]: Gemma-2's `cap * tanh(x / cap)` through a vectorised [`tanh`], with its
+//! - [`Pointwise::SoftCap`]: Gemma-2's `cap * tanh(x / cap)` through a vectorised [`tanh`], with its
 //!   backward `dy (1 - (y / cap)^2)` from the output.
 //!
-//! These kernels except [`GateMul`] and [`SoftCap`] are for inference: they have no backward pass, and the
+//! These kernels except the [`Pointwise`] ops are for inference: they have no backward pass, and the
 //! callers use them only for f32 tensors on the CPU outside training
 //! ([`crate::nn::differentiable`]).
 
@@ -105,7 +105,7 @@ fn softmax_row_impl(row: &mut [f32]) {
     }
 }
 
-/// The argument `g(x)` of the sigmoid in [`GateMul`]'s `x * sigmoid(g(x))`.
+/// The argument `g(x)` of the sigmoid in [`Pointwise::GateMul`]'s `x * sigmoid(g(x))`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Gate {
     /// `g = a x`: SiLU (a = 1), quick-GELU (a = 1.702).
@@ -338,93 +338,62 @@ impl CustomOp1 for SoftmaxLast {
     }
 }
 
-/// `x * sigmoid(g(x))` of a contiguous f32 CPU tensor ([`Gate`]), differentiable: its backward
-/// is [`GateMulGrad`].
-pub struct GateMul(pub Gate);
-
-impl CustomOp1 for GateMul {
-    fn name(&self) -> &'static str {
-        "cpu-gate-mul"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
-        let out = elementwise(x.len(), |r, o| gate_mul(&x[r], self.0, o));
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        arg: &candle_core::Tensor,
-        _res: &candle_core::Tensor,
-        grad: &candle_core::Tensor,
-    ) -> candle_core::Result<Option<candle_core::Tensor>> {
-        let dx = arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &GateMulGrad(self.0))?;
-        Ok(Some(dx))
-    }
+/// Elementwise functions of contiguous f32 CPU tensors, differentiable: the backward pass of
+/// each is [`PointwiseGrad`], one op.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pointwise {
+    /// `x * sigmoid(g(x))` ([`Gate`]); its gradient is computed from the input.
+    GateMul(Gate),
+    /// `cap * tanh(x / cap)`, Gemma-2's soft-cap of attention scores and logits; its gradient is
+    /// computed from the output.
+    SoftCap(f32),
 }
 
-/// The gradient of [`GateMul`]: `(x, dy) -> dx`, contiguous f32 CPU tensors of one shape.
-pub struct GateMulGrad(pub Gate);
-
-impl candle_core::CustomOp2 for GateMulGrad {
+impl CustomOp1 for Pointwise {
     fn name(&self) -> &'static str {
-        "cpu-gate-mul-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s: &CpuStorage,
-        l: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        if l.shape() != gl.shape() {
-            candle_core::bail!("{}: x {:?} and its gradient {:?} differ in shape", self.name(), l.shape(), gl.shape());
+        match self {
+            Pointwise::GateMul(_) => "cpu-gate-mul",
+            Pointwise::SoftCap(_) => "cpu-softcap",
         }
-        let x = f32_slice(s, l, self.name())?;
-        let dy = f32_slice(gs, gl, self.name())?;
-        let out = elementwise(x.len(), |r, o| gate_mul_grad(&x[r.clone()], &dy[r], self.0, o));
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-}
-
-/// `cap * tanh(x / cap)` of a contiguous f32 CPU tensor (Gemma-2's soft-cap of attention scores
-/// and logits), differentiable: its backward is [`SoftCapGrad`] on the op's output.
-pub struct SoftCap(pub f32);
-
-impl CustomOp1 for SoftCap {
-    fn name(&self) -> &'static str {
-        "cpu-softcap"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let out = elementwise(x.len(), |r, o| {
-            o.copy_from_slice(&x[r]);
-            softcap_in_place(o, self.0)
+        let out = elementwise(x.len(), |r, o| match *self {
+            Pointwise::GateMul(g) => gate_mul(&x[r], g, o),
+            Pointwise::SoftCap(cap) => {
+                o.copy_from_slice(&x[r]);
+                softcap_in_place(o, cap)
+            }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(
         &self,
-        _arg: &candle_core::Tensor,
+        arg: &candle_core::Tensor,
         res: &candle_core::Tensor,
         grad: &candle_core::Tensor,
     ) -> candle_core::Result<Option<candle_core::Tensor>> {
-        let dx = res.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &SoftCapGrad(self.0))?;
-        Ok(Some(dx))
+        let from = match self {
+            Pointwise::GateMul(_) => arg,
+            Pointwise::SoftCap(_) => res,
+        };
+        Ok(Some(from.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &PointwiseGrad(*self))?))
     }
 }
 
-/// The gradient of [`SoftCap`]: `(y, dy) -> dy (1 - (y / cap)^2)` for its output `y`,
-/// contiguous f32 CPU tensors of one shape.
-pub struct SoftCapGrad(pub f32);
+/// The gradient of a [`Pointwise`] op: `(a, dy) -> dx` for contiguous f32 CPU tensors of one
+/// shape, `a` the op's input (`GateMul`: `dy (s + x s (1 - s) g'(x))`) or its output
+/// (`SoftCap`: `dy (1 - (y / cap)^2)`).
+pub struct PointwiseGrad(pub Pointwise);
 
-impl candle_core::CustomOp2 for SoftCapGrad {
+impl candle_core::CustomOp2 for PointwiseGrad {
     fn name(&self) -> &'static str {
-        "cpu-softcap-grad"
+        match self.0 {
+            Pointwise::GateMul(_) => "cpu-gate-mul-grad",
+            Pointwise::SoftCap(_) => "cpu-softcap-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -435,11 +404,14 @@ impl candle_core::CustomOp2 for SoftCapGrad {
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         if l.shape() != gl.shape() {
-            candle_core::bail!("{}: y {:?} and its gradient {:?} differ in shape", self.name(), l.shape(), gl.shape());
+            candle_core::bail!("{}: {:?} and its gradient {:?} differ in shape", self.name(), l.shape(), gl.shape());
         }
-        let y = f32_slice(s, l, self.name())?;
+        let a = f32_slice(s, l, self.name())?;
         let dy = f32_slice(gs, gl, self.name())?;
-        let out = elementwise(y.len(), |r, o| softcap_grad(&y[r.clone()], &dy[r], self.0, o));
+        let out = elementwise(a.len(), |r, o| match self.0 {
+            Pointwise::GateMul(g) => gate_mul_grad(&a[r.clone()], &dy[r], g, o),
+            Pointwise::SoftCap(cap) => softcap_grad(&a[r.clone()], &dy[r], cap, o),
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
@@ -718,7 +690,7 @@ mod tests {
             let theirs = candle_nn::ops::softmax_last_dim(&x).unwrap();
             assert!(max_rel(&ours, &theirs) < 1e-6, "{shape:?}");
             for a in [1.0f32, 1.702] {
-                let ours = x.apply_op1_no_bwd(&GateMul(Gate::Scaled(a))).unwrap();
+                let ours = x.apply_op1_no_bwd(&Pointwise::GateMul(Gate::Scaled(a))).unwrap();
                 let theirs = (&x * candle_nn::ops::sigmoid(&(&x * a as f64).unwrap()).unwrap()).unwrap();
                 assert!(max_rel(&ours, &theirs) < 1e-6, "{shape:?} a {a}");
             }
@@ -738,12 +710,13 @@ mod tests {
         let dev = Device::Cpu;
         for n in [7usize, 1000, 70_000] {
             let x = Tensor::randn(0f32, 3.0, n, &dev).unwrap();
-            let gelu = x.apply_op1_no_bwd(&GateMul(Gate::GeluTanh)).unwrap();
+            let gelu = x.apply_op1_no_bwd(&Pointwise::GateMul(Gate::GeluTanh)).unwrap();
             assert!(max_rel(&gelu, &x.gelu().unwrap()) < 2e-6, "{n}");
             let w = Tensor::randn(0f32, 1.0, n, &dev).unwrap(); // a random output gradient
             for gate in [Gate::GeluTanh, Gate::Scaled(1.0), Gate::Scaled(1.702)] {
                 let v = candle_core::Var::from_tensor(&x).unwrap();
-                let ours = (v.as_tensor().apply_op1(GateMul(gate)).unwrap() * &w).unwrap().sum_all().unwrap();
+                let ours =
+                    (v.as_tensor().apply_op1(Pointwise::GateMul(gate)).unwrap() * &w).unwrap().sum_all().unwrap();
                 let g_ours = ours.backward().unwrap().get(v.as_tensor()).unwrap().clone();
                 let y = match gate {
                     Gate::GeluTanh => v.as_tensor().gelu().unwrap(),
@@ -758,9 +731,10 @@ mod tests {
         }
         let tails = Tensor::new(&[-1e30f32, -1e5, -30.0, 0.0, 30.0, 1e5, 1e30], &dev).unwrap();
         for gate in [Gate::GeluTanh, Gate::Scaled(1.0)] {
-            let y: Vec<f32> = tails.apply_op1_no_bwd(&GateMul(gate)).unwrap().to_vec1().unwrap();
+            let y: Vec<f32> = tails.apply_op1_no_bwd(&Pointwise::GateMul(gate)).unwrap().to_vec1().unwrap();
             let dy = Tensor::ones(7, candle_core::DType::F32, &dev).unwrap();
-            let g: Vec<f32> = tails.apply_op2_no_bwd(&dy, &GateMulGrad(gate)).unwrap().to_vec1().unwrap();
+            let g: Vec<f32> =
+                tails.apply_op2_no_bwd(&dy, &PointwiseGrad(Pointwise::GateMul(gate))).unwrap().to_vec1().unwrap();
             assert_eq!(&y[3..], &[0.0, 30.0, 1e5, 1e30], "{gate:?}");
             assert!(y[..3].iter().all(|v| *v <= 0.0 && *v > -1e-6), "{gate:?} {y:?}");
             assert_eq!(&g[4..], &[1.0, 1.0, 1.0], "{gate:?}");
@@ -800,18 +774,20 @@ mod tests {
         for (n, cap) in [(7usize, 50.0f32), (1000, 30.0), (70_000, 2.0)] {
             let x = Tensor::randn(0f32, 3.0 * cap, n, &dev).unwrap();
             let composed = |x: &Tensor| ((x / cap as f64).unwrap().tanh().unwrap() * cap as f64).unwrap();
-            let ours = x.apply_op1_no_bwd(&SoftCap(cap)).unwrap();
+            let ours = x.apply_op1_no_bwd(&Pointwise::SoftCap(cap)).unwrap();
             assert!(max_rel(&ours, &composed(&x)) < 5e-7, "{n}");
             let w = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
             let v = candle_core::Var::from_tensor(&x).unwrap();
-            let loss = (v.as_tensor().apply_op1(SoftCap(cap)).unwrap() * &w).unwrap().sum_all().unwrap();
+            let loss = (v.as_tensor().apply_op1(Pointwise::SoftCap(cap)).unwrap() * &w).unwrap().sum_all().unwrap();
             let g_ours = loss.backward().unwrap().get(v.as_tensor()).unwrap().clone();
             let loss = (composed(v.as_tensor()) * &w).unwrap().sum_all().unwrap();
             let g_theirs = loss.backward().unwrap().get(v.as_tensor()).unwrap().clone();
             assert!(max_rel(&g_ours, &g_theirs) < 2e-6, "{n}");
         }
         let y = Tensor::new(&[1f32, 2.0], &dev).unwrap();
-        let e = y.apply_op2_no_bwd(&Tensor::new(&[1f32, 2.0, 3.0], &dev).unwrap(), &SoftCapGrad(5.0)).unwrap_err();
+        let e = y
+            .apply_op2_no_bwd(&Tensor::new(&[1f32, 2.0, 3.0], &dev).unwrap(), &PointwiseGrad(Pointwise::SoftCap(5.0)))
+            .unwrap_err();
         assert!(e.to_string().contains("differ in shape"), "{e}");
     }
 

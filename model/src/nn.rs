@@ -248,10 +248,10 @@ pub(crate) fn fused_softmax_last(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Gemma-2's soft-cap `cap * tanh(x / cap)`, differentiable: our vectorised op on f32 CPU
-/// tensors ([`crate::cpu_kernels::SoftCap`], with its backward), candle's composed ops elsewhere.
+/// tensors ([`crate::cpu_kernels::Pointwise::SoftCap`], with its backward), candle's composed ops elsewhere.
 pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        Ok(x.contiguous()?.apply_op1(crate::cpu_kernels::SoftCap(cap as f32))?)
+        Ok(x.contiguous()?.apply_op1(crate::cpu_kernels::Pointwise::SoftCap(cap as f32))?)
     } else {
         Ok(((x / cap)?.tanh()? * cap)?)
     }
@@ -415,7 +415,7 @@ impl Act {
     }
 
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        use crate::cpu_kernels::{Gate, GateMul};
+        use crate::cpu_kernels::{Gate, Pointwise};
         let gate = match self {
             Act::QuickGelu => Some(Gate::Scaled(1.702)),
             Act::Silu => Some(Gate::Scaled(1.0)),
@@ -424,7 +424,7 @@ impl Act {
         };
         // f32 on the CPU, in inference and training alike (the op has its backward pass)
         if let (Some(g), true) = (gate, x.device().is_cpu() && x.dtype() == DType::F32) {
-            return Ok(x.contiguous()?.apply_op1(GateMul(g))?);
+            return Ok(x.contiguous()?.apply_op1(Pointwise::GateMul(g))?);
         }
         Ok(match self {
             Act::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
