@@ -52,6 +52,20 @@ enum Command {
     Selfcheck(SelfcheckArgs),
     /// Generate the synthetic high-resolution perception benchmark (images + every annotation format).
     Synth(SynthArgs),
+    /// Serve every task over HTTP (POST /v1/tasks, JSON) and a web page (GET /) with one model.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (port 0: a free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Largest request body accepted, in MiB (images travel base64-encoded in the JSON).
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    max_body_mb: usize,
 }
 
 #[derive(Args)]
@@ -447,21 +461,16 @@ impl DecodeArgs {
         }
     }
     fn sampling(&self) -> Result<SamplingOptions> {
-        if self.max_new_tokens == 0 {
-            bail!("--max-new-tokens must be at least 1");
-        }
-        if self.temperature < 0.0 || !self.temperature.is_finite() {
-            bail!("--temperature must be >= 0, got {}", self.temperature);
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1], got {}", self.top_p);
-        }
-        Ok(SamplingOptions {
+        let s = SamplingOptions {
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
             top_p: self.top_p,
             seed: self.seed,
-        })
+        };
+        match s.problem() {
+            Some((name, what)) => bail!("--{} {what}", name.replace('_', "-")),
+            None => Ok(s),
+        }
     }
 }
 
@@ -709,6 +718,19 @@ fn run_task(a: &TaskArgs, task: Task, chunk: usize) -> Result<()> {
     let req = Request { image: a.image.clone(), task };
     let out = m.run(&req, &opts)?;
     print_output(&out, &a.output, &a.image)
+}
+
+fn serve_cmd(a: &ServeArgs) -> Result<()> {
+    let description = a.model.identity()?;
+    let m = a.model.load()?;
+    let service =
+        griffon_server::Service::new(m, description.clone()).body_limit(a.max_body_mb.saturating_mul(1 << 20));
+    griffon_server::serve(&service, &a.addr, |bound| {
+        // stdout, flushed: scripts and tests read the address (port 0 picks one)
+        println!("serving {description} on http://{bound}/ (POST /v1/tasks, GET /v1/model)");
+        let _ = std::io::stdout().flush();
+    })
+    .map_err(|e| anyhow!(e))
 }
 
 fn generate_cmd(a: &GenerateArgs) -> Result<()> {
@@ -1320,6 +1342,7 @@ fn main() -> ExitCode {
         Command::ResizeTower(a) => resize_tower_cmd(a),
         Command::Selfcheck(a) => selfcheck_cmd(a),
         Command::Synth(a) => synth_cmd(a),
+        Command::Serve(a) => serve_cmd(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

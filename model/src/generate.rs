@@ -24,6 +24,23 @@ impl Default for SamplingOptions {
     }
 }
 
+impl SamplingOptions {
+    /// The first setting out of range, as its name and what is wrong with it, e.g.
+    /// `("temperature", "must be >= 0, got -1")`; the CLI and the server word the name their way.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.max_new_tokens == 0 {
+            return Some(("max_new_tokens", "must be at least 1".to_string()));
+        }
+        if self.temperature < 0.0 || !self.temperature.is_finite() {
+            return Some(("temperature", format!("must be >= 0, got {}", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Some(("top_p", format!("must be in (0, 1], got {}", self.top_p)));
+        }
+        None
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     /// An id from the stop set was generated (it is the last token).

@@ -1,0 +1,238 @@
+//! `griffon serve` with the bundled default model (models/default, docs/SYNTH.md) on the bundled
+//! sample scene: every task answers over HTTP what the library answers for the same request on the
+//! image file (the upload path changes nothing); bad input gets 400 / 404 / 405 / 413 with a
+//! message naming the field at fault; the socket loop serves the page, the model info and tasks.
+
+use base64::Engine;
+use griffon_core::{Exemplar, PixelBox, Request, Task};
+use griffon_model::griffon::{Griffon, LoadOptions};
+use griffon_model::tasks::RunOptions;
+use griffon_server::{Reply, Service};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn scene() -> PathBuf {
+    root().join("examples/synth/001801.png")
+}
+
+fn load() -> Griffon {
+    let dir = root().join("models/default");
+    assert!(dir.join("config.json").is_file(), "the bundled model {} is missing", dir.display());
+    Griffon::load(&dir, &LoadOptions::default()).unwrap()
+}
+
+fn service() -> Service {
+    Service::new(load(), "models/default".into())
+}
+
+fn b64(path: &std::path::Path) -> String {
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+}
+
+fn post(s: &Service, body: &Value) -> (u16, Value) {
+    let r: Reply = s.handle("POST", "/v1/tasks", body.to_string().as_bytes());
+    assert_eq!(r.content_type, "application/json");
+    (r.status, serde_json::from_slice(&r.body).unwrap())
+}
+
+/// The library's answer for the same request on the image file, as JSON.
+fn direct(m: &Griffon, task: Task, opts: &RunOptions) -> Value {
+    serde_json::to_value(m.run(&Request { image: scene(), task }, opts).unwrap()).unwrap()
+}
+
+fn without_time(mut v: Value) -> Value {
+    assert!(v["elapsed_ms"].as_f64().unwrap() >= 0.0);
+    v.as_object_mut().unwrap().remove("elapsed_ms");
+    v
+}
+
+#[test]
+fn every_task_answers_as_the_library_does_on_the_file() {
+    let s = service();
+    let m = load();
+    let img = b64(&scene());
+    let opts = RunOptions::default();
+    let cats = vec!["circle".to_string(), "cross".to_string(), "square".to_string()];
+    let region = PixelBox::new(40.0, 40.0, 120.0, 120.0);
+    let crop = root().join("model/tests/fixtures/parity/gemma2_region/region.png");
+    let cases: Vec<(Value, Task)> = vec![
+        (json!({"task": "detect", "image": img, "categories": cats}), Task::Detect { categories: cats.clone() }),
+        (
+            json!({"task": "ground", "image": format!("data:image/png;base64,{img}"), "expression": "the circle"}),
+            Task::Ground { expression: "the circle".into() },
+        ),
+        (
+            json!({"task": "phrases", "image": img, "phrases": ["a circle", "a cross"]}),
+            Task::Phrases { phrases: vec!["a circle".into(), "a cross".into()] },
+        ),
+        (json!({"task": "describe", "image": img, "box": [40, 40, 120, 120]}), Task::Describe { region }),
+        (
+            json!({"task": "count", "image": img, "exemplar": {"box": [40, 40, 120, 120]}}),
+            Task::Count { exemplar: Exemplar::BoxOnImage(region) },
+        ),
+        (
+            json!({"task": "count", "image": img, "exemplar": {"image": b64(&crop)}}),
+            Task::Count { exemplar: Exemplar::Image(crop.clone()) },
+        ),
+        (
+            json!({"task": "count", "image": img, "exemplar": {"image": img, "box": [40, 40, 120, 120]}}),
+            Task::Count { exemplar: Exemplar::BoxOnOther { image: scene(), region } },
+        ),
+        (
+            json!({"task": "chat", "image": img, "prompt": "What is <region>?", "regions": [b64(&crop)]}),
+            Task::Chat { prompt: "What is <region>?".into(), regions: vec![Exemplar::Image(crop.clone())] },
+        ),
+    ];
+    for (body, task) in cases {
+        let name = body["task"].clone();
+        let (status, v) = post(&s, &body);
+        assert_eq!(status, 200, "{name}: {v}");
+        assert_eq!(without_time(v), direct(&m, task, &opts), "{name}");
+    }
+    // the detection found an object of the scene (the model is real: docs/SYNTH.md)
+    let (_, v) = post(&s, &json!({"task": "detect", "image": img, "categories": ["circle", "cross"]}));
+    let dets = v["detections"].as_array().unwrap();
+    assert!(!dets.is_empty(), "{v}");
+    for d in dets {
+        let b: Vec<f64> = d["box"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert!(b[0] <= b[2] && b[1] <= b[3] && b[2] <= 224.0 && b[3] <= 224.0, "{d}");
+    }
+    // decoding settings travel: sampling with a seed is repeatable and differs from nothing else
+    let body = json!({"task": "describe", "image": img, "box": [40, 40, 120, 120], "temperature": 0.9,
+                      "top_p": 0.9, "seed": 7, "max_new_tokens": 3});
+    let (status, a) = post(&s, &body);
+    assert_eq!(status, 200, "{a}");
+    let sampled = RunOptions {
+        sampling: griffon_model::generate::SamplingOptions { max_new_tokens: 3, temperature: 0.9, top_p: 0.9, seed: 7 },
+        ..RunOptions::default()
+    };
+    assert_eq!(without_time(a), direct(&m, Task::Describe { region }, &sampled));
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_field() {
+    let s = service();
+    let img = b64(&scene());
+    let not_image = base64::engine::general_purpose::STANDARD.encode(b"hello, not an image");
+    let cases: Vec<(&[u8], u16, &str)> = vec![
+        (b"{not json", 400, "request body: key must be a string"),
+        (b"", 400, "request body: EOF"),
+        (br#"{"task": "detect", "categories": ["a"]}"#, 400, "missing field `image`"),
+        (br#"{"task": "detect", "image": "aGk=", "categorys": ["a"]}"#, 400, "unknown field `categorys`"),
+        (
+            br#"{"task": "detect", "image": "aGk=", "categories": "a"}"#,
+            400,
+            "invalid type: string \"a\", expected a sequence",
+        ),
+    ];
+    for (body, status, want) in cases {
+        let r = s.handle("POST", "/v1/tasks", body);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(r.status, status, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{v} lacks {want:?}");
+    }
+    let json_cases: Vec<(Value, &str)> = vec![
+        (json!({"task": "find", "image": img}), "task: unknown task \"find\""),
+        (json!({"task": "detect", "image": img}), "categories: task \"detect\" needs it"),
+        (json!({"task": "detect", "image": img, "categories": []}), "the category list is empty"),
+        (
+            json!({"task": "detect", "image": img, "categories": ["a"], "expression": "b"}),
+            "expression: not used by task \"detect\" (it reads categories, chunk)",
+        ),
+        (json!({"task": "ground", "image": img, "expression": "x", "chunk": 3}), "chunk: not used by task \"ground\""),
+        (json!({"task": "detect", "image": "%%%", "categories": ["a"]}), "image: not base64"),
+        (json!({"task": "detect", "image": "", "categories": ["a"]}), "image: empty"),
+        (
+            json!({"task": "detect", "image": "data:image/png,abc", "categories": ["a"]}),
+            "image: a data URL must be base64",
+        ),
+        (json!({"task": "detect", "image": not_image, "categories": ["a"]}), "image: not a supported image"),
+        (json!({"task": "count", "image": img, "exemplar": {}}), "exemplar: give image (a crop), box"),
+        (
+            json!({"task": "count", "image": img, "exemplar": {"image": not_image}}),
+            "exemplar.image: not a supported image",
+        ),
+        (json!({"task": "chat", "image": img, "prompt": "  "}), "prompt: empty"),
+        (
+            json!({"task": "chat", "image": img, "prompt": "What is <region>?", "regions": ["%"]}),
+            "regions[0]: not base64",
+        ),
+        (
+            json!({"task": "detect", "image": img, "categories": ["a"], "temperature": -1}),
+            "temperature: must be >= 0, got -1",
+        ),
+        (json!({"task": "detect", "image": img, "categories": ["a"], "top_p": 0}), "top_p: must be in (0, 1], got 0"),
+        (
+            json!({"task": "detect", "image": img, "categories": ["a"], "max_new_tokens": 0}),
+            "max_new_tokens: must be at least 1",
+        ),
+        (json!({"task": "detect", "image": img, "categories": ["a"], "chunk": 0}), "chunk: must be at least 1"),
+        (json!({"task": "detect", "image": img, "categories": ["a"], "template": "nope"}), "template:"),
+    ];
+    for (body, want) in json_cases {
+        let (status, v) = post(&s, &body);
+        assert_eq!(status, 400, "{body}: {v}");
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains(want), "{e:?} lacks {want:?}");
+        // the temporary folder of the uploads is not what a client needs to read
+        assert!(!e.contains("griffon-serve-"), "{e}");
+    }
+    // a box outside the image is the model's check, reported as bad input too
+    let (status, v) = post(&s, &json!({"task": "describe", "image": img, "box": [10, 10, 900, 900]}));
+    assert_eq!(status, 400, "{v}");
+    for (method, url, status) in
+        [("GET", "/nope", 404), ("GET", "/v1/tasks", 405), ("POST", "/", 405), ("PUT", "/v1/model", 405)]
+    {
+        let r = s.handle(method, url, b"");
+        assert_eq!(r.status, status, "{method} {url}");
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains(url.trim_end_matches('/')), "{v}");
+    }
+}
+
+/// A minimal HTTP/1.1 client: (status, body).
+fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+        .unwrap();
+    c.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, raw[split + 4..].to_vec())
+}
+
+#[test]
+fn the_socket_serves_page_model_and_tasks() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let s = service().body_limit(2 << 20);
+        griffon_server::serve(&s, "127.0.0.1:0", |a| tx.send(a).unwrap()).unwrap();
+    });
+    let addr = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("the server started");
+    let (status, page) = http(addr, "GET", "/", b"");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8(page).unwrap().contains("/v1/tasks"));
+    let (status, info) = http(addr, "GET", "/v1/model", b"");
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_slice(&info).unwrap();
+    assert_eq!(info["image_size"], 224, "{info}");
+    assert_eq!(info["model"], "models/default");
+    let body = json!({"task": "detect", "image": b64(&scene()), "categories": ["circle", "cross"]}).to_string();
+    let (status, v) = http(addr, "POST", "/v1/tasks", body.as_bytes());
+    let v: Value = serde_json::from_slice(&v).unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(!v["detections"].as_array().unwrap().is_empty(), "{v}");
+    // over the limit: refused from the declared length, before the model runs
+    let (status, v) = http(addr, "POST", "/v1/tasks", &vec![b' '; (2 << 20) + 1]);
+    let v: Value = serde_json::from_slice(&v).unwrap();
+    assert_eq!(status, 413, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("the limit is 2097152"), "{v}");
+}
