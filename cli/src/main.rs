@@ -722,15 +722,15 @@ fn run_task(a: &TaskArgs, task: Task, chunk: usize) -> Result<()> {
 
 fn serve_cmd(a: &ServeArgs) -> Result<()> {
     let description = a.model.identity()?;
+    let listener = griffon_server::Listener::bind(&a.addr).map_err(|e| anyhow!(e))?;
     let m = a.model.load()?;
     let service =
         griffon_server::Service::new(m, description.clone()).body_limit(a.max_body_mb.saturating_mul(1 << 20));
-    griffon_server::serve(&service, &a.addr, |bound| {
-        // stdout, flushed: scripts and tests read the address (port 0 picks one)
-        println!("serving {description} on http://{bound}/ (POST /v1/tasks, GET /v1/model)");
-        let _ = std::io::stdout().flush();
-    })
-    .map_err(|e| anyhow!(e))
+    // stdout, flushed: scripts and tests read the address (port 0 picks one)
+    println!("serving {description} on http://{}/ (POST /v1/tasks, GET /v1/model)", listener.addr());
+    std::io::stdout().flush()?;
+    listener.serve(&service);
+    Ok(())
 }
 
 fn generate_cmd(a: &GenerateArgs) -> Result<()> {

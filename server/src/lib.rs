@@ -300,28 +300,45 @@ pub fn request_of(b: &TaskBody, dir: &Path) -> Result<(Request, RunOptions), Str
     Ok((Request { image, task }, opts))
 }
 
-/// Serves `service` on `addr` (e.g. `127.0.0.1:8080`; port 0 picks a free one) until the
-/// process ends; `ready` gets the bound address before the first request is read.
-pub fn serve(service: &Service, addr: &str, ready: impl FnOnce(std::net::SocketAddr)) -> Result<(), String> {
-    let server = tiny_http::Server::http(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
-    let bound = server.server_addr().to_ip().ok_or_else(|| format!("listening on {addr}: not an IP address"))?;
-    ready(bound);
-    for mut rq in server.incoming_requests() {
-        let method = rq.method().as_str().to_string();
-        let url = rq.url().to_string();
-        let reply = match read_body(&mut rq, service.body_limit) {
-            Ok(body) => service.handle(&method, &url, &body),
-            Err(r) => r,
-        };
-        let header =
-            tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes()).expect("a valid header");
-        let response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status).with_header(header);
-        // a client that went away before its answer is not the server's failure
-        if let Err(e) = rq.respond(response) {
-            eprintln!("{method} {url}: answering: {e}");
+/// A listening socket, bound before the model loads (a port in use is reported at once, not
+/// after minutes of loading a large checkpoint).
+pub struct Listener {
+    server: tiny_http::Server,
+    addr: std::net::SocketAddr,
+}
+
+impl Listener {
+    /// Binds `addr` (e.g. `127.0.0.1:8080`; port 0 picks a free one).
+    pub fn bind(addr: &str) -> Result<Self, String> {
+        let server = tiny_http::Server::http(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+        let bound = server.server_addr().to_ip().ok_or_else(|| format!("listening on {addr}: not an IP address"))?;
+        Ok(Self { server, addr: bound })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Answers requests with `service`, one at a time, until the process ends.
+    pub fn serve(&self, service: &Service) {
+        for mut rq in self.server.incoming_requests() {
+            let method = rq.method().as_str().to_string();
+            let url = rq.url().to_string();
+            let reply = match read_body(&mut rq, service.body_limit) {
+                Ok(body) => service.handle(&method, &url, &body),
+                Err(r) => r,
+            };
+            let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
+                .expect("a valid header");
+            let response =
+                tiny_http::Response::from_data(reply.body).with_status_code(reply.status).with_header(header);
+            // a client that went away before its answer is not the server's failure
+            if let Err(e) = rq.respond(response) {
+                eprintln!("{method} {url}: answering: {e}");
+            }
         }
     }
-    Ok(())
 }
 
 /// The body, or the reply refusing it: over `limit` bytes (413, from the declared length before

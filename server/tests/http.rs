@@ -1,7 +1,8 @@
 //! `griffon serve` with the bundled default model (models/default, docs/SYNTH.md) on the bundled
 //! sample scene: every task answers over HTTP what the library answers for the same request on the
 //! image file (the upload path changes nothing); bad input gets 400 / 404 / 405 / 413 with a
-//! message naming the field at fault; the socket loop serves the page, the model info and tasks.
+//! message naming the field at fault; the socket loop serves the page, the model info and tasks,
+//! and a port in use is refused when binding.
 
 use base64::Engine;
 use griffon_core::{Exemplar, PixelBox, Request, Task};
@@ -211,12 +212,13 @@ fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u
 
 #[test]
 fn the_socket_serves_page_model_and_tasks() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let s = service().body_limit(2 << 20);
-        griffon_server::serve(&s, "127.0.0.1:0", |a| tx.send(a).unwrap()).unwrap();
-    });
-    let addr = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("the server started");
+    let listener = griffon_server::Listener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.addr();
+    assert_ne!(addr.port(), 0);
+    // the address is taken: a second server on it is refused, naming it
+    let e = griffon_server::Listener::bind(&addr.to_string()).err().expect("the port is in use");
+    assert!(e.starts_with(&format!("listening on {addr}: ")), "{e}");
+    std::thread::spawn(move || listener.serve(&service().body_limit(2 << 20)));
     let (status, page) = http(addr, "GET", "/", b"");
     assert_eq!(status, 200);
     assert!(String::from_utf8(page).unwrap().contains("/v1/tasks"));
