@@ -90,11 +90,13 @@ pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// The methods the path takes (a 405's `Allow` header).
+    pub allow: Option<&'static str>,
 }
 
 impl Reply {
     fn json(status: u16, v: &serde_json::Value) -> Self {
-        Self { status, content_type: "application/json", body: v.to_string().into_bytes() }
+        Self { status, content_type: "application/json", body: v.to_string().into_bytes(), allow: None }
     }
 
     fn error(status: u16, message: impl Into<String>) -> Self {
@@ -132,17 +134,24 @@ impl Service {
     pub fn handle(&self, method: &str, url: &str, body: &[u8]) -> Reply {
         let path = url.split(['?', '#']).next().unwrap_or("");
         match (method, path) {
-            ("GET" | "HEAD", "/" | "/index.html") => {
-                Reply { status: 200, content_type: "text/html; charset=utf-8", body: PAGE.as_bytes().to_vec() }
-            }
+            ("GET" | "HEAD", "/" | "/index.html") => Reply {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: PAGE.as_bytes().to_vec(),
+                allow: None,
+            },
             ("GET" | "HEAD", "/v1/model") => Reply::json(200, &self.info()),
             ("POST", "/v1/tasks") => match self.run(body) {
                 Ok(v) => Reply::json(200, &v),
                 Err(Failure::Input(m)) => Reply::error(400, m),
                 Err(Failure::Model(m)) => Reply::error(500, m),
             },
-            (_, "/" | "/index.html" | "/v1/model") => Reply::error(405, format!("{path}: use GET")),
-            (_, "/v1/tasks") => Reply::error(405, format!("{path}: use POST with a JSON body")),
+            (_, "/" | "/index.html" | "/v1/model") => {
+                Reply { allow: Some("GET, HEAD"), ..Reply::error(405, format!("{path}: use GET")) }
+            }
+            (_, "/v1/tasks") => {
+                Reply { allow: Some("POST"), ..Reply::error(405, format!("{path}: use POST with a JSON body")) }
+            }
             _ => Reply::error(404, format!("no such path {path:?}: GET /, GET /v1/model, POST /v1/tasks")),
         }
     }
@@ -164,9 +173,12 @@ impl Service {
             .prefix("griffon-serve-")
             .tempdir()
             .map_err(|e| Failure::Model(format!("a temporary folder for the images: {e}")))?;
-        let (req, opts) = request_of(&b, dir.path()).map_err(Failure::Input)?;
         // messages name the uploads by their field (the files are named so), not the folder
         let strip = |m: String| m.replace(&format!("{}/", dir.path().display()), "");
+        let (req, opts) = request_of(&b, dir.path()).map_err(|f| match f {
+            Failure::Input(m) => Failure::Input(strip(m)),
+            Failure::Model(m) => Failure::Model(strip(m)),
+        })?;
         let out = self.model.run(&req, &opts).map_err(|e| match e {
             // an image error names its file, here the field: "exemplar.image: not a supported image ..."
             griffon_model::error::Error::Image(e) => Failure::Input(strip(e.to_string())),
@@ -179,7 +191,8 @@ impl Service {
     }
 }
 
-/// The bytes of a base64 field (plain, or a `data:...;base64,` URL).
+/// The bytes of a base64 field (plain, or a `data:...;base64,` URL; line breaks and other ASCII
+/// white space ignored, as MIME-style encoders wrap lines).
 fn decode_base64(field: &str, s: &str) -> Result<Vec<u8>, String> {
     let data = match s.strip_prefix("data:") {
         Some(rest) => match rest.split_once(";base64,") {
@@ -188,20 +201,21 @@ fn decode_base64(field: &str, s: &str) -> Result<Vec<u8>, String> {
         },
         None => s,
     };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
-        .map_err(|e| format!("{field}: not base64 ({e})"))?;
+    let data: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(&data).map_err(|e| format!("{field}: not base64 ({e})"))?;
     if bytes.is_empty() {
         return Err(format!("{field}: empty (give the bytes of an image file, base64-encoded)"));
     }
     Ok(bytes)
 }
 
-/// Writes a base64 image field to `dir/<field>` and returns the path.
-fn upload(dir: &Path, field: &str, s: &str) -> Result<PathBuf, String> {
-    let bytes = decode_base64(field, s)?;
+/// Writes a base64 image field to `dir/<field>` and returns the path; bad base64 is the
+/// client's fault, a failed write the server's.
+fn upload(dir: &Path, field: &str, s: &str) -> Result<PathBuf, Failure> {
+    let bytes = decode_base64(field, s).map_err(Failure::Input)?;
     let path = dir.join(field);
-    std::fs::write(&path, bytes).map_err(|e| format!("{field}: writing it to {}: {e}", path.display()))?;
+    std::fs::write(&path, bytes).map_err(|e| Failure::Model(format!("{field}: storing the upload: {e}")))?;
     Ok(path)
 }
 
@@ -213,7 +227,8 @@ fn pixel_box(field: &str, b: [f64; 4]) -> Result<PixelBox, String> {
 }
 
 /// The core request and run options of a body; uploads are written into `dir`.
-pub fn request_of(b: &TaskBody, dir: &Path) -> Result<(Request, RunOptions), String> {
+fn request_of(b: &TaskBody, dir: &Path) -> Result<(Request, RunOptions), Failure> {
+    let input = |m: String| Failure::Input(m);
     // which optional fields each task reads; any other one given is refused
     let given: Vec<&str> = [
         ("categories", b.categories.is_some()),
@@ -224,41 +239,45 @@ pub fn request_of(b: &TaskBody, dir: &Path) -> Result<(Request, RunOptions), Str
         ("prompt", b.prompt.is_some()),
         ("regions", b.regions.is_some()),
         ("chunk", b.chunk.is_some()),
+        ("constrained", b.constrained.is_some()),
     ]
     .into_iter()
     .filter_map(|(n, g)| g.then_some(n))
     .collect();
     let uses: &[&str] = match b.task.as_str() {
-        "detect" => &["categories", "chunk"],
-        "ground" => &["expression"],
-        "phrases" => &["phrases"],
+        "detect" => &["categories", "chunk", "constrained"],
+        "ground" => &["expression", "constrained"],
+        "phrases" => &["phrases", "constrained"],
         "describe" => &["box"],
-        "count" => &["exemplar"],
+        "count" => &["exemplar", "constrained"],
         "chat" => &["prompt", "regions"],
-        t => return Err(format!("task: unknown task {t:?} (detect, ground, phrases, describe, count, chat)")),
+        t => return Err(input(format!("task: unknown task {t:?} (detect, ground, phrases, describe, count, chat)"))),
     };
     if let Some(f) = given.iter().find(|f| !uses.contains(f)) {
-        return Err(format!("{f}: not used by task {:?} (it reads {})", b.task, uses.join(", ")));
+        return Err(input(format!("{f}: not used by task {:?} (it reads {})", b.task, uses.join(", "))));
     }
-    let missing = |f: &str| format!("{f}: task {:?} needs it", b.task);
+    let missing = |f: &str| input(format!("{f}: task {:?} needs it", b.task));
     let image = upload(dir, "image", &b.image)?;
     let task = match b.task.as_str() {
         "detect" => Task::Detect { categories: b.categories.clone().ok_or_else(|| missing("categories"))? },
         "ground" => Task::Ground { expression: b.expression.clone().ok_or_else(|| missing("expression"))? },
         "phrases" => Task::Phrases { phrases: b.phrases.clone().ok_or_else(|| missing("phrases"))? },
-        "describe" => Task::Describe { region: pixel_box("box", b.region.ok_or_else(|| missing("box"))?)? },
+        "describe" => {
+            Task::Describe { region: pixel_box("box", b.region.ok_or_else(|| missing("box"))?).map_err(input)? }
+        }
         "count" => {
             let e = b.exemplar.as_ref().ok_or_else(|| missing("exemplar"))?;
             let exemplar = match (&e.image, e.region) {
                 (Some(img), None) => Exemplar::Image(upload(dir, "exemplar.image", img)?),
-                (None, Some(r)) => Exemplar::BoxOnImage(pixel_box("exemplar.box", r)?),
+                (None, Some(r)) => Exemplar::BoxOnImage(pixel_box("exemplar.box", r).map_err(input)?),
                 (Some(img), Some(r)) => Exemplar::BoxOnOther {
                     image: upload(dir, "exemplar.image", img)?,
-                    region: pixel_box("exemplar.box", r)?,
+                    region: pixel_box("exemplar.box", r).map_err(input)?,
                 },
                 (None, None) => {
-                    return Err("exemplar: give image (a crop), box (on the main image) or both (a box on that image)"
-                        .to_string())
+                    return Err(input(
+                        "exemplar: give image (a crop), box (on the main image) or both (a box on that image)".into(),
+                    ))
                 }
             };
             Task::Count { exemplar }
@@ -266,7 +285,7 @@ pub fn request_of(b: &TaskBody, dir: &Path) -> Result<(Request, RunOptions), Str
         _ => {
             let prompt = b.prompt.clone().ok_or_else(|| missing("prompt"))?;
             if prompt.trim().is_empty() {
-                return Err("prompt: empty".to_string());
+                return Err(input("prompt: empty".to_string()));
             }
             let regions = b
                 .regions
@@ -286,33 +305,56 @@ pub fn request_of(b: &TaskBody, dir: &Path) -> Result<(Request, RunOptions), Str
         seed: b.seed.unwrap_or(d.seed),
     };
     if let Some((name, what)) = sampling.problem() {
-        return Err(format!("{name}: {what}"));
+        return Err(input(format!("{name}: {what}")));
     }
     let template = match b.template.as_deref() {
         None | Some("auto") => None,
-        Some(t) => Some(t.parse::<Template>().map_err(|e| format!("template: {e}"))?),
+        Some(t) => Some(t.parse::<Template>().map_err(|e| input(format!("template: {e}")))?),
     };
     let chunk = b.chunk.unwrap_or(RunOptions::default().chunk);
     if chunk == 0 {
-        return Err("chunk: must be at least 1".to_string());
+        return Err(input("chunk: must be at least 1".to_string()));
     }
     let opts = RunOptions { sampling, template, chunk, constrained: b.constrained.unwrap_or(false) };
     Ok((Request { image, task }, opts))
 }
 
+/// Connections read at once; more wait in the socket's backlog until one ends.
+const MAX_CONNECTIONS: usize = 64;
+/// The request line and headers may take this many bytes.
+const MAX_HEAD: u64 = 64 << 10;
+/// A client that sends nothing for this long is dropped.
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A listening socket, bound before the model loads (a port in use is reported at once, not
 /// after minutes of loading a large checkpoint).
+///
+/// HTTP/1.1 on `std::net`, one request per connection (`Connection: close`), bodies by
+/// `Content-Length` only: each connection is read on its own thread (a slow client holds only
+/// its thread, up to [`IO_TIMEOUT`] per read), a declared length over the limit is refused
+/// before any of the body is read, and complete requests go to the model one at a time, in
+/// arrival order, on the thread that called [`Listener::serve`]. (tiny_http 0.12, the first
+/// transport, allocated the declared length of an unread body when dropping it: one request
+/// with a huge `Content-Length` ended the process.)
 pub struct Listener {
-    server: tiny_http::Server,
+    listener: std::net::TcpListener,
     addr: std::net::SocketAddr,
+}
+
+/// A complete request on its way to the model, and where its reply goes.
+struct Job {
+    method: String,
+    url: String,
+    body: Vec<u8>,
+    reply: std::sync::mpsc::Sender<Reply>,
 }
 
 impl Listener {
     /// Binds `addr` (e.g. `127.0.0.1:8080`; port 0 picks a free one).
     pub fn bind(addr: &str) -> Result<Self, String> {
-        let server = tiny_http::Server::http(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
-        let bound = server.server_addr().to_ip().ok_or_else(|| format!("listening on {addr}: not an IP address"))?;
-        Ok(Self { server, addr: bound })
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| format!("listening on {addr}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| format!("listening on {addr}: {e}"))?;
+        Ok(Self { listener, addr: bound })
     }
 
     /// The bound address.
@@ -320,41 +362,181 @@ impl Listener {
         self.addr
     }
 
-    /// Answers requests with `service`, one at a time, until the process ends.
+    /// Answers requests with `service` until the process ends. A panic inside the model is
+    /// answered 500 and the server goes on.
     pub fn serve(&self, service: &Service) {
-        for mut rq in self.server.incoming_requests() {
-            let method = rq.method().as_str().to_string();
-            let url = rq.url().to_string();
-            let reply = match read_body(&mut rq, service.body_limit) {
-                Ok(body) => service.handle(&method, &url, &body),
-                Err(r) => r,
-            };
-            let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
-                .expect("a valid header");
-            let response =
-                tiny_http::Response::from_data(reply.body).with_status_code(reply.status).with_header(header);
-            // a client that went away before its answer is not the server's failure
-            if let Err(e) = rq.respond(response) {
-                eprintln!("{method} {url}: answering: {e}");
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let open = Arc::new(AtomicUsize::new(0));
+        let limit = service.body_limit;
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for stream in self.listener.incoming() {
+                    let Ok(mut stream) = stream else { continue };
+                    if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        let r = Reply::error(503, format!("{MAX_CONNECTIONS} connections are open: try again"));
+                        let _ = write_reply(&mut stream, &r, false);
+                        continue;
+                    }
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let (tx, mine) = (tx.clone(), open.clone());
+                    let spawned = std::thread::Builder::new().name("griffon-http".into()).spawn(move || {
+                        connection(stream, limit, &tx);
+                        mine.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    if spawned.is_err() {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            });
+            for job in rx {
+                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    service.handle(&job.method, &job.url, &job.body)
+                }))
+                .unwrap_or_else(|p| {
+                    let what = p
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| p.downcast_ref::<&str>().copied())
+                        .unwrap_or("a panic");
+                    Reply::error(500, format!("internal error: {what}"))
+                });
+                // the client may have gone away meanwhile: nothing to do then
+                let _ = job.reply.send(reply);
             }
-        }
+        });
     }
 }
 
-/// The body, or the reply refusing it: over `limit` bytes (413, from the declared length before
-/// reading, else while reading), or unreadable (400).
-fn read_body(rq: &mut tiny_http::Request, limit: usize) -> Result<Vec<u8>, Reply> {
-    let too_big = |n: String| Reply::error(413, format!("request body of {n} bytes: the limit is {limit}"));
-    if let Some(n) = rq.body_length().filter(|&n| n > limit) {
-        return Err(too_big(n.to_string()));
+/// Reads one request from `stream`, has the model answer it through `jobs`, writes the reply.
+fn connection(mut stream: std::net::TcpStream, limit: usize, jobs: &std::sync::mpsc::Sender<Job>) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let (reply, head) = match read_request(&mut stream, limit) {
+        Ok((method, url, body)) => {
+            let head = method == "HEAD";
+            let (tx, rx) = std::sync::mpsc::channel();
+            let reply = match jobs.send(Job { method, url, body, reply: tx }) {
+                Ok(()) => rx.recv().unwrap_or_else(|_| Reply::error(500, "the model worker stopped")),
+                Err(_) => Reply::error(503, "the server is stopping"),
+            };
+            (reply, head)
+        }
+        Err(r) => (r, false),
+    };
+    let _ = write_reply(&mut stream, &reply, head);
+}
+
+/// The method, target and body of one HTTP/1.x request, or the reply refusing it.
+fn read_request(stream: &mut std::net::TcpStream, limit: usize) -> Result<(String, String, Vec<u8>), Reply> {
+    use std::io::BufRead;
+    let bad = |m: String| Reply::error(400, m);
+    let mut reader = std::io::BufReader::new(stream.try_clone().map_err(|e| Reply::error(500, e.to_string()))?);
+    let mut head = (&mut reader).take(MAX_HEAD);
+    let mut line = String::new();
+    let mut next_line = |line: &mut String| -> Result<(), Reply> {
+        line.clear();
+        match head.read_line(line) {
+            Ok(0) => Err(bad("the request ended inside its head".into())),
+            Ok(_) if !line.ends_with('\n') => {
+                Err(Reply::error(431, format!("the request line and headers take more than {MAX_HEAD} bytes")))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(bad(format!("reading the request: {e}"))),
+        }
+    };
+    next_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, url, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(m), Some(u), Some(v), None) if v.starts_with("HTTP/1.") => (m.to_string(), u.to_string(), v.to_string()),
+        _ => return Err(bad(format!("not an HTTP/1.x request line: {:?}", line.trim_end()))),
+    };
+    let mut length: Option<usize> = None;
+    let mut expect_continue = false;
+    loop {
+        next_line(&mut line)?;
+        let h = line.trim_end_matches(['\r', '\n']);
+        if h.is_empty() {
+            break;
+        }
+        let Some((name, value)) = h.split_once(':') else {
+            return Err(bad(format!("malformed header line {h:?}")));
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => {
+                let n = value.parse::<u64>().map_err(|_| bad(format!("Content-Length {value:?} is not a number")))?;
+                if length.is_some_and(|l| l as u64 != n) {
+                    return Err(bad("two different Content-Length headers".into()));
+                }
+                if n > limit as u64 {
+                    return Err(Reply::error(413, format!("request body of {n} bytes: the limit is {limit}")));
+                }
+                length = Some(n as usize);
+            }
+            "transfer-encoding" => {
+                return Err(Reply::error(411, "send the body with Content-Length (no Transfer-Encoding)"));
+            }
+            "expect" if value.eq_ignore_ascii_case("100-continue") => expect_continue = true,
+            _ => {}
+        }
     }
-    let mut body = Vec::new();
-    rq.as_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| Reply::error(400, format!("reading the request body: {e}")))?;
-    if body.len() > limit {
-        return Err(too_big(format!("more than {limit}")));
+    let n = length.unwrap_or(0);
+    if expect_continue && n > 0 && version != "HTTP/1.0" {
+        use std::io::Write;
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(|e| bad(format!("writing 100 Continue: {e}")))?;
     }
-    Ok(body)
+    let mut body = vec![0u8; n];
+    reader.read_exact(&mut body).map_err(|e| bad(format!("reading the request body of {n} bytes: {e}")))?;
+    Ok((method, url, body))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    }
+}
+
+/// Writes `reply` (its head only for HEAD) and closes the exchange.
+fn write_reply(stream: &mut std::net::TcpStream, reply: &Reply, head_only: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reply.status,
+        reason(reply.status),
+        reply.content_type,
+        reply.body.len()
+    );
+    if let Some(allow) = reply.allow {
+        out.push_str(&format!("Allow: {allow}\r\n"));
+    }
+    out.push_str("\r\n");
+    stream.write_all(out.as_bytes())?;
+    if !head_only {
+        stream.write_all(&reply.body)?;
+    }
+    stream.flush()?;
+    // A client still sending a body we did not read (a 413) would get a reset, and perhaps lose
+    // the reply, if the socket closed with unread data: end our side, then read and drop what
+    // it sends for a moment (a few MB, two seconds at most).
+    stream.shutdown(std::net::Shutdown::Write)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+    let mut sink = [0u8; 64 << 10];
+    let mut drained = 0usize;
+    while drained < (4 << 20) {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    Ok(())
 }

@@ -143,7 +143,7 @@ fn bad_input_is_refused_naming_the_field() {
         (json!({"task": "detect", "image": img, "categories": []}), "the category list is empty"),
         (
             json!({"task": "detect", "image": img, "categories": ["a"], "expression": "b"}),
-            "expression: not used by task \"detect\" (it reads categories, chunk)",
+            "expression: not used by task \"detect\" (it reads categories, chunk, constrained)",
         ),
         (json!({"task": "ground", "image": img, "expression": "x", "chunk": 3}), "chunk: not used by task \"ground\""),
         (json!({"task": "detect", "image": "%%%", "categories": ["a"]}), "image: not base64"),
@@ -174,6 +174,14 @@ fn bad_input_is_refused_naming_the_field() {
         ),
         (json!({"task": "detect", "image": img, "categories": ["a"], "chunk": 0}), "chunk: must be at least 1"),
         (json!({"task": "detect", "image": img, "categories": ["a"], "template": "nope"}), "template:"),
+        (
+            json!({"task": "describe", "image": img, "box": [1, 1, 9, 9], "constrained": true}),
+            "constrained: not used by task \"describe\"",
+        ),
+        // the model's own checks are bad input too, without the uploads' folder in the message
+        (json!({"task": "describe", "image": img, "box": [10, 10, 900, 900]}), "box"),
+        (json!({"task": "count", "image": img, "exemplar": {"box": [10, 10, 900, 900]}}), "box"),
+        (json!({"task": "chat", "image": img, "prompt": "What is <region>?"}), "region"),
     ];
     for (body, want) in json_cases {
         let (status, v) = post(&s, &body);
@@ -183,31 +191,55 @@ fn bad_input_is_refused_naming_the_field() {
         // the temporary folder of the uploads is not what a client needs to read
         assert!(!e.contains("griffon-serve-"), "{e}");
     }
-    // a box outside the image is the model's check, reported as bad input too
-    let (status, v) = post(&s, &json!({"task": "describe", "image": img, "box": [10, 10, 900, 900]}));
-    assert_eq!(status, 400, "{v}");
-    for (method, url, status) in
-        [("GET", "/nope", 404), ("GET", "/v1/tasks", 405), ("POST", "/", 405), ("PUT", "/v1/model", 405)]
-    {
+    // base64 wrapped in lines (MIME-style encoders) is the same image
+    let wrapped: Vec<&str> = img.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    let (status, v) = post(&s, &json!({"task": "detect", "image": wrapped.join("\n"), "categories": ["circle"]}));
+    assert_eq!(status, 200, "{v}");
+    for (method, url, status, allow) in [
+        ("GET", "/nope", 404, None),
+        ("GET", "/v1/tasks", 405, Some("POST")),
+        ("POST", "/", 405, Some("GET, HEAD")),
+        ("PUT", "/v1/model", 405, Some("GET, HEAD")),
+    ] {
         let r = s.handle(method, url, b"");
         assert_eq!(r.status, status, "{method} {url}");
+        assert_eq!(r.allow, allow, "{method} {url}");
         let v: Value = serde_json::from_slice(&r.body).unwrap();
         assert!(v["error"].as_str().unwrap().contains(url.trim_end_matches('/')), "{v}");
     }
 }
 
-/// A minimal HTTP/1.1 client: (status, body).
-fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+/// Sends `raw` as it is and reads the whole answer: (status, headers, body), an interim
+/// `100 Continue` skipped.
+fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, String, Vec<u8>) {
     let mut c = std::net::TcpStream::connect(addr).unwrap();
-    write!(c, "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
-        .unwrap();
-    c.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    c.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, raw[split + 4..].to_vec())
+    c.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+    c.write_all(raw).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    let mut rest = &got[..];
+    loop {
+        let split = rest.windows(4).position(|w| w == b"\r\n\r\n").expect("a header block");
+        let head = String::from_utf8_lossy(&rest[..split]).to_string();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        rest = &rest[split + 4..];
+        if status != 100 {
+            return (status, head, rest.to_vec());
+        }
+    }
+}
+
+fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut raw =
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    raw.extend_from_slice(body);
+    let (status, _, body) = exchange(addr, &raw);
+    (status, body)
+}
+
+fn error_of(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    v["error"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -222,6 +254,10 @@ fn the_socket_serves_page_model_and_tasks() {
     let (status, page) = http(addr, "GET", "/", b"");
     assert_eq!(status, 200);
     assert!(String::from_utf8(page).unwrap().contains("/v1/tasks"));
+    let (status, head, body) = exchange(addr, b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(head.contains(&format!("Content-Length: {}", griffon_server::PAGE.len())), "{head}");
+    assert!(body.is_empty());
     let (status, info) = http(addr, "GET", "/v1/model", b"");
     assert_eq!(status, 200);
     let info: Value = serde_json::from_slice(&info).unwrap();
@@ -232,9 +268,45 @@ fn the_socket_serves_page_model_and_tasks() {
     let v: Value = serde_json::from_slice(&v).unwrap();
     assert_eq!(status, 200, "{v}");
     assert!(!v["detections"].as_array().unwrap().is_empty(), "{v}");
-    // over the limit: refused from the declared length, before the model runs
+    // curl's way for large bodies: Expect: 100-continue, the body after the interim answer
+    let raw = format!(
+        "POST /v1/tasks HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, again) = exchange(addr, raw.as_bytes());
+    assert_eq!(status, 200);
+    let again: Value = serde_json::from_slice(&again).unwrap();
+    assert_eq!(again["detections"], v["detections"]);
+    // over the limit: refused from the declared length, before any of the body is read
     let (status, v) = http(addr, "POST", "/v1/tasks", &vec![b' '; (2 << 20) + 1]);
-    let v: Value = serde_json::from_slice(&v).unwrap();
-    assert_eq!(status, 413, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("the limit is 2097152"), "{v}");
+    assert_eq!(status, 413);
+    assert!(error_of(&v).contains("the limit is 2097152"), "{}", error_of(&v));
+    let huge = b"POST /v1/tasks HTTP/1.1\r\nHost: t\r\nContent-Length: 18446744073709551615\r\n\r\n{";
+    let (status, _, v) = exchange(addr, huge);
+    assert_eq!(status, 413, "{}", error_of(&v));
+    let (status, _, v) =
+        exchange(addr, b"POST /v1/tasks HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999999\r\n\r\n");
+    assert_eq!(status, 400);
+    assert!(error_of(&v).contains("is not a number"), "{}", error_of(&v));
+    let (status, _, v) =
+        exchange(addr, b"POST /v1/tasks HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n0\r\n\r\n");
+    assert_eq!(status, 411, "{}", error_of(&v));
+    let (status, _, v) = exchange(addr, b"hello there\r\n\r\n");
+    assert_eq!(status, 400);
+    assert!(error_of(&v).contains("not an HTTP/1.x request line"), "{}", error_of(&v));
+    let (status, head, _) = exchange(addr, b"DELETE /v1/tasks HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 405);
+    assert!(head.contains("Allow: POST"), "{head}");
+    // a client that declares a body and leaves before sending it all, and one that stalls
+    {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"POST /v1/tasks HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{\"task\"").unwrap();
+    }
+    let mut _stalled = std::net::TcpStream::connect(addr).unwrap();
+    _stalled.write_all(b"POST /v1/tasks HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{\"task\"").unwrap();
+    // a client that sends nothing holds only its own connection
+    let _idle = std::net::TcpStream::connect(addr).unwrap();
+    // ... and the server still answers
+    let (status, _) = http(addr, "GET", "/v1/model", b"");
+    assert_eq!(status, 200);
 }
