@@ -28,7 +28,7 @@ use griffon_model::tasks::RunOptions;
 use serde::Deserialize;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The web page served at `/`.
 pub const PAGE: &str = include_str!("page.html");
@@ -114,14 +114,55 @@ enum Failure {
 /// The model and what the server says about it.
 pub struct Service {
     model: Griffon,
-    /// The model folder and load options (`GET /v1/model`).
-    description: String,
+    /// `GET /v1/model`'s answer, made once (the connection threads answer it without the model).
+    info: Vec<u8>,
     body_limit: usize,
 }
 
+/// Where a request goes: answered at once (the page, the model info, refusals), or to the model.
+enum Route {
+    Now(Reply),
+    Task,
+}
+
+/// Routes `method` `url` ([`Route::Task`] only for `POST /v1/tasks`); `info` is the body of
+/// `GET /v1/model`.
+fn route(method: &str, url: &str, info: &[u8]) -> Route {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    Route::Now(match (method, path) {
+        ("GET" | "HEAD", "/" | "/index.html") => {
+            Reply { status: 200, content_type: "text/html; charset=utf-8", body: PAGE.as_bytes().to_vec(), allow: None }
+        }
+        ("GET" | "HEAD", "/v1/model") => {
+            Reply { status: 200, content_type: "application/json", body: info.to_vec(), allow: None }
+        }
+        ("POST", "/v1/tasks") => return Route::Task,
+        (_, "/" | "/index.html" | "/v1/model") => {
+            Reply { allow: Some("GET, HEAD"), ..Reply::error(405, format!("{path}: use GET")) }
+        }
+        (_, "/v1/tasks") => {
+            Reply { allow: Some("POST"), ..Reply::error(405, format!("{path}: use POST with a JSON body")) }
+        }
+        _ => Reply::error(404, format!("no such path {path:?}: GET /, GET /v1/model, POST /v1/tasks")),
+    })
+}
+
 impl Service {
-    pub fn new(model: Griffon, description: String) -> Self {
-        Self { model, description, body_limit: DEFAULT_BODY_LIMIT }
+    /// `description`: the model folder and load options, as `GET /v1/model` reports them. The
+    /// model's image-token cache is turned off: it keys on file paths, and every upload has a
+    /// path of its own, so its entries could never be used again.
+    pub fn new(mut model: Griffon, description: String) -> Self {
+        model.image_cache = griffon_model::tasks::ImageTokenCache::new(0);
+        let info = serde_json::json!({
+            "model": description,
+            "template": model.template.name(),
+            "image_size": model.image_size(),
+            "region_size": model.region_size(),
+            "tasks": ["detect", "ground", "phrases", "describe", "count", "chat"],
+        })
+        .to_string()
+        .into_bytes();
+        Self { model, info, body_limit: DEFAULT_BODY_LIMIT }
     }
 
     /// Refuse request bodies above `bytes` (413).
@@ -132,38 +173,14 @@ impl Service {
 
     /// Answers one request.
     pub fn handle(&self, method: &str, url: &str, body: &[u8]) -> Reply {
-        let path = url.split(['?', '#']).next().unwrap_or("");
-        match (method, path) {
-            ("GET" | "HEAD", "/" | "/index.html") => Reply {
-                status: 200,
-                content_type: "text/html; charset=utf-8",
-                body: PAGE.as_bytes().to_vec(),
-                allow: None,
-            },
-            ("GET" | "HEAD", "/v1/model") => Reply::json(200, &self.info()),
-            ("POST", "/v1/tasks") => match self.run(body) {
+        match route(method, url, &self.info) {
+            Route::Now(r) => r,
+            Route::Task => match self.run(body) {
                 Ok(v) => Reply::json(200, &v),
                 Err(Failure::Input(m)) => Reply::error(400, m),
                 Err(Failure::Model(m)) => Reply::error(500, m),
             },
-            (_, "/" | "/index.html" | "/v1/model") => {
-                Reply { allow: Some("GET, HEAD"), ..Reply::error(405, format!("{path}: use GET")) }
-            }
-            (_, "/v1/tasks") => {
-                Reply { allow: Some("POST"), ..Reply::error(405, format!("{path}: use POST with a JSON body")) }
-            }
-            _ => Reply::error(404, format!("no such path {path:?}: GET /, GET /v1/model, POST /v1/tasks")),
         }
-    }
-
-    fn info(&self) -> serde_json::Value {
-        serde_json::json!({
-            "model": self.description,
-            "template": self.model.template.name(),
-            "image_size": self.model.image_size(),
-            "region_size": self.model.region_size(),
-            "tasks": ["detect", "ground", "phrases", "describe", "count", "chat"],
-        })
     }
 
     fn run(&self, body: &[u8]) -> Result<serde_json::Value, Failure> {
@@ -319,34 +336,51 @@ fn request_of(b: &TaskBody, dir: &Path) -> Result<(Request, RunOptions), Failure
     Ok((Request { image, task }, opts))
 }
 
-/// Connections read at once; more wait in the socket's backlog until one ends.
+/// Connections read at once; one more is answered 503 (without reading it).
 const MAX_CONNECTIONS: usize = 64;
-/// The request line and headers may take this many bytes.
+/// The request line and headers may take this many bytes...
 const MAX_HEAD: u64 = 64 << 10;
-/// A client that sends nothing for this long is dropped.
-const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// ... and must arrive within this time;
+const HEAD_TIME: Duration = Duration::from_secs(30);
+/// the body within this time plus one second per [`BODY_RATE`] bytes (a client that trickles
+/// bytes cannot hold a connection for ever).
+const BODY_TIME: Duration = Duration::from_secs(30);
+const BODY_RATE: u64 = 100_000;
+/// After a reply, what the client still sends is read and dropped for at most this long (see
+/// [`write_reply`]).
+const LINGER: Duration = Duration::from_secs(5);
 
 /// A listening socket, bound before the model loads (a port in use is reported at once, not
 /// after minutes of loading a large checkpoint).
 ///
 /// HTTP/1.1 on `std::net`, one request per connection (`Connection: close`), bodies by
-/// `Content-Length` only: each connection is read on its own thread (a slow client holds only
-/// its thread, up to [`IO_TIMEOUT`] per read), a declared length over the limit is refused
-/// before any of the body is read, and complete requests go to the model one at a time, in
-/// arrival order, on the thread that called [`Listener::serve`]. (tiny_http 0.12, the first
-/// transport, allocated the declared length of an unread body when dropping it: one request
-/// with a huge `Content-Length` ended the process.)
+/// `Content-Length` only: each connection is read on its own thread within a deadline (the
+/// head in [`HEAD_TIME`], the body in [`BODY_TIME`] plus a second per [`BODY_RATE`] bytes), a
+/// declared length over the limit is refused before any of the body is read, the page and the
+/// model info are answered on the connection's thread, and complete task requests go to the
+/// model one at a time, in arrival order, on the thread that called [`Listener::serve`].
+/// (tiny_http 0.12, the first transport, allocated the declared length of an unread body when
+/// dropping it: one request with a huge `Content-Length` ended the process.)
 pub struct Listener {
     listener: std::net::TcpListener,
     addr: std::net::SocketAddr,
 }
 
-/// A complete request on its way to the model, and where its reply goes.
+/// A complete task request on its way to the model, and where its reply goes.
 struct Job {
     method: String,
     url: String,
     body: Vec<u8>,
     reply: std::sync::mpsc::Sender<Reply>,
+}
+
+/// Counts an open connection while it lives (also when its thread panics).
+struct Slot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Listener {
@@ -370,24 +404,33 @@ impl Listener {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let open = Arc::new(AtomicUsize::new(0));
         let limit = service.body_limit;
+        let info: Arc<[u8]> = service.info.clone().into();
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for stream in self.listener.incoming() {
-                    let Ok(mut stream) = stream else { continue };
+                    let mut stream = match stream {
+                        Ok(s) => s,
+                        Err(e) => {
+                            // out of file handles, say: do not spin on the error
+                            eprintln!("accepting a connection: {e}");
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    };
                     if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
                         let r = Reply::error(503, format!("{MAX_CONNECTIONS} connections are open: try again"));
-                        let _ = write_reply(&mut stream, &r, false);
+                        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                        let _ = write_reply(&mut stream, &r, false, false);
                         continue;
                     }
                     open.fetch_add(1, Ordering::SeqCst);
-                    let (tx, mine) = (tx.clone(), open.clone());
-                    let spawned = std::thread::Builder::new().name("griffon-http".into()).spawn(move || {
-                        connection(stream, limit, &tx);
-                        mine.fetch_sub(1, Ordering::SeqCst);
+                    let slot = Slot(open.clone());
+                    let (tx, info) = (tx.clone(), info.clone());
+                    // a failed spawn drops the closure: the slot is freed, the connection closed
+                    let _ = std::thread::Builder::new().name("griffon-http".into()).spawn(move || {
+                        let _slot = slot;
+                        connection(stream, limit, &info, &tx);
                     });
-                    if spawned.is_err() {
-                        open.fetch_sub(1, Ordering::SeqCst);
-                    }
                 }
             });
             for job in rx {
@@ -409,50 +452,84 @@ impl Listener {
     }
 }
 
-/// Reads one request from `stream`, has the model answer it through `jobs`, writes the reply.
-fn connection(mut stream: std::net::TcpStream, limit: usize, jobs: &std::sync::mpsc::Sender<Job>) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let (reply, head) = match read_request(&mut stream, limit) {
+/// Reads one request from `stream`, answers it (the model's through `jobs`), writes the reply.
+fn connection(mut stream: std::net::TcpStream, limit: usize, info: &[u8], jobs: &std::sync::mpsc::Sender<Job>) {
+    let _ = stream.set_write_timeout(Some(BODY_TIME));
+    let (reply, head_only) = match read_request(&mut stream, limit) {
         Ok((method, url, body)) => {
-            let head = method == "HEAD";
-            let (tx, rx) = std::sync::mpsc::channel();
-            let reply = match jobs.send(Job { method, url, body, reply: tx }) {
-                Ok(()) => rx.recv().unwrap_or_else(|_| Reply::error(500, "the model worker stopped")),
-                Err(_) => Reply::error(503, "the server is stopping"),
+            let head_only = method == "HEAD";
+            let reply = match route(&method, &url, info) {
+                Route::Now(r) => r,
+                Route::Task => {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    match jobs.send(Job { method, url, body, reply: tx }) {
+                        Ok(()) => rx.recv().unwrap_or_else(|_| Reply::error(500, "the model worker stopped")),
+                        Err(_) => Reply::error(503, "the server is stopping"),
+                    }
+                }
             };
-            (reply, head)
+            (reply, head_only)
         }
         Err(r) => (r, false),
     };
-    let _ = write_reply(&mut stream, &reply, head);
+    let _ = write_reply(&mut stream, &reply, head_only, true);
 }
 
-/// The method, target and body of one HTTP/1.x request, or the reply refusing it.
+/// Reads from a stream until a deadline: each read waits at most what is left of it.
+struct Deadline<'a> {
+    stream: &'a std::net::TcpStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client took too long"));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&*self.stream).read(buf)
+    }
+}
+
+/// The reply for a failed read: 408 when the client was too slow, else 400.
+fn read_failed(what: &str, e: std::io::Error) -> Reply {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            Reply::error(408, format!("{what}: the client took too long"))
+        }
+        _ => Reply::error(400, format!("{what}: {e}")),
+    }
+}
+
+/// The method, target and body of one HTTP/1.0 or 1.1 request, or the reply refusing it.
 fn read_request(stream: &mut std::net::TcpStream, limit: usize) -> Result<(String, String, Vec<u8>), Reply> {
     use std::io::BufRead;
     let bad = |m: String| Reply::error(400, m);
-    let mut reader = std::io::BufReader::new(stream.try_clone().map_err(|e| Reply::error(500, e.to_string()))?);
-    let mut head = (&mut reader).take(MAX_HEAD);
+    let mut reader =
+        std::io::BufReader::new(Deadline { stream: &*stream, until: Instant::now() + HEAD_TIME }).take(MAX_HEAD);
     let mut line = String::new();
     let mut next_line = |line: &mut String| -> Result<(), Reply> {
         line.clear();
-        match head.read_line(line) {
+        match reader.read_line(line) {
             Ok(0) => Err(bad("the request ended inside its head".into())),
             Ok(_) if !line.ends_with('\n') => {
                 Err(Reply::error(431, format!("the request line and headers take more than {MAX_HEAD} bytes")))
             }
             Ok(_) => Ok(()),
-            Err(e) => Err(bad(format!("reading the request: {e}"))),
+            Err(e) => Err(read_failed("reading the request head", e)),
         }
     };
     next_line(&mut line)?;
-    let mut parts = line.split_whitespace();
+    let request_line = line.trim_end_matches(['\r', '\n']).to_string();
+    let mut parts = request_line.split(' ');
     let (method, url, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(u), Some(v), None) if v.starts_with("HTTP/1.") => (m.to_string(), u.to_string(), v.to_string()),
-        _ => return Err(bad(format!("not an HTTP/1.x request line: {:?}", line.trim_end()))),
+        (Some(m), Some(u), Some(v @ ("HTTP/1.0" | "HTTP/1.1")), None) if !m.is_empty() && u.starts_with('/') => {
+            (m.to_string(), u.to_string(), v.to_string())
+        }
+        _ => return Err(bad(format!("not an HTTP/1.0 or 1.1 request line: {request_line:?}"))),
     };
-    let mut length: Option<usize> = None;
+    let mut length: Option<u64> = None;
     let mut expect_continue = false;
     loop {
         next_line(&mut line)?;
@@ -460,20 +537,30 @@ fn read_request(stream: &mut std::net::TcpStream, limit: usize) -> Result<(Strin
         if h.is_empty() {
             break;
         }
+        if h.starts_with([' ', '\t']) {
+            return Err(bad(format!("folded header line {h:?} (obsolete line folding is refused)")));
+        }
         let Some((name, value)) = h.split_once(':') else {
             return Err(bad(format!("malformed header line {h:?}")));
         };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
+        if name.is_empty() || name.contains([' ', '\t']) {
+            return Err(bad(format!("malformed header name {name:?}")));
+        }
+        let value = value.trim_matches([' ', '\t']);
+        match name.to_ascii_lowercase().as_str() {
             "content-length" => {
-                let n = value.parse::<u64>().map_err(|_| bad(format!("Content-Length {value:?} is not a number")))?;
-                if length.is_some_and(|l| l as u64 != n) {
+                let n = match value.bytes().all(|b| b.is_ascii_digit()) && !value.is_empty() {
+                    true => value.parse::<u64>().ok(),
+                    false => None,
+                }
+                .ok_or_else(|| bad(format!("Content-Length {value:?} is not a number")))?;
+                if length.is_some_and(|l| l != n) {
                     return Err(bad("two different Content-Length headers".into()));
                 }
                 if n > limit as u64 {
                     return Err(Reply::error(413, format!("request body of {n} bytes: the limit is {limit}")));
                 }
-                length = Some(n as usize);
+                length = Some(n);
             }
             "transfer-encoding" => {
                 return Err(Reply::error(411, "send the body with Content-Length (no Transfer-Encoding)"));
@@ -482,13 +569,24 @@ fn read_request(stream: &mut std::net::TcpStream, limit: usize) -> Result<(Strin
             _ => {}
         }
     }
+    // what the head's reader took beyond the head is the start of the body
+    let buffered = reader.into_inner().buffer().to_vec();
     let n = length.unwrap_or(0);
-    if expect_continue && n > 0 && version != "HTTP/1.0" {
+    if expect_continue && n > 0 && version == "HTTP/1.1" {
         use std::io::Write;
-        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(|e| bad(format!("writing 100 Continue: {e}")))?;
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(|e| read_failed("writing 100 Continue", e))?;
     }
-    let mut body = vec![0u8; n];
-    reader.read_exact(&mut body).map_err(|e| bad(format!("reading the request body of {n} bytes: {e}")))?;
+    let until = Instant::now() + BODY_TIME + Duration::from_secs(n / BODY_RATE);
+    // grown as the bytes arrive (n is at most the limit, but a client may stop short)
+    let mut body = Vec::new();
+    buffered
+        .chain(Deadline { stream: &*stream, until })
+        .take(n)
+        .read_to_end(&mut body)
+        .map_err(|e| read_failed(&format!("reading the request body of {n} bytes"), e))?;
+    if (body.len() as u64) < n {
+        return Err(bad(format!("the request body ended after {} of its {n} bytes", body.len())));
+    }
     Ok((method, url, body))
 }
 
@@ -498,6 +596,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
@@ -506,8 +605,11 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes `reply` (its head only for HEAD) and closes the exchange.
-fn write_reply(stream: &mut std::net::TcpStream, reply: &Reply, head_only: bool) -> std::io::Result<()> {
+/// Writes `reply` (its head only for HEAD) and closes the exchange; with `linger`, what the
+/// client still sends is read and dropped for at most [`LINGER`] first: a socket closed with
+/// unread data sends a reset, and a client still sending a body we did not read (a 413) could
+/// lose the reply.
+fn write_reply(stream: &mut std::net::TcpStream, reply: &Reply, head_only: bool, linger: bool) -> std::io::Result<()> {
     use std::io::Write;
     let mut out = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -525,18 +627,11 @@ fn write_reply(stream: &mut std::net::TcpStream, reply: &Reply, head_only: bool)
         stream.write_all(&reply.body)?;
     }
     stream.flush()?;
-    // A client still sending a body we did not read (a 413) would get a reset, and perhaps lose
-    // the reply, if the socket closed with unread data: end our side, then read and drop what
-    // it sends for a moment (a few MB, two seconds at most).
     stream.shutdown(std::net::Shutdown::Write)?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
-    let mut sink = [0u8; 64 << 10];
-    let mut drained = 0usize;
-    while drained < (4 << 20) {
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
+    if linger {
+        let mut sink = [0u8; 64 << 10];
+        let mut r = Deadline { stream: &*stream, until: Instant::now() + LINGER };
+        while matches!(r.read(&mut sink), Ok(n) if n > 0) {}
     }
     Ok(())
 }

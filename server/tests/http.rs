@@ -293,7 +293,30 @@ fn the_socket_serves_page_model_and_tasks() {
     assert_eq!(status, 411, "{}", error_of(&v));
     let (status, _, v) = exchange(addr, b"hello there\r\n\r\n");
     assert_eq!(status, 400);
-    assert!(error_of(&v).contains("not an HTTP/1.x request line"), "{}", error_of(&v));
+    assert!(error_of(&v).contains("not an HTTP/1.0 or 1.1 request line"), "{}", error_of(&v));
+    for (raw, want) in [
+        (&b"POST /v1/tasks HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n{}"[..], "two different"),
+        (b"POST /v1/tasks HTTP/1.1\r\nContent-Length: +5\r\n\r\n{}", "is not a number"),
+        (b"GET / HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n", "folded header"),
+        (b"GET / HTTP/1.1\r\nContent-Length : 0\r\n\r\n", "malformed header name"),
+        (b"GET / HTTP/2.0\r\n\r\n", "not an HTTP/1.0 or 1.1"),
+        (b"POST /v1/tasks HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}", "ended after 2 of its 10 bytes"),
+    ] {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(raw).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap(); // the body stops short where it does
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).unwrap();
+        let got = String::from_utf8_lossy(&got).to_string();
+        assert!(got.starts_with("HTTP/1.1 400 ") && got.contains(want), "{want}: {got}");
+    }
+    // HTTP/1.0 is spoken too
+    let (status, _, v) = exchange(addr, b"GET /v1/model HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<Value>(&v).unwrap()["image_size"], 224);
+    // a body far over the limit, sent whole without waiting: the 413 still arrives
+    let (status, v) = http(addr, "POST", "/v1/tasks", &vec![b' '; 12 << 20]);
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&v));
     let (status, head, _) = exchange(addr, b"DELETE /v1/tasks HTTP/1.1\r\n\r\n");
     assert_eq!(status, 405);
     assert!(head.contains("Allow: POST"), "{head}");
@@ -309,4 +332,16 @@ fn the_socket_serves_page_model_and_tasks() {
     // ... and the server still answers
     let (status, _) = http(addr, "GET", "/v1/model", b"");
     assert_eq!(status, 200);
+    // at capacity (64 open connections, two held above) one more is told so at once; when
+    // they close, the server answers again
+    let idle: Vec<std::net::TcpStream> = (0..62).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300)); // the acceptor counts them
+    let (status, _, v) = exchange(addr, b"GET /v1/model HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&v));
+    drop((idle, _idle, _stalled));
+    let back = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        http(addr, "GET", "/v1/model", b"").0 == 200
+    });
+    assert!(back, "the server answers again once the connections close");
 }
