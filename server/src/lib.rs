@@ -12,8 +12,9 @@
 //! Bad input answers 400 with `{"error": "..."}` naming the field at fault (malformed JSON, an
 //! unknown or missing field, a field the task does not use, undecodable base64, an unreadable
 //! image, a box outside the image, sampling settings out of range); an unknown path 404, a wrong
-//! method 405, a body over the limit 413. Requests are answered one at a time, in arrival order
-//! (one model, one set of weights in memory).
+//! method 405, a body over the limit 413, a client too slow 408, a full server 503. Task
+//! requests are answered one at a time, in arrival order (one model, one set of weights in
+//! memory); the transport is [`Listener`].
 //!
 //! Images are decoded by the same code as the CLI's: each upload is written to a per-request
 //! temporary folder under its field's name and the request runs as the CLI's would
