@@ -200,18 +200,6 @@ fn probs(qc: &Tensor, k: &Tensor, spec: &GradSpec, t0: usize, c: usize) -> Resul
     Ok((crate::nn::fused_softmax_last(&scores.contiguous()?)?, capped))
 }
 
-/// `ds (1 - (y / cap)^2)`: the gradient through the soft-cap from its output `y`.
-fn softcap_backward(y: &Tensor, ds: &Tensor, cap: f32) -> Result<Tensor> {
-    if y.device().is_cpu() && y.dtype() == DType::F32 {
-        Ok(y.contiguous()?.apply_op2_no_bwd(
-            &ds.contiguous()?,
-            &crate::cpu_kernels::PointwiseGrad(crate::cpu_kernels::Pointwise::SoftCap(cap)),
-        )?)
-    } else {
-        Ok((ds * (1.0 - (y / cap as f64)?.sqr()?)?)?)
-    }
-}
-
 /// The op: its forward returns the output computed before (a copy of `out`), its backward the
 /// recomputed gradients.
 struct AttnGrad {
@@ -318,7 +306,7 @@ fn backward(
         let dp = doc.matmul(&vf.t()?)?;
         let mut ds = (&p * dp.broadcast_sub(&dc)?)?;
         if let (Some(y), Some(cap)) = (capped, spec.softcap) {
-            ds = softcap_backward(&y, &ds, cap)?;
+            ds = crate::nn::softcap_grad(&y, &ds, cap as f64)?;
         }
         // the score scale goes on the products (rows x d), not on dS (rows x S)
         let scale = spec.scale as f64;

@@ -257,6 +257,18 @@ pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
     }
 }
 
+/// The gradient through [`softcap`] from its output `y`: `dy (1 - (y / cap)^2)`, by the same
+/// dispatch (our one-pass op on f32 CPU tensors, composed ops elsewhere); for backward passes
+/// written by hand (training's attention op).
+pub(crate) fn softcap_grad(y: &Tensor, dy: &Tensor, cap: f64) -> Result<Tensor> {
+    if y.device().is_cpu() && y.dtype() == DType::F32 {
+        let op = crate::cpu_kernels::PointwiseGrad(crate::cpu_kernels::Pointwise::SoftCap(cap as f32));
+        Ok(y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?)
+    } else {
+        Ok((dy * (1.0 - (y / cap)?.sqr()?)?)?)
+    }
+}
+
 /// Softmax over the last dimension, in f32.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let dt = x.dtype();

@@ -176,11 +176,16 @@ impl Service {
     pub fn handle(&self, method: &str, url: &str, body: &[u8]) -> Reply {
         match route(method, url, &self.info) {
             Route::Now(r) => r,
-            Route::Task => match self.run(body) {
-                Ok(v) => Reply::json(200, &v),
-                Err(Failure::Input(m)) => Reply::error(400, m),
-                Err(Failure::Model(m)) => Reply::error(500, m),
-            },
+            Route::Task => self.task(body),
+        }
+    }
+
+    /// Answers the body of a `POST /v1/tasks`.
+    fn task(&self, body: &[u8]) -> Reply {
+        match self.run(body) {
+            Ok(v) => Reply::json(200, &v),
+            Err(Failure::Input(m)) => Reply::error(400, m),
+            Err(Failure::Model(m)) => Reply::error(500, m),
         }
     }
 
@@ -367,10 +372,9 @@ pub struct Listener {
     addr: std::net::SocketAddr,
 }
 
-/// A complete task request on its way to the model, and where its reply goes.
+/// The body of a complete task request on its way to the model (routed already), and where its
+/// reply goes.
 struct Job {
-    method: String,
-    url: String,
     body: Vec<u8>,
     reply: std::sync::mpsc::Sender<Reply>,
 }
@@ -435,17 +439,15 @@ impl Listener {
                 }
             });
             for job in rx {
-                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    service.handle(&job.method, &job.url, &job.body)
-                }))
-                .unwrap_or_else(|p| {
-                    let what = p
-                        .downcast_ref::<String>()
-                        .map(String::as_str)
-                        .or_else(|| p.downcast_ref::<&str>().copied())
-                        .unwrap_or("a panic");
-                    Reply::error(500, format!("internal error: {what}"))
-                });
+                let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.task(&job.body)))
+                    .unwrap_or_else(|p| {
+                        let what = p
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| p.downcast_ref::<&str>().copied())
+                            .unwrap_or("a panic");
+                        Reply::error(500, format!("internal error: {what}"))
+                    });
                 // the client may have gone away meanwhile: nothing to do then
                 let _ = job.reply.send(reply);
             }
@@ -463,7 +465,7 @@ fn connection(mut stream: std::net::TcpStream, limit: usize, info: &[u8], jobs: 
                 Route::Now(r) => r,
                 Route::Task => {
                     let (tx, rx) = std::sync::mpsc::channel();
-                    match jobs.send(Job { method, url, body, reply: tx }) {
+                    match jobs.send(Job { body, reply: tx }) {
                         Ok(()) => rx.recv().unwrap_or_else(|_| Reply::error(500, "the model worker stopped")),
                         Err(_) => Reply::error(503, "the server is stopping"),
                     }
