@@ -66,6 +66,10 @@ struct ServeArgs {
     /// Largest request body accepted, in MiB (images travel base64-encoded in the JSON).
     #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     max_body_mb: usize,
+    /// Most new tokens one request may ask for (a longer request is refused, 400): one request
+    /// cannot hold the model for an unbounded decode.
+    #[arg(long, default_value_t = griffon_server::DEFAULT_MAX_NEW_TOKENS_LIMIT, value_parser = at_least_one)]
+    max_new_tokens_limit: usize,
 }
 
 #[derive(Args)]
@@ -724,8 +728,9 @@ fn serve_cmd(a: &ServeArgs) -> Result<()> {
     let description = a.model.identity()?;
     let listener = griffon_server::Listener::bind(&a.addr).map_err(|e| anyhow!(e))?;
     let m = a.model.load()?;
-    let service =
-        griffon_server::Service::new(m, description.clone()).body_limit(a.max_body_mb.saturating_mul(1 << 20));
+    let service = griffon_server::Service::new(m, description.clone())
+        .body_limit(a.max_body_mb.saturating_mul(1 << 20))
+        .max_new_tokens_limit(a.max_new_tokens_limit);
     // stdout, flushed: scripts and tests read the address (port 0 picks one)
     println!("serving {description} on http://{}/ (POST /v1/tasks, GET /v1/model)", listener.addr());
     std::io::stdout().flush()?;

@@ -38,6 +38,11 @@ pub const PAGE: &str = include_str!("page.html");
 /// otherwise: room for a few base64 images of 1022 px and more.
 pub const DEFAULT_BODY_LIMIT: usize = 64 << 20;
 
+/// Requests may ask for at most this many new tokens unless [`Service::max_new_tokens_limit`]
+/// says otherwise: one request cannot hold the model (and every request queued behind it) for
+/// an unbounded decode. The CLI's default answer budget (512) fits well inside it.
+pub const DEFAULT_MAX_NEW_TOKENS_LIMIT: usize = 4096;
+
 /// One request of `POST /v1/tasks`. Unknown fields are refused (a misspelt field would
 /// otherwise be ignored silently); fields another task uses are refused too.
 #[derive(Debug, Deserialize)]
@@ -62,7 +67,8 @@ pub struct TaskBody {
     pub prompt: Option<String>,
     /// chat: region / exemplar images (base64) in the order of the prompt's `<region>` markers.
     pub regions: Option<Vec<String>>,
-    /// Decoding (defaults as the CLI's: 512 tokens, greedy, top-p 1, seed 0).
+    /// Decoding (defaults as the CLI's: 512 tokens, greedy, top-p 1, seed 0; the server refuses
+    /// more tokens than its limit, `GET /v1/model`'s `max_new_tokens_limit`).
     pub max_new_tokens: Option<usize>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
@@ -116,8 +122,9 @@ enum Failure {
 pub struct Service {
     model: Griffon,
     /// `GET /v1/model`'s answer, made once (the connection threads answer it without the model).
-    info: Vec<u8>,
+    info: serde_json::Value,
     body_limit: usize,
+    max_new_tokens_limit: usize,
 }
 
 /// Where a request goes: answered at once (the page, the model info, refusals), or to the model.
@@ -160,10 +167,14 @@ impl Service {
             "image_size": model.image_size(),
             "region_size": model.region_size(),
             "tasks": ["detect", "ground", "phrases", "describe", "count", "chat"],
-        })
-        .to_string()
-        .into_bytes();
-        Self { model, info, body_limit: DEFAULT_BODY_LIMIT }
+        });
+        Self { model, info, body_limit: DEFAULT_BODY_LIMIT, max_new_tokens_limit: 0 }
+            .max_new_tokens_limit(DEFAULT_MAX_NEW_TOKENS_LIMIT)
+    }
+
+    /// The body of `GET /v1/model`.
+    fn info_body(&self) -> Vec<u8> {
+        self.info.to_string().into_bytes()
     }
 
     /// Refuse request bodies above `bytes` (413).
@@ -172,9 +183,18 @@ impl Service {
         self
     }
 
+    /// Refuse requests for more than `tokens` new tokens (400, naming `max_new_tokens`); a
+    /// request that names none gets the CLI's default budget, or `tokens` when that is smaller.
+    /// `GET /v1/model` reports it as `max_new_tokens_limit`.
+    pub fn max_new_tokens_limit(mut self, tokens: usize) -> Self {
+        self.max_new_tokens_limit = tokens.max(1);
+        self.info["max_new_tokens_limit"] = serde_json::json!(self.max_new_tokens_limit);
+        self
+    }
+
     /// Answers one request.
     pub fn handle(&self, method: &str, url: &str, body: &[u8]) -> Reply {
-        match route(method, url, &self.info) {
+        match route(method, url, &self.info_body()) {
             Route::Now(r) => r,
             Route::Task => self.task(body),
         }
@@ -198,7 +218,7 @@ impl Service {
             .map_err(|e| Failure::Model(format!("a temporary folder for the images: {e}")))?;
         // messages name the uploads by their field (the files are named so), not the folder
         let strip = |m: String| m.replace(&format!("{}/", dir.path().display()), "");
-        let (req, opts) = request_of(&b, dir.path()).map_err(|f| match f {
+        let (req, opts) = request_of(&b, dir.path(), self.max_new_tokens_limit).map_err(|f| match f {
             Failure::Input(m) => Failure::Input(strip(m)),
             Failure::Model(m) => Failure::Model(strip(m)),
         })?;
@@ -249,8 +269,9 @@ fn pixel_box(field: &str, b: [f64; 4]) -> Result<PixelBox, String> {
     Ok(PixelBox::new(b[0], b[1], b[2], b[3]))
 }
 
-/// The core request and run options of a body; uploads are written into `dir`.
-fn request_of(b: &TaskBody, dir: &Path) -> Result<(Request, RunOptions), Failure> {
+/// The core request and run options of a body; uploads are written into `dir`; at most
+/// `max_new_tokens_limit` new tokens.
+fn request_of(b: &TaskBody, dir: &Path, max_new_tokens_limit: usize) -> Result<(Request, RunOptions), Failure> {
     let input = |m: String| Failure::Input(m);
     // which optional fields each task reads; any other one given is refused
     let given: Vec<&str> = [
@@ -322,13 +343,20 @@ fn request_of(b: &TaskBody, dir: &Path) -> Result<(Request, RunOptions), Failure
     };
     let d = SamplingOptions::default();
     let sampling = SamplingOptions {
-        max_new_tokens: b.max_new_tokens.unwrap_or(d.max_new_tokens),
+        max_new_tokens: b.max_new_tokens.unwrap_or(d.max_new_tokens.min(max_new_tokens_limit)),
         temperature: b.temperature.unwrap_or(d.temperature),
         top_p: b.top_p.unwrap_or(d.top_p),
         seed: b.seed.unwrap_or(d.seed),
     };
     if let Some((name, what)) = sampling.problem() {
         return Err(input(format!("{name}: {what}")));
+    }
+    if sampling.max_new_tokens > max_new_tokens_limit {
+        return Err(input(format!(
+            "max_new_tokens: at most {max_new_tokens_limit} on this server (griffon serve \
+             --max-new-tokens-limit), got {}",
+            sampling.max_new_tokens
+        )));
     }
     let template = match b.template.as_deref() {
         None | Some("auto") => None,
@@ -409,7 +437,7 @@ impl Listener {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let open = Arc::new(AtomicUsize::new(0));
         let limit = service.body_limit;
-        let info: Arc<[u8]> = service.info.clone().into();
+        let info: Arc<[u8]> = service.info_body().into();
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for stream in self.listener.incoming() {

@@ -6,6 +6,7 @@
 
 use base64::Engine;
 use griffon_core::{Exemplar, PixelBox, Request, Task};
+use griffon_model::generate::SamplingOptions;
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_model::tasks::RunOptions;
 use griffon_server::{Reply, Service};
@@ -209,6 +210,39 @@ fn bad_input_is_refused_naming_the_field() {
     }
 }
 
+/// A request for more new tokens than the server's limit is refused naming the field; one that
+/// names none gets the smaller of the CLI's default and the limit, and says the answer was cut.
+#[test]
+fn new_tokens_are_limited() {
+    let m = load();
+    let opts =
+        |n| RunOptions { sampling: SamplingOptions { max_new_tokens: n, ..Default::default() }, ..Default::default() };
+    let task = Task::Detect { categories: vec!["circle".into(), "cross".into()] };
+    let want = direct(&m, task, &opts(6));
+    let s = Service::new(m, "models/default".into()).max_new_tokens_limit(6);
+    let info: Value = serde_json::from_slice(&s.handle("GET", "/v1/model", b"").body).unwrap();
+    assert_eq!(info["max_new_tokens_limit"], 6, "{info}");
+    let img = b64(&scene());
+    let body = json!({"task": "detect", "image": img, "categories": ["circle", "cross"], "max_new_tokens": 7});
+    let (status, v) = post(&s, &body);
+    assert_eq!(status, 400, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("max_new_tokens: at most 6 on this server (griffon serve --max-new-tokens-limit), got 7"),
+        "{e}"
+    );
+    for n in [None, Some(6)] {
+        let mut body = json!({"task": "detect", "image": img, "categories": ["circle", "cross"]});
+        if let Some(n) = n {
+            body["max_new_tokens"] = json!(n);
+        }
+        let (status, v) = post(&s, &body);
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(without_time(v), want, "{body}");
+    }
+    assert_eq!(want["truncated"], true, "{want}");
+}
+
 /// Sends `raw` as it is and reads the whole answer: (status, headers, body), an interim
 /// `100 Continue` skipped.
 fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, String, Vec<u8>) {
@@ -263,6 +297,7 @@ fn the_socket_serves_page_model_and_tasks() {
     let info: Value = serde_json::from_slice(&info).unwrap();
     assert_eq!(info["image_size"], 224, "{info}");
     assert_eq!(info["model"], "models/default");
+    assert_eq!(info["max_new_tokens_limit"], griffon_server::DEFAULT_MAX_NEW_TOKENS_LIMIT, "{info}");
     let body = json!({"task": "detect", "image": b64(&scene()), "categories": ["circle", "cross"]}).to_string();
     let (status, v) = http(addr, "POST", "/v1/tasks", body.as_bytes());
     let v: Value = serde_json::from_slice(&v).unwrap();
