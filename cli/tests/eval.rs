@@ -193,9 +193,11 @@ fn coco_runner_resume_and_shards() {
     let toy = Toy::new();
     let ann = toy.p("coco.json");
     // a partial run, then the rest: the first record is not redone
-    run_eval("coco", &toy, "full", &["--annotations", &ann, "--constrained", "--limit", "1"]);
+    let m1 = run_eval("coco", &toy, "full", &["--annotations", &ann, "--constrained", "--limit", "1"]);
     let first = records(&toy.dir.path().join("full"));
     assert_eq!(first.len(), 1);
+    // scored on the image that ran only (pycocotools' params.imgIds), not on every image
+    assert_eq!(m1["images"], 1, "{m1}");
     // a kill mid-write leaves a torn line, which resume cuts off
     let shard = toy.dir.path().join("full/predictions.shard-0-of-1.jsonl");
     let mut text = std::fs::read_to_string(&shard).unwrap();
@@ -204,6 +206,7 @@ fn coco_runner_resume_and_shards() {
     let m = run_eval("coco", &toy, "full", &["--annotations", &ann, "--constrained"]);
     let all = records(&toy.dir.path().join("full"));
     assert_eq!(all.len(), 2);
+    assert_eq!(m["images"], 2, "{m}");
     assert_eq!(all[0], first[0]);
     for r in &all {
         for k in ["id", "image", "prompts", "answer", "detections", "dropped", "truth"] {

@@ -64,12 +64,18 @@ pub fn coco_results_stats(annotations: &Path, results: &Path) -> Result<[f64; 12
     let gt = load_gt(annotations)?;
     let text = read_text(results)?;
     let detections = parse_results(&text, results)?;
-    stats_for(gt, &detections, results)
+    stats_for(gt, &detections, results, None)
 }
 
 /// [`coco_results_stats`] for detections already in memory (same checks; errors name the index
 /// in `detections`).
 pub fn coco_detections_stats(annotations: &Path, detections: &[CocoDetection]) -> Result<[f64; 12], EvalError> {
+    let gt = coco_detections_stats_checked(annotations, detections)?;
+    stats_for(gt, detections, Path::new("<detections>"), None)
+}
+
+/// The ground truth, once every detection's score and box are finite.
+fn coco_detections_stats_checked(annotations: &Path, detections: &[CocoDetection]) -> Result<COCO, EvalError> {
     let gt = load_gt(annotations)?;
     for (index, d) in detections.iter().enumerate() {
         let bad = if !d.score.is_finite() {
@@ -83,7 +89,24 @@ pub fn coco_detections_stats(annotations: &Path, detections: &[CocoDetection]) -
             return Err(EvalError::NonFinite { path: "<detections>".into(), index, field, image_id: Some(d.image_id) });
         }
     }
-    stats_for(gt, detections, Path::new("<detections>"))
+    Ok(gt)
+}
+
+/// [`coco_detections_stats`] over some of the ground truth's images only, as pycocotools with
+/// `cocoEval.params.imgIds = image_ids`: what scoring part of a data set needs (a run with
+/// `--limit`, shards not all done), where the images that did not run must not count as images
+/// on which nothing was found. Detections on other images are ignored; an id that is not an
+/// image of the ground truth is an error.
+pub fn coco_detections_stats_on(
+    annotations: &Path,
+    detections: &[CocoDetection],
+    image_ids: &[u64],
+) -> Result<[f64; 12], EvalError> {
+    if image_ids.is_empty() {
+        return Err(EvalError::Invalid("COCO scoring on no images: nothing ran".into()));
+    }
+    let all = coco_detections_stats_checked(annotations, detections)?;
+    stats_for(all, detections, Path::new("<detections>"), Some(image_ids))
 }
 
 /// Format the 12 stats the way pycocotools' `COCOeval.summarize()` prints them.
@@ -264,11 +287,20 @@ fn parse_results(text: &str, path: &Path) -> Result<Vec<CocoDetection>, EvalErro
     Ok(out)
 }
 
-fn stats_for(gt: COCO, detections: &[CocoDetection], path: &Path) -> Result<[f64; 12], EvalError> {
+/// `only`: evaluate these images (pycocotools' `params.imgIds`); all of the ground truth's when None.
+fn stats_for(
+    gt: COCO,
+    detections: &[CocoDetection],
+    path: &Path,
+    only: Option<&[u64]>,
+) -> Result<[f64; 12], EvalError> {
     if detections.is_empty() {
         return Err(EvalError::EmptyResults { path: path.into() });
     }
     let images: HashSet<u64> = gt.dataset.images.iter().map(|i| i.id).collect();
+    if let Some(&missing) = only.unwrap_or(&[]).iter().find(|id| !images.contains(id)) {
+        return Err(EvalError::Invalid(format!("image id {missing} to score is not an image of the ground truth")));
+    }
     let unknown: Vec<usize> =
         detections.iter().enumerate().filter(|(_, d)| !images.contains(&d.image_id)).map(|(i, _)| i).collect();
     if let Some(&first) = unknown.first() {
@@ -295,6 +327,13 @@ fn stats_for(gt: COCO, detections: &[CocoDetection], path: &Path) -> Result<[f64
         .collect();
     let dt = gt.load_res_anns(anns)?;
     let mut ev = COCOeval::new(gt, dt, IouType::Bbox);
+    if let Some(ids) = only {
+        // as pycocotools' evaluate(): np.unique(imgIds)
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        ev.params.img_ids = ids;
+    }
     ev.evaluate()?;
     ev.accumulate();
     // `summarize_lines` computes the stats without printing.

@@ -109,7 +109,7 @@ fn check_out_folder(items: &[Item], opts: &RunnerOptions) -> Result<Vec<Record>,
         }
     }
     let file = shard_file(&opts.out, opts.shard);
-    let stored = read_shard(&file)?;
+    let stored = read_shard(&file, true)?;
     check_stored(&file, &stored, items, opts)?;
     Ok(stored)
 }
@@ -140,8 +140,17 @@ pub fn shard_file(out: &Path, shard: (usize, usize)) -> PathBuf {
     out.join(format!("predictions.shard-{}-of-{}.jsonl", shard.0, shard.1))
 }
 
-/// Reads a shard file; a torn last line (a kill mid-write) is cut off the file.
-fn read_shard(path: &Path) -> Result<Vec<Record>, EvalError> {
+/// Written when a shard's run has gone through all its items (removed when a run of it starts):
+/// `eval merge` refuses a shard without it, one that stopped or is still running.
+pub fn done_file(out: &Path, shard: (usize, usize)) -> PathBuf {
+    out.join(format!("done.shard-{}-of-{}.json", shard.0, shard.1))
+}
+
+/// Reads a shard file. A torn last line (a kill mid-write: no newline at its end) is left out,
+/// and with `repair` (a run about to append) cut off the file; `eval merge` reads without
+/// repairing, so a shard still being written is not cut under its writer. A complete line that
+/// does not parse is an error naming it, the last one too.
+fn read_shard(path: &Path, repair: bool) -> Result<Vec<Record>, EvalError> {
     if !path.exists() {
         return Ok(vec![]);
     }
@@ -155,8 +164,11 @@ fn read_shard(path: &Path) -> Result<Vec<Record>, EvalError> {
                 out.push(r);
                 good_len += line.len();
             }
-            _ if i == lines.len() - 1 => {
+            _ if i == lines.len() - 1 && !line.ends_with('\n') => {
                 // torn tail: keep the valid prefix
+                if !repair {
+                    break;
+                }
                 let f = std::fs::OpenOptions::new()
                     .write(true)
                     .open(path)
@@ -266,6 +278,10 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
         .map(|(_, it)| it)
         .collect();
     let todo: Vec<&Item> = mine.iter().copied().filter(|it| !done.contains(&it.id)).collect();
+    let done_marker = done_file(&opts.out, opts.shard);
+    if done_marker.exists() {
+        std::fs::remove_file(&done_marker).map_err(|source| EvalError::Io { path: done_marker.clone(), source })?;
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -329,6 +345,9 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
         }
     }
     bar.finish();
+    let marker =
+        serde_json::json!({"items": mine.len(), "limit": opts.limit, "model": opts.model, "decoding": decoding});
+    std::fs::write(&done_marker, marker.to_string()).map_err(|source| EvalError::Io { path: done_marker, source })?;
     Ok(RunSummary {
         shard_file: file,
         items_in_shard: mine.len(),
@@ -392,6 +411,42 @@ fn check_shards_complete(out: &Path, files: &[PathBuf]) -> Result<(), EvalError>
             missing.join(", ")
         )));
     }
+    let unfinished: Vec<String> =
+        (0..n).filter(|&i| !done_file(out, (i, n)).is_file()).map(|i| format!("{i}/{n}")).collect();
+    if !unfinished.is_empty() {
+        return Err(EvalError::Invalid(format!(
+            "{}: shard(s) {} not finished (no done.shard-I-of-N.json: the run stopped, or is still \
+             running; run the same command again, which resumes, then merge)",
+            out.display(),
+            unfinished.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// One model and one decoding answered every record that names them: shards run with different
+/// models or settings into one folder are refused, not scored together.
+fn check_one_run(out: &Path, records: &[Record]) -> Result<(), EvalError> {
+    for (what, get) in [
+        ("model", (|r: &Record| r.model.clone()) as fn(&Record) -> Option<String>),
+        ("decoding", |r: &Record| r.decoding.clone()),
+    ] {
+        let mut first: Option<(String, &str)> = None;
+        for r in records {
+            let Some(v) = get(r) else { continue };
+            match &first {
+                None => first = Some((v, &r.id)),
+                Some((f, id)) if *f != v => {
+                    return Err(EvalError::Invalid(format!(
+                        "{}: records of two runs: item {id} has {what} {f:?}, item {} has {v:?}",
+                        out.display(),
+                        r.id
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+    }
     Ok(())
 }
 
@@ -406,7 +461,7 @@ pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut all: Vec<Record> = Vec::new();
     for f in files {
-        for r in read_shard(&f)? {
+        for r in read_shard(&f, false)? {
             match seen.get(&r.id) {
                 None => {
                     seen.insert(r.id.clone(), all.len());
@@ -418,6 +473,7 @@ pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
         }
     }
     all.sort_by(|a, b| a.id.cmp(&b.id));
+    check_one_run(out, &all)?;
     Ok(all)
 }
 
@@ -434,8 +490,12 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
             let ids = coco_category_ids(ann)?;
             let mut dets = Vec::new();
             let mut unknown = 0usize;
+            // the images that ran (with or without detections, failed ones too): only these are
+            // scored, so a run over part of the data set is not charged for the images it skipped
+            let mut images = Vec::new();
             for r in records {
                 let Truth::Coco { image_id } = r.truth else { continue };
+                images.push(image_id);
                 for d in &r.detections {
                     match d.label.as_ref().and_then(|l| ids.get(l)) {
                         Some(&category_id) => dets.push(crate::coco::CocoDetection {
@@ -457,12 +517,13 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
                 .map_err(|source| EvalError::Io { path: rf.clone(), source })?;
             if dets.is_empty() {
                 // pycocotools cannot load an empty results list: report that instead of a number
-                serde_json::json!({"task": "coco", "stats": null, "detections": 0, "unknown_labels_dropped": unknown,
+                serde_json::json!({"task": "coco", "stats": null, "images": images.len(), "detections": 0, "unknown_labels_dropped": unknown,
                                    "note": "the model produced no detection with a known category: there is nothing to score (pycocotools cannot load an empty results list)"})
             } else {
-                let stats = crate::coco::coco_detections_stats(ann, &dets)?;
+                let stats = crate::coco::coco_detections_stats_on(ann, &dets, &images)?;
                 serde_json::json!({"task": "coco", "stats": stats, "names": crate::coco::COCO_STAT_NAMES,
-                                   "detections": dets.len(), "unknown_labels_dropped": unknown, "results_file": rf})
+                                   "images": images.len(), "detections": dets.len(), "unknown_labels_dropped": unknown,
+                                   "results_file": rf})
             }
         }
         Truth::Rec { .. } => {
@@ -577,4 +638,69 @@ pub fn check_single_task(records: &[Record]) -> Result<(), EvalError> {
         return Err(EvalError::Invalid("the output folder mixes records of different tasks".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    fn line(id: &str) -> String {
+        line_of(id, None)
+    }
+
+    fn line_of(id: &str, model: Option<&str>) -> String {
+        let r = Record {
+            id: id.into(),
+            image: "a.png".into(),
+            prompts: vec![],
+            answer: "None".into(),
+            detections: vec![],
+            dropped: vec![],
+            truth: Truth::Coco { image_id: 1 },
+            error: None,
+            truncated: false,
+            max_new_tokens: None,
+            model: model.map(str::to_string),
+            decoding: None,
+        };
+        serde_json::to_string(&r).unwrap() + "\n"
+    }
+
+    /// merge refuses a shard that has not finished (no done marker) and records of two models.
+    #[test]
+    fn merge_needs_finished_shards_of_one_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        std::fs::write(shard_file(out, (0, 2)), line_of("1", Some("m"))).unwrap();
+        std::fs::write(shard_file(out, (1, 2)), line_of("2", Some("m"))).unwrap();
+        std::fs::write(done_file(out, (0, 2)), "{}").unwrap();
+        let e = merge(out).unwrap_err().to_string();
+        assert!(e.contains("shard(s) 1/2 not finished"), "{e}");
+        std::fs::write(done_file(out, (1, 2)), "{}").unwrap();
+        assert_eq!(merge(out).unwrap().len(), 2);
+        std::fs::write(shard_file(out, (1, 2)), line_of("2", Some("other"))).unwrap();
+        let e = merge(out).unwrap_err().to_string();
+        assert!(e.contains("records of two runs: item 1 has model \"m\", item 2 has \"other\""), "{e}");
+    }
+
+    /// A torn tail is left out, and cut off the file only when repairing; a complete last line
+    /// that does not parse is an error naming it, not a torn tail.
+    #[test]
+    fn torn_tails_and_broken_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("predictions.shard-0-of-1.jsonl");
+        let torn = format!("{}{}{{\"id\": \"3\", \"ima", line("1"), line("2"));
+        std::fs::write(&f, &torn).unwrap();
+        assert_eq!(read_shard(&f, false).unwrap().len(), 2);
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), torn, "merge's read changed the file");
+        assert_eq!(read_shard(&f, true).unwrap().len(), 2);
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), line("1") + &line("2"));
+        let broken = line("1") + "{\"id\": \"2\"}\n";
+        std::fs::write(&f, &broken).unwrap();
+        for repair in [false, true] {
+            let e = read_shard(&f, repair).unwrap_err().to_string();
+            assert!(e.contains("line 2"), "{e}");
+        }
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), broken, "a broken complete line was cut");
+    }
 }

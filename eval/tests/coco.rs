@@ -3,7 +3,9 @@
 mod common;
 
 use common::{f64s, fixture, read_json, scratch, shared};
-use griffon_eval::{coco_detections_stats, coco_results_stats, format_coco_stats, CocoDetection, EvalError};
+use griffon_eval::{
+    coco_detections_stats, coco_detections_stats_on, coco_results_stats, format_coco_stats, CocoDetection, EvalError,
+};
 
 const TOL: f64 = 1e-12;
 
@@ -181,4 +183,43 @@ fn wrong_shapes_are_errors() {
     );
     let err = coco_results_stats(missing, &fixture("coco/edge/dt.json")).unwrap_err();
     assert!(matches!(err, EvalError::Io { .. }), "{err}");
+}
+
+/// Scoring some of the images (pycocotools with `params.imgIds`): the generator's subsets, and
+/// the same over every image equals the whole-file stats; an id outside the ground truth and an
+/// empty list are errors.
+#[test]
+fn a_subset_of_the_images_scores_as_pycocotools_with_img_ids() {
+    let expected = read_json(&fixture("coco/expected.json"));
+    let subsets = expected["subsets"].as_object().expect("expected.json has subsets");
+    assert!(!subsets.is_empty());
+    let dets_of = |dt: &std::path::Path| -> Vec<CocoDetection> {
+        read_json(dt)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| CocoDetection {
+                image_id: d["image_id"].as_u64().unwrap(),
+                category_id: d["category_id"].as_u64().unwrap(),
+                bbox: f64s(&d["bbox"]).try_into().unwrap(),
+                score: d["score"].as_f64().unwrap(),
+            })
+            .collect()
+    };
+    for (name, case) in subsets {
+        let gt = fixture(&format!("coco/{}", case["gt"].as_str().unwrap()));
+        let dt = fixture(&format!("coco/{}", case["dt"].as_str().unwrap()));
+        let ids: Vec<u64> = case["img_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let dets = dets_of(&dt);
+        let stats = coco_detections_stats_on(&gt, &dets, &ids).unwrap_or_else(|e| panic!("{name}: {e}"));
+        check(name, &stats, &f64s(&case["stats"]));
+        let whole = coco_results_stats(&gt, &dt).unwrap();
+        assert_ne!(stats, whole, "{name}: the subset scores differently from the whole");
+        let all: Vec<u64> =
+            read_json(&gt)["images"].as_array().unwrap().iter().map(|i| i["id"].as_u64().unwrap()).collect();
+        assert_eq!(coco_detections_stats_on(&gt, &dets, &all).unwrap(), whole, "{name}: every image");
+        let e = coco_detections_stats_on(&gt, &dets, &[1, 9999]).unwrap_err().to_string();
+        assert!(e.contains("image id 9999"), "{e}");
+        assert!(coco_detections_stats_on(&gt, &dets, &[]).is_err());
+    }
 }

@@ -26,6 +26,11 @@ Cases:
 
 Besides the stats, expected.json records the text `COCOeval.summarize()` prints.
 
+Subsets (`subsets` in expected.json): a case scored on some of its images only
+(`cocoEval.params.imgIds = ids`, what an evaluation of part of a data set must do: a run with
+`--limit`, or before its shards are all done); the detections file is the whole case's.
+  random_part  the random case's images 1..15 (image 9 has no GT) and 20, 27, 36 (36 has no GT)
+
 Run from the repo root:  /work/venv/bin/python tools/reference/make_coco_vectors.py
 """
 import contextlib
@@ -197,11 +202,13 @@ def case_no_gt():
     return gt, dets
 
 
-def stats_for(gt_path, dt_path):
+def stats_for(gt_path, dt_path, img_ids=None):
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(gt_path)
         coco_dt = coco_gt.loadRes(dt_path)
         ev = COCOeval(coco_gt, coco_dt, "bbox")
+        if img_ids is not None:
+            ev.params.imgIds = img_ids
         ev.evaluate()
         ev.accumulate()
     out = io.StringIO()
@@ -231,6 +238,13 @@ def main():
         stats, summary = stats_for(gt_path, dt_path)
         expected["cases"][name] = {"gt": name + "/gt.json", "dt": name + "/dt.json", "stats": stats, "summary": summary}
         print(name, len(gt["annotations"]), "gt,", len(dets), "dt:", stats)
+    expected["subsets"] = {}
+    for name, case, ids in [("random_part", "random", list(range(1, 16)) + [20, 27, 36])]:
+        gt_path = os.path.join(OUT, case, "gt.json")
+        dt_path = os.path.join(OUT, case, "dt.json")
+        stats, summary = stats_for(gt_path, dt_path, ids)
+        expected["subsets"][name] = {"gt": case + "/gt.json", "dt": case + "/dt.json", "img_ids": ids, "stats": stats}
+        print(name, "on", len(ids), "images:", stats)
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
 
