@@ -66,6 +66,23 @@ fn constrained_detection_always_parses() {
     }
 }
 
+/// With the list split into chunks, each call's answer may only name the categories it asked
+/// about (not the whole list's).
+#[test]
+fn constrained_detection_names_only_its_chunk() {
+    let cats = ["person", "car", "dog"];
+    let v =
+        task("detect", &["--categories", "person,car,dog", "--chunk", "1", "--constrained", "--max-new-tokens", "120"]);
+    let texts: Vec<&str> = v["text"].as_str().unwrap().split('\n').collect();
+    assert_eq!(texts.len(), 3, "{v}");
+    for (t, cat) in texts.iter().zip(cats) {
+        for other in cats.iter().filter(|c| **c != cat) {
+            assert!(!t.contains(&format!("{other}-[")), "the call asking for {cat} answered {t:?}");
+        }
+    }
+    assert!(v["dropped"].as_array().unwrap().is_empty(), "{v}");
+}
+
 #[test]
 fn constrained_count_is_nameless() {
     let d = fixture();

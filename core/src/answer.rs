@@ -89,14 +89,20 @@ fn parse_group(inner: &str) -> Result<NormBox, String> {
     Ok(NormBox::new(v[0], v[1], v[2], v[3]))
 }
 
-/// Trims whitespace and one joining `-` (with whitespace around it) from the end of a name.
-fn clean_name(raw: &str, offset: usize) -> Option<(String, Range<usize>)> {
+/// Trims whitespace and one joining `-` (with whitespace around it) from the end of a name;
+/// `after_box`: the name follows another box in the same `&` piece, so separators written
+/// between the two (`cat-[..], dog-[..]`: `,` `;` `:`) are not part of it either.
+fn clean_name(raw: &str, offset: usize, after_box: bool) -> Option<(String, Range<usize>)> {
     let mut s = raw.trim_end();
     if let Some(x) = s.strip_suffix('-') {
         s = x.trim_end();
     }
-    let lead = s.len() - s.trim_start().len();
-    let s2 = s.trim_start();
+    let s2 = if after_box {
+        s.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':'))
+    } else {
+        s.trim_start()
+    };
+    let lead = s.len() - s2.len();
     if s2.is_empty() {
         None
     } else {
@@ -142,11 +148,18 @@ pub fn parse_answer(text: &str) -> ParsedAnswer {
             if let Some(nested) = piece[open + 1..close].rfind('[') {
                 let junk = &piece[open..open + 1 + nested];
                 out.dropped.push(Dropped { text: junk.trim().to_string(), reason: "unclosed bracket".into() });
+                // the junk may end with the next box's name (`[0.3 bird-[...]`): the text after its
+                // last coordinate character names that box, not the previous box's name
+                let tail =
+                    junk.rfind(|c: char| c.is_ascii_digit() || matches!(c, '.' | ',' | '[')).map_or(0, |i| i + 1);
+                if let Some(name) = clean_name(&junk[tail..], base + open + tail, true) {
+                    last_label = Some(name);
+                }
                 cursor = open + 1 + nested;
                 continue;
             }
             let name_text = &piece[cursor..open];
-            let label = match clean_name(name_text, base + cursor) {
+            let label = match clean_name(name_text, base + cursor, cursor > 0) {
                 Some(l) => Some(l),
                 None => last_label.clone(),
             };
@@ -311,6 +324,28 @@ mod tests {
     fn several_boxes_in_one_piece_share_the_name() {
         let p = parse_answer("person-[0.1,0.1,0.2,0.2][0.3,0.3,0.4,0.4]");
         assert_eq!(labels(&p), vec![Some("person"), Some("person")]);
+    }
+
+    /// Separators between two boxes of one piece are not part of the second name, and a name
+    /// written after a broken box names the next box (not the box before it).
+    #[test]
+    fn names_after_a_box_and_after_a_broken_box() {
+        let text = "cat-[0.1,0.1,0.2,0.2], dog-[0.3,0.3,0.4,0.4]; bird-[0.5,0.5,0.6,0.6]";
+        let p = parse_answer(text);
+        let labels: Vec<_> = p.instances.iter().map(|i| i.label.clone().unwrap()).collect();
+        assert_eq!(labels, ["cat", "dog", "bird"]);
+        assert_eq!(&text[p.instances[1].name_span.clone().unwrap()], "dog");
+        assert!(p.dropped.is_empty(), "{:?}", p.dropped);
+        let text = "cat-[0.1,0.1,0.2,0.2] dog-[0.3 bird-[0.5,0.5,0.6,0.6]";
+        let p = parse_answer(text);
+        assert_eq!(p.instances.len(), 2);
+        assert_eq!(p.instances[1].label.as_deref(), Some("bird"));
+        assert_eq!(&text[p.instances[1].name_span.clone().unwrap()], "bird");
+        assert_eq!(p.dropped.len(), 1);
+        assert_eq!(p.dropped[0].reason, "unclosed bracket");
+        // junk without a name: the box keeps the piece's previous name, as before
+        let p = parse_answer("cat-[0.1,0.1,0.2,0.2] [0.3 [0.5,0.5,0.6,0.6]");
+        assert_eq!(p.instances[1].label.as_deref(), Some("cat"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Training-free confidence per box from the probabilities seen while decoding
 //! (shared/GRIFFON_FORMAT.md, "Confidence"; source: jefferyZhan/Griffon `coor_utils.accum_probs`,
 //! used by `eval/eval_detection.py` for COCO mAP): class probability = product of the name-token
-//! probabilities, box probability = product of the coordinate-token probabilities,
+//! probabilities, box probability = product of the coordinate-token probabilities (not the
+//! bracket tokens: the reference's markers),
 //! score = sqrt(class * box).
 //!
 //! [`reference_accum_probs`] is a faithful port of the reference function, which finds names and
@@ -25,14 +26,20 @@ fn product_over(tokens: &[TokenSpan], span: &std::ops::Range<usize>) -> f64 {
     tokens.iter().filter(|t| t.end > span.start && t.start < span.end).map(|t| t.prob).product()
 }
 
-/// sqrt(P(name tokens) * P(box tokens)) per instance; a name-less (counting) box uses
-/// P(name) = 1. Tokens are matched to the spans by byte overlap.
+/// sqrt(P(name tokens) * P(coordinate tokens)) per instance; a name-less (counting) box uses
+/// P(name) = 1. Tokens are matched to the spans by byte overlap. The coordinate tokens are those
+/// overlapping the text between the brackets: a token that holds only a bracket and the joining
+/// characters (`[`, `-[`, `]`, `]&`) is not one, as the reference's box product runs strictly
+/// between its start and end marker tokens (until session 28 those tokens were multiplied in).
 pub fn instance_scores(instances: &[Instance], tokens: &[TokenSpan]) -> Vec<f64> {
     instances
         .iter()
         .map(|inst| {
             let class = inst.name_span.as_ref().map(|s| product_over(tokens, s)).unwrap_or(1.0);
-            let boxp = product_over(tokens, &inst.box_span);
+            let b = &inst.box_span;
+            // box_span holds the brackets: at least two bytes
+            let inner = b.start + 1..b.end.saturating_sub(1).max(b.start + 1);
+            let boxp = product_over(tokens, &inner);
             (class * boxp).sqrt()
         })
         .collect()
@@ -95,8 +102,20 @@ mod tests {
         let toks: Vec<TokenSpan> =
             (0..6).map(|i| TokenSpan { start: cuts[i], end: cuts[i + 1], prob: probs[i] }).collect();
         let s = instance_scores(&p.instances, &toks);
-        assert!((s[0] - (0.9f64 * (0.8 * 0.5 * 0.4)).sqrt()).abs() < 1e-12);
-        assert!((s[1] - (0.7f64 * 0.6).sqrt()).abs() < 1e-12);
+        // "-[" and "&[" hold no coordinate: left out, as the reference's markers
+        assert!((s[0] - (0.9f64 * (0.5 * 0.4)).sqrt()).abs() < 1e-12);
+        assert!((s[1] - 0.6f64.sqrt()).abs() < 1e-12);
+        // a bracket alone, a "]&" token and a token holding a bracket and a coordinate
+        let text = "a-[0.1,0.2,0.3,0.4]&b-[0.5,0.5,0.6,0.6]";
+        let p = parse_answer(text);
+        // tokens: "a" "-" "[" "0.1,0.2,0.3,0.4" "]&" "b" "-[0.5" ",0.5,0.6,0.6]"
+        let cuts = [0, 1, 2, 3, 18, 20, 21, 26, text.len()];
+        let probs = [0.9, 0.8, 0.7, 0.5, 0.3, 0.6, 0.4, 0.2];
+        let toks: Vec<TokenSpan> =
+            (0..8).map(|i| TokenSpan { start: cuts[i], end: cuts[i + 1], prob: probs[i] }).collect();
+        let s = instance_scores(&p.instances, &toks);
+        assert!((s[0] - (0.9f64 * 0.5).sqrt()).abs() < 1e-12, "{s:?}");
+        assert!((s[1] - (0.6f64 * (0.4 * 0.2)).sqrt()).abs() < 1e-12, "{s:?}");
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub enum Task {
     Describe { region: PixelBox },
     /// Count the objects like the exemplar.
     Count { exemplar: Exemplar },
-    /// A free prompt; each `<region>` takes the next exemplar.
+    /// A free prompt; each `<region>` takes the next exemplar. With the one main image the
+    /// reference's placeholder order (image, region, image, ...) allows one `<region>`, after
+    /// the image's `<image>` (added at the start when the prompt has none).
     Chat { prompt: String, regions: Vec<Exemplar> },
 }
 
@@ -59,10 +61,18 @@ pub struct Turn {
     pub label: Option<String>,
     /// Whether the answer is expected in the name-less box form.
     pub nameless: bool,
+    /// For detection: the categories this turn asks about (its chunk of the list); empty otherwise.
+    pub categories: Vec<String>,
 }
 
-fn clean_list(items: &[String], what: &str) -> Result<Vec<String>, String> {
-    let v: Vec<String> = items.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+/// The items trimmed, empty ones left out; for categories (`unique`) a repeated one is kept once,
+/// where it first appears (asked twice, its boxes would come back twice).
+fn clean_list(items: &[String], what: &str, unique: bool) -> Result<Vec<String>, String> {
+    let mut v: Vec<String> = items.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    if unique {
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|s| seen.insert(s.clone()));
+    }
     if v.is_empty() {
         return Err(format!("the {what} list is empty"));
     }
@@ -105,6 +115,7 @@ impl Request {
             regions,
             label,
             nameless,
+            categories: vec![],
         };
         let check_exemplar = |e: &Exemplar| -> Result<(), String> {
             match e {
@@ -114,11 +125,13 @@ impl Request {
         };
         Ok(match &self.task {
             Task::Detect { categories } => {
-                let cats = clean_list(categories, "category")?;
+                let cats = clean_list(categories, "category", true)?;
                 if chunk == 0 {
                     return Err("the category chunk size must be at least 1".into());
                 }
-                cats.chunks(chunk).map(|c| turn(detect_prompt(c), vec![], None, false)).collect()
+                cats.chunks(chunk)
+                    .map(|c| Turn { categories: c.to_vec(), ..turn(detect_prompt(c), vec![], None, false) })
+                    .collect()
             }
             Task::Ground { expression } => {
                 let e = expression.trim();
@@ -127,7 +140,7 @@ impl Request {
                 }
                 vec![turn(rec_prompt(e), vec![], Some(e.to_string()), false)]
             }
-            Task::Phrases { phrases } => clean_list(phrases, "phrase")?
+            Task::Phrases { phrases } => clean_list(phrases, "phrase", false)?
                 .into_iter()
                 .map(|p| turn(rec_prompt(&p), vec![], Some(p), false))
                 .collect(),
@@ -150,6 +163,10 @@ impl Request {
                         regions.len()
                     ));
                 }
+                // checked here, before any image is read: the reference fills placeholders by
+                // position (image, region, image, ...), so with one main image a prompt holds at
+                // most one <region>, after the image
+                crate::prompt::check_marker_order(&crate::template::with_image_marker(prompt)).map_err(|e| e.0)?;
                 for r in regions {
                     check_exemplar(r)?;
                 }
@@ -174,6 +191,17 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert!(t[0].user_text.ends_with("The category set includes person, car."));
         assert!(t[1].user_text.ends_with("includes dog."));
+        assert_eq!(t[0].categories, ["person", "car"]);
+        assert_eq!(t[1].categories, ["dog"]);
+        // a repeated category is asked once, where it first appears
+        let cats: Vec<String> = ["dog", "cat", " dog", "cat", "bird"].iter().map(|s| s.to_string()).collect();
+        let t = req(Task::Detect { categories: cats }).turns(100, 100, 2).unwrap();
+        assert_eq!(t.iter().map(|t| t.categories.clone()).collect::<Vec<_>>(), [vec!["dog", "cat"], vec!["bird"]]);
+        assert!(t[1].user_text.ends_with("includes bird."));
+        // phrases keep their repeats (a caption may name two different "a man")
+        let t = req(Task::Phrases { phrases: vec!["a man".into(), "a man".into()] }).turns(100, 100, 80).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t[0].categories.is_empty());
     }
 
     #[test]
@@ -199,6 +227,16 @@ mod tests {
         assert!(zero.unwrap_err().contains("zero"));
         let chat = req(Task::Chat { prompt: "x <region>".into(), regions: vec![] }).turns(10, 10, 80);
         assert!(chat.unwrap_err().contains("1 <region>"));
+        // two regions need two main images: refused before any image is read, naming the order
+        let two = vec![Exemplar::Image("a.png".into()), Exemplar::Image("b.png".into())];
+        let chat = req(Task::Chat { prompt: "compare <region> and <region>".into(), regions: two }).turns(10, 10, 80);
+        let e = chat.unwrap_err();
+        assert!(e.contains("placeholder 3 of the prompt is written <region>"), "{e}");
+        let chat =
+            req(Task::Chat { prompt: "<region> on <image>".into(), regions: vec![Exemplar::Image("a.png".into())] });
+        assert!(chat.turns(10, 10, 80).unwrap_err().contains("placeholder 1"));
+        let one = vec![Exemplar::Image("a.png".into())];
+        assert!(req(Task::Chat { prompt: "what is <region>?".into(), regions: one }).turns(10, 10, 80).is_ok());
         assert!(req(Task::Ground { expression: "  ".into() }).turns(10, 10, 80).is_err());
     }
 

@@ -206,12 +206,10 @@ impl Griffon {
             let regions = turn.regions.iter().map(|e| exemplar_image(e, &main)).collect::<Result<Vec<_>>>()?;
             let grammar = if opts.constrained {
                 match &req.task {
-                    Task::Detect { categories } => Some(AnswerGrammar {
-                        names: Some(
-                            categories.iter().map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect(),
-                        ),
-                        nameless: false,
-                    }),
+                    // the names this turn asked about (its chunk), not the whole list
+                    Task::Detect { .. } => {
+                        Some(AnswerGrammar { names: Some(turn.categories.clone()), nameless: false })
+                    }
                     Task::Count { .. } => Some(AnswerGrammar { names: None, nameless: true }),
                     Task::Ground { .. } | Task::Phrases { .. } => Some(AnswerGrammar { names: None, nameless: false }),
                     Task::Describe { .. } | Task::Chat { .. } => None,
