@@ -409,13 +409,15 @@ impl ModelArgs {
         bail!("no model: give --model (or set $GRIFFON_MODEL); the bundled default model {} is not there", d.display())
     }
 
-    /// The model folder (canonical path) and the load options that change its answers: what an
+    /// The model folder (canonical path), a fingerprint of its weights (a folder rewritten with
+    /// other weights is another model) and the load options that change its answers: what an
     /// evaluation's records are checked against on resume.
     fn identity(&self) -> Result<String> {
         let dir = self.dir()?;
         let dir = dir.canonicalize().with_context(|| format!("model folder {}", dir.display()))?;
+        let weights = griffon_model::loader::weights_fingerprint(&dir)?;
         Ok(format!(
-            "{} (image size {}, tiles {}, position interpolation {}, dtype {})",
+            "{} (weights {weights}, image size {}, tiles {}, position interpolation {}, dtype {})",
             dir.display(),
             self.image_size.map_or("stored".to_string(), |s| s.to_string()),
             self.tiles.map_or("stored".to_string(), |t| t.to_string()),

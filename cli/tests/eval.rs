@@ -260,7 +260,16 @@ fn grounding_description_and_counting_runners() {
         "{\"id\": 9, \"img_path\": \"a.png\", \"expression\": \"the red square\", \"bbox\": [18, 17, 45, 35]}\n",
     )
     .unwrap();
-    for (data, why) in [("edited.jsonl", "ground truth differs"), ("other.jsonl", "this dataset has no such id")] {
+    std::fs::write(
+        toy.p("asked.jsonl"),
+        "{\"id\": 7, \"img_path\": \"a.png\", \"expression\": \"the blue thing\", \"bbox\": [18, 17, 45, 35]}\n",
+    )
+    .unwrap();
+    for (data, why) in [
+        ("edited.jsonl", "ground truth differs"),
+        ("other.jsonl", "this dataset has no such id"),
+        ("asked.jsonl", "it asked the model something else"),
+    ] {
         let o = rerun(&toy.p(data), &[]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains("another evaluation wrote") && err.contains(why), "{data}: {err}");

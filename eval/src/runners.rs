@@ -211,12 +211,24 @@ fn check_stored(file: &Path, stored: &[Record], items: &[Item], opts: &RunnerOpt
     // the item's truth as it reads back from a record (serde_json may parse a written decimal
     // one ulp off: comparing the item's own value would refuse a valid resume)
     let as_stored = |t: &Truth| serde_json::to_string(t).ok().and_then(|j| serde_json::from_str::<Truth>(&j).ok());
+    // what the item asks the model now (the expression, categories, region, exemplar): the
+    // prompts a record stores must be these (None when they cannot be made here, e.g. the image
+    // is unreadable now: then the run reports that)
+    let asks = |it: &Item| -> Option<Vec<String>> {
+        let (w, h) = image::image_dimensions(&it.request.image).ok()?;
+        let turns = it.request.turns(w, h, opts.run.chunk).ok()?;
+        Some(turns.into_iter().map(|t| t.user_text).collect())
+    };
     for r in stored {
         let problem = match by_id.get(r.id.as_str()) {
             None => "this dataset has no such id",
             Some(it) if !same_file(&it.request.image, &r.image) => "its image differs from this dataset's",
             Some(it) if as_stored(&it.truth).as_ref() != Some(&r.truth) => {
                 "its ground truth differs from this dataset's"
+            }
+            Some(it) if r.error.is_none() && asks(it).is_some_and(|p| p != r.prompts) => {
+                "it asked the model something else: its prompts differ from this dataset's (an expression, \
+                 category list, region or exemplar changed)"
             }
             Some(_) => continue,
         };

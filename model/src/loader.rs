@@ -281,3 +281,76 @@ impl<'a> Scope<'a> {
         self.ck.shape(&self.name(leaf))
     }
 }
+
+/// A fingerprint of a model folder's weights (its `*.safetensors` files): each file's name and
+/// size and an FNV-1a hash of 256 blocks of 4 KiB spread evenly over it, so at most 1 MiB is read
+/// per file whatever its size. What an evaluation stores beside the folder's path, so that a folder
+/// rewritten with other weights (a model bundled anew at the same place) is not taken for the one
+/// that wrote the stored answers: training moves weights all through the file, so two checkpoints
+/// of one run differ in it.
+pub fn weights_fingerprint(dir: &Path) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const BLOCKS: u64 = 256;
+    const BLOCK: u64 = 4096;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return invalid(format!("{}: no .safetensors weights", dir.display()));
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    let mut buf = vec![0u8; BLOCK as usize];
+    for f in &files {
+        let mut file = std::fs::File::open(f).map_err(io_err(f))?;
+        let len = file.metadata().map_err(io_err(f))?.len();
+        eat(f.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        eat(&len.to_le_bytes());
+        for k in 0..BLOCKS {
+            let at = (len.saturating_sub(BLOCK)) * k / (BLOCKS - 1);
+            file.seek(SeekFrom::Start(at)).map_err(io_err(f))?;
+            let n = (len - at).min(BLOCK) as usize;
+            file.read_exact(&mut buf[..n]).map_err(io_err(f))?;
+            eat(&buf[..n]);
+        }
+    }
+    Ok(format!("{h:016x}"))
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    /// The same bytes give the same fingerprint; a changed weight anywhere a block reads, a
+    /// renamed or resized file change it; a folder without weights is an error.
+    #[test]
+    fn weights_fingerprint_follows_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("model.safetensors");
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+        std::fs::write(&f, &bytes).unwrap();
+        let a = weights_fingerprint(dir.path()).unwrap();
+        assert_eq!(a, weights_fingerprint(dir.path()).unwrap());
+        let mut changed = bytes.clone();
+        changed[bytes.len() - 1] ^= 1; // the last block is always read
+        std::fs::write(&f, &changed).unwrap();
+        assert_ne!(a, weights_fingerprint(dir.path()).unwrap());
+        std::fs::write(&f, &bytes[..bytes.len() - 1]).unwrap();
+        assert_ne!(a, weights_fingerprint(dir.path()).unwrap());
+        std::fs::write(&f, &bytes).unwrap();
+        std::fs::rename(&f, dir.path().join("other.safetensors")).unwrap();
+        assert_ne!(a, weights_fingerprint(dir.path()).unwrap());
+        std::fs::write(dir.path().join("tiny.safetensors"), b"ab").unwrap(); // shorter than a block
+        weights_fingerprint(dir.path()).unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        assert!(weights_fingerprint(empty.path()).unwrap_err().to_string().contains("no .safetensors"));
+    }
+}
