@@ -937,6 +937,16 @@ fn all_failed(records: &[griffon_eval::runners::Record], out: &std::path::Path) 
 }
 
 /// Runs a dataset into `out`; returns the metrics when the run is not sharded.
+/// How an evaluation decodes.
+fn eval_run_options(a: &EvalRunArgs) -> Result<RunOptions> {
+    Ok(RunOptions {
+        sampling: a.decode.sampling()?,
+        template: a.decode.template()?,
+        chunk: a.chunk,
+        constrained: a.constrained,
+    })
+}
+
 fn eval_run_metrics(
     a: &EvalRunArgs,
     out: &std::path::Path,
@@ -949,12 +959,7 @@ fn eval_run_metrics(
         out: out.to_path_buf(),
         shard,
         limit: a.limit,
-        run: RunOptions {
-            sampling: a.decode.sampling()?,
-            template: a.decode.template()?,
-            chunk: a.chunk,
-            constrained: a.constrained,
-        },
+        run: eval_run_options(a)?,
         progress: !a.quiet,
         model: Some(a.model.identity()?),
     };
@@ -1038,20 +1043,38 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
         bail!("{}: absent (a split written before it existed)", any.display());
     }
     // a run of some tasks adds to the summary of earlier runs into the same --out (whose
-    // per-task folders it resumes anyway)
+    // per-task folders it resumes anyway), when they were of this model and decoding (a summary
+    // written before they were stored is added to as before)
     let f = a.out.join("synth_metrics.json");
+    let who = serde_json::json!({
+        "model": a.model.identity()?,
+        "decoding": griffon_eval::runners::decoding_of(&eval_run_options(a)?),
+    });
     let mut summary = match (tasks.is_some(), f.is_file()) {
         (true, true) => {
             let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
             match serde_json::from_str::<serde_json::Value>(&text)
                 .with_context(|| format!("reading {}", f.display()))?
             {
-                serde_json::Value::Object(m) => m,
+                serde_json::Value::Object(m) => {
+                    for k in ["model", "decoding"] {
+                        if let Some(theirs) = m.get(k).filter(|v| **v != who[k]) {
+                            bail!(
+                                "{}: holds results of another {k} ({theirs}; this run: {}): use a new --out",
+                                f.display(),
+                                who[k]
+                            );
+                        }
+                    }
+                    m
+                }
                 _ => bail!("{}: not a JSON object", f.display()),
             }
         }
         _ => serde_json::Map::new(),
     };
+    summary.insert("model".into(), who["model"].clone());
+    summary.insert("decoding".into(), who["decoding"].clone());
     let ann = d.join("instances.json");
     // per evaluation: samples, and those that failed or whose answers were cut (kept beside an
     // earlier summary's entries for evaluations this call does not rerun, as the metrics are)

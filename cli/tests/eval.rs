@@ -441,17 +441,23 @@ fn synth_benchmark_generates_and_evaluates() {
     let out2 = tmp.path().join("eval-some");
     let m = eval_summary(&out2, &["--tasks", "count,reg", "--max-new-tokens", "30"]);
     let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["count_mae", "reg_cider", "samples"], "{m}");
+    assert_eq!(keys, ["count_mae", "decoding", "model", "reg_cider", "samples"], "{m}");
     assert_eq!(m["samples"].as_object().unwrap().keys().collect::<Vec<_>>(), ["count", "reg"], "{m}");
     assert!(!out2.join("detection").exists() && !out2.join("count_any").exists());
     // a later run of another task into the same --out adds to its summary
     let m = eval_summary(&out2, &["--tasks", "rec", "--max-new-tokens", "30"]);
     let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["count_mae", "rec_acc@0.5", "reg_cider", "samples"], "{m}");
+    assert_eq!(keys, ["count_mae", "decoding", "model", "rec_acc@0.5", "reg_cider", "samples"], "{m}");
     assert_eq!(m["samples"].as_object().unwrap().keys().collect::<Vec<_>>(), ["count", "rec", "reg"], "{m}");
     assert_eq!(m["samples"]["rec"]["failed"], 0, "{m}");
     let written: Value = serde_json::from_slice(&std::fs::read(out2.join("synth_metrics.json")).unwrap()).unwrap();
     assert_eq!(written, m);
+    // another decoding (or model) does not add to that summary: the next task would be scored
+    // under other settings than the ones beside it
+    let o = run(&out2, &["--tasks", "count_any", "--max-new-tokens", "30", "--constrained"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("holds results of another decoding"), "{err}");
+    assert!(!out2.join("count_any").exists(), "it ran before refusing");
     // a split written before count_any.jsonl existed: skipped by default, an error when asked for
     std::fs::remove_file(data.join("test/count_any.jsonl")).unwrap();
     let e3 = tmp.path().join("e3");

@@ -257,7 +257,7 @@ pub fn select(records: Vec<Record>, items: &[Item], limit: Option<usize>) -> Vec
 /// greedy or the sampling's temperature, top-p and seed, the template (`auto`: the model's), the
 /// detection chunk and the constraint. Not `max_new_tokens`: a rerun with a higher limit is how
 /// cut answers run again.
-fn decoding_of(run: &RunOptions) -> String {
+pub fn decoding_of(run: &RunOptions) -> String {
     let s = &run.sampling;
     let pick = match s.temperature > 0.0 {
         true => format!("temperature {}, top-p {}, seed {}", s.temperature, s.top_p, s.seed),
