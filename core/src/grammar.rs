@@ -3,7 +3,7 @@
 //! ```text
 //! answer := "None" | item ("&" item)*
 //! item   := name "-" box        (named form; name from the allowed set when one is given)
-//!         | box                 (name-less counting form)
+//!         | box                 (name-less counting form; also allowed beside any name)
 //! box    := "[" num "," num "," num "," num "]"     with x1 <= x2 and y1 <= y2
 //! num    := "0." digit digit digit | "1.000"
 //! ```
@@ -14,7 +14,8 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnswerGrammar {
     /// `Some(names)`: items are `name-[box]` with a name from the list; `None` with `nameless`
-    /// false: any name (no `&`, `[`, `]`, newline).
+    /// false: any name (no `&`, `[`, `]`, newline) or none (a bare box: a grounding answer may
+    /// come without a name, which the reference's parser accepts and labels "target").
     pub names: Option<Vec<String>>,
     /// Items are bare boxes (counting form).
     pub nameless: bool,
@@ -119,6 +120,11 @@ impl AnswerGrammar {
                 None => PrefixState::Invalid,
             };
         }
+        if self.names.is_none() {
+            if let Some(rest) = s.strip_prefix('[') {
+                return check_box(rest);
+            }
+        }
         match s.find("-[") {
             Some(i) => {
                 let name = &s[..i];
@@ -210,5 +216,13 @@ mod tests {
         let g = AnswerGrammar { names: None, nameless: false };
         assert_eq!(g.check_prefix("red car-[1.000,0.000,1.000,0.000]"), Complete);
         assert_eq!(g.check_prefix("-["), Invalid);
+        // a grounding answer may be a bare box, alone or beside named ones
+        assert_eq!(g.check_prefix("["), Partial);
+        assert_eq!(g.check_prefix("[0.100,0.200,0.300,0.400]"), Complete);
+        assert_eq!(g.check_prefix("[0.100,0.200,0.300,0.400]&a-[0.1"), Partial);
+        assert_eq!(g.check_prefix("[0.100,0.200,0.050,0.400]"), Invalid);
+        // a set of names still needs one of them
+        let g = AnswerGrammar { names: Some(vec!["cat".into()]), nameless: false };
+        assert_eq!(g.check_prefix("["), Invalid);
     }
 }
