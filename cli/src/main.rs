@@ -712,8 +712,40 @@ impl OutputArgs {
     }
 }
 
+/// The image files a request reads: the main image and any exemplar / region image.
+fn input_images(image: &std::path::Path, task: &Task) -> Vec<PathBuf> {
+    let of = |e: &Exemplar| match e {
+        Exemplar::Image(p) | Exemplar::BoxOnOther { image: p, .. } => Some(p.clone()),
+        Exemplar::BoxOnImage(_) => None,
+    };
+    let mut v = vec![image.to_path_buf()];
+    match task {
+        Task::Count { exemplar } => v.extend(of(exemplar)),
+        Task::Chat { regions, .. } => v.extend(regions.iter().filter_map(of)),
+        _ => {}
+    }
+    v
+}
+
 fn run_task(a: &TaskArgs, task: Task, chunk: usize) -> Result<()> {
     a.output.check()?;
+    if let Some(save) = a.output.save.as_ref().and_then(|p| p.canonicalize().ok()) {
+        // an existing file only: a new path cannot be an input
+        if let Some(input) =
+            input_images(&a.image, &task).iter().find(|p| p.canonicalize().ok().as_ref() == Some(&save))
+        {
+            bail!(
+                "--save {} is an input image of this request ({}): give another path",
+                save.display(),
+                input.display()
+            );
+        }
+    }
+    if a.constrained && matches!(task, Task::Describe { .. } | Task::Chat { .. }) {
+        bail!(
+            "--constrained is for detection-style answers (detect, ground, count); describe and chat answer free text"
+        );
+    }
     let opts = RunOptions {
         sampling: a.decode.sampling()?,
         template: a.decode.template()?,
@@ -1030,6 +1062,10 @@ enum SynthTask {
 /// The synthetic-benchmark evaluations on one split (all by default), one JSON summary.
 fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Option<&[SynthTask]>) -> Result<()> {
     use griffon_eval::datasets;
+    if parse_shard(&a.shard)?.1 > 1 {
+        // its summary needs every evaluation's score, which a shard does not have
+        bail!("--shard {}: eval synth runs in one process (its summary scores each evaluation whole)", a.shard);
+    }
     let d = data.join(split);
     let img = data.join("images").join(split);
     if !d.join("instances.json").is_file() {

@@ -458,6 +458,10 @@ fn synth_benchmark_generates_and_evaluates() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("holds results of another decoding"), "{err}");
     assert!(!out2.join("count_any").exists(), "it ran before refusing");
+    // a shard of it would write a summary without scores
+    let o = run(&tmp.path().join("e5"), &["--shard", "0/2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("eval synth runs in one process"), "{err}");
     // a split written before count_any.jsonl existed: skipped by default, an error when asked for
     std::fs::remove_file(data.join("test/count_any.jsonl")).unwrap();
     let e3 = tmp.path().join("e3");

@@ -203,6 +203,10 @@ fn bad_input_is_a_clear_error() {
         (vec!["detect", "--categories", "a", "--chunk", "0"], "must be at least 1"),
         (vec!["detect", "--categories", "a", "--image-size", "1400000"], "exceeds 8192 px"),
         (vec!["detect", "--categories", "a", "--tiles", "100000"], "exceeds 8192 px"),
+        // sampling settings without sampling would pass a greedy answer off as sampled
+        (vec!["detect", "--categories", "a", "--top-p", "0.9"], "--top-p applies when sampling only"),
+        (vec!["detect", "--categories", "a", "--seed", "3"], "--seed applies when sampling only"),
+        (vec!["describe", "--box", "1,1,9,9", "--constrained"], "--constrained is for detection-style answers"),
     ];
     for (args, needle) in cases {
         let mut full = vec![args[0], "--model", m.to_str().unwrap(), "--image", img.to_str().unwrap()];
@@ -213,6 +217,24 @@ fn bad_input_is_a_clear_error() {
         assert!(err.contains(needle), "{args:?}: stderr {err:?} lacks {needle:?}");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
+    // --save naming an input: the boxed copy would replace the photo it was drawn from (a copy of
+    // the fixture here, so a failure cannot overwrite the fixture)
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("photo.png");
+    std::fs::copy(&img, &copy).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    let c = copy.to_str().unwrap();
+    for args in [
+        vec!["detect", "--image", c, "--categories", "a", "--save", c],
+        vec!["count", "--image", img.to_str().unwrap(), "--exemplar", c, "--save", c],
+    ] {
+        let mut full = vec![args[0], "--model", m.to_str().unwrap()];
+        full.extend_from_slice(&args[1..]);
+        let out = griffon(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("is an input image of this request"), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read(&copy).unwrap(), before, "the input was overwritten");
     // a model path that is a file is named as such, not as missing
     let out =
         griffon(&["detect", "--model", img.to_str().unwrap(), "--image", img.to_str().unwrap(), "--categories", "a"]);

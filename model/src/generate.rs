@@ -37,6 +37,19 @@ impl SamplingOptions {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Some(("top_p", format!("must be in (0, 1], got {}", self.top_p)));
         }
+        // greedy decoding reads neither: accepting them would pass off a greedy answer as sampled
+        if self.temperature == 0.0 && self.top_p != 1.0 {
+            return Some((
+                "top_p",
+                format!("applies when sampling only: give a temperature > 0 too (0 is greedy), got {}", self.top_p),
+            ));
+        }
+        if self.temperature == 0.0 && self.seed != 0 {
+            return Some((
+                "seed",
+                format!("applies when sampling only: give a temperature > 0 too (0 is greedy), got {}", self.seed),
+            ));
+        }
         None
     }
 }

@@ -169,6 +169,11 @@ fn bad_input_is_refused_naming_the_field() {
             "temperature: must be >= 0, got -1",
         ),
         (json!({"task": "detect", "image": img, "categories": ["a"], "top_p": 0}), "top_p: must be in (0, 1], got 0"),
+        (json!({"task": "detect", "image": img, "categories": ["a"], "seed": 4}), "seed: applies when sampling only"),
+        (
+            json!({"task": "detect", "image": img, "categories": ["a"], "top_p": 0.5}),
+            "top_p: applies when sampling only",
+        ),
         (
             json!({"task": "detect", "image": img, "categories": ["a"], "max_new_tokens": 0}),
             "max_new_tokens: must be at least 1",

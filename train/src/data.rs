@@ -1327,6 +1327,7 @@ fn visj_coco<R: Rng + ?Sized>(
             (Err(reason), None) => skipped.push(Skipped { source: format!("{name}:annotations[{i}]"), reason }),
         }
     }
+    let mut listed: HashMap<u64, usize> = HashMap::new();
     for (i, v) in coco.images.into_iter().enumerate() {
         let im: CocoImage = match parse_value_record(v) {
             Ok(im) => im,
@@ -1336,6 +1337,12 @@ fn visj_coco<R: Rng + ?Sized>(
             }
         };
         let source = format!("{name}:image_id={}", im.id);
+        if let Some(first) = listed.insert(im.id, i) {
+            // its annotations went to the first entry: a second would train on them again
+            let reason = format!("bad record: images[{i}] repeats the id of images[{first}]");
+            skipped.push(Skipped { source, reason });
+            continue;
+        }
         let result = (|| -> Result<Sample, String> {
             check_size(im.width, im.height)?;
             let anns = match per_image.get(&im.id) {
@@ -1402,6 +1409,15 @@ fn visj_coco<R: Rng + ?Sized>(
             Ok(s) => samples.push(s),
             Err(reason) => skipped.push(Skipped { source, reason }),
         }
+    }
+    // annotations of images the file does not list: reported, not lost silently
+    let mut orphans: Vec<u64> = per_image.keys().filter(|id| !listed.contains_key(id)).copied().collect();
+    orphans.sort_unstable();
+    for id in orphans {
+        skipped.push(Skipped {
+            source: format!("{name}:image_id={id}"),
+            reason: format!("no image: annotations for image_id {id}, which `images` does not list"),
+        });
     }
     Ok(())
 }

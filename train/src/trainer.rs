@@ -982,7 +982,26 @@ impl Trainer {
                 state.check_settings(&cfg, &dir)?;
                 Some((dir, state))
             }
-            None => None,
+            None => {
+                // no `latest`: a new run, which writes checkpoint-N folders (and prunes them with
+                // keep_checkpoints): refused over checkpoints it did not write (another trainer's
+                // folder, or a run whose `latest` was removed)
+                let theirs = std::fs::read_dir(&cfg.train.out)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .find(|n| n.starts_with("checkpoint-"));
+                if let Some(n) = theirs {
+                    return Err(format!(
+                        "train.out {} holds {n} but no `{LATEST}` file: a new run there would overwrite or prune \
+                         those checkpoints; give another train.out (or write the checkpoint's name into {LATEST} \
+                         to resume from it)",
+                        cfg.train.out.display()
+                    ));
+                }
+                None
+            }
         };
         // `init` may name a previous stage's output folder: follow its `latest` pointer
         let init = match cfg.model.init.is_dir() {

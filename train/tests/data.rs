@@ -523,6 +523,36 @@ fn visj_coco_without_count_file_picks_a_category() {
     assert_eq!(answers.len(), 2);
 }
 
+/// Annotations of an image the file does not list, and a repeated image id, are reported as
+/// skipped (they were dropped silently / trained twice).
+#[test]
+fn visj_coco_reports_orphan_annotations_and_repeated_images() {
+    let img = images();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("visj_orphans.json");
+    let doc = serde_json::json!({
+        "images": [{"id": 7, "file_name": "b.png", "height": 300, "width": 300},
+                   {"id": 7, "file_name": "c.png", "height": 300, "width": 300}],
+        "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 30, 30]},
+                        {"id": 2, "image_id": 9, "category_id": 1, "bbox": [10, 10, 30, 30]}],
+        "categories": [{"id": 1, "name": "egg"}]
+    });
+    std::fs::write(&f, doc.to_string()).unwrap();
+    let (s, skipped) = build(TaskKind::Visj, f.clone(), img.path(), &[], &opts(80), 0);
+    assert_eq!(s.len(), 1, "{skipped:?}");
+    let name = f.display().to_string();
+    let reasons: Vec<(String, String)> = skipped.iter().map(|k| (k.source.clone(), k.reason.clone())).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|(src, r)| *src == format!("{name}:image_id=7") && r.contains("images[1] repeats the id of images[0]")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|(src, r)| *src == format!("{name}:image_id=9")
+                && r.starts_with("no image: annotations for image_id 9")),
+        "{reasons:?}"
+    );
+}
+
 #[test]
 fn raw_fsc147_is_refused_clearly() {
     let img = images();

@@ -164,6 +164,12 @@ fn resume_refuses_other_settings_and_a_broken_pointer() {
         assert!(err.contains("cannot resume") && err.contains(why), "{pointer:?}: {err}");
         assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap(), metrics, "the log is kept");
     }
+    // no `latest` beside checkpoints: a new run would overwrite or prune them, so it is refused
+    std::fs::remove_file(out.join("latest")).unwrap();
+    let err = Trainer::new(config(data.path(), "r", body), &Device::Cpu).err().unwrap();
+    assert!(err.contains("holds checkpoint-") && err.contains("no `latest` file"), "{err}");
+    assert!(out.join("checkpoint-1").is_dir());
+    assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap(), metrics, "the log is kept");
     std::fs::write(out.join("latest"), "checkpoint-1").unwrap();
     // an output "folder" that is a file is named as the setting it is
     std::fs::write(data.path().join("afile"), "x").unwrap();
