@@ -493,8 +493,8 @@ struct OutputArgs {
     /// Print JSON: {image:{width,height}, detections:[...], text, dropped}.
     #[arg(long)]
     json: bool,
-    /// Shape of each detection in the JSON.
-    #[arg(long, value_enum, default_value = "xyxy")]
+    /// Shape of each detection in the JSON (with --json; the text lines are always pixels xyxy).
+    #[arg(long, value_enum, default_value = "xyxy", requires = "json")]
     format: BoxFormat,
     /// Draw boxes, labels and scores on the image and save it (PNG/JPEG by extension).
     #[arg(long)]

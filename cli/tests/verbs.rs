@@ -207,6 +207,7 @@ fn bad_input_is_a_clear_error() {
         (vec!["detect", "--categories", "a", "--top-p", "0.9"], "--top-p applies when sampling only"),
         (vec!["detect", "--categories", "a", "--seed", "3"], "--seed applies when sampling only"),
         (vec!["describe", "--box", "1,1,9,9", "--constrained"], "--constrained is for detection-style answers"),
+        (vec!["detect", "--categories", "a", "--format", "coco"], "--json"),
     ];
     for (args, needle) in cases {
         let mut full = vec![args[0], "--model", m.to_str().unwrap(), "--image", img.to_str().unwrap()];
