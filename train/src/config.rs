@@ -484,6 +484,26 @@ impl TrainConfig {
         if !(t.ground_box_weight >= 0.0 && t.ground_box_weight.is_finite()) {
             return Err(format!("train.ground_box_weight must be a non-negative number, got {}", t.ground_box_weight));
         }
+        if t.ground_weight == 0.0 {
+            // the grounding loss's own settings do nothing while it is off: say so instead of
+            // training without what they ask for
+            let set: Vec<&str> = [
+                ("train.ground_layer", t.ground_layer != 1),
+                ("train.ground_head", t.ground_head != 0),
+                ("train.ground_keys", t.ground_keys != GroundKeys::All),
+                ("train.ground_positions", t.ground_positions != GroundPositions::Box),
+            ]
+            .into_iter()
+            .filter_map(|(k, on)| on.then_some(k))
+            .collect();
+            if !set.is_empty() {
+                return Err(format!(
+                    "{}: settings of the grounding loss, which is off (train.ground_weight = 0): set train.ground_weight > 0, \
+                     or leave them out",
+                    set.join(", ")
+                ));
+            }
+        }
         if t.ground_box_weight > 0.0 && t.ground_weight == 0.0 {
             return Err(
                 "train.ground_box_weight reads the grounding loss's head: set train.ground_weight > 0 too".into()

@@ -263,6 +263,11 @@ fn grounding_settings_are_checked() {
         ),
         ("ground_weight = 1.0\nground_name_weight = -1.0\nstage = 2\nlr = 1e-3", "train.ground_name_weight must be"),
         ("ground_name_weight = 1.0\nstage = 2\nlr = 1e-3", "set train.ground_weight > 0 too"),
+        (
+            "ground_positions = \"choice\"\nground_head = 2\nstage = 2\nlr = 1e-3",
+            "train.ground_head, train.ground_positions: settings of the grounding loss, which is off",
+        ),
+        ("ground_layer = 3\nstage = 2\nlr = 1e-3", "train.ground_layer: settings of the grounding loss, which is off"),
         ("ground_weight = 1.0\nground_layer = 0\nground_name_weight = 1.0\nstage = 2\nlr = 1e-3", "ground_layer >= 1"),
         (
             "ground_weight = 1.0\nground_box_weight = -2.0\nstage = 2\nlr = 1e-3",
