@@ -45,11 +45,9 @@ fn generated_vectors_and_summary_text() {
     }
 }
 
-#[test]
-fn in_memory_detections_match_the_file_path() {
-    let gt = fixture("coco/edge/gt.json");
-    let dt = fixture("coco/edge/dt.json");
-    let dets: Vec<CocoDetection> = read_json(&dt)
+/// A results file's detections in memory.
+fn detections_of(dt: &std::path::Path) -> Vec<CocoDetection> {
+    read_json(dt)
         .as_array()
         .unwrap()
         .iter()
@@ -59,7 +57,14 @@ fn in_memory_detections_match_the_file_path() {
             bbox: f64s(&d["bbox"]).try_into().unwrap(),
             score: d["score"].as_f64().unwrap(),
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn in_memory_detections_match_the_file_path() {
+    let gt = fixture("coco/edge/gt.json");
+    let dt = fixture("coco/edge/dt.json");
+    let dets = detections_of(&dt);
     assert_eq!(coco_detections_stats(&gt, &dets).unwrap(), coco_results_stats(&gt, &dt).unwrap());
     let mut bad = dets.clone();
     bad[3].score = f64::NAN;
@@ -193,24 +198,11 @@ fn a_subset_of_the_images_scores_as_pycocotools_with_img_ids() {
     let expected = read_json(&fixture("coco/expected.json"));
     let subsets = expected["subsets"].as_object().expect("expected.json has subsets");
     assert!(!subsets.is_empty());
-    let dets_of = |dt: &std::path::Path| -> Vec<CocoDetection> {
-        read_json(dt)
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| CocoDetection {
-                image_id: d["image_id"].as_u64().unwrap(),
-                category_id: d["category_id"].as_u64().unwrap(),
-                bbox: f64s(&d["bbox"]).try_into().unwrap(),
-                score: d["score"].as_f64().unwrap(),
-            })
-            .collect()
-    };
     for (name, case) in subsets {
         let gt = fixture(&format!("coco/{}", case["gt"].as_str().unwrap()));
         let dt = fixture(&format!("coco/{}", case["dt"].as_str().unwrap()));
         let ids: Vec<u64> = case["img_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-        let dets = dets_of(&dt);
+        let dets = detections_of(&dt);
         let stats = coco_detections_stats_on(&gt, &dets, &ids).unwrap_or_else(|e| panic!("{name}: {e}"));
         check(name, &stats, &f64s(&case["stats"]));
         let whole = coco_results_stats(&gt, &dt).unwrap();
