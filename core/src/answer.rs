@@ -148,10 +148,12 @@ pub fn parse_answer(text: &str) -> ParsedAnswer {
             if let Some(nested) = piece[open + 1..close].rfind('[') {
                 let junk = &piece[open..open + 1 + nested];
                 out.dropped.push(Dropped { text: junk.trim().to_string(), reason: "unclosed bracket".into() });
-                // the junk may end with the next box's name (`[0.3 bird-[...]`): the text after its
-                // last coordinate character names that box, not the previous box's name
-                let tail =
-                    junk.rfind(|c: char| c.is_ascii_digit() || matches!(c, '.' | ',' | '[')).map_or(0, |i| i + 1);
+                // the junk may end with the next box's name (`[0.3 bird-[...]`): what follows its
+                // partial coordinates (a run of digits, points and commas after the `[`) names that
+                // box, not the previous box's name (`[0.3 No. 5 bus-[` names "No. 5 bus")
+                let coords =
+                    junk[1..].trim_start().trim_start_matches(|c: char| c.is_ascii_digit() || matches!(c, '.' | ','));
+                let tail = junk.len() - coords.len();
                 if let Some(name) = clean_name(&junk[tail..], base + open + tail, true) {
                     last_label = Some(name);
                 }
@@ -343,6 +345,16 @@ mod tests {
         assert_eq!(&text[p.instances[1].name_span.clone().unwrap()], "bird");
         assert_eq!(p.dropped.len(), 1);
         assert_eq!(p.dropped[0].reason, "unclosed bracket");
+        // names holding digits and hyphens are kept whole
+        for (text, want) in [
+            ("a-[0.1,0.1,0.2,0.2] [0.3 No. 5 bus-[0.5,0.5,0.6,0.6]", "No. 5 bus"),
+            ("a-[0.1,0.1,0.2,0.2] [0.3,0.4 7-eleven-[0.5,0.5,0.6,0.6]", "7-eleven"),
+            ("a-[0.1,0.1,0.2,0.2] [ bird-[0.5,0.5,0.6,0.6]", "bird"),
+        ] {
+            let p = parse_answer(text);
+            assert_eq!(p.instances[1].label.as_deref(), Some(want), "{text}");
+            assert_eq!(&text[p.instances[1].name_span.clone().unwrap()], want, "{text}");
+        }
         // junk without a name: the box keeps the piece's previous name, as before
         let p = parse_answer("cat-[0.1,0.1,0.2,0.2] [0.3 [0.5,0.5,0.6,0.6]");
         assert_eq!(p.instances[1].label.as_deref(), Some("cat"));

@@ -193,8 +193,12 @@ fn check_stored(file: &Path, stored: &[Record], items: &[Item], opts: &RunnerOpt
     // decoding was stored resume with their model, whatever the decoding)
     let differs =
         |theirs: &Option<String>, mine: &Option<String>| matches!((theirs, mine), (Some(a), Some(b)) if a != b);
+    let other_model = |theirs: &Option<String>, mine: &Option<String>| match (theirs, mine) {
+        (Some(a), Some(b)) => !same_model(a, b),
+        _ => false,
+    };
     let decoding = Some(decoding_of(&opts.run));
-    let other = stored.iter().find(|r| differs(&r.model, &opts.model) || differs(&r.decoding, &decoding));
+    let other = stored.iter().find(|r| other_model(&r.model, &opts.model) || differs(&r.decoding, &decoding));
     if let Some(r) = other {
         let show = |m: &Option<String>, d: &Option<String>| {
             format!("{}; {}", m.as_deref().unwrap_or("?"), d.as_deref().unwrap_or("decoding not recorded"))
@@ -228,7 +232,7 @@ fn check_stored(file: &Path, stored: &[Record], items: &[Item], opts: &RunnerOpt
             }
             Some(it) if r.error.is_none() && asks(it).is_some_and(|p| p != r.prompts) => {
                 "it asked the model something else: its prompts differ from this dataset's (an expression, \
-                 category list, region or exemplar changed)"
+                 category list or region changed, or --chunk)"
             }
             Some(_) => continue,
         };
@@ -436,11 +440,33 @@ fn check_shards_complete(out: &Path, files: &[PathBuf]) -> Result<(), EvalError>
     Ok(())
 }
 
+/// Whether a stored model identity (`folder (weights F, options...)`, see `griffon`'s
+/// `ModelArgs::identity`) names the model `mine` names. One written before the weights'
+/// fingerprint was part of it (`folder (options...)`) matches on the folder and options.
+pub fn same_model(theirs: &str, mine: &str) -> bool {
+    if theirs == mine {
+        return true;
+    }
+    if theirs.contains(" (weights ") {
+        return false;
+    }
+    // mine without its "weights F, " part
+    let parts = mine.split_once(" (weights ").and_then(|(dir, rest)| Some((dir, rest.split_once(", ")?.1)));
+    parts.is_some_and(|(dir, options)| theirs == format!("{dir} ({options}"))
+}
+
+/// A model identity without its folder: the weights' fingerprint and the load options, which
+/// shards run on two machines (the model at two paths) share.
+fn model_key(identity: &str) -> &str {
+    identity.rfind(" (").map_or(identity, |i| &identity[i..])
+}
+
 /// One model and one decoding answered every record that names them: shards run with different
-/// models or settings into one folder are refused, not scored together.
+/// models or settings into one folder are refused, not scored together. Models are compared by
+/// weights and load options, not by folder (shards may run on several machines).
 fn check_one_run(out: &Path, records: &[Record]) -> Result<(), EvalError> {
     for (what, get) in [
-        ("model", (|r: &Record| r.model.clone()) as fn(&Record) -> Option<String>),
+        ("model", (|r: &Record| r.model.as_deref().map(|m| model_key(m).to_string())) as fn(&Record) -> Option<String>),
         ("decoding", |r: &Record| r.decoding.clone()),
     ] {
         let mut first: Option<(String, &str)> = None;
@@ -693,6 +719,25 @@ mod shard_tests {
         std::fs::write(shard_file(out, (1, 2)), line_of("2", Some("other"))).unwrap();
         let e = merge(out).unwrap_err().to_string();
         assert!(e.contains("records of two runs: item 1 has model \"m\", item 2 has \"other\""), "{e}");
+        // the same weights and options at two paths (two machines) are one model
+        let id = |dir: &str, fp: &str| format!("{dir} (weights {fp}, image size stored, dtype f32)");
+        std::fs::write(shard_file(out, (0, 2)), line_of("1", Some(&id("/a/m", "00ff")))).unwrap();
+        std::fs::write(shard_file(out, (1, 2)), line_of("2", Some(&id("/b/m", "00ff")))).unwrap();
+        assert_eq!(merge(out).unwrap().len(), 2);
+        std::fs::write(shard_file(out, (1, 2)), line_of("2", Some(&id("/a/m", "11ee")))).unwrap();
+        assert!(merge(out).unwrap_err().to_string().contains("records of two runs"));
+    }
+
+    /// A stored identity matches this run's when equal; one written before the fingerprint
+    /// existed matches on the folder and options alone.
+    #[test]
+    fn stored_model_identities() {
+        let mine = "/m (weights 00ff, image size stored, dtype f32)";
+        assert!(same_model(mine, mine));
+        assert!(same_model("/m (image size stored, dtype f32)", mine));
+        assert!(!same_model("/m (image size 56, dtype f32)", mine));
+        assert!(!same_model("/other (image size stored, dtype f32)", mine));
+        assert!(!same_model("/m (weights 11ee, image size stored, dtype f32)", mine));
     }
 
     /// A torn tail is left out, and cut off the file only when repairing; a complete last line

@@ -23,47 +23,54 @@ pub struct Checkpoint {
     vars: RefCell<Vec<(String, Var)>>,
 }
 
+/// The weight files of a checkpoint folder, as [`Checkpoint::open`] reads them: the shards
+/// `model.safetensors.index.json` names, else `model.safetensors`, else every `*.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: malformed JSON: {e}", index.display())))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::Invalid(format!("{}: missing key `weight_map` (an object)", index.display())))?;
+        let mut names: Vec<String> = Vec::new();
+        for (tensor, f) in map {
+            let f = f.as_str().ok_or_else(|| {
+                Error::Invalid(format!("{}: weight_map[{tensor}] is not a file name", index.display()))
+            })?;
+            if !names.iter().any(|n| n == f) {
+                names.push(f.to_string());
+            }
+        }
+        names.sort();
+        names.into_iter().map(|n| dir.join(n)).collect()
+    } else if single.exists() {
+        vec![single]
+    } else {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        found.sort();
+        if found.is_empty() {
+            return invalid(format!(
+                "{}: no model.safetensors, model.safetensors.index.json or *.safetensors file",
+                dir.display()
+            ));
+        }
+        found
+    };
+    Ok(files)
+}
+
 impl Checkpoint {
-    /// Opens the safetensors of a checkpoint folder.
+    /// Opens the safetensors of a checkpoint folder ([`weight_files`]).
     pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::Invalid(format!("{}: malformed JSON: {e}", index.display())))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| Error::Invalid(format!("{}: missing key `weight_map` (an object)", index.display())))?;
-            let mut names: Vec<String> = Vec::new();
-            for (tensor, f) in map {
-                let f = f.as_str().ok_or_else(|| {
-                    Error::Invalid(format!("{}: weight_map[{tensor}] is not a file name", index.display()))
-                })?;
-                if !names.iter().any(|n| n == f) {
-                    names.push(f.to_string());
-                }
-            }
-            names.sort();
-            names.into_iter().map(|n| dir.join(n)).collect()
-        } else if single.exists() {
-            vec![single]
-        } else {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(io_err(dir))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-                .collect();
-            found.sort();
-            if found.is_empty() {
-                return invalid(format!(
-                    "{}: no model.safetensors, model.safetensors.index.json or *.safetensors file",
-                    dir.display()
-                ));
-            }
-            found
-        };
+        let files = weight_files(dir)?;
         Self::open_files(dir, &files, device, dtype)
     }
 
@@ -282,7 +289,8 @@ impl<'a> Scope<'a> {
     }
 }
 
-/// A fingerprint of a model folder's weights (its `*.safetensors` files): each file's name and
+/// A fingerprint of a model folder's weights (the files [`weight_files`] names, not e.g. a
+/// checkpoint's `optimizer.safetensors`, which loading does not read): each file's name and
 /// size and an FNV-1a hash of 256 blocks of 4 KiB spread evenly over it, so at most 1 MiB is read
 /// per file whatever its size. What an evaluation stores beside the folder's path, so that a folder
 /// rewritten with other weights (a model bundled anew at the same place) is not taken for the one
@@ -292,15 +300,7 @@ pub fn weights_fingerprint(dir: &Path) -> Result<String> {
     use std::io::{Read, Seek, SeekFrom};
     const BLOCKS: u64 = 256;
     const BLOCK: u64 = 4096;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return invalid(format!("{}: no .safetensors weights", dir.display()));
-    }
+    let files = weight_files(dir)?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -346,11 +346,15 @@ mod fingerprint_tests {
         std::fs::write(&f, &bytes[..bytes.len() - 1]).unwrap();
         assert_ne!(a, weights_fingerprint(dir.path()).unwrap());
         std::fs::write(&f, &bytes).unwrap();
+        // files loading does not read (a checkpoint's optimizer state) do not count
+        std::fs::write(dir.path().join("optimizer.safetensors"), b"state").unwrap();
+        assert_eq!(a, weights_fingerprint(dir.path()).unwrap());
+        std::fs::remove_file(dir.path().join("optimizer.safetensors")).unwrap();
         std::fs::rename(&f, dir.path().join("other.safetensors")).unwrap();
         assert_ne!(a, weights_fingerprint(dir.path()).unwrap());
         std::fs::write(dir.path().join("tiny.safetensors"), b"ab").unwrap(); // shorter than a block
         weights_fingerprint(dir.path()).unwrap();
         let empty = tempfile::tempdir().unwrap();
-        assert!(weights_fingerprint(empty.path()).unwrap_err().to_string().contains("no .safetensors"));
+        assert!(weights_fingerprint(empty.path()).unwrap_err().to_string().contains("no model.safetensors"));
     }
 }

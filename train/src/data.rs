@@ -1329,6 +1329,13 @@ fn visj_coco<R: Rng + ?Sized>(
     }
     let mut listed: HashMap<u64, usize> = HashMap::new();
     for (i, v) in coco.images.into_iter().enumerate() {
+        // the id is noted before the rest is read: the annotations of an image whose entry is
+        // broken are reported with it, not again as annotations of an unlisted image
+        let id = v.get("id").and_then(Value::as_u64);
+        let first = id.and_then(|id| listed.get(&id).copied());
+        if let (Some(id), None) = (id, first) {
+            listed.insert(id, i);
+        }
         let im: CocoImage = match parse_value_record(v) {
             Ok(im) => im,
             Err(reason) => {
@@ -1337,7 +1344,7 @@ fn visj_coco<R: Rng + ?Sized>(
             }
         };
         let source = format!("{name}:image_id={}", im.id);
-        if let Some(first) = listed.insert(im.id, i) {
+        if let Some(first) = first {
             // its annotations went to the first entry: a second would train on them again
             let reason = format!("bad record: images[{i}] repeats the id of images[{first}]");
             skipped.push(Skipped { source, reason });

@@ -940,8 +940,8 @@ fn latest_checkpoint(out: &Path, setting: &str) -> Result<Option<PathBuf>, Error
     };
     let broken = |why: String| {
         let advice = if setting == "train.out" {
-            "the run cannot resume (point it at a checkpoint folder there, or remove it to start over, which \
-             overwrites the checkpoints)"
+            "the run cannot resume (write the name of a checkpoint folder there into it, or give another \
+             train.out to start over)"
         } else {
             "the run cannot start from that folder's newest checkpoint (point it at a checkpoint folder there, or \
              give the checkpoint folder itself)"

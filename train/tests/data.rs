@@ -532,9 +532,12 @@ fn visj_coco_reports_orphan_annotations_and_repeated_images() {
     let f = dir.path().join("visj_orphans.json");
     let doc = serde_json::json!({
         "images": [{"id": 7, "file_name": "b.png", "height": 300, "width": 300},
-                   {"id": 7, "file_name": "c.png", "height": 300, "width": 300}],
+                   {"id": 7, "file_name": "c.png", "height": 300, "width": 300},
+                   {"id": 7, "file_name": "d.png", "height": 300, "width": 300},
+                   {"id": 8, "file_name": "d.png", "height": "tall", "width": 300}],
         "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 30, 30]},
-                        {"id": 2, "image_id": 9, "category_id": 1, "bbox": [10, 10, 30, 30]}],
+                        {"id": 2, "image_id": 9, "category_id": 1, "bbox": [10, 10, 30, 30]},
+                        {"id": 3, "image_id": 8, "category_id": 1, "bbox": [10, 10, 30, 30]}],
         "categories": [{"id": 1, "name": "egg"}]
     });
     std::fs::write(&f, doc.to_string()).unwrap();
@@ -542,8 +545,17 @@ fn visj_coco_reports_orphan_annotations_and_repeated_images() {
     assert_eq!(s.len(), 1, "{skipped:?}");
     let name = f.display().to_string();
     let reasons: Vec<(String, String)> = skipped.iter().map(|k| (k.source.clone(), k.reason.clone())).collect();
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons.iter().any(|(src, r)| *src == format!("{name}:image_id=7") && r.contains("images[1] repeats the id of images[0]")), "{reasons:?}");
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    for k in [1, 2] {
+        let want = format!("images[{k}] repeats the id of images[0]");
+        assert!(
+            reasons.iter().any(|(src, r)| *src == format!("{name}:image_id=7") && r.contains(&want)),
+            "{reasons:?}"
+        );
+    }
+    // the broken entry is reported once, by its index; its annotations are not "unlisted"
+    assert!(reasons.iter().any(|(src, _)| *src == format!("{name}:images[3]")), "{reasons:?}");
+    assert!(!reasons.iter().any(|(src, _)| *src == format!("{name}:image_id=8")), "{reasons:?}");
     assert!(
         reasons
             .iter()
