@@ -940,7 +940,7 @@ fn eval_run(
     items: Vec<griffon_eval::datasets::Item>,
     annotations: Option<&std::path::Path>,
 ) -> Result<()> {
-    if let Some(s) = eval_run_metrics(a, &a.out, items, annotations)? {
+    if let Some(s) = eval_run_metrics(a, &a.model.identity()?, &a.out, items, annotations)? {
         writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&s.metrics)?)?;
         if let Some(e) = s.all_failed {
             bail!(e);
@@ -979,8 +979,11 @@ fn eval_run_options(a: &EvalRunArgs) -> Result<RunOptions> {
     })
 }
 
+/// One evaluation into `out`; `model`: the model's identity ([`ModelArgs::identity`], made once
+/// per command: it reads the weights' fingerprint).
 fn eval_run_metrics(
     a: &EvalRunArgs,
+    model: &str,
     out: &std::path::Path,
     items: Vec<griffon_eval::datasets::Item>,
     annotations: Option<&std::path::Path>,
@@ -993,7 +996,7 @@ fn eval_run_metrics(
         limit: a.limit,
         run: eval_run_options(a)?,
         progress: !a.quiet,
-        model: Some(a.model.identity()?),
+        model: Some(model.to_string()),
     };
     if items.is_empty() {
         bail!("the dataset has no samples");
@@ -1082,8 +1085,9 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     // per-task folders it resumes anyway), when they were of this model and decoding (a summary
     // written before they were stored is added to as before)
     let f = a.out.join("synth_metrics.json");
+    let identity = a.model.identity()?;
     let who = serde_json::json!({
-        "model": a.model.identity()?,
+        "model": identity,
         "decoding": griffon_eval::runners::decoding_of(&eval_run_options(a)?),
     });
     let mut summary = match (tasks.is_some(), f.is_file()) {
@@ -1122,7 +1126,7 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     let failed_all = std::cell::RefCell::new(Vec::new());
     let run = |t: SynthTask, dir: &str, items: &dyn Fn() -> ItemsResult, ann: Option<&std::path::Path>| match on(t) {
         true => {
-            let scored = eval_run_metrics(a, &a.out.join(dir), items()?, ann)?;
+            let scored = eval_run_metrics(a, &identity, &a.out.join(dir), items()?, ann)?;
             let m = scored.map(|s| {
                 failed_all.borrow_mut().extend(s.all_failed);
                 s.metrics

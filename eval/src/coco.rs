@@ -70,12 +70,12 @@ pub fn coco_results_stats(annotations: &Path, results: &Path) -> Result<[f64; 12
 /// [`coco_results_stats`] for detections already in memory (same checks; errors name the index
 /// in `detections`).
 pub fn coco_detections_stats(annotations: &Path, detections: &[CocoDetection]) -> Result<[f64; 12], EvalError> {
-    let gt = coco_detections_stats_checked(annotations, detections)?;
+    let gt = load_gt_checked(annotations, detections)?;
     stats_for(gt, detections, Path::new("<detections>"), None)
 }
 
-/// The ground truth, once every detection's score and box are finite.
-fn coco_detections_stats_checked(annotations: &Path, detections: &[CocoDetection]) -> Result<COCO, EvalError> {
+/// The ground truth, once every detection's score and box are found finite.
+fn load_gt_checked(annotations: &Path, detections: &[CocoDetection]) -> Result<COCO, EvalError> {
     let gt = load_gt(annotations)?;
     for (index, d) in detections.iter().enumerate() {
         let bad = if !d.score.is_finite() {
@@ -105,7 +105,7 @@ pub fn coco_detections_stats_on(
     if image_ids.is_empty() {
         return Err(EvalError::Invalid("COCO scoring on no images: nothing ran".into()));
     }
-    let all = coco_detections_stats_checked(annotations, detections)?;
+    let all = load_gt_checked(annotations, detections)?;
     stats_for(all, detections, Path::new("<detections>"), Some(image_ids))
 }
 

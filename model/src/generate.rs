@@ -38,19 +38,14 @@ impl SamplingOptions {
             return Some(("top_p", format!("must be in (0, 1], got {}", self.top_p)));
         }
         // greedy decoding reads neither: accepting them would pass off a greedy answer as sampled
-        if self.temperature == 0.0 && self.top_p != 1.0 {
-            return Some((
-                "top_p",
-                format!("applies when sampling only: give a temperature > 0 too (0 is greedy), got {}", self.top_p),
-            ));
+        let sampling_only =
+            [("top_p", self.top_p != 1.0, self.top_p.to_string()), ("seed", self.seed != 0, self.seed.to_string())];
+        match sampling_only.into_iter().find(|(_, set, _)| self.temperature == 0.0 && *set) {
+            Some((name, _, got)) => {
+                Some((name, format!("applies when sampling only: give a temperature > 0 too (0 is greedy), got {got}")))
+            }
+            None => None,
         }
-        if self.temperature == 0.0 && self.seed != 0 {
-            return Some((
-                "seed",
-                format!("applies when sampling only: give a temperature > 0 too (0 is greedy), got {}", self.seed),
-            ));
-        }
-        None
     }
 }
 

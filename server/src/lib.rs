@@ -121,8 +121,11 @@ enum Failure {
 /// The model and what the server says about it.
 pub struct Service {
     model: Griffon,
-    /// `GET /v1/model`'s answer, made once (the connection threads answer it without the model).
-    info: serde_json::Value,
+    /// `GET /v1/model`'s answer, made when the service is set up (the connection threads answer
+    /// it without the model).
+    info: Vec<u8>,
+    /// The model folder and load options, as `GET /v1/model` reports them.
+    description: String,
     body_limit: usize,
     max_new_tokens_limit: usize,
 }
@@ -161,20 +164,23 @@ impl Service {
     /// path of its own, so its entries could never be used again.
     pub fn new(mut model: Griffon, description: String) -> Self {
         model.image_cache = griffon_model::tasks::ImageTokenCache::new(0);
-        let info = serde_json::json!({
-            "model": description,
-            "template": model.template.name(),
-            "image_size": model.image_size(),
-            "region_size": model.region_size(),
-            "tasks": ["detect", "ground", "phrases", "describe", "count", "chat"],
-        });
-        Self { model, info, body_limit: DEFAULT_BODY_LIMIT, max_new_tokens_limit: 0 }
+        Self { model, info: vec![], description, body_limit: DEFAULT_BODY_LIMIT, max_new_tokens_limit: 0 }
             .max_new_tokens_limit(DEFAULT_MAX_NEW_TOKENS_LIMIT)
     }
 
-    /// The body of `GET /v1/model`.
-    fn info_body(&self) -> Vec<u8> {
-        self.info.to_string().into_bytes()
+    /// Makes the body of `GET /v1/model` from the model and the settings.
+    fn describe(&mut self) {
+        let m = &self.model;
+        self.info = serde_json::json!({
+            "model": self.description,
+            "template": m.template.name(),
+            "image_size": m.image_size(),
+            "region_size": m.region_size(),
+            "tasks": ["detect", "ground", "phrases", "describe", "count", "chat"],
+            "max_new_tokens_limit": self.max_new_tokens_limit,
+        })
+        .to_string()
+        .into_bytes();
     }
 
     /// Refuse request bodies above `bytes` (413).
@@ -188,13 +194,13 @@ impl Service {
     /// `GET /v1/model` reports it as `max_new_tokens_limit`.
     pub fn max_new_tokens_limit(mut self, tokens: usize) -> Self {
         self.max_new_tokens_limit = tokens.max(1);
-        self.info["max_new_tokens_limit"] = serde_json::json!(self.max_new_tokens_limit);
+        self.describe();
         self
     }
 
     /// Answers one request.
     pub fn handle(&self, method: &str, url: &str, body: &[u8]) -> Reply {
-        match route(method, url, &self.info_body()) {
+        match route(method, url, &self.info) {
             Route::Now(r) => r,
             Route::Task => self.task(body),
         }
@@ -437,7 +443,7 @@ impl Listener {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let open = Arc::new(AtomicUsize::new(0));
         let limit = service.body_limit;
-        let info: Arc<[u8]> = service.info_body().into();
+        let info: Arc<[u8]> = service.info.clone().into();
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for stream in self.listener.incoming() {
