@@ -267,9 +267,10 @@ struct EvalRunArgs {
     /// Only the first N samples.
     #[arg(long)]
     limit: Option<usize>,
-    /// Categories per detection call.
-    #[arg(long, default_value_t = 80, value_parser = at_least_one)]
-    chunk: usize,
+    /// Categories per detection call (eval coco and eval synth; default 80).
+    #[arg(long, value_parser = at_least_one)]
+    chunk: Option<usize>,
+    /// Constrain answers to the answer grammar (not for eval reg: descriptions are free text).
     #[arg(long)]
     constrained: bool,
     /// Hide the progress bar.
@@ -974,7 +975,7 @@ fn eval_run_options(a: &EvalRunArgs) -> Result<RunOptions> {
     Ok(RunOptions {
         sampling: a.decode.sampling()?,
         template: a.decode.template()?,
-        chunk: a.chunk,
+        chunk: a.chunk.unwrap_or(RunOptions::default().chunk),
         constrained: a.constrained,
     })
 }
@@ -1206,6 +1207,17 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     Ok(())
 }
 
+/// --chunk splits a detection category list; the other evaluations have none, and a chunk given
+/// to them would be ignored (and stored in the records' decoding).
+fn refuse_chunk(run: &EvalRunArgs, eval: &str) -> Result<()> {
+    match run.chunk {
+        Some(_) => {
+            bail!("eval {eval}: --chunk is for detection category lists (eval coco, eval synth); {eval} has none")
+        }
+        None => Ok(()),
+    }
+}
+
 fn eval_cmd(c: &EvalCommand) -> Result<()> {
     use griffon_eval::datasets;
     let mut out = std::io::stdout().lock();
@@ -1234,18 +1246,25 @@ fn eval_cmd(c: &EvalCommand) -> Result<()> {
         }
         EvalCommand::Refcoco { run, data } => {
             drop(out);
+            refuse_chunk(run, "refcoco")?;
             return eval_run(run, datasets::refcoco(data, &run.images)?, None);
         }
         EvalCommand::Flickr { run, sentences, annotations, ids } => {
             drop(out);
+            refuse_chunk(run, "flickr")?;
             return eval_run(run, datasets::flickr(sentences, annotations, &run.images, ids.as_deref())?, None);
         }
         EvalCommand::Reg { run, data } => {
             drop(out);
+            refuse_chunk(run, "reg")?;
+            if run.constrained {
+                bail!("eval reg: --constrained is for detection-style answers; region descriptions are free text");
+            }
             return eval_run(run, datasets::reg(data, &run.images)?, None);
         }
         EvalCommand::Count { run, data, split_file, split } => {
             drop(out);
+            refuse_chunk(run, "count")?;
             let split = match (split_file, split) {
                 (Some(f), Some(s)) => Some((f.as_path(), s.as_str())),
                 (None, None) => None,

@@ -326,6 +326,34 @@ fn grounding_description_and_counting_runners() {
     assert!(m["cider"].as_f64().unwrap() >= 0.0 && m["images"] == 2, "{m}");
     let m = run_eval("count", &toy, "count", &["--data", &toy.p("count.jsonl"), "--constrained"]);
     assert!(m["mae"].as_f64().unwrap() >= 0.0 && m["images"] == 2, "{m}");
+    // the exemplar is not in the prompt ("similar to <region>"): each record stores it, and a
+    // resume with another exemplar is refused
+    std::fs::write(
+        toy.p("count2.jsonl"),
+        "{\"image\": \"a.png\", \"exemplar\": [18, 17, 45, 36], \"count\": 2}\n{\"image\": \"b.png\", \"exemplar\": [8, 12, 20, 25], \"count\": 1}\n",
+    )
+    .unwrap();
+    let ckpt = model.to_str().unwrap();
+    let count_run = |data: &str| {
+        let (out, data) = (toy.p("count"), toy.p(data));
+        let args = ["eval", "count", "--model", ckpt, "--images", &images, "--out", &out, "--quiet"];
+        griffon(&[&args[..], &["--max-new-tokens", "40", "--constrained", "--data", &data]].concat())
+    };
+    let o = count_run("count2.jsonl");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("counting exemplar differs"), "{err}");
+    let o = count_run("count.jsonl");
+    assert!(o.status.success(), "the same exemplars resume: {}", String::from_utf8_lossy(&o.stderr));
+    // options that these evaluations would ignore are refused
+    let o = refcoco_run(&images, &toy.p("rc-chunk"), &toy.p("refcoco.jsonl"), &["--chunk", "5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--chunk is for detection"), "{err}");
+    let reg = toy.p("reg.jsonl");
+    let out = toy.p("reg-c");
+    let o =
+        griffon(&["eval", "reg", "--model", ckpt, "--images", &images, "--out", &out, "--data", &reg, "--constrained"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("free text"), "{err}");
 }
 
 #[test]

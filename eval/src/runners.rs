@@ -5,6 +5,7 @@
 use crate::datasets::{coco_category_ids, Item, Truth};
 use crate::EvalError;
 use griffon_core::answer::Dropped;
+use griffon_core::request::{Exemplar, Task};
 use griffon_model::griffon::Griffon;
 use griffon_model::tasks::RunOptions;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,10 @@ pub struct Record {
     /// stored, which then resume with their model whatever the decoding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decoding: Option<String>,
+    /// A counting item's exemplar (it is not in the prompt, which says `<region>`): compared on
+    /// resume. Absent for other tasks and in records written before it was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exemplar: Option<Exemplar>,
 }
 
 impl Record {
@@ -215,7 +220,7 @@ fn check_stored(file: &Path, stored: &[Record], items: &[Item], opts: &RunnerOpt
     // the item's truth as it reads back from a record (serde_json may parse a written decimal
     // one ulp off: comparing the item's own value would refuse a valid resume)
     let as_stored = |t: &Truth| serde_json::to_string(t).ok().and_then(|j| serde_json::from_str::<Truth>(&j).ok());
-    // what the item asks the model now (the expression, categories, region, exemplar): the
+    // what the item asks the model now (the expression, categories, region): the
     // prompts a record stores must be these (None when they cannot be made here, e.g. the image
     // is unreadable now: then the run reports that)
     let asks = |it: &Item| -> Option<Vec<String>> {
@@ -230,6 +235,9 @@ fn check_stored(file: &Path, stored: &[Record], items: &[Item], opts: &RunnerOpt
             Some(it) if as_stored(&it.truth).as_ref() != Some(&r.truth) => {
                 "its ground truth differs from this dataset's"
             }
+            Some(it) if r.exemplar.as_ref().is_some_and(|e| !same_exemplar(e, exemplar_of(it).as_ref())) => {
+                "its counting exemplar differs from this dataset's"
+            }
             Some(it) if r.error.is_none() && asks(it).is_some_and(|p| p != r.prompts) => {
                 "it asked the model something else: its prompts differ from this dataset's (an expression, \
                  category list or region changed, or --chunk)"
@@ -243,6 +251,30 @@ fn check_stored(file: &Path, stored: &[Record], items: &[Item], opts: &RunnerOpt
         )));
     }
     Ok(())
+}
+
+/// The exemplar a counting item shows the model (stored in its record: the prompt only says
+/// `<region>`).
+fn exemplar_of(it: &Item) -> Option<Exemplar> {
+    match &it.request.task {
+        Task::Count { exemplar } => Some(exemplar.clone()),
+        _ => None,
+    }
+}
+
+/// Whether a stored exemplar is the item's now: its box as it reads back from a record (a
+/// written decimal may parse one ulp off), its image the same file.
+fn same_exemplar(stored: &Exemplar, now: Option<&Exemplar>) -> bool {
+    let Some(now) = now.and_then(|e| serde_json::from_str::<Exemplar>(&serde_json::to_string(e).ok()?).ok()) else {
+        return false;
+    };
+    match (stored, &now) {
+        (Exemplar::Image(a), Exemplar::Image(b)) => same_file(a, b),
+        (Exemplar::BoxOnOther { image: a, region: r }, Exemplar::BoxOnOther { image: b, region: q }) => {
+            same_file(a, b) && r == q
+        }
+        (a, b) => a == b,
+    }
 }
 
 /// Whether two paths name one file (as written, or once resolved: `--images ./imgs` and `imgs`).
@@ -334,6 +366,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
                 max_new_tokens: out.truncated.then_some(max_new),
                 model: opts.model.clone(),
                 decoding: decoding.clone(),
+                exemplar: exemplar_of(it),
             },
             Err(e) => {
                 errors += 1;
@@ -350,6 +383,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
                     max_new_tokens: None,
                     model: opts.model.clone(),
                     decoding: decoding.clone(),
+                    exemplar: exemplar_of(it),
                 }
             }
         };
@@ -700,6 +734,7 @@ mod shard_tests {
             max_new_tokens: None,
             model: model.map(str::to_string),
             decoding: None,
+            exemplar: None,
         };
         serde_json::to_string(&r).unwrap() + "\n"
     }

@@ -87,6 +87,7 @@ fn repeated_phrase_takes_its_own_box() {
         },
         model: None,
         decoding: None,
+        exemplar: None,
         error: None,
         truncated: false,
         max_new_tokens: None,
