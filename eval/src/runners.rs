@@ -474,6 +474,19 @@ fn check_shards_complete(out: &Path, files: &[PathBuf]) -> Result<(), EvalError>
     Ok(())
 }
 
+/// A done marker's item count and --limit ([`run`] writes them).
+fn read_done_marker(path: &Path) -> Result<(usize, Option<usize>), EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io { path: path.into(), source })?;
+    let bad = |message: String| EvalError::Format { path: path.into(), message };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let items = v["items"].as_u64().ok_or_else(|| bad("no whole-number \"items\"".into()))?;
+    let limit = match &v["limit"] {
+        serde_json::Value::Null => None,
+        l => Some(l.as_u64().ok_or_else(|| bad(format!("\"limit\" is {l}, not a whole number or null")))?),
+    };
+    Ok((items as usize, limit.map(|l| l as usize)))
+}
+
 /// Whether a stored model identity (`folder (weights F, options...)`, see `griffon`'s
 /// `ModelArgs::identity`) names the model `mine` names. One written before the weights'
 /// fingerprint was part of it (`folder (options...)`) matches on the folder and options.
@@ -532,8 +545,26 @@ pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
     check_shards_complete(out, &files)?;
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut all: Vec<Record> = Vec::new();
+    let mut limits: Vec<(PathBuf, Option<usize>)> = Vec::new();
     for f in files {
-        for r in read_shard(&f, false)? {
+        let records = read_shard(&f, false)?;
+        let (items, limit) = read_done_marker(&done_file(out, shard_of(&f)?))?;
+        let ids = records.iter().map(|r| r.id.as_str()).collect::<HashSet<_>>().len();
+        if ids != items {
+            return Err(EvalError::Invalid(format!(
+                "{}: holds records of {ids} sample(s), and its last run was over {items}{}: {}",
+                f.display(),
+                limit.map(|l| format!(" (--limit {l})")).unwrap_or_default(),
+                if ids < items {
+                    "records are missing (the file was edited or cut): run that shard again, which resumes"
+                } else {
+                    "it also holds records of an earlier run over more samples (another --limit): \
+                     run that shard again with that run's --limit, or run into a new --out"
+                }
+            )));
+        }
+        limits.push((f.clone(), limit));
+        for r in records {
             match seen.get(&r.id) {
                 None => {
                     seen.insert(r.id.clone(), all.len());
@@ -543,6 +574,18 @@ pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
                 Some(_) => {}
             }
         }
+    }
+    if let Some(((f1, l1), (f2, l2))) = limits.iter().zip(limits.iter().skip(1)).find(|((_, a), (_, b))| a != b) {
+        let show = |l: &Option<usize>| l.map_or("no --limit".to_string(), |l| format!("--limit {l}"));
+        return Err(EvalError::Invalid(format!(
+            "{}: its shards ran over different parts of the data set ({} with {}, {} with {}): run \
+             every shard with one --limit",
+            out.display(),
+            f1.display(),
+            show(l1),
+            f2.display(),
+            show(l2)
+        )));
     }
     all.sort_by(|a, b| a.id.cmp(&b.id));
     check_one_run(out, &all)?;
@@ -746,10 +789,21 @@ mod shard_tests {
         let out = dir.path();
         std::fs::write(shard_file(out, (0, 2)), line_of("1", Some("m"))).unwrap();
         std::fs::write(shard_file(out, (1, 2)), line_of("2", Some("m"))).unwrap();
-        std::fs::write(done_file(out, (0, 2)), "{}").unwrap();
+        let one = r#"{"items": 1, "limit": null}"#;
+        std::fs::write(done_file(out, (0, 2)), one).unwrap();
         let e = merge(out).unwrap_err().to_string();
         assert!(e.contains("shard(s) 1/2 not finished"), "{e}");
+        // the marker says how many samples its run went over, and with which --limit
+        std::fs::write(done_file(out, (1, 2)), r#"{"items": 2, "limit": null}"#).unwrap();
+        let e = merge(out).unwrap_err().to_string();
+        assert!(e.contains("records of 1 sample(s), and its last run was over 2: records are missing"), "{e}");
+        std::fs::write(done_file(out, (1, 2)), r#"{"items": 1, "limit": 3}"#).unwrap();
+        let e = merge(out).unwrap_err().to_string();
+        assert!(e.contains("with no --limit") && e.contains("with --limit 3"), "{e}");
         std::fs::write(done_file(out, (1, 2)), "{}").unwrap();
+        let e = merge(out).unwrap_err().to_string();
+        assert!(e.contains("done.shard-1-of-2.json") && e.contains("no whole-number \"items\""), "{e}");
+        std::fs::write(done_file(out, (1, 2)), one).unwrap();
         assert_eq!(merge(out).unwrap().len(), 2);
         std::fs::write(shard_file(out, (1, 2)), line_of("2", Some("other"))).unwrap();
         let e = merge(out).unwrap_err().to_string();

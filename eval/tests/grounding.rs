@@ -119,7 +119,7 @@ fn merge_prefers_settled_records() {
     .join("\n");
     std::fs::write(tmp.path().join("predictions.shard-0-of-1.jsonl"), shard + "\n").unwrap();
     // (the marker a finished run writes: merge refuses a shard without it)
-    std::fs::write(griffon_eval::runners::done_file(tmp.path(), (0, 1)), "{}").unwrap();
+    std::fs::write(griffon_eval::runners::done_file(tmp.path(), (0, 1)), r#"{"items": 3, "limit": null}"#).unwrap();
     let recs = griffon_eval::runners::merge(tmp.path()).unwrap();
     let got: Vec<(&str, bool, bool, Option<usize>)> =
         recs.iter().map(|r| (r.id.as_str(), r.error.is_some(), r.truncated, r.max_new_tokens)).collect();
