@@ -1016,7 +1016,7 @@ fn eval_run_metrics(
         summary.shard_file.display()
     );
     if shard.1 == 1 {
-        let records = runners::select(runners::merge(out)?, &items, a.limit);
+        let records = runners::merge_selected(out, &items, a.limit)?;
         let metrics = score_records(&records, out, annotations)?;
         Ok(Some(Scored { metrics, all_failed: all_failed(&records, out) }))
     } else {

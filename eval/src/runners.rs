@@ -536,8 +536,20 @@ fn check_one_run(out: &Path, records: &[Record]) -> Result<(), EvalError> {
 }
 
 /// Every record of every shard in `out`, deduplicated by id, in id order: a later record (a
-/// rerun, appended) replaces a failed or cut one unless it failed itself.
+/// rerun, appended) replaces a failed or cut one unless it failed itself. `eval merge` has no
+/// data set to pick the records of: each shard's records must be of the samples its last run
+/// went over (its done marker says how many), and every shard run with one --limit.
 pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
+    merge_shards(out, true)
+}
+
+/// [`merge`] for a run that knows its items: the records of `items` (the first `limit`), as
+/// [`select`] picks them, so records of an earlier run over more samples stay in the folder.
+pub fn merge_selected(out: &Path, items: &[Item], limit: Option<usize>) -> Result<Vec<Record>, EvalError> {
+    Ok(select(merge_shards(out, false)?, items, limit))
+}
+
+fn merge_shards(out: &Path, strict: bool) -> Result<Vec<Record>, EvalError> {
     let files = shard_files(out)?;
     if files.is_empty() {
         return Err(EvalError::Invalid(format!("{}: no predictions.shard-*.jsonl files", out.display())));
@@ -550,7 +562,7 @@ pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
         let records = read_shard(&f, false)?;
         let (items, limit) = read_done_marker(&done_file(out, shard_of(&f)?))?;
         let ids = records.iter().map(|r| r.id.as_str()).collect::<HashSet<_>>().len();
-        if ids != items {
+        if ids < items || (strict && ids > items) {
             return Err(EvalError::Invalid(format!(
                 "{}: holds records of {ids} sample(s), and its last run was over {items}{}: {}",
                 f.display(),
@@ -782,6 +794,12 @@ mod shard_tests {
         serde_json::to_string(&r).unwrap() + "\n"
     }
 
+    fn item(id: &str) -> Item {
+        let request =
+            griffon_core::request::Request { image: "a.png".into(), task: Task::Detect { categories: vec![] } };
+        Item { id: id.into(), request, truth: Truth::Coco { image_id: 1 } }
+    }
+
     /// merge refuses a shard that has not finished (no done marker) and records of two models.
     #[test]
     fn merge_needs_finished_shards_of_one_run() {
@@ -805,6 +823,14 @@ mod shard_tests {
         assert!(e.contains("done.shard-1-of-2.json") && e.contains("no whole-number \"items\""), "{e}");
         std::fs::write(done_file(out, (1, 2)), one).unwrap();
         assert_eq!(merge(out).unwrap().len(), 2);
+        // records of an earlier run over more samples: `eval merge` cannot tell them apart and
+        // refuses; a run that knows its items picks its own
+        std::fs::write(shard_file(out, (1, 2)), line_of("2", Some("m")) + &line_of("4", Some("m"))).unwrap();
+        let e = merge(out).unwrap_err().to_string();
+        assert!(e.contains("records of an earlier run over more samples"), "{e}");
+        let items: Vec<Item> = ["1", "2", "3", "4"].iter().map(|id| item(id)).collect();
+        let got: Vec<String> = merge_selected(out, &items, Some(2)).unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(got, ["1", "2"]);
         std::fs::write(shard_file(out, (1, 2)), line_of("2", Some("other"))).unwrap();
         let e = merge(out).unwrap_err().to_string();
         assert!(e.contains("records of two runs: item 1 has model \"m\", item 2 has \"other\""), "{e}");
