@@ -107,6 +107,22 @@ pub fn reg_region_prompt() -> String {
 }
 
 impl Request {
+    /// How many model calls (turns) the request makes: one per chunk of `chunk` categories, one
+    /// per phrase, else one. Checks the lists as [`Request::turns`] does, without the image.
+    pub fn turn_count(&self, chunk: usize) -> Result<usize, String> {
+        match &self.task {
+            Task::Detect { categories } => {
+                let n = clean_list(categories, "category", true)?.len();
+                match chunk {
+                    0 => Err("the category chunk size must be at least 1".into()),
+                    c => Ok(n.div_ceil(c)),
+                }
+            }
+            Task::Phrases { phrases } => Ok(clean_list(phrases, "phrase", false)?.len()),
+            _ => Ok(1),
+        }
+    }
+
     /// Validates the request against the main image size and expands it into model turns.
     /// `chunk` bounds the categories per detection turn (long lists are split and merged).
     pub fn turns(&self, width: u32, height: u32, chunk: usize) -> Result<Vec<Turn>, String> {

@@ -9,6 +9,11 @@ pub enum Error {
     /// A checkpoint, config, tokenizer, prompt or input problem; the message names what is wrong.
     #[error("{0}")]
     Invalid(String),
+    /// What a request asks is at fault, not the model: a box outside its image, a prompt longer
+    /// than the model's positions, placeholders that do not match the images (the server answers
+    /// it 400 and an [`Error::Invalid`] 500).
+    #[error("{0}")]
+    Request(String),
     #[error("image: {0}")]
     Image(#[from] crate::resample::ImageError),
     #[error("tensor op: {0}")]

@@ -3,7 +3,7 @@
 //! Each generated token's probability (softmax of the step's logits) is recorded, for the
 //! reference's confidence score.
 
-use crate::error::{invalid, Result};
+use crate::error::{invalid, Error, Result};
 use crate::llm::Llm;
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
@@ -227,7 +227,7 @@ pub fn generate_streaming(
         return invalid(format!("generate expects one sequence, got a batch of {}", prefix.dim(0)?));
     }
     if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
-        return invalid(format!("top-p must be in (0, 1], got {}", opts.top_p));
+        return Err(Error::Request(format!("top-p must be in (0, 1], got {}", opts.top_p)));
     }
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut cache = llm.new_cache();

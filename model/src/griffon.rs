@@ -457,14 +457,14 @@ impl Griffon {
         n_regions: usize,
     ) -> Result<Prepared> {
         let (pieces, placeholders) = self.tokenizer.assemble(prompt)?;
-        check_visual_counts(&placeholders, n_images, n_regions).map_err(|e| Error::Invalid(e.0))?;
+        check_visual_counts(&placeholders, n_images, n_regions).map_err(|e| Error::Request(e.0))?;
         let prepared = self.embed_pieces(&pieces, image_tokens, region_tokens)?;
         let len = prepared.embeds.dim(1)?;
         if let Some(max) = self.config.max_position_embeddings.filter(|&m| len > m) {
-            return invalid(format!(
+            return Err(Error::Request(format!(
                 "the prompt takes {len} positions (image tokens included), more than the model's \
                  max_position_embeddings {max}: shorten the text or use fewer images / tiles"
-            ));
+            )));
         }
         Ok(prepared)
     }

@@ -91,7 +91,7 @@ fn tail_chars(s: &str, n: usize) -> String {
 
 /// Crops a pixel box (xyxy, floats rounded outward to whole pixels) out of an image.
 pub fn crop(img: &RgbImage, b: PixelBox, what: &str) -> Result<RgbImage> {
-    b.validate(img.width(), img.height()).map_err(|m| Error::Invalid(format!("{what}: {m}")))?;
+    b.validate(img.width(), img.height()).map_err(|m| Error::Request(format!("{what}: {m}")))?;
     let x1 = b.x1.floor() as u32;
     let y1 = b.y1.floor() as u32;
     let x2 = (b.x2.ceil() as u32).min(img.width());
@@ -178,7 +178,7 @@ impl Griffon {
     pub fn run(&self, req: &Request, opts: &RunOptions) -> Result<TaskOutput> {
         let main = load_rgb(&req.image)?;
         let (w, h) = (main.width(), main.height());
-        let turns = req.turns(w, h, opts.chunk).map_err(Error::Invalid)?;
+        let turns = req.turns(w, h, opts.chunk).map_err(Error::Request)?;
         let key = if self.image_cache.enabled() { ImageKey::of(&req.image) } else { None };
         let image_tokens = match key.as_ref().and_then(|k| self.image_cache.get(k)) {
             Some(t) => t,

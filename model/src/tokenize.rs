@@ -83,7 +83,7 @@ impl PromptTokenizer {
 
     /// A rendered prompt -> token ids and visual placeholders.
     pub fn assemble(&self, prompt: &str) -> Result<(Vec<Piece>, Vec<Placeholder>)> {
-        check_marker_order(prompt).map_err(|e| Error::Invalid(e.0))?;
+        check_marker_order(prompt).map_err(|e| Error::Request(e.0))?;
         let (chunks, placeholders) = split_placeholders(prompt);
         let ids = chunks.iter().map(|c| self.encode_chunk(c)).collect::<Result<Vec<_>>>()?;
         Ok((assemble_ids(&ids, &placeholders, self.bos), placeholders))

@@ -231,7 +231,9 @@ impl Service {
         let out = self.model.run(&req, &opts).map_err(|e| match e {
             // an image error names its file, here the field: "exemplar.image: not a supported image ..."
             griffon_model::error::Error::Image(e) => Failure::Input(strip(e.to_string())),
-            griffon_model::error::Error::Invalid(m) => Failure::Input(strip(m)),
+            // what the request asked is at fault; an Error::Invalid (non-finite logits, say) is
+            // the model's
+            griffon_model::error::Error::Request(m) => Failure::Input(strip(m)),
             e => Failure::Model(strip(e.to_string())),
         })?;
         let mut v = serde_json::to_value(&out).map_err(|e| Failure::Model(format!("the answer as JSON: {e}")))?;
@@ -347,9 +349,24 @@ fn request_of(b: &TaskBody, dir: &Path, max_new_tokens_limit: usize) -> Result<(
             Task::Chat { prompt, regions }
         }
     };
+    let chunk = b.chunk.unwrap_or(RunOptions::default().chunk);
+    if chunk == 0 {
+        return Err(input("chunk: must be at least 1".to_string()));
+    }
+    let req = Request { image, task };
+    // the limit bounds the whole request: each turn (a chunk of categories, a phrase) decodes up
+    // to max_new_tokens, so without a value given the default is shared among the turns
+    let calls = req.turn_count(chunk).map_err(input)?;
+    if calls > max_new_tokens_limit {
+        return Err(input(format!(
+            "the request makes {calls} model calls (one per phrase or per chunk of categories), more \
+             than this server's limit of {max_new_tokens_limit} new tokens allows (griffon serve \
+             --max-new-tokens-limit): send fewer phrases or categories, or a larger chunk"
+        )));
+    }
     let d = SamplingOptions::default();
     let sampling = SamplingOptions {
-        max_new_tokens: b.max_new_tokens.unwrap_or(d.max_new_tokens.min(max_new_tokens_limit)),
+        max_new_tokens: b.max_new_tokens.unwrap_or(d.max_new_tokens.min(max_new_tokens_limit / calls)),
         temperature: b.temperature.unwrap_or(d.temperature),
         top_p: b.top_p.unwrap_or(d.top_p),
         seed: b.seed.unwrap_or(d.seed),
@@ -357,23 +374,28 @@ fn request_of(b: &TaskBody, dir: &Path, max_new_tokens_limit: usize) -> Result<(
     if let Some((name, what)) = sampling.problem() {
         return Err(input(format!("{name}: {what}")));
     }
-    if sampling.max_new_tokens > max_new_tokens_limit {
-        return Err(input(format!(
-            "max_new_tokens: at most {max_new_tokens_limit} on this server (griffon serve \
-             --max-new-tokens-limit), got {}",
-            sampling.max_new_tokens
-        )));
+    if sampling.max_new_tokens.saturating_mul(calls) > max_new_tokens_limit {
+        return Err(input(match calls {
+            1 => format!(
+                "max_new_tokens: at most {max_new_tokens_limit} on this server (griffon serve \
+                 --max-new-tokens-limit), got {}",
+                sampling.max_new_tokens
+            ),
+            _ => format!(
+                "max_new_tokens: the request makes {calls} model calls (one per phrase or per chunk of \
+                 categories) of up to {} new tokens each, more than this server's limit of \
+                 {max_new_tokens_limit} in all (griffon serve --max-new-tokens-limit): give at most {}",
+                sampling.max_new_tokens,
+                max_new_tokens_limit / calls
+            ),
+        }));
     }
     let template = match b.template.as_deref() {
         None | Some("auto") => None,
         Some(t) => Some(t.parse::<Template>().map_err(|e| input(format!("template: {e}")))?),
     };
-    let chunk = b.chunk.unwrap_or(RunOptions::default().chunk);
-    if chunk == 0 {
-        return Err(input("chunk: must be at least 1".to_string()));
-    }
     let opts = RunOptions { sampling, template, chunk, constrained: b.constrained.unwrap_or(false) };
-    Ok((Request { image, task }, opts))
+    Ok((req, opts))
 }
 
 /// Connections read at once; one more is answered 503 (without reading it).
@@ -411,6 +433,28 @@ pub struct Listener {
 struct Job {
     body: Vec<u8>,
     reply: std::sync::mpsc::Sender<Reply>,
+    /// Set by the connection's thread when its client closed the connection while the task
+    /// waited: the worker skips it.
+    gone: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How often a connection whose task waits checks whether its client is still there.
+const GONE_CHECK: Duration = Duration::from_millis(250);
+
+/// Whether the client closed its side: a read would see the end of the stream (or the
+/// connection was reset). A request is complete when it is queued, so a client that still waits
+/// sends nothing more; one that closes (curl -m, a closed page) has left, and so has one that
+/// shuts down its sending side only (`nc -N`): its answer is not computed.
+fn client_left(stream: &std::net::TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let r = stream.peek(&mut [0u8; 1]);
+    let _ = stream.set_nonblocking(false);
+    match r {
+        Ok(n) => n == 0,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted),
+    }
 }
 
 /// Counts an open connection while it lives (also when its thread panics).
@@ -473,6 +517,10 @@ impl Listener {
                 }
             });
             for job in rx {
+                if job.gone.load(Ordering::SeqCst) {
+                    eprintln!("a queued task was not run: its client closed the connection");
+                    continue;
+                }
                 let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.task(&job.body)))
                     .unwrap_or_else(|p| {
                         let what = p
@@ -499,9 +547,24 @@ fn connection(mut stream: std::net::TcpStream, limit: usize, info: &[u8], jobs: 
                 Route::Now(r) => r,
                 Route::Task => {
                     let (tx, rx) = std::sync::mpsc::channel();
-                    match jobs.send(Job { body, reply: tx }) {
-                        Ok(()) => rx.recv().unwrap_or_else(|_| Reply::error(500, "the model worker stopped")),
-                        Err(_) => Reply::error(503, "the server is stopping"),
+                    let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    if jobs.send(Job { body, reply: tx, gone: gone.clone() }).is_err() {
+                        Reply::error(503, "the server is stopping")
+                    } else {
+                        loop {
+                            match rx.recv_timeout(GONE_CHECK) {
+                                Ok(r) => break r,
+                                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if client_left(&stream) => {
+                                    // the worker skips the task if it has not started it
+                                    gone.store(true, std::sync::atomic::Ordering::SeqCst);
+                                    return;
+                                }
+                                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                                    break Reply::error(500, "the model worker stopped")
+                                }
+                            }
+                        }
                     }
                 }
             };
@@ -550,9 +613,11 @@ fn read_request(stream: &mut std::net::TcpStream, limit: usize) -> Result<(Strin
         line.clear();
         match reader.read_line(line) {
             Ok(0) => Err(bad("the request ended inside its head".into())),
-            Ok(_) if !line.ends_with('\n') => {
+            // a line without its end: the size cap was reached, or the client stopped inside it
+            Ok(_) if !line.ends_with('\n') && reader.limit() == 0 => {
                 Err(Reply::error(431, format!("the request line and headers take more than {MAX_HEAD} bytes")))
             }
+            Ok(_) if !line.ends_with('\n') => Err(bad("the request ended inside its head".into())),
             Ok(_) => Ok(()),
             Err(e) => Err(read_failed("reading the request head", e)),
         }
@@ -608,6 +673,10 @@ fn read_request(stream: &mut std::net::TcpStream, limit: usize) -> Result<(Strin
     }
     // what the head's reader took beyond the head is the start of the body
     let buffered = reader.into_inner().buffer().to_vec();
+    if length.is_none() && method == "POST" {
+        // the body is read by its declared length only (an HTTP/1.0 body up to the close is not)
+        return Err(Reply::error(411, "send the body with Content-Length"));
+    }
     let n = length.unwrap_or(0);
     if expect_continue && n > 0 && version == "HTTP/1.1" {
         use std::io::Write;
@@ -671,4 +740,28 @@ fn write_reply(stream: &mut std::net::TcpStream, reply: &Reply, head_only: bool,
         while matches!(r.read(&mut sink), Ok(n) if n > 0) {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that waits is there; one that closed the connection, or its sending side, has
+    /// left.
+    #[test]
+    fn clients_that_left_are_seen() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let waiting = std::net::TcpStream::connect(addr).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        assert!(!client_left(&server_side));
+        waiting.shutdown(std::net::Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(client_left(&server_side));
+        let closed = std::net::TcpStream::connect(addr).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        drop(closed);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(client_left(&server_side));
+    }
 }

@@ -246,6 +246,20 @@ fn new_tokens_are_limited() {
         assert_eq!(without_time(v), want, "{body}");
     }
     assert_eq!(want["truncated"], true, "{want}");
+    // the limit bounds the whole request: a phrase or a chunk of categories is one model call
+    let body = json!({"task": "phrases", "image": img, "phrases": ["circle", "cross"], "max_new_tokens": 4});
+    let (status, v) = post(&s, &body);
+    let e = v["error"].as_str().unwrap();
+    assert!(status == 400 && e.contains("makes 2 model calls") && e.contains("give at most 3"), "{e}");
+    let many: Vec<String> = (0..7).map(|i| format!("thing {i}")).collect();
+    let (status, v) = post(&s, &json!({"task": "phrases", "image": img, "phrases": many}));
+    let e = v["error"].as_str().unwrap();
+    assert!(status == 400 && e.contains("makes 7 model calls"), "{e}");
+    // without max_new_tokens the calls share the limit
+    let (status, v) = post(&s, &json!({"task": "detect", "image": img, "categories": ["circle", "cross"], "chunk": 1}));
+    assert_eq!(status, 200, "{v}");
+    let task = Task::Detect { categories: vec!["circle".into(), "cross".into()] };
+    assert_eq!(without_time(v), direct(&load(), task, &RunOptions { chunk: 1, ..opts(3) }));
 }
 
 /// Sends `raw` as it is and reads the whole answer: (status, headers, body), an interim
@@ -331,6 +345,9 @@ fn the_socket_serves_page_model_and_tasks() {
     let (status, _, v) =
         exchange(addr, b"POST /v1/tasks HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n0\r\n\r\n");
     assert_eq!(status, 411, "{}", error_of(&v));
+    // a body is read by its declared length only
+    let (status, _, v) = exchange(addr, b"POST /v1/tasks HTTP/1.0\r\n\r\n{\"task\": \"chat\"}");
+    assert!(status == 411 && error_of(&v).contains("Content-Length"), "{}", error_of(&v));
     let (status, _, v) = exchange(addr, b"hello there\r\n\r\n");
     assert_eq!(status, 400);
     assert!(error_of(&v).contains("not an HTTP/1.0 or 1.1 request line"), "{}", error_of(&v));
@@ -341,6 +358,7 @@ fn the_socket_serves_page_model_and_tasks() {
         (b"GET / HTTP/1.1\r\nContent-Length : 0\r\n\r\n", "malformed header name"),
         (b"GET / HTTP/2.0\r\n\r\n", "not an HTTP/1.0 or 1.1"),
         (b"POST /v1/tasks HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}", "ended after 2 of its 10 bytes"),
+        (b"POST /v1/tasks HTTP/1.1\r\nContent-Len", "ended inside its head"),
     ] {
         let mut c = std::net::TcpStream::connect(addr).unwrap();
         c.write_all(raw).unwrap();
