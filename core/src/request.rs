@@ -154,6 +154,10 @@ impl Request {
                 if e.is_empty() {
                     return Err("the referring expression is empty".into());
                 }
+                // the image would be spliced where the placeholder stands, mid-sentence
+                if e.contains("<image>") || e.contains("<region>") {
+                    return Err(format!("the referring expression {e:?} contains a placeholder (<image>, <region>)"));
+                }
                 vec![turn(rec_prompt(e), vec![], Some(e.to_string()), false)]
             }
             Task::Phrases { phrases } => clean_list(phrases, "phrase", false)?
@@ -218,6 +222,16 @@ mod tests {
         let t = req(Task::Phrases { phrases: vec!["a man".into(), "a man".into()] }).turns(100, 100, 80).unwrap();
         assert_eq!(t.len(), 2);
         assert!(t[0].categories.is_empty());
+        // turn_count agrees with turns, without the image
+        for (task, chunk) in [
+            (Task::Detect { categories: ["dog", "cat", " dog", "cat", "bird"].map(String::from).to_vec() }, 2),
+            (Task::Phrases { phrases: vec!["a man".into(), "a man".into(), "a dog".into()] }, 80),
+            (Task::Ground { expression: "the cat".into() }, 80),
+        ] {
+            let r = req(task);
+            assert_eq!(r.turn_count(chunk).unwrap(), r.turns(100, 100, chunk).unwrap().len());
+        }
+        assert!(req(Task::Detect { categories: vec![" ".into()] }).turn_count(80).unwrap_err().contains("empty"));
     }
 
     #[test]
@@ -231,6 +245,8 @@ mod tests {
 
     #[test]
     fn bad_requests() {
+        let e = req(Task::Ground { expression: "the <image> icon".into() }).turns(10, 10, 80).unwrap_err();
+        assert!(e.contains("placeholder"), "{e}");
         assert!(req(Task::Detect { categories: vec![" ".into()] }).turns(10, 10, 80).unwrap_err().contains("empty"));
         assert!(req(Task::Detect { categories: vec!["a&b".into()] })
             .turns(10, 10, 80)

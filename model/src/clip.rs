@@ -152,6 +152,9 @@ impl ClipVision {
                 s.prefix, cfg.num_attention_heads
             ));
         }
+        if p == 0 {
+            return invalid(format!("vision tower {}: patch_size is 0", s.prefix));
+        }
         if run_size == 0 || run_size % p != 0 {
             return invalid(format!("image size {run_size} is not a positive multiple of the patch size {p}"));
         }
@@ -161,9 +164,10 @@ impl ClipVision {
         let e = s.pp("embeddings");
         let patch_w = e.get("patch_embedding.weight", &[h, 3, p, p])?.reshape((h, 3 * p * p))?;
         let class_emb = e.get("class_embedding", &[h])?;
-        let stored_rows = e.shape("position_embedding.weight").map(|s| s[0]).ok_or_else(|| {
-            crate::Error::Invalid(format!("tensor {} is missing", e.name("position_embedding.weight")))
-        })?;
+        let stored_rows =
+            e.shape("position_embedding.weight").map(|s| s.first().copied().unwrap_or(0)).ok_or_else(|| {
+                crate::Error::Invalid(format!("tensor {} is missing", e.name("position_embedding.weight")))
+            })?;
         let g_stored = cfg.grid();
         if stored_rows != g_stored * g_stored + 1 {
             return invalid(format!(
@@ -324,6 +328,9 @@ pub fn infer_clip_config(s: &Scope) -> Result<ClipVisionConfig> {
     }
     let hidden = pw[0];
     let patch = pw[2];
+    if patch == 0 || pw[3] != patch {
+        return invalid(format!("cannot infer the vision tower under {}: patch kernel of shape {pw:?}", s.prefix));
+    }
     let g = ((pos[0].saturating_sub(1)) as f64).sqrt().round() as usize;
     if g * g + 1 != pos[0] {
         return invalid(format!(

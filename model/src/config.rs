@@ -413,7 +413,11 @@ impl GriffonConfig {
                 ))
             }
         }
-        let bos_token_id = j.opt_usize("bos_token_id")?.map(|x| x as u32).unwrap_or(bos_default);
+        let bos_token_id = match j.opt_usize("bos_token_id")? {
+            None => bos_default,
+            Some(x) => u32::try_from(x)
+                .map_err(|_| Error::Invalid(format!("{}: bos_token_id {x} is not a token id", file.display())))?,
+        };
         let eos_token_ids = j.opt_ids("eos_token_id")?.unwrap_or(vec![eos_default]);
         let vocab = llm.vocab_size();
         for (key, id) in
@@ -478,6 +482,7 @@ pub fn resolve_tower(
     written: Option<&str>,
     prefix: &str,
     override_file: Option<&Path>,
+    override_flag: &str,
 ) -> Result<(ClipVisionConfig, TowerSource)> {
     if let Some((f, source)) = find_tower_config(ck, written, override_file) {
         let cfg = parse_clip_config(&read_json(&f)?, &f)?;
@@ -485,7 +490,7 @@ pub fn resolve_tower(
     }
     let cfg = infer_clip_config(&ck.scope(prefix)).map_err(|e| {
         Error::Invalid(format!(
-            "{e}; no tower config found{} (give one with --vision-config)",
+            "{e}; no tower config found{} (give one with {override_flag})",
             written.map(|w| format!(" for `{w}`")).unwrap_or_default()
         ))
     })?;

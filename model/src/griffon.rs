@@ -188,7 +188,7 @@ fn resolve_main_tower(
         })?;
         return Ok((MainTowerConfig::Eva02(cfg), TowerSource::Inferred));
     }
-    let (cfg, source) = resolve_tower(ck, written, MAIN_TOWER_PREFIX, override_file)?;
+    let (cfg, source) = resolve_tower(ck, written, MAIN_TOWER_PREFIX, override_file, "--vision-config")?;
     Ok((MainTowerConfig::Clip(cfg), source))
 }
 
@@ -303,11 +303,48 @@ impl Griffon {
         let h = config.llm.hidden_size();
         let projector =
             Projector::load(&ck.scope("model.mm_projector"), &config.mm.projector, tower_cfg.hidden_size, h)?;
+        // checked here rather than at the first image, naming the setting at fault
+        if let crate::config::ProjectorType::ConvReduce { .. } = config.mm.projector {
+            if config.mm.keep_cls {
+                return invalid(format!(
+                    "{}: mm_vision_select_feature `cls_patch` with the conv projector: the CLS row is not \
+                     part of the patch grid the conv reduces (use `patch`)",
+                    config_path.display()
+                ));
+            }
+            let patches = tower.num_patches();
+            if projector.out_tokens(patches) == 0 {
+                let g = (patches as f64).sqrt().round() as usize;
+                return invalid(format!(
+                    "input size {run_size} px gives a {g}x{g} patch grid, too small for the conv projector's \
+                     3x3 kernel: give a larger --image-size"
+                ));
+            }
+        }
         let region = if config.mm.unshared_visual_encoder {
-            let (rcfg, _) =
-                resolve_tower(&ck, Some(REGION_TOWER_FOLDER), REGION_TOWER_PREFIX, opts.region_config.as_deref())?;
+            let (rcfg, _) = resolve_tower(
+                &ck,
+                Some(REGION_TOWER_FOLDER),
+                REGION_TOWER_PREFIX,
+                opts.region_config.as_deref(),
+                "--region-config",
+            )?;
             Some(RegionEncoder::load(&ck.scope(REGION_TOWER_PREFIX), &ck.scope("model.prompt_projector"), &rcfg, h)?)
         } else {
+            // weights of a region encoder with the flag off: the exemplars would go through the
+            // main tower as whole images, silently not the model that was trained
+            let stray: Vec<&str> = ["model.prompt_visual_encoder.", "model.prompt_projector."]
+                .iter()
+                .flat_map(|p| ck.names_with_prefix(p))
+                .collect();
+            if let Some(first) = stray.first() {
+                return invalid(format!(
+                    "{}: the checkpoint holds region-encoder weights ({first} and {} more) but config.json's \
+                     unshared_visual_encoder is false or missing: set it to true, or remove those weights",
+                    dir.display(),
+                    stray.len() - 1
+                ));
+            }
             None
         };
         let llm = Llm::load(&ck, &config.llm)?;
@@ -344,7 +381,9 @@ impl Griffon {
 
     /// LLM tokens one main image becomes.
     pub fn image_tokens(&self) -> usize {
-        self.projector.out_tokens(self.tower.num_patches()) * self.tiles * self.tiles
+        // (the CLS row travels with the patches under `cls_patch`; conv projectors refuse it)
+        let rows = self.tower.num_patches() + usize::from(self.config.mm.keep_cls);
+        self.projector.out_tokens(rows) * self.tiles * self.tiles
     }
 
     /// Square input size of region images (the region tower's, or the main one's when the

@@ -83,8 +83,21 @@ impl Checkpoint {
             }
             // SAFETY: the file is mapped read-only; as with every mmap-based loader, it must not be
             // truncated by another process while the model is alive.
-            let st = unsafe { MmapedSafetensors::new(p) }
-                .map_err(|e| Error::Invalid(format!("{}: not a readable safetensors file: {e}", p.display())))?;
+            let st = unsafe { MmapedSafetensors::new(p) }.map_err(|e| {
+                let lfs = std::fs::File::open(p).ok().and_then(|f| {
+                    use std::io::Read;
+                    let mut head = Vec::new();
+                    f.take(40).read_to_end(&mut head).ok()?;
+                    Some(head.starts_with(b"version https://git-lfs"))
+                });
+                match lfs {
+                    Some(true) => Error::Invalid(format!(
+                        "{}: a Git LFS pointer, not the weights (fetch them: git lfs pull)",
+                        p.display()
+                    )),
+                    _ => Error::Invalid(format!("{}: not a readable safetensors file: {e}", p.display())),
+                }
+            })?;
             let k = files.len();
             for (name, view) in st.tensors() {
                 if let Some((other, _)) = index.insert(name.clone(), (k, view.shape().to_vec())) {

@@ -511,7 +511,18 @@ pub enum ImageError {
     Truncated { path: PathBuf, format: String, what: &'static str },
     #[error("{}: image has zero size ({width}x{height})", .path.display())]
     ZeroSize { path: PathBuf, width: u32, height: u32 },
+    #[error(
+        "{}: image of {width}x{height} pixels: more than {} pixels (twice Pillow's MAX_IMAGE_PIXELS, \
+         where Pillow refuses a decompression bomb)",
+        .path.display(),
+        2 * PIL_MAX_IMAGE_PIXELS
+    )]
+    TooLarge { path: PathBuf, width: u32, height: u32 },
 }
+
+/// Pillow's `PIL.Image.MAX_IMAGE_PIXELS` (1024 * 1024 * 1024 // 4 // 3): it warns above it and
+/// refuses above twice it.
+pub const PIL_MAX_IMAGE_PIXELS: u64 = 89_478_485;
 
 /// Open an image file and convert to RGB like PIL's `Image.open(path).convert("RGB")`: alpha
 /// dropped (not composited), grey replicated, palette expanded, EXIF orientation NOT applied
@@ -537,6 +548,17 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
     let mut reader = reader;
     reader.set_format(format);
     let format_name = format!("{format:?}").to_uppercase();
+    // Pillow's size rule instead of image-rs's 512 MiB decode budget (which refuses a 12000 x
+    // 12000 RGBA PNG that Pillow opens): refused above twice PIL.Image.MAX_IMAGE_PIXELS
+    // (Pillow's DecompressionBombError), read from the header before anything is decoded
+    let mut header = image::ImageReader::new(Cursor::new(bytes.as_slice()));
+    header.set_format(format);
+    if let Ok((width, height)) = header.into_dimensions() {
+        if width as u64 * height as u64 > 2 * PIL_MAX_IMAGE_PIXELS {
+            return Err(ImageError::TooLarge { path: path.to_path_buf(), width, height });
+        }
+    }
+    reader.no_limits();
     // zune-jpeg decodes a JPEG cut short inside its scan data without complaint (filling the rest);
     // Pillow raises "image file is truncated" for it, so reject it here as well.
     if format == ImageFormat::Jpeg && jpeg_truncated(&bytes) {

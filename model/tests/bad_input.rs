@@ -274,3 +274,67 @@ fn prompt_longer_than_the_context_is_refused() {
     });
     assert!(load_err(&dir).contains("max_position_embeddings must be at least 1"));
 }
+
+/// Settings the weights contradict, or that leave nothing for the projector, are refused at load,
+/// naming the setting; not found at the first image, or run as another model.
+#[test]
+fn settings_the_weights_contradict_are_refused() {
+    // region-encoder weights with the flag off would send exemplars through the main tower
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    edit_config(&dir, |c| {
+        c.insert("unshared_visual_encoder".into(), false.into());
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("unshared_visual_encoder") && e.contains("model.prompt_"), "{e}");
+    // a CLS row cannot join the conv projector's grid
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    edit_config(&dir, |c| {
+        c.insert("mm_vision_select_feature".into(), "cls_patch".into());
+    });
+    assert!(load_err(&dir).contains("cls_patch"));
+    // an input too small for the unpadded conv's 3x3 kernel (patch 8: a 2x2 grid)
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    edit_config(&dir, |c| {
+        c.insert("mm_projector_type".into(), "conv_reduce_wo_pad".into());
+    });
+    let opts = LoadOptions { image_size: Some(16), ..Default::default() };
+    let e = Griffon::load(&dir, &opts).err().expect("must fail").to_string();
+    assert!(e.contains("2x2 patch grid") && e.contains("--image-size"), "{e}");
+    // a BOS id beyond u32 is not cut to a small one
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    edit_config(&dir, |c| {
+        c.insert("bos_token_id".into(), 4294967298u64.into());
+    });
+    assert!(load_err(&dir).contains("bos_token_id 4294967298 is not a token id"));
+    // weights cloned without Git LFS
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    std::fs::write(
+        dir.join("model.safetensors"),
+        "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n",
+    )
+    .unwrap();
+    assert!(load_err(&dir).contains("a Git LFS pointer, not the weights"));
+}
+
+/// An image over Pillow's decompression-bomb size is refused from its header, naming the size;
+/// under it, image-rs's default decode budget (512 MiB) does not apply.
+#[test]
+fn images_over_pillows_size_rule_are_refused() {
+    // a 24-bit BMP header of 20000 x 10000 pixels (2e8 > 2 * 89478485), no pixel data
+    let (w, h) = (20_000i32, 10_000i32);
+    let mut bmp = b"BM".to_vec();
+    bmp.extend(54u32.to_le_bytes()); // file size (not checked)
+    bmp.extend([0u8; 4]);
+    bmp.extend(54u32.to_le_bytes()); // pixel data offset
+    bmp.extend(40u32.to_le_bytes());
+    bmp.extend(w.to_le_bytes());
+    bmp.extend(h.to_le_bytes());
+    bmp.extend(1u16.to_le_bytes());
+    bmp.extend(24u16.to_le_bytes());
+    bmp.extend([0u8; 24]);
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("huge.bmp");
+    std::fs::write(&f, &bmp).unwrap();
+    let e = griffon_model::resample::load_rgb(&f).unwrap_err().to_string();
+    assert!(e.contains("huge.bmp") && e.contains("20000x10000") && e.contains("178956970"), "{e}");
+}
