@@ -531,8 +531,11 @@ pub const PIL_MAX_IMAGE_PIXELS: u64 = 89_478_485;
 /// give an error naming the path (never a panic).
 ///
 /// 16-bit files follow Pillow's conversions (checked with Pillow 13): 16-bit RGB(A) and 16-bit
-/// grey+alpha keep the high byte; 16-bit grey (mode `I;16`) is clipped to 255 by
-/// `convert("RGB")`. Float images fall back to image-rs's conversion (Pillow differs there).
+/// grey+alpha keep the high byte; 16-bit grey (mode `I;16`, also with a tRNS colour) is clipped
+/// to 255 by `convert("RGB")`. 8-bit CMYK TIFFs use Pillow's rounding (image-rs truncates); a
+/// CMYK JPEG is within 2 levels of Pillow's (two decoders). These modes are checked against
+/// Pillow's output (tools/reference/make_pixel_mode_fixtures.py). Float images fall back to
+/// image-rs's conversion (Pillow differs there).
 pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
     let bytes = std::fs::read(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
     if bytes.is_empty() {
@@ -568,6 +571,12 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
             what: "the file ends before the end-of-image marker",
         });
     }
+    // 8-bit CMYK TIFF: image-rs converts to RGB truncating; Pillow's cmyk2rgb rounds
+    if format == ImageFormat::Tiff {
+        if let Some(rgb) = tiff_cmyk8_like_pil(&bytes) {
+            return Ok(rgb);
+        }
+    }
     // Decoders should report errors, not panic; guard anyway so a hostile file cannot take the
     // process down.
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()));
@@ -589,7 +598,56 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
     if img.width() == 0 || img.height() == 0 {
         return Err(ImageError::ZeroSize { path: path.to_path_buf(), width: img.width(), height: img.height() });
     }
+    // a 16-bit grey PNG with a tRNS colour: image-rs adds an alpha channel, Pillow opens it as
+    // I;16 (the transparency kept aside) and clips, as for any 16-bit grey PNG
+    let img = match img {
+        DynamicImage::ImageLumaA16(i) if format == ImageFormat::Png && png_grey16(&bytes) => {
+            DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(i.width(), i.height(), |x, y| {
+                image::Luma([i.get_pixel(x, y).0[0]])
+            }))
+        }
+        other => other,
+    };
     Ok(to_rgb_like_pil(img))
+}
+
+/// Whether a PNG's header (IHDR, first after the signature) says 16-bit greyscale without alpha
+/// (colour type 0).
+fn png_grey16(bytes: &[u8]) -> bool {
+    bytes.len() >= 26 && &bytes[12..16] == b"IHDR" && bytes[24] == 16 && bytes[25] == 0
+}
+
+/// An 8-bit CMYK TIFF as Pillow's `convert("RGB")` makes it (Convert.c `cmyk2rgb`: with
+/// nk = 255 - k, each channel is nk - MULDIV255(c, nk), MULDIV255 rounding), or None for any
+/// other TIFF, or one the decoder fails on (image-rs then reports it).
+fn tiff_cmyk8_like_pil(bytes: &[u8]) -> Option<RgbImage> {
+    let decoded = std::panic::catch_unwind(|| {
+        let mut d = tiff::decoder::Decoder::new(Cursor::new(bytes)).ok()?;
+        if d.colortype().ok()? != tiff::ColorType::CMYK(8) {
+            return None;
+        }
+        let (w, h) = d.dimensions().ok()?;
+        match d.read_image().ok()? {
+            tiff::decoder::DecodingResult::U8(v) if v.len() as u64 == 4 * w as u64 * h as u64 => Some((w, h, v)),
+            _ => None,
+        }
+    });
+    let (w, h, v) = decoded.ok()??;
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let muldiv255 = |a: u32, b: u32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    let rgb = v
+        .chunks_exact(4)
+        .flat_map(|p| {
+            let nk = 255 - p[3] as u32;
+            [0, 1, 2].map(|c| (nk - muldiv255(p[c] as u32, nk)) as u8)
+        })
+        .collect();
+    RgbImage::from_raw(w, h, rgb)
 }
 
 /// Whether a JPEG stream ends before its EOI marker (FF D9). Walks the marker segments from

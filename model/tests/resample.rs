@@ -465,3 +465,32 @@ fn sixteen_bit_pngs_convert_like_pillow() {
     let got = load_rgb(&la).unwrap();
     assert_eq!(got.as_raw(), &[15, 15, 15, 255, 255, 255], "16-bit grey+alpha -> RGB must keep the high byte");
 }
+
+/// Modes whose conversion image-rs does differently from Pillow, against Pillow's own
+/// `convert("RGB")` (tools/reference/make_pixel_mode_fixtures.py): exact, but for the CMYK JPEG
+/// (two JPEG decoders: within 2 levels).
+#[test]
+fn pixel_modes_convert_like_pillow() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pixel_modes");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    for (file, want) in expected["images"].as_object().unwrap() {
+        let got = load_rgb(&dir.join(file)).unwrap();
+        let size: Vec<u64> = want["size"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!([got.width() as u64, got.height() as u64], size[..], "{file}");
+        let want: Vec<u8> = want["rgb"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8))
+            .collect();
+        let tolerance = if file.ends_with(".jpg") { 2 } else { 0 };
+        let worst = got.as_raw().iter().zip(&want).map(|(&a, &b)| a.abs_diff(b)).max().unwrap();
+        assert!(
+            worst <= tolerance,
+            "{file}: differs from Pillow by up to {worst}\n got {:?}\nwant {:?}",
+            got.as_raw(),
+            want
+        );
+    }
+}
