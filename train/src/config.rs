@@ -531,6 +531,29 @@ impl TrainConfig {
         if t.ground_weight > 0.0 && t.stage == 0 {
             return Err("train.ground_weight needs answers to supervise: stage 0 trains the dense loss alone".into());
         }
+        // stage 0 trains the dense loss alone, at weight 1: the answer-loss settings do nothing
+        if t.stage == 0 && t.dense_weight != 0.0 && t.dense_weight != 1.0 {
+            return Err(format!(
+                "train.dense_weight = {} does nothing in stage 0, which trains the dense loss alone (at weight 1)",
+                t.dense_weight
+            ));
+        }
+        if t.stage == 0 {
+            // the dense head reads the tower's features: nothing else gets a gradient
+            let modules = self.trainable_modules();
+            if modules != [Module::Vision] {
+                return Err(format!(
+                    "train.trainable = {modules:?} in stage 0: its dense loss reaches the vision tower only \
+                     (train [\"vision\"], or leave trainable unset)"
+                ));
+            }
+        }
+        if t.stage == 0 && t.choice_weight != 1.0 {
+            return Err(format!(
+                "train.choice_weight = {} weighs answer tokens, which stage 0 does not train",
+                t.choice_weight
+            ));
+        }
         if (t.stage == 0 || t.dense_weight > 0.0) && self.data.synth.is_none() {
             return Err("the dense perception loss (stage 0 or train.dense_weight) needs [data.synth]: it is built from the scenes' objects".into());
         }

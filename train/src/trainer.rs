@@ -801,12 +801,15 @@ struct TrainerState {
     settings: Option<serde_json::Value>,
 }
 
-/// The `[train]` settings that change what a step does: a resume with another value would
-/// silently train another run under the checkpoint's name (another rate, batch, stage or set of
-/// trained modules). Not the budget (`max_time_s`), saving, logging or worker settings, which a
-/// resume may change.
+/// The settings that change what a step does: a resume with another value would silently train
+/// another run under the checkpoint's name (another rate, batch, stage or set of trained
+/// modules; since session 29 also other data: the `[data]` and `[data.synth]` values and the
+/// model's input size and tiles, stored under their dotted names). Not the budget
+/// (`max_time_s`), saving, logging or worker settings, which a resume may change, nor the path
+/// of a task list (its sample count is compared, [`TrainerState::check_resume`]).
 fn resume_settings(cfg: &TrainConfig) -> serde_json::Value {
     let t = &cfg.train;
+    let d = &cfg.data;
     // a set: the order the list was written in does not matter
     let modules: std::collections::BTreeSet<String> =
         cfg.trainable_modules().iter().map(|m| format!("{m:?}").to_lowercase()).collect();
@@ -820,6 +823,15 @@ fn resume_settings(cfg: &TrainConfig) -> serde_json::Value {
         "choice_weight": t.choice_weight, "ground_layer": t.ground_layer, "ground_head": t.ground_head,
         "ground_keys": format!("{:?}", t.ground_keys).to_lowercase(),
         "ground_positions": format!("{:?}", t.ground_positions).to_lowercase(),
+        "data.max_len": d.max_len, "data.max_categories": d.max_categories, "data.none_prob": d.none_prob,
+        "data.det_format_prob": d.det_format_prob,
+        "data.synth": d.synth.as_ref().map(|s| serde_json::json!({
+            "seed": s.seed, "samples": s.samples, "size": s.size, "max_objects": s.max_objects,
+            "object_scale": s.object_scale, "visj_random": s.visj_random, "region_naming": s.region_naming,
+            "rec_not_largest": s.rec_not_largest, "rec_turns": s.rec_turns,
+            "mix": {"det": s.mix.det, "vg": s.mix.vg, "reg": s.mix.reg, "visj": s.mix.visj},
+        })),
+        "model.image_size": cfg.model.image_size, "model.tiles": cfg.model.tiles,
     })
 }
 
@@ -832,12 +844,21 @@ fn changed_settings(stored: &serde_json::Value, now: &serde_json::Value) -> Vec<
         (Some(x), Some(y)) => x == y, // 1 and 1.0 are the same setting
         _ => x == y,
     };
-    b.iter()
-        .filter_map(|(k, v)| {
-            let old = a.get(k)?; // a key added later: not compared
-            (!same(old, v)).then(|| format!("train.{k} {old} -> {v}"))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (k, v) in b {
+        let Some(old) = a.get(k) else { continue }; // a key added later: not compared
+                                                    // a table (data.synth): each of its values by name
+        let name = if k.contains('.') { k.clone() } else { format!("train.{k}") };
+        match (old.as_object(), v.as_object()) {
+            (Some(_), Some(_)) => out.extend(changed_settings(old, v).into_iter().map(|c| {
+                let inner = c.strip_prefix("train.").unwrap_or(&c);
+                format!("{name}.{inner}")
+            })),
+            _ if !same(old, v) => out.push(format!("{name} {old} -> {v}")),
+            _ => {}
+        }
+    }
+    out
 }
 
 impl TrainerState {
@@ -1248,7 +1269,8 @@ impl Trainer {
         self.group_lrs.iter().map(|lr| lr * f).collect()
     }
 
-    /// Summed (averaged over the accumulation) gradients of one optimizer step, its mean loss
+    /// Summed (averaged over the accumulation's micro-batches that trained) gradients of one
+    /// optimizer step, its mean loss
     /// and supervised token count (patches in stage 0), and the mean unweighted dense and
     /// grounding losses when they are trained. Samples whose images fail are reported in `skipped`.
     pub fn step_gradients(&mut self, step: usize) -> Result<StepGradients, Error> {
@@ -1262,6 +1284,8 @@ impl Trainer {
             .map_err(|e| e.to_string())?;
         let mut loss_sum = 0.0;
         let mut tokens = 0;
+        // micro-batches that gave a gradient
+        let mut trained = 0usize;
         let mut dense_sum: Option<f64> = None;
         // the grounding loss, its masses (on the referred object, on the others) and its box
         // readout, over the micro-batches that gave each
@@ -1327,6 +1351,19 @@ impl Trainer {
                 }
             }
             self.phases.backward += t_bwd.elapsed();
+            trained += 1;
+        }
+        if trained > 0 && trained < accum {
+            // micro-batches were skipped: the mean over those trained, not a fraction of it (which
+            // would shrink the step and clip differently)
+            let scale = accum as f64 / trained as f64;
+            for g in grads.iter_mut() {
+                *g = (&*g * scale).map_err(|e| e.to_string())?;
+            }
+            loss_sum *= scale;
+            if let Some(d) = dense_sum.as_mut() {
+                *d *= scale;
+            }
         }
         if tokens == 0 {
             // every micro-batch was skipped: report why instead of taking an empty step
@@ -1472,6 +1509,7 @@ impl Trainer {
         let final_dir = out.join(&name);
         let tmp = out.join(format!(".tmp-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
+        remove_leftovers(&out);
         std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         let io = |e: std::io::Error| e.to_string();
         // non-weight files (config, tokenizer, tower config folders) as they were
@@ -1558,10 +1596,32 @@ fn prune_checkpoints(out: &Path, keep: usize, current: &str) -> std::io::Result<
     }
     found.sort();
     let excess = (found.len() + 1).saturating_sub(keep);
-    for (_, p) in found.into_iter().take(excess) {
-        std::fs::remove_dir_all(p)?;
+    for (n, p) in found.into_iter().take(excess) {
+        // renamed out of the checkpoint names first: a kill while deleting leaves a `.del-`
+        // folder (removed by a later save), not a half-deleted checkpoint-N that looks whole
+        let doomed = out.join(format!(".del-checkpoint-{n}-{}", std::process::id()));
+        std::fs::rename(&p, &doomed)?;
+        std::fs::remove_dir_all(doomed)?;
     }
     Ok(())
+}
+
+/// Removes what killed runs left in `out`: `.tmp-checkpoint-N-PID` (a save cut short, weights
+/// and optimizer state, full size) and `.del-checkpoint-N-PID` (a prune cut short) of processes
+/// that are gone (no /proc/PID; this process's own are its to handle). Failures are ignored:
+/// the folders are not needed, and never read.
+fn remove_leftovers(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(out) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix(".tmp-checkpoint-").or_else(|| name.strip_prefix(".del-checkpoint-")) else {
+            continue;
+        };
+        let Some(pid) = rest.rsplit_once('-').and_then(|(_, pid)| pid.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() && e.path().is_dir() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn copy_support_files(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -1589,4 +1649,24 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
         }
     }
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changed_settings;
+    use serde_json::json;
+
+    /// Changed settings are named by their config keys, a table's values one by one; a key the
+    /// stored settings lack (added later) is not compared.
+    #[test]
+    fn changed_settings_are_named_by_key() {
+        let stored = json!({"lr": 1e-3, "data.max_len": 100,
+                            "data.synth": {"seed": 1, "mix": {"det": 0.25, "vg": 0.35}}});
+        let now = json!({"lr": 1e-3, "data.max_len": 100, "model.tiles": 2,
+                         "data.synth": {"seed": 2, "mix": {"det": 0.25, "vg": 0.3}}});
+        assert_eq!(changed_settings(&stored, &now), ["data.synth.mix.vg 0.35 -> 0.3", "data.synth.seed 1 -> 2"]);
+        let none = json!({"data.synth": null});
+        assert_eq!(changed_settings(&none, &json!({"data.synth": {"seed": 1}})), ["data.synth null -> {\"seed\":1}"]);
+        assert!(changed_settings(&now, &now).is_empty());
+    }
 }

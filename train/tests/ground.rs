@@ -252,6 +252,10 @@ fn grounding_settings_are_checked() {
     for (train, want) in [
         ("ground_weight = -1.0\nstage = 2\nlr = 1e-3", "train.ground_weight must be a non-negative number"),
         ("ground_weight = 1.0\nstage = 0\nlr = 1e-3", "train.ground_weight needs answers"),
+        // stage 0 trains the dense loss alone, at weight 1, through the vision tower
+        ("dense_weight = 0.1\nstage = 0\nlr = 1e-3", "train.dense_weight = 0.1 does nothing in stage 0"),
+        ("choice_weight = 2.0\nstage = 0\nlr = 1e-3", "train.choice_weight = 2 weighs answer tokens"),
+        ("trainable = [\"vision\", \"llm\"]\nstage = 0\nlr = 1e-3", "its dense loss reaches the vision tower only"),
         ("ground_box_weight = 1.0\nstage = 2\nlr = 1e-3", "set train.ground_weight > 0 too"),
         (
             "ground_keys = \"text\"\nstage = 2\nlr = 1e-3",

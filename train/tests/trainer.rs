@@ -70,14 +70,19 @@ fn resumed_run_matches_uninterrupted_run() {
     let cfg_b = config(data.path(), "b", body);
     let first = Trainer::new(cfg_b.clone(), &Device::Cpu).unwrap().run(Some(3), false).unwrap();
     assert_eq!(first.losses.len(), 3);
-    // a kill in the middle of a later save leaves debris that must be ignored
+    // a kill in the middle of a later save (or prune) leaves debris that must be ignored, and
+    // is removed by the next save (its process is gone: pid 4194305 is above Linux's pid_max)
     let out = data.path().join("b");
-    std::fs::create_dir_all(out.join(".tmp-checkpoint-6-12345")).unwrap();
-    std::fs::write(out.join(".tmp-checkpoint-6-12345/model.safetensors"), b"partial").unwrap();
+    std::fs::create_dir_all(out.join(".tmp-checkpoint-6-4194305")).unwrap();
+    std::fs::write(out.join(".tmp-checkpoint-6-4194305/model.safetensors"), b"partial").unwrap();
+    std::fs::create_dir_all(out.join(".del-checkpoint-1-4194305")).unwrap();
     std::fs::write(out.join(".latest.tmp"), b"checkpoint-6").unwrap();
     assert_eq!(std::fs::read_to_string(out.join("latest")).unwrap(), "checkpoint-3");
 
     let rest = Trainer::new(cfg_b, &Device::Cpu).unwrap().run(None, false).unwrap();
+    for gone in [".tmp-checkpoint-6-4194305", ".del-checkpoint-1-4194305"] {
+        assert!(!out.join(gone).exists(), "{gone} was left");
+    }
     let resumed: Vec<f64> = first.losses.iter().chain(&rest.losses).cloned().collect();
     eprintln!("straight {:?}\nresumed  {:?}", straight.losses, resumed);
     assert_eq!(resumed.len(), straight.losses.len());
@@ -142,6 +147,15 @@ fn resume_refuses_other_settings_and_a_broken_pointer() {
         let err = Trainer::new(config(data.path(), "r", &body.replace(from, to)), &Device::Cpu).err().unwrap();
         assert!(err.contains("was written with other settings") && err.contains(named), "{to}: {err}");
     }
+    // so are the data and the model's input (since session 29)
+    let mut cfg = config(data.path(), "r", body);
+    cfg.data.max_len += 1;
+    let err = Trainer::new(cfg, &Device::Cpu).err().unwrap();
+    assert!(err.contains("was written with other settings") && err.contains("data.max_len"), "{err}");
+    let mut cfg = config(data.path(), "r", body);
+    cfg.model.tiles = Some(2);
+    let err = Trainer::new(cfg, &Device::Cpu).err().unwrap();
+    assert!(err.contains("model.tiles null -> 2"), "{err}");
     // the settings are checked first: before the task list is read and the model loaded
     let mut cfg = config(data.path(), "r", &body.replace("lr = 1e-3", "lr = 2e-3"));
     cfg.data.tasks = Some(data.path().join("no-such-tasks.txt"));
@@ -519,4 +533,34 @@ fn moving_average_is_saved_and_resumes_exactly() {
     std::fs::write(&state, v.to_string()).unwrap();
     let err = Trainer::new(config(data.path(), "ema_c", body), &Device::Cpu).err().unwrap();
     assert!(err.contains("has no moving average for") && err.contains("train.ema_decay"), "{err}");
+}
+
+/// A micro-batch that cannot be trained (its image went missing after the data was built) does
+/// not shrink the step: the gradient is the mean over the micro-batches that trained.
+#[test]
+fn skipped_micro_batches_do_not_shrink_the_step() {
+    // two identical samples (the same pixels, two files): their mean gradient is either one's
+    let data = dataset(&[
+        r#"{"image_path": "c.png", "height": 70, "width": 90, "dataset_name": "t", "objects": [{"category_name": "red square", "bboxes": [[18, 17, 45, 35]]}, {"category_name": "blue circle", "bboxes": [[45, 35, 85, 65]]}]}"#,
+    ]);
+    let det = data.path().join("det.jsonl");
+    let text = std::fs::read_to_string(&det).unwrap();
+    // keep a.png's and c.png's records only
+    let kept: Vec<&str> = text.lines().filter(|l| !l.contains("b.png")).collect();
+    std::fs::write(&det, kept.join("\n") + "\n").unwrap();
+    std::fs::copy(data.path().join("images/a.png"), data.path().join("images/c.png")).unwrap();
+    let body = "stage = 2\nlr = 1e-3\nmax_steps = 1\ngrad_accum = 2\nwarmup_ratio = 0.0\nworkers = 1";
+    let mut whole = Trainer::new(config(data.path(), "w", body), &Device::Cpu).unwrap();
+    assert_eq!(whole.num_samples(), 2);
+    let want = whole.step_gradients(0).unwrap();
+    let mut part = Trainer::new(config(data.path(), "p", body), &Device::Cpu).unwrap();
+    std::fs::remove_file(data.path().join("images/c.png")).unwrap();
+    let got = part.step_gradients(0).unwrap();
+    assert_eq!(part.skipped.len(), 1, "{:?}", part.skipped);
+    assert!((got.loss - want.loss).abs() <= 1e-5 * want.loss.abs(), "loss {} vs {}", got.loss, want.loss);
+    for (a, b) in got.grads.iter().zip(&want.grads) {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let m = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d <= 1e-4 * m.max(1e-6), "gradients differ by {d} (largest {m})");
+    }
 }
