@@ -604,6 +604,25 @@ impl TrainConfig {
                 crate::synth::check_region_naming(s.region_naming).map_err(|m| format!("data.synth.{m}"))?;
                 crate::synth::check_rec_not_largest(s.rec_not_largest).map_err(|m| format!("data.synth.{m}"))?;
                 crate::synth::check_rec_turns(s.rec_turns).map_err(|m| format!("data.synth.{m}"))?;
+                let most = crate::synth::MAX_SCENE_SIZE;
+                if !(32..=most).contains(&s.size) {
+                    return Err(format!("data.synth.size {} is outside 32..={most} px", s.size));
+                }
+                if s.max_objects == 0 {
+                    return Err("data.synth.max_objects must be at least 1".into());
+                }
+                if !(s.object_scale.is_finite() && (0.25..=20.0).contains(&s.object_scale)) {
+                    return Err(format!("data.synth.object_scale {} is outside 0.25..=20", s.object_scale));
+                }
+                let m = &s.mix;
+                let w = [m.det, m.vg, m.reg, m.visj];
+                if w.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || w.iter().all(|w| *w == 0.0) {
+                    return Err(format!(
+                        "data.synth.mix = {{det = {}, vg = {}, reg = {}, visj = {}}}: the weights must be \
+                         finite, non-negative and not all zero",
+                        m.det, m.vg, m.reg, m.visj
+                    ));
+                }
             }
             _ => {}
         }

@@ -911,10 +911,19 @@ impl TrainerState {
     /// Whether a checkpoint with this state belongs to a run whose state is `now`: the same
     /// schedule length and data (the seed and settings were checked by [`Self::check_settings`]).
     fn check_resume(&self, now: &TrainerState, dir: &Path) -> Result<(), Error> {
-        if (self.total_steps, self.samples) != (now.total_steps, now.samples) {
+        let mut differs = Vec::new();
+        if self.total_steps != now.total_steps {
+            differs.push(format!("{} optimizer steps, this run {}", self.total_steps, now.total_steps));
+        }
+        if self.samples != now.samples {
+            differs.push(format!("{} samples, this run {}", self.samples, now.samples));
+        }
+        if !differs.is_empty() {
             return Err(format!(
-                "{} was written by a different run (state {self:?}, this run {now:?}); use a new train.out",
-                dir.display()
+                "{} was written by a different run ({}: another max_steps, epochs, batch or data); use a \
+                 new train.out",
+                dir.display(),
+                differs.join("; ")
             ));
         }
         Ok(())
@@ -1191,9 +1200,9 @@ impl Trainer {
         let opt_file = dir.join(OPT_FILE);
         let opt = candle_core::safetensors::load(&opt_file, &self.model.device)
             .map_err(|e| format!("{}: cannot read the optimizer state to resume from: {e}", opt_file.display()))?;
-        self.opt.load_state(&opt, state.step)?;
+        self.opt.load_state(&opt, state.step).map_err(|e| format!("{}: {e}", opt_file.display()))?;
         if let Some(ema) = &mut self.ema {
-            ema.load_state(&opt, &self.opt.params)?;
+            ema.load_state(&opt, &self.opt.params).map_err(|e| format!("{}: {e}", opt_file.display()))?;
         }
         self.elapsed_before = state.elapsed_s;
         Ok(())

@@ -283,6 +283,18 @@ fn grounding_settings_are_checked() {
         let e = TrainConfig::from_file(&f).err().unwrap();
         assert!(e.contains(want), "{train}: {e}");
     }
+    // the synthetic stream's ranges are checked with the config, named by key
+    for (from, to, want) in [
+        ("size = 64", "size = 16", "data.synth.size 16 is outside 32..="),
+        ("size = 64", "size = 64\nobject_scale = 30.0", "data.synth.object_scale 30 is outside"),
+        ("size = 64", "size = 64\nmax_objects = 0", "data.synth.max_objects must be at least 1"),
+        ("size = 64", "size = 64\n[data.synth.mix]\ndet = 0.0", "data.synth.mix = {det = 0, vg = 0"),
+    ] {
+        let f = tmp.path().join("c.toml");
+        std::fs::write(&f, text("stage = 2\nlr = 1e-3").replace(from, to)).unwrap();
+        let e = TrainConfig::from_file(&f).err().unwrap();
+        assert!(e.contains(want), "{to}: {e}");
+    }
     let e = Trainer::new(
         config(tmp.path(), "a", "max_steps = 1\nlr = 1e-3\nground_weight = 1.0\nground_layer = 9"),
         &Device::Cpu,

@@ -147,6 +147,11 @@ fn resume_refuses_other_settings_and_a_broken_pointer() {
         let err = Trainer::new(config(data.path(), "r", &body.replace(from, to)), &Device::Cpu).err().unwrap();
         assert!(err.contains("was written with other settings") && err.contains(named), "{to}: {err}");
     }
+    // another length of run is named
+    let err = Trainer::new(config(data.path(), "r", &body.replace("max_steps = 3", "max_steps = 4")), &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(err.contains("different run (3 optimizer steps, this run 4"), "{err}");
     // so are the data and the model's input (since session 29)
     let mut cfg = config(data.path(), "r", body);
     cfg.data.max_len += 1;
