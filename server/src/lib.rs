@@ -217,7 +217,7 @@ impl Service {
 
     fn run(&self, body: &[u8]) -> Result<serde_json::Value, Failure> {
         let start = Instant::now();
-        let b: TaskBody = serde_json::from_slice(body).map_err(|e| Failure::Input(format!("request body: {e}")))?;
+        let b = parse_body(body).map_err(Failure::Input)?;
         let dir = tempfile::Builder::new()
             .prefix("griffon-serve-")
             .tempdir()
@@ -240,6 +240,30 @@ impl Service {
         v["elapsed_ms"] = serde_json::json!(start.elapsed().as_secs_f64() * 1e3);
         Ok(v)
     }
+}
+
+/// A request body as a [`TaskBody`]. serde names the field of an unknown or missing one, but a
+/// value of the wrong type only by its position (a column on a one-line body of an image): each
+/// field is then tried alone to name it.
+fn parse_body(body: &[u8]) -> Result<TaskBody, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("request body: {e}"))?;
+    let whole = match serde_json::from_value::<TaskBody>(v.clone()) {
+        Ok(b) => return Ok(b),
+        Err(e) => e,
+    };
+    if let serde_json::Value::Object(fields) = &v {
+        for (k, x) in fields {
+            // the required fields filled with valid stand-ins, the field under test as sent
+            let mut probe = serde_json::Map::new();
+            probe.insert("task".into(), "detect".into());
+            probe.insert("image".into(), "".into());
+            probe.insert(k.clone(), x.clone());
+            if let Err(e) = serde_json::from_value::<TaskBody>(serde_json::Value::Object(probe)) {
+                return Err(format!("request body: field `{k}`: {e}"));
+            }
+        }
+    }
+    Err(format!("request body: {whole}"))
 }
 
 /// The bytes of a base64 field (plain, or a `data:...;base64,` URL; line breaks and other ASCII

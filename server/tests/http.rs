@@ -129,8 +129,11 @@ fn bad_input_is_refused_naming_the_field() {
         (
             br#"{"task": "detect", "image": "aGk=", "categories": "a"}"#,
             400,
-            "invalid type: string \"a\", expected a sequence",
+            "field `categories`: invalid type: string \"a\", expected a sequence",
         ),
+        (br#"{"task": "detect", "image": "aGk=", "max_new_tokens": -1}"#, 400, "field `max_new_tokens`: invalid value"),
+        (br#"{"task": "describe", "image": "aGk=", "box": [1, 2, 3]}"#, 400, "field `box`: invalid length 3"),
+        (br#"{"task": "ground", "image": "aGk=", "exemplar": {"box": "x"}}"#, 400, "field `exemplar`: invalid type"),
     ];
     for (body, status, want) in cases {
         let r = s.handle("POST", "/v1/tasks", body);
