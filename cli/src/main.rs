@@ -832,6 +832,7 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
                 box_px: i.norm.to_pixels(a.width, a.height).as_array(),
                 box_norm: i.norm.as_array(),
                 score: f64::NAN, // replaced by null below
+                phrase: None,
             })
             .collect(),
         text,

@@ -21,6 +21,9 @@ pub struct RecordBox {
     pub box_px: [f64; 4],
     pub box_norm: [f64; 4],
     pub score: f64,
+    /// For phrase grounding: the phrase (turn) the box answers; absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phrase: Option<usize>,
 }
 
 /// One line of the per-sample JSONL.
@@ -357,7 +360,13 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
                 detections: out
                     .detections
                     .into_iter()
-                    .map(|d| RecordBox { label: d.label, box_px: d.box_px, box_norm: d.box_norm, score: d.score })
+                    .map(|d| RecordBox {
+                        label: d.label,
+                        box_px: d.box_px,
+                        box_norm: d.box_norm,
+                        score: d.score,
+                        phrase: d.phrase,
+                    })
                     .collect(),
                 dropped: out.dropped,
                 truth: it.truth.clone(),
@@ -672,19 +681,21 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
             let mut tops = Vec::new();
             for r in records {
                 if let Truth::Phrases { phrases } = &r.truth {
-                    // each phrase is one turn whose box carries the phrase as label; a phrase text
-                    // that occurs twice in a sentence takes the k-th box with that label (were the
-                    // first turn of the two boxless, the second's box would count for the first:
-                    // records keep no turn index)
+                    // each phrase is one turn whose box carries the phrase as label and the turn's
+                    // index. Records written before the index was stored: a phrase text that occurs
+                    // twice in a sentence takes the k-th box with that label (were the first turn
+                    // of the two boxless, the second's box would count for the first)
+                    let indexed = r.detections.iter().any(|d| d.phrase.is_some());
                     let mut seen: HashMap<&str, usize> = HashMap::new();
-                    for p in phrases {
+                    for (i, p) in phrases.iter().enumerate() {
                         let nth = seen.entry(p.phrase.as_str()).or_default();
-                        let top = r
-                            .detections
-                            .iter()
-                            .filter(|d| d.label.as_deref() == Some(p.phrase.as_str()))
-                            .nth(*nth)
-                            .map(|d| d.box_px);
+                        let mut labelled =
+                            r.detections.iter().filter(|d| d.label.as_deref() == Some(p.phrase.as_str()));
+                        let top = match indexed {
+                            true => labelled.find(|d| d.phrase == Some(i)),
+                            false => labelled.nth(*nth),
+                        }
+                        .map(|d| d.box_px);
                         *nth += 1;
                         tops.push((top, p.boxes.clone()));
                     }

@@ -71,6 +71,7 @@ fn repeated_phrase_takes_its_own_box() {
         box_px: [x, 0.0, x + 10.0, 10.0],
         box_norm: [0.0; 4],
         score: 1.0,
+        phrase: None,
     };
     let rec = Record {
         id: "s".into(),
@@ -93,8 +94,17 @@ fn repeated_phrase_takes_its_own_box() {
         max_new_tokens: None,
     };
     let tmp = tempfile::tempdir().unwrap();
-    let m = score(&[rec], None, tmp.path()).unwrap();
+    let m = score(&[rec.clone()], None, tmp.path()).unwrap();
     assert_eq!(m["any_box_r@1"], 1.0, "{m}");
+    // records that store each box's phrase: the first "a dog" got no box, the second's box is
+    // its own and does not count for the first (older records could not tell)
+    let mut indexed = rec;
+    indexed.detections = vec![RecordBox { phrase: Some(1), ..b(50.0, "a dog") }];
+    let m = score(&[indexed.clone()], None, tmp.path()).unwrap();
+    assert_eq!(m["any_box_r@1"], 0.5, "{m}");
+    indexed.detections[0].phrase = None;
+    let m = score(&[indexed], None, tmp.path()).unwrap();
+    assert_eq!(m["any_box_r@1"], 0.0, "older records: the box went to the first phrase, {m}");
 }
 
 /// `merge` keeps, per id, a later settled record over a failed or cut one, and never replaces a

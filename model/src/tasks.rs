@@ -45,6 +45,10 @@ pub struct Detection {
     /// Normalized xyxy as the model wrote it (clamped to [0, 1]).
     pub box_norm: [f64; 4],
     pub score: f64,
+    /// For `phrases`: which phrase (0-based, in the request's order) this box answers; a phrase
+    /// written twice is two turns, told apart by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phrase: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,7 +206,7 @@ impl Griffon {
             truncated: false,
         };
         let mut texts = Vec::new();
-        for turn in &turns {
+        for (turn_index, turn) in turns.iter().enumerate() {
             let regions = turn.regions.iter().map(|e| exemplar_image(e, &main)).collect::<Result<Vec<_>>>()?;
             let grammar = if opts.constrained {
                 match &req.task {
@@ -231,6 +235,7 @@ impl Griffon {
                     box_px: region.as_array(),
                     box_norm: region.to_norm(w, h).clamped().as_array(),
                     score,
+                    phrase: None,
                 });
                 texts.push(text);
                 continue;
@@ -246,6 +251,7 @@ impl Griffon {
                     box_px: inst.norm.to_pixels(w, h).as_array(),
                     box_norm: inst.norm.as_array(),
                     score,
+                    phrase: matches!(req.task, Task::Phrases { .. }).then_some(turn_index),
                 })
                 .collect();
             if matches!(req.task, Task::Ground { .. } | Task::Phrases { .. }) {

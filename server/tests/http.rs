@@ -96,6 +96,14 @@ fn every_task_answers_as_the_library_does_on_the_file() {
         assert_eq!(status, 200, "{name}: {v}");
         assert_eq!(without_time(v), direct(&m, task, &opts), "{name}");
     }
+    // each phrase's box says which phrase it answers (a phrase given twice is two turns)
+    let (_, v) = post(&s, &json!({"task": "phrases", "image": img, "phrases": ["a circle", "a cross", "a circle"]}));
+    let dets = v["detections"].as_array().unwrap();
+    assert!(!dets.is_empty(), "{v}");
+    for d in dets {
+        let k = d["phrase"].as_u64().unwrap() as usize;
+        assert_eq!(d["label"], ["a circle", "a cross", "a circle"][k], "{v}");
+    }
     // the detection found an object of the scene (the model is real: docs/SYNTH.md)
     let (_, v) = post(&s, &json!({"task": "detect", "image": img, "categories": ["circle", "cross"]}));
     let dets = v["detections"].as_array().unwrap();
