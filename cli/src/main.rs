@@ -973,9 +973,21 @@ fn all_failed(records: &[griffon_eval::runners::Record], out: &std::path::Path) 
 /// Runs a dataset into `out`; returns the metrics when the run is not sharded.
 /// How an evaluation decodes.
 fn eval_run_options(a: &EvalRunArgs) -> Result<RunOptions> {
+    // the model's own template named explicitly is `auto` (one decoding, stored and compared on
+    // resume as one)
+    let template = match a.decode.template()? {
+        Some(t) => {
+            let config = a.model.dir()?.join("config.json");
+            let own = griffon_model::config::GriffonConfig::from_file(&config)
+                .with_context(|| format!("reading {}", config.display()))?
+                .default_template();
+            (t != own).then_some(t)
+        }
+        None => None,
+    };
     Ok(RunOptions {
         sampling: a.decode.sampling()?,
-        template: a.decode.template()?,
+        template,
         chunk: a.chunk.unwrap_or(RunOptions::default().chunk),
         constrained: a.constrained,
     })

@@ -278,6 +278,12 @@ fn grounding_description_and_counting_runners() {
     let o = rerun(&toy.p("refcoco.jsonl"), &["--image-size", "56"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("answered by another model") && err.contains("image size 56"), "{err}");
+    // the model's own template named is the same decoding as auto; another template is not
+    let o = rerun(&toy.p("refcoco.jsonl"), &["--template", "gemma_instruct"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rerun(&toy.p("refcoco.jsonl"), &["--template", "qwen2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("template qwen2"), "{err}");
     // so is another decoding (here the constraint; --max-new-tokens is not compared, above)
     let o = rerun(&toy.p("refcoco.jsonl"), &["--constrained"]);
     let err = String::from_utf8_lossy(&o.stderr);

@@ -347,6 +347,16 @@ fn parse_qwen2(j: &Json, file: &Path) -> Result<LlamaConfig> {
 }
 
 impl GriffonConfig {
+    /// The conversation template the model is used with when none is given: its model_type's,
+    /// else its LLM family's.
+    pub fn default_template(&self) -> griffon_core::template::Template {
+        use griffon_core::template::Template;
+        Template::for_model_type(&self.model_type).unwrap_or(match self.llm {
+            LlmConfig::Gemma2(_) => Template::GemmaInstruct,
+            LlmConfig::Llama(_) => Template::LlavaLlama2,
+        })
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         Self::from_value(&read_json(path)?, path)
     }

@@ -3,7 +3,7 @@
 //! `griffon_arch.py` `prepare_inputs_labels_for_multimodal` and `eval/run_griffon.py`).
 
 use crate::clip::{parse_clip_config, ClipVision, ClipVisionConfig};
-use crate::config::{find_tower_config, read_json, resolve_tower, GriffonConfig, LlmConfig, TowerSource};
+use crate::config::{find_tower_config, read_json, resolve_tower, GriffonConfig, TowerSource};
 use crate::error::{invalid, Error, Result};
 use crate::eva02::{infer_eva02_config, is_eva_config, parse_eva02_config, Eva02Config, Eva02Vision};
 use crate::generate::{generate, Generation, SamplingOptions};
@@ -348,10 +348,7 @@ impl Griffon {
             None
         };
         let llm = Llm::load(&ck, &config.llm)?;
-        let template = Template::for_model_type(&config.model_type).unwrap_or(match config.llm {
-            LlmConfig::Gemma2(_) => Template::GemmaInstruct,
-            LlmConfig::Llama(_) => Template::LlavaLlama2,
-        });
+        let template = config.default_template();
         // HF takes BOS from the tokenizer's files; Llama / Gemma tokenizer classes default to
         // <s> / <bos> (config.json's id), Qwen2's has none (its config's bos_token_id is unused).
         let fallback_bos = if template == Template::Qwen2 { None } else { config.bos_token_id };
