@@ -976,13 +976,7 @@ fn eval_run_options(a: &EvalRunArgs) -> Result<RunOptions> {
     // the model's own template named explicitly is `auto` (one decoding, stored and compared on
     // resume as one)
     let template = match a.decode.template()? {
-        Some(t) => {
-            let config = a.model.dir()?.join("config.json");
-            let own = griffon_model::config::GriffonConfig::from_file(&config)
-                .with_context(|| format!("reading {}", config.display()))?
-                .default_template();
-            (t != own).then_some(t)
-        }
+        Some(t) => (t != own_template(a)?).then_some(t),
         None => None,
     };
     Ok(RunOptions {
@@ -991,6 +985,14 @@ fn eval_run_options(a: &EvalRunArgs) -> Result<RunOptions> {
         chunk: a.chunk.unwrap_or(RunOptions::default().chunk),
         constrained: a.constrained,
     })
+}
+
+/// The template the evaluated model uses when none is given (read from its config.json).
+fn own_template(a: &EvalRunArgs) -> Result<Template> {
+    let config = a.model.dir()?.join("config.json");
+    Ok(griffon_model::config::GriffonConfig::from_file(&config)
+        .with_context(|| format!("reading {}", config.display()))?
+        .default_template())
 }
 
 /// One evaluation into `out`; `model`: the model's identity ([`ModelArgs::identity`], made once
@@ -1011,6 +1013,7 @@ fn eval_run_metrics(
         run: eval_run_options(a)?,
         progress: !a.quiet,
         model: Some(model.to_string()),
+        own_template: Some(own_template(a)?.name().to_string()),
     };
     if items.is_empty() {
         bail!("the dataset has no samples");

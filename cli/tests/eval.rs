@@ -284,6 +284,15 @@ fn grounding_description_and_counting_runners() {
     let o = rerun(&toy.p("refcoco.jsonl"), &["--template", "qwen2"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("template qwen2"), "{err}");
+    // records written before session 29 name the model's own template, and a chunk refcoco has
+    // no use for: they resume
+    let shard = toy.dir.path().join("rec/predictions.shard-0-of-1.jsonl");
+    let text = std::fs::read_to_string(&shard).unwrap();
+    let older = text.replace("template auto, chunk 80", "template gemma_instruct, chunk 5");
+    assert_ne!(older, text);
+    std::fs::write(&shard, older).unwrap();
+    let o = rerun(&toy.p("refcoco.jsonl"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // so is another decoding (here the constraint; --max-new-tokens is not compared, above)
     let o = rerun(&toy.p("refcoco.jsonl"), &["--constrained"]);
     let err = String::from_utf8_lossy(&o.stderr);

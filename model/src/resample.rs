@@ -554,9 +554,13 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, ImageError> {
     // Pillow's size rule instead of image-rs's 512 MiB decode budget (which refuses a 12000 x
     // 12000 RGBA PNG that Pillow opens): refused above twice PIL.Image.MAX_IMAGE_PIXELS
     // (Pillow's DecompressionBombError), read from the header before anything is decoded
-    let mut header = image::ImageReader::new(Cursor::new(bytes.as_slice()));
-    header.set_format(format);
-    if let Ok((width, height)) = header.into_dimensions() {
+    let dims = std::panic::catch_unwind(|| {
+        let mut header = image::ImageReader::new(Cursor::new(bytes.as_slice()));
+        header.set_format(format);
+        header.into_dimensions()
+    });
+    // (a header the decoder fails or panics on is reported by the guarded decode below)
+    if let Ok(Ok((width, height))) = dims {
         if width as u64 * height as u64 > 2 * PIL_MAX_IMAGE_PIXELS {
             return Err(ImageError::TooLarge { path: path.to_path_buf(), width, height });
         }

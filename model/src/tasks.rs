@@ -45,8 +45,8 @@ pub struct Detection {
     /// Normalized xyxy as the model wrote it (clamped to [0, 1]).
     pub box_norm: [f64; 4],
     pub score: f64,
-    /// For `phrases`: which phrase (0-based, in the request's order) this box answers; a phrase
-    /// written twice is two turns, told apart by it.
+    /// For `phrases`: which phrase this box answers (0-based, among the request's non-blank
+    /// phrases, in order: the turn); a phrase written twice is two turns, told apart by it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phrase: Option<usize>,
 }

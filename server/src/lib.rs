@@ -11,10 +11,12 @@
 //!
 //! Bad input answers 400 with `{"error": "..."}` naming the field at fault (malformed JSON, an
 //! unknown or missing field, a field the task does not use, undecodable base64, an unreadable
-//! image, a box outside the image, sampling settings out of range); an unknown path 404, a wrong
-//! method 405, a body over the limit 413, a client too slow 408, a full server 503. Task
-//! requests are answered one at a time, in arrival order (one model, one set of weights in
-//! memory); the transport is [`Listener`].
+//! image, a box outside the image, sampling settings out of range, more new tokens than the
+//! limit); an unknown path 404, a wrong method 405, a task body without Content-Length 411, a
+//! body over the limit 413, a client too slow 408, a full server 503, a fault of the model
+//! rather than the request (non-finite logits, say) 500. Task requests are answered one at a
+//! time, in arrival order (one model, one set of weights in memory), a queued one whose client
+//! has left skipped; the transport is [`Listener`].
 //!
 //! Images are decoded by the same code as the CLI's: each upload is written to a per-request
 //! temporary folder under its field's name and the request runs as the CLI's would
@@ -67,8 +69,10 @@ pub struct TaskBody {
     pub prompt: Option<String>,
     /// chat: region / exemplar images (base64) in the order of the prompt's `<region>` markers.
     pub regions: Option<Vec<String>>,
-    /// Decoding (defaults as the CLI's: 512 tokens, greedy, top-p 1, seed 0; the server refuses
-    /// more tokens than its limit, `GET /v1/model`'s `max_new_tokens_limit`).
+    /// Decoding (defaults as the CLI's: greedy, top-p 1, seed 0, 512 new tokens per answer, or
+    /// less: the server's limit, `GET /v1/model`'s `max_new_tokens_limit`, bounds the whole
+    /// request, shared by default among its answers, one per phrase or chunk of categories; a
+    /// value given that exceeds it is refused).
     pub max_new_tokens: Option<usize>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
@@ -246,10 +250,13 @@ impl Service {
 /// value of the wrong type only by its position (a column on a one-line body of an image): each
 /// field is then tried alone to name it.
 fn parse_body(body: &[u8]) -> Result<TaskBody, String> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("request body: {e}"))?;
-    let whole = match serde_json::from_value::<TaskBody>(v.clone()) {
+    // the body as it is first (a repeated key is refused here; a Value would keep the last)
+    let whole = match serde_json::from_slice::<TaskBody>(body) {
         Ok(b) => return Ok(b),
         Err(e) => e,
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Err(format!("request body: {whole}"));
     };
     if let serde_json::Value::Object(fields) = &v {
         for (k, x) in fields {
@@ -575,15 +582,19 @@ fn connection(mut stream: std::net::TcpStream, limit: usize, info: &[u8], jobs: 
                     if jobs.send(Job { body, reply: tx, gone: gone.clone() }).is_err() {
                         Reply::error(503, "the server is stopping")
                     } else {
+                        use std::sync::atomic::Ordering::SeqCst;
                         loop {
                             match rx.recv_timeout(GONE_CHECK) {
                                 Ok(r) => break r,
-                                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if client_left(&stream) => {
-                                    // the worker skips the task if it has not started it
-                                    gone.store(true, std::sync::atomic::Ordering::SeqCst);
-                                    return;
+                                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                                    // the worker skips the task if it has not started it (and drops
+                                    // it); a task already running is answered, to a client that
+                                    // only shut its sending side (`nc -N`) too
+                                    if !gone.load(SeqCst) && client_left(&stream) {
+                                        gone.store(true, SeqCst);
+                                    }
                                 }
-                                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) if gone.load(SeqCst) => return,
                                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                                     break Reply::error(500, "the model worker stopped")
                                 }
@@ -697,7 +708,7 @@ fn read_request(stream: &mut std::net::TcpStream, limit: usize) -> Result<(Strin
     }
     // what the head's reader took beyond the head is the start of the body
     let buffered = reader.into_inner().buffer().to_vec();
-    if length.is_none() && method == "POST" {
+    if length.is_none() && method == "POST" && url.split(['?', '#']).next() == Some("/v1/tasks") {
         // the body is read by its declared length only (an HTTP/1.0 body up to the close is not)
         return Err(Reply::error(411, "send the body with Content-Length"));
     }

@@ -140,6 +140,7 @@ fn bad_input_is_refused_naming_the_field() {
             "field `categories`: invalid type: string \"a\", expected a sequence",
         ),
         (br#"{"task": "detect", "image": "aGk=", "max_new_tokens": -1}"#, 400, "field `max_new_tokens`: invalid value"),
+        (br#"{"task": "detect", "image": "aGk=", "image": "aGk="}"#, 400, "duplicate field `image`"),
         (br#"{"task": "describe", "image": "aGk=", "box": [1, 2, 3]}"#, 400, "field `box`: invalid length 3"),
         (br#"{"task": "ground", "image": "aGk=", "exemplar": {"box": "x"}}"#, 400, "field `exemplar`: invalid type"),
     ];
@@ -359,6 +360,17 @@ fn the_socket_serves_page_model_and_tasks() {
     // a body is read by its declared length only
     let (status, _, v) = exchange(addr, b"POST /v1/tasks HTTP/1.0\r\n\r\n{\"task\": \"chat\"}");
     assert!(status == 411 && error_of(&v).contains("Content-Length"), "{}", error_of(&v));
+    let (status, _, _) = exchange(addr, b"POST / HTTP/1.0\r\n\r\n");
+    assert_eq!(status, 405);
+    // a client that shuts its sending side after the request (nc -N) is answered
+    let body =
+        json!({"task": "detect", "image": b64(&scene()), "categories": ["circle"], "max_new_tokens": 4}).to_string();
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "POST /v1/tasks HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
     let (status, _, v) = exchange(addr, b"hello there\r\n\r\n");
     assert_eq!(status, 400);
     assert!(error_of(&v).contains("not an HTTP/1.0 or 1.1 request line"), "{}", error_of(&v));
