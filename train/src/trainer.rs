@@ -524,12 +524,27 @@ struct Loader {
     dense_grid: Option<usize>,
     /// Tiles per side of the main image (dense targets per tile).
     tiles: usize,
+    /// A run of whole epochs (`train.epochs`, no `max_steps`): the micro-batch slots of one
+    /// epoch's steps. The slots past the epoch's samples hold none, so its last step is short
+    /// (as transformers' last batch) instead of taking the next epoch's first samples.
+    slots_per_epoch: Option<usize>,
 }
 
 impl Loader {
-    /// The sample at global position `i` (epoch-wise seeded permutations of the file samples;
-    /// the synthetic stream is its own order).
-    fn load(&self, i: usize, order: &mut Option<(usize, Vec<usize>)>) -> Result<Loaded, Skipped> {
+    /// The sample at slot `i` (epoch-wise seeded permutations of the file samples; the
+    /// synthetic stream is its own order), or None for a slot past an epoch's samples.
+    fn load(&self, i: usize, order: &mut Option<(usize, Vec<usize>)>) -> Option<Result<Loaded, Skipped>> {
+        let n = self.data.len();
+        let i = match self.slots_per_epoch {
+            Some(s) if i % s >= n => return None,
+            Some(s) => i / s * n + i % s,
+            None => i,
+        };
+        Some(self.load_at(i, order))
+    }
+
+    /// The sample at global position `i`.
+    fn load_at(&self, i: usize, order: &mut Option<(usize, Vec<usize>)>) -> Result<Loaded, Skipped> {
         let n = self.data.len();
         let (epoch, k) = (i / n, i % n);
         match &*self.data {
@@ -591,7 +606,7 @@ impl Prefetch {
             let mut orders: Vec<Option<(usize, Vec<usize>)>> = vec![None; workers];
             for round in 0.. {
                 let start = (first_mb + round * group) * batch;
-                let mut out: Vec<Option<Result<Loaded, Skipped>>> = (0..group * batch).map(|_| None).collect();
+                let mut out: Vec<Option<Option<Result<Loaded, Skipped>>>> = (0..group * batch).map(|_| None).collect();
                 std::thread::scope(|sc| {
                     for (w, (chunk, order)) in out.chunks_mut(per_worker).zip(orders.iter_mut()).enumerate() {
                         let loader = &loader;
@@ -605,7 +620,8 @@ impl Prefetch {
                 });
                 let mut items = out.into_iter().map(|x| x.expect("every slot filled"));
                 for _ in 0..group {
-                    if tx.send(items.by_ref().take(batch).collect()).is_err() {
+                    // (a slot past an epoch's samples holds none: a shorter micro-batch)
+                    if tx.send(items.by_ref().take(batch).flatten().collect()).is_err() {
                         return; // the trainer stopped
                     }
                 }
@@ -1242,6 +1258,10 @@ impl Trainer {
                 seed: self.cfg.train.seed,
                 dense_grid: self.dense.as_ref().map(|_| crate::dense::patch_grid(&self.model)),
                 tiles: self.model.tiles,
+                slots_per_epoch: (self.cfg.train.max_steps == 0).then(|| {
+                    let per_step = self.cfg.train.grad_accum * self.cfg.train.batch_size;
+                    self.data.len().div_ceil(per_step) * per_step
+                }),
             };
             let workers = match self.cfg.train.workers {
                 0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -1463,8 +1483,14 @@ impl Trainer {
             losses.push(loss);
             let entry = StepLog {
                 step: self.opt.step,
-                epoch: (self.opt.step * self.cfg.train.grad_accum * self.cfg.train.batch_size) as f64
-                    / self.data.len() as f64,
+                epoch: match self.cfg.train.max_steps {
+                    // whole epochs, each ending with a short step
+                    0 => self.opt.step as f64 / self.total_steps as f64 * self.cfg.train.epochs as f64,
+                    _ => {
+                        (self.opt.step * self.cfg.train.grad_accum * self.cfg.train.batch_size) as f64
+                            / self.data.len() as f64
+                    }
+                },
                 loss,
                 lr: lrs[0],
                 grad_norm,
