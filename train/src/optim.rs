@@ -15,6 +15,18 @@ pub struct Param {
     pub v: Tensor,
     /// Index into the learning-rate groups.
     pub group: usize,
+    /// Whether weight decay applies ([`decays`]).
+    pub decays: bool,
+}
+
+/// Whether a parameter is decayed: transformers' Trainer leaves out biases and normalisation
+/// weights (`get_decay_parameter_names`: LayerNorm modules and the name patterns bias,
+/// layernorm, rmsnorm, norm, _norm). By name here: a lowercased name holding `bias` or `norm`
+/// (CLIP's `layer_norm1`, `pre_layrnorm`, `post_layernorm`; Gemma / Llama `*_layernorm`,
+/// `model.norm`; EVA02 `norm1`) or `layrnorm` is not decayed.
+pub fn decays(name: &str) -> bool {
+    let n = name.to_lowercase();
+    !(n.contains("bias") || n.contains("norm") || n.contains("layrnorm"))
 }
 
 pub struct AdamW {
@@ -36,7 +48,8 @@ impl AdamW {
                 let master = var.as_tensor().detach().to_dtype(DType::F32)?.copy()?.detach();
                 let m = master.zeros_like()?;
                 let v = master.zeros_like()?;
-                Ok(Param { name, var, master, m, v, group })
+                let decays = decays(&name);
+                Ok(Param { name, var, master, m, v, group, decays })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { params, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0 })
@@ -55,7 +68,7 @@ impl AdamW {
             // reach back into the step's forward graph; state built from them would keep every
             // step's graph alive (a leak of about 100 MB per step measured at 252 px).
             let g = g.detach().to_dtype(DType::F32)?;
-            if self.weight_decay != 0.0 {
+            if self.weight_decay != 0.0 && p.decays {
                 p.master = (&p.master * (1.0 - lr * self.weight_decay))?;
             }
             p.m = ((&p.m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
@@ -264,6 +277,31 @@ mod tests {
         opt.step(&[g], &[0.1]).unwrap();
         let w: Vec<f32> = var.as_tensor().to_vec1().unwrap();
         assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] + 1.9).abs() < 1e-6 && (w[2] - 0.5).abs() < 1e-6, "{w:?}");
+    }
+
+    /// Weight decay skips biases and normalisation weights, as transformers' Trainer.
+    #[test]
+    fn decay_skips_biases_and_norms() {
+        for (name, want) in [
+            ("model.layers.0.self_attn.q_proj.weight", true),
+            ("model.embed_tokens.weight", true),
+            ("model.mm_projector.conv.bias", false),
+            ("model.layers.0.input_layernorm.weight", false),
+            ("model.norm.weight", false),
+            ("model.vision_tower.vision_tower.vision_model.pre_layrnorm.weight", false),
+            ("vision_model.encoder.layers.0.layer_norm1.weight", false),
+            ("blocks.0.norm1.weight", false),
+        ] {
+            assert_eq!(super::decays(name), want, "{name}");
+        }
+        let w = Var::from_tensor(&Tensor::new(&[1.0f32], &Device::Cpu).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::new(&[1.0f32], &Device::Cpu).unwrap()).unwrap();
+        let mut opt =
+            AdamW::new(vec![("l.weight".into(), w.clone(), 0), ("l.bias".into(), b.clone(), 0)], 0.5).unwrap();
+        let zero = Tensor::new(&[0.0f32], &Device::Cpu).unwrap();
+        opt.step(&[zero.clone(), zero], &[0.1]).unwrap();
+        let (w, b): (Vec<f32>, Vec<f32>) = (w.as_tensor().to_vec1().unwrap(), b.as_tensor().to_vec1().unwrap());
+        assert!((w[0] - 0.95).abs() < 1e-6 && b[0] == 1.0, "{w:?} {b:?}");
     }
 
     #[test]
