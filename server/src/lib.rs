@@ -534,6 +534,17 @@ impl Listener {
                     if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
                         let r = Reply::error(503, format!("{MAX_CONNECTIONS} connections are open: try again"));
                         let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                        // what the client has sent already is read and dropped without waiting: a
+                        // socket closed with unread data sends a reset, which could lose the 503
+                        if stream.set_nonblocking(true).is_ok() {
+                            let mut sink = [0u8; 16 << 10];
+                            for _ in 0..64 {
+                                if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+                                    break;
+                                }
+                            }
+                            let _ = stream.set_nonblocking(false);
+                        }
                         let _ = write_reply(&mut stream, &r, false, false);
                         continue;
                     }
