@@ -1032,7 +1032,7 @@ fn eval_run_metrics(
         summary.shard_file.display()
     );
     if shard.1 == 1 {
-        let records = runners::merge_selected(out, &items, a.limit)?;
+        let records = runners::merge_selected(out, &items, a.limit, opts.own_template.as_deref())?;
         let metrics = score_records(&records, out, annotations)?;
         Ok(Some(Scored { metrics, all_failed: all_failed(&records, out) }))
     } else {
@@ -1114,8 +1114,17 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
                 .with_context(|| format!("reading {}", f.display()))?
             {
                 serde_json::Value::Object(m) => {
+                    let own = own_template(a)?;
+                    // (a summary written before session 29 may name the model's own template)
+                    let same = |k: &str, v: &serde_json::Value| match (k, v.as_str()) {
+                        ("decoding", Some(d)) => {
+                            serde_json::Value::from(griffon_eval::runners::own_template_as_auto(d, Some(own.name())))
+                                == who[k]
+                        }
+                        _ => *v == who[k],
+                    };
                     for k in ["model", "decoding"] {
-                        if let Some(theirs) = m.get(k).filter(|v| **v != who[k]) {
+                        if let Some(theirs) = m.get(k).filter(|v| !same(k, v)) {
                             bail!(
                                 "{}: holds results of another {k} ({theirs}; this run: {}): use a new --out",
                                 f.display(),

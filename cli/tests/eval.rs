@@ -288,11 +288,15 @@ fn grounding_description_and_counting_runners() {
     // no use for: they resume
     let shard = toy.dir.path().join("rec/predictions.shard-0-of-1.jsonl");
     let text = std::fs::read_to_string(&shard).unwrap();
-    let older = text.replace("template auto, chunk 80", "template gemma_instruct, chunk 5");
-    assert_ne!(older, text);
-    std::fs::write(&shard, older).unwrap();
+    // (one old record kept, the other sample run again: the folder then holds both forms)
+    let first = text.lines().next().unwrap();
+    let older = first.replace("template auto, chunk 80", "template gemma_instruct, chunk 5");
+    assert_ne!(older, first);
+    std::fs::write(&shard, older + "\n").unwrap();
     let o = rerun(&toy.p("refcoco.jsonl"), &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(m["total"], 2, "{m}");
     // so is another decoding (here the constraint; --max-new-tokens is not compared, above)
     let o = rerun(&toy.p("refcoco.jsonl"), &["--constrained"]);
     let err = String::from_utf8_lossy(&o.stderr);

@@ -326,9 +326,16 @@ fn comparable_decoding(decoding: &str, truth: &Truth, own: Option<&str>) -> Stri
     if matches!(truth, Truth::Reg { .. }) {
         parts.retain(|p| p != "constrained" && p != "unconstrained");
     }
+    own_template_as_auto(&parts.join(", "), own)
+}
+
+/// A decoding ([`decoding_of`]) with the model's own template (`own`), named explicitly in
+/// records written before session 29, as `auto`.
+pub fn own_template_as_auto(decoding: &str, own: Option<&str>) -> String {
+    let mut parts: Vec<&str> = decoding.split(", ").collect();
     for p in &mut parts {
         if own.is_some_and(|t| p.strip_prefix("template ") == Some(t)) {
-            *p = "template auto".into();
+            *p = "template auto";
         }
     }
     parts.join(", ")
@@ -547,11 +554,11 @@ fn model_key(identity: &str) -> &str {
 /// One model and one decoding answered every record that names them: shards run with different
 /// models or settings into one folder are refused, not scored together. Models are compared by
 /// weights and load options, not by folder (shards may run on several machines).
-fn check_one_run(out: &Path, records: &[Record]) -> Result<(), EvalError> {
-    for (what, get) in [
-        ("model", (|r: &Record| r.model.as_deref().map(|m| model_key(m).to_string())) as fn(&Record) -> Option<String>),
-        ("decoding", |r: &Record| r.decoding.as_deref().map(|d| comparable_decoding(d, &r.truth, None))),
-    ] {
+fn check_one_run(out: &Path, records: &[Record], own_template: Option<&str>) -> Result<(), EvalError> {
+    let model = |r: &Record| r.model.as_deref().map(|m| model_key(m).to_string());
+    let decoding = |r: &Record| r.decoding.as_deref().map(|d| comparable_decoding(d, &r.truth, own_template));
+    let getters: [(&str, &dyn Fn(&Record) -> Option<String>); 2] = [("model", &model), ("decoding", &decoding)];
+    for (what, get) in getters {
         let mut first: Option<(String, &str)> = None;
         for r in records {
             let Some(v) = get(r) else { continue };
@@ -576,16 +583,22 @@ fn check_one_run(out: &Path, records: &[Record]) -> Result<(), EvalError> {
 /// data set to pick the records of: each shard's records must be of the samples its last run
 /// went over (its done marker says how many), and every shard run with one --limit.
 pub fn merge(out: &Path) -> Result<Vec<Record>, EvalError> {
-    merge_shards(out, true)
+    merge_shards(out, true, None)
 }
 
 /// [`merge`] for a run that knows its items: the records of `items` (the first `limit`), as
 /// [`select`] picks them, so records of an earlier run over more samples stay in the folder.
-pub fn merge_selected(out: &Path, items: &[Item], limit: Option<usize>) -> Result<Vec<Record>, EvalError> {
-    Ok(select(merge_shards(out, false)?, items, limit))
+/// `own_template`: the model's own template ([`RunnerOptions::own_template`]).
+pub fn merge_selected(
+    out: &Path,
+    items: &[Item],
+    limit: Option<usize>,
+    own_template: Option<&str>,
+) -> Result<Vec<Record>, EvalError> {
+    Ok(select(merge_shards(out, false, own_template)?, items, limit))
 }
 
-fn merge_shards(out: &Path, strict: bool) -> Result<Vec<Record>, EvalError> {
+fn merge_shards(out: &Path, strict: bool, own_template: Option<&str>) -> Result<Vec<Record>, EvalError> {
     let files = shard_files(out)?;
     if files.is_empty() {
         return Err(EvalError::Invalid(format!("{}: no predictions.shard-*.jsonl files", out.display())));
@@ -636,7 +649,7 @@ fn merge_shards(out: &Path, strict: bool) -> Result<Vec<Record>, EvalError> {
         )));
     }
     all.sort_by(|a, b| a.id.cmp(&b.id));
-    check_one_run(out, &all)?;
+    check_one_run(out, &all, own_template)?;
     Ok(all)
 }
 

@@ -605,7 +605,14 @@ fn connection(mut stream: std::net::TcpStream, limit: usize, info: &[u8], jobs: 
                                         gone.store(true, SeqCst);
                                     }
                                 }
-                                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) if gone.load(SeqCst) => return,
+                                // not run: said, in case the client only shut its sending side
+                                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) if gone.load(SeqCst) => {
+                                    break Reply::error(
+                                        503,
+                                        "not run: the connection was closed before the task started (keep it \
+                                         open until the answer arrives)",
+                                    )
+                                }
                                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                                     break Reply::error(500, "the model worker stopped")
                                 }

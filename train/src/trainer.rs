@@ -715,6 +715,7 @@ impl Mean {
 }
 
 /// What [`Trainer::step_gradients`] returns.
+#[derive(Default)]
 pub struct StepGradients {
     pub grads: Vec<Tensor>,
     pub loss: f64,
@@ -863,7 +864,10 @@ fn changed_settings(stored: &serde_json::Value, now: &serde_json::Value) -> Vec<
     let mut out = Vec::new();
     for (k, v) in b {
         let Some(old) = a.get(k) else { continue }; // a key added later: not compared
-                                                    // a table (data.synth): each of its values by name
+        if v.is_null() && matches!(k.as_str(), "model.image_size" | "model.tiles") {
+            continue; // left out: the checkpoint's own (it stores what it was trained at)
+        }
+        // a table (data.synth): each of its values by name
         let name = if k.contains('.') { k.clone() } else { format!("train.{k}") };
         match (old.as_object(), v.as_object()) {
             (Some(_), Some(_)) => out.extend(changed_settings(old, v).into_iter().map(|c| {
@@ -1322,9 +1326,13 @@ impl Trainer {
             (Mean::default(), Mean::default(), Mean::default(), Mean::default(), Mean::default());
         let answers = self.cfg.train.stage != 0;
         let dense_weight = if answers { self.cfg.train.dense_weight } else { 1.0 };
+        // an epoch's last step may hold fewer samples by design (slots past the epoch's end)
+        let mut short = false;
         for j in 0..accum {
             let mut batch = Vec::new();
-            for r in self.micro_batch(step * accum + j)? {
+            let results = self.micro_batch(step * accum + j)?;
+            short |= results.len() < self.cfg.train.batch_size;
+            for r in results {
                 match r {
                     Ok(l) => batch.push(l),
                     Err(s) => self.skipped.push(s),
@@ -1393,6 +1401,11 @@ impl Trainer {
             if let Some(d) = dense_sum.as_mut() {
                 *d *= scale;
             }
+        }
+        if tokens == 0 && short {
+            // the few samples of an epoch's short last step all failed: a step without an
+            // update (the caller sees no tokens), not the end of the run
+            return Ok(StepGradients { grads, loss: 0.0, tokens: 0, ..Default::default() });
         }
         if tokens == 0 {
             // every micro-batch was skipped: report why instead of taking an empty step
@@ -1463,57 +1476,64 @@ impl Trainer {
             }
             let StepGradients { mut grads, loss, tokens, dense, ground, ground_masses, ground_box, ground_name } =
                 self.step_gradients(step)?;
-            let t_opt = Instant::now();
-            let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.max_grad_norm).map_err(|e| e.to_string())?;
-            let lrs = self.lrs_at(step);
-            self.opt.step(&grads, &lrs).map_err(|e| e.to_string())?;
-            if let Some(ema) = &mut self.ema {
-                ema.update(&self.opt.params, self.opt.step).map_err(|e| e.to_string())?;
+            if tokens == 0 {
+                // an epoch's short last step whose samples all failed (listed in `skipped`):
+                // the step passes without an update or a metrics row (and may still save)
+                self.opt.step += 1;
+                done += 1;
+            } else {
+                let t_opt = Instant::now();
+                let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.max_grad_norm).map_err(|e| e.to_string())?;
+                let lrs = self.lrs_at(step);
+                self.opt.step(&grads, &lrs).map_err(|e| e.to_string())?;
+                if let Some(ema) = &mut self.ema {
+                    ema.update(&self.opt.params, self.opt.step).map_err(|e| e.to_string())?;
+                }
+                if profiled {
+                    griffon_model::bench::profiler_range(&self.model.device, false).map_err(|e| e.to_string())?;
+                    eprintln!(
+                        "train: step {} (the segment's step {}) inside the profiler's capture range",
+                        step + 1,
+                        done + 1
+                    );
+                }
+                let optim_s = t_opt.elapsed().as_secs_f64();
+                done += 1;
+                losses.push(loss);
+                let entry = StepLog {
+                    step: self.opt.step,
+                    epoch: match self.cfg.train.max_steps {
+                        // whole epochs, each ending with a short step
+                        0 => self.opt.step as f64 / self.total_steps as f64 * self.cfg.train.epochs as f64,
+                        _ => {
+                            (self.opt.step * self.cfg.train.grad_accum * self.cfg.train.batch_size) as f64
+                                / self.data.len() as f64
+                        }
+                    },
+                    loss,
+                    lr: lrs[0],
+                    grad_norm,
+                    tokens,
+                    tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                    elapsed_s: self.elapsed_s(),
+                    data_wait_s: self.data_wait.as_secs_f64(),
+                    forward_s: self.phases.forward.as_secs_f64(),
+                    upload_s: self.phases.parts.upload.as_secs_f64(),
+                    vision_s: self.phases.parts.vision.as_secs_f64(),
+                    language_s: self.phases.parts.language.as_secs_f64(),
+                    backward_s: self.phases.backward.as_secs_f64(),
+                    optim_s,
+                    dense,
+                    ground,
+                    ground_own: ground_masses.map(|m| m[0]),
+                    ground_other: ground_masses.map(|m| m[1]),
+                    ground_box,
+                    ground_name,
+                };
+                writeln!(log, "{}", serde_json::to_string(&entry).expect("serializable")).map_err(|e| e.to_string())?;
+                bar.set_position(self.opt.step as u64);
+                bar.set_message(format!("loss {loss:.4} lr {:.2e} tok/s {:.0}", lrs[0], entry.tokens_per_s));
             }
-            if profiled {
-                griffon_model::bench::profiler_range(&self.model.device, false).map_err(|e| e.to_string())?;
-                eprintln!(
-                    "train: step {} (the segment's step {}) inside the profiler's capture range",
-                    step + 1,
-                    done + 1
-                );
-            }
-            let optim_s = t_opt.elapsed().as_secs_f64();
-            done += 1;
-            losses.push(loss);
-            let entry = StepLog {
-                step: self.opt.step,
-                epoch: match self.cfg.train.max_steps {
-                    // whole epochs, each ending with a short step
-                    0 => self.opt.step as f64 / self.total_steps as f64 * self.cfg.train.epochs as f64,
-                    _ => {
-                        (self.opt.step * self.cfg.train.grad_accum * self.cfg.train.batch_size) as f64
-                            / self.data.len() as f64
-                    }
-                },
-                loss,
-                lr: lrs[0],
-                grad_norm,
-                tokens,
-                tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
-                elapsed_s: self.elapsed_s(),
-                data_wait_s: self.data_wait.as_secs_f64(),
-                forward_s: self.phases.forward.as_secs_f64(),
-                upload_s: self.phases.parts.upload.as_secs_f64(),
-                vision_s: self.phases.parts.vision.as_secs_f64(),
-                language_s: self.phases.parts.language.as_secs_f64(),
-                backward_s: self.phases.backward.as_secs_f64(),
-                optim_s,
-                dense,
-                ground,
-                ground_own: ground_masses.map(|m| m[0]),
-                ground_other: ground_masses.map(|m| m[1]),
-                ground_box,
-                ground_name,
-            };
-            writeln!(log, "{}", serde_json::to_string(&entry).expect("serializable")).map_err(|e| e.to_string())?;
-            bar.set_position(self.opt.step as u64);
-            bar.set_message(format!("loss {loss:.4} lr {:.2e} tok/s {:.0}", lrs[0], entry.tokens_per_s));
             let every = self.cfg.train.save_every;
             let out_of_time = self.cfg.train.max_time_s > 0.0 && self.elapsed_s() >= self.cfg.train.max_time_s;
             if self.opt.step == self.total_steps || (every > 0 && self.opt.step.is_multiple_of(every)) || out_of_time {
@@ -1703,5 +1723,9 @@ mod tests {
         let none = json!({"data.synth": null});
         assert_eq!(changed_settings(&none, &json!({"data.synth": {"seed": 1}})), ["data.synth null -> {\"seed\":1}"]);
         assert!(changed_settings(&now, &now).is_empty());
+        // the input size or tiles left out are the checkpoint's own: not a change
+        let sized = json!({"model.image_size": 448, "model.tiles": 2});
+        assert!(changed_settings(&sized, &json!({"model.image_size": null, "model.tiles": null})).is_empty());
+        assert_eq!(changed_settings(&sized, &json!({"model.image_size": 224, "model.tiles": 2})).len(), 1);
     }
 }

@@ -161,6 +161,11 @@ fn resume_refuses_other_settings_and_a_broken_pointer() {
     cfg.model.tiles = Some(2);
     let err = Trainer::new(cfg, &Device::Cpu).err().unwrap();
     assert!(err.contains("model.tiles null -> 2"), "{err}");
+    // ... but leaving the input size out means the checkpoint's own, whatever was written
+    let mut cfg = config(data.path(), "r", body);
+    cfg.model.image_size = Some(56);
+    let e = Trainer::new(cfg, &Device::Cpu).err().unwrap_or_default();
+    assert!(e.contains("model.image_size null -> 56"), "{e}");
     // the settings are checked first: before the task list is read and the model loaded
     let mut cfg = config(data.path(), "r", &body.replace("lr = 1e-3", "lr = 2e-3"));
     cfg.data.tasks = Some(data.path().join("no-such-tasks.txt"));
@@ -595,4 +600,28 @@ fn an_epochs_last_step_is_short() {
     )
     .unwrap();
     assert_eq!(last["epoch"], 1.0, "{last}");
+}
+
+/// The short last step of an epoch whose samples all fail passes without an update instead of
+/// ending the run (a full step with nothing to train is still an error).
+#[test]
+fn a_short_step_with_nothing_to_train_passes() {
+    let data = dataset(&[]);
+    let det = data.path().join("det.jsonl");
+    let text = std::fs::read_to_string(&det).unwrap();
+    std::fs::write(&det, text.lines().filter(|l| l.contains("a.png")).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    // one sample, two slots per step: each epoch's step holds the sample and a padding slot
+    let body = "stage = 2\nlr = 1e-3\nepochs = 2\ngrad_accum = 2\nwarmup_ratio = 0.0\nworkers = 1";
+    let mut t = Trainer::new(config(data.path(), "s", body), &Device::Cpu).unwrap();
+    std::fs::remove_file(data.path().join("images/a.png")).unwrap();
+    let r = t.run(None, false).unwrap();
+    assert_eq!((r.steps, r.losses.len(), r.skipped.len()), (2, 0, 2), "{:?}", r.skipped);
+    assert!(r.checkpoint.ends_with("checkpoint-2"), "{}", r.checkpoint.display());
+    // with max_steps there is no padding: a step with nothing to train ends the run, naming why
+    let body = "stage = 2\nlr = 1e-3\nmax_steps = 2\ngrad_accum = 2\nwarmup_ratio = 0.0\nworkers = 1";
+    std::fs::copy(fixture().join("image.png"), data.path().join("images/a.png")).unwrap();
+    let mut t = Trainer::new(config(data.path(), "f", body), &Device::Cpu).unwrap();
+    std::fs::remove_file(data.path().join("images/a.png")).unwrap();
+    let e = t.run(None, false).err().unwrap();
+    assert!(e.contains("no micro-batch could be trained") && e.contains("a.png"), "{e}");
 }
