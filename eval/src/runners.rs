@@ -880,7 +880,7 @@ mod shard_tests {
         let e = merge(out).unwrap_err().to_string();
         assert!(e.contains("records of an earlier run over more samples"), "{e}");
         let items: Vec<Item> = ["1", "2", "3", "4"].iter().map(|id| item(id)).collect();
-        let got: Vec<String> = merge_selected(out, &items, Some(2)).unwrap().into_iter().map(|r| r.id).collect();
+        let got: Vec<String> = merge_selected(out, &items, Some(2), None).unwrap().into_iter().map(|r| r.id).collect();
         assert_eq!(got, ["1", "2"]);
         std::fs::write(shard_file(out, (1, 2)), line_of("2", Some("other"))).unwrap();
         let e = merge(out).unwrap_err().to_string();
