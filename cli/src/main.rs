@@ -942,7 +942,7 @@ fn eval_run(
     items: Vec<griffon_eval::datasets::Item>,
     annotations: Option<&std::path::Path>,
 ) -> Result<()> {
-    if let Some(s) = eval_run_metrics(a, &a.model.identity()?, &a.out, items, annotations)? {
+    if let Some(s) = eval_run_metrics(a, &EvalModel::of(a)?, &a.out, items, annotations)? {
         writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&s.metrics)?)?;
         if let Some(e) = s.all_failed {
             bail!(e);
@@ -972,13 +972,10 @@ fn all_failed(records: &[griffon_eval::runners::Record], out: &std::path::Path) 
 
 /// Runs a dataset into `out`; returns the metrics when the run is not sharded.
 /// How an evaluation decodes.
-fn eval_run_options(a: &EvalRunArgs) -> Result<RunOptions> {
+fn eval_run_options(a: &EvalRunArgs, model: &EvalModel) -> Result<RunOptions> {
     // the model's own template named explicitly is `auto` (one decoding, stored and compared on
     // resume as one)
-    let template = match a.decode.template()? {
-        Some(t) => (t != own_template(a)?).then_some(t),
-        None => None,
-    };
+    let template = a.decode.template()?.filter(|t| *t != model.own_template);
     Ok(RunOptions {
         sampling: a.decode.sampling()?,
         template,
@@ -987,19 +984,29 @@ fn eval_run_options(a: &EvalRunArgs) -> Result<RunOptions> {
     })
 }
 
-/// The template the evaluated model uses when none is given (read from its config.json).
-fn own_template(a: &EvalRunArgs) -> Result<Template> {
-    let config = a.model.dir()?.join("config.json");
-    Ok(griffon_model::config::GriffonConfig::from_file(&config)
-        .with_context(|| format!("reading {}", config.display()))?
-        .default_template())
+/// What an evaluation records of its model, read once per command (the identity reads the
+/// weights' fingerprint).
+struct EvalModel {
+    /// [`ModelArgs::identity`].
+    identity: String,
+    /// The template the model uses when none is given (from its config.json).
+    own_template: Template,
 }
 
-/// One evaluation into `out`; `model`: the model's identity ([`ModelArgs::identity`], made once
-/// per command: it reads the weights' fingerprint).
+impl EvalModel {
+    fn of(a: &EvalRunArgs) -> Result<Self> {
+        let config = a.model.dir()?.join("config.json");
+        let own_template = griffon_model::config::GriffonConfig::from_file(&config)
+            .with_context(|| format!("reading {}", config.display()))?
+            .default_template();
+        Ok(Self { identity: a.model.identity()?, own_template })
+    }
+}
+
+/// One evaluation into `out`.
 fn eval_run_metrics(
     a: &EvalRunArgs,
-    model: &str,
+    model: &EvalModel,
     out: &std::path::Path,
     items: Vec<griffon_eval::datasets::Item>,
     annotations: Option<&std::path::Path>,
@@ -1010,10 +1017,10 @@ fn eval_run_metrics(
         out: out.to_path_buf(),
         shard,
         limit: a.limit,
-        run: eval_run_options(a)?,
+        run: eval_run_options(a, model)?,
         progress: !a.quiet,
-        model: Some(model.to_string()),
-        own_template: Some(own_template(a)?.name().to_string()),
+        model: Some(model.identity.clone()),
+        own_template: Some(model.own_template.name().to_string()),
     };
     if items.is_empty() {
         bail!("the dataset has no samples");
@@ -1102,10 +1109,10 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     // per-task folders it resumes anyway), when they were of this model and decoding (a summary
     // written before they were stored is added to as before)
     let f = a.out.join("synth_metrics.json");
-    let identity = a.model.identity()?;
+    let model = EvalModel::of(a)?;
     let who = serde_json::json!({
-        "model": identity,
-        "decoding": griffon_eval::runners::decoding_of(&eval_run_options(a)?),
+        "model": model.identity,
+        "decoding": griffon_eval::runners::decoding_of(&eval_run_options(a, &model)?),
     });
     let mut summary = match (tasks.is_some(), f.is_file()) {
         (true, true) => {
@@ -1114,12 +1121,11 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
                 .with_context(|| format!("reading {}", f.display()))?
             {
                 serde_json::Value::Object(m) => {
-                    let own = own_template(a)?;
                     // (a summary written before session 29 may name the model's own template)
+                    let own = Some(model.own_template.name());
                     let same = |k: &str, v: &serde_json::Value| match (k, v.as_str()) {
                         ("decoding", Some(d)) => {
-                            serde_json::Value::from(griffon_eval::runners::own_template_as_auto(d, Some(own.name())))
-                                == who[k]
+                            serde_json::Value::from(griffon_eval::runners::own_template_as_auto(d, own)) == who[k]
                         }
                         _ => *v == who[k],
                     };
@@ -1152,7 +1158,7 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     let failed_all = std::cell::RefCell::new(Vec::new());
     let run = |t: SynthTask, dir: &str, items: &dyn Fn() -> ItemsResult, ann: Option<&std::path::Path>| match on(t) {
         true => {
-            let scored = eval_run_metrics(a, &identity, &a.out.join(dir), items()?, ann)?;
+            let scored = eval_run_metrics(a, &model, &a.out.join(dir), items()?, ann)?;
             let m = scored.map(|s| {
                 failed_all.borrow_mut().extend(s.all_failed);
                 s.metrics

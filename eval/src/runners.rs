@@ -319,26 +319,26 @@ pub fn decoding_of(run: &RunOptions) -> String {
 /// descriptions (both refused there since session 29, recorded before), and the model's own
 /// template named (`own`) for `auto`.
 fn comparable_decoding(decoding: &str, truth: &Truth, own: Option<&str>) -> String {
-    let mut parts: Vec<String> = decoding.split(", ").map(str::to_string).collect();
-    if !matches!(truth, Truth::Coco { .. }) {
-        parts.retain(|p| !p.starts_with("chunk "));
-    }
-    if matches!(truth, Truth::Reg { .. }) {
-        parts.retain(|p| p != "constrained" && p != "unconstrained");
-    }
-    own_template_as_auto(&parts.join(", "), own)
+    let detection = matches!(truth, Truth::Coco { .. });
+    let description = matches!(truth, Truth::Reg { .. });
+    let parts = decoding.split(", ").filter(|p| detection || !p.starts_with("chunk "));
+    let parts = parts.filter(|p| !(description && matches!(*p, "constrained" | "unconstrained")));
+    parts.map(|p| template_as_auto(p, own)).collect::<Vec<_>>().join(", ")
 }
 
-/// A decoding ([`decoding_of`]) with the model's own template (`own`), named explicitly in
-/// records written before session 29, as `auto`.
-pub fn own_template_as_auto(decoding: &str, own: Option<&str>) -> String {
-    let mut parts: Vec<&str> = decoding.split(", ").collect();
-    for p in &mut parts {
-        if own.is_some_and(|t| p.strip_prefix("template ") == Some(t)) {
-            *p = "template auto";
-        }
+/// One part of a decoding: the model's own template (`own`), named explicitly in records written
+/// before session 29, as `auto`.
+fn template_as_auto<'a>(part: &'a str, own: Option<&str>) -> &'a str {
+    match own.is_some_and(|t| part.strip_prefix("template ") == Some(t)) {
+        true => "template auto",
+        false => part,
     }
-    parts.join(", ")
+}
+
+/// A decoding ([`decoding_of`]) with the model's own template as `auto` ([`comparable_decoding`]'s
+/// template rule alone).
+pub fn own_template_as_auto(decoding: &str, own: Option<&str>) -> String {
+    decoding.split(", ").map(|p| template_as_auto(p, own)).collect::<Vec<_>>().join(", ")
 }
 
 /// Runs the model over this shard's items (checked by [`check_items`]), appending to the shard

@@ -474,8 +474,9 @@ const GONE_CHECK: Duration = Duration::from_millis(250);
 
 /// Whether the client closed its side: a read would see the end of the stream (or the
 /// connection was reset). A request is complete when it is queued, so a client that still waits
-/// sends nothing more; one that closes (curl -m, a closed page) has left, and so has one that
-/// shuts down its sending side only (`nc -N`): its answer is not computed.
+/// sends nothing more; one that closes (curl -m, a closed page) has left. One that shut only its
+/// sending side (`nc -N`) looks the same: its task is skipped if not started yet (and answered
+/// 503 saying so), answered if it has started.
 fn client_left(stream: &std::net::TcpStream) -> bool {
     if stream.set_nonblocking(true).is_err() {
         return false;
