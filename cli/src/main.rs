@@ -1254,9 +1254,25 @@ fn eval_cmd(c: &EvalCommand) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match c {
         EvalCommand::CocoResults { annotations, results, json } => {
-            let stats = griffon_eval::coco_results_stats(annotations, results)?;
+            let report = griffon_eval::coco_results_report(annotations, results)?;
+            let stats = report.stats;
+            if let Some(id) = report.first_unknown_category {
+                let all = if report.unknown_categories == report.detections {
+                    " (all of them: every score is 0 or -1; a wrong category id mapping?)"
+                } else {
+                    ""
+                };
+                eprintln!(
+                    "warning: {} of {} detections in {} have a category_id the ground truth's categories lack \
+                     (the first: {id}); they are not scored, as in pycocotools{all}",
+                    report.unknown_categories,
+                    report.detections,
+                    results.display()
+                );
+            }
             if *json {
-                writeln!(out, "{}", serde_json::json!({ "stats": stats }))?;
+                let unknown = report.unknown_categories;
+                writeln!(out, "{}", serde_json::json!({ "stats": stats, "unknown_category_detections": unknown }))?;
             } else {
                 writeln!(out, "{}", griffon_eval::coco::format_coco_stats(&stats))?;
             }

@@ -49,6 +49,35 @@ fn coco_results_matches_pycocotools_on_shared_vector() {
     assert!(text.contains("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"), "{text}");
 }
 
+/// Detections of categories the ground truth lacks are not scored (as in pycocotools, whose
+/// scores the golden vector holds) and are counted in a warning and in the JSON.
+#[test]
+fn coco_results_warns_of_unknown_categories() {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../eval/tests/fixtures/coco");
+    let (ann, res) = (d.join("foreign/gt.json"), d.join("foreign/dt.json"));
+    let args = ["eval", "coco-results", "--annotations", ann.to_str().unwrap(), "--results", res.to_str().unwrap()];
+    let out = griffon(&[&args[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: 2 of 2 detections") && err.contains("(the first: 3)"), "{err}");
+    assert!(err.contains("all of them"), "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["unknown_category_detections"], 2);
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(d.join("expected.json")).unwrap()).unwrap();
+    assert_eq!(v["stats"], expected["cases"]["foreign"]["stats"]);
+    // one unknown among many: counted, not "all of them"
+    let (ann, res) = (d.join("edge/gt.json"), d.join("edge/dt.json"));
+    let out =
+        griffon(&["eval", "coco-results", "--annotations", ann.to_str().unwrap(), "--results", res.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("1 of 146 detections") && !err.contains("all of them"), "{err}");
+    // a file of known categories only: no warning
+    let (ann, res) = (d.join("random/gt.json"), d.join("random/dt.json"));
+    let out =
+        griffon(&["eval", "coco-results", "--annotations", ann.to_str().unwrap(), "--results", res.to_str().unwrap()]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn cider_matches_pycocoevalcap_on_shared_vector() {
     let v: Value =

@@ -61,10 +61,34 @@ pub struct CocoDetection {
 /// Detections whose `category_id` is not a category of the ground truth are dropped, which is
 /// what pycocotools does (it only evaluates `cocoGt.getCatIds()`).
 pub fn coco_results_stats(annotations: &Path, results: &Path) -> Result<[f64; 12], EvalError> {
+    Ok(coco_results_report(annotations, results)?.stats)
+}
+
+/// [`coco_results_stats`] with what was not scored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CocoReport {
+    pub stats: [f64; 12],
+    /// Detections in the file.
+    pub detections: usize,
+    /// Detections whose `category_id` is not a category of the ground truth (not scored, as in
+    /// pycocotools; all of them: every stat is 0 or -1, usually a wrong id mapping), and the
+    /// first such id.
+    pub unknown_categories: usize,
+    pub first_unknown_category: Option<u64>,
+}
+
+/// [`coco_results_stats`], also counting the detections whose category the ground truth does not
+/// have, so a caller can say so (pycocotools drops them without a word).
+pub fn coco_results_report(annotations: &Path, results: &Path) -> Result<CocoReport, EvalError> {
     let gt = load_gt(annotations)?;
     let text = read_text(results)?;
     let detections = parse_results(&text, results)?;
-    stats_for(gt, &detections, results, None)
+    let known: HashSet<u64> = gt.dataset.categories.iter().map(|c| c.id).collect();
+    let mut unknown = detections.iter().filter(|d| !known.contains(&d.category_id));
+    let first_unknown_category = unknown.next().map(|d| d.category_id);
+    let unknown_categories = first_unknown_category.map_or(0, |_| 1 + unknown.count());
+    let stats = stats_for(gt, &detections, results, None)?;
+    Ok(CocoReport { stats, detections: detections.len(), unknown_categories, first_unknown_category })
 }
 
 /// [`coco_results_stats`] for detections already in memory (same checks; errors name the index

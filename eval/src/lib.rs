@@ -72,8 +72,8 @@ use std::path::PathBuf;
 
 pub use cider::{cider_d, cider_from_files, cider_raw, CiderReport};
 pub use coco::{
-    coco_detections_stats, coco_detections_stats_on, coco_results_stats, format_coco_stats, CocoDetection,
-    COCO_STAT_NAMES,
+    coco_detections_stats, coco_detections_stats_on, coco_results_report, coco_results_stats, format_coco_stats,
+    CocoDetection, CocoReport, COCO_STAT_NAMES,
 };
 pub use counting::{counting_errors, CountingErrors};
 pub use grounding::{flickr30k_recall_at_1, iou_xyxy, rec_accuracy, Accuracy, BoxXyxy, FlickrRecall, PhraseSample};

@@ -56,6 +56,9 @@ pub enum StopReason {
     MaxTokens,
     /// A decoding constraint rejected every token.
     NoAllowedToken,
+    /// The sequence filled the model's positions (`max_position_embeddings`, this many, prompt
+    /// included): the last token was chosen but there is no position to read it at.
+    MaxPositions(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +232,12 @@ pub fn generate_streaming(
     if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
         return Err(Error::Request(format!("top-p must be in (0, 1], got {}", opts.top_p)));
     }
+    let prompt_len = prefix.dim(1)?;
+    if let Some(max) = llm.max_positions().filter(|&m| prompt_len > m) {
+        return Err(Error::Request(format!(
+            "the prompt takes {prompt_len} positions, more than the model's max_position_embeddings {max}"
+        )));
+    }
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut cache = llm.new_cache();
     let mut logits = llm.forward_embeds(prefix, &mut cache, false)?;
@@ -255,6 +264,10 @@ pub fn generate_streaming(
         on_token(tok);
         if stop_ids.contains(&tok) {
             return Ok(Generation { tokens, probs, stop: StopReason::StopToken });
+        }
+        // the new token would be read at position prompt_len + tokens.len() - 1
+        if let Some(max) = llm.max_positions().filter(|&m| prompt_len + tokens.len() > m) {
+            return Ok(Generation { tokens, probs, stop: StopReason::MaxPositions(max) });
         }
         let ids = Tensor::new(&[tok], prefix.device())?;
         let emb = llm.embed_tokens(&ids)?.unsqueeze(0)?.to_dtype(prefix.dtype())?;

@@ -347,7 +347,7 @@ impl Griffon {
             }
             None
         };
-        let llm = Llm::load(&ck, &config.llm)?;
+        let llm = Llm::load(&ck, &config.llm)?.with_max_positions(config.max_position_embeddings);
         let template = config.default_template();
         // HF takes BOS from the tokenizer's files; Llama / Gemma tokenizer classes default to
         // <s> / <bos> (config.json's id), Qwen2's has none (its config's bos_token_id is unused).

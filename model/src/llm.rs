@@ -401,6 +401,9 @@ pub struct Llm {
     norm: RmsNorm,
     lm_head: Linear,
     rope: Rope,
+    /// The positions the model was built for (`max_position_embeddings`), when known: generation
+    /// stops there ([`crate::generate::StopReason::MaxPositions`]).
+    max_positions: Option<usize>,
 }
 
 impl Llm {
@@ -435,7 +438,18 @@ impl Llm {
             ));
         };
         let rope = Rope::new(spec.head_dim, rope_theta);
-        Ok(Self { spec, embed: Embedding { weight: embed_weight }, layers, norm, lm_head, rope })
+        Ok(Self { spec, embed: Embedding { weight: embed_weight }, layers, norm, lm_head, rope, max_positions: None })
+    }
+
+    /// Sets the positions the model was built for (`max_position_embeddings`; None: unknown).
+    pub fn with_max_positions(mut self, max: Option<usize>) -> Self {
+        self.max_positions = max;
+        self
+    }
+
+    /// The positions the model was built for, when known.
+    pub fn max_positions(&self) -> Option<usize> {
+        self.max_positions
     }
 
     pub fn num_layers(&self) -> usize {

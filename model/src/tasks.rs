@@ -67,8 +67,8 @@ pub struct TaskOutput {
     pub text_score: Option<f64>,
     /// The user texts sent to the model, one per turn.
     pub prompts: Vec<String>,
-    /// A turn's answer ended without its end token (`max_new_tokens` reached, or the constrained
-    /// grammar allowed nothing more): objects after the cut are missing. Each such turn also has a
+    /// A turn's answer ended without its end token (`max_new_tokens` or the model's positions
+    /// reached, or the constrained grammar allowed nothing more): objects after the cut are missing. Each such turn also has a
     /// `dropped` entry saying why.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
@@ -84,6 +84,10 @@ pub fn cut_reason(stop: StopReason, max_new_tokens: usize) -> Option<String> {
         StopReason::NoAllowedToken => {
             Some("the answer grammar allowed no further token: anything after this is missing".into())
         }
+        StopReason::MaxPositions(max) => Some(format!(
+            "the answer filled the model's max_position_embeddings ({max} positions, prompt included) before its \
+             end: anything after this is missing"
+        )),
     }
 }
 

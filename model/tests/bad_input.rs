@@ -275,6 +275,36 @@ fn prompt_longer_than_the_context_is_refused() {
     assert!(load_err(&dir).contains("max_position_embeddings must be at least 1"));
 }
 
+/// Generation stops where the model's positions end: the token chosen at the last position is
+/// kept, none is read past it, and the cut is reported (it decoded on into positions the model
+/// was never built for before).
+#[test]
+fn generation_stops_at_the_models_positions() {
+    use griffon_model::generate::{generate, SamplingOptions, StopReason};
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    let image = fixture("gemma2_region").join("image.png");
+    let m = Griffon::load(&dir, &LoadOptions::default()).unwrap();
+    let img = m.image_pixels(&image).unwrap();
+    let prepared = m.prepare(&m.render_prompt("find the cat", None), &[img.clone()], &[]).unwrap();
+    let t = prepared.embeds.dim(1).unwrap();
+    let opts = SamplingOptions { max_new_tokens: 40, ..Default::default() };
+    let free = generate(&m.llm, &prepared.embeds, &[], &opts, |_| {}).unwrap();
+    assert_eq!((free.tokens.len(), free.stop), (40, StopReason::MaxTokens));
+    for room in [0, 3] {
+        edit_config(&dir, |c| {
+            c.insert("max_position_embeddings".into(), (t + room).into());
+        });
+        let m = Griffon::load(&dir, &LoadOptions::default()).unwrap();
+        let prepared = m.prepare(&m.render_prompt("find the cat", None), &[img.clone()], &[]).unwrap();
+        let g = generate(&m.llm, &prepared.embeds, &[], &opts, |_| {}).unwrap();
+        assert_eq!(g.stop, StopReason::MaxPositions(t + room));
+        // `room` tokens read at the free positions, one more chosen at the last
+        assert_eq!(g.tokens, free.tokens[..room + 1], "room {room}");
+        let why = griffon_model::tasks::cut_reason(g.stop, 40).unwrap();
+        assert!(why.contains(&format!("max_position_embeddings ({} positions", t + room)), "{why}");
+    }
+}
+
 /// Settings the weights contradict, or that leave nothing for the projector, are refused at load,
 /// naming the setting; not found at the first image, or run as another model.
 #[test]

@@ -18,6 +18,7 @@
 //! # region_naming = 0.0           # share of samples naming an object given as <region> (REG prompt)
 //! # rec_not_largest = 0.0         # share of REC samples referring to an object other than the largest
 //! # rec_turns = 1                 # REC samples ask for up to this many of the scene's objects, a turn each
+//! # det_subsets = 0.0             # share of DET samples asking for fewer categories than all the shapes
 //! max_len = 2048                  # longer samples are skipped and reported
 //! max_categories = 80
 //! none_prob = 0.0
@@ -145,6 +146,9 @@ pub struct SynthSection {
     /// Most REC turns per REC sample, one per referable object (`SynthStream::with_rec_turns`).
     #[serde(default = "default_rec_turns")]
     pub rec_turns: usize,
+    /// Share of detection samples asking for a subset of the shapes (`SynthStream::with_det_subsets`).
+    #[serde(default)]
+    pub det_subsets: f64,
 }
 
 fn default_rec_turns() -> usize {
@@ -604,6 +608,7 @@ impl TrainConfig {
                 crate::synth::check_region_naming(s.region_naming).map_err(|m| format!("data.synth.{m}"))?;
                 crate::synth::check_rec_not_largest(s.rec_not_largest).map_err(|m| format!("data.synth.{m}"))?;
                 crate::synth::check_rec_turns(s.rec_turns).map_err(|m| format!("data.synth.{m}"))?;
+                crate::synth::check_det_subsets(s.det_subsets).map_err(|m| format!("data.synth.{m}"))?;
                 let most = crate::synth::MAX_SCENE_SIZE;
                 if !(32..=most).contains(&s.size) {
                     return Err(format!("data.synth.size {} is outside 32..={most} px", s.size));

@@ -373,6 +373,9 @@ pub struct SynthStream {
     pub rec_not_largest: f64,
     /// Most REC turns in one REC sample ([`SynthStream::with_rec_turns`]); 1 unless set.
     pub rec_turns: usize,
+    /// Share of detection samples asking for fewer than all the shapes
+    /// ([`SynthStream::with_det_subsets`]); 0 unless set.
+    pub det_subsets: f64,
     /// (task, weight): DET, VG (REC), REG and VISJ (exemplar counting).
     pub mix: Vec<(TaskKind, f64)>,
     pub opts: BuildOptions,
@@ -404,6 +407,7 @@ impl SynthStream {
             region_naming: 0.0,
             rec_not_largest: 0.0,
             rec_turns: 1,
+            det_subsets: 0.0,
             mix,
             opts,
             vocab: SHAPES.iter().map(|s| s.to_string()).collect(),
@@ -465,6 +469,37 @@ impl SynthStream {
         Ok(self)
     }
 
+    /// A share `p` (0..=1) of the detection samples asks for a random number of categories,
+    /// 1 to one fewer than the shapes, instead of `max_categories`: the builder's own rule then
+    /// lists every present class padded with absent ones when they fit, else one random chunk of
+    /// the present classes (answered with that chunk's boxes alone), as the reference's DET
+    /// builder does for images with more classes than `max_categories`. With six shapes and
+    /// `max_categories` >= 6 every detection prompt lists all six, and a model trained on that
+    /// alone answers a request for two of them with junk (docs/SYNTH.md, session 29). Drawn from
+    /// its own random stream, so the other samples stay those of the stream without it.
+    pub fn with_det_subsets(mut self, p: f64) -> Result<Self, String> {
+        check_det_subsets(p)?;
+        self.det_subsets = p;
+        Ok(self)
+    }
+
+    /// The build options of scene `k`'s detection sample: under
+    /// [`SynthStream::with_det_subsets`], for its share of the samples, a random number of
+    /// categories below the vocabulary's size.
+    fn det_options(&self, k: usize) -> BuildOptions {
+        let mut o = self.opts.clone();
+        let most = self.vocab.len().min(o.max_categories);
+        if self.det_subsets <= 0.0 || most < 2 {
+            return o;
+        }
+        let mut r =
+            StdRng::seed_from_u64(self.seed.wrapping_mul(0x4F1B_BCDC_BFA5_3E0B) ^ (k as u64).wrapping_add(0xDE75));
+        if r.random_bool(self.det_subsets) {
+            o.max_categories = r.random_range(1..most);
+        }
+        o
+    }
+
     /// Under [`SynthStream::with_rec_not_largest`], the index (into `ann.vg`) of a referred
     /// object other than the largest of scene `k`, for its share of the samples.
     fn away_from_largest(&self, k: usize, objs: &[Object], ann: &SceneAnnotations) -> Option<usize> {
@@ -522,7 +557,8 @@ impl SynthStream {
         let vocab = &self.vocab;
         let samples = match kind {
             TaskKind::Det => {
-                record_samples(kind, RecordRef::Det(&ann.det), &images, vocab, &self.opts, &source, &mut rng)?
+                let opts = self.det_options(k);
+                record_samples(kind, RecordRef::Det(&ann.det), &images, vocab, &opts, &source, &mut rng)?
             }
             // by default half the counting samples count the most frequent class (the crowd when
             // there is one), half a random class, as the reference's VISJ builder picks (at 0.5
@@ -580,6 +616,14 @@ pub fn check_visj_random(p: f64) -> Result<(), String> {
 pub fn check_rec_turns(n: usize) -> Result<(), String> {
     if n == 0 {
         return Err("rec_turns must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// [`SynthStream::with_det_subsets`]'s range.
+pub fn check_det_subsets(p: f64) -> Result<(), String> {
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!("det_subsets {p} is outside 0..=1"));
     }
     Ok(())
 }

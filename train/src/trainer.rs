@@ -830,6 +830,14 @@ fn resume_settings(cfg: &TrainConfig) -> serde_json::Value {
     // a set: the order the list was written in does not matter
     let modules: std::collections::BTreeSet<String> =
         cfg.trainable_modules().iter().map(|m| format!("{m:?}").to_lowercase()).collect();
+    let synth = d.synth.as_ref().map(|s| {
+        serde_json::json!({
+            "seed": s.seed, "samples": s.samples, "size": s.size, "max_objects": s.max_objects,
+            "object_scale": s.object_scale, "visj_random": s.visj_random, "region_naming": s.region_naming,
+            "rec_not_largest": s.rec_not_largest, "rec_turns": s.rec_turns, "det_subsets": s.det_subsets,
+            "mix": {"det": s.mix.det, "vg": s.mix.vg, "reg": s.mix.reg, "visj": s.mix.visj},
+        })
+    });
     serde_json::json!({
         "stage": t.stage, "lr": t.lr, "vision_lr": t.vision_lr, "region_lr": t.region_lr,
         "trainable": modules, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
@@ -842,12 +850,7 @@ fn resume_settings(cfg: &TrainConfig) -> serde_json::Value {
         "ground_positions": format!("{:?}", t.ground_positions).to_lowercase(),
         "data.max_len": d.max_len, "data.max_categories": d.max_categories, "data.none_prob": d.none_prob,
         "data.det_format_prob": d.det_format_prob,
-        "data.synth": d.synth.as_ref().map(|s| serde_json::json!({
-            "seed": s.seed, "samples": s.samples, "size": s.size, "max_objects": s.max_objects,
-            "object_scale": s.object_scale, "visj_random": s.visj_random, "region_naming": s.region_naming,
-            "rec_not_largest": s.rec_not_largest, "rec_turns": s.rec_turns,
-            "mix": {"det": s.mix.det, "vg": s.mix.vg, "reg": s.mix.reg, "visj": s.mix.visj},
-        })),
+        "data.synth": synth,
         "model.image_size": cfg.model.image_size, "model.tiles": cfg.model.tiles,
     })
 }
@@ -1131,7 +1134,8 @@ impl Trainer {
                     .with_visj_random(sy.visj_random)?
                     .with_region_naming(sy.region_naming)?
                     .with_rec_not_largest(sy.rec_not_largest)?
-                    .with_rec_turns(sy.rec_turns)?;
+                    .with_rec_turns(sy.rec_turns)?
+                    .with_det_subsets(sy.det_subsets)?;
                 Data::Synth { stream, len: sy.samples }
             }
             None => Data::Files(encoded),

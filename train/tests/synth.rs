@@ -309,6 +309,56 @@ fn stream_rec_turns() {
     assert!(cut >= 5, "only {cut} samples with three referable objects");
 }
 
+/// `det_subsets`: at 1, every detection prompt lists fewer than the six shapes, and its answer
+/// holds every object of the listed shapes and nothing else; the other samples are those of the
+/// stream without it, and at 0 every detection prompt lists all six.
+#[test]
+fn stream_det_subsets() {
+    use griffon_train::data::TaskKind;
+    use griffon_train::synth::{SynthStream, SHAPES};
+    let mix = vec![(TaskKind::Det, 2.0), (TaskKind::Vg, 1.0), (TaskKind::Reg, 1.0)];
+    let stream = |p: f64| SynthStream::new(7, 96, 6, mix.clone(), BuildOptions::default()).unwrap().with_det_subsets(p);
+    let (plain, zero, subsets) = (
+        SynthStream::new(7, 96, 6, mix.clone(), BuildOptions::default()).unwrap(),
+        stream(0.0).unwrap(),
+        stream(1.0).unwrap(),
+    );
+    let listed = |s: &griffon_train::data::Sample| -> Vec<String> {
+        let q = &s.turns[0].0;
+        let list = q.split("The category set includes ").nth(1).unwrap().split('.').next().unwrap();
+        list.split(", ").map(str::to_string).collect()
+    };
+    let (mut det, mut sizes, mut chunked) = (0, std::collections::BTreeSet::new(), 0);
+    for k in 0..160 {
+        let (a, _, objs) = plain.sample(k).unwrap();
+        assert_eq!(a, zero.sample(k).unwrap().0, "scene {k}: a share of 0 changed the stream");
+        let (b, _, _) = subsets.sample(k).unwrap();
+        if a.task != TaskKind::Det || listed(&a).len() < SHAPES.len() {
+            // REC and REG, and their detection fallback (the full list)
+            assert_eq!(a, b, "scene {k}: a sample other than detection changed");
+            continue;
+        }
+        det += 1;
+        let names = listed(&b);
+        assert!(!names.is_empty() && names.len() < SHAPES.len(), "scene {k}: {names:?}");
+        sizes.insert(names.len());
+        let found = griffon_core::answer::parse_answer(&b.turns[0].1).instances;
+        for (i, shape) in SHAPES.iter().enumerate() {
+            let want = if names.iter().any(|n| n == shape) { objs.iter().filter(|o| o.shape == i).count() } else { 0 };
+            let got = found.iter().filter(|f| f.label.as_deref() == Some(*shape)).count();
+            assert_eq!(got, want, "scene {k}: {shape} in {names:?}: {:?}", b.turns[0].1);
+        }
+        assert_eq!(found.len(), found.iter().filter(|f| names.contains(f.label.as_ref().unwrap())).count());
+        let present = SHAPES.iter().enumerate().filter(|(i, _)| objs.iter().any(|o| o.shape == *i)).count();
+        chunked += (present > names.len()) as usize;
+    }
+    assert!(
+        det >= 40 && sizes.len() == SHAPES.len() - 1 && chunked >= 5,
+        "{det} detection, sizes {sizes:?}, {chunked} chunked"
+    );
+    assert!(stream(1.5).is_err() && stream(-0.1).is_err());
+}
+
 /// `--split test` writes exactly the test split of the full benchmark, nothing else.
 #[test]
 fn one_split_equals_that_split_of_the_full_benchmark() {
