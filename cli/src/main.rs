@@ -161,7 +161,7 @@ enum EvalCommand {
         annotations: PathBuf,
         #[arg(long)]
         results: PathBuf,
-        /// Print {"stats": [12 numbers]}.
+        /// Print {"stats": [12 numbers], "unknown_category_detections": N}.
         #[arg(long)]
         json: bool,
     },
@@ -841,6 +841,7 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
         text_score: None,
         prompts: vec![],
         truncated: false,
+        token_limited: false,
     };
     let mut v = output_json(&out, a.format);
     // a log carries no decoding probabilities: the boxes have no model confidence
@@ -1168,8 +1169,8 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
                 let (failed, cut) = (n("failed_samples"), n("truncated_samples"));
                 if failed > 0 || cut > 0 {
                     eprintln!(
-                        "{dir}: {failed} samples failed to run (scored as misses), {cut} answers were cut at \
-                         --max-new-tokens (scored as they are): see the `error` / `truncated` records in {}",
+                        "{dir}: {failed} samples failed to run (scored as misses), {cut} answers were cut \
+                         (--max-new-tokens or the model's positions; scored as they are): see the `error` / `truncated` records in {}",
                         a.out.join(dir).display()
                     );
                 }

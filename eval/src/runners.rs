@@ -44,8 +44,9 @@ pub struct Record {
     /// summary's `truncated_samples`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
-    /// For a cut answer, the `max_new_tokens` it ran with: a rerun with a higher limit runs it
-    /// again.
+    /// For an answer cut by `max_new_tokens`, the limit it ran with: a rerun with a higher limit
+    /// runs it again (not set for an answer cut by the model's positions or the grammar, which a
+    /// higher limit would cut at the same place).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<usize>,
     /// The model that answered ([`RunnerOptions::model`]): a resume with another model is
@@ -406,7 +407,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
                 truth: it.truth.clone(),
                 error: None,
                 truncated: out.truncated,
-                max_new_tokens: out.truncated.then_some(max_new),
+                max_new_tokens: out.token_limited.then_some(max_new),
                 model: opts.model.clone(),
                 decoding: decoding.clone(),
                 exemplar: exemplar_of(it),

@@ -210,7 +210,8 @@ pub struct GriffonConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     /// The positions the LLM was built for (`max_position_embeddings`); a longer prompt is
-    /// refused (transformers warns and runs on, past what the model was trained on).
+    /// refused and generation stops at the last one (transformers warns and runs on, past what
+    /// the model was trained on).
     pub max_position_embeddings: Option<usize>,
 }
 

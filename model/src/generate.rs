@@ -1,5 +1,6 @@
 //! Autoregressive decoding with the KV cache: greedy by default, temperature / top-p sampling
-//! on request; stops at an end-of-sequence id, the template's end-of-turn, or the token budget.
+//! on request; stops at an end-of-sequence id, the template's end-of-turn, the token budget, or
+//! the model's last position (`max_position_embeddings`).
 //! Each generated token's probability (softmax of the step's logits) is recorded, for the
 //! reference's confidence score.
 

@@ -72,6 +72,10 @@ pub struct TaskOutput {
     /// `dropped` entry saying why.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// A turn was cut by `max_new_tokens` (not by the model's positions or the grammar): a run
+    /// with a higher limit may answer it in full.
+    #[serde(skip)]
+    pub token_limited: bool,
 }
 
 /// Why an answer ended without its end token, or None when it ended normally.
@@ -208,6 +212,7 @@ impl Griffon {
             text_score: None,
             prompts: turns.iter().map(|t| t.user_text.clone()).collect(),
             truncated: false,
+            token_limited: false,
         };
         let mut texts = Vec::new();
         for (turn_index, turn) in turns.iter().enumerate() {
@@ -228,6 +233,7 @@ impl Griffon {
             let (text, gen, spans) = self.run_turn(&image_tokens, &turn.user_text, &regions, opts, grammar.as_ref())?;
             if let Some(reason) = cut_reason(gen.stop, opts.sampling.max_new_tokens) {
                 out.truncated = true;
+                out.token_limited |= gen.stop == StopReason::MaxTokens;
                 out.dropped.push(Dropped { text: tail_chars(&text, 40), reason });
             }
             if let Task::Describe { region } = &req.task {

@@ -470,7 +470,8 @@ impl SynthStream {
     }
 
     /// A share `p` (0..=1) of the detection samples asks for a random number of categories,
-    /// 1 to one fewer than the shapes, instead of `max_categories`: the builder's own rule then
+    /// 1 to one fewer than the shapes (or than `max_categories` when that is smaller), instead of
+    /// `max_categories`: the builder's own rule then
     /// lists every present class padded with absent ones when they fit, else one random chunk of
     /// the present classes (answered with that chunk's boxes alone), as the reference's DET
     /// builder does for images with more classes than `max_categories`. With six shapes and
@@ -485,7 +486,7 @@ impl SynthStream {
 
     /// The build options of scene `k`'s detection sample: under
     /// [`SynthStream::with_det_subsets`], for its share of the samples, a random number of
-    /// categories below the vocabulary's size.
+    /// categories below the vocabulary's size and `max_categories`.
     fn det_options(&self, k: usize) -> BuildOptions {
         let mut o = self.opts.clone();
         let most = self.vocab.len().min(o.max_categories);
@@ -591,7 +592,8 @@ impl SynthStream {
             }
             // no object of the scene has a unique expression: a detection sample instead
             TaskKind::Vg | TaskKind::Reg => {
-                record_samples(TaskKind::Det, RecordRef::Det(&ann.det), &images, vocab, &self.opts, &source, &mut rng)?
+                let opts = self.det_options(k);
+                record_samples(TaskKind::Det, RecordRef::Det(&ann.det), &images, vocab, &opts, &source, &mut rng)?
             }
             TaskKind::Lazy => unreachable!("refused in new"),
         };

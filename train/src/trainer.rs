@@ -855,6 +855,16 @@ fn resume_settings(cfg: &TrainConfig) -> serde_json::Value {
     })
 }
 
+/// For a setting added to [`resume_settings`] after checkpoints were written without it, the value
+/// every run before it had (so a resume that turns it on is refused); None for keys not compared
+/// when absent.
+fn value_before(key: &str) -> Option<serde_json::Value> {
+    match key {
+        "det_subsets" => Some(serde_json::json!(0.0)),
+        _ => None,
+    }
+}
+
 /// The keys whose values differ between two [`resume_settings`], with both values (numbers
 /// compared exactly: the workspace's serde_json reads back the very f64 it wrote, its
 /// `float_roundtrip` feature).
@@ -866,7 +876,16 @@ fn changed_settings(stored: &serde_json::Value, now: &serde_json::Value) -> Vec<
     };
     let mut out = Vec::new();
     for (k, v) in b {
-        let Some(old) = a.get(k) else { continue }; // a key added later: not compared
+        let before;
+        let old = match (a.get(k), value_before(k)) {
+            (Some(old), _) => old,
+            // a key added later: what every run before it had, else not compared
+            (None, Some(v)) => {
+                before = v;
+                &before
+            }
+            (None, None) => continue,
+        };
         if v.is_null() && matches!(k.as_str(), "model.image_size" | "model.tiles") {
             continue; // left out: the checkpoint's own (it stores what it was trained at)
         }
@@ -1727,6 +1746,13 @@ mod tests {
         let none = json!({"data.synth": null});
         assert_eq!(changed_settings(&none, &json!({"data.synth": {"seed": 1}})), ["data.synth null -> {\"seed\":1}"]);
         assert!(changed_settings(&now, &now).is_empty());
+        // a key added later: compared with what every run before it had
+        let old = json!({"data.synth": {"seed": 1}});
+        assert_eq!(
+            changed_settings(&old, &json!({"data.synth": {"seed": 1, "det_subsets": 0.4}})),
+            ["data.synth.det_subsets 0.0 -> 0.4"]
+        );
+        assert!(changed_settings(&old, &json!({"data.synth": {"seed": 1, "det_subsets": 0.0}})).is_empty());
         // the input size or tiles left out are the checkpoint's own: not a change
         let sized = json!({"model.image_size": 448, "model.tiles": 2});
         assert!(changed_settings(&sized, &json!({"model.image_size": null, "model.tiles": null})).is_empty());

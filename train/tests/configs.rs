@@ -69,6 +69,8 @@ fn region_lr_and_visj_random() {
     assert!(e.contains("data.synth.rec_not_largest") && e.contains("outside 0..=1"), "{e}");
     let e = set(&["data.synth.rec_turns=0"]).unwrap_err();
     assert!(e.contains("data.synth.rec_turns") && e.contains("at least 1"), "{e}");
+    let e = set(&["data.synth.det_subsets=2"]).unwrap_err();
+    assert!(e.contains("data.synth.det_subsets") && e.contains("outside 0..=1"), "{e}");
 }
 
 /// Optimizer settings that would silently ruin a run (a NaN decay writes NaN weights; a NaN or

@@ -333,11 +333,11 @@ fn stream_det_subsets() {
         let (a, _, objs) = plain.sample(k).unwrap();
         assert_eq!(a, zero.sample(k).unwrap().0, "scene {k}: a share of 0 changed the stream");
         let (b, _, _) = subsets.sample(k).unwrap();
-        if a.task != TaskKind::Det || listed(&a).len() < SHAPES.len() {
-            // REC and REG, and their detection fallback (the full list)
+        if a.task != TaskKind::Det {
             assert_eq!(a, b, "scene {k}: a sample other than detection changed");
             continue;
         }
+        assert_eq!(listed(&a).len(), SHAPES.len(), "scene {k}: without the share every shape is listed");
         det += 1;
         let names = listed(&b);
         assert!(!names.is_empty() && names.len() < SHAPES.len(), "scene {k}: {names:?}");
@@ -356,6 +356,18 @@ fn stream_det_subsets() {
         det >= 40 && sizes.len() == SHAPES.len() - 1 && chunked >= 5,
         "{det} detection, sizes {sizes:?}, {chunked} chunked"
     );
+    // a share of one half: some detection samples ask for every shape, some for fewer
+    let half = stream(0.5).unwrap();
+    let (mut all, mut fewer) = (0, 0);
+    for k in 0..160 {
+        let s = half.sample(k).unwrap().0;
+        if s.task == TaskKind::Det {
+            let n = listed(&s).len();
+            all += (n == SHAPES.len()) as usize;
+            fewer += (n < SHAPES.len()) as usize;
+        }
+    }
+    assert!(all >= 10 && fewer >= 10, "{all} with every shape, {fewer} with fewer");
     assert!(stream(1.5).is_err() && stream(-0.1).is_err());
 }
 
