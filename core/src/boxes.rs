@@ -21,8 +21,10 @@ pub struct PixelBox {
     pub y2: f64,
 }
 
+/// Into [0, 1]; -0.0 becomes 0.0 (clamp keeps the sign of a zero, and `format` would write
+/// `-0.000`, which the answer grammar and the reference's regex refuse). NaN stays NaN.
 fn clamp01(v: f64) -> f64 {
-    v.clamp(0.0, 1.0)
+    v.clamp(0.0, 1.0) + 0.0
 }
 
 impl NormBox {
@@ -123,6 +125,9 @@ mod tests {
     #[test]
     fn format_clamps_and_rounds() {
         assert_eq!(NormBox::new(-0.1, 0.12345, 0.5, 1.2).format(), "[0.000,0.123,0.500,1.000]");
+        // a negative zero is written as zero (`-0.000` is outside the answer grammar)
+        assert_eq!(NormBox::new(-0.0, -0.0, 0.5, 0.5).format(), "[0.000,0.000,0.500,0.500]");
+        assert_eq!(PixelBox::new(-0.0, 1.0, 5.0, 5.0).to_norm(10, 10).format(), "[0.000,0.100,0.500,0.500]");
     }
 
     #[test]

@@ -156,14 +156,49 @@ impl AnswerGrammar {
         }
     }
 
-    /// Whether `text` is a valid answer prefix, or already a complete answer.
+    /// Whether `text` is a valid answer prefix, or already a complete answer: the better of the
+    /// `None` answer and the items (a name may begin with "None", as the parser allows).
     pub fn check_prefix(&self, text: &str) -> PrefixState {
-        if "None".starts_with(text) {
-            return if text == "None" { PrefixState::Complete } else { PrefixState::Partial };
+        let none = match "None".starts_with(text) {
+            true if text == "None" => PrefixState::Complete,
+            true => PrefixState::Partial,
+            false => PrefixState::Invalid,
+        };
+        let rank = |s: PrefixState| match s {
+            PrefixState::Invalid => 0,
+            PrefixState::Partial => 1,
+            PrefixState::Complete => 2,
+        };
+        let items = self.check_items(text);
+        if rank(none) >= rank(items) {
+            none
+        } else {
+            items
         }
-        if text.starts_with("None") {
-            return PrefixState::Invalid;
+    }
+
+    /// Whether `text` followed by a character outside ASCII can still become a valid answer:
+    /// what a decoder needs when a token ends inside a multi-byte character (byte fallback,
+    /// byte-level BPE) and the text so far decodes with U+FFFD in its place. Names are the only
+    /// place such a character can stand.
+    pub fn allows_non_ascii_after(&self, text: &str) -> bool {
+        if self.nameless || self.check_prefix(text) == PrefixState::Invalid {
+            return false;
         }
+        let item = text.rsplit('&').next().unwrap_or(text);
+        if item.contains('[') {
+            return false; // inside a box
+        }
+        match &self.names {
+            Some(names) => {
+                names.iter().any(|n| n.strip_prefix(item).and_then(|r| r.chars().next()).is_some_and(|c| !c.is_ascii()))
+            }
+            // any name (one may go on after a '-': "t-shirt")
+            None => true,
+        }
+    }
+
+    fn check_items(&self, text: &str) -> PrefixState {
         let items: Vec<&str> = text.split('&').collect();
         let n = items.len();
         for (i, item) in items.iter().enumerate() {
@@ -224,5 +259,43 @@ mod tests {
         // a set of names still needs one of them
         let g = AnswerGrammar { names: Some(vec!["cat".into()]), nameless: false };
         assert_eq!(g.check_prefix("["), Invalid);
+    }
+
+    /// A name may begin with "None" (the parser reads `None-[..]` as an item named "None").
+    #[test]
+    fn names_beginning_with_none() {
+        let g = AnswerGrammar { names: None, nameless: false };
+        assert_eq!(g.check_prefix("None"), Complete);
+        assert_eq!(g.check_prefix("None-[0.1"), Partial);
+        assert_eq!(g.check_prefix("Nonesuch-[0.100,0.200,0.300,0.400]"), Complete);
+        assert_eq!(g.check_prefix("None&"), Invalid);
+        let g = AnswerGrammar { names: Some(vec!["None of these".into()]), nameless: false };
+        assert_eq!(g.check_prefix("None o"), Partial);
+        assert_eq!(g.check_prefix("None of these-[0.100,0.200,0.300,0.400]"), Complete);
+        assert_eq!(g.check_prefix("Nonesuch"), Invalid);
+        let g = AnswerGrammar { names: None, nameless: true };
+        assert_eq!(g.check_prefix("None"), Complete);
+        assert_eq!(g.check_prefix("None-"), Invalid);
+    }
+
+    /// Where a character outside ASCII may come next: inside a name, when one of the names
+    /// continues with one there.
+    #[test]
+    fn non_ascii_only_inside_names() {
+        let g = AnswerGrammar { names: Some(vec!["café".into(), "cat".into()]), nameless: false };
+        assert!(g.allows_non_ascii_after("caf"));
+        assert!(!g.allows_non_ascii_after("ca"));
+        assert!(!g.allows_non_ascii_after("café-[0."));
+        assert!(g.allows_non_ascii_after("cat-[0.100,0.200,0.300,0.400]&caf"));
+        assert!(!g.allows_non_ascii_after("dog"));
+        let g = AnswerGrammar { names: Some(vec!["été".into()]), nameless: false };
+        assert!(g.allows_non_ascii_after(""));
+        let free = AnswerGrammar { names: None, nameless: false };
+        assert!(
+            free.allows_non_ascii_after("t-")
+                && free.allows_non_ascii_after("")
+                && !free.allows_non_ascii_after("a-[0")
+        );
+        assert!(!AnswerGrammar { names: None, nameless: true }.allows_non_ascii_after(""));
     }
 }

@@ -82,6 +82,10 @@ fn clean_list(items: &[String], what: &str, unique: bool) -> Result<Vec<String>,
                 "{what} {s:?} contains a character the answer grammar reserves (&, [, ]) or a placeholder"
             ));
         }
+        // an answer's name is on one line (the constrained grammar refuses a line break in it)
+        if s.contains(['\n', '\r']) {
+            return Err(format!("{what} {s:?} contains a line break: an answer names it on one line"));
+        }
     }
     Ok(v)
 }
@@ -252,6 +256,11 @@ mod tests {
             .turns(10, 10, 80)
             .unwrap_err()
             .contains("reserves"));
+        for bad in
+            [Task::Detect { categories: vec!["traffic\nlight".into()] }, Task::Phrases { phrases: vec!["a\rb".into()] }]
+        {
+            assert!(req(bad).turns(10, 10, 80).unwrap_err().contains("line break"));
+        }
         let outside = req(Task::Describe { region: PixelBox::new(0.0, 0.0, 20.0, 5.0) }).turns(10, 10, 80);
         assert!(outside.unwrap_err().contains("outside"));
         let zero =

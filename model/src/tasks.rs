@@ -78,6 +78,27 @@ pub struct TaskOutput {
     pub token_limited: bool,
 }
 
+/// Whether a constrained decode may take a token: `before` is the answer's text so far, `after`
+/// the text with the token (both without leading white space), `is_stop` whether the token ends
+/// the answer. A stop token may only end a complete answer; another token must change the text
+/// (one that adds nothing could repeat forever) and leave a valid prefix. A token ending inside
+/// a multi-byte character (byte fallback, byte-level BPE) decodes to U+FFFD until the
+/// character's last byte: it is taken where the grammar allows a character outside ASCII (in a
+/// name). Before, such tokens were refused, so a name with é could not be written.
+pub fn grammar_allows(g: &AnswerGrammar, before: &str, after: &str, is_stop: bool) -> bool {
+    if is_stop {
+        return g.check_prefix(after) == PrefixState::Complete;
+    }
+    if after == before {
+        return false;
+    }
+    let whole = after.trim_end_matches('\u{FFFD}');
+    if whole.len() < after.len() {
+        return g.allows_non_ascii_after(whole);
+    }
+    g.check_prefix(after) != PrefixState::Invalid
+}
+
 /// Why an answer ended without its end token, or None when it ended normally.
 pub fn cut_reason(stop: StopReason, max_new_tokens: usize) -> Option<String> {
     match stop {
@@ -160,25 +181,21 @@ impl Griffon {
             None => generate_with(&self.llm, &prepared.embeds, &stop, &opts.sampling, |_, _| true)?,
             Some(g) => {
                 let tok = &self.tokenizer;
-                // (ids decoded so far, their text length): tokens must make the text grow
-                let mut prev: (usize, usize) = (usize::MAX, 0);
+                // (ids decoded so far, their text)
+                let mut prev: (usize, String) = (usize::MAX, String::new());
                 generate_with(&self.llm, &prepared.embeds, &stop, &opts.sampling, |ids, cand| {
                     if prev.0 != ids.len() {
-                        prev = (ids.len(), tok.decode(ids, true).map(|t| t.trim_start().len()).unwrap_or(0));
+                        let text = tok.decode(ids, true).map(|t| t.trim_start().to_string()).unwrap_or_default();
+                        prev = (ids.len(), text);
                     }
                     let is_stop = stop.contains(&cand);
+                    if is_stop {
+                        return grammar_allows(g, &prev.1, &prev.1, true);
+                    }
                     let mut all = ids.to_vec();
-                    if !is_stop {
-                        all.push(cand);
-                    }
+                    all.push(cand);
                     let Ok(text) = tok.decode(&all, true) else { return false };
-                    let text = text.trim_start();
-                    match g.check_prefix(text) {
-                        PrefixState::Invalid => false,
-                        // a stop token may only end a complete answer; other tokens must add text
-                        PrefixState::Partial => !is_stop && text.len() > prev.1,
-                        PrefixState::Complete => is_stop || text.len() > prev.1,
-                    }
+                    grammar_allows(g, &prev.1, text.trim_start(), false)
                 })?
             }
         };
@@ -364,5 +381,29 @@ impl ImageTokenCache {
         while e.iter().map(|(_, t)| bytes(t)).sum::<usize>() > self.budget {
             e.remove(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod grammar_tests {
+    use super::*;
+
+    /// A name with a character outside ASCII, written in byte tokens: the first byte decodes to
+    /// U+FFFD, the second completes the character (the text gets shorter in bytes).
+    #[test]
+    fn a_character_split_across_tokens_is_written_in_a_name() {
+        let g = AnswerGrammar { names: Some(vec!["café".into(), "cat".into()]), nameless: false };
+        assert!(grammar_allows(&g, "caf", "caf\u{FFFD}", false));
+        assert!(grammar_allows(&g, "caf\u{FFFD}", "café", false));
+        assert!(grammar_allows(&g, "café", "café-[", false));
+        // not where no name goes on with such a character, nor inside a box
+        assert!(!grammar_allows(&g, "ca", "ca\u{FFFD}", false));
+        assert!(!grammar_allows(&g, "cat-[0.1", "cat-[0.1\u{FFFD}", false));
+        // a token that adds nothing, or a stop before the answer is complete
+        assert!(!grammar_allows(&g, "caf", "caf", false));
+        assert!(!grammar_allows(&g, "café-[0.1", "café-[0.1", true));
+        let done = "café-[0.100,0.200,0.300,0.400]";
+        assert!(grammar_allows(&g, done, done, true));
+        assert!(!grammar_allows(&g, "cat", "cats", false));
     }
 }

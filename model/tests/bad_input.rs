@@ -305,6 +305,18 @@ fn generation_stops_at_the_models_positions() {
     }
 }
 
+/// What constrained decoding relies on for a character split across tokens: a byte-level BPE
+/// (the Qwen2 fixture) decodes its first byte alone to U+FFFD and both bytes to the character.
+#[test]
+fn a_split_character_decodes_to_the_replacement_character_until_complete() {
+    let tok = griffon_model::tokenize::PromptTokenizer::load(&fixture("qwen2").join("ckpt"), None).unwrap();
+    let (a, b) = (tok.token_id("\u{C3}").unwrap(), tok.token_id("\u{A9}").unwrap()); // bytes c3 a9: é
+    let caf = tok.encode_plain("caf").unwrap();
+    let with = |ids: &[u32]| tok.decode(&[&caf[..], ids].concat(), true).unwrap();
+    assert_eq!(with(&[a]).trim_start(), "caf\u{FFFD}");
+    assert_eq!(with(&[a, b]).trim_start(), "café");
+}
+
 /// Settings the weights contradict, or that leave nothing for the projector, are refused at load,
 /// naming the setting; not found at the first image, or run as another model.
 #[test]

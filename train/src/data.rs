@@ -868,7 +868,8 @@ pub fn validate_box(b: [f64; 4], width: u32, height: u32) -> Result<PixelBox, St
     if b[0] < -t || b[1] < -t || b[2] > w + t || b[3] > h + t || b[0] >= w || b[1] >= h || b[2] <= 0.0 || b[3] <= 0.0 {
         return Err(format!("box {b:?} lies outside the {width}x{height} image (more than {t} px beyond the border)"));
     }
-    let c = PixelBox::new(b[0].clamp(0.0, w), b[1].clamp(0.0, h), b[2].clamp(0.0, w), b[3].clamp(0.0, h));
+    // + 0.0: a -0.0 (Python's round(-1e-5, 2)) would be written `-0.000` in the sample's text
+    let c = PixelBox::new(b[0].clamp(0.0, w) + 0.0, b[1].clamp(0.0, h) + 0.0, b[2].clamp(0.0, w), b[3].clamp(0.0, h));
     c.validate(width, height)?;
     let n = c.to_norm(width, height);
     if format!("{:.3}", n.x1) == format!("{:.3}", n.x2) || format!("{:.3}", n.y1) == format!("{:.3}", n.y2) {

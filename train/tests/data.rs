@@ -350,6 +350,10 @@ fn det_bad_records_counted_with_reasons() {
 
 #[test]
 fn validate_box_rules() {
+    // a negative zero (Python's round(-1e-5, 2)) is written as zero in the sample's text
+    let b = validate_box([-0.0, -0.0, 5.0, 5.0], 10, 10).unwrap();
+    assert_eq!(b.to_norm(10, 10).format(), "[0.000,0.000,0.500,0.500]");
+    assert!(b.x1.is_sign_positive() && b.y1.is_sign_positive());
     assert!(validate_box([f64::NAN, 0.0, 5.0, 5.0], 10, 10).unwrap_err().contains("non-finite"));
     assert!(validate_box([0.0, 0.0, f64::INFINITY, 5.0], 10, 10).unwrap_err().contains("non-finite"));
     assert!(validate_box([5.0, 0.0, 5.0, 5.0], 10, 10).unwrap_err().contains("zero or negative"));
