@@ -1111,9 +1111,14 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     // written before they were stored is added to as before)
     let f = a.out.join("synth_metrics.json");
     let model = EvalModel::of(a)?;
+    // the split's folder and --limit too: a run of other tasks on another split or folder, or
+    // on another number of samples, would otherwise add its metrics to these without a word
+    let data_id = std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone()).display().to_string();
     let who = serde_json::json!({
         "model": model.identity,
         "decoding": griffon_eval::runners::decoding_of(&eval_run_options(a, &model)?),
+        "data": data_id,
+        "limit": a.limit,
     });
     let mut summary = match (tasks.is_some(), f.is_file()) {
         (true, true) => {
@@ -1130,7 +1135,8 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
                         }
                         _ => *v == who[k],
                     };
-                    for k in ["model", "decoding"] {
+                    // (keys a summary written before they were stored lacks are not compared)
+                    for k in ["model", "decoding", "data", "limit"] {
                         if let Some(theirs) = m.get(k).filter(|v| !same(k, v)) {
                             bail!(
                                 "{}: holds results of another {k} ({theirs}; this run: {}): use a new --out",
@@ -1146,8 +1152,9 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
         }
         _ => serde_json::Map::new(),
     };
-    summary.insert("model".into(), who["model"].clone());
-    summary.insert("decoding".into(), who["decoding"].clone());
+    for k in ["model", "decoding", "data", "limit"] {
+        summary.insert(k.into(), who[k].clone());
+    }
     let ann = d.join("instances.json");
     // per evaluation: samples, and those that failed or whose answers were cut (kept beside an
     // earlier summary's entries for evaluations this call does not rerun, as the metrics are)
@@ -1174,7 +1181,18 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
                         a.out.join(dir).display()
                     );
                 }
-                let entry = serde_json::json!({"samples": m["samples"], "failed": failed, "truncated": cut});
+                let mut entry = serde_json::json!({"samples": m["samples"], "failed": failed, "truncated": cut});
+                // detection: boxes whose label is not a category of the benchmark (not scored)
+                if let Some(unknown) = m.get("unknown_labels_dropped").and_then(|v| v.as_u64()) {
+                    entry["unknown_labels"] = unknown.into();
+                    if unknown > 0 {
+                        eprintln!(
+                            "{dir}: {unknown} boxes have a label that is not a category of the benchmark \
+                             (not scored): see the records in {}",
+                            a.out.join(dir).display()
+                        );
+                    }
+                }
                 runs.borrow_mut().insert(dir.to_string(), entry);
             }
             anyhow::Ok(m)

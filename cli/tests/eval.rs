@@ -517,13 +517,13 @@ fn synth_benchmark_generates_and_evaluates() {
     let out2 = tmp.path().join("eval-some");
     let m = eval_summary(&out2, &["--tasks", "count,reg", "--max-new-tokens", "30"]);
     let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["count_mae", "decoding", "model", "reg_cider", "samples"], "{m}");
+    assert_eq!(keys, ["count_mae", "data", "decoding", "limit", "model", "reg_cider", "samples"], "{m}");
     assert_eq!(m["samples"].as_object().unwrap().keys().collect::<Vec<_>>(), ["count", "reg"], "{m}");
     assert!(!out2.join("detection").exists() && !out2.join("count_any").exists());
     // a later run of another task into the same --out adds to its summary
     let m = eval_summary(&out2, &["--tasks", "rec", "--max-new-tokens", "30"]);
     let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["count_mae", "decoding", "model", "rec_acc@0.5", "reg_cider", "samples"], "{m}");
+    assert_eq!(keys, ["count_mae", "data", "decoding", "limit", "model", "rec_acc@0.5", "reg_cider", "samples"], "{m}");
     assert_eq!(m["samples"].as_object().unwrap().keys().collect::<Vec<_>>(), ["count", "rec", "reg"], "{m}");
     assert_eq!(m["samples"]["rec"]["failed"], 0, "{m}");
     let written: Value = serde_json::from_slice(&std::fs::read(out2.join("synth_metrics.json")).unwrap()).unwrap();
@@ -533,6 +533,11 @@ fn synth_benchmark_generates_and_evaluates() {
     let o = run(&out2, &["--tasks", "count_any", "--max-new-tokens", "30", "--constrained"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("holds results of another decoding"), "{err}");
+    assert!(!out2.join("count_any").exists(), "it ran before refusing");
+    // nor does another number of samples (or split, or data folder)
+    let o = run(&out2, &["--tasks", "count_any", "--max-new-tokens", "30", "--limit", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("holds results of another limit"), "{err}");
     assert!(!out2.join("count_any").exists(), "it ran before refusing");
     // a shard of it would write a summary without scores
     let o = run(&tmp.path().join("e5"), &["--shard", "0/2"]);

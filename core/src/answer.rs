@@ -202,6 +202,19 @@ pub fn parse_answer(text: &str) -> ParsedAnswer {
     out
 }
 
+/// The reasons [`parse_answer`] gives a removed duplicate, followed by the kept box's index.
+const DUPLICATE: &str = "duplicate of box";
+const NEAR_DUPLICATE: &str = "near duplicate of box";
+
+impl Dropped {
+    /// Whether this is a box the answer wrote twice (exactly, or nearly: same label, IoU >=
+    /// [`NEAR_DUPLICATE_IOU`]), removed by [`parse_answer`]: a box the answer holds all the same,
+    /// which a count of the answer's boxes includes.
+    pub fn is_duplicate(&self) -> bool {
+        self.reason.starts_with(DUPLICATE) || self.reason.starts_with(NEAR_DUPLICATE)
+    }
+}
+
 fn dedupe(out: &mut ParsedAnswer) {
     let mut kept: Vec<Instance> = Vec::with_capacity(out.instances.len());
     for inst in out.instances.drain(..) {
@@ -209,14 +222,12 @@ fn dedupe(out: &mut ParsedAnswer) {
         let near = kept.iter().position(|k| k.label == inst.label && k.norm.iou(inst.norm) >= NEAR_DUPLICATE_IOU);
         let label = inst.label.clone().map(|l| format!("{l}-")).unwrap_or_default();
         if let Some(k) = dup {
-            out.dropped.push(Dropped {
-                text: format!("{label}{}", inst.norm.format()),
-                reason: format!("duplicate of box {k}"),
-            });
+            out.dropped
+                .push(Dropped { text: format!("{label}{}", inst.norm.format()), reason: format!("{DUPLICATE} {k}") });
         } else if let Some(k) = near {
             out.dropped.push(Dropped {
                 text: format!("{label}{}", inst.norm.format()),
-                reason: format!("near duplicate of box {k} (IoU >= {NEAR_DUPLICATE_IOU})"),
+                reason: format!("{NEAR_DUPLICATE} {k} (IoU >= {NEAR_DUPLICATE_IOU})"),
             });
         } else {
             kept.push(inst);
@@ -320,6 +331,8 @@ mod tests {
         assert_eq!(p.dropped.len(), 2);
         assert!(p.dropped[0].reason.starts_with("duplicate"));
         assert!(p.dropped[1].reason.starts_with("near duplicate"));
+        assert!(p.dropped.iter().all(Dropped::is_duplicate));
+        assert!(!parse_answer("cat-[0.1").dropped.iter().any(Dropped::is_duplicate));
     }
 
     #[test]

@@ -768,7 +768,12 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
             let samples: Vec<(f64, f64)> = records
                 .iter()
                 .filter_map(|r| match r.truth {
-                    Truth::Count { count, .. } => Some((r.detections.len() as f64, count)),
+                    // every box the answer wrote: a box written twice counts twice, as a count of
+                    // the answer's boxes does (the parser removes repeats from the detections)
+                    Truth::Count { count, .. } => {
+                        let repeats = r.dropped.iter().filter(|d| d.is_duplicate()).count();
+                        Some(((r.detections.len() + repeats) as f64, count))
+                    }
                     _ => None,
                 })
                 .collect();

@@ -107,6 +107,45 @@ fn repeated_phrase_takes_its_own_box() {
     assert_eq!(m["any_box_r@1"], 0.0, "older records: the box went to the first phrase, {m}");
 }
 
+/// A counting answer that writes a box twice counts it twice: the parser removes the repeat
+/// from the detections (reporting it in `dropped`), the count of the answer's boxes keeps it.
+#[test]
+fn counting_counts_repeated_boxes() {
+    use griffon_eval::datasets::Truth;
+    use griffon_eval::runners::{score, Record, RecordBox};
+    let text = "[0.100,0.100,0.200,0.200]&[0.100,0.100,0.200,0.200]&[0.500,0.500,0.600,0.600]";
+    let parsed = griffon_core::answer::parse_answer(text);
+    assert_eq!((parsed.instances.len(), parsed.dropped.len()), (2, 1));
+    let rec = Record {
+        id: "c".into(),
+        image: "i.png".into(),
+        prompts: vec![],
+        answer: text.into(),
+        detections: parsed
+            .instances
+            .iter()
+            .map(|i| RecordBox {
+                label: None,
+                box_px: i.norm.as_array(),
+                box_norm: i.norm.as_array(),
+                score: 1.0,
+                phrase: None,
+            })
+            .collect(),
+        dropped: parsed.dropped.clone(),
+        truth: Truth::Count { count: 2.0, boxes: None },
+        model: None,
+        decoding: None,
+        exemplar: None,
+        error: None,
+        truncated: false,
+        max_new_tokens: None,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let m = score(&[rec], None, tmp.path()).unwrap();
+    assert_eq!(m["mae"], 1.0, "{m}");
+}
+
 /// `merge` keeps, per id, a later settled record over a failed or cut one, and never replaces a
 /// settled record by a later failure (records as the runner writes them, old ones without the
 /// `truncated` field).
