@@ -157,13 +157,18 @@ impl AnswerGrammar {
     }
 
     /// Whether `text` is a valid answer prefix, or already a complete answer: the better of the
-    /// `None` answer and the items (a name may begin with "None", as the parser allows).
+    /// `None` answer and the items. A name from the allowed set may begin with "None"; a free
+    /// name only as `None-[...]` (the parser reads `None.` or `None ` as the None answer, which
+    /// must end there).
     pub fn check_prefix(&self, text: &str) -> PrefixState {
         let none = match "None".starts_with(text) {
             true if text == "None" => PrefixState::Complete,
             true => PrefixState::Partial,
             false => PrefixState::Invalid,
         };
+        if self.names.is_none() && text.len() > 4 && text.starts_with("None") && !text[4..].starts_with('-') {
+            return PrefixState::Invalid;
+        }
         let rank = |s: PrefixState| match s {
             PrefixState::Invalid => 0,
             PrefixState::Partial => 1,
@@ -267,8 +272,12 @@ mod tests {
         let g = AnswerGrammar { names: None, nameless: false };
         assert_eq!(g.check_prefix("None"), Complete);
         assert_eq!(g.check_prefix("None-[0.1"), Partial);
-        assert_eq!(g.check_prefix("Nonesuch-[0.100,0.200,0.300,0.400]"), Complete);
+        assert_eq!(g.check_prefix("None-[0.100,0.200,0.300,0.400]"), Complete);
         assert_eq!(g.check_prefix("None&"), Invalid);
+        // a free name goes on after "None" only as "None-": "None." is the None answer, which ends
+        for t in ["None.", "None ", "Nonesuch"] {
+            assert_eq!(g.check_prefix(t), Invalid, "{t}");
+        }
         let g = AnswerGrammar { names: Some(vec!["None of these".into()]), nameless: false };
         assert_eq!(g.check_prefix("None o"), Partial);
         assert_eq!(g.check_prefix("None of these-[0.100,0.200,0.300,0.400]"), Complete);

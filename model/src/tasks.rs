@@ -84,17 +84,22 @@ pub struct TaskOutput {
 /// (one that adds nothing could repeat forever) and leave a valid prefix. A token ending inside
 /// a multi-byte character (byte fallback, byte-level BPE) decodes to U+FFFD until the
 /// character's last byte: it is taken where the grammar allows a character outside ASCII (in a
-/// name). Before, such tokens were refused, so a name with é could not be written.
-pub fn grammar_allows(g: &AnswerGrammar, before: &str, after: &str, is_stop: bool) -> bool {
+/// name). Before, such tokens were refused, so a name with é could not be written. A byte-level
+/// decoder writes one U+FFFD for a whole unfinished character, so the middle bytes of a 3- or
+/// 4-byte one leave the text as it was: `unchanged` counts the tokens just taken that did, at
+/// most 2 in a row. More than 3 pending U+FFFD cannot be one character (a wrong byte): refused,
+/// so a decode that went astray inside a character ends instead of running to its limit.
+pub fn grammar_allows(g: &AnswerGrammar, before: &str, after: &str, is_stop: bool, unchanged: usize) -> bool {
     if is_stop {
         return g.check_prefix(after) == PrefixState::Complete;
     }
-    if after == before {
+    let whole = after.trim_end_matches('\u{FFFD}');
+    let pending = after[whole.len()..].chars().count();
+    if after == before && (pending == 0 || unchanged >= 2) {
         return false;
     }
-    let whole = after.trim_end_matches('\u{FFFD}');
-    if whole.len() < after.len() {
-        return g.allows_non_ascii_after(whole);
+    if pending > 0 {
+        return pending <= 3 && g.allows_non_ascii_after(whole);
     }
     g.check_prefix(after) != PrefixState::Invalid
 }
@@ -181,21 +186,23 @@ impl Griffon {
             None => generate_with(&self.llm, &prepared.embeds, &stop, &opts.sampling, |_, _| true)?,
             Some(g) => {
                 let tok = &self.tokenizer;
-                // (ids decoded so far, their text)
-                let mut prev: (usize, String) = (usize::MAX, String::new());
+                // (ids decoded so far, their text, how many of the last ids left the text unchanged)
+                let mut prev: (usize, String, usize) = (usize::MAX, String::new(), 0);
                 generate_with(&self.llm, &prepared.embeds, &stop, &opts.sampling, |ids, cand| {
                     if prev.0 != ids.len() {
                         let text = tok.decode(ids, true).map(|t| t.trim_start().to_string()).unwrap_or_default();
-                        prev = (ids.len(), text);
+                        let unchanged =
+                            if !ids.is_empty() && prev.0 != usize::MAX && text == prev.1 { prev.2 + 1 } else { 0 };
+                        prev = (ids.len(), text, unchanged);
                     }
                     let is_stop = stop.contains(&cand);
                     if is_stop {
-                        return grammar_allows(g, &prev.1, &prev.1, true);
+                        return grammar_allows(g, &prev.1, &prev.1, true, prev.2);
                     }
                     let mut all = ids.to_vec();
                     all.push(cand);
                     let Ok(text) = tok.decode(&all, true) else { return false };
-                    grammar_allows(g, &prev.1, text.trim_start(), false)
+                    grammar_allows(g, &prev.1, text.trim_start(), false, prev.2)
                 })?
             }
         };
@@ -393,17 +400,25 @@ mod grammar_tests {
     #[test]
     fn a_character_split_across_tokens_is_written_in_a_name() {
         let g = AnswerGrammar { names: Some(vec!["café".into(), "cat".into()]), nameless: false };
-        assert!(grammar_allows(&g, "caf", "caf\u{FFFD}", false));
-        assert!(grammar_allows(&g, "caf\u{FFFD}", "café", false));
-        assert!(grammar_allows(&g, "café", "café-[", false));
+        assert!(grammar_allows(&g, "caf", "caf\u{FFFD}", false, 0));
+        assert!(grammar_allows(&g, "caf\u{FFFD}", "café", false, 0));
+        assert!(grammar_allows(&g, "café", "café-[", false, 0));
         // not where no name goes on with such a character, nor inside a box
-        assert!(!grammar_allows(&g, "ca", "ca\u{FFFD}", false));
-        assert!(!grammar_allows(&g, "cat-[0.1", "cat-[0.1\u{FFFD}", false));
+        assert!(!grammar_allows(&g, "ca", "ca\u{FFFD}", false, 0));
+        assert!(!grammar_allows(&g, "cat-[0.1", "cat-[0.1\u{FFFD}", false, 0));
         // a token that adds nothing, or a stop before the answer is complete
-        assert!(!grammar_allows(&g, "caf", "caf", false));
-        assert!(!grammar_allows(&g, "café-[0.1", "café-[0.1", true));
+        assert!(!grammar_allows(&g, "caf", "caf", false, 0));
+        assert!(!grammar_allows(&g, "café-[0.1", "café-[0.1", true, 0));
         let done = "café-[0.100,0.200,0.300,0.400]";
-        assert!(grammar_allows(&g, done, done, true));
-        assert!(!grammar_allows(&g, "cat", "cats", false));
+        assert!(grammar_allows(&g, done, done, true, 0));
+        assert!(!grammar_allows(&g, "cat", "cats", false, 0));
+        // a 3-byte character from a byte-level decoder: one U+FFFD for its first two bytes
+        let g = AnswerGrammar { names: Some(vec!["n€".into()]), nameless: false };
+        assert!(grammar_allows(&g, "n", "n\u{FFFD}", false, 0));
+        assert!(grammar_allows(&g, "n\u{FFFD}", "n\u{FFFD}", false, 0));
+        assert!(grammar_allows(&g, "n\u{FFFD}", "n€", false, 1));
+        // but not a third unchanged byte, nor more pending bytes than a character holds
+        assert!(!grammar_allows(&g, "n\u{FFFD}", "n\u{FFFD}", false, 2));
+        assert!(!grammar_allows(&g, "n\u{FFFD}\u{FFFD}\u{FFFD}", "n\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}", false, 0));
     }
 }

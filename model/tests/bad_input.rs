@@ -315,6 +315,12 @@ fn a_split_character_decodes_to_the_replacement_character_until_complete() {
     let with = |ids: &[u32]| tok.decode(&[&caf[..], ids].concat(), true).unwrap();
     assert_eq!(with(&[a]).trim_start(), "caf\u{FFFD}");
     assert_eq!(with(&[a, b]).trim_start(), "café");
+    // a 3-byte character (€: e2 82 ac), one token per byte: one U+FFFD until it is complete
+    let euro = tok.encode_plain("€").unwrap();
+    assert_eq!(euro.len(), 3, "{euro:?}");
+    assert_eq!(with(&euro[..1]).trim_start(), "caf\u{FFFD}");
+    assert_eq!(with(&euro[..2]).trim_start(), "caf\u{FFFD}");
+    assert_eq!(with(&euro).trim_start(), "caf€");
 }
 
 /// Settings the weights contradict, or that leave nothing for the projector, are refused at load,
