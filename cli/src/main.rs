@@ -1152,9 +1152,7 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
         }
         _ => serde_json::Map::new(),
     };
-    for k in ["model", "decoding", "data", "limit"] {
-        summary.insert(k.into(), who[k].clone());
-    }
+    summary.extend(who.as_object().expect("built as an object").clone());
     let ann = d.join("instances.json");
     // per evaluation: samples, and those that failed or whose answers were cut (kept beside an
     // earlier summary's entries for evaluations this call does not rerun, as the metrics are)

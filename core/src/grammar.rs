@@ -21,7 +21,8 @@ pub struct AnswerGrammar {
     pub nameless: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered from worst to best (Invalid < Partial < Complete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PrefixState {
     /// No continuation can make this valid.
     Invalid,
@@ -169,17 +170,7 @@ impl AnswerGrammar {
         if self.names.is_none() && text.len() > 4 && text.starts_with("None") && !text[4..].starts_with('-') {
             return PrefixState::Invalid;
         }
-        let rank = |s: PrefixState| match s {
-            PrefixState::Invalid => 0,
-            PrefixState::Partial => 1,
-            PrefixState::Complete => 2,
-        };
-        let items = self.check_items(text);
-        if rank(none) >= rank(items) {
-            none
-        } else {
-            items
-        }
+        none.max(self.check_items(text))
     }
 
     /// Whether `text` followed by a character outside ASCII can still become a valid answer:

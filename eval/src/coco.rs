@@ -83,19 +83,20 @@ pub fn coco_results_report(annotations: &Path, results: &Path) -> Result<CocoRep
     let gt = load_gt(annotations)?;
     let text = read_text(results)?;
     let detections = parse_results(&text, results)?;
-    let known: HashSet<u64> = gt.dataset.categories.iter().map(|c| c.id).collect();
-    let mut unknown = detections.iter().filter(|d| !known.contains(&d.category_id));
-    let first_unknown_category = unknown.next().map(|d| d.category_id);
-    let unknown_categories = first_unknown_category.map_or(0, |_| 1 + unknown.count());
-    let stats = stats_for(gt, &detections, results, None)?;
-    Ok(CocoReport { stats, detections: detections.len(), unknown_categories, first_unknown_category })
+    let (stats, unknown) = stats_for(gt, &detections, results, None)?;
+    Ok(CocoReport {
+        stats,
+        detections: detections.len(),
+        unknown_categories: unknown.len(),
+        first_unknown_category: unknown.first().copied(),
+    })
 }
 
 /// [`coco_results_stats`] for detections already in memory (same checks; errors name the index
 /// in `detections`).
 pub fn coco_detections_stats(annotations: &Path, detections: &[CocoDetection]) -> Result<[f64; 12], EvalError> {
     let gt = load_gt_checked(annotations, detections)?;
-    stats_for(gt, detections, Path::new("<detections>"), None)
+    Ok(stats_for(gt, detections, Path::new("<detections>"), None)?.0)
 }
 
 /// The ground truth, once every detection's score and box are found finite.
@@ -130,7 +131,7 @@ pub fn coco_detections_stats_on(
         return Err(EvalError::Invalid("COCO scoring on no images: nothing ran".into()));
     }
     let all = load_gt_checked(annotations, detections)?;
-    stats_for(all, detections, Path::new("<detections>"), Some(image_ids))
+    Ok(stats_for(all, detections, Path::new("<detections>"), Some(image_ids))?.0)
 }
 
 /// Format the 12 stats the way pycocotools' `COCOeval.summarize()` prints them.
@@ -311,13 +312,15 @@ fn parse_results(text: &str, path: &Path) -> Result<Vec<CocoDetection>, EvalErro
     Ok(out)
 }
 
-/// `only`: evaluate these images (pycocotools' `params.imgIds`); all of the ground truth's when None.
+/// `only`: evaluate these images (pycocotools' `params.imgIds`); all of the ground truth's when
+/// None. Also returns the category ids of the detections not scored (not the ground truth's), in
+/// file order.
 fn stats_for(
     gt: COCO,
     detections: &[CocoDetection],
     path: &Path,
     only: Option<&[u64]>,
-) -> Result<[f64; 12], EvalError> {
+) -> Result<([f64; 12], Vec<u64>), EvalError> {
     if detections.is_empty() {
         return Err(EvalError::EmptyResults { path: path.into() });
     }
@@ -338,9 +341,10 @@ fn stats_for(
     let categories: HashSet<u64> = gt.dataset.categories.iter().map(|c| c.id).collect();
     // pycocotools evaluates only the ground truth's categories; dropping the others keeps the
     // file order (which breaks score ties) of the rest, so the result is unchanged.
-    let anns: Vec<Annotation> = detections
-        .iter()
-        .filter(|d| categories.contains(&d.category_id))
+    let (known, unknown): (Vec<&CocoDetection>, Vec<&CocoDetection>) =
+        detections.iter().partition(|d| categories.contains(&d.category_id));
+    let anns: Vec<Annotation> = known
+        .into_iter()
         .map(|d| Annotation {
             image_id: d.image_id,
             category_id: d.category_id,
@@ -349,6 +353,7 @@ fn stats_for(
             ..Default::default()
         })
         .collect();
+    let unknown: Vec<u64> = unknown.into_iter().map(|d| d.category_id).collect();
     let dt = gt.load_res_anns(anns)?;
     let mut ev = COCOeval::new(gt, dt, IouType::Bbox);
     if let Some(ids) = only {
@@ -363,8 +368,9 @@ fn stats_for(
     // `summarize_lines` computes the stats without printing.
     ev.summarize_lines();
     let stats = ev.stats().ok_or_else(|| EvalError::Invalid("COCO evaluation produced no stats".into()))?;
-    <[f64; 12]>::try_from(stats)
-        .map_err(|_| EvalError::Invalid(format!("COCO evaluation produced {} stats, expected 12", stats.len())))
+    let stats = <[f64; 12]>::try_from(stats)
+        .map_err(|_| EvalError::Invalid(format!("COCO evaluation produced {} stats, expected 12", stats.len())))?;
+    Ok((stats, unknown))
 }
 
 #[cfg(test)]

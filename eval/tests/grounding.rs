@@ -60,12 +60,36 @@ fn counting_matches_fsc147_and_counting_detr() {
     assert_eq!(e.n, samples.len());
 }
 
+/// A record of a sample that ran, as the runner stores it, with what scoring reads.
+fn scored_record(
+    answer: &str,
+    detections: Vec<griffon_eval::runners::RecordBox>,
+    dropped: Vec<griffon_core::answer::Dropped>,
+    truth: griffon_eval::datasets::Truth,
+) -> griffon_eval::runners::Record {
+    griffon_eval::runners::Record {
+        id: "s".into(),
+        image: "i.png".into(),
+        prompts: vec![],
+        answer: answer.into(),
+        detections,
+        dropped,
+        truth,
+        model: None,
+        decoding: None,
+        exemplar: None,
+        error: None,
+        truncated: false,
+        max_new_tokens: None,
+    }
+}
+
 /// A phrase that occurs twice in a sentence is scored with the box of its own occurrence (the
 /// k-th box labelled with it), not both with the first.
 #[test]
 fn repeated_phrase_takes_its_own_box() {
     use griffon_eval::datasets::{PhraseTruth, Truth};
-    use griffon_eval::runners::{score, Record, RecordBox};
+    use griffon_eval::runners::{score, RecordBox};
     let b = |x: f64, label: &str| RecordBox {
         label: Some(label.into()),
         box_px: [x, 0.0, x + 10.0, 10.0],
@@ -73,26 +97,13 @@ fn repeated_phrase_takes_its_own_box() {
         score: 1.0,
         phrase: None,
     };
-    let rec = Record {
-        id: "s".into(),
-        image: "i.png".into(),
-        prompts: vec![],
-        answer: String::new(),
-        detections: vec![b(0.0, "a dog"), b(50.0, "a dog")],
-        dropped: vec![],
-        truth: Truth::Phrases {
-            phrases: vec![
-                PhraseTruth { phrase: "a dog".into(), boxes: vec![[0.0, 0.0, 10.0, 10.0]] },
-                PhraseTruth { phrase: "a dog".into(), boxes: vec![[50.0, 0.0, 60.0, 10.0]] },
-            ],
-        },
-        model: None,
-        decoding: None,
-        exemplar: None,
-        error: None,
-        truncated: false,
-        max_new_tokens: None,
+    let truth = Truth::Phrases {
+        phrases: vec![
+            PhraseTruth { phrase: "a dog".into(), boxes: vec![[0.0, 0.0, 10.0, 10.0]] },
+            PhraseTruth { phrase: "a dog".into(), boxes: vec![[50.0, 0.0, 60.0, 10.0]] },
+        ],
     };
+    let rec = scored_record("", vec![b(0.0, "a dog"), b(50.0, "a dog")], vec![], truth);
     let tmp = tempfile::tempdir().unwrap();
     let m = score(&[rec.clone()], None, tmp.path()).unwrap();
     assert_eq!(m["any_box_r@1"], 1.0, "{m}");
@@ -112,35 +123,22 @@ fn repeated_phrase_takes_its_own_box() {
 #[test]
 fn counting_counts_repeated_boxes() {
     use griffon_eval::datasets::Truth;
-    use griffon_eval::runners::{score, Record, RecordBox};
+    use griffon_eval::runners::{score, RecordBox};
     let text = "[0.100,0.100,0.200,0.200]&[0.100,0.100,0.200,0.200]&[0.500,0.500,0.600,0.600]";
     let parsed = griffon_core::answer::parse_answer(text);
     assert_eq!((parsed.instances.len(), parsed.dropped.len()), (2, 1));
-    let rec = Record {
-        id: "c".into(),
-        image: "i.png".into(),
-        prompts: vec![],
-        answer: text.into(),
-        detections: parsed
-            .instances
-            .iter()
-            .map(|i| RecordBox {
-                label: None,
-                box_px: i.norm.as_array(),
-                box_norm: i.norm.as_array(),
-                score: 1.0,
-                phrase: None,
-            })
-            .collect(),
-        dropped: parsed.dropped.clone(),
-        truth: Truth::Count { count: 2.0, boxes: None },
-        model: None,
-        decoding: None,
-        exemplar: None,
-        error: None,
-        truncated: false,
-        max_new_tokens: None,
-    };
+    let boxes = parsed
+        .instances
+        .iter()
+        .map(|i| RecordBox {
+            label: None,
+            box_px: i.norm.as_array(),
+            box_norm: i.norm.as_array(),
+            score: 1.0,
+            phrase: None,
+        })
+        .collect();
+    let rec = scored_record(text, boxes, parsed.dropped.clone(), Truth::Count { count: 2.0, boxes: None });
     let tmp = tempfile::tempdir().unwrap();
     let m = score(&[rec], None, tmp.path()).unwrap();
     assert_eq!(m["mae"], 1.0, "{m}");

@@ -186,23 +186,36 @@ impl Griffon {
             None => generate_with(&self.llm, &prepared.embeds, &stop, &opts.sampling, |_, _| true)?,
             Some(g) => {
                 let tok = &self.tokenizer;
-                // (ids decoded so far, their text, how many of the last ids left the text unchanged)
-                let mut prev: (usize, String, usize) = (usize::MAX, String::new(), 0);
+                // the answer so far: ids decoded, their text, how many of the last ids left the
+                // text unchanged; and the text with the token last allowed, which is the one
+                // taken (greedy and sampling both take the first candidate allowed), so the next
+                // step need not decode it again
+                struct SoFar {
+                    ids: usize,
+                    text: String,
+                    unchanged: usize,
+                }
+                let mut so_far = SoFar { ids: usize::MAX, text: String::new(), unchanged: 0 };
+                let mut allowed: Option<String> = None;
                 generate_with(&self.llm, &prepared.embeds, &stop, &opts.sampling, |ids, cand| {
-                    if prev.0 != ids.len() {
-                        let text = tok.decode(ids, true).map(|t| t.trim_start().to_string()).unwrap_or_default();
-                        let unchanged =
-                            if !ids.is_empty() && prev.0 != usize::MAX && text == prev.1 { prev.2 + 1 } else { 0 };
-                        prev = (ids.len(), text, unchanged);
+                    if so_far.ids != ids.len() {
+                        let text = allowed.take().unwrap_or_else(|| {
+                            tok.decode(ids, true).map(|t| t.trim_start().to_string()).unwrap_or_default()
+                        });
+                        let unchanged = if !ids.is_empty() && text == so_far.text { so_far.unchanged + 1 } else { 0 };
+                        so_far = SoFar { ids: ids.len(), text, unchanged };
                     }
-                    let is_stop = stop.contains(&cand);
-                    if is_stop {
-                        return grammar_allows(g, &prev.1, &prev.1, true, prev.2);
+                    if stop.contains(&cand) {
+                        return grammar_allows(g, &so_far.text, &so_far.text, true, so_far.unchanged);
                     }
                     let mut all = ids.to_vec();
                     all.push(cand);
                     let Ok(text) = tok.decode(&all, true) else { return false };
-                    grammar_allows(g, &prev.1, text.trim_start(), false, prev.2)
+                    let ok = grammar_allows(g, &so_far.text, text.trim_start(), false, so_far.unchanged);
+                    if ok {
+                        allowed = Some(text.trim_start().to_string());
+                    }
+                    ok
                 })?
             }
         };

@@ -23,10 +23,10 @@ pub struct Param {
 /// weights (`get_decay_parameter_names`: LayerNorm modules and the name patterns bias,
 /// layernorm, rmsnorm, norm, _norm). By name here: a lowercased name holding `bias` or `norm`
 /// (CLIP's `layer_norm1`, `pre_layrnorm`, `post_layernorm`; Gemma / Llama `*_layernorm`,
-/// `model.norm`; EVA02 `norm1`) or `layrnorm` is not decayed.
+/// `model.norm`; EVA02 `norm1`) is not decayed.
 pub fn decays(name: &str) -> bool {
     let n = name.to_lowercase();
-    !(n.contains("bias") || n.contains("norm") || n.contains("layrnorm"))
+    !(n.contains("bias") || n.contains("norm"))
 }
 
 pub struct AdamW {

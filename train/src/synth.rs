@@ -557,10 +557,6 @@ impl SynthStream {
         }
         let vocab = &self.vocab;
         let samples = match kind {
-            TaskKind::Det => {
-                let opts = self.det_options(k);
-                record_samples(kind, RecordRef::Det(&ann.det), &images, vocab, &opts, &source, &mut rng)?
-            }
             // by default half the counting samples count the most frequent class (the crowd when
             // there is one), half a random class, as the reference's VISJ builder picks (at 0.5
             // the draw is the one made before the share was configurable; at 0 or 1 rand makes
@@ -590,8 +586,9 @@ impl SynthStream {
                 }
                 first
             }
-            // no object of the scene has a unique expression: a detection sample instead
-            TaskKind::Vg | TaskKind::Reg => {
+            // detection, or a scene none of whose objects has a unique expression: a detection
+            // sample instead
+            TaskKind::Det | TaskKind::Vg | TaskKind::Reg => {
                 let opts = self.det_options(k);
                 record_samples(TaskKind::Det, RecordRef::Det(&ann.det), &images, vocab, &opts, &source, &mut rng)?
             }

@@ -876,16 +876,9 @@ fn changed_settings(stored: &serde_json::Value, now: &serde_json::Value) -> Vec<
     };
     let mut out = Vec::new();
     for (k, v) in b {
-        let before;
-        let old = match (a.get(k), value_before(k)) {
-            (Some(old), _) => old,
-            // a key added later: what every run before it had, else not compared
-            (None, Some(v)) => {
-                before = v;
-                &before
-            }
-            (None, None) => continue,
-        };
+        // a key added later: what every run before it had, else not compared
+        let Some(old) = a.get(k).cloned().or_else(|| value_before(k)) else { continue };
+        let old = &old;
         if v.is_null() && matches!(k.as_str(), "model.image_size" | "model.tiles") {
             continue; // left out: the checkpoint's own (it stores what it was trained at)
         }
