@@ -189,8 +189,9 @@ impl AnswerGrammar {
             Some(names) => {
                 names.iter().any(|n| n.strip_prefix(item).and_then(|r| r.chars().next()).is_some_and(|c| !c.is_ascii()))
             }
-            // any name (one may go on after a '-': "t-shirt")
-            None => true,
+            // any name the grammar would take with such a character next (not after "None": that
+            // is the None answer unless a '-' follows)
+            None => self.check_prefix(&format!("{text}\u{E9}")) != PrefixState::Invalid,
         }
     }
 
@@ -296,6 +297,8 @@ mod tests {
                 && free.allows_non_ascii_after("")
                 && !free.allows_non_ascii_after("a-[0")
         );
+        // it agrees with check_prefix after "None" (the None answer ends there)
+        assert!(!free.allows_non_ascii_after("None") && free.allows_non_ascii_after("Non"));
         assert!(!AnswerGrammar { names: None, nameless: true }.allows_non_ascii_after(""));
     }
 }
