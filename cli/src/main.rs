@@ -836,7 +836,8 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
             })
             .collect(),
         text,
-        dropped: p.dropped,
+        dropped: p.dropped, // (lists the repeats too)
+        repeats: vec![],
         count: None,
         text_score: None,
         prompts: vec![],
@@ -1058,6 +1059,21 @@ fn score_records(
     use griffon_eval::runners;
     runners::check_single_task(records)?;
     let metrics = runners::score(records, annotations, out)?;
+    let n = |k: &str| metrics.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    if n("repeats_unscored") > 0 {
+        eprintln!(
+            "warning: {} repeated boxes of records written before repeats were stored are not scored (the \
+             reference scores them as false positives): run into a new --out to score them",
+            n("repeats_unscored")
+        );
+    }
+    if n("images_of_another_size") > 0 {
+        eprintln!(
+            "warning: {} images decode to another size than their annotation gives: boxes are scaled by the \
+             annotation's size, as the reference does (right for a resized copy, wrong for a rotated or other image)",
+            n("images_of_another_size")
+        );
+    }
     let f = out.join("metrics.json");
     std::fs::write(&f, serde_json::to_string_pretty(&metrics)?).with_context(|| format!("writing {}", f.display()))?;
     Ok(metrics)

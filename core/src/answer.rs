@@ -11,7 +11,8 @@
 //!   name are kept); a box with no name text takes the previous box's name in the same piece, or none;
 //! * clamps coordinates to [0, 1]; drops inverted boxes, boxes wholly outside [0, 1] (clamping
 //!   would collapse them to an edge) and non-numeric groups;
-//! * removes exact duplicates and near duplicates (same label, IoU >= [`NEAR_DUPLICATE_IOU`]);
+//! * removes exact duplicates and near duplicates (same label, IoU >= [`NEAR_DUPLICATE_IOU`]),
+//!   keeping them in [`ParsedAnswer::repeats`] for scores that count every box;
 //! * reports everything it dropped, with the reason. It never panics.
 
 use crate::boxes::NormBox;
@@ -45,6 +46,11 @@ pub struct Dropped {
 pub struct ParsedAnswer {
     pub instances: Vec<Instance>,
     pub dropped: Vec<Dropped>,
+    /// The boxes removed as repeats (each also in `dropped`, saying which box it repeats), in
+    /// answer order. The reference's evaluation keeps them (its parser removes nothing), so a
+    /// COCO score or a count of the answer's boxes takes them back.
+    #[serde(default)]
+    pub repeats: Vec<Instance>,
     /// The answer was the explicit empty answer `None`.
     pub is_none: bool,
 }
@@ -221,17 +227,16 @@ fn dedupe(out: &mut ParsedAnswer) {
         let dup = kept.iter().position(|k| k.label == inst.label && k.norm.format() == inst.norm.format());
         let near = kept.iter().position(|k| k.label == inst.label && k.norm.iou(inst.norm) >= NEAR_DUPLICATE_IOU);
         let label = inst.label.clone().map(|l| format!("{l}-")).unwrap_or_default();
-        if let Some(k) = dup {
-            out.dropped
-                .push(Dropped { text: format!("{label}{}", inst.norm.format()), reason: format!("{DUPLICATE} {k}") });
-        } else if let Some(k) = near {
-            out.dropped.push(Dropped {
-                text: format!("{label}{}", inst.norm.format()),
-                reason: format!("{NEAR_DUPLICATE} {k} (IoU >= {NEAR_DUPLICATE_IOU})"),
-            });
-        } else {
-            kept.push(inst);
-        }
+        let reason = match (dup, near) {
+            (Some(k), _) => format!("{DUPLICATE} {k}"),
+            (None, Some(k)) => format!("{NEAR_DUPLICATE} {k} (IoU >= {NEAR_DUPLICATE_IOU})"),
+            (None, None) => {
+                kept.push(inst);
+                continue;
+            }
+        };
+        out.dropped.push(Dropped { text: format!("{label}{}", inst.norm.format()), reason });
+        out.repeats.push(inst);
     }
     out.instances = kept;
 }
@@ -333,6 +338,11 @@ mod tests {
         assert!(p.dropped[1].reason.starts_with("near duplicate"));
         assert!(p.dropped.iter().all(Dropped::is_duplicate));
         assert!(!parse_answer("cat-[0.1").dropped.iter().any(Dropped::is_duplicate));
+        // the repeats themselves, with their spans (their scores come from their own tokens)
+        assert_eq!(p.repeats.len(), 2);
+        assert_eq!(p.repeats[1].norm, NormBox::new(0.1, 0.1, 0.5, 0.501));
+        let t = "a-[0.1,0.1,0.5,0.5]&a-[0.100,0.100,0.500,0.500]";
+        assert_eq!(&t[parse_answer(t).repeats[0].box_span.clone()], "[0.100,0.100,0.500,0.500]");
     }
 
     #[test]

@@ -65,27 +65,58 @@ pub struct Turn {
     pub categories: Vec<String>,
 }
 
-/// The items trimmed, empty ones left out; for categories (`unique`) a repeated one is kept once,
-/// where it first appears (asked twice, its boxes would come back twice).
-fn clean_list(items: &[String], what: &str, unique: bool) -> Result<Vec<String>, String> {
-    let mut v: Vec<String> = items.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-    if unique {
-        let mut seen = std::collections::HashSet::new();
-        v.retain(|s| seen.insert(s.clone()));
-    }
+/// The items trimmed, empty ones left out; an empty list is an error.
+fn trimmed_list(items: &[String], what: &str) -> Result<Vec<String>, String> {
+    let v: Vec<String> = items.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     if v.is_empty() {
         return Err(format!("the {what} list is empty"));
     }
+    Ok(v)
+}
+
+/// Text spliced into a prompt mid-sentence may not hold a placeholder (the image would be
+/// spliced there).
+fn check_placeholders(what: &str, s: &str) -> Result<(), String> {
+    if s.contains("<image>") || s.contains("<region>") {
+        return Err(format!("{what} {s:?} contains a placeholder (<image>, <region>)"));
+    }
+    Ok(())
+}
+
+/// An answer names a category or phrase on one line (the constrained grammar refuses a line
+/// break in a name).
+fn check_one_line(what: &str, s: &str) -> Result<(), String> {
+    if s.contains(['\n', '\r']) {
+        return Err(format!("{what} {s:?} contains a line break: an answer names it on one line"));
+    }
+    Ok(())
+}
+
+/// The categories trimmed, empty ones left out, a repeated one kept once where it first appears
+/// (asked twice, its boxes would come back twice). The answer writes them as names, so the
+/// characters its grammar reserves are refused.
+fn clean_categories(items: &[String]) -> Result<Vec<String>, String> {
+    let mut v = trimmed_list(items, "category")?;
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|s| seen.insert(s.clone()));
     for s in &v {
-        if s.contains(['&', '[', ']']) || s.contains("<image>") || s.contains("<region>") {
-            return Err(format!(
-                "{what} {s:?} contains a character the answer grammar reserves (&, [, ]) or a placeholder"
-            ));
+        if s.contains(['&', '[', ']']) {
+            return Err(format!("category {s:?} contains a character the answer grammar reserves (&, [, ])"));
         }
-        // an answer's name is on one line (the constrained grammar refuses a line break in it)
-        if s.contains(['\n', '\r']) {
-            return Err(format!("{what} {s:?} contains a line break: an answer names it on one line"));
-        }
+        check_placeholders("category", s)?;
+        check_one_line("category", s)?;
+    }
+    Ok(v)
+}
+
+/// The phrases trimmed, empty ones left out. Each is asked as a referring expression and labels
+/// its turn's box without being parsed from the answer, so `&`, `[` and `]` are allowed (a
+/// Flickr30K phrase may read "a black & white shirt").
+fn clean_phrases(items: &[String]) -> Result<Vec<String>, String> {
+    let v = trimmed_list(items, "phrase")?;
+    for s in &v {
+        check_placeholders("phrase", s)?;
+        check_one_line("phrase", s)?;
     }
     Ok(v)
 }
@@ -116,13 +147,13 @@ impl Request {
     pub fn turn_count(&self, chunk: usize) -> Result<usize, String> {
         match &self.task {
             Task::Detect { categories } => {
-                let n = clean_list(categories, "category", true)?.len();
+                let n = clean_categories(categories)?.len();
                 match chunk {
                     0 => Err("the category chunk size must be at least 1".into()),
                     c => Ok(n.div_ceil(c)),
                 }
             }
-            Task::Phrases { phrases } => Ok(clean_list(phrases, "phrase", false)?.len()),
+            Task::Phrases { phrases } => Ok(clean_phrases(phrases)?.len()),
             _ => Ok(1),
         }
     }
@@ -145,7 +176,7 @@ impl Request {
         };
         Ok(match &self.task {
             Task::Detect { categories } => {
-                let cats = clean_list(categories, "category", true)?;
+                let cats = clean_categories(categories)?;
                 if chunk == 0 {
                     return Err("the category chunk size must be at least 1".into());
                 }
@@ -158,16 +189,12 @@ impl Request {
                 if e.is_empty() {
                     return Err("the referring expression is empty".into());
                 }
-                // the image would be spliced where the placeholder stands, mid-sentence
-                if e.contains("<image>") || e.contains("<region>") {
-                    return Err(format!("the referring expression {e:?} contains a placeholder (<image>, <region>)"));
-                }
+                check_placeholders("the referring expression", e)?;
                 vec![turn(rec_prompt(e), vec![], Some(e.to_string()), false)]
             }
-            Task::Phrases { phrases } => clean_list(phrases, "phrase", false)?
-                .into_iter()
-                .map(|p| turn(rec_prompt(&p), vec![], Some(p), false))
-                .collect(),
+            Task::Phrases { phrases } => {
+                clean_phrases(phrases)?.into_iter().map(|p| turn(rec_prompt(&p), vec![], Some(p), false)).collect()
+            }
             Task::Describe { region } => {
                 region.validate(width, height).map_err(|m| format!("region box: {m}"))?;
                 vec![turn(reg_prompt(region.to_norm(width, height)), vec![], None, false)]
@@ -261,6 +288,13 @@ mod tests {
         {
             assert!(req(bad).turns(10, 10, 80).unwrap_err().contains("line break"));
         }
+        // a phrase is not parsed from the answer: the grammar's characters are allowed in it
+        let shirt = req(Task::Phrases { phrases: vec!["a black & white shirt".into(), "[sic]".into()] });
+        assert_eq!(shirt.turns(10, 10, 80).unwrap()[0].label.as_deref(), Some("a black & white shirt"));
+        assert!(req(Task::Phrases { phrases: vec!["the <region>".into()] })
+            .turns(10, 10, 80)
+            .unwrap_err()
+            .contains("placeholder"));
         let outside = req(Task::Describe { region: PixelBox::new(0.0, 0.0, 20.0, 5.0) }).turns(10, 10, 80);
         assert!(outside.unwrap_err().contains("outside"));
         let zero =

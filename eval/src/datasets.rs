@@ -162,20 +162,58 @@ fn coco_images<'a>(v: &'a Value, path: &Path) -> Result<Vec<(u64, &'a str)>, Eva
         .collect()
 }
 
-/// COCO category name -> id.
-pub fn coco_category_ids(annotations: &Path) -> Result<std::collections::HashMap<String, u64>, EvalError> {
+/// What scoring COCO detections needs from the annotation file.
+pub struct CocoScoringInfo {
+    /// Category name -> id.
+    pub category_ids: std::collections::HashMap<String, u64>,
+    /// Image id -> `[width, height]`, for the images that give both: the reference scales the
+    /// answer's normalized boxes by them (jefferyZhan/Griffon `eval/eval_detection.py`).
+    pub sizes: std::collections::HashMap<u64, [u32; 2]>,
+}
+
+/// The category ids and image sizes of a COCO annotation file.
+pub fn coco_scoring_info(annotations: &Path) -> Result<CocoScoringInfo, EvalError> {
     let v = read_json(annotations)?;
-    let mut m = std::collections::HashMap::new();
+    let mut category_ids = std::collections::HashMap::new();
     for (i, c) in v.get("categories").and_then(Value::as_array).into_iter().flatten().enumerate() {
         match (c.get("name").and_then(Value::as_str), c.get("id").and_then(Value::as_u64)) {
             (Some(n), Some(id)) => {
-                m.insert(n.to_string(), id);
+                category_ids.insert(n.to_string(), id);
             }
             // its detections would silently count as unknown labels
             _ => return Err(fmt_err(annotations, format!("categories[{i}] needs a `name` and an integer `id`: {c}"))),
         }
     }
-    Ok(m)
+    let mut sizes = std::collections::HashMap::new();
+    for (i, im) in v.get("images").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        // (an integral float such as 640.0 is taken as its integer)
+        let dim = |k: &str| {
+            im.get(k).map(|x| {
+                x.as_u64()
+                    .or_else(|| {
+                        x.as_f64()
+                            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX))
+                            .map(|f| f as u64)
+                    })
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|&n| n > 0)
+            })
+        };
+        match (im.get("id").and_then(Value::as_u64), dim("width"), dim("height")) {
+            (Some(id), Some(Some(w)), Some(Some(h))) => {
+                sizes.insert(id, [w, h]);
+            }
+            // a size given but not a positive integer would place every box wrong
+            (_, Some(None), _) | (_, _, Some(None)) => {
+                return Err(fmt_err(
+                    annotations,
+                    format!("images[{i}]: `width` and `height` must be positive integers: {im}"),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(CocoScoringInfo { category_ids, sizes })
 }
 
 /// Shikra-style REC jsonl: `img_path` (or `image` / `image_path` / `file_name`), `expression`

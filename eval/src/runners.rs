@@ -2,7 +2,7 @@
 //! a per-sample JSONL (prompts, raw answer, parsed boxes and scores, ground truth), resume from a
 //! partial run, `--shard i/N` splitting with a merge step, and the metrics at the end.
 
-use crate::datasets::{coco_category_ids, Item, Truth};
+use crate::datasets::{coco_scoring_info, Item, Truth};
 use crate::EvalError;
 use griffon_core::answer::Dropped;
 use griffon_core::request::{Exemplar, Task};
@@ -24,6 +24,21 @@ pub struct RecordBox {
     /// For phrase grounding: the phrase (turn) the box answers; absent in older records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phrase: Option<usize>,
+}
+
+impl From<griffon_model::tasks::Detection> for RecordBox {
+    fn from(d: griffon_model::tasks::Detection) -> Self {
+        RecordBox { label: d.label, box_px: d.box_px, box_norm: d.box_norm, score: d.score, phrase: d.phrase }
+    }
+}
+
+/// A box the answer repeated ([`griffon_model::tasks::Repeat`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordRepeat {
+    #[serde(flatten)]
+    pub repeat: RecordBox,
+    /// How many of the record's `detections` come before it in the answer.
+    pub after: usize,
 }
 
 /// One line of the per-sample JSONL.
@@ -61,9 +76,37 @@ pub struct Record {
     /// resume. Absent for other tasks and in records written before it was stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exemplar: Option<Exemplar>,
+    /// The boxes the answer repeated, which `detections` leaves out (each also in `dropped`):
+    /// COCO detection scores them as the reference does, a count counts them. Absent in records
+    /// written before they were stored (their repeats are counted from `dropped`, and COCO
+    /// reports them as `repeats_unscored`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<Vec<RecordRepeat>>,
+    /// The decoded image's width and height: COCO detection, which scales boxes by the
+    /// annotation's size as the reference does, reports images whose size differs from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[u32; 2]>,
 }
 
 impl Record {
+    /// Every box the answer wrote, repeats included, in answer order (as the reference's parser
+    /// lists them), and the number of repeats a record written before they were stored lacks.
+    pub fn answer_boxes(&self) -> (Vec<&RecordBox>, usize) {
+        let Some(repeats) = &self.repeats else {
+            return (self.detections.iter().collect(), self.dropped.iter().filter(|d| d.is_duplicate()).count());
+        };
+        let mut all = Vec::with_capacity(self.detections.len() + repeats.len());
+        let mut rest = repeats.iter().peekable();
+        for (i, d) in self.detections.iter().enumerate() {
+            while let Some(r) = rest.next_if(|r| r.after <= i) {
+                all.push(&r.repeat);
+            }
+            all.push(d);
+        }
+        all.extend(rest.map(|r| &r.repeat));
+        (all, 0)
+    }
+
     /// Whether a rerun with `max_new_tokens` keeps this record (it ran, and was not cut at a
     /// lower limit).
     fn settled(&self, max_new_tokens: usize) -> bool {
@@ -392,17 +435,14 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
                 image: it.request.image.clone(),
                 prompts: out.prompts,
                 answer: out.text,
-                detections: out
-                    .detections
-                    .into_iter()
-                    .map(|d| RecordBox {
-                        label: d.label,
-                        box_px: d.box_px,
-                        box_norm: d.box_norm,
-                        score: d.score,
-                        phrase: d.phrase,
-                    })
-                    .collect(),
+                detections: out.detections.into_iter().map(RecordBox::from).collect(),
+                repeats: Some(
+                    out.repeats
+                        .into_iter()
+                        .map(|r| RecordRepeat { repeat: r.detection.into(), after: r.after })
+                        .collect(),
+                ),
+                image_size: Some([out.image.width, out.image.height]),
                 dropped: out.dropped,
                 truth: it.truth.clone(),
                 error: None,
@@ -420,6 +460,8 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
                     prompts: vec![],
                     answer: String::new(),
                     detections: vec![],
+                    repeats: Some(vec![]),
+                    image_size: None,
                     dropped: vec![],
                     truth: it.truth.clone(),
                     error: Some(e.to_string()),
@@ -664,21 +706,36 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
     let metrics = match &first.truth {
         Truth::Coco { .. } => {
             let ann = annotations.ok_or_else(|| EvalError::Invalid("COCO scoring needs --annotations".into()))?;
-            let ids = coco_category_ids(ann)?;
+            let info = coco_scoring_info(ann)?;
             let mut dets = Vec::new();
-            let mut unknown = 0usize;
+            let (mut unknown, mut unscored, mut resized) = (0usize, 0usize, 0usize);
             // the images that ran (with or without detections, failed ones too): only these are
             // scored, so a run over part of the data set is not charged for the images it skipped
             let mut images = Vec::new();
             for r in records {
                 let Truth::Coco { image_id } = r.truth else { continue };
                 images.push(image_id);
-                for d in &r.detections {
-                    match d.label.as_ref().and_then(|l| ids.get(l)) {
+                // boxes in the annotation's frame, as the reference scales them (its width and
+                // height); an image whose decoded size differs is reported
+                let size = info.sizes.get(&image_id).copied();
+                resized += usize::from(size.zip(r.image_size).is_some_and(|(a, b)| a != b));
+                // every box the answer wrote, as the reference's parser keeps them: a repeat is a
+                // false positive for pycocotools
+                let (boxes, missing) = r.answer_boxes();
+                unscored += missing;
+                for d in boxes {
+                    let b = match size {
+                        Some([w, h]) => {
+                            let [x1, y1, x2, y2] = d.box_norm;
+                            griffon_core::NormBox::new(x1, y1, x2, y2).to_pixels(w, h).as_array()
+                        }
+                        None => d.box_px,
+                    };
+                    match d.label.as_ref().and_then(|l| info.category_ids.get(l)) {
                         Some(&category_id) => dets.push(crate::coco::CocoDetection {
                             image_id,
                             category_id,
-                            bbox: [d.box_px[0], d.box_px[1], d.box_px[2] - d.box_px[0], d.box_px[3] - d.box_px[1]],
+                            bbox: [b[0], b[1], b[2] - b[0], b[3] - b[1]],
                             score: d.score,
                         }),
                         None => unknown += 1,
@@ -692,7 +749,7 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
             let rf = out.join("coco_results.json");
             std::fs::write(&rf, serde_json::to_string(&results).expect("serializable"))
                 .map_err(|source| EvalError::Io { path: rf.clone(), source })?;
-            if dets.is_empty() {
+            let mut m = if dets.is_empty() {
                 // pycocotools cannot load an empty results list: report that instead of a number
                 serde_json::json!({"task": "coco", "stats": null, "images": images.len(), "detections": 0, "unknown_labels_dropped": unknown,
                                    "note": "the model produced no detection with a known category: there is nothing to score (pycocotools cannot load an empty results list)"})
@@ -701,7 +758,15 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
                 serde_json::json!({"task": "coco", "stats": stats, "names": crate::coco::COCO_STAT_NAMES,
                                    "images": images.len(), "detections": dets.len(), "unknown_labels_dropped": unknown,
                                    "results_file": rf})
+            };
+            // (reported only when there are any, so that older summaries compare unchanged)
+            if unscored > 0 {
+                m["repeats_unscored"] = unscored.into();
             }
+            if resized > 0 {
+                m["images_of_another_size"] = resized.into();
+            }
+            m
         }
         Truth::Rec { .. } => {
             let boxes: Vec<(Option<Vec<[f64; 4]>>, [f64; 4])> = records
@@ -771,8 +836,8 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
                     // every box the answer wrote: a box written twice counts twice, as a count of
                     // the answer's boxes does (the parser removes repeats from the detections)
                     Truth::Count { count, .. } => {
-                        let repeats = r.dropped.iter().filter(|d| d.is_duplicate()).count();
-                        Some(((r.detections.len() + repeats) as f64, count))
+                        let (boxes, missing) = r.answer_boxes();
+                        Some(((boxes.len() + missing) as f64, count))
                     }
                     _ => None,
                 })
@@ -784,7 +849,7 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
                 .iter()
                 .filter_map(|r| match &r.truth {
                     Truth::Count { boxes: Some(b), .. } => {
-                        Some((r.detections.iter().map(|d| d.box_px).collect(), b.clone()))
+                        Some((r.answer_boxes().0.iter().map(|d| d.box_px).collect(), b.clone()))
                     }
                     _ => None,
                 })
@@ -847,6 +912,8 @@ mod shard_tests {
             model: model.map(str::to_string),
             decoding: None,
             exemplar: None,
+            repeats: Some(vec![]),
+            image_size: None,
         };
         serde_json::to_string(&r).unwrap() + "\n"
     }

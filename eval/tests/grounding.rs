@@ -81,6 +81,8 @@ fn scored_record(
         error: None,
         truncated: false,
         max_new_tokens: None,
+        repeats: None,
+        image_size: None,
     }
 }
 
@@ -171,4 +173,97 @@ fn merge_prefers_settled_records() {
     let got: Vec<(&str, bool, bool, Option<usize>)> =
         recs.iter().map(|r| (r.id.as_str(), r.error.is_some(), r.truncated, r.max_new_tokens)).collect();
     assert_eq!(got, [("1", false, false, None), ("2", false, true, Some(64)), ("3", false, false, None)]);
+}
+
+/// COCO scoring sends every box the answer wrote to pycocotools, in answer order (a repeated box
+/// is a false positive there, as in the reference's evaluation, whose parser keeps it), with
+/// boxes scaled by the annotation's image size (as the reference does), and reports images whose
+/// decoded size differs and older records whose repeats it cannot score.
+#[test]
+fn coco_scores_every_box_in_the_annotation_frame() {
+    use griffon_eval::datasets::Truth;
+    use griffon_eval::runners::{score, RecordBox, RecordRepeat};
+    let tmp = tempfile::tempdir().unwrap();
+    let ann = tmp.path().join("instances.json");
+    let gt = serde_json::json!({
+        "images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 50},
+                   {"id": 2, "file_name": "b.png", "width": 100, "height": 100}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10.0, 5.0, 40.0, 20.0], "area": 800.0, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 7, "bbox": [20.0, 20.0, 40.0, 40.0], "area": 1600.0, "iscrowd": 0}],
+        "categories": [{"id": 7, "name": "cat"}]
+    });
+    std::fs::write(&ann, gt.to_string()).unwrap();
+    // boxes carry the normalized coordinates; box_px is of a decoded image at twice the size
+    let b = |n: [f64; 4], score: f64| RecordBox {
+        label: Some("cat".into()),
+        box_px: [n[0] * 200.0, n[1] * 100.0, n[2] * 200.0, n[3] * 100.0],
+        box_norm: n,
+        score,
+        phrase: None,
+    };
+    let on_1 = [0.1, 0.1, 0.5, 0.5];
+    let mut one =
+        scored_record("", vec![b(on_1, 0.9), b([0.7, 0.7, 0.9, 0.9], 0.6)], vec![], Truth::Coco { image_id: 1 });
+    // the answer wrote the first box again between its two boxes
+    one.repeats = Some(vec![RecordRepeat { repeat: b(on_1, 0.8), after: 1 }]);
+    one.image_size = Some([200, 100]);
+    let mut two = scored_record("", vec![b([0.2, 0.2, 0.6, 0.6], 0.7)], vec![], Truth::Coco { image_id: 2 });
+    two.id = "t".into();
+    two.repeats = Some(vec![]);
+    two.image_size = Some([100, 100]);
+    let m = score(&[one.clone(), two.clone()], Some(&ann), tmp.path()).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("coco_results.json")).unwrap()).unwrap();
+    let got: Vec<(u64, Vec<f64>, f64)> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["image_id"].as_u64().unwrap(), f64s(&r["bbox"]), r["score"].as_f64().unwrap()))
+        .collect();
+    let want = vec![
+        (1, vec![10.0, 5.0, 40.0, 20.0], 0.9),
+        (1, vec![10.0, 5.0, 40.0, 20.0], 0.8),
+        (1, vec![70.0, 35.0, 20.0, 10.0], 0.6),
+        (2, vec![20.0, 20.0, 40.0, 40.0], 0.7),
+    ];
+    assert_eq!(got.len(), want.len(), "{results}");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.0, w.0);
+        assert_eq!(g.2, w.2);
+        for (a, b) in g.1.iter().zip(&w.1) {
+            assert!((a - b).abs() < 1e-9, "{g:?} vs {w:?}");
+        }
+    }
+    assert_eq!(m["detections"], 4, "{m}");
+    assert_eq!(m["images_of_another_size"], 1, "{m}");
+    assert!(m.get("repeats_unscored").is_none(), "{m}");
+    // the repeat is a false positive: AP50 below the 1.0 that scoring without it gives
+    let ap50 = m["stats"][1].as_f64().unwrap();
+    let mut deduped = one.clone();
+    deduped.repeats = Some(vec![]);
+    let m1 = score(&[deduped, two.clone()], Some(&ann), tmp.path()).unwrap();
+    assert_eq!(m1["stats"][1], 1.0, "{m1}");
+    assert!(ap50 < 0.99, "{m}");
+    // a record written before repeats were stored: its repeat (in `dropped`) is reported, not scored
+    let mut old = one;
+    old.repeats = None;
+    old.dropped = griffon_core::answer::parse_answer("cat-[0.1,0.1,0.5,0.5]&cat-[0.1,0.1,0.5,0.5]").dropped;
+    let m2 = score(&[old, two], Some(&ann), tmp.path()).unwrap();
+    assert_eq!(m2["repeats_unscored"], 1, "{m2}");
+    assert_eq!(m2["stats"][1], 1.0, "{m2}");
+}
+
+/// A counting record that stores its repeats counts them from there (older ones from `dropped`,
+/// in counting_counts_repeated_boxes).
+#[test]
+fn counting_counts_stored_repeats() {
+    use griffon_eval::datasets::Truth;
+    use griffon_eval::runners::{score, RecordBox, RecordRepeat};
+    let b = RecordBox { label: None, box_px: [1.0, 1.0, 2.0, 2.0], box_norm: [0.1; 4], score: 1.0, phrase: None };
+    let mut rec = scored_record("", vec![b.clone()], vec![], Truth::Count { count: 3.0, boxes: None });
+    rec.repeats = Some(vec![RecordRepeat { repeat: b.clone(), after: 1 }, RecordRepeat { repeat: b, after: 1 }]);
+    let tmp = tempfile::tempdir().unwrap();
+    let m = score(&[rec], None, tmp.path()).unwrap();
+    assert_eq!(m["mae"], 0.0, "{m}");
 }

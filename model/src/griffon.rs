@@ -494,14 +494,26 @@ impl Griffon {
     ) -> Result<Prepared> {
         let (pieces, placeholders) = self.tokenizer.assemble(prompt)?;
         check_visual_counts(&placeholders, n_images, n_regions).map_err(|e| Error::Request(e.0))?;
-        let prepared = self.embed_pieces(&pieces, image_tokens, region_tokens)?;
-        let len = prepared.embeds.dim(1)?;
+        // counted before anything is embedded: a huge text is refused without building its
+        // tokens x hidden embeddings
+        let rows = |t: Option<&Tensor>| t.map(|t| t.dim(1)).transpose().map(|n| n.unwrap_or(0));
+        let (per_image, per_region) = (rows(image_tokens)?, rows(region_tokens)?);
+        let len: usize = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Token(_) => 1,
+                Piece::Visual(Placeholder::Image(_)) => per_image,
+                Piece::Visual(Placeholder::Region(_)) => per_region,
+            })
+            .sum();
         if let Some(max) = self.config.max_position_embeddings.filter(|&m| len > m) {
             return Err(Error::Request(format!(
                 "the prompt takes {len} positions (image tokens included), more than the model's \
                  max_position_embeddings {max}: shorten the text or use fewer images / tiles"
             )));
         }
+        let prepared = self.embed_pieces(&pieces, image_tokens, region_tokens)?;
+        debug_assert_eq!(prepared.embeds.dim(1)?, len);
         Ok(prepared)
     }
 

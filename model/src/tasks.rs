@@ -35,6 +35,16 @@ pub struct ImageInfo {
     pub height: u32,
 }
 
+/// A box the answer wrote again, exactly or nearly (`griffon_core::ParsedAnswer::repeats`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Repeat {
+    #[serde(flatten)]
+    pub detection: Detection,
+    /// How many of the output's `detections` come before it in the answer (the place the
+    /// reference's list of boxes holds it, which decides ties in score when COCO matches boxes).
+    pub after: usize,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Detection {
     /// Object name (the phrase / expression for grounding; null for the counting form).
@@ -59,6 +69,10 @@ pub struct TaskOutput {
     pub text: String,
     /// Pieces of the answer the parser could not use, with the reason.
     pub dropped: Vec<Dropped>,
+    /// The boxes the answer repeated (also in `dropped`), with their scores: the reference's
+    /// evaluation keeps them, so a COCO score or a count of the answer's boxes takes them back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repeats: Vec<Repeat>,
     /// For `count`: the number of boxes found.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<usize>,
@@ -74,7 +88,7 @@ pub struct TaskOutput {
     pub truncated: bool,
     /// A turn was cut by `max_new_tokens` (not by the model's positions or the grammar): a run
     /// with a higher limit may answer it in full.
-    #[serde(skip)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub token_limited: bool,
 }
 
@@ -228,6 +242,12 @@ impl Griffon {
         let main = load_rgb(&req.image)?;
         let (w, h) = (main.width(), main.height());
         let turns = req.turns(w, h, opts.chunk).map_err(Error::Request)?;
+        // the exemplars are read and checked before the main image is encoded (a bad one is
+        // refused without that cost)
+        let regions = turns
+            .iter()
+            .map(|t| t.regions.iter().map(|e| exemplar_image(e, &main)).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
         let key = if self.image_cache.enabled() { ImageKey::of(&req.image) } else { None };
         let image_tokens = match key.as_ref().and_then(|k| self.image_cache.get(k)) {
             Some(t) => t,
@@ -245,6 +265,7 @@ impl Griffon {
             detections: vec![],
             text: String::new(),
             dropped: vec![],
+            repeats: vec![],
             count: None,
             text_score: None,
             prompts: turns.iter().map(|t| t.user_text.clone()).collect(),
@@ -252,8 +273,7 @@ impl Griffon {
             token_limited: false,
         };
         let mut texts = Vec::new();
-        for (turn_index, turn) in turns.iter().enumerate() {
-            let regions = turn.regions.iter().map(|e| exemplar_image(e, &main)).collect::<Result<Vec<_>>>()?;
+        for (turn_index, (turn, regions)) in turns.iter().zip(regions).enumerate() {
             let grammar = if opts.constrained {
                 match &req.task {
                     // the names this turn asked about (its chunk), not the whole list
@@ -288,19 +308,30 @@ impl Griffon {
                 continue;
             }
             let parsed = parse_answer(&text);
-            let scores = instance_scores(&parsed.instances, &spans);
-            let mut dets: Vec<Detection> = parsed
-                .instances
+            let detections = |instances: &[griffon_core::Instance]| -> Vec<Detection> {
+                instances
+                    .iter()
+                    .zip(instance_scores(instances, &spans))
+                    .map(|(inst, score)| Detection {
+                        label: turn.label.clone().or_else(|| inst.label.clone()),
+                        box_px: inst.norm.to_pixels(w, h).as_array(),
+                        box_norm: inst.norm.as_array(),
+                        score,
+                        phrase: matches!(req.task, Task::Phrases { .. }).then_some(turn_index),
+                    })
+                    .collect()
+            };
+            let mut dets = detections(&parsed.instances);
+            let kept_before = |r: &griffon_core::Instance| {
+                out.detections.len() + parsed.instances.iter().filter(|k| k.box_span.start < r.box_span.start).count()
+            };
+            let repeats: Vec<Repeat> = parsed
+                .repeats
                 .iter()
-                .zip(scores)
-                .map(|(inst, score)| Detection {
-                    label: turn.label.clone().or_else(|| inst.label.clone()),
-                    box_px: inst.norm.to_pixels(w, h).as_array(),
-                    box_norm: inst.norm.as_array(),
-                    score,
-                    phrase: matches!(req.task, Task::Phrases { .. }).then_some(turn_index),
-                })
+                .zip(detections(&parsed.repeats))
+                .map(|(r, detection)| Repeat { detection, after: kept_before(r) })
                 .collect();
+            out.repeats.extend(repeats);
             if matches!(req.task, Task::Ground { .. } | Task::Phrases { .. }) {
                 // REC keeps the first box (the reference's Acc@0.5 protocol); the rest is reported.
                 for extra in dets.iter().skip(1) {

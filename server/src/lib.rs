@@ -250,6 +250,10 @@ impl Service {
 /// value of the wrong type only by its position (a column on a one-line body of an image): each
 /// field is then tried alone to name it.
 fn parse_body(body: &[u8]) -> Result<TaskBody, String> {
+    // serde would fill the fields from an array by position, past the named-field checks
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err("request body: a JSON array; send a JSON object with named fields".into());
+    }
     // the body as it is first (a repeated key is refused here; a Value would keep the last)
     let whole = match serde_json::from_slice::<TaskBody>(body) {
         Ok(b) => return Ok(b),
@@ -340,6 +344,16 @@ fn request_of(b: &TaskBody, dir: &Path, max_new_tokens_limit: usize) -> Result<(
         return Err(input(format!("{f}: not used by task {:?} (it reads {})", b.task, uses.join(", "))));
     }
     let missing = |f: &str| input(format!("{f}: task {:?} needs it", b.task));
+    // the text is tokenized before the prompt's length is checked: a bound far above any
+    // model's positions keeps a huge text from taking the worker's time and memory
+    let lists = b.categories.iter().chain(&b.phrases).flatten();
+    let text = [&b.expression, &b.prompt].into_iter().flatten().chain(lists).map(String::len).sum::<usize>();
+    if text > MAX_TEXT {
+        return Err(input(format!(
+            "the request's text (categories, expression, phrases, prompt) takes {text} bytes, more than \
+             this server's limit of {MAX_TEXT}"
+        )));
+    }
     let image = upload(dir, "image", &b.image)?;
     let task = match b.task.as_str() {
         "detect" => Task::Detect { categories: b.categories.clone().ok_or_else(|| missing("categories"))? },
@@ -429,14 +443,16 @@ fn request_of(b: &TaskBody, dir: &Path, max_new_tokens_limit: usize) -> Result<(
     Ok((req, opts))
 }
 
+/// The bytes of text a request may give ([`request_of`]).
+const MAX_TEXT: usize = 1 << 20;
 /// Connections read at once; one more is answered 503 (without reading it).
 const MAX_CONNECTIONS: usize = 64;
 /// The request line and headers may take this many bytes...
 const MAX_HEAD: u64 = 64 << 10;
 /// ... and must arrive within this time;
 const HEAD_TIME: Duration = Duration::from_secs(30);
-/// the body within this time plus one second per [`BODY_RATE`] bytes (a client that trickles
-/// bytes cannot hold a connection for ever).
+/// the body within this time, moved on by one second per [`BODY_RATE`] bytes received (a
+/// client that declares a large body and trickles it cannot hold a connection for long).
 const BODY_TIME: Duration = Duration::from_secs(30);
 const BODY_RATE: u64 = 100_000;
 /// After a reply, what the client still sends is read and dropped for at most this long (see
@@ -448,7 +464,7 @@ const LINGER: Duration = Duration::from_secs(5);
 ///
 /// HTTP/1.1 on `std::net`, one request per connection (`Connection: close`), bodies by
 /// `Content-Length` only: each connection is read on its own thread within a deadline (the
-/// head in [`HEAD_TIME`], the body in [`BODY_TIME`] plus a second per [`BODY_RATE`] bytes), a
+/// head in [`HEAD_TIME`], the body in [`BODY_TIME`] plus a second per [`BODY_RATE`] bytes received), a
 /// declared length over the limit is refused before any of the body is read, the page and the
 /// model info are answered on the connection's thread, and complete task requests go to the
 /// model one at a time, in arrival order, on the thread that called [`Listener::serve`].
@@ -633,6 +649,14 @@ fn connection(mut stream: std::net::TcpStream, limit: usize, info: &[u8], jobs: 
 struct Deadline<'a> {
     stream: &'a std::net::TcpStream,
     until: Instant,
+    /// Each byte read moves the deadline on by 1/`earn` s (0: a fixed deadline).
+    earn: u64,
+}
+
+impl<'a> Deadline<'a> {
+    fn fixed(stream: &'a std::net::TcpStream, time: Duration) -> Self {
+        Deadline { stream, until: Instant::now() + time, earn: 0 }
+    }
 }
 
 impl Read for Deadline<'_> {
@@ -642,7 +666,11 @@ impl Read for Deadline<'_> {
             return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client took too long"));
         }
         self.stream.set_read_timeout(Some(left))?;
-        (&*self.stream).read(buf)
+        let n = (&*self.stream).read(buf)?;
+        if self.earn > 0 {
+            self.until += Duration::from_secs_f64(n as f64 / self.earn as f64);
+        }
+        Ok(n)
     }
 }
 
@@ -660,8 +688,7 @@ fn read_failed(what: &str, e: std::io::Error) -> Reply {
 fn read_request(stream: &mut std::net::TcpStream, limit: usize) -> Result<(String, String, Vec<u8>), Reply> {
     use std::io::BufRead;
     let bad = |m: String| Reply::error(400, m);
-    let mut reader =
-        std::io::BufReader::new(Deadline { stream: &*stream, until: Instant::now() + HEAD_TIME }).take(MAX_HEAD);
+    let mut reader = std::io::BufReader::new(Deadline::fixed(stream, HEAD_TIME)).take(MAX_HEAD);
     let mut line = String::new();
     let mut next_line = |line: &mut String| -> Result<(), Reply> {
         line.clear();
@@ -736,11 +763,13 @@ fn read_request(stream: &mut std::net::TcpStream, limit: usize) -> Result<(Strin
         use std::io::Write;
         stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(|e| read_failed("writing 100 Continue", e))?;
     }
-    let until = Instant::now() + BODY_TIME + Duration::from_secs(n / BODY_RATE);
+    // the deadline moves on with the bytes received (not with the length declared): a client
+    // that declares a large body and trickles it is cut after BODY_TIME
+    let body_reader = Deadline { stream: &*stream, until: Instant::now() + BODY_TIME, earn: BODY_RATE };
     // grown as the bytes arrive (n is at most the limit, but a client may stop short)
     let mut body = Vec::new();
     buffered
-        .chain(Deadline { stream: &*stream, until })
+        .chain(body_reader)
         .take(n)
         .read_to_end(&mut body)
         .map_err(|e| read_failed(&format!("reading the request body of {n} bytes"), e))?;
@@ -790,7 +819,7 @@ fn write_reply(stream: &mut std::net::TcpStream, reply: &Reply, head_only: bool,
     stream.shutdown(std::net::Shutdown::Write)?;
     if linger {
         let mut sink = [0u8; 64 << 10];
-        let mut r = Deadline { stream: &*stream, until: Instant::now() + LINGER };
+        let mut r = Deadline::fixed(stream, LINGER);
         while matches!(r.read(&mut sink), Ok(n) if n > 0) {}
     }
     Ok(())
