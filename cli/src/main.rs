@@ -785,7 +785,7 @@ fn generate_cmd(a: &GenerateArgs) -> Result<()> {
     let regions = a.region.iter().map(|r| m.region_pixels(r)).collect::<Result<Vec<_>, _>>()?;
     let prompt = m.render_prompt(&a.prompt, Some(template));
     let prepared = m.prepare(&prompt, &[image], &regions)?;
-    let stop = m.stop_ids(template, Some(&a.model.dir()?))?;
+    let stop = m.stop_ids(template);
     if a.stream {
         let mut out = std::io::stdout();
         let mut io_err = None;

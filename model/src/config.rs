@@ -277,7 +277,7 @@ fn parse_gemma2(j: &Json, file: &Path) -> Result<Gemma2Config> {
         }
         Some(other) => return invalid(format!("{}: key `layer_types` must be a list, got {other}", file.display())),
     };
-    // HF Gemma2Config defaults: softcaps 50 / 30 when absent; null disables.
+    // HF Gemma2Config defaults: softcaps 50 / 30 when absent; null disables (sliding_window below too).
     let softcap = |key: &str, default: f64| -> Result<Option<f64>> {
         if j.v.get(key).is_some() {
             j.opt_f64(key)
@@ -306,9 +306,13 @@ fn parse_gemma2(j: &Json, file: &Path) -> Result<Gemma2Config> {
         final_logit_softcapping: softcap("final_logit_softcapping", 30.0)?
             .map(|v| positive(file, "final_logit_softcapping", v))
             .transpose()?,
-        sliding_window: match j.opt_usize("sliding_window")? {
-            Some(0) => return invalid(format!("{}: sliding_window must be at least 1 (or null)", file.display())),
-            w => w,
+        // HF Gemma2Config's default 4096 when absent; null turns the window off
+        sliding_window: match j.v.get("sliding_window").map(|_| j.opt_usize("sliding_window")).transpose()? {
+            None => Some(4096),
+            Some(Some(0)) => {
+                return invalid(format!("{}: sliding_window must be at least 1 (or null)", file.display()))
+            }
+            Some(w) => w,
         },
         sliding_layers,
         hidden_act: act(j, "hidden_activation", "gelu_pytorch_tanh", file)?,

@@ -234,6 +234,10 @@ pub fn generate_streaming(
         return Err(Error::Request(format!("top-p must be in (0, 1], got {}", opts.top_p)));
     }
     let prompt_len = prefix.dim(1)?;
+    if prompt_len == 0 {
+        // nothing to predict the first token from
+        return Err(Error::Request("generate needs a prompt of at least one position, got none".into()));
+    }
     if let Some(max) = llm.max_positions().filter(|&m| prompt_len > m) {
         return Err(Error::Request(format!(
             "the prompt takes {prompt_len} positions, more than the model's max_position_embeddings {max}"

@@ -208,6 +208,8 @@ pub struct Griffon {
     /// Image tokens of recently seen image files ([`crate::tasks`]: a file asked about again —
     /// the next referring expression, region or task on the same image — is not encoded again).
     pub image_cache: crate::tasks::ImageTokenCache,
+    /// generation_config.json's eos ids (HF's generate stops at them too).
+    pub generation_eos: Vec<u32>,
 }
 
 /// A prompt ready for the LLM.
@@ -353,6 +355,14 @@ impl Griffon {
         // <s> / <bos> (config.json's id), Qwen2's has none (its config's bos_token_id is unused).
         let fallback_bos = if template == Template::Qwen2 { None } else { config.bos_token_id };
         let tokenizer = PromptTokenizer::load(dir, fallback_bos)?;
+        let gc = dir.join("generation_config.json");
+        let generation_eos = match gc.is_file() {
+            true => {
+                let v = crate::config::read_json(&gc)?;
+                crate::config::Json::new(&v, &gc).opt_ids("eos_token_id")?.unwrap_or_default()
+            }
+            false => vec![],
+        };
         let vars = ck.take_vars();
         let model = Self {
             config,
@@ -367,6 +377,7 @@ impl Griffon {
             dtype: opts.dtype,
             tiles,
             image_cache: crate::tasks::ImageTokenCache::from_env()?,
+            generation_eos,
         };
         Ok((model, vars))
     }
@@ -580,22 +591,15 @@ impl Griffon {
 
     /// Ids that end generation: config eos ids, generation_config.json eos ids, and the
     /// template's end-of-turn token when it is a single token.
-    pub fn stop_ids(&self, template: Template, dir: Option<&Path>) -> Result<Vec<u32>> {
+    pub fn stop_ids(&self, template: Template) -> Vec<u32> {
         let mut ids = self.config.eos_token_ids.clone();
-        if let Some(d) = dir {
-            let gc = d.join("generation_config.json");
-            if gc.is_file() {
-                let v = crate::config::read_json(&gc)?;
-                let j = crate::config::Json::new(&v, &gc);
-                ids.extend(j.opt_ids("eos_token_id")?.unwrap_or_default());
-            }
-        }
+        ids.extend(&self.generation_eos);
         if let Some(t) = self.tokenizer.token_id(template.stop_string()) {
             ids.push(t);
         }
         ids.sort_unstable();
         ids.dedup();
-        Ok(ids)
+        ids
     }
 
     /// Generates an answer; the text skips special tokens and is trimmed.

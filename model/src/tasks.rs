@@ -195,7 +195,7 @@ impl Griffon {
             .map(|r| preprocess(r, self.region_size(), &self.device).map_err(Error::from))
             .collect::<Result<Vec<_>>>()?;
         let prepared = self.prepare_with_image_tokens(&prompt, image_tokens, &region_px)?;
-        let stop = self.stop_ids(template, None)?;
+        let stop = self.stop_ids(template);
         let gen = match grammar {
             None => generate_with(&self.llm, &prepared.embeds, &stop, &opts.sampling, |_, _| true)?,
             Some(g) => {

@@ -42,8 +42,14 @@ impl PromptTokenizer {
             }
             return invalid(format!("{}: tokenizer.json is missing", dir.display()));
         }
-        let tok = Tokenizer::from_file(&file)
+        let mut tok = Tokenizer::from_file(&file)
             .map_err(|e| Error::Invalid(format!("{}: cannot load tokenizer: {e}", file.display())))?;
+        // a tokenizer.json saved after a call with truncation or padding keeps them, and the
+        // tokenizers crate applies them to every encode; the reference's `tokenizer(chunk)`
+        // neither truncates nor pads (transformers sets no_truncation / no_padding by default)
+        tok.with_padding(None);
+        tok.with_truncation(None)
+            .map_err(|e| Error::Invalid(format!("{}: cannot turn truncation off: {e}", file.display())))?;
         let tcfg_path = dir.join("tokenizer_config.json");
         let tcfg = if tcfg_path.is_file() { Some(read_json(&tcfg_path)?) } else { None };
         let mut bos = fallback_bos;

@@ -128,6 +128,17 @@ fn meaningless_config_values_are_refused() {
         c.insert("final_logit_softcapping".into(), serde_json::Value::Null);
     });
     Griffon::load(&dir, &LoadOptions::default()).unwrap();
+    // the sliding window: HF's 4096 when absent, off when null
+    let window = |edit: fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let (_t, dir) = copy_ckpt("gemma2_region");
+        edit_config(&dir, edit);
+        match Griffon::load(&dir, &LoadOptions::default()).unwrap().config.llm {
+            griffon_model::config::LlmConfig::Gemma2(g) => g.sliding_window,
+            _ => panic!("a Gemma-2 fixture"),
+        }
+    };
+    assert_eq!(window(|c| drop(c.remove("sliding_window"))), Some(4096));
+    assert_eq!(window(|c| drop(c.insert("sliding_window".into(), serde_json::Value::Null))), None);
 }
 
 #[test]
@@ -385,4 +396,39 @@ fn images_over_pillows_size_rule_are_refused() {
     std::fs::write(&f, &bmp).unwrap();
     let e = griffon_model::resample::load_rgb(&f).unwrap_err().to_string();
     assert!(e.contains("huge.bmp") && e.contains("20000x10000") && e.contains("178956970"), "{e}");
+}
+
+/// A tokenizer.json saved with truncation and padding settings (as after a call with
+/// `truncation=True` or `padding=...`) encodes prompts as the reference's `tokenizer(chunk)`
+/// does: neither cut nor padded.
+#[test]
+fn stored_truncation_and_padding_are_not_applied() {
+    let src = fixture("qwen2").join("ckpt");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap()).unwrap();
+    j["truncation"] =
+        serde_json::json!({"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 0});
+    j["padding"] = serde_json::json!({"strategy": {"Fixed": 40}, "direction": "Right", "pad_to_multiple_of": null,
+                                      "pad_id": 0, "pad_type_id": 0, "pad_token": "!"});
+    std::fs::write(tmp.path().join("tokenizer.json"), j.to_string()).unwrap();
+    let plain = griffon_model::tokenize::PromptTokenizer::load(&src, None).unwrap();
+    let saved = griffon_model::tokenize::PromptTokenizer::load(tmp.path(), None).unwrap();
+    let text = "Examine the image for any objects from the category set.";
+    let want = plain.encode_chunk(text).unwrap();
+    assert!(want.len() > 2 && want.len() < 40, "{want:?}");
+    assert_eq!(saved.encode_chunk(text).unwrap(), want);
+    assert_eq!(saved.encode_plain(text).unwrap(), plain.encode_plain(text).unwrap());
+}
+
+/// A generation from an empty prompt is a request error (there is nothing to predict the first
+/// token from), not an index underflow.
+#[test]
+fn an_empty_prompt_is_refused() {
+    let m = Griffon::load(&fixture("llama2_bf16").join("ckpt"), &LoadOptions::default()).unwrap();
+    let h = m.config.llm.hidden_size();
+    let empty = Tensor::zeros((1, 0, h), m.dtype, &Device::Cpu).unwrap();
+    let opts = griffon_model::generate::SamplingOptions { max_new_tokens: 2, ..Default::default() };
+    let e = griffon_model::generate::generate(&m.llm, &empty, &[], &opts, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("at least one position"), "{e}");
 }

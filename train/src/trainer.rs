@@ -649,6 +649,7 @@ pub struct StepLog {
     pub step: usize,
     pub epoch: f64,
     pub loss: f64,
+    /// The main learning rate (`train.lr` on the schedule); `vision_lr` / `region_lr` scale alike.
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens: usize,
@@ -842,6 +843,9 @@ fn resume_settings(cfg: &TrainConfig) -> serde_json::Value {
         "stage": t.stage, "lr": t.lr, "vision_lr": t.vision_lr, "region_lr": t.region_lr,
         "trainable": modules, "batch_size": t.batch_size, "grad_accum": t.grad_accum,
         "warmup_ratio": t.warmup_ratio, "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
+        // whole epochs (each ending with a short step) or a step count lay the samples out in
+        // steps differently: a resume switching them would skip or repeat samples
+        "whole_epochs": t.max_steps == 0,
         "schedule": format!("{:?}", t.schedule).to_lowercase(), "dtype": t.dtype,
         "dense_weight": t.dense_weight, "ground_weight": t.ground_weight,
         "ground_box_weight": t.ground_box_weight, "ground_name_weight": t.ground_name_weight,
@@ -1303,7 +1307,13 @@ impl Trainer {
     }
 
     fn lrs_at(&self, step: usize) -> Vec<f64> {
-        let f = match self.cfg.train.schedule {
+        let f = self.schedule_at(step);
+        self.group_lrs.iter().map(|lr| lr * f).collect()
+    }
+
+    /// The schedule's factor on the base rates at `step`.
+    fn schedule_at(&self, step: usize) -> f64 {
+        match self.cfg.train.schedule {
             Schedule::Steps => {
                 let warm = warmup_steps(self.total_steps, self.cfg.train.warmup_ratio);
                 cosine_with_warmup(step, warm, self.total_steps)
@@ -1314,8 +1324,7 @@ impl Trainer {
             Schedule::Constant => {
                 constant_with_warmup(step, warmup_steps(self.total_steps, self.cfg.train.warmup_ratio))
             }
-        };
-        self.group_lrs.iter().map(|lr| lr * f).collect()
+        }
     }
 
     /// Summed (averaged over the accumulation's micro-batches that trained) gradients of one
@@ -1527,7 +1536,9 @@ impl Trainer {
                         }
                     },
                     loss,
-                    lr: lrs[0],
+                    // the main rate (`train.lr`): the groups' order follows the modules', so
+                    // the first group may be the tower's or the region path's own rate
+                    lr: self.cfg.train.lr * self.schedule_at(step),
                     grad_norm,
                     tokens,
                     tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),

@@ -147,6 +147,14 @@ fn resume_refuses_other_settings_and_a_broken_pointer() {
         let err = Trainer::new(config(data.path(), "r", &body.replace(from, to)), &Device::Cpu).err().unwrap();
         assert!(err.contains("was written with other settings") && err.contains(named), "{to}: {err}");
     }
+    // whole epochs and a step count lay the samples out in steps differently: switching is
+    // refused even where the step totals agree (2 samples, batch 1: 2 epochs are 4 steps)
+    let epochs = "stage = 1\nlr = 1e-3\nepochs = 2\nsave_every = 1\nwarmup_ratio = 0.0";
+    Trainer::new(config(data.path(), "re", epochs), &Device::Cpu).unwrap().run(Some(1), false).unwrap();
+    let err = Trainer::new(config(data.path(), "re", &epochs.replace("epochs = 2", "max_steps = 4")), &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(err.contains("train.whole_epochs true -> false"), "{err}");
     // another length of run is named
     let err = Trainer::new(config(data.path(), "r", &body.replace("max_steps = 3", "max_steps = 4")), &Device::Cpu)
         .err()
@@ -347,11 +355,11 @@ fn config_overrides() {
 }
 
 /// `schedule = "constant"`: the linear warmup of the step schedule, then the full rate to the
-/// last step (the rate logged with each step is the one it used).
+/// last step (the rate logged with each step is the main one it used, `lr`, not the tower's own).
 #[test]
 fn constant_schedule_keeps_the_rate() {
     let data = dataset(&[]);
-    let body = "stage = 3\nlr = 1e-3\nmax_steps = 5\nwarmup_ratio = 0.4\nschedule = \"constant\"";
+    let body = "stage = 3\nlr = 1e-3\nvision_lr = 3e-3\nmax_steps = 5\nwarmup_ratio = 0.4\nschedule = \"constant\"";
     Trainer::new(config(data.path(), "constant", body), &Device::Cpu).unwrap().run(None, false).unwrap();
     let metrics = std::fs::read_to_string(data.path().join("constant/metrics.jsonl")).unwrap();
     let lrs: Vec<f64> = metrics
