@@ -454,6 +454,9 @@ struct DecodeArgs {
     /// 0 = greedy (default, deterministic).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f64,
+    /// Sampling keeps the k most likely tokens (0: all); 50 as HF generate's default.
+    #[arg(long, default_value_t = griffon_model::generate::DEFAULT_TOP_K)]
+    top_k: usize,
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f64,
     #[arg(long, default_value_t = 0)]
@@ -471,6 +474,7 @@ impl DecodeArgs {
         let s = SamplingOptions {
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
+            top_k: self.top_k,
             top_p: self.top_p,
             seed: self.seed,
         };

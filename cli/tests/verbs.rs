@@ -207,6 +207,7 @@ fn bad_input_is_a_clear_error() {
         (vec!["detect", "--categories", "a", "--tiles", "100000"], "exceeds 8192 px"),
         // sampling settings without sampling would pass a greedy answer off as sampled
         (vec!["detect", "--categories", "a", "--top-p", "0.9"], "--top-p applies when sampling only"),
+        (vec!["detect", "--categories", "a", "--top-k", "5"], "--top-k applies when sampling only"),
         (vec!["detect", "--categories", "a", "--seed", "3"], "--seed applies when sampling only"),
         (vec!["describe", "--box", "1,1,9,9", "--constrained"], "--constrained is for detection-style answers"),
         (vec!["detect", "--categories", "a", "--format", "coco"], "--json"),

@@ -344,13 +344,13 @@ pub fn select(records: Vec<Record>, items: &[Item], limit: Option<usize>) -> Vec
 }
 
 /// The decoding settings that change an answer, stored in each record and compared on resume:
-/// greedy or the sampling's temperature, top-p and seed, the template (`auto`: the model's), the
+/// greedy or the sampling's temperature, top-k, top-p and seed, the template (`auto`: the model's), the
 /// detection chunk and the constraint. Not `max_new_tokens`: a rerun with a higher limit is how
 /// cut answers run again.
 pub fn decoding_of(run: &RunOptions) -> String {
     let s = &run.sampling;
     let pick = match s.temperature > 0.0 {
-        true => format!("temperature {}, top-p {}, seed {}", s.temperature, s.top_p, s.seed),
+        true => format!("temperature {}, top-k {}, top-p {}, seed {}", s.temperature, s.top_k, s.top_p, s.seed),
         false => "greedy".to_string(),
     };
     let template = run.template.map_or("auto", |t| t.name());

@@ -1,5 +1,5 @@
-//! Autoregressive decoding with the KV cache: greedy by default, temperature / top-p sampling
-//! on request; stops at an end-of-sequence id, the template's end-of-turn, the token budget, or
+//! Autoregressive decoding with the KV cache: greedy by default, temperature / top-k / top-p
+//! sampling on request (HF's order and defaults: top-k 50, top-p 1); stops at an end-of-sequence id, the template's end-of-turn, the token budget, or
 //! the model's last position (`max_position_embeddings`).
 //! Each generated token's probability (softmax of the step's logits) is recorded, for the
 //! reference's confidence score.
@@ -15,13 +15,18 @@ pub struct SamplingOptions {
     pub max_new_tokens: usize,
     /// 0 = greedy.
     pub temperature: f64,
+    /// Sampling keeps the `top_k` most likely tokens (0: all); HF generate's default is 50.
+    pub top_k: usize,
     pub top_p: f64,
     pub seed: u64,
 }
 
+/// HF `GenerationConfig`'s `top_k` when none is given.
+pub const DEFAULT_TOP_K: usize = 50;
+
 impl Default for SamplingOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 512, temperature: 0.0, top_p: 1.0, seed: 0 }
+        Self { max_new_tokens: 512, temperature: 0.0, top_k: DEFAULT_TOP_K, top_p: 1.0, seed: 0 }
     }
 }
 
@@ -39,8 +44,11 @@ impl SamplingOptions {
             return Some(("top_p", format!("must be in (0, 1], got {}", self.top_p)));
         }
         // greedy decoding reads neither: accepting them would pass off a greedy answer as sampled
-        let sampling_only =
-            [("top_p", self.top_p != 1.0, self.top_p.to_string()), ("seed", self.seed != 0, self.seed.to_string())];
+        let sampling_only = [
+            ("top_k", self.top_k != DEFAULT_TOP_K, self.top_k.to_string()),
+            ("top_p", self.top_p != 1.0, self.top_p.to_string()),
+            ("seed", self.seed != 0, self.seed.to_string()),
+        ];
         match sampling_only.into_iter().find(|(_, set, _)| self.temperature == 0.0 && *set) {
             Some((name, _, got)) => {
                 Some((name, format!("applies when sampling only: give a temperature > 0 too (0 is greedy), got {got}")))
@@ -90,6 +98,12 @@ fn pick(logits: &[f32], opts: &SamplingOptions, rng: &mut StdRng) -> u32 {
     let z: f32 = probs.iter().map(|p| p.1).sum();
     probs.iter_mut().for_each(|p| p.1 /= z);
     probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if opts.top_k > 0 && opts.top_k < probs.len() {
+        // HF TopKLogitsWarper (before top-p, which then reads the kept tokens' renormalized mass)
+        probs.truncate(opts.top_k);
+        let kept: f32 = probs.iter().map(|p| p.1).sum();
+        probs.iter_mut().for_each(|p| p.1 /= kept);
+    }
     if opts.top_p < 1.0 {
         // HF TopPLogitsWarper: keep the smallest prefix whose mass reaches top_p (at least one).
         let mut acc = 0.0;
@@ -306,6 +320,26 @@ mod device_greedy_tests {
             let want = (((row[tok as usize] - max) as f64).exp() / z) as f32;
             assert!((p - want).abs() <= 1e-6 * want, "seed {seed}: {p} vs {want}");
         }
+    }
+
+    /// Top-k keeps the k most likely tokens (HF's TopKLogitsWarper, before top-p, which reads the
+    /// kept tokens' renormalized mass); greedy refuses a top-k other than the default.
+    #[test]
+    fn top_k_keeps_the_most_likely_tokens() {
+        let row = [0.0f32, 3.0, 2.9, 1.0, 2.8];
+        let opts = |top_k: usize, top_p: f64| SamplingOptions { temperature: 50.0, top_k, top_p, ..Default::default() };
+        let drawn = |o: SamplingOptions| {
+            let mut rng = StdRng::seed_from_u64(3);
+            (0..400).map(|_| pick(&row, &o, &mut rng)).collect::<std::collections::BTreeSet<u32>>()
+        };
+        assert_eq!(drawn(opts(0, 1.0)).len(), 5, "at a high temperature every token is drawn");
+        assert_eq!(drawn(opts(2, 1.0)), [1, 2].into());
+        assert_eq!(drawn(opts(1, 1.0)), [1].into());
+        // among the 3 kept (about a third each) top-p 0.5 keeps two: over all five it would keep three
+        assert_eq!(drawn(opts(3, 0.5)), [1, 2].into());
+        assert_eq!(drawn(opts(0, 0.5)), [1, 2, 4].into());
+        let greedy = SamplingOptions { top_k: 5, ..Default::default() };
+        assert!(greedy.problem().is_some_and(|(n, m)| n == "top_k" && m.contains("applies when sampling only")));
     }
 
     /// A NaN or +inf logit is an error on both pick paths, not token 0 or an empty answer;

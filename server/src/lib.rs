@@ -69,12 +69,13 @@ pub struct TaskBody {
     pub prompt: Option<String>,
     /// chat: region / exemplar images (base64) in the order of the prompt's `<region>` markers.
     pub regions: Option<Vec<String>>,
-    /// Decoding (defaults as the CLI's: greedy, top-p 1, seed 0, 512 new tokens per answer, or
+    /// Decoding (defaults as the CLI's: greedy, top-k 50, top-p 1, seed 0, 512 new tokens per answer, or
     /// less: the server's limit, `GET /v1/model`'s `max_new_tokens_limit`, bounds the whole
     /// request, shared by default among its answers, one per phrase or chunk of categories; a
     /// value given that exceeds it is refused).
     pub max_new_tokens: Option<usize>,
     pub temperature: Option<f64>,
+    pub top_k: Option<usize>,
     pub top_p: Option<f64>,
     pub seed: Option<u64>,
     /// auto (the checkpoint's) or a template name, as the CLI's `--template`.
@@ -413,6 +414,7 @@ fn request_of(b: &TaskBody, dir: &Path, max_new_tokens_limit: usize) -> Result<(
     let sampling = SamplingOptions {
         max_new_tokens: b.max_new_tokens.unwrap_or(d.max_new_tokens.min(max_new_tokens_limit / calls)),
         temperature: b.temperature.unwrap_or(d.temperature),
+        top_k: b.top_k.unwrap_or(d.top_k),
         top_p: b.top_p.unwrap_or(d.top_p),
         seed: b.seed.unwrap_or(d.seed),
     };

@@ -122,7 +122,13 @@ fn every_task_answers_as_the_library_does_on_the_file() {
     let (status, a) = post(&s, &body);
     assert_eq!(status, 200, "{a}");
     let sampled = RunOptions {
-        sampling: griffon_model::generate::SamplingOptions { max_new_tokens: 6, temperature: 5.0, top_p: 1.0, seed: 7 },
+        sampling: griffon_model::generate::SamplingOptions {
+            max_new_tokens: 6,
+            temperature: 5.0,
+            top_p: 1.0,
+            seed: 7,
+            ..Default::default()
+        },
         ..RunOptions::default()
     };
     let greedy = RunOptions {
@@ -198,6 +204,7 @@ fn bad_input_is_refused_naming_the_field() {
             json!({"task": "detect", "image": img, "categories": ["a"], "top_p": 0.5}),
             "top_p: applies when sampling only",
         ),
+        (json!({"task": "detect", "image": img, "categories": ["a"], "top_k": 0}), "top_k: applies when sampling only"),
         (
             json!({"task": "detect", "image": img, "categories": ["a"], "max_new_tokens": 0}),
             "max_new_tokens: must be at least 1",
