@@ -370,9 +370,17 @@ impl GriffonConfig {
         let j = Json::new(v, file);
         let model_type = j.req("model_type", |k| j.opt_str(k))?;
         let lower = model_type.to_ascii_lowercase();
-        let llm = if lower.starts_with("gemma2") {
+        // the same words as the template's choice (Template::for_model_type), so that a
+        // "llava_qwen" checkpoint is not read as a Llama without its q/k/v biases under the
+        // Qwen2 template
+        let llm = if lower.contains("gemma2") {
             LlmConfig::Gemma2(parse_gemma2(&j, file)?)
-        } else if lower.contains("qwen2") {
+        } else if lower.contains("gemma") {
+            return invalid(format!(
+                "{}: model_type `{model_type}`: of the Gemma family only Gemma-2 is supported",
+                file.display()
+            ));
+        } else if lower.contains("qwen") {
             LlmConfig::Llama(parse_qwen2(&j, file)?)
         } else if lower.contains("llama") || lower.contains("llava") {
             LlmConfig::Llama(parse_llama(&j, file)?)

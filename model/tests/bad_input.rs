@@ -432,3 +432,22 @@ fn an_empty_prompt_is_refused() {
     let e = griffon_model::generate::generate(&m.llm, &empty, &[], &opts, |_| {}).unwrap_err().to_string();
     assert!(e.contains("at least one position"), "{e}");
 }
+
+/// The LLM family is read from model_type with the same words as the template: a "llava_qwen"
+/// checkpoint (LLaVA-NeXT's naming) is a Qwen2 with its q/k/v biases, as its ChatML template
+/// says, and a Gemma other than Gemma-2 is refused by name.
+#[test]
+fn model_type_names_the_llm_as_the_template_does() {
+    let (_t, dir) = copy_ckpt("qwen2");
+    edit_config(&dir, |c| drop(c.insert("model_type".into(), serde_json::json!("llava_qwen"))));
+    let m = Griffon::load(&dir, &LoadOptions::default()).unwrap();
+    assert_eq!(m.template, griffon_core::template::Template::Qwen2);
+    match &m.config.llm {
+        griffon_model::config::LlmConfig::Llama(l) => assert!(l.qkv_bias),
+        _ => panic!("a Qwen2 is read as the Llama family with biases"),
+    }
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    edit_config(&dir, |c| drop(c.insert("model_type".into(), serde_json::json!("llava_gemma"))));
+    let e = load_err(&dir);
+    assert!(e.contains("only Gemma-2 is supported"), "{e}");
+}
