@@ -33,6 +33,10 @@ pub enum Truth {
     },
     Rec {
         gt_box: [f64; 4],
+        /// The image's `[width, height]` where the data gives them (Shikra-style lines do): the
+        /// reference scales the answer's normalized box by them (`eval/eval_rec.py`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<[u32; 2]>,
     },
     Phrases {
         phrases: Vec<PhraseTruth>,
@@ -186,34 +190,33 @@ pub fn coco_scoring_info(annotations: &Path) -> Result<CocoScoringInfo, EvalErro
     }
     let mut sizes = std::collections::HashMap::new();
     for (i, im) in v.get("images").and_then(Value::as_array).into_iter().flatten().enumerate() {
-        // (an integral float such as 640.0 is taken as its integer)
-        let dim = |k: &str| {
-            im.get(k).map(|x| {
-                x.as_u64()
-                    .or_else(|| {
-                        x.as_f64()
-                            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX))
-                            .map(|f| f as u64)
-                    })
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|&n| n > 0)
-            })
-        };
-        match (im.get("id").and_then(Value::as_u64), dim("width"), dim("height")) {
-            (Some(id), Some(Some(w)), Some(Some(h))) => {
-                sizes.insert(id, [w, h]);
-            }
-            // a size given but not a positive integer would place every box wrong
-            (_, Some(None), _) | (_, _, Some(None)) => {
-                return Err(fmt_err(
-                    annotations,
-                    format!("images[{i}]: `width` and `height` must be positive integers: {im}"),
-                ))
-            }
-            _ => {}
+        let size = image_size(im).map_err(|m| fmt_err(annotations, format!("images[{i}]: {m}")))?;
+        if let (Some(id), Some(size)) = (im.get("id").and_then(Value::as_u64), size) {
+            sizes.insert(id, size);
         }
     }
     Ok(CocoScoringInfo { category_ids, sizes })
+}
+
+/// An annotation's `width` and `height`, when it gives both; one given but not a positive
+/// integer (which would place every box wrong) is an error. An integral float such as 640.0 is
+/// taken as its integer.
+fn image_size(v: &Value) -> Result<Option<[u32; 2]>, String> {
+    let dim = |k: &str| {
+        v.get(k).map(|x| {
+            x.as_u64()
+                .or_else(|| {
+                    x.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX)).map(|f| f as u64)
+                })
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|&n| n > 0)
+        })
+    };
+    match (dim("width"), dim("height")) {
+        (Some(Some(w)), Some(Some(h))) => Ok(Some([w, h])),
+        (Some(None), _) | (_, Some(None)) => Err(format!("`width` and `height` must be positive integers: {v}")),
+        _ => Ok(None),
+    }
 }
 
 /// Shikra-style REC jsonl: `img_path` (or `image` / `image_path` / `file_name`), `expression`
@@ -227,6 +230,7 @@ pub fn refcoco(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
             let expr = str_field(&v, &["expression", "sentence", "expr"])
                 .ok_or_else(|| fmt_err(data, format!("line {line}: no `expression`")))?;
             let gt = box_field(&v, "bbox").ok_or_else(|| not_a_box(data, line, "`bbox`"))?;
+            let size = image_size(&v).map_err(|m| fmt_err(data, format!("line {line}: {m}")))?;
             let id = v
                 .get("id")
                 .map(|x| x.to_string().trim_matches('"').to_string())
@@ -234,7 +238,7 @@ pub fn refcoco(data: &Path, images: &Path) -> Result<Vec<Item>, EvalError> {
             Ok(Item {
                 id,
                 request: Request { image: images.join(img), task: Task::Ground { expression: expr.to_string() } },
-                truth: Truth::Rec { gt_box: gt },
+                truth: Truth::Rec { gt_box: gt, size },
             })
         })
         .collect()

@@ -26,6 +26,20 @@ pub struct RecordBox {
     pub phrase: Option<usize>,
 }
 
+impl RecordBox {
+    /// The box in pixels of an image of `size` (`[width, height]`, the data's), as the reference
+    /// scales the answer's normalized box; the decoded image's pixels without one.
+    pub fn in_frame(&self, size: Option<[u32; 2]>) -> [f64; 4] {
+        match size {
+            Some([w, h]) => {
+                let [x1, y1, x2, y2] = self.box_norm;
+                griffon_core::NormBox::new(x1, y1, x2, y2).to_pixels(w, h).as_array()
+            }
+            None => self.box_px,
+        }
+    }
+}
+
 impl From<griffon_model::tasks::Detection> for RecordBox {
     fn from(d: griffon_model::tasks::Detection) -> Self {
         RecordBox { label: d.label, box_px: d.box_px, box_norm: d.box_norm, score: d.score, phrase: d.phrase }
@@ -105,6 +119,11 @@ impl Record {
         }
         all.extend(rest.map(|r| &r.repeat));
         (all, 0)
+    }
+
+    /// Whether the data gives an image size (`size`) other than the one the image decoded to.
+    fn of_another_size(&self, size: Option<[u32; 2]>) -> bool {
+        size.zip(self.image_size).is_some_and(|(a, b)| a != b)
     }
 
     /// Whether a rerun with `max_new_tokens` keeps this record (it ran, and was not cut at a
@@ -286,9 +305,7 @@ fn check_stored(file: &Path, stored: &[Record], items: &[Item], opts: &RunnerOpt
         let problem = match by_id.get(r.id.as_str()) {
             None => "this dataset has no such id",
             Some(it) if !same_file(&it.request.image, &r.image) => "its image differs from this dataset's",
-            Some(it) if as_stored(&it.truth).as_ref() != Some(&r.truth) => {
-                "its ground truth differs from this dataset's"
-            }
+            Some(it) if !same_truth(as_stored(&it.truth), &r.truth) => "its ground truth differs from this dataset's",
             Some(it) if r.exemplar.as_ref().is_some_and(|e| !same_exemplar(e, exemplar_of(it).as_ref())) => {
                 "its counting exemplar differs from this dataset's"
             }
@@ -368,6 +385,17 @@ fn comparable_decoding(decoding: &str, truth: &Truth, own: Option<&str>) -> Stri
     let parts = decoding.split(", ").filter(|p| detection || !p.starts_with("chunk "));
     let parts = parts.filter(|p| !(description && matches!(*p, "constrained" | "unconstrained")));
     parts.map(|p| template_as_auto(p, own)).collect::<Vec<_>>().join(", ")
+}
+
+/// Whether a stored record's truth is the item's (`item`, as it reads back from a record): a
+/// REC record written before the image size was stored matches the item's truth without it.
+fn same_truth(item: Option<Truth>, stored: &Truth) -> bool {
+    match (item, stored) {
+        (Some(Truth::Rec { gt_box, size: Some(_) }), Truth::Rec { size: None, .. }) => {
+            Truth::Rec { gt_box, size: None } == *stored
+        }
+        (item, stored) => item.as_ref() == Some(stored),
+    }
 }
 
 /// One part of a decoding: the model's own template (`own`), named explicitly in records written
@@ -718,19 +746,13 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
                 // boxes in the annotation's frame, as the reference scales them (its width and
                 // height); an image whose decoded size differs is reported
                 let size = info.sizes.get(&image_id).copied();
-                resized += usize::from(size.zip(r.image_size).is_some_and(|(a, b)| a != b));
+                resized += usize::from(r.of_another_size(size));
                 // every box the answer wrote, as the reference's parser keeps them: a repeat is a
                 // false positive for pycocotools
                 let (boxes, missing) = r.answer_boxes();
                 unscored += missing;
                 for d in boxes {
-                    let b = match size {
-                        Some([w, h]) => {
-                            let [x1, y1, x2, y2] = d.box_norm;
-                            griffon_core::NormBox::new(x1, y1, x2, y2).to_pixels(w, h).as_array()
-                        }
-                        None => d.box_px,
-                    };
+                    let b = d.in_frame(size);
                     match d.label.as_ref().and_then(|l| info.category_ids.get(l)) {
                         Some(&category_id) => dets.push(crate::coco::CocoDetection {
                             image_id,
@@ -769,11 +791,15 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
             m
         }
         Truth::Rec { .. } => {
+            // boxes in the frame of the data's image size where it gives one, as the reference
+            // scales them; images whose decoded size differs are reported
+            let mut resized = 0usize;
             let boxes: Vec<(Option<Vec<[f64; 4]>>, [f64; 4])> = records
                 .iter()
                 .filter_map(|r| match r.truth {
-                    Truth::Rec { gt_box } => {
-                        let pred: Vec<[f64; 4]> = r.detections.iter().map(|d| d.box_px).collect();
+                    Truth::Rec { gt_box, size } => {
+                        resized += usize::from(r.of_another_size(size));
+                        let pred: Vec<[f64; 4]> = r.detections.iter().map(|d| d.in_frame(size)).collect();
                         Some(((!pred.is_empty()).then_some(pred), gt_box))
                     }
                     _ => None,
@@ -781,7 +807,11 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
                 .collect();
             let samples: Vec<(Option<&[[f64; 4]]>, [f64; 4])> = boxes.iter().map(|(p, g)| (p.as_deref(), *g)).collect();
             let acc = crate::grounding::rec_accuracy(&samples)?;
-            serde_json::json!({"task": "rec", "acc@0.5": acc.value, "hits": acc.hits, "total": acc.total})
+            let mut m = serde_json::json!({"task": "rec", "acc@0.5": acc.value, "hits": acc.hits, "total": acc.total});
+            if resized > 0 {
+                m["images_of_another_size"] = resized.into();
+            }
+            m
         }
         Truth::Phrases { .. } => {
             let mut tops = Vec::new();
@@ -892,6 +922,18 @@ pub fn check_single_task(records: &[Record]) -> Result<(), EvalError> {
 #[cfg(test)]
 mod shard_tests {
     use super::*;
+
+    /// A REC record written before the image size was stored resumes against an item that has
+    /// one; another box, or a stored size that differs, does not.
+    #[test]
+    fn rec_records_without_a_size_resume() {
+        let rec = |x: f64, size: Option<[u32; 2]>| Truth::Rec { gt_box: [x, 0.0, 5.0, 5.0], size };
+        assert!(same_truth(Some(rec(1.0, Some([9, 9]))), &rec(1.0, None)));
+        assert!(same_truth(Some(rec(1.0, Some([9, 9]))), &rec(1.0, Some([9, 9]))));
+        assert!(!same_truth(Some(rec(1.0, Some([9, 9]))), &rec(2.0, None)));
+        assert!(!same_truth(Some(rec(1.0, Some([9, 9]))), &rec(1.0, Some([8, 9]))));
+        assert!(!same_truth(Some(rec(1.0, None)), &rec(1.0, Some([9, 9]))));
+    }
 
     fn line(id: &str) -> String {
         line_of(id, None)

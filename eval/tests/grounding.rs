@@ -267,3 +267,29 @@ fn counting_counts_stored_repeats() {
     let m = score(&[rec], None, tmp.path()).unwrap();
     assert_eq!(m["mae"], 0.0, "{m}");
 }
+
+/// REC scales the answer's normalized box by the data's image size where a line gives one (as
+/// `eval_rec.py` does with its `width` / `height`), reporting an image that decoded to another
+/// size; without one, the decoded image's pixels.
+#[test]
+fn rec_scores_in_the_data_frame() {
+    use griffon_eval::datasets::Truth;
+    use griffon_eval::runners::{score, RecordBox};
+    let b = RecordBox {
+        label: None,
+        box_px: [20.0, 20.0, 100.0, 100.0], // on a 200 x 200 decode
+        box_norm: [0.1, 0.1, 0.5, 0.5],
+        score: 1.0,
+        phrase: None,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let gt_box = [10.0, 10.0, 50.0, 50.0];
+    let mut rec = scored_record("", vec![b], vec![], Truth::Rec { gt_box, size: Some([100, 100]) });
+    rec.image_size = Some([200, 200]);
+    let m = score(&[rec.clone()], None, tmp.path()).unwrap();
+    assert_eq!((m["acc@0.5"].as_f64(), m["images_of_another_size"].as_u64()), (Some(1.0), Some(1)), "{m}");
+    rec.truth = Truth::Rec { gt_box, size: None };
+    let m = score(&[rec], None, tmp.path()).unwrap();
+    assert_eq!(m["acc@0.5"], 0.0, "{m}");
+    assert!(m.get("images_of_another_size").is_none(), "{m}");
+}
