@@ -8,7 +8,7 @@ use griffon_core::{Exemplar, PixelBox, Request, Task, Template};
 use griffon_model::generate::SamplingOptions;
 use griffon_model::griffon::{Griffon, LoadOptions};
 use griffon_model::resample::Interp;
-use griffon_model::tasks::{Detection, ImageInfo, RunOptions, TaskOutput};
+use griffon_model::tasks::{Detection, ImageInfo, Repeat, RunOptions, TaskOutput};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -655,6 +655,17 @@ fn detection_json(d: &Detection, format: BoxFormat) -> serde_json::Value {
 fn output_json(out: &TaskOutput, format: BoxFormat) -> serde_json::Value {
     let mut v = serde_json::to_value(out).expect("serializable");
     v["detections"] = out.detections.iter().map(|d| detection_json(d, format)).collect();
+    if !out.repeats.is_empty() {
+        v["repeats"] = out
+            .repeats
+            .iter()
+            .map(|r| {
+                let mut j = detection_json(&r.detection, format);
+                j["after"] = r.after.into();
+                j
+            })
+            .collect();
+    }
     v
 }
 
@@ -826,22 +837,20 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
     std::io::stdin().read_to_string(&mut text).context("reading model text from stdin")?;
     let text = text.trim().to_string();
     let p = parse_answer(&text);
+    let detection = |i: &griffon_core::Instance| Detection {
+        label: i.label.clone(),
+        box_px: i.norm.to_pixels(a.width, a.height).as_array(),
+        box_norm: i.norm.as_array(),
+        score: f64::NAN, // replaced by null below
+        phrase: None,
+    };
+    let after = griffon_model::tasks::repeat_places(&p, 0, p.instances.len());
     let out = TaskOutput {
         image: ImageInfo { width: a.width, height: a.height },
-        detections: p
-            .instances
-            .iter()
-            .map(|i| Detection {
-                label: i.label.clone(),
-                box_px: i.norm.to_pixels(a.width, a.height).as_array(),
-                box_norm: i.norm.as_array(),
-                score: f64::NAN, // replaced by null below
-                phrase: None,
-            })
-            .collect(),
+        detections: p.instances.iter().map(detection).collect(),
         text,
-        dropped: p.dropped, // (lists the repeats too)
-        repeats: vec![],
+        repeats: p.repeats.iter().zip(after).map(|(r, after)| Repeat { detection: detection(r), after }).collect(),
+        dropped: p.dropped,
         count: None,
         text_score: None,
         prompts: vec![],
@@ -850,8 +859,10 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
     };
     let mut v = output_json(&out, a.format);
     // a log carries no decoding probabilities: the boxes have no model confidence
-    for d in v["detections"].as_array_mut().into_iter().flatten() {
-        d["score"] = serde_json::Value::Null;
+    for k in ["detections", "repeats"] {
+        for d in v.get_mut(k).and_then(|l| l.as_array_mut()).into_iter().flatten() {
+            d["score"] = serde_json::Value::Null;
+        }
     }
     writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&v)?)?;
     Ok(())
@@ -1069,6 +1080,13 @@ fn score_records(
             "warning: {} repeated boxes of records written before repeats were stored are not scored (the \
              reference scores them as false positives): run into a new --out to score them",
             n("repeats_unscored")
+        );
+    }
+    if n("records_without_size") > 0 {
+        eprintln!(
+            "warning: {} records, written before the data's image size was stored, are scored in the decoded \
+             image's pixels, the others in the data's frame: run into a new --out to score all alike",
+            n("records_without_size")
         );
     }
     if n("images_of_another_size") > 0 {

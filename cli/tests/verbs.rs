@@ -174,7 +174,7 @@ fn parse_reads_stdin() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"cat-[0.100,0.200,0.300,0.400]&junk\n").unwrap();
+    child.stdin.take().unwrap().write_all(b"cat-[0.100,0.200,0.300,0.400]&junk&cat-[0.1,0.2,0.3,0.4]\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -182,6 +182,10 @@ fn parse_reads_stdin() {
     assert_eq!(v["detections"][0]["box"], serde_json::json!([10.0, 10.0, 30.0, 20.0]));
     assert_eq!(v["dropped"][0]["text"], "junk");
     assert!(v["detections"][0]["score"].is_null(), "no confidence without decoding probabilities");
+    // the repeated box, as `detect --json` lists it: after the one kept box, without a score
+    assert_eq!(v["repeats"][0]["box"], serde_json::json!([10.0, 10.0, 30.0, 20.0]), "{v}");
+    assert_eq!(v["repeats"][0]["after"], 1, "{v}");
+    assert!(v["repeats"][0]["score"].is_null(), "{v}");
 }
 
 #[test]

@@ -811,6 +811,12 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
             if resized > 0 {
                 m["images_of_another_size"] = resized.into();
             }
+            // a folder resumed across session 31: records without the data's size are scored in
+            // the decoded image's pixels, the others in the data's frame
+            let sizes = records.iter().filter(|r| matches!(r.truth, Truth::Rec { size: Some(_), .. })).count();
+            if sizes > 0 && sizes < records.len() {
+                m["records_without_size"] = (records.len() - sizes).into();
+            }
             m
         }
         Truth::Phrases { .. } => {

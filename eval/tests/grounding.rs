@@ -288,8 +288,12 @@ fn rec_scores_in_the_data_frame() {
     rec.image_size = Some([200, 200]);
     let m = score(&[rec.clone()], None, tmp.path()).unwrap();
     assert_eq!((m["acc@0.5"].as_f64(), m["images_of_another_size"].as_u64()), (Some(1.0), Some(1)), "{m}");
-    rec.truth = Truth::Rec { gt_box, size: None };
-    let m = score(&[rec], None, tmp.path()).unwrap();
+    let mut old = rec.clone();
+    old.truth = Truth::Rec { gt_box, size: None };
+    let m = score(&[old.clone()], None, tmp.path()).unwrap();
     assert_eq!(m["acc@0.5"], 0.0, "{m}");
-    assert!(m.get("images_of_another_size").is_none(), "{m}");
+    assert!(m.get("images_of_another_size").is_none() && m.get("records_without_size").is_none(), "{m}");
+    // a folder resumed from records without the size: both frames, reported
+    let m = score(&[rec, old], None, tmp.path()).unwrap();
+    assert_eq!(m["records_without_size"], 1, "{m}");
 }

@@ -99,8 +99,11 @@ fn pick(logits: &[f32], opts: &SamplingOptions, rng: &mut StdRng) -> u32 {
     probs.iter_mut().for_each(|p| p.1 /= z);
     probs.sort_by(|a, b| b.1.total_cmp(&a.1));
     if opts.top_k > 0 && opts.top_k < probs.len() {
-        // HF TopKLogitsWarper (before top-p, which then reads the kept tokens' renormalized mass)
-        probs.truncate(opts.top_k);
+        // HF TopKLogitsWarper (before top-p, which then reads the kept tokens' renormalized
+        // mass): it removes the tokens below the k-th, so those tied with it stay
+        let kth = probs[opts.top_k - 1].1;
+        let keep = opts.top_k + probs[opts.top_k..].iter().take_while(|p| p.1 >= kth).count();
+        probs.truncate(keep);
         let kept: f32 = probs.iter().map(|p| p.1).sum();
         probs.iter_mut().for_each(|p| p.1 /= kept);
     }
@@ -338,6 +341,11 @@ mod device_greedy_tests {
         // among the 3 kept (about a third each) top-p 0.5 keeps two: over all five it would keep three
         assert_eq!(drawn(opts(3, 0.5)), [1, 2].into());
         assert_eq!(drawn(opts(0, 0.5)), [1, 2, 4].into());
+        // a token tied with the k-th stays, as HF's warper removes only those below it
+        let tied = [1.0f32, 1.0, 0.0];
+        let mut rng = StdRng::seed_from_u64(5);
+        let got: std::collections::BTreeSet<u32> = (0..200).map(|_| pick(&tied, &opts(1, 1.0), &mut rng)).collect();
+        assert_eq!(got, [0, 1].into());
         let greedy = SamplingOptions { top_k: 5, ..Default::default() };
         assert!(greedy.problem().is_some_and(|(n, m)| n == "top_k" && m.contains("applies when sampling only")));
     }

@@ -92,6 +92,20 @@ pub struct TaskOutput {
     pub token_limited: bool,
 }
 
+/// Each of a turn's repeats' [`Repeat::after`]: the output's detections before the turn
+/// (`before`) and the turn's kept boxes written before it, at most the `kept` the turn keeps
+/// (grounding keeps the first box).
+pub fn repeat_places(parsed: &griffon_core::ParsedAnswer, before: usize, kept: usize) -> Vec<usize> {
+    parsed
+        .repeats
+        .iter()
+        .map(|r| {
+            let earlier = parsed.instances.iter().filter(|k| k.box_span.start < r.box_span.start).count();
+            before + earlier.min(kept)
+        })
+        .collect()
+}
+
 /// Whether a constrained decode may take a token: `before` is the answer's text so far, `after`
 /// the text with the token (both without leading white space), `is_stop` whether the token ends
 /// the answer. A stop token may only end a complete answer; another token must change the text
@@ -322,16 +336,6 @@ impl Griffon {
                     .collect()
             };
             let mut dets = detections(&parsed.instances);
-            let kept_before = |r: &griffon_core::Instance| {
-                out.detections.len() + parsed.instances.iter().filter(|k| k.box_span.start < r.box_span.start).count()
-            };
-            let repeats: Vec<Repeat> = parsed
-                .repeats
-                .iter()
-                .zip(detections(&parsed.repeats))
-                .map(|(r, detection)| Repeat { detection, after: kept_before(r) })
-                .collect();
-            out.repeats.extend(repeats);
             if matches!(req.task, Task::Ground { .. } | Task::Phrases { .. }) {
                 // REC keeps the first box (the reference's Acc@0.5 protocol); the rest is reported.
                 for extra in dets.iter().skip(1) {
@@ -343,6 +347,9 @@ impl Griffon {
                 }
                 dets.truncate(1);
             }
+            let after = repeat_places(&parsed, out.detections.len(), dets.len());
+            let repeats = detections(&parsed.repeats).into_iter().zip(after);
+            out.repeats.extend(repeats.map(|(detection, after)| Repeat { detection, after }));
             out.detections.extend(dets);
             out.dropped.extend(parsed.dropped);
             texts.push(text);
@@ -432,6 +439,24 @@ impl ImageTokenCache {
         while e.iter().map(|(_, t)| bytes(t)).sum::<usize>() > self.budget {
             e.remove(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod repeat_tests {
+    use super::*;
+
+    /// A repeat's place counts the boxes kept before it in the answer, after the detections of
+    /// earlier turns, and never more than the turn keeps (grounding keeps one).
+    #[test]
+    fn repeats_are_placed_among_the_kept_boxes() {
+        let p = griffon_core::parse_answer(
+            "a-[0.1,0.1,0.2,0.2]&a-[0.1,0.1,0.2,0.2]&b-[0.5,0.5,0.6,0.6]&b-[0.5,0.5,0.6,0.6]",
+        );
+        assert_eq!((p.instances.len(), p.repeats.len()), (2, 2));
+        assert_eq!(repeat_places(&p, 0, 2), [1, 2]);
+        assert_eq!(repeat_places(&p, 3, 2), [4, 5]);
+        assert_eq!(repeat_places(&p, 3, 1), [4, 4]);
     }
 }
 

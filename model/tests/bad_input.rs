@@ -451,3 +451,19 @@ fn model_type_names_the_llm_as_the_template_does() {
     let e = load_err(&dir);
     assert!(e.contains("only Gemma-2 is supported"), "{e}");
 }
+
+/// generation_config.json's eos ids stop every task's answer (HF's generate merges them), read
+/// once at load; a malformed file is an error naming it.
+#[test]
+fn generation_config_eos_ids_stop_answers() {
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    let before = Griffon::load(&dir, &LoadOptions::default()).unwrap();
+    let own = before.stop_ids(before.template);
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": [7, 9]}"#).unwrap();
+    let m = Griffon::load(&dir, &LoadOptions::default()).unwrap();
+    let stop = m.stop_ids(m.template);
+    assert!(stop.contains(&7) && stop.contains(&9) && own.iter().all(|t| stop.contains(t)), "{stop:?}");
+    std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": "x"}"#).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("generation_config.json"), "{e}");
+}

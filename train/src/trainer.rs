@@ -1306,11 +1306,6 @@ impl Trainer {
         self.elapsed_before + self.segment_start.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
     }
 
-    fn lrs_at(&self, step: usize) -> Vec<f64> {
-        let f = self.schedule_at(step);
-        self.group_lrs.iter().map(|lr| lr * f).collect()
-    }
-
     /// The schedule's factor on the base rates at `step`.
     fn schedule_at(&self, step: usize) -> f64 {
         match self.cfg.train.schedule {
@@ -1509,7 +1504,9 @@ impl Trainer {
             } else {
                 let t_opt = Instant::now();
                 let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.max_grad_norm).map_err(|e| e.to_string())?;
-                let lrs = self.lrs_at(step);
+                // (once: the time schedule reads the clock)
+                let factor = self.schedule_at(step);
+                let lrs: Vec<f64> = self.group_lrs.iter().map(|lr| lr * factor).collect();
                 self.opt.step(&grads, &lrs).map_err(|e| e.to_string())?;
                 if let Some(ema) = &mut self.ema {
                     ema.update(&self.opt.params, self.opt.step).map_err(|e| e.to_string())?;
@@ -1538,7 +1535,7 @@ impl Trainer {
                     loss,
                     // the main rate (`train.lr`): the groups' order follows the modules', so
                     // the first group may be the tower's or the region path's own rate
-                    lr: self.cfg.train.lr * self.schedule_at(step),
+                    lr: self.cfg.train.lr * factor,
                     grad_norm,
                     tokens,
                     tokens_per_s: tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
