@@ -1500,7 +1500,6 @@ impl Trainer {
                 // an epoch's short last step whose samples all failed (listed in `skipped`):
                 // the step passes without an update or a metrics row (and may still save)
                 self.opt.step += 1;
-                done += 1;
             } else {
                 let t_opt = Instant::now();
                 let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.max_grad_norm).map_err(|e| e.to_string())?;
@@ -1520,7 +1519,6 @@ impl Trainer {
                     );
                 }
                 let optim_s = t_opt.elapsed().as_secs_f64();
-                done += 1;
                 losses.push(loss);
                 let entry = StepLog {
                     step: self.opt.step,
@@ -1556,8 +1554,9 @@ impl Trainer {
                 };
                 writeln!(log, "{}", serde_json::to_string(&entry).expect("serializable")).map_err(|e| e.to_string())?;
                 bar.set_position(self.opt.step as u64);
-                bar.set_message(format!("loss {loss:.4} lr {:.2e} tok/s {:.0}", lrs[0], entry.tokens_per_s));
+                bar.set_message(format!("loss {loss:.4} lr {:.2e} tok/s {:.0}", entry.lr, entry.tokens_per_s));
             }
+            done += 1;
             let every = self.cfg.train.save_every;
             let out_of_time = self.cfg.train.max_time_s > 0.0 && self.elapsed_s() >= self.cfg.train.max_time_s;
             if self.opt.step == self.total_steps || (every > 0 && self.opt.step.is_multiple_of(every)) || out_of_time {
