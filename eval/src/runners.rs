@@ -96,8 +96,9 @@ pub struct Record {
     /// reports them as `repeats_unscored`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeats: Option<Vec<RecordRepeat>>,
-    /// The decoded image's width and height: COCO detection, which scales boxes by the
-    /// annotation's size as the reference does, reports images whose size differs from it.
+    /// The decoded image's width and height: COCO detection and REC, which scale boxes by the
+    /// data's image size where it gives one, as the reference does, report images whose size
+    /// differs from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_size: Option<[u32; 2]>,
 }
