@@ -90,6 +90,11 @@ impl PixelBox {
 
     /// Checks the box is finite, has positive area and lies inside a `width` x `height` image.
     pub fn validate(self, width: u32, height: u32) -> Result<(), String> {
+        self.validate_within(width, height, 0.0)
+    }
+
+    /// [`PixelBox::validate`], allowing coordinates up to `slop` pixels past the image's edges.
+    pub fn validate_within(self, width: u32, height: u32, slop: f64) -> Result<(), String> {
         let a = self.as_array();
         if a.iter().any(|v| !v.is_finite()) {
             return Err(format!("box {a:?} has a non-finite coordinate"));
@@ -97,7 +102,7 @@ impl PixelBox {
         if self.x2 <= self.x1 || self.y2 <= self.y1 {
             return Err(format!("box {a:?} has zero or negative area (need x1 < x2 and y1 < y2)"));
         }
-        if self.x1 < 0.0 || self.y1 < 0.0 || self.x2 > width as f64 || self.y2 > height as f64 {
+        if self.x1 < -slop || self.y1 < -slop || self.x2 > width as f64 + slop || self.y2 > height as f64 + slop {
             return Err(format!("box {a:?} lies outside the {width}x{height} image"));
         }
         Ok(())

@@ -65,6 +65,9 @@ pub struct Turn {
     pub categories: Vec<String>,
 }
 
+/// How far past the image's edges a region to describe may reach, in pixels.
+pub const REGION_SLOP_PX: f64 = 1.0;
+
 /// The items trimmed, empty ones left out; an empty list is an error.
 fn trimmed_list(items: &[String], what: &str) -> Result<Vec<String>, String> {
     let v: Vec<String> = items.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
@@ -196,7 +199,9 @@ impl Request {
                 clean_phrases(phrases)?.into_iter().map(|p| turn(rec_prompt(&p), vec![], Some(p), false)).collect()
             }
             Task::Describe { region } => {
-                region.validate(width, height).map_err(|m| format!("region box: {m}"))?;
+                // a dataset's float box may end a fraction of a pixel past the edge (its prompt
+                // is clamped to [0, 1], as the reference's formatting does)
+                region.validate_within(width, height, REGION_SLOP_PX).map_err(|m| format!("region box: {m}"))?;
                 vec![turn(reg_prompt(region.to_norm(width, height)), vec![], None, false)]
             }
             Task::Count { exemplar } => {
@@ -297,6 +302,11 @@ mod tests {
             .contains("placeholder"));
         let outside = req(Task::Describe { region: PixelBox::new(0.0, 0.0, 20.0, 5.0) }).turns(10, 10, 80);
         assert!(outside.unwrap_err().contains("outside"));
+        // up to a pixel past the edge is taken (a float annotation's slop), clamped in the prompt
+        let edge = req(Task::Describe { region: PixelBox::new(-0.5, 0.0, 10.8, 5.0) }).turns(10, 10, 80).unwrap();
+        assert!(edge[0].user_text.contains("[0.000,0.000,1.000,0.500]"), "{}", edge[0].user_text);
+        let past = req(Task::Describe { region: PixelBox::new(0.0, 0.0, 11.5, 5.0) }).turns(10, 10, 80);
+        assert!(past.unwrap_err().contains("outside"));
         let zero =
             req(Task::Count { exemplar: Exemplar::BoxOnImage(PixelBox::new(2.0, 2.0, 2.0, 5.0)) }).turns(10, 10, 80);
         assert!(zero.unwrap_err().contains("zero"));
