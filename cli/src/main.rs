@@ -1074,27 +1074,28 @@ fn score_records(
     use griffon_eval::runners;
     runners::check_single_task(records)?;
     let metrics = runners::score(records, annotations, out)?;
-    let n = |k: &str| metrics.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-    if n("repeats_unscored") > 0 {
-        eprintln!(
-            "warning: {} repeated boxes of records written before repeats were stored are not scored (the \
-             reference scores them as false positives): run into a new --out to score them",
-            n("repeats_unscored")
-        );
-    }
-    if n("records_without_size") > 0 {
-        eprintln!(
-            "warning: {} records, written before the data's image size was stored, are scored in the decoded \
-             image's pixels, the others in the data's frame: run into a new --out to score all alike",
-            n("records_without_size")
-        );
-    }
-    if n("images_of_another_size") > 0 {
-        eprintln!(
-            "warning: {} images decode to another size than their annotation gives: boxes are scaled by the \
-             annotation's size, as the reference does (right for a resized copy, wrong for a rotated or other image)",
-            n("images_of_another_size")
-        );
+    // counts the metrics report only when there are any, each with what it means
+    let warnings = [
+        (
+            "repeats_unscored",
+            "repeated boxes of records written before repeats were stored are not scored (the reference \
+             scores them as false positives): run into a new --out to score them",
+        ),
+        (
+            "records_without_size",
+            "records, written before the data's image size was stored, are scored in the decoded image's \
+             pixels, the others in the data's frame: run into a new --out to score all alike",
+        ),
+        (
+            "images_of_another_size",
+            "images decode to another size than their annotation gives: boxes are scaled by the annotation's \
+             size, as the reference does (right for a resized copy, wrong for a rotated or other image)",
+        ),
+    ];
+    for (key, what) in warnings {
+        if let Some(n) = metrics.get(key).and_then(|v| v.as_u64()).filter(|&n| n > 0) {
+            eprintln!("warning: {n} {what}");
+        }
     }
     let f = out.join("metrics.json");
     std::fs::write(&f, serde_json::to_string_pretty(&metrics)?).with_context(|| format!("writing {}", f.display()))?;
