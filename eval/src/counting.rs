@@ -9,8 +9,9 @@
 //!
 //! Ground-truth count 0: the NAE reference divides by the ground-truth count with Python
 //! integers and so raises `ZeroDivisionError` (FSC-147 and FSCD-LVIS have at least one object
-//! in every image, so the case never arises there). We follow it and return an error naming the
-//! sample rather than skipping the image or producing `inf`.
+//! in every image, so the case never arises there). MAE and RMSE are defined there (FSC-147's
+//! script takes such an image), so they are still given and NAE is left undefined (`None`,
+//! `null` in the metrics) rather than skipping the image or producing `inf`.
 
 use crate::grounding::{check_box, iou_xyxy, BoxXyxy};
 use crate::numeric::py_pow;
@@ -23,21 +24,23 @@ pub struct CountingErrors {
     pub mae: f64,
     /// Root mean squared error.
     pub rmse: f64,
-    /// Normalised absolute error: mean of `|pred - gt| / gt`.
-    pub nae: f64,
+    /// Normalised absolute error: mean of `|pred - gt| / gt`; `None` when an image has no
+    /// object (a ground-truth count of 0), where it is undefined.
+    pub nae: Option<f64>,
     /// Number of images.
     pub n: usize,
 }
 
 /// MAE, RMSE and NAE of `(predicted, ground_truth)` counts.
 ///
-/// Errors: an empty list, a non-finite predicted count, a negative or non-finite ground-truth
-/// count, or a ground-truth count of 0 (see the module docs); the message names the sample.
+/// Errors: an empty list, a non-finite predicted count, or a negative or non-finite ground-truth
+/// count; the message names the sample. A ground-truth count of 0 leaves NAE undefined (see the
+/// module docs).
 pub fn counting_errors(samples: &[(f64, f64)]) -> Result<CountingErrors, EvalError> {
     if samples.is_empty() {
         return Err(EvalError::Invalid("counting errors of an empty sample list are undefined".into()));
     }
-    let (mut sae, mut sse, mut sre) = (0.0, 0.0, 0.0);
+    let (mut sae, mut sse, mut sre) = (0.0, 0.0, Some(0.0));
     for (i, &(pred, gt)) in samples.iter().enumerate() {
         if !pred.is_finite() {
             return Err(EvalError::Invalid(format!("counting sample {i}: predicted count {pred} is not finite")));
@@ -47,18 +50,13 @@ pub fn counting_errors(samples: &[(f64, f64)]) -> Result<CountingErrors, EvalErr
                 "counting sample {i}: ground-truth count {gt} is not a finite non-negative number"
             )));
         }
-        if gt == 0.0 {
-            return Err(EvalError::Invalid(format!(
-                "counting sample {i}: ground-truth count is 0, NAE (|pred - gt| / gt) is undefined"
-            )));
-        }
         let err = (gt - pred).abs();
         sae += err;
         sse += py_pow(err, 2.0);
-        sre += err / gt;
+        sre = sre.filter(|_| gt != 0.0).map(|s| s + err / gt);
     }
     let n = samples.len() as f64;
-    Ok(CountingErrors { mae: sae / n, rmse: py_pow(sse / n, 0.5), nae: sre / n, n: samples.len() })
+    Ok(CountingErrors { mae: sae / n, rmse: py_pow(sse / n, 0.5), nae: sre.map(|s| s / n), n: samples.len() })
 }
 
 /// How well the boxes a counting answer gives match the boxes of the exemplar's class: each
@@ -132,14 +130,17 @@ mod tests {
         let e = counting_errors(&[(3.0, 4.0), (10.0, 8.0)]).unwrap();
         assert_eq!(e.mae, 1.5);
         assert_eq!(e.rmse, (5.0f64 / 2.0).sqrt());
-        assert_eq!(e.nae, (0.25 + 0.25) / 2.0);
+        assert_eq!(e.nae, Some((0.25 + 0.25) / 2.0));
     }
 
     #[test]
     fn bad_inputs_name_the_sample() {
         assert!(counting_errors(&[]).is_err());
-        let e = counting_errors(&[(1.0, 2.0), (1.0, 0.0)]).unwrap_err().to_string();
-        assert!(e.contains("sample 1") && e.contains("is 0"), "{e}");
+        // an image without objects: MAE and RMSE as FSC-147's script gives them, NAE undefined
+        let e = counting_errors(&[(1.0, 2.0), (1.0, 0.0)]).unwrap();
+        assert_eq!((e.mae, e.nae), (1.0, None));
+        let e = counting_errors(&[(1.0, -2.0)]).unwrap_err().to_string();
+        assert!(e.contains("sample 0") && e.contains("non-negative"), "{e}");
         let e = counting_errors(&[(f64::NAN, 2.0)]).unwrap_err().to_string();
         assert!(e.contains("sample 0"), "{e}");
     }

@@ -22,6 +22,26 @@ pub fn iou_xyxy(a: &BoxXyxy, b: &BoxXyxy) -> f64 {
     inter / (area_a + area_b - inter)
 }
 
+/// [`iou_xyxy`] in float32, as Griffon's eval_rec.py computes it (torch float32 tensors, the
+/// same operations in the same order): the coordinates are rounded to f32 first.
+pub fn iou_xyxy_f32(a: &BoxXyxy, b: &BoxXyxy) -> f32 {
+    let (a, b) = (a.map(|v| v as f32), b.map(|v| v as f32));
+    let area_a = (a[2] - a[0]) * (a[3] - a[1]);
+    let area_b = (b[2] - b[0]) * (b[3] - b[1]);
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    inter / (area_a + area_b - inter)
+}
+
+/// A normalized box in pixels as eval_rec.py scales it: `torch.tensor(box, dtype=float32)`
+/// times the width / height, in float32 (the result is exact in f64).
+pub fn rec_pixels_f32(norm: [f64; 4], width: u32, height: u32) -> BoxXyxy {
+    let (w, h) = (width as f32, height as f32);
+    let [x1, y1, x2, y2] = norm.map(|v| v as f32);
+    [x1 * w, y1 * h, x2 * w, y2 * h].map(f64::from)
+}
+
 /// Hit count, sample count and their ratio.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Accuracy {
@@ -48,9 +68,11 @@ pub(crate) fn check_box(b: &BoxXyxy, what: impl Fn() -> String) -> Result<(), Ev
 /// is therefore a miss, as eval_rec.py's explicit skip of such boxes (after counting them) makes
 /// it.
 ///
-/// `samples` pairs each sample's predicted boxes (already converted to pixels) with its
-/// ground-truth box. eval_rec.py computes IoU in float32 torch tensors; we compute in f64, so
-/// the two can disagree only for an IoU within float32 rounding (~1e-7) of 0.5.
+/// `samples` pairs each sample's predicted boxes (already converted to pixels, by
+/// [`rec_pixels_f32`] for the reference's rounding) with its ground-truth box. The IoU is
+/// computed in float32 as eval_rec.py computes it ([`iou_xyxy_f32`]): in f64 an IoU within
+/// float32 rounding of 0.5 can fall on the other side (e.g. 0.50000002 in f64 is 0.5 in f32,
+/// a miss there).
 ///
 /// Errors: no samples (the reference divides by zero), or a non-finite ground-truth coordinate.
 pub fn rec_accuracy(samples: &[(Option<&[BoxXyxy]>, BoxXyxy)]) -> Result<Accuracy, EvalError> {
@@ -61,7 +83,7 @@ pub fn rec_accuracy(samples: &[(Option<&[BoxXyxy]>, BoxXyxy)]) -> Result<Accurac
     for (i, (pred, gt)) in samples.iter().enumerate() {
         check_box(gt, || format!("REC sample {i}"))?;
         if let Some(first) = pred.and_then(|p| p.first()) {
-            if iou_xyxy(first, gt) > 0.5 {
+            if iou_xyxy_f32(first, gt) > 0.5 {
                 hits += 1;
             }
         }
@@ -161,6 +183,25 @@ mod tests {
         assert!(rec_accuracy(&[]).is_err());
         let nan_gt: Vec<(Option<&[BoxXyxy]>, BoxXyxy)> = vec![(None, [0.0, f64::NAN, 1.0, 1.0])];
         assert!(rec_accuracy(&nan_gt).unwrap_err().to_string().contains("REC sample 0"));
+    }
+
+    /// Cases where f64 and float32 fall on either side of 0.5 (found by a search with numpy
+    /// float32 scalars, IEEE arithmetic as torch's CPU float32 ops): the reference's side wins.
+    #[test]
+    fn rec_iou_is_float32_as_the_reference() {
+        // f64 IoU 0.5000000175 (a hit), float32 exactly 0.5: a miss in eval_rec.py
+        let p = rec_pixels_f32([0.0, 0.0, 0.258, 0.621], 500, 375);
+        let gt = [0.0, 0.0, 207.73, 289.23];
+        assert!(iou_xyxy(&[0.0, 0.0, 0.258 * 500.0, 0.621 * 375.0], &gt) > 0.5);
+        assert_eq!(iou_xyxy_f32(&p, &gt), 0.5);
+        // f64 0.4999999972 (a miss), float32 0.50000006: a hit there
+        let q = rec_pixels_f32([0.0, 0.0, 0.133, 0.665], 640, 480);
+        let gt2 = [0.0, 0.0, 163.79, 331.77];
+        assert!(iou_xyxy(&[0.0, 0.0, 0.133 * 640.0, 0.665 * 480.0], &gt2) < 0.5);
+        assert!(iou_xyxy_f32(&q, &gt2) > 0.5);
+        let (p, q) = ([p], [q]);
+        let acc = rec_accuracy(&[(Some(&p[..]), gt), (Some(&q[..]), gt2)]).unwrap();
+        assert_eq!(acc.hits, 1);
     }
 
     #[test]

@@ -864,19 +864,27 @@ pub fn ptb_tokenize_raw<S: AsRef<str>>(captions: &[S]) -> Vec<String> {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let mut lines = vec![String::new()];
+    // written as the Java tool writes it (tokens joined by a space, a line break per *NL*) and
+    // split on '\n' as ptbtokenizer.py splits it: a token may hold the '\n' joining two captions
+    // (an SGML tag's quoted value may run past a line's end), which then ends its line there too
+    let mut out = String::new();
+    let mut line_start = true;
     for tok in scan(&to_units(&text)) {
         match tok {
-            Tok::Newline => lines.push(String::new()),
+            Tok::Newline => {
+                out.push('\n');
+                line_start = true;
+            }
             Tok::Word(w) => {
-                let line = lines.last_mut().expect("at least one line");
-                if !line.is_empty() {
-                    line.push(' ');
+                if !line_start {
+                    out.push(' ');
                 }
-                line.push_str(&java_lowercase(&from_units(&w)));
+                out.push_str(&java_lowercase(&from_units(&w)));
+                line_start = false;
             }
         }
     }
+    let mut lines: Vec<String> = out.split('\n').map(String::from).collect();
     // One line per caption: the joined text has exactly captions.len() - 1 newlines.
     lines.truncate(captions.len());
     lines
@@ -906,6 +914,15 @@ mod tests {
         assert_eq!(ci("ab"), "[aA][bB]");
         assert_eq!(ci("[A]z"), "[A][zZ]");
         assert_eq!(ci(r"\u00AD"), r"\x{00AD}");
+    }
+
+    /// An SGML tag's quoted value may hold the line break joining two captions: the tag is one
+    /// token holding it, which the Java tool writes as it is and ptbtokenizer.py splits on, so
+    /// each caption still gets its own line (before, they shifted up by one).
+    #[test]
+    fn a_tag_across_two_captions_keeps_one_line_per_caption() {
+        let lines = ptb_tokenize_raw(&["a <b c=\"d", "e\"> dog", "a cat"]);
+        assert_eq!(lines, ["a <b\u{a0}c=\"d", "e\"> dog", "a cat"]);
     }
 
     #[test]

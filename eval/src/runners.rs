@@ -209,6 +209,8 @@ pub struct RunSummary {
     pub already_done: usize,
     pub ran: usize,
     pub errors: usize,
+    /// The id and error of the first sample that failed in this run.
+    pub first_error: Option<(String, String)>,
 }
 
 pub fn shard_file(out: &Path, shard: (usize, usize)) -> PathBuf {
@@ -457,6 +459,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
         indicatif::ProgressBar::hidden()
     };
     let mut errors = 0;
+    let mut first_error = None;
     for it in &todo {
         let rec = match model.run(&it.request, &opts.run) {
             Ok(out) => Record {
@@ -483,6 +486,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
             },
             Err(e) => {
                 errors += 1;
+                first_error.get_or_insert_with(|| (it.id.clone(), e.to_string()));
                 Record {
                     id: it.id.clone(),
                     image: it.request.image.clone(),
@@ -519,6 +523,7 @@ pub fn run(model: &Griffon, items: &[Item], opts: &RunnerOptions, checked: Check
         already_done: mine.len() - todo.len(),
         ran: todo.len(),
         errors,
+        first_error,
     })
 }
 
@@ -800,7 +805,15 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
                 .filter_map(|r| match r.truth {
                     Truth::Rec { gt_box, size } => {
                         resized += usize::from(r.of_another_size(size));
-                        let pred: Vec<[f64; 4]> = r.detections.iter().map(|d| d.in_frame(size)).collect();
+                        // (scaled in float32, as eval_rec.py scales them)
+                        let pred: Vec<[f64; 4]> = r
+                            .detections
+                            .iter()
+                            .map(|d| match size {
+                                Some([w, h]) => crate::grounding::rec_pixels_f32(d.box_norm, w, h),
+                                None => d.box_px,
+                            })
+                            .collect();
                         Some(((!pred.is_empty()).then_some(pred), gt_box))
                     }
                     _ => None,

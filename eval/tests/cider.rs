@@ -47,6 +47,9 @@ fn tokenizer_matches_java_token_for_token() {
         let caps = strings(&g["captions"]);
         let raw = ptb_tokenize_raw(&caps);
         let tok = ptb_tokenize(&caps);
+        // (the fixture's lists are as long as the captions: a short one would zip silently)
+        assert_eq!(strings(&g["raw"]).len(), caps.len(), "{name}: fixture raw lines");
+        assert_eq!(strings(&g["tokenized"]).len(), caps.len(), "{name}: fixture tokenized lines");
         for (i, ((c, r), w)) in caps.iter().zip(&raw).zip(strings(&g["raw"])).enumerate() {
             assert_eq!(r, &w, "{name}[{i}] raw tokens of {c:?}");
         }
