@@ -227,7 +227,7 @@ enum EvalCommand {
     Synth {
         #[command(flatten)]
         run: EvalRunArgs,
-        /// The folder `griffon synth --out` wrote (its images/ are used; --images is ignored).
+        /// The folder `griffon synth --out` wrote (its images/ are used; --images is not needed).
         #[arg(long)]
         data: PathBuf,
         #[arg(long, default_value = "test")]
@@ -255,9 +255,9 @@ struct EvalRunArgs {
     model: ModelArgs,
     #[command(flatten)]
     decode: DecodeArgs,
-    /// Image folder of the dataset.
+    /// Image folder of the dataset (required, except by eval synth, which reads its own).
     #[arg(long)]
-    images: PathBuf,
+    images: Option<PathBuf>,
     /// Output folder: predictions.shard-i-of-N.jsonl, metrics.json.
     #[arg(long)]
     out: PathBuf,
@@ -265,7 +265,7 @@ struct EvalRunArgs {
     #[arg(long, default_value = "0/1")]
     shard: String,
     /// Only the first N samples.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     limit: Option<usize>,
     /// Categories per detection call (eval coco and eval synth; default 80).
     #[arg(long, value_parser = at_least_one)]
@@ -401,7 +401,14 @@ impl ModelArgs {
         // read here rather than by clap's `env`: clap takes a variable set to "" as an empty
         // --model ("a value is required for --model"); empty means unset, as in `${VAR:-default}`
         if let Some(m) = std::env::var_os("GRIFFON_MODEL").filter(|v| !v.is_empty()) {
-            return Ok(PathBuf::from(m));
+            let m = PathBuf::from(m);
+            if !m.is_dir() {
+                bail!(
+                    "$GRIFFON_MODEL names {}, which is not a folder (give --model, or set it to a model folder)",
+                    m.display()
+                );
+            }
+            return Ok(m);
         }
         let d = default_model();
         if d.join("config.json").is_file() {
@@ -448,7 +455,7 @@ impl ModelArgs {
 struct DecodeArgs {
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
-    /// auto (from the checkpoint's model_type), gemma_instruct or llava_llama_2.
+    /// auto (from the checkpoint's model_type), gemma_instruct, llava_llama_2 or qwen2.
     #[arg(long, default_value = "auto")]
     template: String,
     /// 0 = greedy (default, deterministic).
@@ -647,7 +654,12 @@ fn detection_json(d: &Detection, format: BoxFormat) -> serde_json::Value {
         BoxFormat::Xyxy => serde_json::to_value(d).expect("serializable"),
         BoxFormat::Coco => {
             let b = PixelBox::new(d.box_px[0], d.box_px[1], d.box_px[2], d.box_px[3]).to_xywh();
-            serde_json::json!({"category": d.label, "bbox": b, "score": d.score})
+            let mut j = serde_json::json!({"category": d.label, "bbox": b, "score": d.score});
+            // phrase grounding: which phrase (two identical phrases are told apart by it)
+            if let Some(p) = d.phrase {
+                j["phrase"] = p.into();
+            }
+            j
         }
     }
 }
@@ -956,10 +968,11 @@ fn parse_shard(s: &str) -> Result<(usize, usize)> {
 
 fn eval_run(
     a: &EvalRunArgs,
+    data: &std::path::Path,
     items: Vec<griffon_eval::datasets::Item>,
     annotations: Option<&std::path::Path>,
 ) -> Result<()> {
-    if let Some(s) = eval_run_metrics(a, &EvalModel::of(a)?, &a.out, items, annotations)? {
+    if let Some(s) = eval_run_metrics(a, &EvalModel::of(a)?, &a.out, data, items, annotations)? {
         writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&s.metrics)?)?;
         if let Some(e) = s.all_failed {
             bail!(e);
@@ -1012,7 +1025,11 @@ struct EvalModel {
 
 impl EvalModel {
     fn of(a: &EvalRunArgs) -> Result<Self> {
-        let config = a.model.dir()?.join("config.json");
+        let dir = a.model.dir()?;
+        if !dir.is_dir() {
+            bail!("model folder {} does not exist or is not a folder", dir.display());
+        }
+        let config = dir.join("config.json");
         let own_template = griffon_model::config::GriffonConfig::from_file(&config)
             .with_context(|| format!("reading {}", config.display()))?
             .default_template();
@@ -1020,11 +1037,12 @@ impl EvalModel {
     }
 }
 
-/// One evaluation into `out`.
+/// One evaluation into `out` of the samples read from `data` (named in errors).
 fn eval_run_metrics(
     a: &EvalRunArgs,
     model: &EvalModel,
     out: &std::path::Path,
+    data: &std::path::Path,
     items: Vec<griffon_eval::datasets::Item>,
     annotations: Option<&std::path::Path>,
 ) -> Result<Option<Scored>> {
@@ -1040,7 +1058,7 @@ fn eval_run_metrics(
         own_template: Some(model.own_template.name().to_string()),
     };
     if items.is_empty() {
-        bail!("the dataset has no samples");
+        bail!("{}: the dataset has no samples", data.display());
     }
     let checked = runners::check_items(&items, &opts)?;
     let m = a.model.load()?;
@@ -1059,6 +1077,14 @@ fn eval_run_metrics(
         let records = runners::merge_selected(out, &items, a.limit, opts.own_template.as_deref())?;
         let metrics = score_records(&records, out, annotations)?;
         Ok(Some(Scored { metrics, all_failed: all_failed(&records, out) }))
+    } else if let Some((id, e)) = summary.first_error.filter(|_| summary.errors == summary.ran) {
+        // a setup error (a wrong --images, say) fails the shard's command, as it fails an
+        // unsharded run's, rather than surfacing only at `eval merge`
+        bail!(
+            "{}: all {} samples this run ran failed (first, id {id}: {e}); a rerun of the shard runs them again",
+            summary.shard_file.display(),
+            summary.ran
+        )
     } else {
         eprintln!("when every shard is done: griffon eval merge --out {}", out.display());
         Ok(None)
@@ -1115,6 +1141,13 @@ fn eval_merge(out: &std::path::Path, annotations: Option<&std::path::Path>) -> R
 /// A dataset reader's answer (built only for the evaluations that run).
 type ItemsResult = std::result::Result<Vec<griffon_eval::datasets::Item>, griffon_eval::EvalError>;
 
+impl EvalRunArgs {
+    /// --images, which every dataset but synth's needs.
+    fn images(&self) -> Result<&std::path::Path> {
+        self.images.as_deref().ok_or_else(|| anyhow!("give --images: the folder of the dataset's images"))
+    }
+}
+
 /// One evaluation of `griffon eval synth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
@@ -1139,6 +1172,11 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
         bail!("{}: no instances.json (run griffon synth --out {} first)", d.display(), data.display());
     }
     let on = |t: SynthTask| tasks.is_none_or(|ts| ts.contains(&t));
+    if a.constrained && tasks.is_some_and(|ts| ts.iter().all(|t| *t == SynthTask::Reg)) {
+        bail!(
+            "eval synth --tasks reg: --constrained is for detection-style answers; region descriptions are free text"
+        );
+    }
     // every class of each scene with its own exemplar (splits written before it existed lack it):
     // asked for by name, its absence is an error before anything runs
     let any = d.join("count_any.jsonl");
@@ -1203,7 +1241,7 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     let failed_all = std::cell::RefCell::new(Vec::new());
     let run = |t: SynthTask, dir: &str, items: &dyn Fn() -> ItemsResult, ann: Option<&std::path::Path>| match on(t) {
         true => {
-            let scored = eval_run_metrics(a, &model, &a.out.join(dir), items()?, ann)?;
+            let scored = eval_run_metrics(a, &model, &a.out.join(dir), &d, items()?, ann)?;
             let m = scored.map(|s| {
                 failed_all.borrow_mut().extend(s.all_failed);
                 s.metrics
@@ -1345,17 +1383,18 @@ fn eval_cmd(c: &EvalCommand) -> Result<()> {
         }
         EvalCommand::Coco { run, annotations } => {
             drop(out);
-            return eval_run(run, datasets::coco(annotations, &run.images)?, Some(annotations));
+            return eval_run(run, annotations, datasets::coco(annotations, run.images()?)?, Some(annotations));
         }
         EvalCommand::Refcoco { run, data } => {
             drop(out);
             refuse_chunk(run, "refcoco")?;
-            return eval_run(run, datasets::refcoco(data, &run.images)?, None);
+            return eval_run(run, data, datasets::refcoco(data, run.images()?)?, None);
         }
         EvalCommand::Flickr { run, sentences, annotations, ids } => {
             drop(out);
             refuse_chunk(run, "flickr")?;
-            return eval_run(run, datasets::flickr(sentences, annotations, &run.images, ids.as_deref())?, None);
+            let items = datasets::flickr(sentences, annotations, run.images()?, ids.as_deref())?;
+            return eval_run(run, sentences, items, None);
         }
         EvalCommand::Reg { run, data } => {
             drop(out);
@@ -1363,7 +1402,7 @@ fn eval_cmd(c: &EvalCommand) -> Result<()> {
             if run.constrained {
                 bail!("eval reg: --constrained is for detection-style answers; region descriptions are free text");
             }
-            return eval_run(run, datasets::reg(data, &run.images)?, None);
+            return eval_run(run, data, datasets::reg(data, run.images()?)?, None);
         }
         EvalCommand::Count { run, data, split_file, split } => {
             drop(out);
@@ -1373,7 +1412,7 @@ fn eval_cmd(c: &EvalCommand) -> Result<()> {
                 (None, None) => None,
                 _ => bail!("give both --split-file and --split"),
             };
-            return eval_run(run, datasets::count(data, &run.images, split)?, None);
+            return eval_run(run, data, datasets::count(data, run.images()?, split)?, None);
         }
         EvalCommand::Synth { run, data, split, tasks } => {
             drop(out);
@@ -1539,7 +1578,8 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_text(&e));
+            // (not eprintln!, which panics, exit 101, when stderr is a closed pipe)
+            let _ = writeln!(std::io::stderr(), "error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -440,6 +440,29 @@ fn runner_records_unreadable_images_as_failed() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("all 2 samples failed") && err.contains("nowhere"), "{err}");
     assert!(toy.dir.path().join("rcnone/metrics.json").is_file());
+    // a shard's run fails the same way (before, it exited 0 and only `eval merge` told)
+    let o = griffon(&[
+        "eval",
+        "refcoco",
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        &toy.p("nowhere"),
+        "--out",
+        &toy.p("rcshard"),
+        "--quiet",
+        "--data",
+        &toy.p("rc.jsonl"),
+        "--max-new-tokens",
+        "8",
+        "--shard",
+        "0/2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("all 1 samples this run ran failed") && err.contains("nowhere"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -462,6 +485,22 @@ fn runner_rejects_duplicate_ids_and_zero_chunks() {
     let o = griffon(&[&base[..], &["--data", &toy.p("refcoco.jsonl"), "--out", &toy.p("c0"), "--chunk", "0"]].concat());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--chunk") && err.contains("must be at least 1"), "{err}");
+    // --limit 0 is refused before anything is written; so is a dataset without --images
+    let o = griffon(&[&base[..], &["--data", &toy.p("refcoco.jsonl"), "--out", &toy.p("l0"), "--limit", "0"]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--limit") && !toy.dir.path().join("l0").exists(), "{err}");
+    let o = griffon(&[
+        "eval",
+        "refcoco",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        &toy.p("refcoco.jsonl"),
+        "--out",
+        &toy.p("noimg"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("give --images"), "{err}");
     let o =
         griffon(&[&base[..], &["--data", &toy.p("refcoco.jsonl"), "--out", &toy.p("s0"), "--shard", "0/1x"]].concat());
     let err = String::from_utf8_lossy(&o.stderr);

@@ -752,7 +752,7 @@ fn written_with(o: &SynthOptions) -> Result<bool, String> {
 
 /// Writes the benchmark; returns a summary per split.
 pub fn generate(o: &SynthOptions) -> Result<BTreeMap<String, SplitSummary>, String> {
-    check_object_scale(o.object_scale)?;
+    check_object_scale(o.object_scale).map_err(|e| format!("--object-scale: {e}"))?;
     check_scene_shape(o.size, o.max_objects, MAX_OBJECTS).map_err(|e| format!("--size / --max-objects: {e}"))?;
     if o.n == 0 {
         return Err("--n must be at least 1".into());
