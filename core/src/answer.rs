@@ -128,6 +128,14 @@ fn is_none_text(s: &str) -> bool {
     t.eq_ignore_ascii_case(NONE_ANSWER)
 }
 
+/// What a dropped piece reports: its text with its name, without the separator after the box
+/// before it (`, ` in `cat-[..], dog-[0.3`) or surrounding whitespace.
+fn dropped_text(s: &str, after_box: bool) -> String {
+    let s =
+        if after_box { s.trim_start_matches(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | ':')) } else { s };
+    s.trim().to_string()
+}
+
 /// Parses model text. Never panics; everything not understood is reported in `dropped`.
 pub fn parse_answer(text: &str) -> ParsedAnswer {
     let mut out = ParsedAnswer::default();
@@ -145,7 +153,10 @@ pub fn parse_answer(text: &str) -> ParsedAnswer {
         while let Some(open_rel) = piece[cursor..].find('[') {
             let open = cursor + open_rel;
             let Some(close_rel) = piece[open..].find(']') else {
-                out.dropped.push(Dropped { text: piece[open..].trim().to_string(), reason: "unclosed bracket".into() });
+                out.dropped.push(Dropped {
+                    text: dropped_text(&piece[cursor..], cursor > 0),
+                    reason: "unclosed bracket".into(),
+                });
                 cursor = piece.len();
                 break;
             };
@@ -153,7 +164,9 @@ pub fn parse_answer(text: &str) -> ParsedAnswer {
             // A nested '[' before ']' means the first '[' is junk: restart there.
             if let Some(nested) = piece[open + 1..close].rfind('[') {
                 let junk = &piece[open..open + 1 + nested];
-                out.dropped.push(Dropped { text: junk.trim().to_string(), reason: "unclosed bracket".into() });
+                // (reported with the name written before it, which names nothing now)
+                let text = dropped_text(&piece[cursor..open + 1 + nested], cursor > 0);
+                out.dropped.push(Dropped { text, reason: "unclosed bracket".into() });
                 // the junk may end with the next box's name (`[0.3 bird-[...]`): what follows its
                 // partial coordinates (a run of digits, points and commas after the `[`) names that
                 // box, not the previous box's name (`[0.3 No. 5 bus-[` names "No. 5 bus")
@@ -175,12 +188,12 @@ pub fn parse_answer(text: &str) -> ParsedAnswer {
                 Ok(b) => {
                     if b.x2 < b.x1 || b.y2 < b.y1 {
                         out.dropped.push(Dropped {
-                            text: piece[open..=close].to_string(),
+                            text: dropped_text(&piece[cursor..=close], cursor > 0),
                             reason: "inverted box (x2 < x1 or y2 < y1)".into(),
                         });
                     } else if outside_unit(b.x1, b.x2) || outside_unit(b.y1, b.y2) {
                         out.dropped.push(Dropped {
-                            text: piece[open..=close].to_string(),
+                            text: dropped_text(&piece[cursor..=close], cursor > 0),
                             reason: "box wholly outside the image (coordinates beyond [0, 1])".into(),
                         });
                     } else {
@@ -193,7 +206,9 @@ pub fn parse_answer(text: &str) -> ParsedAnswer {
                         found_any = true;
                     }
                 }
-                Err(reason) => out.dropped.push(Dropped { text: piece[open..=close].to_string(), reason }),
+                Err(reason) => {
+                    out.dropped.push(Dropped { text: dropped_text(&piece[cursor..=close], cursor > 0), reason })
+                }
             }
             last_label = label;
             cursor = close + 1;
@@ -298,6 +313,9 @@ mod tests {
             reasons,
             vec!["3 coordinates instead of 4", "inverted box (x2 < x1 or y2 < y1)", "unclosed bracket"]
         );
+        // each with the name written before it: nothing of the answer goes unreported
+        let texts: Vec<&str> = p.dropped.iter().map(|d| d.text.as_str()).collect();
+        assert_eq!(texts, ["cat-[0.1,0.2,0.3]", "bird-[0.5,0.5,0.4,0.9]", "fish-[0.1,0.2"]);
     }
 
     /// A box wholly outside [0, 1] would clamp to a zero-area box on an edge: dropped with its
@@ -311,7 +329,7 @@ mod tests {
         assert_eq!(p.instances[0].norm, NormBox::new(0.9, 0.9, 1.0, 1.0));
         let reasons: Vec<&str> = p.dropped.iter().map(|d| d.reason.as_str()).collect();
         assert_eq!(reasons, vec!["box wholly outside the image (coordinates beyond [0, 1])"; 4]);
-        assert_eq!(p.dropped[0].text, "[1.5,0.2,2.0,0.4]");
+        assert_eq!(p.dropped[0].text, "cat-[1.5,0.2,2.0,0.4]");
     }
 
     #[test]
@@ -368,6 +386,11 @@ mod tests {
         assert_eq!(&text[p.instances[1].name_span.clone().unwrap()], "bird");
         assert_eq!(p.dropped.len(), 1);
         assert_eq!(p.dropped[0].reason, "unclosed bracket");
+        assert_eq!(p.dropped[0].text, "dog-[0.3 bird-");
+        // after a box, in a piece of its own: no separator, the name kept
+        let p = parse_answer("cat-[0.1,0.1,0.2,0.2], dog-[0.3,0.3,0.2,0.4]; café-[0.5");
+        let texts: Vec<&str> = p.dropped.iter().map(|d| d.text.as_str()).collect();
+        assert_eq!(texts, ["dog-[0.3,0.3,0.2,0.4]", "café-[0.5"]);
         // names holding digits and hyphens are kept whole
         for (text, want) in [
             ("a-[0.1,0.1,0.2,0.2] [0.3 No. 5 bus-[0.5,0.5,0.6,0.6]", "No. 5 bus"),

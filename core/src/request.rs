@@ -65,7 +65,8 @@ pub struct Turn {
     pub categories: Vec<String>,
 }
 
-/// How far past the image's edges a region to describe may reach, in pixels.
+/// How far past the image's edges a region to describe, or an exemplar box, may reach, in pixels
+/// (a dataset's float box may end a fraction past the edge).
 pub const REGION_SLOP_PX: f64 = 1.0;
 
 /// The items trimmed, empty ones left out; an empty list is an error.
@@ -173,7 +174,10 @@ impl Request {
         };
         let check_exemplar = |e: &Exemplar| -> Result<(), String> {
             match e {
-                Exemplar::BoxOnImage(b) => b.validate(width, height).map_err(|m| format!("exemplar box: {m}")),
+                // (a float annotation a fraction past the edge, as a region's may be: the crop clamps it)
+                Exemplar::BoxOnImage(b) => {
+                    b.validate_within(width, height, REGION_SLOP_PX).map_err(|m| format!("exemplar box: {m}"))
+                }
                 Exemplar::BoxOnOther { .. } | Exemplar::Image(_) => Ok(()), // checked against their own image
             }
         };
@@ -310,6 +314,10 @@ mod tests {
         let zero =
             req(Task::Count { exemplar: Exemplar::BoxOnImage(PixelBox::new(2.0, 2.0, 2.0, 5.0)) }).turns(10, 10, 80);
         assert!(zero.unwrap_err().contains("zero"));
+        // an exemplar box gets the same slop (the crop clamps it), no more
+        let ex = |b| req(Task::Count { exemplar: Exemplar::BoxOnImage(b) }).turns(10, 10, 80);
+        assert!(ex(PixelBox::new(-0.3, 0.0, 10.4, 5.0)).is_ok());
+        assert!(ex(PixelBox::new(0.0, 0.0, 11.5, 5.0)).unwrap_err().contains("exemplar box"));
         let chat = req(Task::Chat { prompt: "x <region>".into(), regions: vec![] }).turns(10, 10, 80);
         assert!(chat.unwrap_err().contains("1 <region>"));
         // two regions need two main images: refused before any image is read, naming the order

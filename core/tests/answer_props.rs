@@ -2,11 +2,21 @@
 //! round-trip through the parser.
 
 use griffon_core::answer::{format_boxes, format_instances, parse_answer};
+use griffon_core::grammar::{AnswerGrammar, PrefixState};
 use griffon_core::NormBox;
 use proptest::prelude::*;
 
 fn unit() -> impl Strategy<Value = f64> {
     (0u32..=1000).prop_map(|v| v as f64 / 1000.0)
+}
+
+/// A number as the grammar writes it ("0.ddd" or "1.000"), or now and then one it does not.
+fn num_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        8 => (0u32..1000).prop_map(|v| format!("0.{v:03}")),
+        1 => Just("1.000".to_string()),
+        1 => prop_oneof![Just("1.5".to_string()), Just("0.1".to_string()), Just("-0.2".to_string())],
+    ]
 }
 
 fn norm_box() -> impl Strategy<Value = NormBox> {
@@ -49,5 +59,45 @@ proptest! {
         let p = parse_answer(&format_boxes(&boxes));
         prop_assert_eq!(p.instances.len() + p.dropped.len(), boxes.len());
         prop_assert!(p.instances.iter().all(|i| i.label.is_none()));
+    }
+
+    /// The constrained decoder's grammar and the parser are kept apart: every answer the grammar
+    /// calls complete parses into its items with nothing dropped but repeats, and one it refuses
+    /// for an inverted or malformed box is one the parser drops a box of.
+    #[test]
+    fn grammar_complete_answers_parse_whole(
+        items in proptest::collection::vec(("(|[a-z][a-z ]{0,6}[a-z])", num_text(), num_text(), num_text(), num_text()), 1..6)
+    ) {
+        let text = items
+            .iter()
+            .map(|(n, a, b, c, d)| match n.is_empty() {
+                true => format!("[{a},{b},{c},{d}]"),
+                false => format!("{n}-[{a},{b},{c},{d}]"),
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        let g = AnswerGrammar { names: None, nameless: false };
+        let p = parse_answer(&text);
+        let broken = p.dropped.iter().filter(|d| !d.reason.contains("duplicate")).count();
+        match g.check_prefix(&text) {
+            PrefixState::Complete => {
+                prop_assert_eq!(broken, 0, "{} -> {:?}", text, p.dropped);
+                prop_assert_eq!(p.instances.len() + p.dropped.len(), items.len(), "{}", text);
+                if p.dropped.is_empty() {
+                    for (inst, (n, ..)) in p.instances.iter().zip(&items) {
+                        prop_assert_eq!(inst.label.as_deref(), (!n.is_empty()).then_some(n.as_str()), "{}", text);
+                    }
+                }
+            }
+            PrefixState::Partial => prop_assert!(false, "a whole answer is never partial: {}", text),
+            PrefixState::Invalid => {
+                // refused only for a number outside the grammar or an inverted box, both of
+                // which the parser drops (1.5 clamps, so it is kept there unless inverted)
+                let outside = items.iter().any(|(_, a, b, c, d)| {
+                    [a, b, c, d].iter().any(|v| !(v.starts_with("0.") && v.len() == 5) && v.as_str() != "1.000")
+                });
+                prop_assert!(outside || broken > 0, "{} refused, parsed whole: {:?}", text, p);
+            }
+        }
     }
 }

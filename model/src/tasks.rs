@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use griffon_core::answer::{parse_answer, Dropped};
 use griffon_core::confidence::{instance_scores, TokenSpan};
 use griffon_core::grammar::{AnswerGrammar, PrefixState};
+use griffon_core::request::REGION_SLOP_PX;
 use griffon_core::{Exemplar, NormBox, PixelBox, Request, Task, Template};
 use image::RgbImage;
 use serde::Serialize;
@@ -155,14 +156,21 @@ fn tail_chars(s: &str, n: usize) -> String {
     s.chars().skip(k).collect()
 }
 
-/// Crops a pixel box (xyxy, floats rounded outward to whole pixels) out of an image.
+/// Crops a pixel box (xyxy, floats rounded outward to whole pixels) out of an image. The box
+/// may reach [`REGION_SLOP_PX`] past the edges (a dataset's float box); the crop is clamped to
+/// the image and is at least one pixel.
 pub fn crop(img: &RgbImage, b: PixelBox, what: &str) -> Result<RgbImage> {
-    b.validate(img.width(), img.height()).map_err(|m| Error::Request(format!("{what}: {m}")))?;
-    let x1 = b.x1.floor() as u32;
-    let y1 = b.y1.floor() as u32;
-    let x2 = (b.x2.ceil() as u32).min(img.width());
-    let y2 = (b.y2.ceil() as u32).min(img.height());
-    Ok(image::imageops::crop_imm(img, x1, y1, (x2 - x1).max(1), (y2 - y1).max(1)).to_image())
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 {
+        return Err(Error::Request(format!("{what}: the image is empty ({w}x{h})")));
+    }
+    b.validate_within(w, h, REGION_SLOP_PX).map_err(|m| Error::Request(format!("{what}: {m}")))?;
+    // (validated: finite, so the casts saturate at 0 rather than wrap)
+    let x1 = (b.x1.floor().max(0.0) as u32).min(w - 1);
+    let y1 = (b.y1.floor().max(0.0) as u32).min(h - 1);
+    let x2 = (b.x2.ceil() as u32).clamp(x1 + 1, w);
+    let y2 = (b.y2.ceil() as u32).clamp(y1 + 1, h);
+    Ok(image::imageops::crop_imm(img, x1, y1, x2 - x1, y2 - y1).to_image())
 }
 
 /// Each generated token's byte span in the decoded (special tokens skipped) text.
@@ -489,5 +497,27 @@ mod grammar_tests {
         // but not a third unchanged byte, nor more pending bytes than a character holds
         assert!(!grammar_allows(&g, "n\u{FFFD}", "n\u{FFFD}", false, 2));
         assert!(!grammar_allows(&g, "n\u{FFFD}\u{FFFD}\u{FFFD}", "n\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}", false, 0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_clamps_a_box_up_to_a_pixel_past_the_edges() {
+        let img = RgbImage::from_fn(10, 8, |x, y| image::Rgb([x as u8, y as u8, 0]));
+        let c = crop(&img, PixelBox::new(2.2, 1.0, 5.1, 4.0), "t").unwrap();
+        assert_eq!(c.dimensions(), (4, 3)); // x 2..6, y 1..4: rounded outward
+        assert_eq!(c.get_pixel(0, 0).0, [2, 1, 0]);
+        // a float box a fraction past every edge is the whole image
+        let c = crop(&img, PixelBox::new(-0.4, -0.9, 10.6, 8.3), "t").unwrap();
+        assert_eq!(c.dimensions(), (10, 8));
+        // one lying in the slop past the right edge is the last column, not an empty image
+        let c = crop(&img, PixelBox::new(10.2, 0.0, 10.9, 8.0), "t").unwrap();
+        assert_eq!(c.dimensions(), (1, 8));
+        assert_eq!(c.get_pixel(0, 0).0, [9, 0, 0]);
+        let e = crop(&img, PixelBox::new(0.0, 0.0, 11.5, 8.0), "exemplar box").unwrap_err().to_string();
+        assert!(e.contains("exemplar box") && e.contains("outside"), "{e}");
     }
 }
