@@ -146,6 +146,9 @@ impl Eva02Layout {
         }
         // Fused qkv, same names in both layouts (EVA-CLIP without subln).
         v.extend(["attn.qkv.weight", "attn.q_bias", "attn.v_bias"].map(String::from));
+        // EVA-CLIP's rope module is shared by every block's attention and its buffers are
+        // persistent, so its checkpoints repeat them per block: recomputed, as the root's are.
+        v.extend(["attn.rope.freqs_cos", "attn.rope.freqs_sin"].map(String::from));
         // The timm separate layout may also carry q_bias/v_bias names after a partial rename.
         v.sort();
         v.dedup();
@@ -629,18 +632,19 @@ pub fn infer_eva02_config(s: &Scope) -> Result<Eva02Config> {
 }
 
 /// True when a tower config describes an EVA model: `model_type`, `architecture(s)`,
-/// `model_name`, `timm_model_name` (also inside `vision_cfg` / `vision_config`) mentions `eva`.
+/// `model_name`, `timm_model_name` or `eva_model_name` (EVA-CLIP's own `EVA02-L-14-336.json`
+/// names it only there, in `vision_cfg`), also inside `vision_cfg` / `vision_config`, mentions `eva`.
 pub fn is_eva_config(v: &serde_json::Value) -> bool {
     let mentions = |v: &serde_json::Value| -> bool {
-        ["model_type", "architecture", "architectures", "model_name", "timm_model_name"].iter().any(|k| {
-            match v.get(*k) {
+        ["model_type", "architecture", "architectures", "model_name", "timm_model_name", "eva_model_name"].iter().any(
+            |k| match v.get(*k) {
                 Some(serde_json::Value::String(s)) => s.to_ascii_lowercase().contains("eva"),
                 Some(serde_json::Value::Array(a)) => {
                     a.iter().any(|x| x.as_str().is_some_and(|s| s.to_ascii_lowercase().contains("eva")))
                 }
                 _ => false,
-            }
-        })
+            },
+        )
     };
     mentions(v) || ["vision_cfg", "vision_config"].iter().any(|k| v.get(*k).is_some_and(mentions))
 }

@@ -64,7 +64,11 @@ pub fn projector_layout(kind: &ProjectorType, cin: usize, h: usize) -> Layout {
 /// The LLM (embeddings, layers, final norm, lm_head when not tied).
 pub fn llm_layout(c: &LlmConfig) -> Layout {
     let mut v = Vec::new();
+    // Llama's biases as llama.rs loads them: q/k/v with qkv_bias (Qwen2) or attention_bias,
+    // o_proj with attention_bias, gate/up/down with mlp_bias
     let qkv_bias = matches!(c, LlmConfig::Llama(l) if l.qkv_bias || l.attention_bias);
+    let o_bias = matches!(c, LlmConfig::Llama(l) if l.attention_bias);
+    let mlp_bias = matches!(c, LlmConfig::Llama(l) if l.mlp_bias);
     let (vocab, h, i, layers, nh, nkv, hd, tied, gemma) = match c {
         LlmConfig::Gemma2(g) => (
             g.vocab_size,
@@ -101,9 +105,17 @@ pub fn llm_layout(c: &LlmConfig) -> Layout {
             v.push((format!("{b}.self_attn.k_proj.bias"), vec![nkv * hd]));
             v.push((format!("{b}.self_attn.v_proj.bias"), vec![nkv * hd]));
         }
+        if o_bias {
+            v.push((format!("{b}.self_attn.o_proj.bias"), vec![h]));
+        }
         v.push((format!("{b}.mlp.gate_proj.weight"), vec![i, h]));
         v.push((format!("{b}.mlp.up_proj.weight"), vec![i, h]));
         v.push((format!("{b}.mlp.down_proj.weight"), vec![h, i]));
+        if mlp_bias {
+            v.push((format!("{b}.mlp.gate_proj.bias"), vec![i]));
+            v.push((format!("{b}.mlp.up_proj.bias"), vec![i]));
+            v.push((format!("{b}.mlp.down_proj.bias"), vec![h]));
+        }
         v.push((format!("{b}.input_layernorm.weight"), vec![h]));
         v.push((format!("{b}.post_attention_layernorm.weight"), vec![h]));
         if gemma {
@@ -209,4 +221,43 @@ pub fn eva02_layout(prefix: &str, c: &crate::eva02::Eva02Config) -> Layout {
         v.push((format!("{b}.mlp.fc2.bias"), vec![h]));
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LlamaConfig;
+    use crate::loader::Checkpoint;
+    use crate::nn::Act;
+
+    /// A random Llama with every bias llama.rs can load: the layout lists each one, so it loads.
+    #[test]
+    fn llama_layout_has_every_bias_the_loader_reads() {
+        for (attention_bias, mlp_bias, qkv_bias) in [(true, true, false), (false, true, true), (false, false, false)] {
+            let cfg = LlmConfig::Llama(LlamaConfig {
+                vocab_size: 32,
+                hidden_size: 16,
+                intermediate_size: 24,
+                num_hidden_layers: 2,
+                num_attention_heads: 2,
+                num_key_value_heads: 1,
+                head_dim: 8,
+                rms_norm_eps: 1e-5,
+                rope_theta: 10000.0,
+                hidden_act: Act::Silu,
+                attention_bias,
+                mlp_bias,
+                tie_word_embeddings: false,
+                qkv_bias,
+            });
+            let layout = llm_layout(&cfg);
+            let t = random_tensors(&layout, false, DType::F32, &Device::Cpu, 1).unwrap();
+            let ck = Checkpoint::from_tensors(t, &Device::Cpu, DType::F32).unwrap();
+            crate::llm::Llm::load(&ck, &cfg).unwrap();
+            let n = layout.iter().filter(|(name, _)| name.ends_with(".bias")).count();
+            let per_layer =
+                3 * usize::from(attention_bias || qkv_bias) + usize::from(attention_bias) + 3 * usize::from(mlp_bias);
+            assert_eq!(n, 2 * per_layer, "{attention_bias} {mlp_bias} {qkv_bias}");
+        }
+    }
 }

@@ -181,6 +181,24 @@ fn unmapped_tensor_is_named() {
     assert!(e.contains("blocks.0.mlp.fc1_g.weight"), "{e}");
 }
 
+/// An EVA-CLIP checkpoint stores the shared rope module's buffers in every block too
+/// (`visual.blocks.{i}.attn.rope.freqs_cos`): they load (and are recomputed) as the root's do.
+#[test]
+fn per_block_rope_buffers_load() {
+    let cfg = config(&meta());
+    let mut t = tensors("evaclip");
+    for i in 0..cfg.num_hidden_layers {
+        for b in ["freqs_cos", "freqs_sin"] {
+            t.insert(
+                format!("visual.blocks.{i}.attn.rope.{b}"),
+                Tensor::zeros((16, 8), DType::F32, &Device::Cpu).unwrap(),
+            );
+        }
+    }
+    let ck = Checkpoint::from_tensors(t, &Device::Cpu, DType::F32).unwrap();
+    Eva02Vision::load(&ck.scope(""), &cfg, 56, Interp::BicubicAa).unwrap();
+}
+
 #[test]
 fn rope_tables_layout() {
     // head_dim 8 -> 2 bands [1, 1/100]; grid 2 with reference 4: coordinates {0, 2}.
