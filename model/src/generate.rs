@@ -176,8 +176,10 @@ fn choose_on_host(
 
 /// The most likely token of logits [1, 1, V] and its probability, computed where the logits are:
 /// the argmax of the f32 logits (as the reference's greedy `argmax`) and its softmax
-/// probability `1 / sum(exp(l - max))`, brought to the host together (one copy, one wait). On the
-/// CPU ties go to the lowest id (the CUDA argmax kernel's tie order is candle's). Not candle's
+/// probability `1 / sum(exp(l - max))`, brought to the host together (one copy, one wait). Ties go
+/// to the lowest id, as torch's argmax: the smallest id whose logit equals the maximum (not
+/// candle's argmax, whose CUDA kernel keeps the tied id of the lowest thread, `id mod 1024`, and
+/// bf16 logits tie at the top in practice: Gemma's capped logits are 0.125 apart). Not candle's
 /// fused softmax: it gives one warp to a row, and a 256k-wide vocabulary row took it about 4 ms
 /// per token on the H100 (docs/PERFORMANCE.md), a third of a Gemma-2-9B decode step.
 /// `generated` counts the tokens generated before (named by the non-finite-logits error).
@@ -189,7 +191,9 @@ pub fn greedy_on_device(logits: &Tensor, generated: usize) -> Result<(u32, f32)>
     }
     let max = row.max_keepdim(0)?;
     let z = row.broadcast_sub(&max)?.exp()?.sum_keepdim(0)?;
-    let tok = row.argmax_keepdim(0)?.to_dtype(DType::F32)?;
+    let ids = Tensor::arange(0f32, vocab as f32, row.device())?;
+    let elsewhere = Tensor::full(f32::INFINITY, vocab, row.device())?;
+    let tok = row.broadcast_eq(&max)?.where_cond(&ids, &elsewhere)?.min_keepdim(0)?;
     let both = Tensor::cat(&[&tok, &z], 0)?.to_vec1::<f32>()?;
     check_finite(both[1] as f64, generated)?;
     Ok((both[0] as u32, 1.0 / both[1]))
@@ -313,6 +317,10 @@ mod device_greedy_tests {
             if seed % 4 == 0 {
                 row[17] = 9.0; // a tie at the maximum: the lowest id wins
                 row[400] = 9.0;
+            }
+            if seed % 4 == 1 {
+                row[999] = 9.0; // (ids a multiple of 1024 apart tied on CUDA's argmax kernel)
+                row[1] = 9.0;
             }
             let t = Tensor::from_vec(row.clone(), (1, 1, 1000), &Device::Cpu).unwrap();
             let (tok, p) = greedy_on_device(&t, 0).unwrap();

@@ -293,7 +293,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &CausalMask, spec: &A
     let rep = h / kvh;
     // Group query heads by their kv head: [B, KV, rep*T, d] so one matmul serves a group.
     let qg = q.contiguous()?.reshape((b, kvh, rep * t, d))?;
-    let mut scores = (qg.matmul(&k.t()?)? * spec.scale)?;
+    // (the scale as torch applies it: 1/12, Gemma-2-27B's, or Llama's 128^-0.5 are not bf16 values)
+    let mut scores = crate::nn::scale_exact(&qg.matmul(&k.t()?)?, spec.scale)?;
     if !low_precision_attention(&scores) {
         scores = scores.to_dtype(DType::F32)?;
     }
@@ -472,6 +473,9 @@ impl Llm {
     /// Runs embeddings [B, T, H] after the cached positions. Returns logits [B, T, V] for every
     /// position when `all_logits`, else [B, 1, V] for the last.
     pub fn forward_embeds(&self, x: &Tensor, cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        if x.dim(1)? == 0 {
+            return invalid("forward_embeds: no positions to run (an empty input)");
+        }
         let h = self.hidden(x, cache)?;
         let t = h.dim(1)?;
         let h = if all_logits { h } else { h.narrow(1, t - 1, 1)? };

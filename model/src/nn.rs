@@ -248,12 +248,34 @@ pub(crate) fn fused_softmax_last(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Gemma-2's soft-cap `cap * tanh(x / cap)`, differentiable: our vectorised op on f32 CPU
-/// tensors ([`crate::cpu_kernels::Pointwise::SoftCap`], with its backward), candle's composed ops elsewhere.
+/// tensors ([`crate::cpu_kernels::Pointwise::SoftCap`], with its backward), candle's composed ops
+/// elsewhere, each rounded to the dtype as torch's (`x / cap`, `tanh`, `* cap`), the division by
+/// [`scale_exact`].
 pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         Ok(x.contiguous()?.apply_op1(crate::cpu_kernels::Pointwise::SoftCap(cap as f32))?)
     } else {
-        Ok(((x / cap)?.tanh()? * cap)?)
+        Ok(scale_exact(x, 1.0 / cap)?.tanh()?.affine(cap, 0.0)?)
+    }
+}
+
+/// `x * factor` as torch computes a half-precision tensor times a Python number: in f32, rounded
+/// once to the dtype. candle's `affine` casts the factor to the tensor's dtype first, which for a
+/// factor bf16 cannot hold is a different scale (1/30 becomes 0.033447, 0.34% larger: a soft-cap
+/// of 29.9, about a bf16 ulp on a final logit of 25); such a factor goes through f32 instead.
+pub fn scale_exact(x: &Tensor, factor: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let held = match dt {
+        DType::BF16 | DType::F16 => {
+            let t = Tensor::new(&[factor as f32], &candle_core::Device::Cpu)?.to_dtype(dt)?;
+            t.to_dtype(DType::F64)?.to_vec1::<f64>()?[0] == factor
+        }
+        _ => true,
+    };
+    if held {
+        Ok(x.affine(factor, 0.0)?)
+    } else {
+        Ok(x.to_dtype(DType::F32)?.affine(factor, 0.0)?.to_dtype(dt)?)
     }
 }
 
@@ -593,5 +615,42 @@ mod rope_tests {
         assert!(max_diff(&g_ours, &g_composed) < 1e-6, "{}", max_diff(&g_ours, &g_composed));
         // not the identity: the rotation moved the values
         assert!(max_diff(&g_ours, &w) > 1e-2);
+    }
+}
+
+#[cfg(test)]
+mod scale_tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn bf16(v: &[f32]) -> Tensor {
+        Tensor::new(v, &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+    }
+
+    /// The bf16 soft-cap rounds each of torch's three steps from f32 (`logits / 30` with the
+    /// factor in f32, `tanh`, `* 30`); the factor rounded to bf16 first (candle's affine) gives a
+    /// logit 1 bf16 ulp off at 25.
+    #[test]
+    fn bf16_softcap_divides_by_the_cap_as_torch() {
+        let x = bf16(&[25.0, -7.5, 3.0, 0.0, 118.0]);
+        let torch_like = |v: f32| -> f32 {
+            let r = |f: f32| Tensor::new(&[f], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+            let a = values(&r(v * (1.0f32 / 30.0)))[0];
+            let b = values(&r(a.tanh()))[0];
+            values(&r(b * 30.0))[0]
+        };
+        let got = values(&softcap(&x, 30.0).unwrap());
+        let want: Vec<f32> = values(&x).into_iter().map(torch_like).collect();
+        assert_eq!(got, want);
+        let old = values(&((&x / 30.0).unwrap().tanh().unwrap() * 30.0).unwrap());
+        assert_ne!(old[0], got[0], "the bf16-rounded factor gave the same value: the test does not bite");
+        // a factor bf16 holds (1/16, Gemma-2-9B's scale) stays one affine op, the same values
+        let y = bf16(&[1.0, 3.3, -250.0]);
+        assert_eq!(values(&scale_exact(&y, 1.0 / 16.0).unwrap()), values(&(&y * (1.0 / 16.0)).unwrap()));
+        assert_eq!(scale_exact(&y, 1.0 / 12.0).unwrap().dtype(), DType::BF16);
     }
 }
