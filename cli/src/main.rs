@@ -280,7 +280,8 @@ struct EvalRunArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// gemma2-9b, llama2-13b or tiny (the shapes of shared/bench/torch_reference_bench.py).
+    /// gemma2-9b, llama2-13b, eva02-llama2-13b (the paper's EVA02 tower), tiny or tiny-eva02 (the shapes of
+    /// shared/bench/torch_reference_bench.py; the EVA02 ones are ours).
     #[arg(long)]
     config: String,
     /// Use random weights (required: the benchmark measures shapes, not a checkpoint).
