@@ -254,8 +254,27 @@ fn positive(file: &Path, key: &str, value: f64) -> Result<f64> {
     }
 }
 
+/// Attention heads a decoder can run: at least one, grouped evenly over the key/value heads,
+/// with an even head size (RoPE rotates pairs); named by their config keys.
+fn check_heads(file: &Path, heads: usize, kv_heads: usize, head_dim: usize) -> Result<()> {
+    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        return invalid(format!(
+            "{}: num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads}",
+            file.display()
+        ));
+    }
+    if head_dim == 0 || head_dim % 2 != 0 {
+        return invalid(format!("{}: the head size (head_dim) {head_dim} must be even and positive", file.display()));
+    }
+    Ok(())
+}
+
 fn parse_gemma2(j: &Json, file: &Path) -> Result<Gemma2Config> {
     let heads = j.req_usize("num_attention_heads")?;
+    // HF Gemma2Config's default when absent (Gemma-2-2B's 4), not the query heads
+    let kv_heads = j.opt_usize("num_key_value_heads")?.unwrap_or(4);
+    let head_dim = j.req_usize("head_dim")?;
+    check_heads(file, heads, kv_heads, head_dim)?;
     let layers = j.req_usize("num_hidden_layers")?;
     let sliding_layers = match j.raw("layer_types") {
         None => (0..layers).map(|i| (i + 1) % 2 == 1).collect(),
@@ -291,8 +310,8 @@ fn parse_gemma2(j: &Json, file: &Path) -> Result<Gemma2Config> {
         intermediate_size: j.req_usize("intermediate_size")?,
         num_hidden_layers: layers,
         num_attention_heads: heads,
-        num_key_value_heads: j.opt_usize("num_key_value_heads")?.unwrap_or(heads),
-        head_dim: j.req_usize("head_dim")?,
+        num_key_value_heads: kv_heads,
+        head_dim,
         rms_norm_eps: positive(file, "rms_norm_eps", j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6))?,
         rope_theta: positive(file, "rope_theta", rope_theta(j, file)?)?,
         query_pre_attn_scalar: positive(
@@ -323,14 +342,26 @@ fn parse_gemma2(j: &Json, file: &Path) -> Result<Gemma2Config> {
 fn parse_llama(j: &Json, file: &Path) -> Result<LlamaConfig> {
     let heads = j.req_usize("num_attention_heads")?;
     let hidden = j.req_usize("hidden_size")?;
+    let kv_heads = j.opt_usize("num_key_value_heads")?.unwrap_or(heads);
+    let head_dim = match j.opt_usize("head_dim")? {
+        Some(d) => d,
+        None if heads > 0 && hidden % heads == 0 => hidden / heads,
+        None => {
+            return invalid(format!(
+                "{}: hidden_size {hidden} is not a multiple of num_attention_heads {heads} (and no head_dim is given)",
+                file.display()
+            ))
+        }
+    };
+    check_heads(file, heads, kv_heads, head_dim)?;
     Ok(LlamaConfig {
         vocab_size: j.req_usize("vocab_size")?,
         hidden_size: hidden,
         intermediate_size: j.req_usize("intermediate_size")?,
         num_hidden_layers: j.req_usize("num_hidden_layers")?,
         num_attention_heads: heads,
-        num_key_value_heads: j.opt_usize("num_key_value_heads")?.unwrap_or(heads),
-        head_dim: j.opt_usize("head_dim")?.unwrap_or(hidden / heads.max(1)),
+        num_key_value_heads: kv_heads,
+        head_dim,
         rms_norm_eps: positive(file, "rms_norm_eps", j.opt_f64("rms_norm_eps")?.unwrap_or(1e-6))?,
         rope_theta: positive(file, "rope_theta", rope_theta(j, file)?)?,
         hidden_act: act(j, "hidden_act", "silu", file)?,
@@ -378,6 +409,12 @@ impl GriffonConfig {
         } else if lower.contains("gemma") {
             return invalid(format!(
                 "{}: model_type `{model_type}`: of the Gemma family only Gemma-2 is supported",
+                file.display()
+            ));
+        } else if lower.contains("mistral") || lower.contains("mixtral") {
+            // (a llava_mistral would read as a Llama without its sliding window, under Llama-2's template)
+            return invalid(format!(
+                "{}: model_type `{model_type}`: Mistral / Mixtral models are not supported",
                 file.display()
             ));
         } else if lower.contains("qwen") {

@@ -61,6 +61,30 @@ impl PromptTokenizer {
                 })?);
             }
             cleanup_spaces = c.get("clean_up_tokenization_spaces").and_then(|v| v.as_bool()).unwrap_or(false);
+            // The reference's (slow) Llama / Gemma tokenizer adds BOS / EOS by these flags, where
+            // we take tokenizer.json's post-processor: two files that disagree are refused
+            // rather than run without a BOS (or with an EOS after every chunk) one way or the other.
+            let probe = tok
+                .encode("a", true)
+                .map_err(|e| Error::Invalid(format!("{}: tokenizer failed on \"a\": {e}", file.display())))?;
+            let ids = probe.get_ids();
+            let eos = special_token(c, "eos_token").and_then(|n| tok.token_to_id(&n));
+            for (key, id, adds) in [
+                ("add_bos_token", bos, ids.first().is_some_and(|f| Some(*f) == bos)),
+                ("add_eos_token", eos, ids.len() > 1 && ids.last().is_some_and(|l| Some(*l) == eos)),
+            ] {
+                if let (Some(flag), Some(_)) = (c.get(key).and_then(|v| v.as_bool()), id) {
+                    if flag != adds {
+                        return invalid(format!(
+                            "{}: {key} is {flag}, but {}'s post-processor {} it: save the tokenizer again with \
+                             transformers (AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) so that both agree",
+                            tcfg_path.display(),
+                            file.display(),
+                            if adds { "adds" } else { "does not add" }
+                        ));
+                    }
+                }
+            }
         }
         Ok(Self { tok, bos, cleanup_spaces })
     }

@@ -114,6 +114,9 @@ fn meaningless_config_values_are_refused() {
         ("eos_token_id", serde_json::json!([1, 5000000])),
         ("bos_token_id", serde_json::json!(99999999)),
         ("image_aspect_ratio", serde_json::json!("pad")),
+        // heads that do not group evenly over the key/value heads
+        ("num_key_value_heads", serde_json::json!(3)),
+        ("num_key_value_heads", serde_json::json!(0)),
     ] {
         let (_t, dir) = copy_ckpt("gemma2_region");
         edit_config(&dir, |c| {
@@ -138,6 +141,19 @@ fn meaningless_config_values_are_refused() {
         }
     };
     assert_eq!(window(|c| drop(c.remove("sliding_window"))), Some(4096));
+    // a Llama whose hidden size the heads do not divide, given no head_dim; a Mistral is not a Llama
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    edit_config(&dir, |c| {
+        let heads = c["num_attention_heads"].as_u64().unwrap();
+        c.insert("hidden_size".into(), serde_json::json!(heads * 8 + 1));
+        c.remove("head_dim");
+    });
+    let e = load_err(&dir);
+    assert!(e.contains("hidden_size") && e.contains("num_attention_heads"), "{e}");
+    let (_t, dir) = copy_ckpt("llama2_bf16");
+    edit_config(&dir, |c| drop(c.insert("model_type".into(), serde_json::json!("llava_mistral"))));
+    let e = load_err(&dir);
+    assert!(e.contains("llava_mistral") && e.contains("not supported"), "{e}");
     assert_eq!(window(|c| drop(c.insert("sliding_window".into(), serde_json::Value::Null))), None);
 }
 
@@ -466,4 +482,27 @@ fn generation_config_eos_ids_stop_answers() {
     std::fs::write(dir.join("generation_config.json"), r#"{"eos_token_id": "x"}"#).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("generation_config.json"), "{e}");
+}
+
+/// tokenizer_config.json's add_bos_token / add_eos_token (what the reference's tokenizer adds)
+/// must agree with tokenizer.json's post-processor (what ours adds): refused by name otherwise.
+#[test]
+fn tokenizer_flags_that_disagree_with_tokenizer_json_are_refused() {
+    let set = |dir: &Path, key: &str, v: bool| {
+        let f = dir.join("tokenizer_config.json");
+        let mut c: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        c.insert(key.into(), v.into());
+        std::fs::write(&f, serde_json::to_string(&c).unwrap()).unwrap();
+    };
+    let (_t, dir) = copy_ckpt("gemma2_region");
+    set(&dir, "add_bos_token", true);
+    set(&dir, "add_eos_token", false);
+    Griffon::load(&dir, &LoadOptions::default()).unwrap();
+    for (key, v) in [("add_bos_token", false), ("add_eos_token", true)] {
+        let (_t, dir) = copy_ckpt("gemma2_region");
+        set(&dir, key, v);
+        let e = load_err(&dir);
+        assert!(e.contains(key) && e.contains("tokenizer_config.json") && e.contains("tokenizer.json"), "{e}");
+    }
 }
