@@ -422,42 +422,14 @@ fn runner_records_unreadable_images_as_failed() {
     assert_eq!((m["failed_samples"].as_u64(), m["samples"].as_u64()), (Some(0), Some(2)), "{m}");
     // every sample failing (here a wrong --images) is an error, with the zero scores kept
     let model = fixture().join("ckpt");
-    let o = griffon(&[
-        "eval",
-        "refcoco",
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        &toy.p("nowhere"),
-        "--out",
-        &toy.p("rcnone"),
-        "--quiet",
-        "--data",
-        &toy.p("rc.jsonl"),
-        "--max-new-tokens",
-        "8",
-    ]);
+    let (model, images, data) = (model.to_str().unwrap(), toy.p("nowhere"), toy.p("rc.jsonl"));
+    let base = ["eval", "refcoco", "--model", model, "--images", &images, "--data", &data, "--quiet"];
+    let o = griffon(&[&base[..], &["--out", &toy.p("rcnone"), "--max-new-tokens", "8"]].concat());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("all 2 samples failed") && err.contains("nowhere"), "{err}");
     assert!(toy.dir.path().join("rcnone/metrics.json").is_file());
     // a shard's run fails the same way (before, it exited 0 and only `eval merge` told)
-    let o = griffon(&[
-        "eval",
-        "refcoco",
-        "--model",
-        model.to_str().unwrap(),
-        "--images",
-        &toy.p("nowhere"),
-        "--out",
-        &toy.p("rcshard"),
-        "--quiet",
-        "--data",
-        &toy.p("rc.jsonl"),
-        "--max-new-tokens",
-        "8",
-        "--shard",
-        "0/2",
-    ]);
+    let o = griffon(&[&base[..], &["--out", &toy.p("rcshard"), "--max-new-tokens", "8", "--shard", "0/2"]].concat());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("all 1 samples this run ran failed") && err.contains("nowhere"),
