@@ -13,6 +13,14 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// `eprintln!` without its panic when stderr is closed (`griffon ... 2>&1 | head` would exit 101
+/// mid-run): a message that cannot be shown is dropped.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "griffon", version, about = "Griffon v2 / Griffon-G fine-grained perception in Rust")]
 struct Cli {
@@ -838,7 +846,7 @@ fn generate_cmd(a: &GenerateArgs) -> Result<()> {
 /// `generate` prints the raw text: a cut answer is said so on stderr.
 fn warn_if_cut(g: &griffon_model::generate::Generation, max_new_tokens: usize) {
     if let Some(reason) = griffon_model::tasks::cut_reason(g.stop, max_new_tokens) {
-        eprintln!("warning: {reason}");
+        say!("warning: {reason}");
     }
 }
 
@@ -884,7 +892,7 @@ fn parse_cmd(a: &ParseArgs) -> Result<()> {
 fn train_cmd(a: &TrainArgs) -> Result<()> {
     let cfg = griffon_train::config::TrainConfig::from_file_with(&a.config, &a.set).map_err(|e| anyhow!(e))?;
     let mut t = griffon_train::trainer::Trainer::new(cfg, &parse_device(&a.device)?).map_err(|e| anyhow!(e))?;
-    eprintln!(
+    say!(
         "training {} samples, {} optimizer steps ({} tensors trainable, {} already done)",
         t.num_samples(),
         t.total_steps,
@@ -896,7 +904,7 @@ fn train_cmd(a: &TrainArgs) -> Result<()> {
     for (reason, n) in griffon_train::data::skip_summary(&t.skipped) {
         let first = t.skipped.iter().find(|k| k.category() == reason);
         let example = first.map(|k| format!(" (first: {}: {})", k.source, k.reason)).unwrap_or_default();
-        eprintln!("skipped {n} records before training: {reason}{example}");
+        say!("skipped {n} records before training: {reason}{example}");
     }
     let r = t.run(None, !a.quiet).map_err(|e| anyhow!(e))?;
     let mut out = std::io::stdout().lock();
@@ -1064,7 +1072,7 @@ fn eval_run_metrics(
     let checked = runners::check_items(&items, &opts)?;
     let m = a.model.load()?;
     let summary = runners::run(&m, &items, &opts, checked)?;
-    eprintln!(
+    say!(
         "shard {}/{}: {} samples, {} already done, {} run, {} failed -> {}",
         shard.0,
         shard.1,
@@ -1078,16 +1086,17 @@ fn eval_run_metrics(
         let records = runners::merge_selected(out, &items, a.limit, opts.own_template.as_deref())?;
         let metrics = score_records(&records, out, annotations)?;
         Ok(Some(Scored { metrics, all_failed: all_failed(&records, out) }))
-    } else if let Some((id, e)) = summary.first_error.filter(|_| summary.errors == summary.ran) {
+    } else if let Some((id, e)) = summary.first_error.filter(|_| summary.errors == summary.items_in_shard) {
         // a setup error (a wrong --images, say) fails the shard's command, as it fails an
-        // unsharded run's, rather than surfacing only at `eval merge`
+        // unsharded run's, rather than surfacing only at `eval merge` (every sample of the
+        // shard: a rerun that retries one failed sample of many is not such an error)
         bail!(
-            "{}: all {} samples this run ran failed (first, id {id}: {e}); a rerun of the shard runs them again",
+            "{}: all {} samples of the shard failed (first, id {id}: {e}); a rerun of the shard runs them again",
             summary.shard_file.display(),
-            summary.ran
+            summary.items_in_shard
         )
     } else {
-        eprintln!("when every shard is done: griffon eval merge --out {}", out.display());
+        say!("when every shard is done: griffon eval merge --out {}", out.display());
         Ok(None)
     }
 }
@@ -1121,7 +1130,7 @@ fn score_records(
     ];
     for (key, what) in warnings {
         if let Some(n) = metrics.get(key).and_then(|v| v.as_u64()).filter(|&n| n > 0) {
-            eprintln!("warning: {n} {what}");
+            say!("warning: {n} {what}");
         }
     }
     let f = out.join("metrics.json");
@@ -1251,7 +1260,7 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
                 let n = |k: &str| m[k].as_u64().unwrap_or(0);
                 let (failed, cut) = (n("failed_samples"), n("truncated_samples"));
                 if failed > 0 || cut > 0 {
-                    eprintln!(
+                    say!(
                         "{dir}: {failed} samples failed to run (scored as misses), {cut} answers were cut \
                          (--max-new-tokens or the model's positions; scored as they are): see the `error` / `truncated` records in {}",
                         a.out.join(dir).display()
@@ -1262,7 +1271,7 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
                 if let Some(unknown) = m.get("unknown_labels_dropped").and_then(|v| v.as_u64()) {
                     entry["unknown_labels"] = unknown.into();
                     if unknown > 0 {
-                        eprintln!(
+                        say!(
                             "{dir}: {unknown} boxes have a label that is not a category of the benchmark \
                              (not scored): see the records in {}",
                             a.out.join(dir).display()
@@ -1306,7 +1315,7 @@ fn eval_synth(a: &EvalRunArgs, data: &std::path::Path, split: &str, tasks: Optio
     let count_any = match (on(SynthTask::CountAny), any.is_file()) {
         (true, true) => run(SynthTask::CountAny, "count_any", &|| datasets::count(&any, &img, None), None)?,
         (true, false) => {
-            eprintln!(
+            say!(
                 "{}: absent (a split written before it existed): exemplar counting of every class skipped",
                 any.display()
             );
@@ -1357,7 +1366,7 @@ fn eval_cmd(c: &EvalCommand) -> Result<()> {
                 } else {
                     ""
                 };
-                eprintln!(
+                say!(
                     "warning: {} of {} detections in {} have a category_id the ground truth's categories lack \
                      (the first: {id}); they are not scored, as in pycocotools{all}",
                     report.unknown_categories,
@@ -1481,6 +1490,9 @@ fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
             kernel_checks.push(("attention grad", c.case.clone(), c.rel_err, c.tolerance, c.passed()));
         }
     }
+    // the greedy pick's ties go to the lowest id, as torch's argmax (candle's CUDA argmax alone does not)
+    let ties = griffon_model::generate::check_greedy_ties(&device)?;
+    kernel_checks.push(("greedy pick", "a bf16 row tied at ids 5 and 1029 picks 5".into(), 0.0, 0.0, ties));
     if griffon_model::fused::applies(&probe) {
         // last: the newest kernel (a fault there would spoil the device for the checks above)
         for c in griffon_model::fused::check_norm_matmul(&device) {
@@ -1492,7 +1504,7 @@ fn selfcheck_cmd(a: &SelfcheckArgs) -> Result<()> {
             format!("{kind}: {case:70} rel {rel:.2e} (tol {tol:.0e})  {}", if *passed { "PASS" } else { "FAIL" });
         // JSON mode keeps stdout to the fixture report
         if a.json {
-            eprintln!("{line}");
+            say!("{line}");
         } else {
             writeln!(std::io::stdout().lock(), "{line}")?;
         }
@@ -1579,8 +1591,7 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // (not eprintln!, which panics, exit 101, when stderr is a closed pipe)
-            let _ = writeln!(std::io::stderr(), "error: {}", error_text(&e));
+            say!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }

@@ -432,7 +432,7 @@ fn runner_records_unreadable_images_as_failed() {
     let o = griffon(&[&base[..], &["--out", &toy.p("rcshard"), "--max-new-tokens", "8", "--shard", "0/2"]].concat());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("all 1 samples this run ran failed") && err.contains("nowhere"),
+        !o.status.success() && err.contains("all 1 samples of the shard failed") && err.contains("nowhere"),
         "{err}"
     );
 }

@@ -102,7 +102,10 @@ impl PixelBox {
         if self.x2 <= self.x1 || self.y2 <= self.y1 {
             return Err(format!("box {a:?} has zero or negative area (need x1 < x2 and y1 < y2)"));
         }
-        if self.x1 < -slop || self.y1 < -slop || self.x2 > width as f64 + slop || self.y2 > height as f64 + slop {
+        let (w, h) = (width as f64, height as f64);
+        // (within the slop, it must still overlap the image: a box wholly in the margin is none of it)
+        let beyond = self.x1 < -slop || self.y1 < -slop || self.x2 > w + slop || self.y2 > h + slop;
+        if beyond || self.x1 >= w || self.y1 >= h || self.x2 <= 0.0 || self.y2 <= 0.0 {
             return Err(format!("box {a:?} lies outside the {width}x{height} image"));
         }
         Ok(())

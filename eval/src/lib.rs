@@ -38,7 +38,9 @@
 //! ## Counting
 //!
 //! [`counting::counting_errors`]: MAE, RMSE, NAE = mean(|pred - gt| / gt). A ground-truth count
-//! of 0 is an error, as in the NAE reference (Python's `ZeroDivisionError`).
+//! of 0 leaves NAE undefined (`None`; the NAE reference raises Python's `ZeroDivisionError`)
+//! while MAE and RMSE count it. The dataset readers refuse a count of 0 (a sample's exemplar is
+//! one of its objects).
 //!
 //! ## CIDEr-D and the PTB tokenizer
 //!

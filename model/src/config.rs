@@ -259,7 +259,8 @@ fn positive(file: &Path, key: &str, value: f64) -> Result<f64> {
 fn check_heads(file: &Path, heads: usize, kv_heads: usize, head_dim: usize) -> Result<()> {
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
         return invalid(format!(
-            "{}: num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads}",
+            "{}: num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv_heads} \
+             (for Gemma-2, 4 when absent, as HF's)",
             file.display()
         ));
     }
@@ -412,9 +413,11 @@ impl GriffonConfig {
                 file.display()
             ));
         } else if lower.contains("mistral") || lower.contains("mixtral") {
-            // (a llava_mistral would read as a Llama without its sliding window, under Llama-2's template)
+            // (a llava_mistral would read as a Llama, under Llama-2's template and without the
+            // sliding window some versions have)
             return invalid(format!(
-                "{}: model_type `{model_type}`: Mistral / Mixtral models are not supported",
+                "{}: model_type `{model_type}`: Mistral / Mixtral models are not supported (their templates and \
+                 sliding window are not implemented)",
                 file.display()
             ));
         } else if lower.contains("qwen") {

@@ -177,9 +177,10 @@ fn choose_on_host(
 /// The most likely token of logits [1, 1, V] and its probability, computed where the logits are:
 /// the argmax of the f32 logits (as the reference's greedy `argmax`) and its softmax
 /// probability `1 / sum(exp(l - max))`, brought to the host together (one copy, one wait). Ties go
-/// to the lowest id, as torch's argmax: the smallest id whose logit equals the maximum (not
-/// candle's argmax, whose CUDA kernel keeps the tied id of the lowest thread, `id mod 1024`, and
-/// bf16 logits tie at the top in practice: Gemma's capped logits are 0.125 apart). Not candle's
+/// to the lowest id, as torch's argmax: candle's CUDA argmax keeps the tied id of the lowest
+/// thread (`id mod 1024`), and bf16 logits tie at the top in practice (Gemma's capped logits are
+/// 0.125 apart), so the ties at the maximum are counted with it and, when there are several, the
+/// row is scanned on the host for its first maximum. Not candle's
 /// fused softmax: it gives one warp to a row, and a 256k-wide vocabulary row took it about 4 ms
 /// per token on the H100 (docs/PERFORMANCE.md), a third of a Gemma-2-9B decode step.
 /// `generated` counts the tokens generated before (named by the non-finite-logits error).
@@ -191,12 +192,30 @@ pub fn greedy_on_device(logits: &Tensor, generated: usize) -> Result<(u32, f32)>
     }
     let max = row.max_keepdim(0)?;
     let z = row.broadcast_sub(&max)?.exp()?.sum_keepdim(0)?;
-    let ids = Tensor::arange(0f32, vocab as f32, row.device())?;
-    let elsewhere = Tensor::full(f32::INFINITY, vocab, row.device())?;
-    let tok = row.broadcast_eq(&max)?.where_cond(&ids, &elsewhere)?.min_keepdim(0)?;
-    let both = Tensor::cat(&[&tok, &z], 0)?.to_vec1::<f32>()?;
-    check_finite(both[1] as f64, generated)?;
-    Ok((both[0] as u32, 1.0 / both[1]))
+    let tok = row.argmax_keepdim(0)?.to_dtype(DType::F32)?;
+    let ties = row.broadcast_eq(&max)?.to_dtype(DType::F32)?.sum_keepdim(0)?;
+    let v = Tensor::cat(&[&tok, &z, &ties], 0)?.to_vec1::<f32>()?;
+    check_finite(v[1] as f64, generated)?;
+    let tok = if v[2] > 1.0 {
+        // a tie at the top (rare): the row to the host, its first maximum
+        let host = row.to_vec1::<f32>()?;
+        let top = host.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        host.iter().position(|&l| l == top).unwrap_or(0) as u32
+    } else {
+        v[0] as u32
+    };
+    Ok((tok, 1.0 / v[1]))
+}
+
+/// [`greedy_on_device`] on `device` over a 4096-wide row whose maximum is tied at ids 5 and 1029
+/// (1024 apart: candle's CUDA argmax alone returns 1029): whether it picks 5, as torch's argmax.
+/// For `griffon selfcheck` on the GPU machine.
+pub fn check_greedy_ties(device: &candle_core::Device) -> Result<bool> {
+    let mut row: Vec<f32> = (0..4096).map(|i| ((i * 37) % 101) as f32 / 101.0).collect();
+    row[5] = 2.0;
+    row[1029] = 2.0;
+    let t = Tensor::from_vec(row, (1, 1, 4096), device)?.to_dtype(DType::BF16)?;
+    Ok(greedy_on_device(&t, 0)?.0 == 5)
 }
 
 /// `z`, the softmax normaliser `sum(exp(l - max))` of a step's logits, is finite and >= 1 unless
@@ -319,7 +338,7 @@ mod device_greedy_tests {
                 row[400] = 9.0;
             }
             if seed % 4 == 1 {
-                row[999] = 9.0; // (ids a multiple of 1024 apart tied on CUDA's argmax kernel)
+                row[999] = 9.0; // the tie path's host scan: its first maximum
                 row[1] = 9.0;
             }
             let t = Tensor::from_vec(row.clone(), (1, 1, 1000), &Device::Cpu).unwrap();
@@ -331,6 +350,11 @@ mod device_greedy_tests {
             let want = (((row[tok as usize] - max) as f64).exp() / z) as f32;
             assert!((p - want).abs() <= 1e-6 * want, "seed {seed}: {p} vs {want}");
         }
+    }
+
+    #[test]
+    fn greedy_tie_check_passes_on_the_cpu() {
+        assert!(check_greedy_ties(&Device::Cpu).unwrap());
     }
 
     /// Top-k keeps the k most likely tokens (HF's TopKLogitsWarper, before top-p, which reads the

@@ -259,20 +259,27 @@ pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
     }
 }
 
+/// Whether `factor` is a value of `dt` (bf16: an f32 whose low 16 bits are 0; f16: a normal f16,
+/// 10 mantissa bits, or 0); f32 / f64 tensors compute with it as it is.
+fn held_exactly(factor: f64, dt: DType) -> bool {
+    let f = factor as f32;
+    let bits = f.to_bits();
+    match dt {
+        DType::BF16 => f as f64 == factor && bits & 0xFFFF == 0,
+        DType::F16 => {
+            f as f64 == factor && (f == 0.0 || ((6.103_515_6e-5..=65504.0).contains(&f.abs()) && bits & 0x1FFF == 0))
+        }
+        _ => true,
+    }
+}
+
 /// `x * factor` as torch computes a half-precision tensor times a Python number: in f32, rounded
 /// once to the dtype. candle's `affine` casts the factor to the tensor's dtype first, which for a
 /// factor bf16 cannot hold is a different scale (1/30 becomes 0.033447, 0.34% larger: a soft-cap
 /// of 29.9, about a bf16 ulp on a final logit of 25); such a factor goes through f32 instead.
 pub fn scale_exact(x: &Tensor, factor: f64) -> Result<Tensor> {
     let dt = x.dtype();
-    let held = match dt {
-        DType::BF16 | DType::F16 => {
-            let t = Tensor::new(&[factor as f32], &candle_core::Device::Cpu)?.to_dtype(dt)?;
-            t.to_dtype(DType::F64)?.to_vec1::<f64>()?[0] == factor
-        }
-        _ => true,
-    };
-    if held {
+    if held_exactly(factor, dt) {
         Ok(x.affine(factor, 0.0)?)
     } else {
         Ok(x.to_dtype(DType::F32)?.affine(factor, 0.0)?.to_dtype(dt)?)
@@ -652,5 +659,14 @@ mod scale_tests {
         let y = bf16(&[1.0, 3.3, -250.0]);
         assert_eq!(values(&scale_exact(&y, 1.0 / 16.0).unwrap()), values(&(&y * (1.0 / 16.0)).unwrap()));
         assert_eq!(scale_exact(&y, 1.0 / 12.0).unwrap().dtype(), DType::BF16);
+        // which factors a half dtype holds
+        for (f, bf, h) in
+            [(0.0625, true, true), (1.0 / 30.0, false, false), (30.0, true, true), (1.0 / 3.0, false, false)]
+        {
+            assert_eq!((held_exactly(f, DType::BF16), held_exactly(f, DType::F16)), (bf, h), "{f}");
+        }
+        assert!(held_exactly(1.0 + 1.0 / 1024.0, DType::F16) && !held_exactly(1.0 + 1.0 / 1024.0, DType::BF16));
+        let big = 2f64.powi(100);
+        assert!(held_exactly(big, DType::BF16) && !held_exactly(big, DType::F16));
     }
 }

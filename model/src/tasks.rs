@@ -513,10 +513,14 @@ mod tests {
         // a float box a fraction past every edge is the whole image
         let c = crop(&img, PixelBox::new(-0.4, -0.9, 10.6, 8.3), "t").unwrap();
         assert_eq!(c.dimensions(), (10, 8));
-        // one lying in the slop past the right edge is the last column, not an empty image
-        let c = crop(&img, PixelBox::new(10.2, 0.0, 10.9, 8.0), "t").unwrap();
+        // one reaching just past the right edge from the last column is that column
+        let c = crop(&img, PixelBox::new(9.2, 0.0, 10.9, 8.0), "t").unwrap();
         assert_eq!(c.dimensions(), (1, 8));
         assert_eq!(c.get_pixel(0, 0).0, [9, 0, 0]);
+        // one wholly in the margin is refused, not an edge column
+        for b in [PixelBox::new(10.2, 0.0, 10.9, 8.0), PixelBox::new(-0.9, -0.9, -0.1, -0.1)] {
+            assert!(crop(&img, b, "t").unwrap_err().to_string().contains("outside"), "{b:?}");
+        }
         let e = crop(&img, PixelBox::new(0.0, 0.0, 11.5, 8.0), "exemplar box").unwrap_err().to_string();
         assert!(e.contains("exemplar box") && e.contains("outside"), "{e}");
     }

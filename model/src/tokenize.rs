@@ -64,6 +64,9 @@ impl PromptTokenizer {
             // The reference's (slow) Llama / Gemma tokenizer adds BOS / EOS by these flags, where
             // we take tokenizer.json's post-processor: two files that disagree are refused
             // rather than run without a BOS (or with an EOS after every chunk) one way or the other.
+            // (only these tokenizer classes act on the flags; transformers ignores them elsewhere)
+            let class = c.get("tokenizer_class").and_then(|v| v.as_str()).unwrap_or("").to_ascii_lowercase();
+            let flags_apply = class.contains("llama") || class.contains("gemma");
             let probe = tok
                 .encode("a", true)
                 .map_err(|e| Error::Invalid(format!("{}: tokenizer failed on \"a\": {e}", file.display())))?;
@@ -73,7 +76,7 @@ impl PromptTokenizer {
                 ("add_bos_token", bos, ids.first().is_some_and(|f| Some(*f) == bos)),
                 ("add_eos_token", eos, ids.len() > 1 && ids.last().is_some_and(|l| Some(*l) == eos)),
             ] {
-                if let (Some(flag), Some(_)) = (c.get(key).and_then(|v| v.as_bool()), id) {
+                if let (Some(flag), Some(_), true) = (c.get(key).and_then(|v| v.as_bool()), id, flags_apply) {
                     if flag != adds {
                         return invalid(format!(
                             "{}: {key} is {flag}, but {}'s post-processor {} it: save the tokenizer again with \

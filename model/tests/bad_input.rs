@@ -488,21 +488,26 @@ fn generation_config_eos_ids_stop_answers() {
 /// must agree with tokenizer.json's post-processor (what ours adds): refused by name otherwise.
 #[test]
 fn tokenizer_flags_that_disagree_with_tokenizer_json_are_refused() {
-    let set = |dir: &Path, key: &str, v: bool| {
+    let set = |dir: &Path, key: &str, v: serde_json::Value| {
         let f = dir.join("tokenizer_config.json");
         let mut c: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
-        c.insert(key.into(), v.into());
+        c.insert(key.into(), v);
         std::fs::write(&f, serde_json::to_string(&c).unwrap()).unwrap();
     };
     let (_t, dir) = copy_ckpt("gemma2_region");
-    set(&dir, "add_bos_token", true);
-    set(&dir, "add_eos_token", false);
+    set(&dir, "tokenizer_class", "GemmaTokenizer".into());
+    set(&dir, "add_bos_token", true.into());
+    set(&dir, "add_eos_token", false.into());
     Griffon::load(&dir, &LoadOptions::default()).unwrap();
     for (key, v) in [("add_bos_token", false), ("add_eos_token", true)] {
         let (_t, dir) = copy_ckpt("gemma2_region");
-        set(&dir, key, v);
+        set(&dir, "tokenizer_class", "GemmaTokenizer".into());
+        set(&dir, key, v.into());
         let e = load_err(&dir);
         assert!(e.contains(key) && e.contains("tokenizer_config.json") && e.contains("tokenizer.json"), "{e}");
+        // a tokenizer class that ignores the flags (as transformers does) loads
+        set(&dir, "tokenizer_class", "Qwen2Tokenizer".into());
+        Griffon::load(&dir, &LoadOptions::default()).unwrap();
     }
 }
