@@ -428,10 +428,12 @@ impl Llm {
         rope_theta: f64,
     ) -> Result<Self> {
         let h = embed_weight.dim(1)?;
-        let lm_head = if ck.has("lm_head.weight") {
-            Linear::load(&ck.scope("lm_head"), h, spec.vocab_size, false)?
-        } else if tie_word_embeddings {
+        // tied: the embedding table, also when the checkpoint stores an lm_head.weight beside it
+        // (HF ties the two after loading, vLLM skips the stored one; some exports carry a stale copy)
+        let lm_head = if tie_word_embeddings {
             Linear { weight: embed_weight.clone(), bias: None }
+        } else if ck.has("lm_head.weight") {
+            Linear::load(&ck.scope("lm_head"), h, spec.vocab_size, false)?
         } else {
             return invalid(format!(
                 "tensor lm_head.weight is missing from the checkpoint in {} and tie_word_embeddings is false",

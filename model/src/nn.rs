@@ -189,6 +189,12 @@ impl RmsNorm {
         }
         let dt = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
+        if !self.one_plus && dt != DType::F32 {
+            // HF Llama: `weight * hidden_states.to(input_dtype)`, the normalised value rounded to
+            // the dtype before the weight multiplies it (Gemma's `(1 + w)` multiplies in f32)
+            let n = normalize_with_grad(&xf, self.eps, false)?.to_dtype(dt)?;
+            return Ok(n.broadcast_mul(&self.weight.to_dtype(dt)?)?);
+        }
         let scale = match &self.scale_f32 {
             Some(s) => s.clone(),
             None => rms_scale(self.weight.to_dtype(DType::F32)?, self.one_plus)?,
@@ -636,6 +642,23 @@ mod scale_tests {
 
     fn values(t: &Tensor) -> Vec<f32> {
         t.to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+    }
+
+    /// A Llama RMSNorm in bf16 rounds the normalised value to bf16 before the weight multiplies
+    /// it (HF: `weight * hidden_states.to(input_dtype)`); Gemma's `(1 + w)` multiplies in f32.
+    #[test]
+    fn bf16_llama_norm_rounds_as_hf() {
+        let x = bf16(&[0.3, -1.7, 2.9, 0.011, -0.6, 4.4, 1.3, -2.2]);
+        let w = bf16(&[0.77, 1.31, -0.4, 2.5, 0.9, 1.1, -1.6, 0.35]);
+        let norm = RmsNorm { weight: w.clone(), one_plus: false, eps: 1e-5, scale_f32: None };
+        let got = values(&norm.forward(&x).unwrap());
+        let xs = values(&x);
+        let rms = (xs.iter().map(|v| v * v).sum::<f32>() / xs.len() as f32 + 1e-5).sqrt();
+        let r = |f: f32| values(&bf16(&[f]))[0];
+        let want: Vec<f32> = xs.iter().zip(values(&w)).map(|(v, wi)| r(r(v / rms) * wi)).collect();
+        for (g, e) in got.iter().zip(&want) {
+            assert!((g - e).abs() <= e.abs() * 1e-6, "{got:?} vs {want:?}");
+        }
     }
 
     /// The bf16 soft-cap rounds each of torch's three steps from f32 (`logits / 30` with the

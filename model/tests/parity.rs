@@ -233,6 +233,39 @@ fn qwen2_chatml_without_bos() {
     check_case("qwen2");
 }
 
+/// A tied checkpoint (Qwen2's here) that also stores an `lm_head.weight` runs with the embedding
+/// table as its head, as HF ties them after loading: a stale stored copy (zeros here, which would
+/// make every logit 0) is not used.
+#[test]
+fn tied_checkpoint_ignores_a_stored_lm_head() {
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let p = e.unwrap().path();
+            let dst = to.join(p.file_name().unwrap());
+            if p.is_dir() {
+                copy_dir(&p, &dst);
+            } else {
+                std::fs::copy(&p, &dst).unwrap();
+            }
+        }
+    }
+    let mut c = load_case("qwen2");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.ckpt.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["tie_word_embeddings"], true, "the qwen2 fixture is tied");
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("qwen2");
+    copy_dir(&c.ckpt, &ckpt);
+    let f = ckpt.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&f, &Device::Cpu).unwrap();
+    let embed = t.get("model.embed_tokens.weight").expect("the fixture's embedding table").clone();
+    t.insert("lm_head.weight".into(), embed.zeros_like().unwrap());
+    candle_core::safetensors::save(&t, &f).unwrap();
+    c.ckpt = ckpt;
+    check_loaded(&c);
+}
+
 #[test]
 fn llama2_bf16_checkpoint_inferred_tower() {
     let c = load_case("llama2_bf16");
