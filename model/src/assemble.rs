@@ -181,11 +181,22 @@ pub fn assemble(o: &AssembleOptions) -> Result<PathBuf> {
 /// Sets a tower config's input size (`image_size`; `img_size` for EVA configs, and either key it
 /// already has) to `size`, a positive multiple of its `patch_size`, which it returns.
 fn set_tower_size(cfg: &mut Value, path: &std::path::Path, size: usize, eva: bool) -> Result<usize> {
-    let sec = tower_section(cfg);
-    let patch =
-        sec.get("patch_size")
+    // an EVA config's patch size may come from a timm preset name or `model_args` (a timm hub
+    // config has no top-level key): read it as the loader does
+    let patch = if eva {
+        crate::eva02::parse_eva02_config(cfg, path)?.patch_size
+    } else {
+        tower_section(cfg)
+            .get("patch_size")
             .and_then(Value::as_u64)
-            .ok_or_else(|| Error::Invalid(format!("{}: missing key `patch_size`", path.display())))? as usize;
+            .ok_or_else(|| Error::Invalid(format!("{}: missing key `patch_size`", path.display())))? as usize
+    };
+    // the size goes where the loader reads it first: beside a timm config's `model_args`, the
+    // loader would otherwise keep its old `img_size`
+    let sec = match (eva, tower_section(cfg).get("model_args").is_some_and(Value::is_object)) {
+        (true, true) => &mut tower_section(cfg)["model_args"],
+        _ => tower_section(cfg),
+    };
     if size == 0 || patch == 0 || size % patch != 0 {
         return invalid(format!("image size {size} is not a positive multiple of the patch size {patch}"));
     }
@@ -195,6 +206,15 @@ fn set_tower_size(cfg: &mut Value, path: &std::path::Path, size: usize, eva: boo
     for key in ["image_size", "img_size"] {
         if sec.get(key).is_some() || (key == "image_size" && !eva) || (key == "img_size" && eva) {
             sec[key] = Value::from(size);
+        }
+    }
+    if eva {
+        let read = crate::eva02::parse_eva02_config(cfg, path)?.image_size;
+        if read != size {
+            return invalid(format!(
+                "{}: the size written ({size}) is not the one the config reads back ({read}): an unsupported layout",
+                path.display()
+            ));
         }
     }
     Ok(patch)

@@ -449,6 +449,30 @@ fn assemble_paper_configuration_from_parts() {
     let diff = (a.get_unchecked(n).unwrap() - b.get_unchecked(n).unwrap()).unwrap();
     let d: f32 = diff.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
     assert_eq!(d, 0.0);
+    // a timm hub config (the architecture and `model_args`, no top-level patch size): the new
+    // size is written where the loader reads it, in `model_args` beside its old `img_size`
+    let hub = tmp.path().join("eva-hub");
+    std::fs::create_dir_all(&hub).unwrap();
+    let mut args = tiny_tower_config();
+    args.as_object_mut().unwrap().remove("architecture");
+    let hub_cfg = serde_json::json!({"architecture": "eva02_tiny_fixture", "model_args": args});
+    std::fs::write(hub.join("config.json"), serde_json::to_string_pretty(&hub_cfg).unwrap()).unwrap();
+    candle_core::safetensors::save(&tensors("timm"), hub.join("model.safetensors")).unwrap();
+    let out_hub = tmp.path().join("griffon-v2-tiny-hub");
+    assemble(&AssembleOptions {
+        llm: llm.clone(),
+        vision: hub,
+        out: out_hub.clone(),
+        projector: "conv_reduce".into(),
+        image_size: Some(72),
+        pos_interp: Interp::BicubicAa,
+        seed: 0,
+    })
+    .unwrap();
+    let m = Griffon::load(&out_hub, &LoadOptions::default()).unwrap();
+    assert_eq!(m.image_size(), 72, "the hub config's model_args took the new size");
+    let f = m.tower.patch_features(&g["interp72.pixels"], -2, false).unwrap();
+    assert_close("assembled EVA02 tower (timm hub config) features(-2) at 72", &f, &g["interp72.feat_m2"]);
     // a bf16 tower: its other weights stay bf16, the resized table is stored in f32 (computed in
     // f32 as the load-time resize; rounded to bf16 it would answer differently from
     // `--image-size` on the source)
