@@ -207,15 +207,16 @@ pub fn greedy_on_device(logits: &Tensor, generated: usize) -> Result<(u32, f32)>
     Ok((tok, 1.0 / v[1]))
 }
 
-/// [`greedy_on_device`] on `device` over a 4096-wide row whose maximum is tied at ids 5 and 1029
-/// (1024 apart: candle's CUDA argmax alone returns 1029): whether it picks 5, as torch's argmax.
+/// [`greedy_on_device`] on `device` over a 4096-wide row whose maximum is tied at ids 1 and 1024
+/// (candle's CUDA argmax alone returns 1024: thread 0 scans ids 0, 1024, ..., thread 1 ids 1,
+/// 1025, ..., and the reduction keeps the lower thread): whether it picks 1, as torch's argmax.
 /// For `griffon selfcheck` on the GPU machine.
 pub fn check_greedy_ties(device: &candle_core::Device) -> Result<bool> {
     let mut row: Vec<f32> = (0..4096).map(|i| ((i * 37) % 101) as f32 / 101.0).collect();
-    row[5] = 2.0;
-    row[1029] = 2.0;
+    row[1] = 2.0;
+    row[1024] = 2.0;
     let t = Tensor::from_vec(row, (1, 1, 4096), device)?.to_dtype(DType::BF16)?;
-    Ok(greedy_on_device(&t, 0)?.0 == 5)
+    Ok(greedy_on_device(&t, 0)?.0 == 1)
 }
 
 /// `z`, the softmax normaliser `sum(exp(l - max))` of a step's logits, is finite and >= 1 unless
