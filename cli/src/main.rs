@@ -1035,9 +1035,7 @@ struct EvalModel {
 impl EvalModel {
     fn of(a: &EvalRunArgs) -> Result<Self> {
         let dir = a.model.dir()?;
-        if !dir.is_dir() {
-            bail!("model folder {} does not exist or is not a folder", dir.display());
-        }
+        griffon_model::griffon::check_model_dir(&dir)?;
         let config = dir.join("config.json");
         let own_template = griffon_model::config::GriffonConfig::from_file(&config)
             .with_context(|| format!("reading {}", config.display()))?

@@ -38,6 +38,15 @@ impl RecordBox {
             None => self.box_px,
         }
     }
+
+    /// [`RecordBox::in_frame`] as eval_rec.py scales a REC box: in float32
+    /// ([`crate::grounding::rec_pixels_f32`]).
+    pub fn in_rec_frame(&self, size: Option<[u32; 2]>) -> [f64; 4] {
+        match size {
+            Some([w, h]) => crate::grounding::rec_pixels_f32(self.box_norm, w, h),
+            None => self.box_px,
+        }
+    }
 }
 
 impl From<griffon_model::tasks::Detection> for RecordBox {
@@ -805,15 +814,7 @@ pub fn score(records: &[Record], annotations: Option<&Path>, out: &Path) -> Resu
                 .filter_map(|r| match r.truth {
                     Truth::Rec { gt_box, size } => {
                         resized += usize::from(r.of_another_size(size));
-                        // (scaled in float32, as eval_rec.py scales them)
-                        let pred: Vec<[f64; 4]> = r
-                            .detections
-                            .iter()
-                            .map(|d| match size {
-                                Some([w, h]) => crate::grounding::rec_pixels_f32(d.box_norm, w, h),
-                                None => d.box_px,
-                            })
-                            .collect();
+                        let pred: Vec<[f64; 4]> = r.detections.iter().map(|d| d.in_rec_frame(size)).collect();
                         Some(((!pred.is_empty()).then_some(pred), gt_box))
                     }
                     _ => None,

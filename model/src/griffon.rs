@@ -225,6 +225,15 @@ pub struct Answer {
     pub generation: Generation,
 }
 
+/// A model path that is not a folder, named: it does not exist, or is a file.
+pub fn check_model_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let what = if dir.exists() { "is not a folder (a model is a folder with config.json)" } else { "does not exist" };
+    invalid(format!("model folder {} {what}", dir.display()))
+}
+
 impl Griffon {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         Ok(Self::load_inner(dir, opts, None)?.0)
@@ -246,11 +255,7 @@ impl Griffon {
         trainable: Option<Box<dyn Fn(&str) -> bool>>,
     ) -> Result<(Self, Vec<(String, Var)>)> {
         let config_path = dir.join("config.json");
-        if !dir.is_dir() {
-            let what =
-                if dir.exists() { "is not a folder (a model is a folder with config.json)" } else { "does not exist" };
-            return invalid(format!("model folder {} {what}", dir.display()));
-        }
+        check_model_dir(dir)?;
         let config = GriffonConfig::from_file(&config_path)?;
         let mut ck = Checkpoint::open(dir, &opts.device, opts.dtype)?;
         if let Some(t) = trainable {

@@ -5,6 +5,9 @@ use griffon_model::griffon::{Griffon, LoadOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+#[allow(dead_code)] // (its golden-comparison helpers are not used here)
+mod common;
+
 fn fixture(case: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity").join(case);
     assert!(d.is_dir(), "fixture {} is missing: run tools/reference/make_parity_fixtures.py", d.display());
@@ -13,21 +16,9 @@ fn fixture(case: &str) -> PathBuf {
 
 /// Copies a fixture checkpoint folder (recursively) into a fresh temp dir.
 fn copy_ckpt(case: &str) -> (tempfile::TempDir, PathBuf) {
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            if p.is_dir() {
-                copy_dir(&p, &to.join(e.file_name()));
-            } else {
-                std::fs::copy(&p, to.join(e.file_name())).unwrap();
-            }
-        }
-    }
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("ckpt");
-    copy_dir(&fixture(case).join("ckpt"), &dst);
+    common::copy_dir(&fixture(case).join("ckpt"), &dst);
     (tmp, dst)
 }
 

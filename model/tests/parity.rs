@@ -238,25 +238,13 @@ fn qwen2_chatml_without_bos() {
 /// make every logit 0) is not used.
 #[test]
 fn tied_checkpoint_ignores_a_stored_lm_head() {
-    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let p = e.unwrap().path();
-            let dst = to.join(p.file_name().unwrap());
-            if p.is_dir() {
-                copy_dir(&p, &dst);
-            } else {
-                std::fs::copy(&p, &dst).unwrap();
-            }
-        }
-    }
     let mut c = load_case("qwen2");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(c.ckpt.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["tie_word_embeddings"], true, "the qwen2 fixture is tied");
     let tmp = tempfile::tempdir().unwrap();
     let ckpt = tmp.path().join("qwen2");
-    copy_dir(&c.ckpt, &ckpt);
+    common::copy_dir(&c.ckpt, &ckpt);
     let f = ckpt.join("model.safetensors");
     let mut t = candle_core::safetensors::load(&f, &Device::Cpu).unwrap();
     let embed = t.get("model.embed_tokens.weight").expect("the fixture's embedding table").clone();

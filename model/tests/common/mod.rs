@@ -1,4 +1,4 @@
-//! Shared by the golden-fixture tests (parity.rs, eva02.rs).
+//! Shared by the model tests (parity.rs, eva02.rs, bad_input.rs).
 
 use candle_core::{DType, Tensor};
 
@@ -16,4 +16,19 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor) -> f32 {
     eprintln!("{what}: max abs err {err:.3e}, scale {scale:.3e}, relative {rel:.3e}");
     assert!(rel <= REL_TOL, "{what}: max abs error {err:e} exceeds {REL_TOL:e} x scale {scale:e}");
     rel
+}
+
+/// Copies a folder recursively (a fixture checkpoint into a temp dir the test may edit).
+#[allow(dead_code)] // (not every test crate that includes this module copies folders)
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dst = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dst);
+        } else {
+            std::fs::copy(&p, &dst).unwrap();
+        }
+    }
 }
